@@ -205,7 +205,7 @@ typedef struct nkv_int8_quant_params {
  * codes:                [rows, cols] int8
  * scales:               [rows] (ROW) or [cols] (COLUMN) float32
  * outlier_columns:      [cols] int32, or NULL when outlier_threshold is 0; entries past the count are
- *                       left as they were
+ *                       set to -1
  * outlier_column_count: [1] int32, or NULL when outlier_threshold is 0
  * All tensors live on the context's device. Runs asynchronously on the context's stream.
  */

@@ -1,0 +1,109 @@
+#include <memory>
+#include <string>
+
+#include "core/api_guard.h"
+#include "core/backends.h"
+#include "core/handles.h"
+#include "core/tensor_checks.h"
+
+using namespace nkv;
+
+namespace {
+
+nkv_backend resolve_backend(int32_t requested, std::string& cuda_reason) {
+  if (requested == NKV_BACKEND_CPU) return NKV_BACKEND_CPU;
+  const int32_t devices = cuda::device_count(cuda_reason);
+  if (requested == NKV_BACKEND_AUTO) return devices > 0 ? NKV_BACKEND_CUDA : NKV_BACKEND_CPU;
+  if (devices == 0) fail(NKV_STATUS_NO_DEVICE, "NKV_BACKEND_CUDA requested but no CUDA device is usable: " + cuda_reason);
+  return NKV_BACKEND_CUDA;
+}
+
+}  // namespace
+
+extern "C" {
+
+NKV_API nkv_status nkv_context_create(const nkv_context_options* options, nkv_context** out_context) {
+  return guard("nkv_context_create", [&] {
+    require_out(out_context, "out_context");
+    nkv_context_options o{sizeof(nkv_context_options), NKV_BACKEND_AUTO, 0, 0, nullptr};
+    if (options != nullptr) {
+      if (options->struct_size < sizeof(nkv_context_options)) {
+        fail_argument("argument 'options': struct_size " + std::to_string(options->struct_size) +
+                      " is smaller than " + std::to_string(sizeof(nkv_context_options)));
+      }
+      o = *options;
+    }
+    if (o.backend != NKV_BACKEND_AUTO && o.backend != NKV_BACKEND_CPU && o.backend != NKV_BACKEND_CUDA) {
+      fail_argument("argument 'options.backend': expected NKV_BACKEND_AUTO (0), NKV_BACKEND_CPU (1) or "
+                    "NKV_BACKEND_CUDA (2), got " + std::to_string(o.backend));
+    }
+    if (o.reserved != 0) fail_argument("argument 'options.reserved' must be 0, got " + std::to_string(o.reserved));
+    std::string reason;
+    auto context = std::make_unique<nkv_context>();
+    context->backend = resolve_backend(o.backend, reason);
+    if (context->backend == NKV_BACKEND_CPU && o.stream != nullptr) {
+      fail_argument("argument 'options.stream' must be NULL for the CPU backend");
+    }
+    if (context->backend == NKV_BACKEND_CUDA) {
+      const int32_t devices = cuda::device_count(reason);
+      if (o.device_ordinal < 0 || o.device_ordinal >= devices) {
+        fail_argument("argument 'options.device_ordinal': expected 0.." + std::to_string(devices - 1) + ", got " +
+                      std::to_string(o.device_ordinal));
+      }
+      context->device_ordinal = o.device_ordinal;
+      context->stream = o.stream != nullptr ? o.stream : cuda::create_stream(o.device_ordinal);
+      context->owns_stream = o.stream == nullptr;
+    }
+    *out_context = context.release();
+  });
+}
+
+NKV_API nkv_status nkv_context_destroy(nkv_context* context) {
+  return guard("nkv_context_destroy", [&] {
+    if (context == nullptr) return;
+    if (context->backend == NKV_BACKEND_CUDA) {
+      if (context->owns_stream) {
+        cuda::destroy_stream(context->device_ordinal, context->stream);
+      } else {
+        try {
+          cuda::synchronize(context->device_ordinal, context->stream);
+        } catch (...) {  // the caller's stream: its errors are the caller's to see
+        }
+      }
+    }
+    delete context;
+  });
+}
+
+NKV_API nkv_status nkv_context_backend(const nkv_context* context, int32_t* out_backend) {
+  return guard("nkv_context_backend", [&] {
+    const nkv_context& c = check_context(context);
+    require_out(out_backend, "out_backend");
+    *out_backend = c.backend;
+  });
+}
+
+NKV_API nkv_status nkv_context_device_ordinal(const nkv_context* context, int32_t* out_ordinal) {
+  return guard("nkv_context_device_ordinal", [&] {
+    const nkv_context& c = check_context(context);
+    require_out(out_ordinal, "out_ordinal");
+    *out_ordinal = c.device_ordinal;
+  });
+}
+
+NKV_API nkv_status nkv_context_stream(const nkv_context* context, void** out_stream) {
+  return guard("nkv_context_stream", [&] {
+    const nkv_context& c = check_context(context);
+    require_out(out_stream, "out_stream");
+    *out_stream = c.stream;
+  });
+}
+
+NKV_API nkv_status nkv_context_synchronize(nkv_context* context) {
+  return guard("nkv_context_synchronize", [&] {
+    const nkv_context& c = check_context(context);
+    if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
+  });
+}
+
+}  // extern "C"

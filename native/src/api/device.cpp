@@ -1,0 +1,42 @@
+#include <cstring>
+#include <string>
+
+#include "core/api_guard.h"
+#include "core/backends.h"
+
+using namespace nkv;
+
+extern "C" {
+
+NKV_API nkv_status nkv_cuda_device_count(int32_t* out_count) {
+  std::string reason;
+  nkv_status status = guard("nkv_cuda_device_count", [&] {
+    require_out(out_count, "out_count");
+    *out_count = cuda::device_count(reason);
+  });
+  // Success either way; with no device the reason stays readable through nkv_last_error().
+  if (status == NKV_STATUS_SUCCESS && !reason.empty()) set_last_error("nkv_cuda_device_count: " + reason);
+  return status;
+}
+
+NKV_API nkv_status nkv_cuda_device_properties(int32_t ordinal, nkv_device_properties* out) {
+  return guard("nkv_cuda_device_properties", [&] {
+    require_out(out, "out");
+    if (out->struct_size < sizeof(nkv_device_properties)) {
+      fail_argument("argument 'out': struct_size " + std::to_string(out->struct_size) + " is smaller than " +
+                    std::to_string(sizeof(nkv_device_properties)) + " (sizeof(nkv_device_properties))");
+    }
+    std::string reason;
+    const int32_t count = cuda::device_count(reason);
+    if (count == 0) fail(NKV_STATUS_NO_DEVICE, reason);
+    if (ordinal < 0 || ordinal >= count) {
+      fail_argument("argument 'ordinal': expected 0.." + std::to_string(count - 1) + ", got " + std::to_string(ordinal));
+    }
+    nkv_device_properties props{};
+    props.struct_size = out->struct_size;
+    cuda::device_properties(ordinal, props);
+    std::memcpy(out, &props, sizeof props);
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,149 @@
+// Tables that let bindings check themselves against this build: struct layouts, enum values, exports.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+#include "core/api_guard.h"
+
+using namespace nkv;
+
+namespace {
+
+struct FieldInfo {
+  const char* structure;
+  const char* field;
+  size_t offset;
+};
+
+#define NKV_FIELD(s, f) {#s, #f, offsetof(s, f)}
+constexpr FieldInfo kFields[] = {
+    NKV_FIELD(nkv_tensor, data),
+    NKV_FIELD(nkv_tensor, dtype),
+    NKV_FIELD(nkv_tensor, device),
+    NKV_FIELD(nkv_tensor, ndim),
+    NKV_FIELD(nkv_tensor, reserved),
+    NKV_FIELD(nkv_tensor, shape),
+    NKV_FIELD(nkv_tensor, strides),
+    NKV_FIELD(nkv_device_properties, struct_size),
+    NKV_FIELD(nkv_device_properties, ordinal),
+    NKV_FIELD(nkv_device_properties, name),
+    NKV_FIELD(nkv_device_properties, compute_capability_major),
+    NKV_FIELD(nkv_device_properties, compute_capability_minor),
+    NKV_FIELD(nkv_device_properties, multiprocessor_count),
+    NKV_FIELD(nkv_device_properties, l2_cache_bytes),
+    NKV_FIELD(nkv_device_properties, total_memory_bytes),
+    NKV_FIELD(nkv_device_properties, shared_memory_per_block_optin_bytes),
+    NKV_FIELD(nkv_device_properties, memory_bus_width_bits),
+    NKV_FIELD(nkv_device_properties, reserved),
+    NKV_FIELD(nkv_context_options, struct_size),
+    NKV_FIELD(nkv_context_options, backend),
+    NKV_FIELD(nkv_context_options, device_ordinal),
+    NKV_FIELD(nkv_context_options, reserved),
+    NKV_FIELD(nkv_context_options, stream),
+    NKV_FIELD(nkv_int8_quant_params, struct_size),
+    NKV_FIELD(nkv_int8_quant_params, axis),
+    NKV_FIELD(nkv_int8_quant_params, outlier_threshold),
+    NKV_FIELD(nkv_int8_quant_params, reserved),
+};
+#undef NKV_FIELD
+
+struct StructInfo {
+  const char* name;
+  size_t size;
+};
+constexpr StructInfo kStructs[] = {
+    {"nkv_tensor", sizeof(nkv_tensor)},
+    {"nkv_device_properties", sizeof(nkv_device_properties)},
+    {"nkv_context_options", sizeof(nkv_context_options)},
+    {"nkv_int8_quant_params", sizeof(nkv_int8_quant_params)},
+};
+
+struct EnumInfo {
+  const char* name;
+  int64_t value;
+};
+#define NKV_ENUM(c) {#c, c}
+constexpr EnumInfo kEnums[] = {
+    NKV_ENUM(NKV_STATUS_SUCCESS),      NKV_ENUM(NKV_STATUS_INVALID_ARGUMENT), NKV_ENUM(NKV_STATUS_NOT_SUPPORTED),
+    NKV_ENUM(NKV_STATUS_NO_DEVICE),    NKV_ENUM(NKV_STATUS_OUT_OF_MEMORY),    NKV_ENUM(NKV_STATUS_DEVICE_ERROR),
+    NKV_ENUM(NKV_STATUS_INTERNAL),     NKV_ENUM(NKV_DTYPE_FLOAT32),           NKV_ENUM(NKV_DTYPE_FLOAT16),
+    NKV_ENUM(NKV_DTYPE_BFLOAT16),      NKV_ENUM(NKV_DTYPE_INT8),              NKV_ENUM(NKV_DTYPE_UINT8),
+    NKV_ENUM(NKV_DTYPE_INT32),         NKV_ENUM(NKV_DTYPE_INT64),             NKV_ENUM(NKV_DTYPE_FLOAT64),
+    NKV_ENUM(NKV_DEVICE_HOST),         NKV_ENUM(NKV_DEVICE_CUDA),             NKV_ENUM(NKV_BACKEND_AUTO),
+    NKV_ENUM(NKV_BACKEND_CPU),         NKV_ENUM(NKV_BACKEND_CUDA),            NKV_ENUM(NKV_QUANT_AXIS_ROW),
+    NKV_ENUM(NKV_QUANT_AXIS_COLUMN),   NKV_ENUM(NKV_MAX_DIMS),                NKV_ENUM(NKV_ABI_VERSION),
+};
+#undef NKV_ENUM
+
+// Kept in step with the exported symbols by tests/native/abi_test.cpp (which reads the .so's dynamic
+// symbol table) and by the managed conformance test (which reads the [LibraryImport] declarations).
+constexpr const char* kExportedFunctions[] = {
+    "nkv_version",
+    "nkv_abi_version",
+    "nkv_last_error",
+    "nkv_status_name",
+    "nkv_dtype_size",
+    "nkv_cuda_device_count",
+    "nkv_cuda_device_properties",
+    "nkv_context_create",
+    "nkv_context_destroy",
+    "nkv_context_backend",
+    "nkv_context_device_ordinal",
+    "nkv_context_stream",
+    "nkv_context_synchronize",
+    "nkv_buffer_create",
+    "nkv_buffer_destroy",
+    "nkv_buffer_data",
+    "nkv_buffer_size",
+    "nkv_buffer_device",
+    "nkv_buffer_upload",
+    "nkv_buffer_download",
+    "nkv_buffer_copy",
+    "nkv_buffer_memset",
+    "nkv_int8_quantize",
+    "nkv_int8_dequantize",
+    "nkv_struct_size",
+    "nkv_struct_field_offset",
+    "nkv_enum_value",
+    "nkv_exported_functions",
+    nullptr,
+};
+
+bool same(const char* a, const char* b) { return a != nullptr && b != nullptr && std::strcmp(a, b) == 0; }
+
+}  // namespace
+
+extern "C" {
+
+NKV_API size_t nkv_struct_size(const char* struct_name) {
+  for (const StructInfo& s : kStructs) {
+    if (same(s.name, struct_name)) return s.size;
+  }
+  return 0;
+}
+
+NKV_API size_t nkv_struct_field_offset(const char* struct_name, const char* field_name) {
+  for (const FieldInfo& f : kFields) {
+    if (same(f.structure, struct_name) && same(f.field, field_name)) return f.offset;
+  }
+  return SIZE_MAX;
+}
+
+NKV_API nkv_status nkv_enum_value(const char* constant_name, int64_t* out_value) {
+  return guard("nkv_enum_value", [&] {
+    if (constant_name == nullptr) fail_argument("argument 'constant_name' must not be NULL");
+    require_out(out_value, "out_value");
+    for (const EnumInfo& e : kEnums) {
+      if (same(e.name, constant_name)) {
+        *out_value = e.value;
+        return;
+      }
+    }
+    fail_argument(std::string("argument 'constant_name': unknown constant '") + constant_name + "'");
+  });
+}
+
+NKV_API const char* const* nkv_exported_functions(void) { return kExportedFunctions; }
+
+}  // extern "C"

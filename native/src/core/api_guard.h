@@ -1,0 +1,39 @@
+// Every exported function runs its body through guard(): exceptions become a status code and the
+// calling thread's last-error message, prefixed with the function's name. Nothing escapes the ABI.
+#pragma once
+
+#include <new>
+#include <string>
+
+#include "core/error.h"
+
+namespace nkv {
+
+template <typename Body>
+nkv_status guard(const char* function, Body&& body) noexcept {
+  try {
+    clear_last_error();
+    body();
+    return NKV_STATUS_SUCCESS;
+  } catch (const Error& e) {
+    set_last_error(std::string(function) + ": " + e.what());
+    return e.status();
+  } catch (const std::bad_alloc&) {
+    set_last_error(std::string(function) + ": host memory allocation failed");
+    return NKV_STATUS_OUT_OF_MEMORY;
+  } catch (const std::exception& e) {
+    set_last_error(std::string(function) + ": internal error: " + e.what());
+    return NKV_STATUS_INTERNAL;
+  } catch (...) {
+    set_last_error(std::string(function) + ": internal error: unknown exception");
+    return NKV_STATUS_INTERNAL;
+  }
+}
+
+// Checks an out-pointer argument before any work is done.
+template <typename T>
+void require_out(T* pointer, const char* name) {
+  if (pointer == nullptr) fail_argument(std::string("argument '") + name + "' must not be NULL");
+}
+
+}  // namespace nkv

@@ -1,0 +1,27 @@
+// The opaque handle types behind the C ABI.
+#pragma once
+
+#include <cstdint>
+
+#include "nativekv/nativekv.h"
+
+struct nkv_context {
+  nkv_backend backend = NKV_BACKEND_CPU;
+  int32_t device_ordinal = 0;
+  void* stream = nullptr;  // cudaStream_t on CUDA
+  bool owns_stream = false;
+};
+
+struct nkv_buffer {
+  nkv_context* context = nullptr;
+  void* data = nullptr;
+  uint64_t size_bytes = 0;
+};
+
+namespace nkv {
+
+inline nkv_device_type device_type_of(const nkv_context& context) {
+  return context.backend == NKV_BACKEND_CUDA ? NKV_DEVICE_CUDA : NKV_DEVICE_HOST;
+}
+
+}  // namespace nkv

@@ -1,0 +1,119 @@
+#include "core/tensor_checks.h"
+
+#include <sstream>
+
+#include "core/error.h"
+
+namespace nkv {
+
+const char* dtype_name(int32_t dtype) {
+  switch (dtype) {
+    case NKV_DTYPE_FLOAT32: return "float32";
+    case NKV_DTYPE_FLOAT16: return "float16";
+    case NKV_DTYPE_BFLOAT16: return "bfloat16";
+    case NKV_DTYPE_INT8: return "int8";
+    case NKV_DTYPE_UINT8: return "uint8";
+    case NKV_DTYPE_INT32: return "int32";
+    case NKV_DTYPE_INT64: return "int64";
+    case NKV_DTYPE_FLOAT64: return "float64";
+    default: return nullptr;
+  }
+}
+
+const char* device_name(int32_t device) {
+  switch (device) {
+    case NKV_DEVICE_HOST: return "host";
+    case NKV_DEVICE_CUDA: return "cuda";
+    default: return nullptr;
+  }
+}
+
+std::string shape_string(const nkv_tensor& t) {
+  std::ostringstream out;
+  out << '[';
+  for (int32_t i = 0; i < t.ndim; ++i) out << (i ? ", " : "") << t.shape[i];
+  out << ']';
+  return out.str();
+}
+
+int64_t element_count(const nkv_tensor& t) {
+  int64_t n = 1;
+  for (int32_t i = 0; i < t.ndim; ++i) n *= t.shape[i];
+  return n;
+}
+
+namespace {
+std::string arg(const char* name) { return std::string("argument '") + name + "'"; }
+}  // namespace
+
+const nkv_context& check_context(const nkv_context* context) {
+  if (context == nullptr) fail_argument("argument 'context' must not be NULL");
+  return *context;
+}
+
+const nkv_tensor& check_tensor(const char* name, const nkv_tensor* t, const nkv_context& context) {
+  if (t == nullptr) fail_argument(arg(name) + " must not be NULL");
+  if (t->ndim < 0 || t->ndim > NKV_MAX_DIMS) {
+    fail_argument(arg(name) + ": expected ndim in [0, " + std::to_string(NKV_MAX_DIMS) + "], got " +
+                  std::to_string(t->ndim));
+  }
+  if (dtype_name(t->dtype) == nullptr) fail_argument(arg(name) + ": unknown dtype value " + std::to_string(t->dtype));
+  if (device_name(t->device) == nullptr) {
+    fail_argument(arg(name) + ": unknown device value " + std::to_string(t->device));
+  }
+  if (t->reserved != 0) fail_argument(arg(name) + ": field 'reserved' must be 0, got " + std::to_string(t->reserved));
+  for (int32_t i = 0; i < t->ndim; ++i) {
+    if (t->shape[i] < 0) fail_argument(arg(name) + ": negative extent in shape " + shape_string(*t));
+    if (t->strides[i] < 0) {
+      fail(NKV_STATUS_NOT_SUPPORTED, arg(name) + ": negative stride " + std::to_string(t->strides[i]) +
+                                         " in dimension " + std::to_string(i) + " is not supported");
+    }
+  }
+  const nkv_device_type expected = device_type_of(context);
+  if (t->device != expected) {
+    fail_argument(arg(name) + ": expected memory on device '" + device_name(expected) + "' (the context's backend), got '" +
+                  device_name(t->device) + "'");
+  }
+  if (t->data == nullptr && element_count(*t) != 0) fail_argument(arg(name) + ": data must not be NULL");
+  return *t;
+}
+
+void check_dtype(const char* name, const nkv_tensor& t, std::initializer_list<nkv_dtype> allowed) {
+  std::string expected;
+  for (nkv_dtype d : allowed) {
+    if (t.dtype == d) return;
+    expected += (expected.empty() ? "" : " or ") + std::string(dtype_name(d));
+  }
+  fail_argument(arg(name) + ": expected dtype " + expected + ", got " + dtype_name(t.dtype));
+}
+
+void check_shape(const char* name, const nkv_tensor& t, std::initializer_list<int64_t> expected) {
+  bool ok = t.ndim == static_cast<int32_t>(expected.size());
+  std::string wanted = "[";
+  int32_t i = 0;
+  for (int64_t e : expected) {
+    if (ok && e >= 0 && t.shape[i] != e) ok = false;
+    wanted += (i ? ", " : "") + (e < 0 ? std::string("*") : std::to_string(e));
+    ++i;
+  }
+  wanted += "]";
+  if (!ok) fail_argument(arg(name) + ": expected shape " + wanted + ", got " + shape_string(t));
+}
+
+void check_unit_inner_stride(const char* name, const nkv_tensor& t) {
+  if (t.ndim == 0) return;
+  const int32_t last = t.ndim - 1;
+  if (t.shape[last] > 1 && t.strides[last] != 1) {
+    fail(NKV_STATUS_NOT_SUPPORTED, arg(name) + ": expected stride 1 along the last dimension, got " +
+                                       std::to_string(t.strides[last]) + " (non-contiguous rows are not supported)");
+  }
+}
+
+void check_rows_disjoint(const char* name, const nkv_tensor& t) {
+  if (t.ndim == 2 && t.shape[0] > 1 && t.shape[1] > 0 && t.strides[0] < t.shape[1]) {
+    fail_argument(arg(name) + ": row stride " + std::to_string(t.strides[0]) + " is smaller than the row length " +
+                  std::to_string(t.shape[1]) + ", so output rows would overlap");
+  }
+}
+
+}  // namespace nkv

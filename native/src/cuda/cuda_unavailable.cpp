@@ -1,0 +1,30 @@
+// Compiled only when the library is built without a CUDA compiler: every CUDA entry reports it.
+#include "core/backends.h"
+#include "core/error.h"
+#include "core/quant.h"
+
+namespace nkv::cuda {
+namespace {
+[[noreturn]] void unavailable() {
+  fail(NKV_STATUS_NO_DEVICE, "this NativeKv library was built without the CUDA backend (no CUDA compiler at build time)");
+}
+}  // namespace
+
+int32_t device_count(std::string& reason) {
+  reason = "this NativeKv library was built without the CUDA backend";
+  return 0;
+}
+void device_properties(int32_t, nkv_device_properties&) { unavailable(); }
+void* create_stream(int32_t) { unavailable(); }
+void destroy_stream(int32_t, void*) noexcept {}
+void synchronize(int32_t, void*) { unavailable(); }
+void* allocate(int32_t, uint64_t) { unavailable(); }
+void release(int32_t, void*) noexcept {}
+void upload(int32_t, void*, void*, const void*, uint64_t) { unavailable(); }
+void download(int32_t, void*, void*, const void*, uint64_t) { unavailable(); }
+void copy(int32_t, void*, void*, const void*, uint64_t) { unavailable(); }
+void memset(int32_t, void*, void*, int32_t, uint64_t) { unavailable(); }
+void int8_quantize(const Int8QuantizeArgs&, const nkv_context&) { unavailable(); }
+void int8_dequantize(const Int8DequantizeArgs&, const nkv_context&) { unavailable(); }
+
+}  // namespace nkv::cuda

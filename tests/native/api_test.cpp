@@ -61,7 +61,7 @@ TEST(Context, CpuContextHasNoStream) {
   NKV_ASSERT_OK(nkv_context_synchronize(cpu.get()));
 }
 
-TEST(Context, AutoPicksCudaOnlyWhenADeviceIsUsable) {
+TEST(Context, AutoPicksTheGpuOnlyWhenADeviceIsUsable) {
   nkv_context* context = nullptr;
   NKV_ASSERT_OK(nkv_context_create(nullptr, &context));
   ContextPtr owned(context);
@@ -70,7 +70,7 @@ TEST(Context, AutoPicksCudaOnlyWhenADeviceIsUsable) {
   EXPECT_EQ(backend, cuda_device_count() > 0 ? NKV_BACKEND_CUDA : NKV_BACKEND_CPU);
 }
 
-TEST(Context, CudaWithoutDeviceIsNoDeviceWithTheReason) {
+TEST(Context, GpuRequestWithoutDeviceIsNoDeviceWithTheReason) {
   if (cuda_device_count() > 0) GTEST_SKIP() << "a CUDA device is present";
   nkv_context_options options{sizeof(nkv_context_options), NKV_BACKEND_CUDA, 0, 0, nullptr};
   nkv_context* context = reinterpret_cast<nkv_context*>(0x1);

@@ -409,6 +409,46 @@ TEST(QuantCuda, NonFiniteAndZeroRowsMatchCpu) {
     }
 }
 
+// The CUDA kernels avoid a division per element and fall back to it near half-integers; these rows are
+// full of exact ties, values a few ulps either side of them, and subnormal scales.
+TEST(QuantCuda, ExactAndNearTiesAndSubnormalScalesMatchCpu) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  std::uniform_int_distribution<int> code(-126, 126), ulps(-3, 3), pick(0, 3);
+  std::uniform_real_distribution<float> magnitude(0.5f, 1000.0f);
+  for (nkv_dtype dtype : kFloatTypes)
+    for (nkv_quant_axis axis : kAxes) {
+      const int64_t rows = 96, cols = 512;
+      Matrix m = random_matrix(dtype, rows, cols);
+      for (int64_t r = 0; r < rows; ++r) {
+        const int kind = static_cast<int>(r % 3);
+        // kind 0: power-of-two scale, values k/2 * scale (exact ties when k is odd); kind 1: arbitrary
+        // scale, values (k + 0.5) * scale nudged by a few ulps; kind 2: subnormal magnitudes
+        const float absmax = kind == 0 ? 127.0f * std::ldexp(1.0f, static_cast<int>(r % 9) - 4)
+                           : kind == 1 ? magnitude(rng())
+                                       : 127.0f * 1e-41f;
+        const float scale = absmax / 127.0f;
+        for (int64_t c = 0; c < cols; ++c) {
+          float x;
+          if (c == 0) {
+            x = absmax;
+          } else if (kind == 0) {
+            x = static_cast<float>(code(rng()) * 2 + 1) * 0.5f * scale * (pick(rng()) == 0 ? 0.5f : 1.0f);
+          } else if (kind == 1) {
+            x = (static_cast<float>(code(rng())) + 0.5f) * scale;
+            for (int u = ulps(rng()); u != 0; u += u > 0 ? -1 : 1) x = std::nextafter(x, u > 0 ? 1e30f : -1e30f);
+          } else {
+            x = static_cast<float>(code(rng())) * 1e-41f;
+          }
+          set_value(m, r, c, x);
+        }
+      }
+      SCOPED_TRACE(testing::Message() << "dtype " << dtype << " axis " << axis);
+      expect_same_bits(quantize(gpu.get(), m, axis), quantize(cpu.get(), m, axis));
+    }
+}
+
 TEST(QuantCuda, Large8192SquareFloat16MatchesCpu) {
   NKV_REQUIRE_CUDA();
   ContextPtr cpu = make_context(NKV_BACKEND_CPU);

@@ -79,10 +79,53 @@ __device__ __forceinline__ float scale_from_absmax(uint32_t absmax_bits) {
   return __fdiv_rn(__uint_as_float(absmax_bits), 127.0f);
 }
 
-__device__ __forceinline__ int8_t quantize_value(float x, float scale) {
-  const float q = __fdiv_rn(x, scale);  // 0/0 and inf/inf give NaN: code 0
-  if (isnan(q)) return 0;
-  return static_cast<int8_t>(__float2int_rn(fminf(fmaxf(q, -127.0f), 127.0f)));
+// x / scale rounded half-to-even, computed as in the CPU reference but without a division per element:
+// q = x * RN(1/scale) is within 2^-15 of the IEEE quotient for |q| <= 128, so it rounds the same way
+// unless it lies within 2^-13 of a half-integer; those rare elements (and rows whose scale is
+// subnormal, where 1/scale loses that bound) take the exact division. NaN converts to 0.
+struct Divisor {
+  float scale;
+  float reciprocal;
+  bool exact_only;
+};
+
+__device__ __forceinline__ Divisor make_divisor(float scale) {
+  return {scale, __frcp_rn(scale), scale > 0.0f && scale < 1.17549435e-38f};
+}
+
+__device__ __forceinline__ int8_t quantize_value(float x, const Divisor& d) {
+  const float q = __fmul_rn(x, d.reciprocal);
+  float k = rintf(q);
+  if (d.exact_only || fabsf(q - k) > 0.5f - 0x1p-13f) k = rintf(__fdiv_rn(x, d.scale));
+  return static_cast<int8_t>(min(max(__float2int_rn(k), -127), 127));  // cvt of NaN gives 0
+}
+
+// Magnitude max of a pack without converting each element: for 16-bit floats the bit patterns of
+// |x| order like the values (NaN above inf), so two lanes at a time go through one 16x2 integer max.
+template <typename T, int V>
+__device__ __forceinline__ uint32_t pack_magnitude_max(const Pack<T, V>& p, uint32_t running) {
+  if constexpr (sizeof(T) == 2 && V % 2 == 0) {
+    const uint32_t* words = reinterpret_cast<const uint32_t*>(p.v);
+#pragma unroll
+    for (int j = 0; j < V / 2; ++j) running = __vmaxu2(running, words[j] & 0x7fff7fffu);
+    return running;  // two 16-bit lanes; finish_magnitude_max folds them
+  } else {
+#pragma unroll
+    for (int j = 0; j < V; ++j) running = max(running, magnitude_bits(to_float(p.v[j])));
+    return running;
+  }
+}
+
+template <typename T, int V>
+__device__ __forceinline__ uint32_t finish_magnitude_max(uint32_t running) {
+  if constexpr (sizeof(T) == 2 && V % 2 == 0) {
+    const uint16_t bits = static_cast<uint16_t>(max(running & 0xffffu, running >> 16));
+    T value;
+    memcpy(&value, &bits, sizeof value);
+    return magnitude_bits(to_float(value));
+  } else {
+    return running;
+  }
 }
 
 // Max over the block; blockDim.x is a multiple of 32.
@@ -102,7 +145,7 @@ __device__ uint32_t block_max(uint32_t value) {
   return warp_max[0];
 }
 
-template <typename T, int V>
+template <typename T, int V, bool kOutliers>
 __global__ void __launch_bounds__(kMaxThreads) quantize_rows_kernel(Int8QuantizeArgs a) {
   using In = Pack<T, V>;
   using Out = Pack<int8_t, V>;
@@ -112,16 +155,21 @@ __global__ void __launch_bounds__(kMaxThreads) quantize_rows_kernel(Int8Quantize
   const int64_t packs = a.cols / V;
   const float threshold = a.outlier_threshold;
 
-  uint32_t absmax = 0;
+  uint32_t running = 0;
   auto absorb = [&](const In& p, int64_t pack) {
+    if constexpr (kOutliers) {
 #pragma unroll
-    for (int j = 0; j < V; ++j) {
-      const float x = to_float(p.v[j]);
-      if (is_outlier(x, threshold)) {
-        a.outlier_columns[pack * V + j] = 1;  // a flag; compacted into indices afterwards
-      } else {
-        absmax = max(absmax, magnitude_bits(x));
+      for (int j = 0; j < V; ++j) {
+        const float x = to_float(p.v[j]);
+        if (fabsf(x) >= threshold) {
+          int32_t* flag = &a.outlier_columns[pack * V + j];
+          if (*flag == 0) *flag = 1;  // read first: most rows find the flag already set, and skip the store
+        } else {
+          running = max(running, magnitude_bits(x));
+        }
       }
+    } else {
+      running = pack_magnitude_max(p, running);
     }
   };
 
@@ -139,16 +187,17 @@ __global__ void __launch_bounds__(kMaxThreads) quantize_rows_kernel(Int8Quantize
   for (int64_t i = threadIdx.x + static_cast<int64_t>(kRowCachedPacks) * blockDim.x; i < packs; i += blockDim.x) {
     absorb(in[i], i);
   }
+  const uint32_t absmax = block_max(kOutliers ? running : finish_magnitude_max<T, V>(running));
 
-  const float scale = scale_from_absmax(block_max(absmax));
-  if (threadIdx.x == 0) a.scales[row] = scale;
+  const Divisor divisor = make_divisor(scale_from_absmax(absmax));
+  if (threadIdx.x == 0) a.scales[row] = divisor.scale;
 
   auto emit = [&](const In& p, int64_t pack) {
     Out o;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const float x = to_float(p.v[j]);
-      o.v[j] = is_outlier(x, threshold) ? int8_t{0} : quantize_value(x, scale);
+      o.v[j] = (kOutliers && fabsf(x) >= threshold) ? int8_t{0} : quantize_value(x, divisor);
     }
     store_streaming(out + pack, o);
   };
@@ -206,16 +255,16 @@ __global__ void column_quantize_kernel(Int8QuantizeArgs a, const uint32_t* absma
   using Out = Pack<int8_t, V>;
   const int64_t pack = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (pack >= a.cols / V) return;
-  float scale[V];
+  Divisor divisor[V];
 #pragma unroll
-  for (int j = 0; j < V; ++j) scale[j] = scale_from_absmax(absmax_bits[pack * V + j]);
+  for (int j = 0; j < V; ++j) divisor[j] = make_divisor(scale_from_absmax(absmax_bits[pack * V + j]));
   for (int64_t r = row_begin_of_block(); r < a.rows; r = next_row(r)) {
     const In p = load_streaming(reinterpret_cast<const In*>(static_cast<const T*>(a.input) + r * a.input_row_stride) + pack);
     Out o;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const float x = to_float(p.v[j]);
-      o.v[j] = is_outlier(x, a.outlier_threshold) ? int8_t{0} : quantize_value(x, scale[j]);
+      o.v[j] = is_outlier(x, a.outlier_threshold) ? int8_t{0} : quantize_value(x, divisor[j]);
     }
     store_streaming(reinterpret_cast<Out*>(a.codes + r * a.codes_row_stride) + pack, o);
   }
@@ -308,7 +357,11 @@ void quantize(const Int8QuantizeArgs& a, cudaStream_t stream) {
   } else if (a.rows > 0 && a.cols > 0) {
     if (a.axis == NKV_QUANT_AXIS_ROW) {
       const int threads = round_up_warp((packs + kRowCachedPacks - 1) / kRowCachedPacks);
-      quantize_rows_kernel<T, V><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
+      if (outliers) {
+        quantize_rows_kernel<T, V, true><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
+      } else {
+        quantize_rows_kernel<T, V, false><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
+      }
       check_launch("quantize_rows_kernel");
     } else {
       auto* absmax_bits = reinterpret_cast<uint32_t*>(a.scales);

@@ -99,7 +99,7 @@ def chart(path, rows, peers, title):
         ax.invert_yaxis()
         ax.set_xlabel("GB/s (bytes the op must move / time)")
         ax.set_title(title, fontsize=10)
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=3)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         return

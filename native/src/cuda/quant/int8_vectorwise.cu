@@ -18,8 +18,15 @@
 namespace nkv::cuda {
 namespace {
 
-constexpr int kRowCachedPacks = 4;  // 16-byte packs a thread keeps in registers between the two passes
+// A row kernel's thread keeps CACHED 16-byte packs in registers between the two passes; wider rows use
+// more packs per thread rather than more threads, which keeps blocks near 256 threads: per-thread index
+// registers are then a smaller share of the register file and more rows fit on an SM at once.
 constexpr int kMaxThreads = 1024;
+constexpr int kRowThreadsTarget = 256;
+
+// Block-size bound per instantiation, so the compiler may use up to 255 registers for 256-thread blocks
+// instead of spilling the register cache to fit 1024-thread blocks.
+constexpr int row_max_threads(int v, int cached) { return v == 1 ? kMaxThreads : cached == 16 ? 512 : kRowThreadsTarget; }
 constexpr int kColumnThreads = 256;
 constexpr int64_t kColumnRowsPerBlock = 64;
 
@@ -145,8 +152,8 @@ __device__ uint32_t block_max(uint32_t value) {
   return warp_max[0];
 }
 
-template <typename T, int V, bool kOutliers>
-__global__ void __launch_bounds__(kMaxThreads) quantize_rows_kernel(Int8QuantizeArgs a) {
+template <typename T, int V, int kRowCachedPacks, bool kOutliers>
+__global__ void __launch_bounds__(row_max_threads(V, kRowCachedPacks)) quantize_rows_kernel(Int8QuantizeArgs a) {
   using In = Pack<T, V>;
   using Out = Pack<int8_t, V>;
   const int64_t row = blockIdx.x;
@@ -347,6 +354,30 @@ int round_up_warp(int64_t threads) {
 
 void check_launch(const char* kernel) { check(cudaGetLastError(), kernel); }
 
+template <typename T, int V, int kCached>
+void launch_rows_cached(const Int8QuantizeArgs& a, int64_t packs, bool outliers, cudaStream_t stream) {
+  const int threads = std::min(round_up_warp((packs + kCached - 1) / kCached), row_max_threads(V, kCached));
+  if (outliers) {
+    quantize_rows_kernel<T, V, kCached, true><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
+  } else {
+    quantize_rows_kernel<T, V, kCached, false><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
+  }
+}
+
+template <typename T, int V>
+void launch_rows(const Int8QuantizeArgs& a, int64_t packs, bool outliers, cudaStream_t stream) {
+  if constexpr (V == 1) {  // unaligned fallback: correctness first
+    launch_rows_cached<T, V, 4>(a, packs, outliers, stream);
+  } else if (packs <= 4 * kRowThreadsTarget) {
+    launch_rows_cached<T, V, 4>(a, packs, outliers, stream);
+  } else if (packs <= 8 * kRowThreadsTarget) {
+    launch_rows_cached<T, V, 8>(a, packs, outliers, stream);
+  } else {
+    launch_rows_cached<T, V, 16>(a, packs, outliers, stream);
+  }
+  check_launch("quantize_rows_kernel");
+}
+
 template <typename T, int V>
 void quantize(const Int8QuantizeArgs& a, cudaStream_t stream) {
   const bool outliers = a.outlier_threshold > 0.0f;
@@ -356,13 +387,7 @@ void quantize(const Int8QuantizeArgs& a, cudaStream_t stream) {
     NKV_CUDA_CHECK(cudaMemsetAsync(a.scales, 0, sizeof(float) * a.rows, stream));  // empty rows: scale 0
   } else if (a.rows > 0 && a.cols > 0) {
     if (a.axis == NKV_QUANT_AXIS_ROW) {
-      const int threads = round_up_warp((packs + kRowCachedPacks - 1) / kRowCachedPacks);
-      if (outliers) {
-        quantize_rows_kernel<T, V, true><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
-      } else {
-        quantize_rows_kernel<T, V, false><<<static_cast<unsigned>(a.rows), threads, 0, stream>>>(a);
-      }
-      check_launch("quantize_rows_kernel");
+      launch_rows<T, V>(a, packs, outliers, stream);
     } else {
       auto* absmax_bits = reinterpret_cast<uint32_t*>(a.scales);
       NKV_CUDA_CHECK(cudaMemsetAsync(absmax_bits, 0, sizeof(uint32_t) * a.cols, stream));

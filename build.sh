@@ -131,7 +131,7 @@ build_native() {
 
 dotnet_build() {
   command -v dotnet >/dev/null || die "the .NET 10 SDK is needed for the managed build (dotnet not on PATH)"
-  dotnet build "$ROOT/NativeKv.sln" -c Release -nologo -v quiet -p:NativeKvLibDir="$BUILD_DIR/lib"
+  dotnet build "$ROOT/NativeKv.sln" -c Release -nologo -v quiet -p:NativeKvLibDir="$BUILD_DIR/lib" -p:NativeKvVersion="$VERSION"
 }
 
 cmd_build() { build_native; dotnet_build; }
@@ -157,13 +157,27 @@ cmd_bench() {
   python3 "$ROOT/bench/run.py" --build "$BUILD_DIR" --results "$out" --repo "$ROOT"
 }
 
+# The runtime package must carry what the design promises: sm_80 and sm_90a machine code plus PTX.
+check_package_architectures() {
+  local lib="$BUILD_DIR/lib/libnativekv.so" nvcc cuobjdump
+  nvcc="$(find_nvcc)"; cuobjdump="$(dirname "$nvcc")/cuobjdump"
+  [[ -x "$cuobjdump" ]] || die "cuobjdump not found next to $nvcc"
+  local elf ptx; elf="$("$cuobjdump" --list-elf "$lib")"; ptx="$("$cuobjdump" --list-ptx "$lib" 2>&1 || true)"
+  grep -q 'sm_80\.cubin' <<<"$elf" && grep -q 'sm_90a\.cubin' <<<"$elf" && grep -Eq '(sm|compute)_90\.ptx' <<<"$ptx" ||
+    die "libnativekv.so lacks sm_80/sm_90a code or compute_90 PTX (built with NKV_CUDA_ARCHITECTURES=${NKV_CUDA_ARCHITECTURES:-default}?):
+$elf
+$ptx"
+  log "libnativekv.so carries sm_80 + sm_90a code and compute_90 PTX"
+}
+
 cmd_pack() {
   build_native
+  check_package_architectures
   local feed="$ROOT/artifacts/packages"
   rm -rf "$feed"; mkdir -p "$feed"
   dotnet pack "$ROOT/managed/NativeKv.Runtime.linux-x64/NativeKv.Runtime.linux-x64.csproj" -c Release -nologo -v quiet \
-    -o "$feed" -p:NativeKvLibDir="$BUILD_DIR/lib"
-  dotnet pack "$ROOT/managed/NativeKv/NativeKv.csproj" -c Release -nologo -v quiet -o "$feed"
+    -o "$feed" -p:NativeKvLibDir="$BUILD_DIR/lib" -p:NativeKvVersion="$VERSION"
+  dotnet pack "$ROOT/managed/NativeKv/NativeKv.csproj" -c Release -nologo -v quiet -o "$feed" -p:NativeKvVersion="$VERSION"
   ls -l "$feed"
   "$ROOT/tests/packaging/consume.sh" "$feed" "$VERSION"
 }
@@ -175,11 +189,15 @@ cmd_gpu_bundle() {
   local fx; fx="$(ls "$dotnet_root/shared/Microsoft.NETCore.App" | sort -V | tail -n1)"
   log "packing .NET runtime $fx from $dotnet_root"
   tar -C "$dotnet_root" -cJf "$BUNDLE_DIR/dotnet-runtime.tar.xz" dotnet host/fxr "shared/Microsoft.NETCore.App/$fx"
-  dotnet publish "$ROOT/tests/NativeKv.Tests/NativeKv.Tests.csproj" -c Release -nologo -v quiet -o "$BUNDLE_DIR/tests" \
+  # Published folders travel compressed: the GPU machine's copy of the tree is size-limited.
+  local staging; staging="$(mktemp -d)"
+  dotnet publish "$ROOT/tests/NativeKv.Tests/NativeKv.Tests.csproj" -c Release -nologo -v quiet -o "$staging/tests" \
     -p:NativeKvSkipNativeCopy=true
   dotnet publish "$ROOT/bench/NativeKv.Benchmarks/NativeKv.Benchmarks.csproj" -c Release -nologo -v quiet \
-    -o "$BUNDLE_DIR/benchmarks" -p:NativeKvSkipNativeCopy=true
-  du -sh "$BUNDLE_DIR"
+    -o "$staging/benchmarks" -p:NativeKvSkipNativeCopy=true
+  tar -C "$staging" -cJf "$BUNDLE_DIR/managed.tar.xz" tests benchmarks
+  rm -rf "$staging"
+  du -sh "$BUNDLE_DIR"/*
   log "gpu-bundle ready: carry 'gpu-bundle' to the GPU machine and run ./build.sh gpu-check there"
 }
 

@@ -53,10 +53,11 @@ compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/bin/nkv_quant_test
 rc=$?; tail -n 2 "$STEPS/racecheck.log"; record racecheck $rc
 
 step "managed tests against the CUDA build"
-if [[ -f "$ROOT/gpu-bundle/dotnet-runtime.tar.xz" ]]; then
-  DOTNET_DIR="$(mktemp -d)"
+if [[ -f "$ROOT/gpu-bundle/dotnet-runtime.tar.xz" && -f "$ROOT/gpu-bundle/managed.tar.xz" ]]; then
+  DOTNET_DIR="$(mktemp -d)"; MANAGED_DIR="$(mktemp -d)"
   tar -C "$DOTNET_DIR" -xJf "$ROOT/gpu-bundle/dotnet-runtime.tar.xz"
-  (cd "$ROOT/gpu-bundle/tests" && DOTNET_ROOT="$DOTNET_DIR" DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 \
+  tar -C "$MANAGED_DIR" -xJf "$ROOT/gpu-bundle/managed.tar.xz"
+  (cd "$MANAGED_DIR/tests" && DOTNET_ROOT="$DOTNET_DIR" DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 \
      NATIVEKV_LIBRARY_PATH="$BUILD/lib" NATIVEKV_REQUIRE_GPU=1 "$DOTNET_DIR/dotnet" NativeKv.Tests.dll) \
      >"$STEPS/managed-tests.log" 2>&1
   rc=$?; tail -n 8 "$STEPS/managed-tests.log"; record managed-tests $rc
@@ -68,8 +69,8 @@ fi
 step "benchmarks"
 python3 "$ROOT/bench/run.py" --build "$BUILD" --results "$OUT" --repo "$ROOT" 2>&1 | tee "$STEPS/bench.log"
 record bench "${PIPESTATUS[0]}"
-if [[ -f "$ROOT/gpu-bundle/benchmarks/NativeKv.Benchmarks.dll" && -n "${DOTNET_DIR:-}" ]]; then
-  (cd "$ROOT/gpu-bundle/benchmarks" && DOTNET_ROOT="$DOTNET_DIR" DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 \
+if [[ -n "${MANAGED_DIR:-}" && -f "$MANAGED_DIR/benchmarks/NativeKv.Benchmarks.dll" ]]; then
+  (cd "$MANAGED_DIR/benchmarks" && DOTNET_ROOT="$DOTNET_DIR" DOTNET_SYSTEM_GLOBALIZATION_INVARIANT=1 \
      NATIVEKV_LIBRARY_PATH="$BUILD/lib" timeout 240 "$DOTNET_DIR/dotnet" NativeKv.Benchmarks.dll --filter '*' --job short \
      --artifacts "$STEPS/bdn") >"$STEPS/benchmarkdotnet.log" 2>&1
   rc=$?; grep -E '^\|' "$STEPS/benchmarkdotnet.log" | tail -n 30

@@ -8,9 +8,12 @@ namespace NativeKv;
 /// </summary>
 public sealed unsafe class Context : IDisposable
 {
+    private readonly ContextHandle _handle;
+    private bool _disposed;
+
     private Context(ContextHandle handle)
     {
-        Handle = handle;
+        _handle = handle;
         NativeStatus.Check(NativeMethods.nkv_context_backend(handle, out int backend));
         NativeStatus.Check(NativeMethods.nkv_context_device_ordinal(handle, out int ordinal));
         NativeStatus.Check(NativeMethods.nkv_context_stream(handle, out nint stream));
@@ -29,7 +32,16 @@ public sealed unsafe class Context : IDisposable
     public nint Stream { get; }
 
     /// <summary>The native handle, for passing the context to other native code.</summary>
-    public ContextHandle Handle { get; }
+    /// <exception cref="ObjectDisposedException">The context was disposed.</exception>
+    public ContextHandle Handle
+    {
+        get
+        {
+            // The handle itself stays usable while buffers hold references to it; the Context object does not.
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            return _handle;
+        }
+    }
 
     /// <summary>Creates a context.</summary>
     /// <param name="backend">The backend; <see cref="Backend.Auto"/> picks CUDA when a device is usable, else the CPU.</param>
@@ -75,7 +87,11 @@ public sealed unsafe class Context : IDisposable
     /// Releases the context once no <see cref="DeviceBuffer{T}"/> allocated from it is alive any more (buffers hold a
     /// reference on it). Destruction waits for the context's outstanding work.
     /// </summary>
-    public void Dispose() => Handle.Dispose();
+    public void Dispose()
+    {
+        _disposed = true;
+        _handle.Dispose();
+    }
 
     /// <inheritdoc />
     public override string ToString() => Backend == Backend.Cuda ? $"Context(Cuda:{DeviceOrdinal})" : $"Context({Backend})";

@@ -117,7 +117,7 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
             return;
         }
         NativeStatus.Check(NativeMethods.nkv_buffer_copy(Handle, ByteOffset(destinationIndex), source.Handle,
-            source.ByteOffset(sourceIndex), ByteCount(length)));
+            ByteOffset(sourceIndex), ByteCount(length)));
     }
 
     /// <summary>Sets every byte of the buffer to <paramref name="value"/>, stream-ordered.</summary>

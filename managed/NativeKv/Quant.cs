@@ -51,7 +51,7 @@ public static unsafe class Quant
     /// <param name="codes">[rows, cols] int8, unit stride along columns.</param>
     /// <param name="scales">[rows] or [cols] float32, contiguous.</param>
     /// <param name="outlierThreshold">Elements with <c>|x| &gt;= outlierThreshold</c> are outliers; &gt; 0, may be +∞.</param>
-    /// <param name="outlierColumns">[cols] int32: receives the outlier columns in ascending order; entries past the count are left as they were.</param>
+    /// <param name="outlierColumns">[cols] int32: receives the outlier columns in ascending order; entries past the count are set to -1.</param>
     /// <param name="outlierColumnCount">[1] int32: receives the number of outlier columns.</param>
     /// <param name="axis">Which vectors share a scale.</param>
     /// <exception cref="NativeKvInvalidArgumentException">A tensor is malformed or the threshold is not &gt; 0.</exception>

@@ -37,9 +37,10 @@ internal static unsafe class NativeLibraryLoader
     internal static IReadOnlyList<string> DefaultProbeDirectories()
     {
         string baseDirectory = AppContext.BaseDirectory;
-        string assemblyDirectory = Path.GetDirectoryName(typeof(NativeLibraryLoader).Assembly.Location) is { Length: > 0 } d
-            ? d
-            : baseDirectory; // single-file apps have no assembly location
+#pragma warning disable IL3000 // empty in single-file apps, handled by falling back to the app folder
+        string location = typeof(NativeLibraryLoader).Assembly.Location;
+#pragma warning restore IL3000
+        string assemblyDirectory = Path.GetDirectoryName(location) is { Length: > 0 } directory ? directory : baseDirectory;
         var directories = new List<string>
         {
             Path.Combine(assemblyDirectory, "runtimes", RuntimeIdentifier, "native"),
@@ -56,11 +57,11 @@ internal static unsafe class NativeLibraryLoader
     /// <summary>
     /// Loads the first candidate that is a NativeKv library of <see cref="NativeLibraryInfo.ExpectedAbiVersion"/>:
     /// <paramref name="environmentPath"/> (a file, or a folder holding <see cref="FileName"/>), then
-    /// <see cref="FileName"/> in each of <paramref name="probeDirectories"/>, then the bare name through the system
-    /// loader's own search (LD_LIBRARY_PATH, ldconfig).
+    /// <see cref="FileName"/> in each of <paramref name="probeDirectories"/>, then, with <paramref name="searchSystem"/>,
+    /// the bare name through the system loader's own search (LD_LIBRARY_PATH, ldconfig).
     /// </summary>
     /// <exception cref="NativeKvLibraryNotFoundException">No candidate could be used; the message lists each one.</exception>
-    internal static (nint Handle, string Path) Load(string? environmentPath, IEnumerable<string> probeDirectories)
+    internal static (nint Handle, string Path) Load(string? environmentPath, IEnumerable<string> probeDirectories, bool searchSystem = true)
     {
         var candidates = new List<string>();
         if (!string.IsNullOrWhiteSpace(environmentPath))
@@ -87,11 +88,14 @@ internal static unsafe class NativeLibraryLoader
             attempts.Add($"{candidate}: {failure}");
         }
 
-        if (TryLoad(FileName, out nint systemHandle, out string systemFailure))
+        if (searchSystem)
         {
-            return (systemHandle, FileName);
+            if (TryLoad(FileName, out nint systemHandle, out string systemFailure))
+            {
+                return (systemHandle, FileName);
+            }
+            attempts.Add($"{FileName} (system loader search): {systemFailure}");
         }
-        attempts.Add($"{FileName} (system loader search): {systemFailure}");
 
         throw new NativeKvLibraryNotFoundException(RuntimeIdentifier, attempts);
     }
@@ -112,7 +116,7 @@ internal static unsafe class NativeLibraryLoader
         }
         catch (Exception e) when (e is DllNotFoundException or BadImageFormatException)
         {
-            (handle, failure) = (0, e.Message);
+            (handle, failure) = (0, e.Message.ReplaceLineEndings(" ")); // one line per attempt in the final message
             return false;
         }
 

@@ -48,7 +48,9 @@ typedef enum nkv_status {
   NKV_STATUS_INTERNAL = 6          /* a bug in NativeKv: please report the message */
 } nkv_status;
 
-/* The message of the last failed call on this thread ("" when none); valid until the next call. */
+/* The message of the last failed call on this thread; every call clears it first, so it is "" after a
+ * success. One exception: nkv_cuda_device_count leaves the reason there when it reports 0 devices.
+ * Valid until the next NativeKv call on this thread. */
 NKV_API const char* nkv_last_error(void);
 /* A constant name for a status, e.g. "NKV_STATUS_INVALID_ARGUMENT". */
 NKV_API const char* nkv_status_name(nkv_status status);
@@ -76,7 +78,8 @@ typedef enum nkv_device_type {
 #define NKV_MAX_DIMS 6
 
 /* A view of caller-owned memory. Strides are in elements, not bytes; shape[i] >= 0. Entries past ndim
- * are ignored. `dtype` and `device` hold nkv_dtype and nkv_device_type values. */
+ * are ignored. `dtype` and `device` hold nkv_dtype and nkv_device_type values. `data` may be NULL only
+ * when the view has no elements. Negative strides are NKV_STATUS_NOT_SUPPORTED. */
 typedef struct nkv_tensor {
   void* data;
   int32_t dtype;
@@ -137,9 +140,11 @@ typedef struct nkv_context_options {
 
 /* `options` may be NULL for NKV_BACKEND_AUTO on device 0 with an owned stream. */
 NKV_API nkv_status nkv_context_create(const nkv_context_options* options, nkv_context** out_context);
-/* NULL is accepted and does nothing. Waits for the context's outstanding work first. */
+/* NULL is accepted and does nothing. Waits for the context's outstanding work first. Destroy every
+ * buffer of the context before the context itself. */
 NKV_API nkv_status nkv_context_destroy(nkv_context* context);
 NKV_API nkv_status nkv_context_backend(const nkv_context* context, int32_t* out_backend);
+/* The CUDA device ordinal; 0 on the CPU backend. */
 NKV_API nkv_status nkv_context_device_ordinal(const nkv_context* context, int32_t* out_ordinal);
 /* The cudaStream_t the context runs on (NULL on the CPU backend). */
 NKV_API nkv_status nkv_context_stream(const nkv_context* context, void** out_stream);
@@ -154,8 +159,10 @@ NKV_API nkv_status nkv_context_synchronize(nkv_context* context);
 
 typedef struct nkv_buffer nkv_buffer;
 
+/* size_bytes may be 0 (a valid, empty buffer). */
 NKV_API nkv_status nkv_buffer_create(nkv_context* context, uint64_t size_bytes, nkv_buffer** out_buffer);
-/* NULL is accepted and does nothing. The buffer must not be used by work still in flight. */
+/* NULL is accepted and does nothing. The buffer must not be used by work still in flight, and its
+ * context must still exist. */
 NKV_API nkv_status nkv_buffer_destroy(nkv_buffer* buffer);
 NKV_API nkv_status nkv_buffer_data(const nkv_buffer* buffer, void** out_data);
 NKV_API nkv_status nkv_buffer_size(const nkv_buffer* buffer, uint64_t* out_size_bytes);
@@ -179,7 +186,8 @@ NKV_API nkv_status nkv_buffer_memset(nkv_buffer* buffer, uint64_t offset_bytes, 
  * For a [rows, cols] float32/float16/bfloat16 matrix and axis ROW (one scale per row; COLUMN: per column):
  *   absmax = max |x| over the vector, ignoring outliers (|x| >= outlier_threshold, when a threshold is set)
  *   scale  = absmax / 127                                    (float32)
- *   code   = round_half_to_even(x / scale), clamped to [-127, 127]   (int8; 0 for outliers)
+ *   code   = round_half_to_even(x / scale), clamped to [-127, 127]   (IEEE float32 division; int8;
+ *            0 for outliers; the CUDA backend returns exactly the CPU reference's codes and scales)
  * A vector whose absmax is 0 gets scale 0 and codes 0. Non-finite input: NaN anywhere in a vector makes
  * its scale NaN and its codes 0; an infinity (not excluded as an outlier) makes its scale +inf and its
  * codes 0. Dequantization computes code * scale (float32) and rounds to the output dtype.
@@ -204,9 +212,9 @@ typedef struct nkv_int8_quant_params {
  * input:                [rows, cols] float32/float16/bfloat16
  * codes:                [rows, cols] int8
  * scales:               [rows] (ROW) or [cols] (COLUMN) float32
- * outlier_columns:      [cols] int32, or NULL when outlier_threshold is 0; entries past the count are
- *                       set to -1
- * outlier_column_count: [1] int32, or NULL when outlier_threshold is 0
+ * outlier_columns:      [cols] int32 when outlier_threshold > 0, and must be NULL when it is 0;
+ *                       entries past the count are set to -1
+ * outlier_column_count: [1] int32 when outlier_threshold > 0, and must be NULL when it is 0
  * All tensors live on the context's device. Runs asynchronously on the context's stream.
  */
 NKV_API nkv_status nkv_int8_quantize(nkv_context* context, const nkv_int8_quant_params* params,
@@ -226,8 +234,8 @@ NKV_API nkv_status nkv_int8_dequantize(nkv_context* context, const nkv_int8_quan
 NKV_API size_t nkv_struct_size(const char* struct_name);
 /* offsetof() of a field, e.g. ("nkv_tensor", "strides"); SIZE_MAX for an unknown struct or field. */
 NKV_API size_t nkv_struct_field_offset(const char* struct_name, const char* field_name);
-/* Value of a public enum constant by its C name ("NKV_DTYPE_BFLOAT16", ...); writes it to out_value,
- * returns NKV_STATUS_INVALID_ARGUMENT for an unknown name. */
+/* Value of a public enum constant or integer macro (NKV_MAX_DIMS, NKV_ABI_VERSION) by its C name
+ * ("NKV_DTYPE_BFLOAT16", ...); writes it to out_value, NKV_STATUS_INVALID_ARGUMENT for an unknown name. */
 NKV_API nkv_status nkv_enum_value(const char* constant_name, int64_t* out_value);
 /* Names of every exported function, NULL-terminated. */
 NKV_API const char* const* nkv_exported_functions(void);

@@ -47,6 +47,7 @@ struct Options {
   int iterations = 30;
   int warmup = 5;
   bool quick = false;
+  std::string only;  // run only cases whose label contains this, e.g. "quantize float16 4096x14336 row"
 };
 
 struct Case {
@@ -255,8 +256,10 @@ int main(int argc, char** argv) {
       o.iterations = std::max(1, std::atoi(argv[++i]));
     } else if (a == "--quick") {
       o.quick = true;
+    } else if (a == "--only" && i + 1 < argc) {
+      o.only = argv[++i];
     } else {
-      die("usage: nkv_bench [--backend auto|cpu|cuda] [--iterations N] [--quick]");
+      die("usage: nkv_bench [--backend auto|cpu|cuda] [--iterations N] [--quick] [--only LABEL-SUBSTRING]");
     }
   }
   const int32_t backend_request = o.backend == "cpu" ? NKV_BACKEND_CPU : o.backend == "cuda" ? NKV_BACKEND_CUDA : NKV_BACKEND_AUTO;
@@ -297,7 +300,13 @@ int main(int argc, char** argv) {
   cases.push_back({NKV_DTYPE_FLOAT16, big, big, NKV_QUANT_AXIS_ROW, 6.0f, "quantize"});
   cases.push_back({NKV_DTYPE_FLOAT16, big, big, NKV_QUANT_AXIS_COLUMN, 0.0f, "quantize"});
   cases.push_back({NKV_DTYPE_FLOAT16, big, big, NKV_QUANT_AXIS_ROW, 0.0f, "dequantize"});
-  for (const Case& c : cases) run_case(context, gpu, gpu ? "cuda" : "cpu", device.c_str(), o, c, l2_bytes);
+  for (const Case& c : cases) {
+    const std::string label = std::string(c.op) + " " + dtype_label(c.dtype) + " " + std::to_string(c.rows) + "x" +
+                              std::to_string(c.cols) + " " + (c.axis == NKV_QUANT_AXIS_ROW ? "row" : "column") +
+                              (c.threshold > 0 ? " outliers" : "");
+    if (!o.only.empty() && label.find(o.only) == std::string::npos) continue;
+    run_case(context, gpu, gpu ? "cuda" : "cpu", device.c_str(), o, c, l2_bytes);
+  }
   check(nkv_context_destroy(context), "nkv_context_destroy");
   return 0;
 }

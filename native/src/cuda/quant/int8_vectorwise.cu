@@ -100,10 +100,14 @@ __device__ __forceinline__ Divisor make_divisor(float scale) {
   return {scale, __frcp_rn(scale), scale > 0.0f && scale < 1.17549435e-38f};
 }
 
+// Out of line: the rare exact path would otherwise be inlined at every element of an unrolled pack and
+// cost registers on the common path.
+__device__ __noinline__ float exact_rounded_quotient(float x, float scale) { return rintf(__fdiv_rn(x, scale)); }
+
 __device__ __forceinline__ int8_t quantize_value(float x, const Divisor& d) {
   const float q = __fmul_rn(x, d.reciprocal);
   float k = rintf(q);
-  if (d.exact_only || fabsf(q - k) > 0.5f - 0x1p-13f) k = rintf(__fdiv_rn(x, d.scale));
+  if (d.exact_only || fabsf(q - k) > 0.5f - 0x1p-13f) k = exact_rounded_quotient(x, d.scale);
   return static_cast<int8_t>(min(max(__float2int_rn(k), -127), 127));  // cvt of NaN gives 0
 }
 
@@ -218,26 +222,41 @@ __global__ void __launch_bounds__(row_max_threads(V, kRowCachedPacks)) quantize_
   }
 }
 
-// Column kernels walk rows in chunks of kColumnRowsPerBlock: chunk blockIdx.y, then every gridDim.y-th
-// chunk after it (grid.y is capped by the hardware's 65535).
-__device__ __forceinline__ int64_t row_begin_of_block() {
-  return static_cast<int64_t>(blockIdx.y) * kColumnRowsPerBlock;
-}
-__device__ __forceinline__ int64_t next_row(int64_t r) {
-  ++r;
-  return r % kColumnRowsPerBlock == 0 ? r + static_cast<int64_t>(gridDim.y - 1) * kColumnRowsPerBlock : r;
+// Column kernels: a thread owns one pack of V columns and walks a chunk of kColumnRowsPerBlock rows
+// (chunk blockIdx.y, then every gridDim.y-th chunk: grid.y is capped at 65535). Rows are loaded
+// kColumnBatch at a time before any is used, so each thread keeps several 16-byte loads in flight.
+constexpr int kColumnBatch = 4;
+
+template <typename T, int V, typename Body>
+__device__ __forceinline__ void for_each_row_batch(const Int8QuantizeArgs& a, int64_t pack, Body&& body) {
+  using In = Pack<T, V>;
+  for (int64_t begin = static_cast<int64_t>(blockIdx.y) * kColumnRowsPerBlock; begin < a.rows;
+       begin += static_cast<int64_t>(gridDim.y) * kColumnRowsPerBlock) {
+    const int64_t end = min(a.rows, begin + kColumnRowsPerBlock);
+    for (int64_t r0 = begin; r0 < end; r0 += kColumnBatch) {
+      In batch[kColumnBatch];
+#pragma unroll
+      for (int k = 0; k < kColumnBatch; ++k) {
+        if (r0 + k < end) {
+          batch[k] = load_streaming(reinterpret_cast<const In*>(static_cast<const T*>(a.input) + (r0 + k) * a.input_row_stride) + pack);
+        }
+      }
+#pragma unroll
+      for (int k = 0; k < kColumnBatch; ++k) {
+        if (r0 + k < end) body(r0 + k, batch[k]);
+      }
+    }
+  }
 }
 
-// Column pass 1: each thread owns one pack of V columns over a chunk of rows; atomicMax merges chunks.
+// Column pass 1: per-thread absmax over its rows; atomicMax merges the chunks of a column.
 template <typename T, int V>
-__global__ void column_absmax_kernel(Int8QuantizeArgs a, uint32_t* absmax_bits) {
-  using In = Pack<T, V>;
+__global__ void __launch_bounds__(kColumnThreads) column_absmax_kernel(Int8QuantizeArgs a, uint32_t* absmax_bits) {
   const int64_t pack = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (pack >= a.cols / V) return;
   uint32_t absmax[V] = {};
   bool outlier[V] = {};
-  for (int64_t r = row_begin_of_block(); r < a.rows; r = next_row(r)) {
-    const In p = load_streaming(reinterpret_cast<const In*>(static_cast<const T*>(a.input) + r * a.input_row_stride) + pack);
+  for_each_row_batch<T, V>(a, pack, [&](int64_t, const Pack<T, V>& p) {
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const float x = to_float(p.v[j]);
@@ -247,7 +266,7 @@ __global__ void column_absmax_kernel(Int8QuantizeArgs a, uint32_t* absmax_bits) 
         absmax[j] = max(absmax[j], magnitude_bits(x));
       }
     }
-  }
+  });
 #pragma unroll
   for (int j = 0; j < V; ++j) {
     if (absmax[j] != 0) atomicMax(&absmax_bits[pack * V + j], absmax[j]);
@@ -257,16 +276,14 @@ __global__ void column_absmax_kernel(Int8QuantizeArgs a, uint32_t* absmax_bits) 
 
 // Column pass 2: codes from the finished per-column absmax.
 template <typename T, int V>
-__global__ void column_quantize_kernel(Int8QuantizeArgs a, const uint32_t* absmax_bits) {
-  using In = Pack<T, V>;
+__global__ void __launch_bounds__(kColumnThreads) column_quantize_kernel(Int8QuantizeArgs a, const uint32_t* absmax_bits) {
   using Out = Pack<int8_t, V>;
   const int64_t pack = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (pack >= a.cols / V) return;
   Divisor divisor[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) divisor[j] = make_divisor(scale_from_absmax(absmax_bits[pack * V + j]));
-  for (int64_t r = row_begin_of_block(); r < a.rows; r = next_row(r)) {
-    const In p = load_streaming(reinterpret_cast<const In*>(static_cast<const T*>(a.input) + r * a.input_row_stride) + pack);
+  for_each_row_batch<T, V>(a, pack, [&](int64_t r, const Pack<T, V>& p) {
     Out o;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
@@ -274,7 +291,7 @@ __global__ void column_quantize_kernel(Int8QuantizeArgs a, const uint32_t* absma
       o.v[j] = is_outlier(x, a.outlier_threshold) ? int8_t{0} : quantize_value(x, divisor[j]);
     }
     store_streaming(reinterpret_cast<Out*>(a.codes + r * a.codes_row_stride) + pack, o);
-  }
+  });
 }
 
 // absmax bits -> scales, in place (the scales output doubles as the absmax accumulator).

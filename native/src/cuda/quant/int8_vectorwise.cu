@@ -100,14 +100,10 @@ __device__ __forceinline__ Divisor make_divisor(float scale) {
   return {scale, __frcp_rn(scale), scale > 0.0f && scale < 1.17549435e-38f};
 }
 
-// Out of line: the rare exact path would otherwise be inlined at every element of an unrolled pack and
-// cost registers on the common path.
-__device__ __noinline__ float exact_rounded_quotient(float x, float scale) { return rintf(__fdiv_rn(x, scale)); }
-
 __device__ __forceinline__ int8_t quantize_value(float x, const Divisor& d) {
   const float q = __fmul_rn(x, d.reciprocal);
   float k = rintf(q);
-  if (d.exact_only || fabsf(q - k) > 0.5f - 0x1p-13f) k = exact_rounded_quotient(x, d.scale);
+  if (d.exact_only || fabsf(q - k) > 0.5f - 0x1p-13f) k = rintf(__fdiv_rn(x, d.scale));
   return static_cast<int8_t>(min(max(__float2int_rn(k), -127), 127));  // cvt of NaN gives 0
 }
 

@@ -143,8 +143,10 @@ cmd_test() {
   local ctest_log="$BUILD_DIR/ctest.log"
   (cd "$BUILD_DIR" && ctest --output-on-failure --timeout 900 -j "$(nproc)" 2>&1) | tee "$ctest_log"
   local rc=${PIPESTATUS[0]}
-  local skipped; skipped="$(grep -c '\*\*\*Skipped' "$ctest_log" || true)"
-  log "ctest: $skipped test(s) skipped (GPU suites without a GPU)"
+  local suites tests
+  suites="$(grep -c '\*\*\*Skipped' "$ctest_log" || true)"
+  tests="$(grep -ho '\[  SKIPPED \] [0-9]* test' "$BUILD_DIR/Testing/Temporary/LastTest.log" 2>/dev/null | awk '{n += $4} END {print n + 0}')"
+  log "ctest: $suites suite(s) skipped as a whole, $tests GoogleTest case(s) skipped in all (GPU tests without a GPU)"
   [[ $rc -eq 0 ]] || die "ctest failed"
   log "managed tests (xunit v3)"
   NATIVEKV_LIBRARY_PATH="$BUILD_DIR/lib" dotnet test --project "$ROOT/tests/NativeKv.Tests/NativeKv.Tests.csproj" \

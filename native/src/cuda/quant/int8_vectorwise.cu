@@ -28,7 +28,7 @@ constexpr int kRowThreadsTarget = 256;
 // instead of spilling the register cache to fit 1024-thread blocks.
 constexpr int row_max_threads(int v, int cached) { return v == 1 ? kMaxThreads : cached == 16 ? 512 : kRowThreadsTarget; }
 constexpr int kColumnThreads = 256;
-constexpr int kColumnBlocksPerSm = 8;  // column grids aim for this many resident blocks: latency cover
+constexpr int64_t kColumnRowsPerBlock = 64;
 
 template <typename T, int N>
 struct alignas(sizeof(T) * N) Pack {
@@ -218,18 +218,17 @@ __global__ void __launch_bounds__(row_max_threads(V, kRowCachedPacks)) quantize_
   }
 }
 
-// Column kernels: a thread owns one pack of V columns and walks a chunk of `rows_per_block` rows
+// Column kernels: a thread owns one pack of V columns and walks a chunk of kColumnRowsPerBlock rows
 // (chunk blockIdx.y, then every gridDim.y-th chunk: grid.y is capped at 65535). Rows are loaded
 // kColumnBatch at a time before any is used, so each thread keeps several 16-byte loads in flight.
 constexpr int kColumnBatch = 4;
 
 template <typename T, int V, typename Body>
-__device__ __forceinline__ void for_each_row_batch(const Int8QuantizeArgs& a, int64_t pack, int64_t rows_per_block,
-                                                   Body&& body) {
+__device__ __forceinline__ void for_each_row_batch(const Int8QuantizeArgs& a, int64_t pack, Body&& body) {
   using In = Pack<T, V>;
-  for (int64_t begin = static_cast<int64_t>(blockIdx.y) * rows_per_block; begin < a.rows;
-       begin += static_cast<int64_t>(gridDim.y) * rows_per_block) {
-    const int64_t end = min(a.rows, begin + rows_per_block);
+  for (int64_t begin = static_cast<int64_t>(blockIdx.y) * kColumnRowsPerBlock; begin < a.rows;
+       begin += static_cast<int64_t>(gridDim.y) * kColumnRowsPerBlock) {
+    const int64_t end = min(a.rows, begin + kColumnRowsPerBlock);
     for (int64_t r0 = begin; r0 < end; r0 += kColumnBatch) {
       In batch[kColumnBatch];
 #pragma unroll
@@ -248,13 +247,12 @@ __device__ __forceinline__ void for_each_row_batch(const Int8QuantizeArgs& a, in
 
 // Column pass 1: per-thread absmax over its rows; atomicMax merges the chunks of a column.
 template <typename T, int V>
-__global__ void __launch_bounds__(kColumnThreads) column_absmax_kernel(Int8QuantizeArgs a, uint32_t* absmax_bits,
-                                                                  int64_t rows_per_block) {
+__global__ void __launch_bounds__(kColumnThreads) column_absmax_kernel(Int8QuantizeArgs a, uint32_t* absmax_bits) {
   const int64_t pack = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (pack >= a.cols / V) return;
   uint32_t absmax[V] = {};
   bool outlier[V] = {};
-  for_each_row_batch<T, V>(a, pack, rows_per_block, [&](int64_t, const Pack<T, V>& p) {
+  for_each_row_batch<T, V>(a, pack, [&](int64_t, const Pack<T, V>& p) {
 #pragma unroll
     for (int j = 0; j < V; ++j) {
       const float x = to_float(p.v[j]);
@@ -274,15 +272,14 @@ __global__ void __launch_bounds__(kColumnThreads) column_absmax_kernel(Int8Quant
 
 // Column pass 2: codes from the finished per-column absmax.
 template <typename T, int V>
-__global__ void __launch_bounds__(kColumnThreads) column_quantize_kernel(Int8QuantizeArgs a, const uint32_t* absmax_bits,
-                                                                    int64_t rows_per_block) {
+__global__ void __launch_bounds__(kColumnThreads) column_quantize_kernel(Int8QuantizeArgs a, const uint32_t* absmax_bits) {
   using Out = Pack<int8_t, V>;
   const int64_t pack = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (pack >= a.cols / V) return;
   Divisor divisor[V];
 #pragma unroll
   for (int j = 0; j < V; ++j) divisor[j] = make_divisor(scale_from_absmax(absmax_bits[pack * V + j]));
-  for_each_row_batch<T, V>(a, pack, rows_per_block, [&](int64_t r, const Pack<T, V>& p) {
+  for_each_row_batch<T, V>(a, pack, [&](int64_t r, const Pack<T, V>& p) {
     Out o;
 #pragma unroll
     for (int j = 0; j < V; ++j) {
@@ -395,7 +392,7 @@ void launch_rows(const Int8QuantizeArgs& a, int64_t packs, bool outliers, cudaSt
 }
 
 template <typename T, int V>
-void quantize(const Int8QuantizeArgs& a, cudaStream_t stream, int multiprocessors) {
+void quantize(const Int8QuantizeArgs& a, cudaStream_t stream) {
   const bool outliers = a.outlier_threshold > 0.0f;
   if (outliers) NKV_CUDA_CHECK(cudaMemsetAsync(a.outlier_columns, 0, sizeof(int32_t) * a.cols, stream));
   const int64_t packs = a.cols / V;
@@ -407,17 +404,11 @@ void quantize(const Int8QuantizeArgs& a, cudaStream_t stream, int multiprocessor
     } else {
       auto* absmax_bits = reinterpret_cast<uint32_t*>(a.scales);
       NKV_CUDA_CHECK(cudaMemsetAsync(absmax_bits, 0, sizeof(uint32_t) * a.cols, stream));
-      // Chunks of rows small enough for kColumnBlocksPerSm blocks per SM, large enough to amortize the
-      // per-chunk atomics, in whole load batches.
-      const int64_t column_blocks = (packs + kColumnThreads - 1) / kColumnThreads;
-      const int64_t wanted_blocks = static_cast<int64_t>(kColumnBlocksPerSm) * multiprocessors;
-      int64_t rows_per_block = (a.rows * column_blocks + wanted_blocks - 1) / wanted_blocks;
-      rows_per_block = std::clamp<int64_t>((rows_per_block + kColumnBatch - 1) / kColumnBatch * kColumnBatch, kColumnBatch, 256);
-      const dim3 grid(static_cast<unsigned>(column_blocks),
-                      static_cast<unsigned>(std::min<int64_t>((a.rows + rows_per_block - 1) / rows_per_block, 65535)));
-      column_absmax_kernel<T, V><<<grid, kColumnThreads, 0, stream>>>(a, absmax_bits, rows_per_block);
+      const dim3 grid(static_cast<unsigned>((packs + kColumnThreads - 1) / kColumnThreads),
+                      static_cast<unsigned>(std::min<int64_t>((a.rows + kColumnRowsPerBlock - 1) / kColumnRowsPerBlock, 65535)));
+      column_absmax_kernel<T, V><<<grid, kColumnThreads, 0, stream>>>(a, absmax_bits);
       check_launch("column_absmax_kernel");
-      column_quantize_kernel<T, V><<<grid, kColumnThreads, 0, stream>>>(a, absmax_bits, rows_per_block);
+      column_quantize_kernel<T, V><<<grid, kColumnThreads, 0, stream>>>(a, absmax_bits);
       check_launch("column_quantize_kernel");
       finish_column_scales_kernel<<<static_cast<unsigned>((a.cols + 255) / 256), 256, 0, stream>>>(a.scales, a.cols);
       check_launch("finish_column_scales_kernel");
@@ -432,14 +423,14 @@ void quantize(const Int8QuantizeArgs& a, cudaStream_t stream, int multiprocessor
 }
 
 template <typename T>
-void quantize_dispatch(const Int8QuantizeArgs& a, cudaStream_t stream, int multiprocessors) {
+void quantize_dispatch(const Int8QuantizeArgs& a, cudaStream_t stream) {
   constexpr int V = 16 / sizeof(T);
   const bool vectorized = a.cols % V == 0 && aligned(a.input, 16) && (a.input_row_stride * sizeof(T)) % 16 == 0 &&
                           aligned(a.codes, V) && a.codes_row_stride % V == 0;
   if (vectorized) {
-    quantize<T, V>(a, stream, multiprocessors);
+    quantize<T, V>(a, stream);
   } else {
-    quantize<T, 1>(a, stream, multiprocessors);
+    quantize<T, 1>(a, stream);
   }
 }
 
@@ -476,11 +467,10 @@ int multiprocessor_count(int32_t ordinal) {
 void int8_quantize(const Int8QuantizeArgs& args, const nkv_context& context) {
   DeviceScope scope(context.device_ordinal);
   auto stream = static_cast<cudaStream_t>(context.stream);
-  const int sms = multiprocessor_count(context.device_ordinal);
   switch (args.input_dtype) {
-    case NKV_DTYPE_FLOAT16: quantize_dispatch<__half>(args, stream, sms); break;
-    case NKV_DTYPE_BFLOAT16: quantize_dispatch<__nv_bfloat16>(args, stream, sms); break;
-    default: quantize_dispatch<float>(args, stream, sms); break;
+    case NKV_DTYPE_FLOAT16: quantize_dispatch<__half>(args, stream); break;
+    case NKV_DTYPE_BFLOAT16: quantize_dispatch<__nv_bfloat16>(args, stream); break;
+    default: quantize_dispatch<float>(args, stream); break;
   }
 }
 

@@ -1,12 +1,13 @@
+using System.Numerics;
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
-using System.Runtime.Intrinsics;
 
 namespace NativeKv;
 
 /// <summary>
-/// Bulk conversions between float32 and the 16-bit float formats, vectorized with Vector256/Vector128 (integer
-/// arithmetic on the bit patterns, so results do not depend on F16C or other conversion instructions). float → 16-bit
+/// Bulk conversions between float32 and the 16-bit float formats, vectorized with <see cref="Vector{T}"/> (256-bit
+/// with AVX2, 128-bit with NEON or SSE; integer arithmetic on the bit patterns, so results do not depend on F16C or
+/// other conversion instructions). float → 16-bit
 /// rounds to nearest, ties to even, handles subnormals, overflows to ∞ and keeps NaN a quiet NaN with its sign.
 /// 16-bit → float is exact.
 /// </summary>
@@ -18,29 +19,9 @@ public static class FloatConversions
     public static void ToHalf(ReadOnlySpan<float> source, Span<Half> destination)
     {
         CheckSpans(MemoryMarshal.AsBytes(source), source.Length, MemoryMarshal.AsBytes(destination), destination.Length);
-        ref uint src = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(source));
-        ref ushort dst = ref Unsafe.As<Half, ushort>(ref MemoryMarshal.GetReference(destination));
-        nuint n = (nuint)source.Length, i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            for (; i + 16 <= n; i += 16)
-            {
-                Vector256.Narrow(SingleToHalf(Vector256.LoadUnsafe(ref src, i)), SingleToHalf(Vector256.LoadUnsafe(ref src, i + 8)))
-                    .StoreUnsafe(ref dst, i);
-            }
-        }
-        if (Vector128.IsHardwareAccelerated)
-        {
-            for (; i + 8 <= n; i += 8)
-            {
-                Vector128.Narrow(SingleToHalf(Vector128.LoadUnsafe(ref src, i)), SingleToHalf(Vector128.LoadUnsafe(ref src, i + 4)))
-                    .StoreUnsafe(ref dst, i);
-            }
-        }
-        for (; i < n; i++)
-        {
-            Unsafe.Add(ref dst, i) = SingleToHalfBits(BitConverter.UInt32BitsToSingle(Unsafe.Add(ref src, i)));
-        }
+        Narrow<SingleToHalfConversion>(
+            ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(source)),
+            ref Unsafe.As<Half, ushort>(ref MemoryMarshal.GetReference(destination)), (nuint)source.Length);
     }
 
     /// <summary>Widens each <see cref="Half"/> to float (exact).</summary>
@@ -49,31 +30,9 @@ public static class FloatConversions
     public static void ToSingle(ReadOnlySpan<Half> source, Span<float> destination)
     {
         CheckSpans(MemoryMarshal.AsBytes(source), source.Length, MemoryMarshal.AsBytes(destination), destination.Length);
-        ref ushort src = ref Unsafe.As<Half, ushort>(ref MemoryMarshal.GetReference(source));
-        ref uint dst = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(destination));
-        nuint n = (nuint)source.Length, i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            for (; i + 16 <= n; i += 16)
-            {
-                (Vector256<uint> lower, Vector256<uint> upper) = Vector256.Widen(Vector256.LoadUnsafe(ref src, i));
-                HalfToSingle(lower).StoreUnsafe(ref dst, i);
-                HalfToSingle(upper).StoreUnsafe(ref dst, i + 8);
-            }
-        }
-        if (Vector128.IsHardwareAccelerated)
-        {
-            for (; i + 8 <= n; i += 8)
-            {
-                (Vector128<uint> lower, Vector128<uint> upper) = Vector128.Widen(Vector128.LoadUnsafe(ref src, i));
-                HalfToSingle(lower).StoreUnsafe(ref dst, i);
-                HalfToSingle(upper).StoreUnsafe(ref dst, i + 4);
-            }
-        }
-        for (; i < n; i++)
-        {
-            Unsafe.Add(ref dst, i) = BitConverter.SingleToUInt32Bits(HalfBitsToSingle(Unsafe.Add(ref src, i)));
-        }
+        Widen<HalfToSingleConversion>(
+            ref Unsafe.As<Half, ushort>(ref MemoryMarshal.GetReference(source)),
+            ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(destination)), (nuint)source.Length);
     }
 
     /// <summary>Converts each float to the nearest <see cref="BFloat16"/>.</summary>
@@ -82,29 +41,9 @@ public static class FloatConversions
     public static void ToBFloat16(ReadOnlySpan<float> source, Span<BFloat16> destination)
     {
         CheckSpans(MemoryMarshal.AsBytes(source), source.Length, MemoryMarshal.AsBytes(destination), destination.Length);
-        ref uint src = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(source));
-        ref ushort dst = ref Unsafe.As<BFloat16, ushort>(ref MemoryMarshal.GetReference(destination));
-        nuint n = (nuint)source.Length, i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            for (; i + 16 <= n; i += 16)
-            {
-                Vector256.Narrow(SingleToBFloat16(Vector256.LoadUnsafe(ref src, i)), SingleToBFloat16(Vector256.LoadUnsafe(ref src, i + 8)))
-                    .StoreUnsafe(ref dst, i);
-            }
-        }
-        if (Vector128.IsHardwareAccelerated)
-        {
-            for (; i + 8 <= n; i += 8)
-            {
-                Vector128.Narrow(SingleToBFloat16(Vector128.LoadUnsafe(ref src, i)), SingleToBFloat16(Vector128.LoadUnsafe(ref src, i + 4)))
-                    .StoreUnsafe(ref dst, i);
-            }
-        }
-        for (; i < n; i++)
-        {
-            Unsafe.Add(ref dst, i) = SingleToBFloat16Bits(BitConverter.UInt32BitsToSingle(Unsafe.Add(ref src, i)));
-        }
+        Narrow<SingleToBFloat16Conversion>(
+            ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(source)),
+            ref Unsafe.As<BFloat16, ushort>(ref MemoryMarshal.GetReference(destination)), (nuint)source.Length);
     }
 
     /// <summary>Widens each <see cref="BFloat16"/> to float (exact).</summary>
@@ -113,31 +52,9 @@ public static class FloatConversions
     public static void ToSingle(ReadOnlySpan<BFloat16> source, Span<float> destination)
     {
         CheckSpans(MemoryMarshal.AsBytes(source), source.Length, MemoryMarshal.AsBytes(destination), destination.Length);
-        ref ushort src = ref Unsafe.As<BFloat16, ushort>(ref MemoryMarshal.GetReference(source));
-        ref uint dst = ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(destination));
-        nuint n = (nuint)source.Length, i = 0;
-        if (Vector256.IsHardwareAccelerated)
-        {
-            for (; i + 16 <= n; i += 16)
-            {
-                (Vector256<uint> lower, Vector256<uint> upper) = Vector256.Widen(Vector256.LoadUnsafe(ref src, i));
-                Vector256.ShiftLeft(lower, 16).StoreUnsafe(ref dst, i);
-                Vector256.ShiftLeft(upper, 16).StoreUnsafe(ref dst, i + 8);
-            }
-        }
-        if (Vector128.IsHardwareAccelerated)
-        {
-            for (; i + 8 <= n; i += 8)
-            {
-                (Vector128<uint> lower, Vector128<uint> upper) = Vector128.Widen(Vector128.LoadUnsafe(ref src, i));
-                Vector128.ShiftLeft(lower, 16).StoreUnsafe(ref dst, i);
-                Vector128.ShiftLeft(upper, 16).StoreUnsafe(ref dst, i + 4);
-            }
-        }
-        for (; i < n; i++)
-        {
-            Unsafe.Add(ref dst, i) = (uint)Unsafe.Add(ref src, i) << 16;
-        }
+        Widen<BFloat16ToSingleConversion>(
+            ref Unsafe.As<BFloat16, ushort>(ref MemoryMarshal.GetReference(source)),
+            ref Unsafe.As<float, uint>(ref MemoryMarshal.GetReference(destination)), (nuint)source.Length);
     }
 
     // ---- Scalar reference: written for clarity, used for the tails, by BFloat16, and by the tests ----
@@ -229,83 +146,125 @@ public static class FloatConversions
         }
     }
 
-    // ---- Vector kernels: the scalar algorithms above, branch-free, one copy per vector width ----
+    // ---- Vector kernels: the scalar algorithms above, branch-free; one loop per direction ----
 
-    private static Vector256<uint> SingleToBFloat16(Vector256<uint> bits)
+    /// <summary>A float32 → 16-bit conversion on bit patterns: one lane per uint, the result in the low 16 bits.</summary>
+    private interface INarrowingConversion
     {
-        Vector256<uint> high = Vector256.ShiftRightLogical(bits, 16);
-        Vector256<uint> rounded = Vector256.ShiftRightLogical(bits + Vector256.Create(0x7FFFu) + (high & Vector256<uint>.One), 16);
-        Vector256<uint> isNaN = Vector256.GreaterThan(bits & Vector256.Create(0x7FFF_FFFFu), Vector256.Create(0x7F80_0000u));
-        return Vector256.ConditionalSelect(isNaN, high | Vector256.Create(0x0040u), rounded);
+        static abstract Vector<uint> Convert(Vector<uint> singleBits);
+        static abstract ushort Convert(uint singleBits);
     }
 
-    private static Vector128<uint> SingleToBFloat16(Vector128<uint> bits)
+    /// <summary>A 16-bit → float32 conversion on bit patterns, widened to one lane per uint.</summary>
+    private interface IWideningConversion
     {
-        Vector128<uint> high = Vector128.ShiftRightLogical(bits, 16);
-        Vector128<uint> rounded = Vector128.ShiftRightLogical(bits + Vector128.Create(0x7FFFu) + (high & Vector128<uint>.One), 16);
-        Vector128<uint> isNaN = Vector128.GreaterThan(bits & Vector128.Create(0x7FFF_FFFFu), Vector128.Create(0x7F80_0000u));
-        return Vector128.ConditionalSelect(isNaN, high | Vector128.Create(0x0040u), rounded);
+        static abstract Vector<uint> Convert(Vector<uint> sixteenBits);
+        static abstract uint Convert(ushort sixteenBits);
     }
 
-    private static Vector256<uint> SingleToHalf(Vector256<uint> bits)
+    // Struct type arguments make the JIT compile one specialized loop per conversion.
+    private static void Narrow<TConversion>(ref uint source, ref ushort destination, nuint count)
+        where TConversion : struct, INarrowingConversion
     {
-        Vector256<uint> sign = Vector256.ShiftRightLogical(bits, 16) & Vector256.Create(0x8000u);
-        Vector256<uint> magnitude = bits & Vector256.Create(0x7FFF_FFFFu);
-        Vector256<uint> mantissaTop = Vector256.ShiftRightLogical(magnitude, 13);
-        Vector256<uint> normal = Vector256.Min(
-            Vector256.ShiftRightLogical(magnitude + Vector256.Create(0xFFFu) + (mantissaTop & Vector256<uint>.One), 13) -
-            Vector256.Create((127u - 15) << 10),
-            Vector256.Create(0x7C00u));
-        // Adding 0.5 leaves a float whose last mantissa bit is worth 2^-24: the FPU's own ties-to-even rounding
-        // produces the subnormal half's mantissa in the low bits.
-        Vector256<uint> subnormal = (magnitude.AsSingle() + Vector256.Create(0.5f)).AsUInt32() - Vector256.Create(0x3F00_0000u);
-        Vector256<uint> nan = Vector256.Create(0x7E00u) | (mantissaTop & Vector256.Create(0x3FFu));
-        Vector256<uint> half = Vector256.ConditionalSelect(Vector256.LessThan(magnitude, Vector256.Create(0x3880_0000u)), subnormal, normal);
-        half = Vector256.ConditionalSelect(Vector256.GreaterThan(magnitude, Vector256.Create(0x7F80_0000u)), nan, half);
-        return half | sign;
+        nuint i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            nuint lanes = (nuint)Vector<uint>.Count;
+            for (; i + 2 * lanes <= count; i += 2 * lanes)
+            {
+                Vector.Narrow(TConversion.Convert(Vector.LoadUnsafe(ref source, i)),
+                              TConversion.Convert(Vector.LoadUnsafe(ref source, i + lanes)))
+                    .StoreUnsafe(ref destination, i);
+            }
+        }
+        for (; i < count; i++)
+        {
+            Unsafe.Add(ref destination, i) = TConversion.Convert(Unsafe.Add(ref source, i));
+        }
     }
 
-    private static Vector128<uint> SingleToHalf(Vector128<uint> bits)
+    private static void Widen<TConversion>(ref ushort source, ref uint destination, nuint count)
+        where TConversion : struct, IWideningConversion
     {
-        Vector128<uint> sign = Vector128.ShiftRightLogical(bits, 16) & Vector128.Create(0x8000u);
-        Vector128<uint> magnitude = bits & Vector128.Create(0x7FFF_FFFFu);
-        Vector128<uint> mantissaTop = Vector128.ShiftRightLogical(magnitude, 13);
-        Vector128<uint> normal = Vector128.Min(
-            Vector128.ShiftRightLogical(magnitude + Vector128.Create(0xFFFu) + (mantissaTop & Vector128<uint>.One), 13) -
-            Vector128.Create((127u - 15) << 10),
-            Vector128.Create(0x7C00u));
-        Vector128<uint> subnormal = (magnitude.AsSingle() + Vector128.Create(0.5f)).AsUInt32() - Vector128.Create(0x3F00_0000u);
-        Vector128<uint> nan = Vector128.Create(0x7E00u) | (mantissaTop & Vector128.Create(0x3FFu));
-        Vector128<uint> half = Vector128.ConditionalSelect(Vector128.LessThan(magnitude, Vector128.Create(0x3880_0000u)), subnormal, normal);
-        half = Vector128.ConditionalSelect(Vector128.GreaterThan(magnitude, Vector128.Create(0x7F80_0000u)), nan, half);
-        return half | sign;
+        nuint i = 0;
+        if (Vector.IsHardwareAccelerated)
+        {
+            nuint lanes = (nuint)Vector<uint>.Count;
+            for (; i + 2 * lanes <= count; i += 2 * lanes)
+            {
+                Vector.Widen(Vector.LoadUnsafe(ref source, i), out Vector<uint> lower, out Vector<uint> upper);
+                TConversion.Convert(lower).StoreUnsafe(ref destination, i);
+                TConversion.Convert(upper).StoreUnsafe(ref destination, i + lanes);
+            }
+        }
+        for (; i < count; i++)
+        {
+            Unsafe.Add(ref destination, i) = TConversion.Convert(Unsafe.Add(ref source, i));
+        }
     }
 
-    private static Vector256<uint> HalfToSingle(Vector256<uint> bits)
+    private readonly struct SingleToBFloat16Conversion : INarrowingConversion
     {
-        Vector256<uint> sign = Vector256.ShiftLeft(bits & Vector256.Create(0x8000u), 16);
-        Vector256<uint> exponent = bits & Vector256.Create(0x7C00u);
-        Vector256<uint> shifted = Vector256.ShiftLeft(bits & Vector256.Create(0x7FFFu), 13);
-        Vector256<uint> normal = shifted + Vector256.Create((127u - 15) << 23);
-        Vector256<uint> infOrNaN = shifted + Vector256.Create((255u - 31) << 23);
-        // Give a subnormal the exponent of 2^-14 plus an implicit one, then subtract that one exactly: m * 2^-24.
-        Vector256<uint> subnormal = ((shifted + Vector256.Create((127u - 14) << 23)).AsSingle() - Vector256.Create(1f / 16384)).AsUInt32();
-        Vector256<uint> single = Vector256.ConditionalSelect(Vector256.Equals(exponent, Vector256.Create(0x7C00u)), infOrNaN, normal);
-        single = Vector256.ConditionalSelect(Vector256.Equals(exponent, Vector256<uint>.Zero), subnormal, single);
-        return single | sign;
+        public static ushort Convert(uint singleBits) => SingleToBFloat16Bits(BitConverter.UInt32BitsToSingle(singleBits));
+
+        public static Vector<uint> Convert(Vector<uint> bits)
+        {
+            Vector<uint> high = Vector.ShiftRightLogical(bits, 16);
+            Vector<uint> rounded = Vector.ShiftRightLogical(bits + new Vector<uint>(0x7FFFu) + (high & Vector<uint>.One), 16);
+            Vector<uint> isNaN = Vector.GreaterThan(bits & new Vector<uint>(0x7FFF_FFFFu), new Vector<uint>(0x7F80_0000u));
+            return Vector.ConditionalSelect(isNaN, high | new Vector<uint>(0x0040u), rounded);
+        }
     }
 
-    private static Vector128<uint> HalfToSingle(Vector128<uint> bits)
+    private readonly struct SingleToHalfConversion : INarrowingConversion
     {
-        Vector128<uint> sign = Vector128.ShiftLeft(bits & Vector128.Create(0x8000u), 16);
-        Vector128<uint> exponent = bits & Vector128.Create(0x7C00u);
-        Vector128<uint> shifted = Vector128.ShiftLeft(bits & Vector128.Create(0x7FFFu), 13);
-        Vector128<uint> normal = shifted + Vector128.Create((127u - 15) << 23);
-        Vector128<uint> infOrNaN = shifted + Vector128.Create((255u - 31) << 23);
-        Vector128<uint> subnormal = ((shifted + Vector128.Create((127u - 14) << 23)).AsSingle() - Vector128.Create(1f / 16384)).AsUInt32();
-        Vector128<uint> single = Vector128.ConditionalSelect(Vector128.Equals(exponent, Vector128.Create(0x7C00u)), infOrNaN, normal);
-        single = Vector128.ConditionalSelect(Vector128.Equals(exponent, Vector128<uint>.Zero), subnormal, single);
-        return single | sign;
+        public static ushort Convert(uint singleBits) => SingleToHalfBits(BitConverter.UInt32BitsToSingle(singleBits));
+
+        public static Vector<uint> Convert(Vector<uint> bits)
+        {
+            Vector<uint> sign = Vector.ShiftRightLogical(bits, 16) & new Vector<uint>(0x8000u);
+            Vector<uint> magnitude = bits & new Vector<uint>(0x7FFF_FFFFu);
+            Vector<uint> mantissaTop = Vector.ShiftRightLogical(magnitude, 13);
+            Vector<uint> normal = Vector.Min(
+                Vector.ShiftRightLogical(magnitude + new Vector<uint>(0xFFFu) + (mantissaTop & Vector<uint>.One), 13) -
+                new Vector<uint>((127u - 15) << 10),
+                new Vector<uint>(0x7C00u));
+            // Adding 0.5 leaves a float whose last mantissa bit is worth 2^-24: the FPU's own ties-to-even rounding
+            // produces the subnormal half's mantissa in the low bits.
+            Vector<uint> subnormal = Vector.AsVectorUInt32(Vector.AsVectorSingle(magnitude) + new Vector<float>(0.5f)) -
+                                     new Vector<uint>(0x3F00_0000u);
+            Vector<uint> nan = new Vector<uint>(0x7E00u) | (mantissaTop & new Vector<uint>(0x3FFu));
+            Vector<uint> half = Vector.ConditionalSelect(Vector.LessThan(magnitude, new Vector<uint>(0x3880_0000u)), subnormal, normal);
+            half = Vector.ConditionalSelect(Vector.GreaterThan(magnitude, new Vector<uint>(0x7F80_0000u)), nan, half);
+            return half | sign;
+        }
+    }
+
+    private readonly struct BFloat16ToSingleConversion : IWideningConversion
+    {
+        public static uint Convert(ushort sixteenBits) => (uint)sixteenBits << 16;
+
+        public static Vector<uint> Convert(Vector<uint> bits) => Vector.ShiftLeft(bits, 16);
+    }
+
+    private readonly struct HalfToSingleConversion : IWideningConversion
+    {
+        public static uint Convert(ushort sixteenBits) => BitConverter.SingleToUInt32Bits(HalfBitsToSingle(sixteenBits));
+
+        public static Vector<uint> Convert(Vector<uint> bits)
+        {
+            Vector<uint> sign = Vector.ShiftLeft(bits & new Vector<uint>(0x8000u), 16);
+            Vector<uint> exponent = bits & new Vector<uint>(0x7C00u);
+            Vector<uint> shifted = Vector.ShiftLeft(bits & new Vector<uint>(0x7FFFu), 13);
+            Vector<uint> normal = shifted + new Vector<uint>((127u - 15) << 23);
+            Vector<uint> infOrNaN = shifted + new Vector<uint>((255u - 31) << 23);
+            // Give a subnormal the exponent of 2^-14 plus an implicit one, then subtract that one exactly: m * 2^-24.
+            Vector<uint> subnormal = Vector.AsVectorUInt32(
+                Vector.AsVectorSingle(shifted + new Vector<uint>((127u - 14) << 23)) - new Vector<float>(1f / 16384));
+            Vector<uint> single = Vector.ConditionalSelect(Vector.Equals(exponent, new Vector<uint>(0x7C00u)), infOrNaN, normal);
+            single = Vector.ConditionalSelect(Vector.Equals(exponent, Vector<uint>.Zero), subnormal, single);
+            return single | sign;
+        }
     }
 
     private static void CheckSpans(ReadOnlySpan<byte> source, int sourceLength, ReadOnlySpan<byte> destination, int destinationLength)

@@ -55,7 +55,8 @@ struct Case {
   int64_t rows, cols;
   nkv_quant_axis axis;
   float threshold;
-  const char* op;  // "quantize" or "dequantize"
+  const char* op;                 // "quantize" or "dequantize"
+  const char* data = "spread";    // input distribution, see random_input
 };
 
 const char* dtype_label(nkv_dtype d) {
@@ -63,14 +64,18 @@ const char* dtype_label(nkv_dtype d) {
 }
 
 // Random normal values in the dtype's bit pattern, generated fast enough for 128 MiB inputs.
-std::vector<uint8_t> random_input(nkv_dtype dtype, int64_t count, uint64_t seed) {
+// "spread": N(0,1) times 1..7 cycling along the flat index (with threshold 6 about 16% of all elements are
+//           outliers: a stress case);
+// "llm":    N(0,1) with LLM.int8()-style outlier features: every 1024th column (0.1%) scaled by 20.
+std::vector<uint8_t> random_input(nkv_dtype dtype, int64_t count, int64_t cols, const std::string& data, uint64_t seed) {
   std::vector<uint8_t> bytes(static_cast<size_t>(count) * nkv_dtype_size(dtype));
   std::mt19937 engine(static_cast<uint32_t>(seed));
   std::normal_distribution<float> normal(0.0f, 1.0f);
   std::vector<float> pool(1 << 16);
   for (float& v : pool) v = normal(engine);
   for (int64_t i = 0; i < count; ++i) {
-    const float x = pool[(static_cast<uint64_t>(i) * 2654435761u + seed) & 0xffff] * (1.0f + static_cast<float>(i % 7));
+    const float z = pool[(static_cast<uint64_t>(i) * 2654435761u + seed) & 0xffff];
+    const float x = data == "llm" ? (i % cols % 1024 == 7 ? 20.0f * z : z) : z * (1.0f + static_cast<float>(i % 7));
     if (dtype == NKV_DTYPE_FLOAT32) {
       std::memcpy(&bytes[i * 4], &x, 4);
     } else {
@@ -177,10 +182,10 @@ void print_result(const char* backend, const char* device, const Case& c, double
   std::printf(
       "{\"op\":\"int8_%s\",\"backend\":\"%s\",\"device\":\"%s\",\"dtype\":\"%s\",\"rows\":%lld,\"cols\":%lld,"
       "\"axis\":\"%s\",\"outlier_threshold\":%g,\"median_us\":%.3f,\"bytes\":%llu,\"gb_per_s\":%.1f,"
-      "\"copy_us\":%.3f,\"copy_gb_per_s\":%.1f,\"fraction_of_copy\":%.3f}\n",
+      "\"copy_us\":%.3f,\"copy_gb_per_s\":%.1f,\"fraction_of_copy\":%.3f,\"data\":\"%s\"}\n",
       c.op, backend, device, dtype_label(c.dtype), static_cast<long long>(c.rows), static_cast<long long>(c.cols),
       c.axis == NKV_QUANT_AXIS_ROW ? "row" : "column", static_cast<double>(c.threshold), us,
-      static_cast<unsigned long long>(bytes), gbps, copy_time_us, copy_gbps, gbps / copy_gbps);
+      static_cast<unsigned long long>(bytes), gbps, copy_time_us, copy_gbps, gbps / copy_gbps, c.data);
   std::fflush(stdout);
 }
 
@@ -203,7 +208,7 @@ void run_case(nkv_context* context, bool gpu, const char* backend, const char* d
     outliers.push_back(std::make_unique<Buffer>(context, static_cast<uint64_t>(c.cols) * 4));
     counts.push_back(std::make_unique<Buffer>(context, 4));
     if (s == 0) {
-      const std::vector<uint8_t> host = random_input(c.dtype, n, 12345);
+      const std::vector<uint8_t> host = random_input(c.dtype, n, c.cols, c.data, 12345);
       check(nkv_buffer_upload(floats[0]->handle, 0, host.data(), host.size()), "upload");
     } else {
       check(nkv_buffer_copy(floats[s]->handle, 0, floats[0]->handle, 0, float_bytes), "copy");
@@ -238,9 +243,9 @@ void run_case(nkv_context* context, bool gpu, const char* backend, const char* d
   const uint64_t copy_bytes = bytes / 2;
   const double copy_time = copy_us(context, gpu, o, copy_bytes, l2_bytes);
   print_result(backend, device, c, us, bytes, copy_time, copy_bytes);
-  std::fprintf(stderr, "  %-10s %-8s %6lldx%-6lld %-6s thr=%-4g %9.1f us  %7.1f GB/s  (copy %7.1f GB/s)\n", c.op,
+  std::fprintf(stderr, "  %-10s %-8s %6lldx%-6lld %-6s thr=%-4g %-6s %9.1f us  %7.1f GB/s  (copy %7.1f GB/s)\n", c.op,
                dtype_label(c.dtype), static_cast<long long>(c.rows), static_cast<long long>(c.cols),
-               c.axis == NKV_QUANT_AXIS_ROW ? "row" : "column", static_cast<double>(c.threshold), us,
+               c.axis == NKV_QUANT_AXIS_ROW ? "row" : "column", static_cast<double>(c.threshold), c.data, us,
                static_cast<double>(bytes) / (us * 1e3), static_cast<double>(bytes) / (copy_time * 1e3));
 }
 
@@ -297,13 +302,14 @@ int main(int argc, char** argv) {
     cases.push_back({NKV_DTYPE_FLOAT16, 16384, 4096, NKV_QUANT_AXIS_ROW, 0.0f, "quantize"});
     cases.push_back({NKV_DTYPE_FLOAT16, 4096, 14336, NKV_QUANT_AXIS_ROW, 0.0f, "quantize"});
   }
+  cases.push_back({NKV_DTYPE_FLOAT16, big, big, NKV_QUANT_AXIS_ROW, 6.0f, "quantize", "llm"});
   cases.push_back({NKV_DTYPE_FLOAT16, big, big, NKV_QUANT_AXIS_ROW, 6.0f, "quantize"});
   cases.push_back({NKV_DTYPE_FLOAT16, big, big, NKV_QUANT_AXIS_COLUMN, 0.0f, "quantize"});
   cases.push_back({NKV_DTYPE_FLOAT16, big, big, NKV_QUANT_AXIS_ROW, 0.0f, "dequantize"});
   for (const Case& c : cases) {
     const std::string label = std::string(c.op) + " " + dtype_label(c.dtype) + " " + std::to_string(c.rows) + "x" +
                               std::to_string(c.cols) + " " + (c.axis == NKV_QUANT_AXIS_ROW ? "row" : "column") +
-                              (c.threshold > 0 ? " outliers" : "");
+                              (c.threshold > 0 ? std::string(" outliers ") + c.data : std::string());
     if (!o.only.empty() && label.find(o.only) == std::string::npos) continue;
     run_case(context, gpu, gpu ? "cuda" : "cpu", device.c_str(), o, c, l2_bytes);
   }

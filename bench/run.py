@@ -46,7 +46,7 @@ def run_peer(rows, iterations, repo):
 
 
 def key(r):
-    return (r["op"], r["dtype"], r["rows"], r["cols"], r["axis"], r["outlier_threshold"])
+    return (r["op"], r["dtype"], r["rows"], r["cols"], r["axis"], r["outlier_threshold"], r.get("data", "spread"))
 
 
 def commit(repo):
@@ -57,6 +57,13 @@ def commit(repo):
                               check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def outliers(r):
+    if r["outlier_threshold"] <= 0:
+        return "off"
+    data = {"llm": "0.1% outlier columns", "spread": "~16% outlier elements"}.get(r.get("data"), r.get("data"))
+    return f"≥ {r['outlier_threshold']:g} ({data})"
 
 
 def table(rows, peers):
@@ -70,7 +77,7 @@ def table(rows, peers):
         speedup = f"{p['median_us'] / r['median_us']:.2f}×" if p else "—"
         lines.append(
             f"| {r['op']} | {r['dtype']} | {r['rows']}×{r['cols']} | {r['axis']} | "
-            f"{'≥ %g' % r['outlier_threshold'] if r['outlier_threshold'] > 0 else 'off'} | {r['median_us']:.1f} | "
+            f"{outliers(r)} | {r['median_us']:.1f} | "
             f"{r['gb_per_s']:.0f} | {r['copy_gb_per_s']:.0f} | {100 * r['fraction_of_copy']:.1f}% | {peer_us} | {speedup} |")
     return "\n".join(lines)
 
@@ -78,7 +85,7 @@ def table(rows, peers):
 def chart(path, rows, peers, title):
     by_key = {key(p): p for p in peers}
     labels = [f"{r['op'].replace('int8_', '')} {r['dtype']} {r['rows']}x{r['cols']} {r['axis']}"
-              + (" outl" if r["outlier_threshold"] > 0 else "") for r in rows]
+              + (f" outliers {r.get('data', '')}" if r["outlier_threshold"] > 0 else "") for r in rows]
     ours = [r["gb_per_s"] for r in rows]
     copy = [r["copy_gb_per_s"] for r in rows]
     torch_gbps = [(r["bytes"] / (by_key[key(r)]["median_us"] * 1e3)) if key(r) in by_key else 0.0 for r in rows]

@@ -32,6 +32,16 @@ def rotation(bytes_per_set, l2_bytes):
     return max(2, min(64, -(-4 * l2_bytes // bytes_per_set)))
 
 
+def make_input(rows, cols, data):
+    """The distributions nkv_bench uses (bench/nkv_bench.cpp, random_input)."""
+    x = torch.randn(rows, cols, device="cuda", dtype=torch.float32)
+    if data == "llm":  # outlier features: every 1024th column scaled by 20
+        x[:, 7::1024] *= 20
+    else:  # "spread": N(0,1) times 1..7 cycling along the flat index
+        x *= 1 + (torch.arange(rows * cols, device="cuda").view(rows, cols) % 7)
+    return x
+
+
 def quantize(x, dim, threshold):
     """bitsandbytes' int8_vectorwise_quant semantics, written as a PyTorch user would in eager mode."""
     if threshold > 0:
@@ -58,8 +68,7 @@ def main():
         dim = 1 if case["axis"] == "row" else 0
         threshold = case["outlier_threshold"]
         sets = rotation(case["bytes"], l2)
-        xs = [torch.randn(rows, cols, device="cuda", dtype=torch.float32).mul_(1 + (torch.arange(cols, device="cuda") % 7)).to(dtype)
-              for _ in range(sets)]
+        xs = [make_input(rows, cols, case.get("data", "spread")).to(dtype) for _ in range(sets)]
         if case["op"] == "int8_quantize":
             us = median_us(lambda i: quantize(xs[i % sets], dim, threshold), iterations)
         else:
@@ -72,7 +81,7 @@ def main():
         copy_time = median_us(lambda i: dsts[i % len(srcs)].copy_(srcs[i % len(srcs)]), iterations)
         del srcs, dsts
         torch.cuda.empty_cache()
-        out = {k: case[k] for k in ("op", "dtype", "rows", "cols", "axis", "outlier_threshold", "bytes")}
+        out = {k: case[k] for k in ("op", "dtype", "rows", "cols", "axis", "outlier_threshold", "bytes", "data")}
         out.update(peer="pytorch-eager", torch_version=torch.__version__, median_us=us, torch_copy_us=copy_time)
         print(json.dumps(out), flush=True)
 

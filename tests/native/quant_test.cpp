@@ -449,6 +449,27 @@ TEST(QuantCuda, ExactAndNearTiesAndSubnormalScalesMatchCpu) {
     }
 }
 
+// The CUDA row kernel compares magnitudes with the threshold as bit patterns of the input type, so
+// thresholds that fall between two representable values (and past the largest one) must still agree
+// with the CPU's float comparison.
+TEST(QuantCuda, OutlierThresholdsBetweenRepresentableValuesMatchCpu) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  for (nkv_dtype dtype : kFloatTypes)
+    for (nkv_quant_axis axis : kAxes)
+      for (float threshold : {6.0001f, 2.99f, 65519.0f, 1e-6f, 3.0e38f}) {
+        Matrix m = random_matrix(dtype, 64, 1024);
+        for (int64_t r = 0; r < 64; ++r) {
+          set_value(m, r, r * 13 % 1024, threshold);                      // exactly the threshold (after rounding)
+          set_value(m, r, (r * 29 + 5) % 1024, std::nextafter(threshold, 0.0f));
+          set_value(m, r, (r * 31 + 9) % 1024, -std::numeric_limits<float>::infinity());
+        }
+        SCOPED_TRACE(testing::Message() << "dtype " << dtype << " axis " << axis << " threshold " << threshold);
+        expect_same_bits(quantize(gpu.get(), m, axis, threshold), quantize(cpu.get(), m, axis, threshold));
+      }
+}
+
 TEST(QuantCuda, Large8192SquareFloat16MatchesCpu) {
   NKV_REQUIRE_CUDA();
   ContextPtr cpu = make_context(NKV_BACKEND_CPU);

@@ -297,19 +297,29 @@ __global__ void finish_column_scales_kernel(float* scales, int64_t cols) {
 }
 
 // Turns per-column flags (0/1) into ascending column indices, in place, then -1 past the count.
-// One block: the flags of a chunk are all read before any index of that chunk is written, and an index
-// is never written past the chunk being read, so the in-place rewrite is safe.
+// One block walks the flags in spans of blockDim.x * kCompactPerThread; each thread reads its
+// kCompactPerThread adjacent flags at once (one memory latency per span, not per flag), the block scans
+// the per-thread counts, and the indices are written only after every flag of the span was read. An
+// index is never written past the flag it comes from, so the in-place rewrite is safe.
+constexpr int kCompactPerThread = 8;
+
 __global__ void __launch_bounds__(kMaxThreads) compact_outlier_columns_kernel(int32_t* flags, int64_t cols,
                                                                               int32_t* count) {
   __shared__ int32_t warp_totals[kMaxThreads / 32];
   const int lane = threadIdx.x & 31;
   const int warp = threadIdx.x >> 5;
   const int warps = blockDim.x >> 5;
+  const int64_t span = static_cast<int64_t>(blockDim.x) * kCompactPerThread;
   int32_t base = 0;
-  for (int64_t start = 0; start < cols; start += blockDim.x) {
-    const int64_t c = start + threadIdx.x;
-    const int32_t flag = (c < cols && flags[c] != 0) ? 1 : 0;
-    int32_t inclusive = flag;
+  for (int64_t start = 0; start < cols; start += span) {
+    const int64_t first = start + static_cast<int64_t>(threadIdx.x) * kCompactPerThread;
+    uint32_t set = 0;  // bit k: column first + k is flagged
+#pragma unroll
+    for (int k = 0; k < kCompactPerThread; ++k) {
+      if (first + k < cols && flags[first + k] != 0) set |= 1u << k;
+    }
+    const int32_t mine = __popc(set);
+    int32_t inclusive = mine;
 #pragma unroll
     for (int offset = 1; offset < 32; offset <<= 1) {
       const int32_t other = __shfl_up_sync(0xffffffffu, inclusive, offset);
@@ -327,10 +337,11 @@ __global__ void __launch_bounds__(kMaxThreads) compact_outlier_columns_kernel(in
       if (lane < warps) warp_totals[lane] = total;  // inclusive prefix over warps
     }
     __syncthreads();
-    const int32_t warp_offset = warp == 0 ? 0 : warp_totals[warp - 1];
-    const int32_t chunk_total = warp_totals[warps - 1];
-    if (flag) flags[base + warp_offset + inclusive - 1] = static_cast<int32_t>(c);
-    base += chunk_total;
+    int32_t next = base + (warp == 0 ? 0 : warp_totals[warp - 1]) + inclusive - mine;
+    for (uint32_t rest = set; rest != 0; rest &= rest - 1) {
+      flags[next++] = static_cast<int32_t>(first + __ffs(static_cast<int>(rest)) - 1);
+    }
+    base += warp_totals[warps - 1];
     __syncthreads();
   }
   for (int64_t c = base + threadIdx.x; c < cols; c += blockDim.x) flags[c] = -1;

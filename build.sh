@@ -118,9 +118,16 @@ cmake_configure() {
   local nvcc; nvcc="$(cmd_toolchain)"
   local gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
   local archs=(); [[ -n "${NKV_CUDA_ARCHITECTURES:-}" ]] && archs=(-DCMAKE_CUDA_ARCHITECTURES="$NKV_CUDA_ARCHITECTURES")
+  # CMake keeps its first answers in the cache: when any setting differs from the last configure, start over.
+  local signature="nvcc=$nvcc archs=${NKV_CUDA_ARCHITECTURES:-default} type=${NKV_BUILD_TYPE:-Release} args=${NKV_CMAKE_ARGS:-}"
+  if [[ -f "$BUILD_DIR/CMakeCache.txt" && "$(cat "$BUILD_DIR/.nkv-configure" 2>/dev/null)" != "$signature" ]]; then
+    log "build settings changed ($signature): reconfiguring $BUILD_DIR"
+    rm -rf "$BUILD_DIR/CMakeCache.txt" "$BUILD_DIR/CMakeFiles"
+  fi
   if [[ ! -f "$BUILD_DIR/CMakeCache.txt" ]]; then
     cmake -S "$ROOT" -B "$BUILD_DIR" "${gen[@]}" -DCMAKE_BUILD_TYPE="${NKV_BUILD_TYPE:-Release}" \
       -DCMAKE_CUDA_COMPILER="$nvcc" "${archs[@]}" ${NKV_CMAKE_ARGS:-}
+    echo "$signature" >"$BUILD_DIR/.nkv-configure"
   fi
 }
 
@@ -198,9 +205,17 @@ cmd_gpu_bundle() {
   dotnet publish "$ROOT/bench/NativeKv.Benchmarks/NativeKv.Benchmarks.csproj" -c Release -nologo -v quiet \
     -o "$staging/benchmarks" -p:NativeKvSkipNativeCopy=true
   tar -C "$staging" -cJf "$BUNDLE_DIR/managed.tar.xz" tests benchmarks
+  cmd_managed_fingerprint >"$BUNDLE_DIR/fingerprint"
   rm -rf "$staging"
   du -sh "$BUNDLE_DIR"/*
   log "gpu-bundle ready: carry 'gpu-bundle' to the GPU machine and run ./build.sh gpu-check there"
+}
+
+# A hash of every managed source, so gpu-check can tell a bundle built from other sources.
+cmd_managed_fingerprint() {
+  (cd "$ROOT" && find managed tests/NativeKv.Tests bench/NativeKv.Benchmarks Directory.Build.props \
+      \( -name '*.cs' -o -name '*.csproj' -o -name '*.props' -o -name '*.nuspec' \) -not -path '*/obj/*' -not -path '*/bin/*' \
+      -type f | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)
 }
 
 cmd_gpu_check() {
@@ -215,6 +230,7 @@ case "${1:-help}" in
   pack) cmd_pack ;;
   gpu-bundle) cmd_gpu_bundle ;;
   gpu-check) cmd_gpu_check ;;
+  managed-fingerprint) cmd_managed_fingerprint ;;
   help|-h|--help) usage ;;
   *) usage; die "unknown command '$1'" ;;
 esac

@@ -21,13 +21,14 @@ record() {  # name, exit code; appends the step's log to $LOG
 start=$(date +%s)
 
 step "device"
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv | tee "$STEPS/device.log"
-nvcc --version | tail -n 2 | tee -a "$STEPS/device.log"
-record device 0
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv && nvcc --version | tail -n 2; } \
+  2>&1 | tee "$STEPS/device.log"
+record device "${PIPESTATUS[0]}"
 
 step "build (CUDA archs: ${NKV_CUDA_ARCHITECTURES:-default 80-real;90a-real;90-virtual})"
 archs=(); [[ -n "${NKV_CUDA_ARCHITECTURES:-}" ]] && archs=(-DCMAKE_CUDA_ARCHITECTURES="$NKV_CUDA_ARCHITECTURES")
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+rm -f "$BUILD/CMakeCache.txt"   # the architectures and compiler of this run, not of an earlier one
 { cmake -S "$ROOT" -B "$BUILD" "${gen[@]}" -DCMAKE_BUILD_TYPE=Release "${archs[@]}" \
   && cmake --build "$BUILD" --parallel "$(nproc)"; } >"$STEPS/build.log" 2>&1
 rc=$?; record build $rc
@@ -53,7 +54,10 @@ compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/bin/nkv_quant_test
 rc=$?; tail -n 2 "$STEPS/racecheck.log"; record racecheck $rc
 
 step "managed tests against the CUDA build"
-if [[ -f "$ROOT/gpu-bundle/dotnet-runtime.tar.xz" && -f "$ROOT/gpu-bundle/managed.tar.xz" ]]; then
+if [[ -f "$ROOT/gpu-bundle/managed.tar.xz" ]] && ! "$ROOT/build.sh" managed-fingerprint | cmp -s - "$ROOT/gpu-bundle/fingerprint"; then
+  echo "gpu-bundle/ was built from other managed sources than this tree: run ./build.sh gpu-bundle again"
+  record managed-tests 1
+elif [[ -f "$ROOT/gpu-bundle/dotnet-runtime.tar.xz" && -f "$ROOT/gpu-bundle/managed.tar.xz" ]]; then
   DOTNET_DIR="$(mktemp -d)"; MANAGED_DIR="$(mktemp -d)"
   tar -C "$DOTNET_DIR" -xJf "$ROOT/gpu-bundle/dotnet-runtime.tar.xz"
   tar -C "$MANAGED_DIR" -xJf "$ROOT/gpu-bundle/managed.tar.xz"

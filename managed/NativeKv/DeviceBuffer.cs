@@ -9,7 +9,7 @@ namespace NativeKv;
 /// <see cref="CopyTo(Span{T}, long)"/> return once the data has arrived.
 /// </summary>
 /// <typeparam name="T">The element type.</typeparam>
-public sealed unsafe class DeviceBuffer<T> : IDisposable where T : unmanaged
+public sealed unsafe class DeviceBuffer<T> : IDisposable, IDeviceMemoryOwner where T : unmanaged
 {
     private DeviceBuffer(Context context, BufferHandle handle, long length)
     {

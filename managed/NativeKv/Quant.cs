@@ -122,6 +122,10 @@ public static unsafe class Quant
         ArgumentNullException.ThrowIfNull(codes);
         ArgumentNullException.ThrowIfNull(scales);
         CheckMatrix(rows, cols);
+        CheckContext(context, input.Context, nameof(input));
+        CheckContext(context, codes.Context, nameof(codes));
+        CheckContext(context, scales.Context, nameof(scales));
+        if (outlierColumns is not null) CheckContext(context, outlierColumns.Context, nameof(outlierColumns));
         TensorView inputView = input.AsTensor(rows, cols), codesView = codes.AsTensor(rows, cols);
         TensorView scalesView = scales.AsTensor(ScaleCount(rows, cols, axis));
         if (outlierThreshold == 0f)
@@ -156,6 +160,9 @@ public static unsafe class Quant
         ArgumentNullException.ThrowIfNull(scales);
         ArgumentNullException.ThrowIfNull(output);
         CheckMatrix(rows, cols);
+        CheckContext(context, codes.Context, nameof(codes));
+        CheckContext(context, scales.Context, nameof(scales));
+        CheckContext(context, output.Context, nameof(output));
         Int8Dequantize(context, codes.AsTensor(rows, cols), scales.AsTensor(ScaleCount(rows, cols, axis)), output.AsTensor(rows, cols), axis);
     }
 
@@ -337,6 +344,16 @@ public static unsafe class Quant
         if (length < needed)
         {
             throw new ArgumentException($"Expected at least {needed} elements; got {length}.", paramName);
+        }
+    }
+
+    // A buffer of another context may live on another device: its pointer means nothing to this one.
+    private static void CheckContext(Context context, Context owner, string name)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        if (!ReferenceEquals(context, owner))
+        {
+            throw new ArgumentException($"The buffer belongs to {owner}, not to the {context} the call runs on.", name);
         }
     }
 }

@@ -83,7 +83,9 @@ public sealed unsafe class TensorView
     {
         ArgumentNullException.ThrowIfNull(buffer);
         ArgumentOutOfRangeException.ThrowIfNegative(elementOffset);
-        var view = new TensorView(buffer.Pointer + (nint)(elementOffset * sizeof(T)), DTypes.Of<T>(), buffer.Device, shape, strides, buffer);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(elementOffset, buffer.Length);
+        var view = new TensorView(buffer.Pointer + (nint)checked(elementOffset * sizeof(T)), DTypes.Of<T>(), buffer.Device, shape,
+            strides, buffer);
         view.CheckWithin(elementOffset, buffer.Length);
         return view;
     }
@@ -104,6 +106,11 @@ public sealed unsafe class TensorView
 
     internal NkvTensor ToNative()
     {
+        // A view outlives nothing: passing the memory of a disposed buffer to native code would be a use-after-free.
+        if (_owner is IDeviceMemoryOwner owner)
+        {
+            ObjectDisposedException.ThrowIf(owner.Handle.IsClosed, owner);
+        }
         var tensor = new NkvTensor { Data = (void*)Data, Dtype = (int)DType, Device = (int)Device, Ndim = Rank };
         for (int i = 0; i < Rank; i++)
         {
@@ -149,7 +156,7 @@ public sealed unsafe class TensorView
         for (int i = 0; i < Rank; i++)
         {
             long reach = checked((_shape[i] - 1) * _strides[i]);
-            if (reach < 0) lowest += reach; else highest += reach;
+            if (reach < 0) lowest = checked(lowest + reach); else highest = checked(highest + reach);
         }
         if (lowest < 0 || highest >= bufferLength)
         {
@@ -157,4 +164,11 @@ public sealed unsafe class TensorView
                 $"The view {this} at element offset {elementOffset} reaches elements {lowest}..{highest}, outside the buffer of {bufferLength} elements.");
         }
     }
+}
+
+/// <summary>Memory a <see cref="TensorView"/> can be built over; lets a view check that the memory still exists.</summary>
+internal interface IDeviceMemoryOwner
+{
+    /// <summary>The native buffer behind the memory.</summary>
+    BufferHandle Handle { get; }
 }

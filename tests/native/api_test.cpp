@@ -159,6 +159,19 @@ TEST_P(BufferTest, RejectsOutOfRangeAndNulls) {
   EXPECT_EQ(nkv_buffer_destroy(nullptr), NKV_STATUS_SUCCESS);
 }
 
+TEST_P(BufferTest, OverlappingCopyWithinOneBufferIsRejected) {
+  Memory a(context_.get(), 64);
+  NKV_EXPECT_STATUS(nkv_buffer_copy(a.buffer(), 8, a.buffer(), 0, 16), NKV_STATUS_INVALID_ARGUMENT, "overlap");
+  NKV_ASSERT_OK(nkv_buffer_copy(a.buffer(), 16, a.buffer(), 0, 16));  // adjacent ranges are fine
+}
+
+TEST(Buffer, SizesBeyondTheAddressSpaceAreOutOfMemory) {
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  nkv_buffer* buffer = nullptr;
+  NKV_EXPECT_STATUS(nkv_buffer_create(cpu.get(), UINT64_MAX, &buffer), NKV_STATUS_OUT_OF_MEMORY, "bytes");
+  EXPECT_EQ(buffer, nullptr);
+}
+
 TEST_P(BufferTest, CopyBetweenContextsIsRejected) {
   ContextPtr other = make_context(NKV_BACKEND_CPU);
   Memory a(context_.get(), 64), b(other.get(), 64);

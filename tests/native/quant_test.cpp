@@ -320,6 +320,32 @@ TEST_F(QuantBadInput, NonContiguousRowsAreNotSupported) {
   NKV_EXPECT_STATUS(run(), NKV_STATUS_INVALID_ARGUMENT, "output rows would overlap");
 }
 
+TEST_F(QuantBadInput, OutputsOverlappingInputsAreRejected) {
+  nkv_tensor scales_over_input = view(input_.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {rows_});
+  NKV_EXPECT_STATUS(nkv_int8_quantize(context_.get(), &params_, &in_, &out_, &scales_over_input, nullptr, nullptr),
+                    NKV_STATUS_INVALID_ARGUMENT, "arguments 'scales' and 'input' overlap");
+  nkv_tensor codes_over_input = view(input_.data(), NKV_DTYPE_INT8, NKV_DEVICE_HOST, {rows_, cols_});
+  NKV_EXPECT_STATUS(nkv_int8_quantize(context_.get(), &params_, &in_, &codes_over_input, &sc_, nullptr, nullptr),
+                    NKV_STATUS_INVALID_ARGUMENT, "arguments 'codes' and 'input' overlap");
+  std::vector<float> out(rows_ * cols_);
+  nkv_tensor output = view(out.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {rows_, cols_});
+  nkv_tensor codes_in_output = view(out.data(), NKV_DTYPE_INT8, NKV_DEVICE_HOST, {rows_, cols_});
+  NKV_EXPECT_STATUS(nkv_int8_dequantize(context_.get(), &params_, &codes_in_output, &sc_, &output),
+                    NKV_STATUS_INVALID_ARGUMENT, "arguments 'output' and 'codes' overlap");
+}
+
+TEST_F(QuantBadInput, MisalignedAndWrappingViewsAreRejected) {
+  in_.data = reinterpret_cast<char*>(input_.data()) + 1;
+  NKV_EXPECT_STATUS(run(), NKV_STATUS_INVALID_ARGUMENT, "argument 'input': data pointer is not aligned");
+  in_.data = input_.data();
+  in_.strides[0] = (int64_t{1} << 62) + 1;  // the byte offset of row 1 would wrap around
+  NKV_EXPECT_STATUS(run(), NKV_STATUS_INVALID_ARGUMENT, "reaches beyond the address space");
+  in_.strides[0] = cols_;
+  in_.shape[0] = int64_t{1} << 40;
+  in_.shape[1] = int64_t{1} << 40;
+  NKV_EXPECT_STATUS(run(), NKV_STATUS_INVALID_ARGUMENT, "more elements than int64 can count");
+}
+
 TEST_F(QuantBadInput, DeviceMemoryOnACpuContext) {
   in_.device = NKV_DEVICE_CUDA;
   NKV_EXPECT_STATUS(run(), NKV_STATUS_INVALID_ARGUMENT, "argument 'input': expected memory on device 'host'");

@@ -48,8 +48,8 @@ typedef enum nkv_status {
   NKV_STATUS_INTERNAL = 6          /* a bug in NativeKv: please report the message */
 } nkv_status;
 
-/* The message of the last failed call on this thread; every call clears it first, so it is "" after a
- * success. One exception: nkv_cuda_device_count leaves the reason there when it reports 0 devices.
+/* The message of the last failed call on this thread; every function that returns nkv_status clears it
+ * first, so it is "" after a success. One exception: nkv_cuda_device_count leaves the reason there when it reports 0 devices.
  * Valid until the next NativeKv call on this thread. */
 NKV_API const char* nkv_last_error(void);
 /* A constant name for a status, e.g. "NKV_STATUS_INVALID_ARGUMENT". */
@@ -79,7 +79,9 @@ typedef enum nkv_device_type {
 
 /* A view of caller-owned memory. Strides are in elements, not bytes; shape[i] >= 0. Entries past ndim
  * are ignored. `dtype` and `device` hold nkv_dtype and nkv_device_type values. `data` may be NULL only
- * when the view has no elements. Negative strides are NKV_STATUS_NOT_SUPPORTED. */
+ * when the view has no elements, and must be aligned to the element size. Every element's byte offset
+ * must be addressable (no wrap-around). Negative strides are NKV_STATUS_NOT_SUPPORTED. An op's outputs
+ * must not overlap its inputs or each other (NKV_STATUS_INVALID_ARGUMENT). */
 typedef struct nkv_tensor {
   void* data;
   int32_t dtype;
@@ -174,7 +176,7 @@ NKV_API nkv_status nkv_buffer_upload(nkv_buffer* buffer, uint64_t offset_bytes, 
 /* Buffer -> host; waits for earlier work on the context's stream, returns when the copy is complete. */
 NKV_API nkv_status nkv_buffer_download(const nkv_buffer* buffer, uint64_t offset_bytes, void* host_destination,
                                        uint64_t size_bytes);
-/* Buffer -> buffer of the same context, stream-ordered. */
+/* Buffer -> buffer of the same context, stream-ordered. Two ranges of one buffer must not overlap. */
 NKV_API nkv_status nkv_buffer_copy(nkv_buffer* destination, uint64_t destination_offset_bytes,
                                    const nkv_buffer* source, uint64_t source_offset_bytes, uint64_t size_bytes);
 /* Sets `size_bytes` bytes at `offset_bytes` to `value` (0..255), stream-ordered. */
@@ -187,7 +189,8 @@ NKV_API nkv_status nkv_buffer_memset(nkv_buffer* buffer, uint64_t offset_bytes, 
  *   absmax = max |x| over the vector, ignoring outliers (|x| >= outlier_threshold, when a threshold is set)
  *   scale  = absmax / 127                                    (float32)
  *   code   = round_half_to_even(x / scale), clamped to [-127, 127]   (IEEE float32 division; int8;
- *            0 for outliers; the CUDA backend returns exactly the CPU reference's codes and scales)
+ *            0 for outliers; the CUDA backend returns exactly the CPU reference's codes and scales,
+ *            except that a NaN scale's payload bits may differ)
  * A vector whose absmax is 0 gets scale 0 and codes 0. Non-finite input: NaN anywhere in a vector makes
  * its scale NaN and its codes 0; an infinity (not excluded as an outlier) makes its scale +inf and its
  * codes 0. Dequantization computes code * scale (float32) and rounds to the output dtype.

@@ -118,12 +118,19 @@ NKV_API nkv_status nkv_buffer_copy(nkv_buffer* destination, uint64_t destination
     if (d.context != s.context) fail_argument("arguments 'destination' and 'source' belong to different contexts");
     check_range(d, "destination_offset_bytes/size_bytes", destination_offset_bytes, size_bytes);
     check_range(s, "source_offset_bytes/size_bytes", source_offset_bytes, size_bytes);
+    // cudaMemcpy does not define overlapping copies, so neither backend accepts them.
+    if (&d == &s && source_offset_bytes < destination_offset_bytes + size_bytes &&
+        destination_offset_bytes < source_offset_bytes + size_bytes) {
+      fail_argument("arguments 'destination' and 'source': the ranges [" + std::to_string(destination_offset_bytes) + ", +" +
+                    std::to_string(size_bytes) + ") and [" + std::to_string(source_offset_bytes) + ", +" +
+                    std::to_string(size_bytes) + ") of the same buffer overlap");
+    }
     if (size_bytes == 0) return;
     const nkv_context& c = *d.context;
     if (c.backend == NKV_BACKEND_CUDA) {
       cuda::copy(c.device_ordinal, c.stream, at(d, destination_offset_bytes), at(s, source_offset_bytes), size_bytes);
     } else {
-      std::memmove(at(d, destination_offset_bytes), at(s, source_offset_bytes), size_bytes);
+      std::memcpy(at(d, destination_offset_bytes), at(s, source_offset_bytes), size_bytes);
     }
   });
 }

@@ -9,14 +9,13 @@ using namespace nkv;
 extern "C" {
 
 NKV_API nkv_status nkv_cuda_device_count(int32_t* out_count) {
-  std::string reason;
-  nkv_status status = guard("nkv_cuda_device_count", [&] {
+  return guard("nkv_cuda_device_count", [&] {
     require_out(out_count, "out_count");
+    std::string reason;
     *out_count = cuda::device_count(reason);
+    // Success either way; with no device the reason stays readable through nkv_last_error().
+    if (!reason.empty()) set_last_error("nkv_cuda_device_count: " + reason);
   });
-  // Success either way; with no device the reason stays readable through nkv_last_error().
-  if (status == NKV_STATUS_SUCCESS && !reason.empty()) set_last_error("nkv_cuda_device_count: " + reason);
-  return status;
 }
 
 NKV_API nkv_status nkv_cuda_device_properties(int32_t ordinal, nkv_device_properties* out) {

@@ -88,6 +88,20 @@ NKV_API nkv_status nkv_int8_quantize(nkv_context* context, const nkv_int8_quant_
                     "params.outlier_threshold is 0 (outlier handling off)");
     }
 
+    check_disjoint("codes", out, "input", in);
+    check_disjoint("scales", *scales, "input", in);
+    check_disjoint("scales", *scales, "codes", out);
+    if (a.outlier_threshold > 0.0f) {
+      const nkv_tensor* outputs[] = {outlier_columns, outlier_column_count};
+      const char* names[] = {"outlier_columns", "outlier_column_count"};
+      for (int i = 0; i < 2; ++i) {
+        check_disjoint(names[i], *outputs[i], "input", in);
+        check_disjoint(names[i], *outputs[i], "codes", out);
+        check_disjoint(names[i], *outputs[i], "scales", *scales);
+      }
+      check_disjoint("outlier_columns", *outlier_columns, "outlier_column_count", *outlier_column_count);
+    }
+
     a.input = in.data;
     a.input_dtype = static_cast<nkv_dtype>(in.dtype);
     a.rows = rows;
@@ -123,6 +137,8 @@ NKV_API nkv_status nkv_int8_dequantize(nkv_context* context, const nkv_int8_quan
     check_shape("output", out, {rows, cols});
     check_unit_inner_stride("output", out);
     check_rows_disjoint("output", out);
+    check_disjoint("output", out, "codes", in);
+    check_disjoint("output", out, "scales", *scales);
 
     Int8DequantizeArgs a;
     a.codes = static_cast<const int8_t*>(in.data);

@@ -1,5 +1,6 @@
 #include "core/tensor_checks.h"
 
+#include <cstdint>
 #include <sstream>
 
 #include "core/error.h"
@@ -38,8 +39,42 @@ std::string shape_string(const nkv_tensor& t) {
 
 int64_t element_count(const nkv_tensor& t) {
   int64_t n = 1;
-  for (int32_t i = 0; i < t.ndim; ++i) n *= t.shape[i];
+  for (int32_t i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] == 0) return 0;
+  }
+  for (int32_t i = 0; i < t.ndim; ++i) {
+    if (__builtin_mul_overflow(n, t.shape[i], &n)) return -1;  // check_tensor rejects it
+  }
   return n;
+}
+
+namespace {
+// Element offset of the last element, or -1 when it does not fit in int64.
+int64_t last_element_offset(const nkv_tensor& t) {
+  int64_t offset = 0;
+  for (int32_t i = 0; i < t.ndim; ++i) {
+    int64_t reach = 0;
+    if (__builtin_mul_overflow(t.shape[i] - 1, t.strides[i], &reach) || __builtin_add_overflow(offset, reach, &offset)) {
+      return -1;
+    }
+  }
+  return offset;
+}
+}  // namespace
+
+ByteRange byte_range(const nkv_tensor& t) {
+  if (element_count(t) == 0) return {};
+  const auto begin = reinterpret_cast<uintptr_t>(t.data);
+  const auto size = static_cast<uintptr_t>(nkv_dtype_size(t.dtype));
+  return {begin, begin + (static_cast<uintptr_t>(last_element_offset(t)) + 1) * size};
+}
+
+void check_disjoint(const char* name_a, const nkv_tensor& a, const char* name_b, const nkv_tensor& b) {
+  const ByteRange ra = byte_range(a), rb = byte_range(b);
+  if (ra.begin < ra.end && rb.begin < rb.end && ra.begin < rb.end && rb.begin < ra.end) {
+    fail_argument(std::string("arguments '") + name_a + "' and '" + name_b +
+                  "' overlap in memory; outputs must not share memory with inputs or other outputs");
+  }
 }
 
 namespace {
@@ -74,7 +109,22 @@ const nkv_tensor& check_tensor(const char* name, const nkv_tensor* t, const nkv_
     fail_argument(arg(name) + ": expected memory on device '" + device_name(expected) + "' (the context's backend), got '" +
                   device_name(t->device) + "'");
   }
-  if (t->data == nullptr && element_count(*t) != 0) fail_argument(arg(name) + ": data must not be NULL");
+  const int64_t count = element_count(*t);
+  if (count < 0) fail_argument(arg(name) + ": shape " + shape_string(*t) + " has more elements than int64 can count");
+  if (count == 0) return *t;
+  if (t->data == nullptr) fail_argument(arg(name) + ": data must not be NULL");
+  const size_t element_size = nkv_dtype_size(t->dtype);
+  if (reinterpret_cast<uintptr_t>(t->data) % element_size != 0) {
+    fail_argument(arg(name) + ": data pointer is not aligned to its element size (" + std::to_string(element_size) +
+                  " bytes)");
+  }
+  // The farthest byte must be addressable: no offset may wrap around.
+  const int64_t last = last_element_offset(*t);
+  int64_t bytes = 0;
+  if (last < 0 || __builtin_mul_overflow(last + 1, static_cast<int64_t>(element_size), &bytes) ||
+      reinterpret_cast<uintptr_t>(t->data) > UINTPTR_MAX - static_cast<uintptr_t>(bytes)) {
+    fail_argument(arg(name) + ": shape " + shape_string(*t) + " with its strides reaches beyond the address space");
+  }
   return *t;
 }
 

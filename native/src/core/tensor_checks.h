@@ -26,6 +26,15 @@ void check_unit_inner_stride(const char* name, const nkv_tensor& t);
 void check_rows_disjoint(const char* name, const nkv_tensor& t);
 int64_t element_count(const nkv_tensor& t);
 
+// The bytes a checked view can touch, [begin, end); begin == end for a view without elements.
+struct ByteRange {
+  uintptr_t begin = 0;
+  uintptr_t end = 0;
+};
+ByteRange byte_range(const nkv_tensor& t);
+// Outputs must not share memory with inputs or with each other: kernels read and write in parallel.
+void check_disjoint(const char* name_a, const nkv_tensor& a, const char* name_b, const nkv_tensor& b);
+
 const nkv_context& check_context(const nkv_context* context);
 
 }  // namespace nkv

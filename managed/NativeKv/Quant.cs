@@ -29,17 +29,7 @@ public static unsafe class Quant
     public static void Int8Quantize(Context context, TensorView input, TensorView codes, TensorView scales,
         QuantAxis axis = QuantAxis.Row)
     {
-        ArgumentNullException.ThrowIfNull(context);
-        ArgumentNullException.ThrowIfNull(input);
-        ArgumentNullException.ThrowIfNull(codes);
-        ArgumentNullException.ThrowIfNull(scales);
-        NkvTensor nativeInput = input.ToNative(), nativeCodes = codes.ToNative(), nativeScales = scales.ToNative();
-        NkvInt8QuantParams parameters = Parameters(axis, 0f);
-        NativeStatus.Check(NativeMethods.nkv_int8_quantize(context.Handle, &parameters, &nativeInput, &nativeCodes,
-            &nativeScales, null, null));
-        GC.KeepAlive(input);
-        GC.KeepAlive(codes);
-        GC.KeepAlive(scales);
+        QuantizeViews(context, input, codes, scales, 0f, null, null, axis);
     }
 
     /// <summary>
@@ -58,17 +48,24 @@ public static unsafe class Quant
     public static void Int8Quantize(Context context, TensorView input, TensorView codes, TensorView scales, float outlierThreshold,
         TensorView outlierColumns, TensorView outlierColumnCount, QuantAxis axis = QuantAxis.Row)
     {
+        ArgumentNullException.ThrowIfNull(outlierColumns);
+        ArgumentNullException.ThrowIfNull(outlierColumnCount);
+        QuantizeViews(context, input, codes, scales, outlierThreshold, outlierColumns, outlierColumnCount, axis);
+    }
+
+    // The one native call behind both view overloads; the outlier views are null when the threshold is off.
+    private static void QuantizeViews(Context context, TensorView input, TensorView codes, TensorView scales, float outlierThreshold,
+        TensorView? outlierColumns, TensorView? outlierColumnCount, QuantAxis axis)
+    {
         ArgumentNullException.ThrowIfNull(context);
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(codes);
         ArgumentNullException.ThrowIfNull(scales);
-        ArgumentNullException.ThrowIfNull(outlierColumns);
-        ArgumentNullException.ThrowIfNull(outlierColumnCount);
         NkvTensor nativeInput = input.ToNative(), nativeCodes = codes.ToNative(), nativeScales = scales.ToNative();
-        NkvTensor nativeColumns = outlierColumns.ToNative(), nativeCount = outlierColumnCount.ToNative();
+        NkvTensor nativeColumns = outlierColumns?.ToNative() ?? default, nativeCount = outlierColumnCount?.ToNative() ?? default;
         NkvInt8QuantParams parameters = Parameters(axis, outlierThreshold);
-        NativeStatus.Check(NativeMethods.nkv_int8_quantize(context.Handle, &parameters, &nativeInput, &nativeCodes,
-            &nativeScales, &nativeColumns, &nativeCount));
+        NativeStatus.Check(NativeMethods.nkv_int8_quantize(context.Handle, &parameters, &nativeInput, &nativeCodes, &nativeScales,
+            outlierColumns is null ? null : &nativeColumns, outlierColumnCount is null ? null : &nativeCount));
         GC.KeepAlive(input);
         GC.KeepAlive(codes);
         GC.KeepAlive(scales);

@@ -10,9 +10,11 @@ using namespace nkv;
 
 namespace {
 
-nkv_backend resolve_backend(int32_t requested, std::string& cuda_reason) {
+// `devices` receives the CUDA device count when the driver was asked (every request but CPU).
+nkv_backend resolve_backend(int32_t requested, int32_t& devices) {
   if (requested == NKV_BACKEND_CPU) return NKV_BACKEND_CPU;
-  const int32_t devices = cuda::device_count(cuda_reason);
+  std::string cuda_reason;
+  devices = cuda::device_count(cuda_reason);
   if (requested == NKV_BACKEND_AUTO) return devices > 0 ? NKV_BACKEND_CUDA : NKV_BACKEND_CPU;
   if (devices == 0) fail(NKV_STATUS_NO_DEVICE, "NKV_BACKEND_CUDA requested but no CUDA device is usable: " + cuda_reason);
   return NKV_BACKEND_CUDA;
@@ -38,14 +40,13 @@ NKV_API nkv_status nkv_context_create(const nkv_context_options* options, nkv_co
                     "NKV_BACKEND_CUDA (2), got " + std::to_string(o.backend));
     }
     if (o.reserved != 0) fail_argument("argument 'options.reserved' must be 0, got " + std::to_string(o.reserved));
-    std::string reason;
+    int32_t devices = 0;
     auto context = std::make_unique<nkv_context>();
-    context->backend = resolve_backend(o.backend, reason);
+    context->backend = resolve_backend(o.backend, devices);
     if (context->backend == NKV_BACKEND_CPU && o.stream != nullptr) {
       fail_argument("argument 'options.stream' must be NULL for the CPU backend");
     }
     if (context->backend == NKV_BACKEND_CUDA) {
-      const int32_t devices = cuda::device_count(reason);
       if (o.device_ordinal < 0 || o.device_ordinal >= devices) {
         fail_argument("argument 'options.device_ordinal': expected 0.." + std::to_string(devices - 1) + ", got " +
                       std::to_string(o.device_ordinal));

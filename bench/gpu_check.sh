@@ -43,15 +43,23 @@ record ctest $rc
 
 step "compute-sanitizer memcheck (GPU suites)"
 san=0
-for suite in nkv_api_tests nkv_quant_tests; do
+for suite in nkv_api_tests nkv_quant_tests nkv_attention_tests nkv_pack_tests; do
   compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
     "$BUILD/bin/$suite" --gtest_filter='*Cuda*' >>"$STEPS/memcheck.log" 2>&1
   r=$?; tail -n 3 "$STEPS/memcheck.log"; [[ $r -eq 0 ]] || san=$r
 done
 record memcheck $san
-compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/bin/nkv_quant_tests" \
-  --gtest_filter='QuantCuda.NonFinite*' >"$STEPS/racecheck.log" 2>&1
-rc=$?; tail -n 2 "$STEPS/racecheck.log"; record racecheck $rc
+race=0
+for run in "nkv_quant_tests QuantCuda.NonFinite*" "nkv_attention_tests AttentionCuda.VarlenGqa*:AttentionCuda.DecodeWindow*"; do
+  set -- $run
+  compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/bin/$1" --gtest_filter="$2" >>"$STEPS/racecheck.log" 2>&1
+  r=$?; tail -n 2 "$STEPS/racecheck.log"; [[ $r -eq 0 ]] || race=$r
+done
+record racecheck $race
+
+step "peer test: attention against PyTorch SDPA"
+NATIVEKV_LIBRARY="$BUILD/lib/libnativekv.so" python3 "$ROOT/tests/peer/test_attention_peer.py" >"$STEPS/peer.log" 2>&1
+rc=$?; tail -n 15 "$STEPS/peer.log"; record peer-attention $rc
 
 step "managed tests against the CUDA build"
 if [[ -f "$ROOT/gpu-bundle/managed.tar.xz" ]] && ! "$ROOT/build.sh" managed-fingerprint | cmp -s - "$ROOT/gpu-bundle/fingerprint"; then

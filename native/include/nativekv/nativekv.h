@@ -230,6 +230,173 @@ NKV_API nkv_status nkv_int8_dequantize(nkv_context* context, const nkv_int8_quan
                                        const nkv_tensor* codes, const nkv_tensor* scales, const nkv_tensor* output);
 
 /* ---------------------------------------------------------------------------------------------------
+ * Attention (FlashAttention semantics)
+ *
+ * For one sequence with lq queries, lk keys and head h (query head h reads key/value head
+ * h / (num_heads_q / num_heads_kv), so GQA and MQA need num_heads_q % num_heads_kv == 0):
+ *   s[i][j] = softmax_scale * dot(Q[i], K[j])
+ *   s[i][j] = softcap * tanh(s[i][j] / softcap)                            (when softcap > 0)
+ *   key j is visible to query i when   j <= i + (lk - lq)                  (when causal)
+ *                                 and  j >= i + (lk - lq) - window_left    (when window_left >= 0)
+ *   O[i] = sum_j softmax_j(s[i]) V[j] over the visible keys;  LSE[i] = log(sum_j exp(s[i][j])) (natural log)
+ * The causal mask is aligned to the bottom-right corner: the last query sees every key, so a chunk of
+ * lq new queries over lk = cached + lq keys sees the whole cache plus its own causal part (chunked prefill).
+ * A query that sees no key (lk == 0, or masked out entirely) gets O = 0 and LSE = -inf.
+ * Q, K, V, O are float16 or bfloat16 (all the same); head_dim is 64, 96, 128 or 256; LSE is float32.
+ * Accumulation is float32 on CUDA and float64 on the CPU backend.
+ *
+ * Work is described once by a plan, made on the host from host-side lengths (validated there), and run
+ * any number of times (e.g. once per layer) on the plan's context's stream. A plan runs one op at a time;
+ * it must outlive the work it launched (destroy waits for the context's stream).
+ * ------------------------------------------------------------------------------------------------- */
+
+typedef struct nkv_attention_options {
+  uint32_t struct_size;
+  int32_t causal;        /* 0 or 1 */
+  float softmax_scale;   /* > 0, or 0 for 1/sqrt(head_dim) */
+  float softcap;         /* 0 (off) or > 0 */
+  int32_t window_left;   /* -1 (unlimited) or >= 0 */
+  int32_t num_splits;    /* decode: 0 picks the split of each sequence's keys from the device (SM count),
+                            n >= 1 fixes it, making results independent of the GPU. Varlen: must be 0. */
+} nkv_attention_options;
+
+typedef struct nkv_attention_plan nkv_attention_plan;
+
+typedef enum nkv_attention_kind {
+  NKV_ATTENTION_VARLEN = 0,
+  NKV_ATTENTION_DECODE = 1
+} nkv_attention_kind;
+
+/*
+ * Varlen (packed) attention: sequence b owns query rows [cu_seqlens_q[b], cu_seqlens_q[b+1]) and key rows
+ * [cu_seqlens_k[b], cu_seqlens_k[b+1]). Both arrays are HOST memory of batch + 1 int32 values, starting at
+ * 0 and non-decreasing; they are copied, so the caller may free them on return. Lengths may differ between
+ * Q and K and may be 0. `options` may be NULL (non-causal, default scale, no soft-cap, no window).
+ */
+NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_attention_options* options,
+                                             int32_t num_heads_q, int32_t num_heads_kv, int32_t head_dim,
+                                             int32_t batch, const int32_t* cu_seqlens_q, const int32_t* cu_seqlens_k,
+                                             nkv_attention_plan** out_plan);
+
+/*
+ * Decode attention over a KV cache (flash-decoding): every sequence has q_len (1..16) new queries, and
+ * seqlens_k[b] keys (HOST memory, batch values, each >= 0), which include the new tokens' own keys. The
+ * keys of each sequence are split across thread blocks and the partial results combined in a second
+ * kernel; the plan owns the partial-result storage.
+ */
+NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_attention_options* options,
+                                             int32_t num_heads_q, int32_t num_heads_kv, int32_t head_dim,
+                                             int32_t batch, int32_t q_len, const int32_t* seqlens_k,
+                                             nkv_attention_plan** out_plan);
+
+/* NULL is accepted and does nothing. Waits for the context's outstanding work first. */
+NKV_API nkv_status nkv_attention_plan_destroy(nkv_attention_plan* plan);
+
+typedef struct nkv_attention_plan_info {
+  uint32_t struct_size;
+  int32_t kind; /* nkv_attention_kind */
+  int32_t batch;
+  int32_t num_heads_q;
+  int32_t num_heads_kv;
+  int32_t head_dim;
+  int32_t q_len;          /* decode: queries per sequence; varlen: 0 */
+  int32_t num_splits;     /* decode: the largest split of any sequence; varlen: 1 */
+  int64_t total_q;        /* varlen: cu_seqlens_q[batch]; decode: batch * q_len */
+  int64_t total_k;        /* varlen: cu_seqlens_k[batch]; decode: sum of seqlens_k */
+  int64_t max_seqlen_q;
+  int64_t max_seqlen_k;
+  float softmax_scale;    /* the scale in effect */
+  int32_t reserved;
+} nkv_attention_plan_info;
+
+NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, nkv_attention_plan_info* out_info);
+
+/*
+ * q:   [rows_q, num_heads_q, head_dim]    rows_q >= total_q; any row and head strides, unit last stride
+ * k,v: [rows_k, num_heads_kv, head_dim]   rows_k >= total_k; likewise
+ * o:   [rows_q, num_heads_q, head_dim]    rows past total_q are left untouched
+ * lse: [num_heads_q, rows_q] float32, unit last stride; may be NULL
+ * All on the plan's context's device. Asynchronous on the context's stream.
+ */
+NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k,
+                                        const nkv_tensor* v, const nkv_tensor* o, const nkv_tensor* lse);
+
+/*
+ * q:   [batch, q_len, num_heads_q, head_dim]
+ * k,v: [batch, capacity, num_heads_kv, head_dim] with capacity >= every seqlens_k[b]; any batch, token and
+ *      head strides (the token stride may exceed num_heads_kv * head_dim, e.g. layers interleaved), unit
+ *      last stride
+ * o:   [batch, q_len, num_heads_q, head_dim]
+ * lse: [batch, num_heads_q, q_len] float32, unit last stride; may be NULL
+ * Query t of sequence b is query row t of lq = q_len over lk = seqlens_k[b] keys in the formulas above.
+ */
+NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k,
+                                        const nkv_tensor* v, const nkv_tensor* o, const nkv_tensor* lse);
+
+/* ---------------------------------------------------------------------------------------------------
+ * Prepacking ("Prepacking: A Simple Method for Fast Prefilling and Increased Throughput", Zhao et al.)
+ *
+ * Prompts of different lengths are bin-packed into rows of at most row_capacity tokens (first-fit
+ * decreasing), so that a batch holds few padding tokens. The packed order lists the prompts row by row;
+ * packed hidden states hold every prompt's tokens back to back in that order (no padding between them),
+ * which is exactly the varlen attention layout: cu_seqlens of the plan make each prompt its own causal
+ * block, and the position ids restart at 0 for every prompt. Caller order: the prompts as given,
+ * concatenated.
+ * ------------------------------------------------------------------------------------------------- */
+
+typedef struct nkv_pack_plan nkv_pack_plan;
+
+/* prompt_lengths: HOST memory, prompt_count values >= 1. row_capacity: >= the longest prompt, or 0 for
+ * the longest prompt. Every index array is computed on the host and kept in the context's device memory. */
+NKV_API nkv_status nkv_pack_plan_create(nkv_context* context, const int32_t* prompt_lengths, int32_t prompt_count,
+                                        int32_t row_capacity, nkv_pack_plan** out_plan);
+/* NULL is accepted and does nothing. Waits for the context's outstanding work first. */
+NKV_API nkv_status nkv_pack_plan_destroy(nkv_pack_plan* plan);
+
+typedef struct nkv_pack_plan_info {
+  uint32_t struct_size;
+  int32_t prompt_count;
+  int32_t row_count;
+  int32_t row_capacity;
+  int32_t longest_prompt;
+  int32_t reserved;
+  int64_t total_tokens;              /* sum of the prompt lengths */
+  int64_t padding_tokens;            /* row_count * row_capacity - total_tokens: padding of the packed rows */
+  int64_t unpacked_padding_tokens;   /* prompt_count * longest_prompt - total_tokens: plain padded batching */
+} nkv_pack_plan_info;
+
+NKV_API nkv_status nkv_pack_plan_get_info(const nkv_pack_plan* plan, nkv_pack_plan_info* out_info);
+
+typedef enum nkv_pack_array {
+  NKV_PACK_CU_SEQLENS = 0,    /* [prompt_count + 1]: token offset of each packed prompt, then total_tokens */
+  NKV_PACK_POSITION_IDS = 1,  /* [total_tokens]: position of each packed token within its prompt */
+  NKV_PACK_GATHER_INDEX = 2,  /* [total_tokens]: packed token t is caller token gather[t] */
+  NKV_PACK_SCATTER_INDEX = 3, /* [total_tokens]: caller token t is packed token scatter[t] */
+  NKV_PACK_PROMPT_ORDER = 4,  /* [prompt_count]: packed prompt p is caller prompt order[p] */
+  NKV_PACK_ROW_STARTS = 5     /* [row_count + 1]: packed prompt index where each row starts, then prompt_count */
+} nkv_pack_array;
+
+/* Copies an index array (int32) to host memory `destination` of `capacity` values (>= the array's
+ * length). out_length (may be NULL) receives the length. */
+NKV_API nkv_status nkv_pack_plan_copy_array(const nkv_pack_plan* plan, int32_t which, int32_t* destination,
+                                            int64_t capacity, int64_t* out_length);
+/* A view of an index array in the plan's device memory (int32, 1-D), valid while the plan lives. */
+NKV_API nkv_status nkv_pack_plan_array_view(const nkv_pack_plan* plan, int32_t which, nkv_tensor* out_view);
+
+/* packed[t] = input[gather[t]]: input [rows >= total_tokens, hidden] in caller order, packed
+ * [rows >= total_tokens, hidden]; any dtype (both the same), unit last stride. Rows past total_tokens are
+ * left untouched. Asynchronous on the context's stream. */
+NKV_API nkv_status nkv_pack_gather(const nkv_pack_plan* plan, const nkv_tensor* input, const nkv_tensor* packed);
+/* output[t] = packed[scatter[t]]: the inverse of nkv_pack_gather. */
+NKV_API nkv_status nkv_pack_scatter(const nkv_pack_plan* plan, const nkv_tensor* packed, const nkv_tensor* output);
+
+/* The dense padded-batch layout that plain batching uses, for comparison: padded[p, i] = token i of caller
+ * prompt p for i < its length, zeros after it; padded is [prompt_count, longest_prompt, hidden]. */
+NKV_API nkv_status nkv_pack_gather_padded(const nkv_pack_plan* plan, const nkv_tensor* input, const nkv_tensor* padded);
+/* output[caller token] = padded[p, i]: the inverse of nkv_pack_gather_padded (padding is not read). */
+NKV_API nkv_status nkv_pack_scatter_padded(const nkv_pack_plan* plan, const nkv_tensor* padded, const nkv_tensor* output);
+
+/* ---------------------------------------------------------------------------------------------------
  * Introspection, for binding generators and the managed conformance test
  * ------------------------------------------------------------------------------------------------- */
 

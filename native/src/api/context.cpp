@@ -54,6 +54,11 @@ NKV_API nkv_status nkv_context_create(const nkv_context_options* options, nkv_co
       context->device_ordinal = o.device_ordinal;
       context->stream = o.stream != nullptr ? o.stream : cuda::create_stream(o.device_ordinal);
       context->owns_stream = o.stream == nullptr;
+      nkv_device_properties properties{};
+      properties.struct_size = sizeof(properties);
+      cuda::device_properties(o.device_ordinal, properties);
+      context->multiprocessor_count = properties.multiprocessor_count;
+      context->compute_capability = properties.compute_capability_major * 10 + properties.compute_capability_minor;
     }
     *out_context = context.release();
   });

@@ -10,6 +10,9 @@ struct nkv_context {
   int32_t device_ordinal = 0;
   void* stream = nullptr;  // cudaStream_t on CUDA
   bool owns_stream = false;
+  // Read once at creation (CUDA): kernels pick tiles and split counts from these.
+  int32_t multiprocessor_count = 0;
+  int32_t compute_capability = 0;  // major * 10 + minor
 };
 
 struct nkv_buffer {

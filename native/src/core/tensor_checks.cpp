@@ -1,5 +1,6 @@
 #include "core/tensor_checks.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <sstream>
 
@@ -163,6 +164,44 @@ void check_rows_disjoint(const char* name, const nkv_tensor& t) {
   if (t.ndim == 2 && t.shape[0] > 1 && t.shape[1] > 0 && t.strides[0] < t.shape[1]) {
     fail_argument(arg(name) + ": row stride " + std::to_string(t.strides[0]) + " is smaller than the row length " +
                   std::to_string(t.shape[1]) + ", so output rows would overlap");
+  }
+}
+
+void check_elements_disjoint(const char* name, const nkv_tensor& t) {
+  if (element_count(t) <= 1) return;
+  int order[NKV_MAX_DIMS];
+  int dims = 0;
+  for (int i = 0; i < t.ndim; ++i) {
+    if (t.shape[i] > 1) order[dims++] = i;
+  }
+  for (int k = 1; k < dims; ++k) {  // insertion sort by stride: at most NKV_MAX_DIMS entries
+    for (int j = k; j > 0 && t.strides[order[j]] < t.strides[order[j - 1]]; --j) std::swap(order[j], order[j - 1]);
+  }
+  int64_t reach = 1;  // elements spanned by the dimensions placed so far
+  for (int k = 0; k < dims; ++k) {
+    const int d = order[k];
+    if (t.strides[d] < reach) {
+      fail_argument(arg(name) + ": stride " + std::to_string(t.strides[d]) + " of dimension " + std::to_string(d) +
+                    " is smaller than the " + std::to_string(reach) + " elements spanned by the faster dimensions (shape " +
+                    shape_string(t) + "), so output elements would overlap");
+    }
+    reach = t.strides[d] * (t.shape[d] - 1) + reach;
+  }
+}
+
+void check_vector_aligned(const char* name, const nkv_tensor& t, int64_t elements) {
+  const size_t bytes = static_cast<size_t>(elements) * nkv_dtype_size(t.dtype);
+  if (element_count(t) == 0) return;
+  if (reinterpret_cast<uintptr_t>(t.data) % bytes != 0) {
+    fail_argument(arg(name) + ": data pointer must be aligned to " + std::to_string(bytes) + " bytes, got address " +
+                  std::to_string(reinterpret_cast<uintptr_t>(t.data)));
+  }
+  for (int i = 0; i + 1 < t.ndim; ++i) {
+    if (t.strides[i] % elements != 0) {
+      fail_argument(arg(name) + ": stride " + std::to_string(t.strides[i]) + " of dimension " + std::to_string(i) +
+                    " must be a multiple of " + std::to_string(elements) + " elements (" + std::to_string(bytes) +
+                    "-byte vectors)");
+    }
   }
 }
 

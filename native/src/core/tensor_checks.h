@@ -24,6 +24,12 @@ void check_shape(const char* name, const nkv_tensor& t, std::initializer_list<in
 void check_unit_inner_stride(const char* name, const nkv_tensor& t);
 // Rows of an output matrix must not overlap: row stride >= cols (when there is more than one row).
 void check_rows_disjoint(const char* name, const nkv_tensor& t);
+// No two elements of an output view share memory (any rank): with the dimensions ordered by stride,
+// each stride must reach past the previous dimension's whole extent.
+void check_elements_disjoint(const char* name, const nkv_tensor& t);
+// The data pointer and every stride but the last are multiples of `elements` elements, so kernels can
+// move whole `elements`-wide vectors (16 bytes) per access.
+void check_vector_aligned(const char* name, const nkv_tensor& t, int64_t elements);
 int64_t element_count(const nkv_tensor& t);
 
 // The bytes a checked view can touch, [begin, end); begin == end for a view without elements.

@@ -1,6 +1,8 @@
 // Compiled only when the library is built without a CUDA compiler: every CUDA entry reports it.
+#include "core/attention.h"
 #include "core/backends.h"
 #include "core/error.h"
+#include "core/pack.h"
 #include "core/quant.h"
 
 namespace nkv::cuda {
@@ -26,5 +28,8 @@ void copy(int32_t, void*, void*, const void*, uint64_t) { unavailable(); }
 void memset(int32_t, void*, void*, int32_t, uint64_t) { unavailable(); }
 void int8_quantize(const Int8QuantizeArgs&, const nkv_context&) { unavailable(); }
 void int8_dequantize(const Int8DequantizeArgs&, const nkv_context&) { unavailable(); }
+void attention_varlen(const nkv_attention_plan&, const VarlenAttentionArgs&) { unavailable(); }
+void attention_decode(const nkv_attention_plan&, const DecodeAttentionArgs&) { unavailable(); }
+void gather_rows(const GatherRowsArgs&, const nkv_context&) { unavailable(); }
 
 }  // namespace nkv::cuda

@@ -1,0 +1,470 @@
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+
+#include "core/api_guard.h"
+#include "core/attention.h"
+#include "core/backends.h"
+#include "core/tensor_checks.h"
+
+using namespace nkv;
+
+namespace {
+
+constexpr int32_t kMaxDecodeQueries = 16;
+// Decode splits hold whole key tiles of the CUDA kernel, and a split shorter than this costs more in
+// the combine step than it gains in parallelism.
+constexpr int32_t kDecodeKeyTile = 64;
+constexpr int32_t kMinKeysPerSplit = 256;
+// Enough thread blocks per SM that the memory system stays busy while some blocks finish early.
+constexpr int32_t kDecodeBlocksPerSm = 4;
+
+AttentionMask check_options(const nkv_attention_options* options, int32_t head_dim, bool decode) {
+  AttentionMask mask;
+  mask.softmax_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+  if (options == nullptr) return mask;
+  if (options->struct_size < sizeof(nkv_attention_options)) {
+    fail_argument("argument 'options': struct_size " + std::to_string(options->struct_size) + " is smaller than " +
+                  std::to_string(sizeof(nkv_attention_options)) + " (sizeof(nkv_attention_options))");
+  }
+  if (options->causal != 0 && options->causal != 1) {
+    fail_argument("argument 'options.causal': expected 0 or 1, got " + std::to_string(options->causal));
+  }
+  const float scale = options->softmax_scale;
+  if (!std::isfinite(scale) || scale < 0.0f) {
+    fail_argument("argument 'options.softmax_scale': expected 0 (1/sqrt(head_dim)) or a finite positive value, got " +
+                  std::to_string(scale));
+  }
+  if (!std::isfinite(options->softcap) || options->softcap < 0.0f) {
+    fail_argument("argument 'options.softcap': expected 0 (off) or a finite positive value, got " +
+                  std::to_string(options->softcap));
+  }
+  if (options->window_left < -1) {
+    fail_argument("argument 'options.window_left': expected -1 (unlimited) or >= 0, got " +
+                  std::to_string(options->window_left));
+  }
+  if (options->num_splits < 0 || (!decode && options->num_splits != 0)) {
+    fail_argument(std::string("argument 'options.num_splits': expected ") +
+                  (decode ? ">= 0 (0: chosen from the device)" : "0 (splits apply to decode plans only)") +
+                  ", got " + std::to_string(options->num_splits));
+  }
+  mask.causal = options->causal == 1;
+  if (scale > 0.0f) mask.softmax_scale = scale;
+  mask.softcap = options->softcap;
+  mask.window_left = options->window_left;
+  return mask;
+}
+
+void check_heads(int32_t num_heads_q, int32_t num_heads_kv, int32_t head_dim) {
+  if (num_heads_q < 1) fail_argument("argument 'num_heads_q': expected >= 1, got " + std::to_string(num_heads_q));
+  if (num_heads_kv < 1) fail_argument("argument 'num_heads_kv': expected >= 1, got " + std::to_string(num_heads_kv));
+  if (num_heads_q % num_heads_kv != 0) {
+    fail_argument("arguments 'num_heads_q' (" + std::to_string(num_heads_q) + ") and 'num_heads_kv' (" +
+                  std::to_string(num_heads_kv) + "): num_heads_q must be a multiple of num_heads_kv (GQA/MQA groups)");
+  }
+  if (head_dim != 64 && head_dim != 96 && head_dim != 128 && head_dim != 256) {
+    fail(NKV_STATUS_NOT_SUPPORTED,
+         "argument 'head_dim': supported head dimensions are 64, 96, 128 and 256, got " + std::to_string(head_dim));
+  }
+}
+
+// Checks cu_seqlens (batch + 1 host values from 0, non-decreasing) and copies them.
+std::vector<int32_t> check_cu_seqlens(const char* name, const int32_t* cu, int32_t batch) {
+  if (cu == nullptr) fail_argument(std::string("argument '") + name + "' must not be NULL");
+  std::vector<int32_t> copy(cu, cu + batch + 1);
+  if (copy[0] != 0) fail_argument(std::string("argument '") + name + "': entry 0 must be 0, got " + std::to_string(copy[0]));
+  for (int32_t b = 0; b < batch; ++b) {
+    if (copy[b + 1] < copy[b]) {
+      fail_argument(std::string("argument '") + name + "': must be non-decreasing, but entry " + std::to_string(b + 1) +
+                    " (" + std::to_string(copy[b + 1]) + ") is smaller than entry " + std::to_string(b) + " (" +
+                    std::to_string(copy[b]) + ")");
+    }
+  }
+  return copy;
+}
+
+int64_t max_length(const std::vector<int32_t>& cu) {
+  int64_t longest = 0;
+  for (size_t b = 0; b + 1 < cu.size(); ++b) longest = std::max<int64_t>(longest, cu[b + 1] - cu[b]);
+  return longest;
+}
+
+int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+// Splits each sequence's keys into chunks. Fixed: `fixed` chunks per sequence (fewer for short ones).
+// Otherwise one chunk length for all sequences, chosen so that (chunks x kv heads) thread blocks fill
+// the GPU about kDecodeBlocksPerSm times over; long sequences get more splits than short ones.
+void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int32_t multiprocessor_count) {
+  int64_t chunk = std::numeric_limits<int32_t>::max();
+  if (fixed == 0 && multiprocessor_count > 0) {
+    const int64_t target_blocks = static_cast<int64_t>(multiprocessor_count) * kDecodeBlocksPerSm;
+    const int64_t unsplit_blocks = static_cast<int64_t>(plan.batch) * plan.num_heads_kv;
+    if (unsplit_blocks < target_blocks) {
+      const int64_t keys = std::max<int64_t>(plan.total_k, 1) * plan.num_heads_kv;
+      chunk = std::max<int64_t>(kMinKeysPerSplit, round_up((keys + target_blocks - 1) / target_blocks, kDecodeKeyTile));
+    }
+  }
+  plan.splits.clear();
+  plan.first_split.assign(static_cast<size_t>(plan.batch) + 1, 0);
+  plan.max_splits = 1;
+  for (int32_t b = 0; b < plan.batch; ++b) {
+    const int64_t length = plan.seqlens_k[b];
+    const int64_t step = fixed > 0 ? std::max<int64_t>(kDecodeKeyTile, round_up((length + fixed - 1) / fixed, kDecodeKeyTile))
+                                   : chunk;
+    plan.first_split[b] = static_cast<int32_t>(plan.splits.size());
+    int64_t begin = 0;
+    do {
+      const int64_t end = std::min(length, begin + step);
+      plan.splits.push_back({b, static_cast<int32_t>(begin), static_cast<int32_t>(end),
+                             static_cast<int32_t>(plan.splits.size())});
+      begin = end;
+    } while (begin < length);
+    plan.max_splits = std::max<int32_t>(plan.max_splits, static_cast<int32_t>(plan.splits.size()) - plan.first_split[b]);
+  }
+  plan.first_split[plan.batch] = static_cast<int32_t>(plan.splits.size());
+}
+
+// Copies the plan's index arrays (and reserves the decode partials) in one device allocation. On the
+// CPU backend the "device" pointers are the host vectors themselves.
+void place_plan(nkv_attention_plan& plan) {
+  const nkv_context& c = *plan.context;
+  if (c.backend != NKV_BACKEND_CUDA) {
+    plan.device_cu_seqlens_q = plan.cu_seqlens_q.data();
+    plan.device_cu_seqlens_k = plan.cu_seqlens_k.data();
+    plan.device_seqlens_k = plan.seqlens_k.data();
+    plan.device_splits = plan.splits.data();
+    plan.device_first_split = plan.first_split.data();
+    return;
+  }
+  struct Part {
+    const void* host;
+    size_t bytes;
+    size_t offset;
+  };
+  const bool decode = plan.kind == NKV_ATTENTION_DECODE;
+  const size_t slots = plan.splits.size();
+  const size_t partial_rows = decode ? slots * plan.q_len * plan.num_heads_q : 0;
+  Part parts[] = {
+      {plan.cu_seqlens_q.data(), plan.cu_seqlens_q.size() * sizeof(int32_t), 0},
+      {plan.cu_seqlens_k.data(), plan.cu_seqlens_k.size() * sizeof(int32_t), 0},
+      {plan.seqlens_k.data(), plan.seqlens_k.size() * sizeof(int32_t), 0},
+      {plan.splits.data(), plan.splits.size() * sizeof(DecodeSplit), 0},
+      {plan.first_split.data(), plan.first_split.size() * sizeof(int32_t), 0},
+      {nullptr, partial_rows * plan.head_dim * sizeof(float), 0},
+      {nullptr, partial_rows * sizeof(float), 0},
+  };
+  size_t total = 0;
+  for (Part& p : parts) {
+    p.offset = total;
+    total += (p.bytes + 255) / 256 * 256;
+  }
+  char* block = static_cast<char*>(cuda::allocate(c.device_ordinal, total));
+  plan.device_block = block;
+  for (const Part& p : parts) {
+    if (p.host != nullptr && p.bytes > 0) cuda::upload(c.device_ordinal, c.stream, block + p.offset, p.host, p.bytes);
+  }
+  plan.device_cu_seqlens_q = reinterpret_cast<const int32_t*>(block + parts[0].offset);
+  plan.device_cu_seqlens_k = reinterpret_cast<const int32_t*>(block + parts[1].offset);
+  plan.device_seqlens_k = reinterpret_cast<const int32_t*>(block + parts[2].offset);
+  plan.device_splits = reinterpret_cast<const DecodeSplit*>(block + parts[3].offset);
+  plan.device_first_split = reinterpret_cast<const int32_t*>(block + parts[4].offset);
+  plan.partial_o = reinterpret_cast<float*>(block + parts[5].offset);
+  plan.partial_lse = reinterpret_cast<float*>(block + parts[6].offset);
+}
+
+void release_plan(nkv_attention_plan* plan) noexcept {
+  if (plan->device_block != nullptr) cuda::release(plan->context->device_ordinal, plan->device_block);
+  delete plan;
+}
+
+struct PlanDeleter {
+  void operator()(nkv_attention_plan* plan) const noexcept { release_plan(plan); }
+};
+
+nkv_attention_plan& check_plan(nkv_attention_plan* plan, nkv_attention_kind kind) {
+  if (plan == nullptr) fail_argument("argument 'plan' must not be NULL");
+  if (plan->kind != kind) {
+    fail_argument(std::string("argument 'plan': a ") + (plan->kind == NKV_ATTENTION_VARLEN ? "varlen" : "decode") +
+                  " plan was passed to the " + (kind == NKV_ATTENTION_VARLEN ? "varlen" : "decode") + " op");
+  }
+  return *plan;
+}
+
+// Common checks of Q/K/V/O: dtype, unit last stride, 16-byte vectors (the CUDA kernels move 8 halves at a time).
+void check_attention_tensor(const char* name, const nkv_tensor& t, std::initializer_list<int64_t> shape) {
+  check_dtype(name, t, {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16});
+  check_shape(name, t, shape);
+  check_unit_inner_stride(name, t);
+  check_vector_aligned(name, t, 8);
+}
+
+void check_same_dtype(const char* name, const nkv_tensor& t, const nkv_tensor& q) {
+  if (t.dtype != q.dtype) {
+    fail_argument(std::string("argument '") + name + "': dtype " + dtype_name(t.dtype) + " differs from q's " +
+                  dtype_name(q.dtype));
+  }
+}
+
+void check_rows_at_least(const char* name, const nkv_tensor& t, int64_t rows, const char* what) {
+  if (t.shape[0] < rows) {
+    fail_argument(std::string("argument '") + name + "': " + std::to_string(t.shape[0]) + " rows, but the plan's " +
+                  what + " needs " + std::to_string(rows));
+  }
+}
+
+void check_outputs_disjoint(const nkv_tensor& o, const nkv_tensor* lse, const nkv_tensor& q, const nkv_tensor& k,
+                            const nkv_tensor& v) {
+  check_elements_disjoint("o", o);
+  check_disjoint("o", o, "q", q);
+  check_disjoint("o", o, "k", k);
+  check_disjoint("o", o, "v", v);
+  if (lse != nullptr) {
+    check_elements_disjoint("lse", *lse);
+    check_disjoint("lse", *lse, "q", q);
+    check_disjoint("lse", *lse, "k", k);
+    check_disjoint("lse", *lse, "v", v);
+    check_disjoint("lse", *lse, "o", o);
+  }
+}
+
+HeadMajorStrides strides_of(const nkv_tensor& t, int first) { return {t.strides[first], t.strides[first + 1]}; }
+
+}  // namespace
+
+extern "C" {
+
+NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_attention_options* options,
+                                             int32_t num_heads_q, int32_t num_heads_kv, int32_t head_dim,
+                                             int32_t batch, const int32_t* cu_seqlens_q, const int32_t* cu_seqlens_k,
+                                             nkv_attention_plan** out_plan) {
+  return guard("nkv_attention_plan_varlen", [&] {
+    check_context(context);
+    require_out(out_plan, "out_plan");
+    check_heads(num_heads_q, num_heads_kv, head_dim);
+    const AttentionMask mask = check_options(options, head_dim, false);
+    if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
+    std::unique_ptr<nkv_attention_plan, PlanDeleter> plan(new nkv_attention_plan());
+    plan->context = context;
+    plan->kind = NKV_ATTENTION_VARLEN;
+    plan->batch = batch;
+    plan->num_heads_q = num_heads_q;
+    plan->num_heads_kv = num_heads_kv;
+    plan->head_dim = head_dim;
+    plan->mask = mask;
+    plan->cu_seqlens_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, batch);
+    plan->cu_seqlens_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, batch);
+    plan->total_q = plan->cu_seqlens_q[batch];
+    plan->total_k = plan->cu_seqlens_k[batch];
+    plan->max_seqlen_q = max_length(plan->cu_seqlens_q);
+    plan->max_seqlen_k = max_length(plan->cu_seqlens_k);
+    place_plan(*plan);
+    *out_plan = plan.release();
+  });
+}
+
+NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_attention_options* options,
+                                             int32_t num_heads_q, int32_t num_heads_kv, int32_t head_dim,
+                                             int32_t batch, int32_t q_len, const int32_t* seqlens_k,
+                                             nkv_attention_plan** out_plan) {
+  return guard("nkv_attention_plan_decode", [&] {
+    const nkv_context& c = check_context(context);
+    require_out(out_plan, "out_plan");
+    check_heads(num_heads_q, num_heads_kv, head_dim);
+    const AttentionMask mask = check_options(options, head_dim, true);
+    if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
+    if (q_len < 1 || q_len > kMaxDecodeQueries) {
+      fail_argument("argument 'q_len': expected 1.." + std::to_string(kMaxDecodeQueries) + " queries per sequence, got " +
+                    std::to_string(q_len));
+    }
+    if (seqlens_k == nullptr && batch > 0) fail_argument("argument 'seqlens_k' must not be NULL");
+    std::unique_ptr<nkv_attention_plan, PlanDeleter> plan(new nkv_attention_plan());
+    plan->context = context;
+    plan->kind = NKV_ATTENTION_DECODE;
+    plan->batch = batch;
+    plan->num_heads_q = num_heads_q;
+    plan->num_heads_kv = num_heads_kv;
+    plan->head_dim = head_dim;
+    plan->q_len = q_len;
+    plan->mask = mask;
+    if (batch > 0) plan->seqlens_k.assign(seqlens_k, seqlens_k + batch);
+    plan->cu_seqlens_q.resize(static_cast<size_t>(batch) + 1);
+    plan->cu_seqlens_k.resize(static_cast<size_t>(batch) + 1);
+    plan->cu_seqlens_q[0] = plan->cu_seqlens_k[0] = 0;
+    int64_t total_k = 0;
+    for (int32_t b = 0; b < batch; ++b) {
+      if (seqlens_k[b] < 0) {
+        fail_argument("argument 'seqlens_k': entry " + std::to_string(b) + " is negative (" +
+                      std::to_string(seqlens_k[b]) + ")");
+      }
+      total_k += seqlens_k[b];
+      plan->max_seqlen_k = std::max<int64_t>(plan->max_seqlen_k, seqlens_k[b]);
+    }
+    if (total_k > std::numeric_limits<int32_t>::max() ||
+        static_cast<int64_t>(batch) * q_len > std::numeric_limits<int32_t>::max()) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "decode plan of " + std::to_string(total_k) + " keys: at most " +
+                                         std::to_string(std::numeric_limits<int32_t>::max()) + " keys per plan");
+    }
+    for (int32_t b = 0; b < batch; ++b) {
+      plan->cu_seqlens_q[b + 1] = (b + 1) * q_len;
+      plan->cu_seqlens_k[b + 1] = plan->cu_seqlens_k[b] + seqlens_k[b];
+    }
+    plan->total_q = static_cast<int64_t>(batch) * q_len;
+    plan->total_k = total_k;
+    plan->max_seqlen_q = batch > 0 ? q_len : 0;
+    plan_decode_splits(*plan, options != nullptr ? options->num_splits : 0,
+                       c.backend == NKV_BACKEND_CUDA ? c.multiprocessor_count : 0);
+    place_plan(*plan);
+    *out_plan = plan.release();
+  });
+}
+
+NKV_API nkv_status nkv_attention_plan_destroy(nkv_attention_plan* plan) {
+  return guard("nkv_attention_plan_destroy", [&] {
+    if (plan == nullptr) return;
+    const nkv_context& c = *plan->context;
+    if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
+    release_plan(plan);
+  });
+}
+
+NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, nkv_attention_plan_info* out_info) {
+  return guard("nkv_attention_plan_get_info", [&] {
+    if (plan == nullptr) fail_argument("argument 'plan' must not be NULL");
+    require_out(out_info, "out_info");
+    if (out_info->struct_size < sizeof(nkv_attention_plan_info)) {
+      fail_argument("argument 'out_info': struct_size " + std::to_string(out_info->struct_size) + " is smaller than " +
+                    std::to_string(sizeof(nkv_attention_plan_info)) + " (sizeof(nkv_attention_plan_info))");
+    }
+    nkv_attention_plan_info info{};
+    info.struct_size = sizeof(info);
+    info.kind = plan->kind;
+    info.batch = plan->batch;
+    info.num_heads_q = plan->num_heads_q;
+    info.num_heads_kv = plan->num_heads_kv;
+    info.head_dim = plan->head_dim;
+    info.q_len = plan->q_len;
+    info.num_splits = plan->kind == NKV_ATTENTION_DECODE ? plan->max_splits : 1;
+    info.total_q = plan->total_q;
+    info.total_k = plan->total_k;
+    info.max_seqlen_q = plan->max_seqlen_q;
+    info.max_seqlen_k = plan->max_seqlen_k;
+    info.softmax_scale = plan->mask.softmax_scale;
+    std::memcpy(out_info, &info, sizeof(info));
+  });
+}
+
+NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k,
+                                        const nkv_tensor* v, const nkv_tensor* o, const nkv_tensor* lse) {
+  return guard("nkv_attention_varlen", [&] {
+    const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_VARLEN);
+    const nkv_context& c = *p.context;
+    const int64_t hq = p.num_heads_q, hkv = p.num_heads_kv, d = p.head_dim;
+    const nkv_tensor& tq = check_tensor("q", q, c);
+    check_attention_tensor("q", tq, {-1, hq, d});
+    check_rows_at_least("q", tq, p.total_q, "cu_seqlens_q");
+    const nkv_tensor& tk = check_tensor("k", k, c);
+    check_attention_tensor("k", tk, {-1, hkv, d});
+    check_same_dtype("k", tk, tq);
+    check_rows_at_least("k", tk, p.total_k, "cu_seqlens_k");
+    const nkv_tensor& tv = check_tensor("v", v, c);
+    check_attention_tensor("v", tv, {-1, hkv, d});
+    check_same_dtype("v", tv, tq);
+    check_rows_at_least("v", tv, p.total_k, "cu_seqlens_k");
+    const nkv_tensor& to = check_tensor("o", o, c);
+    check_attention_tensor("o", to, {tq.shape[0], hq, d});
+    check_same_dtype("o", to, tq);
+    if (lse != nullptr) {
+      const nkv_tensor& tl = check_tensor("lse", lse, c);
+      check_dtype("lse", tl, {NKV_DTYPE_FLOAT32});
+      check_shape("lse", tl, {hq, tq.shape[0]});
+      check_unit_inner_stride("lse", tl);
+    }
+    check_outputs_disjoint(to, lse, tq, tk, tv);
+    if (p.total_q > std::numeric_limits<int32_t>::max() || p.total_k > std::numeric_limits<int32_t>::max()) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "varlen attention over more than 2^31 - 1 query or key rows");
+    }
+
+    VarlenAttentionArgs a;
+    a.dtype = static_cast<nkv_dtype>(tq.dtype);
+    a.q = tq.data;
+    a.q_strides = strides_of(tq, 0);
+    a.k = tk.data;
+    a.k_strides = strides_of(tk, 0);
+    a.v = tv.data;
+    a.v_strides = strides_of(tv, 0);
+    a.o = to.data;
+    a.o_strides = strides_of(to, 0);
+    if (lse != nullptr) {
+      a.lse = static_cast<float*>(lse->data);
+      a.lse_head_stride = lse->strides[0];
+    }
+    if (p.batch == 0 || p.total_q == 0) return;
+    if (c.backend == NKV_BACKEND_CUDA) {
+      cuda::attention_varlen(p, a);
+    } else {
+      cpu::attention_varlen(p, a);
+    }
+  });
+}
+
+NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k,
+                                        const nkv_tensor* v, const nkv_tensor* o, const nkv_tensor* lse) {
+  return guard("nkv_attention_decode", [&] {
+    const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
+    const nkv_context& c = *p.context;
+    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, hkv = p.num_heads_kv, d = p.head_dim;
+    const nkv_tensor& tq = check_tensor("q", q, c);
+    check_attention_tensor("q", tq, {b, t, hq, d});
+    const nkv_tensor& tk = check_tensor("k", k, c);
+    check_attention_tensor("k", tk, {b, -1, hkv, d});
+    check_same_dtype("k", tk, tq);
+    const nkv_tensor& tv = check_tensor("v", v, c);
+    check_attention_tensor("v", tv, {b, tk.shape[1], hkv, d});
+    check_same_dtype("v", tv, tq);
+    if (tk.shape[1] < p.max_seqlen_k) {
+      fail_argument("arguments 'k' and 'v': capacity of " + std::to_string(tk.shape[1]) +
+                    " tokens per sequence, but the plan's seqlens_k reach " + std::to_string(p.max_seqlen_k));
+    }
+    const nkv_tensor& to = check_tensor("o", o, c);
+    check_attention_tensor("o", to, {b, t, hq, d});
+    check_same_dtype("o", to, tq);
+    if (lse != nullptr) {
+      const nkv_tensor& tl = check_tensor("lse", lse, c);
+      check_dtype("lse", tl, {NKV_DTYPE_FLOAT32});
+      check_shape("lse", tl, {b, hq, t});
+      check_unit_inner_stride("lse", tl);
+    }
+    check_outputs_disjoint(to, lse, tq, tk, tv);
+
+    DecodeAttentionArgs a;
+    a.dtype = static_cast<nkv_dtype>(tq.dtype);
+    a.q = tq.data;
+    a.q_batch_stride = tq.strides[0];
+    a.q_strides = strides_of(tq, 1);
+    a.k = tk.data;
+    a.k_batch_stride = tk.strides[0];
+    a.k_strides = strides_of(tk, 1);
+    a.v = tv.data;
+    a.v_batch_stride = tv.strides[0];
+    a.v_strides = strides_of(tv, 1);
+    a.o = to.data;
+    a.o_batch_stride = to.strides[0];
+    a.o_strides = strides_of(to, 1);
+    if (lse != nullptr) {
+      a.lse = static_cast<float*>(lse->data);
+      a.lse_batch_stride = lse->strides[0];
+      a.lse_head_stride = lse->strides[1];
+    }
+    if (p.batch == 0) return;
+    if (c.backend == NKV_BACKEND_CUDA) {
+      cuda::attention_decode(p, a);
+    } else {
+      cpu::attention_decode(p, a);
+    }
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,115 @@
+// The attention plan behind nkv_attention_plan and the validated, backend-neutral arguments the
+// backends receive (see nativekv.h for the semantics).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/handles.h"
+
+namespace nkv {
+
+struct AttentionMask {
+  bool causal = false;
+  float softmax_scale = 0.0f;  // resolved: never 0
+  float softcap = 0.0f;        // 0: off
+  int32_t window_left = -1;    // -1: unlimited
+};
+
+// One split of one decode sequence's keys: [key_begin, key_end) of sequence `sequence`; its partial
+// result lives at partial index `slot`. Splits of a sequence are consecutive in the list.
+struct DecodeSplit {
+  int32_t sequence = 0;
+  int32_t key_begin = 0;
+  int32_t key_end = 0;
+  int32_t slot = 0;
+};
+
+}  // namespace nkv
+
+struct nkv_attention_plan {
+  nkv_context* context = nullptr;
+  nkv_attention_kind kind = NKV_ATTENTION_VARLEN;
+  int32_t batch = 0;
+  int32_t num_heads_q = 0;
+  int32_t num_heads_kv = 0;
+  int32_t head_dim = 0;
+  int32_t q_len = 0;  // decode
+  nkv::AttentionMask mask;
+  int64_t total_q = 0;
+  int64_t total_k = 0;
+  int64_t max_seqlen_q = 0;
+  int64_t max_seqlen_k = 0;
+  // Host copies: cu_seqlens (varlen), seqlens_k (decode), the decode split list and, per sequence, the
+  // index of its first split and its split count.
+  std::vector<int32_t> cu_seqlens_q;
+  std::vector<int32_t> cu_seqlens_k;
+  std::vector<int32_t> seqlens_k;
+  std::vector<nkv::DecodeSplit> splits;
+  std::vector<int32_t> first_split;  // [batch + 1]
+  int32_t max_splits = 1;
+  // Device mirrors (host pointers into the vectors above on the CPU backend), in one allocation, and
+  // the decode partial results: partial_o [slots, q_len, num_heads_q, head_dim] and partial_lse
+  // [slots, q_len, num_heads_q], float32.
+  void* device_block = nullptr;
+  const int32_t* device_cu_seqlens_q = nullptr;
+  const int32_t* device_cu_seqlens_k = nullptr;
+  const int32_t* device_seqlens_k = nullptr;
+  const nkv::DecodeSplit* device_splits = nullptr;
+  const int32_t* device_first_split = nullptr;
+  float* partial_o = nullptr;
+  float* partial_lse = nullptr;
+};
+
+namespace nkv {
+
+// A [rows, heads, head_dim] view's strides in elements (last stride 1).
+struct HeadMajorStrides {
+  int64_t row = 0;
+  int64_t head = 0;
+};
+
+struct VarlenAttentionArgs {
+  nkv_dtype dtype = NKV_DTYPE_FLOAT16;
+  const void* q = nullptr;
+  HeadMajorStrides q_strides;
+  const void* k = nullptr;
+  HeadMajorStrides k_strides;
+  const void* v = nullptr;
+  HeadMajorStrides v_strides;
+  void* o = nullptr;
+  HeadMajorStrides o_strides;
+  float* lse = nullptr;  // [num_heads_q, rows_q], may be null
+  int64_t lse_head_stride = 0;
+};
+
+struct DecodeAttentionArgs {
+  nkv_dtype dtype = NKV_DTYPE_FLOAT16;
+  const void* q = nullptr;  // [batch, q_len, heads, d]
+  int64_t q_batch_stride = 0;
+  HeadMajorStrides q_strides;  // row = query token
+  const void* k = nullptr;     // [batch, capacity, heads_kv, d]
+  int64_t k_batch_stride = 0;
+  HeadMajorStrides k_strides;  // row = key token
+  const void* v = nullptr;
+  int64_t v_batch_stride = 0;
+  HeadMajorStrides v_strides;
+  void* o = nullptr;
+  int64_t o_batch_stride = 0;
+  HeadMajorStrides o_strides;
+  float* lse = nullptr;  // [batch, heads, q_len], may be null
+  int64_t lse_batch_stride = 0;
+  int64_t lse_head_stride = 0;
+};
+
+namespace cpu {
+void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs& args);
+void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& args);
+}  // namespace cpu
+
+namespace cuda {
+void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs& args);
+void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& args);
+}  // namespace cuda
+
+}  // namespace nkv

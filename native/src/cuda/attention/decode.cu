@@ -1,0 +1,470 @@
+// Decode attention over a KV cache (flash-decoding). Decode is bound by reading K and V once, so the
+// work is cut along the keys: the plan splits each sequence's keys into chunks, one thread block per
+// (chunk, KV head, row block), and a second kernel merges the chunks' partial results by their
+// log-sum-exp. Inside a block the four warps take different keys of each 64-key tile (not different
+// query rows: there are only q_len x G of those), and merge their partial softmax states at the end.
+// Tiles stream through a 3-stage cp.async pipeline to keep enough bytes in flight per SM.
+#include <cuda_runtime.h>
+
+#include <limits>
+#include <string>
+
+#include "core/attention.h"
+#include "core/error.h"
+#include "cuda/attention/mma_sm80.cuh"
+#include "cuda/common/cuda_check.h"
+
+namespace nkv::cuda {
+namespace attention {
+namespace {
+
+constexpr int kDecodeWarps = 4;
+constexpr int kDecodeThreads = kDecodeWarps * 32;
+constexpr int kDecodeBlockN = 64;  // keys per tile: 16 per warp; must match kDecodeKeyTile in api/attention.cpp
+
+struct DecodeKernelParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  float* lse;
+  int64_t q_batch, q_token, q_head;
+  int64_t k_batch, k_token, k_head;
+  int64_t v_batch, v_token, v_head;
+  int64_t o_batch, o_token, o_head;
+  int64_t lse_batch, lse_head;
+  const int32_t* seqlens_k;
+  const DecodeSplit* splits;
+  const int32_t* first_split;
+  float* partial_o;    // [slot, q_len, num_heads_q, head_dim]
+  float* partial_lse;  // [slot, q_len, num_heads_q]
+  int q_len;
+  int num_heads_q;
+  int group;
+  ScoreTransform score;
+  bool causal;
+  int window_left;
+};
+
+template <int kHeadDim, int kMTiles>
+struct DecodeTiles {
+  static constexpr int kPitch = kHeadDim == 96 ? 128 : kHeadDim;
+  static constexpr int kRows = 16 * kMTiles;  // packed-GQA query rows per block
+  static constexpr int kChunks = kHeadDim / 8;
+  static constexpr int kStages = kHeadDim == 256 ? 2 : 3;
+  static constexpr size_t kStageBytes = static_cast<size_t>(2 * kDecodeBlockN) * kPitch * 2;
+  static constexpr size_t kPipelineBytes = static_cast<size_t>(kRows) * kPitch * 2 + kStages * kStageBytes;
+  // The warps' partial O (fp32) plus their row max and sum, reusing the pipeline's memory at the end.
+  static constexpr size_t kMergeBytes = static_cast<size_t>(kDecodeWarps) * kRows * (kHeadDim + 2) * 4;
+  static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
+};
+
+template <typename T, int kHeadDim, int kMTiles>
+__global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const DecodeKernelParams p) {
+  using Tiles = DecodeTiles<kHeadDim, kMTiles>;
+  using Tile = SwizzledTile<Tiles::kPitch>;
+  constexpr int kRows = Tiles::kRows;
+  constexpr int kChunks = Tiles::kChunks;
+  constexpr int kStages = Tiles::kStages;
+  constexpr int kKSteps = kHeadDim / 16;
+  constexpr int kDTiles = kHeadDim / 8;
+  constexpr int kTileElements = kDecodeBlockN * Tiles::kPitch;
+  constexpr float kNegInf = -INFINITY;
+
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  T* q_tile = reinterpret_cast<T*>(shared_bytes);
+  T* stages = q_tile + kRows * Tiles::kPitch;  // stage s: K at 2s, V at 2s + 1
+
+  const DecodeSplit split = p.splits[blockIdx.x];
+  const int sequence = split.sequence;
+  const int kv_head = blockIdx.y;
+  const int group = p.group;
+  const int rows = p.q_len * group;
+  const int row0 = blockIdx.z * kRows;
+  if (row0 >= rows) return;
+  const int lk = p.seqlens_k[sequence];
+  const int lq = p.q_len;
+  const int offset = lk - lq;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int first_token = row0 / group;
+  const int last_token = (min(rows, row0 + kRows) - 1) / group;
+
+  // The tiles of this split that any row of the block can see.
+  int key_end = split.key_end;
+  if (p.causal) key_end = min(key_end, last_token + offset + 1);
+  const int window_start = p.window_left >= 0 ? max(split.key_begin, first_token + offset - p.window_left) : split.key_begin;
+  const int key_begin = split.key_begin + (window_start - split.key_begin) / kDecodeBlockN * kDecodeBlockN;
+  const int tiles = key_end > key_begin ? (key_end - key_begin + kDecodeBlockN - 1) / kDecodeBlockN : 0;
+
+  const T* q_base = static_cast<const T*>(p.q) + sequence * p.q_batch;
+  const T* k_base = static_cast<const T*>(p.k) + sequence * p.k_batch + kv_head * p.k_head;
+  const T* v_base = static_cast<const T*>(p.v) + sequence * p.v_batch + kv_head * p.v_head;
+
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kDecodeThreads) {
+    const int r = c / kChunks;
+    const int chunk = c % kChunks;
+    const int row = row0 + r;
+    const bool valid = row < rows;
+    const T* src = q_base;
+    if (valid) {
+      const int token = row / group;
+      const int head = kv_head * group + (row - token * group);
+      src = q_base + token * p.q_token + head * p.q_head + chunk * 8;
+    }
+    copy_async_16(q_tile + Tile::offset(r, chunk * 8), src, valid);
+  }
+  copy_async_commit();
+
+  auto load_tile = [&](int tile) {
+    T* k_tile = stages + (tile % kStages) * 2 * kTileElements;
+    T* v_tile = k_tile + kTileElements;
+    const int n0 = key_begin + tile * kDecodeBlockN;
+    for (int c = threadIdx.x; c < kDecodeBlockN * kChunks; c += kDecodeThreads) {
+      const int r = c / kChunks;
+      const int chunk = c % kChunks;
+      const int key = n0 + r;
+      const bool valid = key < key_end;
+      const int64_t at_k = static_cast<int64_t>(key) * p.k_token + chunk * 8;
+      const int64_t at_v = static_cast<int64_t>(key) * p.v_token + chunk * 8;
+      copy_async_16(k_tile + Tile::offset(r, chunk * 8), valid ? k_base + at_k : k_base, valid);
+      copy_async_16(v_tile + Tile::offset(r, chunk * 8), valid ? v_base + at_v : v_base, valid);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < tiles) load_tile(s);
+    copy_async_commit();  // empty groups keep the wait counts uniform
+  }
+
+  KeyRange visible[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + mt * 16 + lane / 4 + 8 * half;
+      KeyRange r = visible_keys(min(row, rows - 1) / group, lq, lk, p.causal, p.window_left);
+      r.first = max(r.first, split.key_begin);
+      r.last = min(r.last, split.key_end - 1);
+      visible[mt][half] = r;
+    }
+  }
+  const bool causal_edge_possible = p.causal || p.window_left >= 0;
+
+  float o[kMTiles][kDTiles][4];
+  float row_max[kMTiles][2];
+  float row_sum[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kDTiles; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+    row_max[mt][0] = row_max[mt][1] = kNegInf;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+  }
+
+  copy_async_wait<kStages - 1>();  // the Q group
+  __syncthreads();
+  uint32_t q_frag[kMTiles][kKSteps][4];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      ldmatrix_x4(q_frag[mt][kk], q_tile + Tile::offset(mt * 16 + (lane % 16), kk * 16 + (lane / 16) * 8));
+    }
+  }
+
+  for (int tile = 0; tile < tiles; ++tile) {
+    copy_async_wait<kStages - 2>();
+    __syncthreads();  // this tile is in; every warp is done with the stage the next load overwrites
+    if (tile + kStages - 1 < tiles) load_tile(tile + kStages - 1);
+    copy_async_commit();
+
+    const T* k_tile = stages + (tile % kStages) * 2 * kTileElements;
+    const T* v_tile = k_tile + kTileElements;
+    const int n0 = key_begin + tile * kDecodeBlockN;
+    const int warp_key0 = warp * 16;
+
+    float s[kMTiles][2][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      uint32_t kb[4];
+      ldmatrix_x4(kb, k_tile + Tile::offset(warp_key0 + (lane % 8) + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma_16816(s[mt][0], q_frag[mt][kk], kb[0], kb[1], T());
+        mma_16816(s[mt][1], q_frag[mt][kk], kb[2], kb[3], T());
+      }
+    }
+
+    const bool edge = n0 + kDecodeBlockN > split.key_end || causal_edge_possible;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float x = p.score(s[mt][nt][i]);
+          if (edge) {
+            const int key = n0 + warp_key0 + nt * 8 + (lane % 4) * 2 + (i % 2);
+            const KeyRange& r = visible[mt][i / 2];
+            if (key < r.first || key > r.last) x = kNegInf;
+          }
+          s[mt][nt][i] = x;
+        }
+      }
+    }
+
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const float tile_max = fmaxf(fmaxf(s[mt][0][2 * half], s[mt][0][2 * half + 1]),
+                                     fmaxf(s[mt][1][2 * half], s[mt][1][2 * half + 1]));
+        const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max));
+        const float base = new_max == kNegInf ? 0.0f : new_max;
+        const float correction = exp2f(row_max[mt][half] - base);
+        row_max[mt][half] = new_max;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt) {
+          s[mt][nt][2 * half] = exp2f(s[mt][nt][2 * half] - base);
+          s[mt][nt][2 * half + 1] = exp2f(s[mt][nt][2 * half + 1] - base);
+          sum += s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
+        }
+        row_sum[mt][half] = row_sum[mt][half] * correction + sum;
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt) {
+          o[mt][dt][2 * half] *= correction;
+          o[mt][dt][2 * half + 1] *= correction;
+        }
+      }
+    }
+
+    uint32_t a[kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      a[mt][0] = MmaType<T>::pack(s[mt][0][0], s[mt][0][1]);
+      a[mt][1] = MmaType<T>::pack(s[mt][0][2], s[mt][0][3]);
+      a[mt][2] = MmaType<T>::pack(s[mt][1][0], s[mt][1][1]);
+      a[mt][3] = MmaType<T>::pack(s[mt][1][2], s[mt][1][3]);
+    }
+#pragma unroll
+    for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb, v_tile + Tile::offset(warp_key0 + (lane % 8) + ((lane / 8) % 2) * 8, dp * 16 + (lane / 16) * 8));
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        mma_16816(o[mt][2 * dp], a[mt], vb[0], vb[1], T());
+        mma_16816(o[mt][2 * dp + 1], a[mt], vb[2], vb[3], T());
+      }
+    }
+  }
+  copy_async_wait<0>();
+  __syncthreads();  // the pipeline's shared memory becomes the merge area
+
+  // Each warp saw different keys: merge the four (max, sum, O) states through shared memory.
+  float* merge_o = reinterpret_cast<float*>(shared_bytes);             // [warp][row][d]
+  float* merge_max = merge_o + kDecodeWarps * kRows * kHeadDim;        // [warp][row]
+  float* merge_sum = merge_max + kDecodeWarps * kRows;                 // [warp][row]
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = mt * 16 + lane / 4 + 8 * half;
+      float* out = merge_o + (warp * kRows + r) * kHeadDim + (lane % 4) * 2;
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt) {
+        *reinterpret_cast<float2*>(out + dt * 8) = make_float2(o[mt][dt][2 * half], o[mt][dt][2 * half + 1]);
+      }
+      const float sum = quad_sum(row_sum[mt][half]);
+      if (lane % 4 == 0) {
+        merge_max[warp * kRows + r] = row_max[mt][half];
+        merge_sum[warp * kRows + r] = sum;
+      }
+    }
+  }
+  __syncthreads();
+
+  const int splits_of_sequence = p.first_split[sequence + 1] - p.first_split[sequence];
+  const bool final_output = splits_of_sequence == 1;
+  for (int e = threadIdx.x; e < kRows * kHeadDim; e += kDecodeThreads) {
+    const int r = e / kHeadDim;
+    const int d = e % kHeadDim;
+    const int row = row0 + r;
+    if (row >= rows) continue;
+    float best = kNegInf;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) best = fmaxf(best, merge_max[w * kRows + r]);
+    const float base = best == kNegInf ? 0.0f : best;
+    float sum = 0.0f;
+    float acc = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kDecodeWarps; ++w) {
+      const float weight = exp2f(merge_max[w * kRows + r] - base);
+      sum += merge_sum[w * kRows + r] * weight;
+      acc += merge_o[(w * kRows + r) * kHeadDim + d] * weight;
+    }
+    const float value = sum > 0.0f ? acc / sum : 0.0f;
+    const float lse = sum > 0.0f ? (best + log2f(sum)) * 0.69314718055994531f : kNegInf;
+    const int token = row / group;
+    const int head = kv_head * group + (row - token * group);
+    if (final_output) {
+      T* out = static_cast<T*>(p.o) + sequence * p.o_batch + token * p.o_token + head * p.o_head;
+      out[d] = MmaType<T>::from_float(value);
+      if (d == 0 && p.lse != nullptr) p.lse[sequence * p.lse_batch + head * p.lse_head + token] = lse;
+    } else {
+      const int64_t partial_row = (static_cast<int64_t>(split.slot) * lq + token) * p.num_heads_q + head;
+      p.partial_o[partial_row * kHeadDim + d] = value;
+      if (d == 0) p.partial_lse[partial_row] = lse;
+    }
+  }
+}
+
+// Merges the splits of every (sequence, query token, head) whose sequence has more than one split.
+// One warp per output row: the lanes read the splits' LSEs, then sweep head_dim.
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeKernelParams p, int total_rows) {
+  const int row = blockIdx.x * 8 + threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  if (row >= total_rows) return;
+  const int head = row % p.num_heads_q;
+  const int token = (row / p.num_heads_q) % p.q_len;
+  const int sequence = row / (p.num_heads_q * p.q_len);
+  const int first = p.first_split[sequence];
+  const int count = p.first_split[sequence + 1] - first;
+  if (count == 1) return;  // written by the split kernel directly
+  auto partial_row = [&](int i) {
+    return (static_cast<int64_t>(p.splits[first + i].slot) * p.q_len + token) * p.num_heads_q + head;
+  };
+  float best = -INFINITY;
+  for (int i = lane; i < count; i += 32) best = fmaxf(best, p.partial_lse[partial_row(i)]);
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, m));
+  const float base = best == -INFINITY ? 0.0f : best;
+  float sum = 0.0f;
+  for (int i = lane; i < count; i += 32) sum += __expf(p.partial_lse[partial_row(i)] - base);
+#pragma unroll
+  for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+  const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+
+  constexpr int kPerLane = kHeadDim / 32;
+  float acc[kPerLane];
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) acc[j] = 0.0f;
+  for (int i = 0; i < count; ++i) {
+    const int64_t r = partial_row(i);
+    const float weight = __expf(p.partial_lse[r] - base) * inverse;
+    const float* partial = p.partial_o + r * kHeadDim;
+#pragma unroll
+    for (int j = 0; j < kPerLane; ++j) acc[j] += weight * partial[lane + 32 * j];
+  }
+  T* out = static_cast<T*>(p.o) + sequence * p.o_batch + token * p.o_token + head * p.o_head;
+#pragma unroll
+  for (int j = 0; j < kPerLane; ++j) out[lane + 32 * j] = MmaType<T>::from_float(acc[j]);
+  if (lane == 0 && p.lse != nullptr) {
+    p.lse[sequence * p.lse_batch + head * p.lse_head + token] = sum > 0.0f ? base + __logf(sum) : -INFINITY;
+  }
+}
+
+template <typename T, int kHeadDim, int kMTiles>
+void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& params) {
+  using Tiles = DecodeTiles<kHeadDim, kMTiles>;
+  const cudaStream_t stream = static_cast<cudaStream_t>(plan.context->stream);
+  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles>;
+  NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(Tiles::kSharedBytes)));
+  const int rows = plan.q_len * params.group;
+  const int row_blocks = (rows + Tiles::kRows - 1) / Tiles::kRows;
+  const size_t slots = plan.splits.size();
+  if (slots > static_cast<size_t>(std::numeric_limits<int32_t>::max()) || plan.num_heads_kv > 65535) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "decode attention grid too large: " + std::to_string(slots) + " splits x " +
+                                       std::to_string(plan.num_heads_kv) + " KV heads");
+  }
+  const dim3 grid(static_cast<unsigned>(slots), static_cast<unsigned>(plan.num_heads_kv), static_cast<unsigned>(row_blocks));
+  split_kernel<<<grid, kDecodeThreads, Tiles::kSharedBytes, stream>>>(params);
+  NKV_CUDA_CHECK(cudaGetLastError());
+  if (plan.max_splits > 1) {
+    const int64_t total_rows = static_cast<int64_t>(plan.batch) * plan.q_len * plan.num_heads_q;
+    const int64_t blocks = (total_rows + 7) / 8;
+    if (blocks > std::numeric_limits<int32_t>::max()) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "decode attention: too many output rows to merge (" + std::to_string(total_rows) + ")");
+    }
+    decode_combine_kernel<T, kHeadDim><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(params, static_cast<int>(total_rows));
+    NKV_CUDA_CHECK(cudaGetLastError());
+  }
+}
+
+// One 16-row MMA tile covers up to 16 packed rows (q_len x G); two when there are more, except for
+// head_dim 256 whose O accumulator already fills the registers with one.
+template <typename T, int kHeadDim>
+void dispatch_rows(const nkv_attention_plan& plan, const DecodeKernelParams& params) {
+  if constexpr (kHeadDim == 256) {
+    launch_decode<T, kHeadDim, 1>(plan, params);
+  } else if (plan.q_len * params.group <= 16) {
+    launch_decode<T, kHeadDim, 1>(plan, params);
+  } else {
+    launch_decode<T, kHeadDim, 2>(plan, params);
+  }
+}
+
+template <typename T>
+void dispatch_head_dim(const nkv_attention_plan& plan, const DecodeKernelParams& params) {
+  switch (plan.head_dim) {
+    case 64: return dispatch_rows<T, 64>(plan, params);
+    case 96: return dispatch_rows<T, 96>(plan, params);
+    case 128: return dispatch_rows<T, 128>(plan, params);
+    case 256: return dispatch_rows<T, 256>(plan, params);
+    default: fail(NKV_STATUS_INTERNAL, "decode attention: head_dim " + std::to_string(plan.head_dim) + " reached the kernel");
+  }
+}
+
+}  // namespace
+}  // namespace attention
+
+void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& a) {
+  using namespace attention;
+  DecodeKernelParams p{};
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.o = a.o;
+  p.lse = a.lse;
+  p.q_batch = a.q_batch_stride;
+  p.q_token = a.q_strides.row;
+  p.q_head = a.q_strides.head;
+  p.k_batch = a.k_batch_stride;
+  p.k_token = a.k_strides.row;
+  p.k_head = a.k_strides.head;
+  p.v_batch = a.v_batch_stride;
+  p.v_token = a.v_strides.row;
+  p.v_head = a.v_strides.head;
+  p.o_batch = a.o_batch_stride;
+  p.o_token = a.o_strides.row;
+  p.o_head = a.o_strides.head;
+  p.lse_batch = a.lse_batch_stride;
+  p.lse_head = a.lse_head_stride;
+  p.seqlens_k = plan.device_seqlens_k;
+  p.splits = plan.device_splits;
+  p.first_split = plan.device_first_split;
+  p.partial_o = plan.partial_o;
+  p.partial_lse = plan.partial_lse;
+  p.q_len = plan.q_len;
+  p.num_heads_q = plan.num_heads_q;
+  p.group = plan.num_heads_q / plan.num_heads_kv;
+  p.score = make_score_transform(plan.mask);
+  p.causal = plan.mask.causal;
+  p.window_left = plan.mask.window_left;
+  DeviceScope scope(plan.context->device_ordinal);
+  if (a.dtype == NKV_DTYPE_BFLOAT16) {
+    dispatch_head_dim<__nv_bfloat16>(plan, p);
+  } else {
+    dispatch_head_dim<__half>(plan, p);
+  }
+}
+
+}  // namespace nkv::cuda

@@ -1,0 +1,135 @@
+// Building blocks of the sm_80 attention kernels: asynchronous 16-byte copies, swizzled shared-memory
+// tiles read with ldmatrix, the m16n8k16 tensor-core MMA, and the per-element attention mask.
+// Fragment layouts follow the PTX ISA ("Matrix fragments for mma.m16n8k16"): for a thread with lane l,
+// accumulator c0,c1 sit at (row l/4, cols 2(l%4), +1) and c2,c3 at row l/4 + 8.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "core/attention.h"
+
+namespace nkv::cuda::attention {
+
+// ---- element types -------------------------------------------------------------------------------
+
+template <typename T>
+struct MmaType;
+
+template <>
+struct MmaType<__half> {
+  __device__ static uint32_t pack(float lo, float hi) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ static __half from_float(float x) { return __float2half_rn(x); }
+};
+
+template <>
+struct MmaType<__nv_bfloat16> {
+  __device__ static uint32_t pack(float lo, float hi) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<const uint32_t*>(&h);
+  }
+  __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+
+// c += a * b for one 16x8x16 tile: a is 16x16 (row-major fragments), b is 16x8 ("col": stored n-major).
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1, __half) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1,
+                                          __nv_bfloat16) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// ---- shared memory ----------------------------------------------------------------------------------
+
+__device__ __forceinline__ uint32_t shared_address(const void* pointer) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(pointer));
+}
+
+// A tile of rows x kPitch elements (2-byte) in shared memory. Each row is kPitch / 8 chunks of 16 bytes;
+// chunk c of row r is stored at chunk c ^ (r % 8), so the 8 rows that one ldmatrix phase reads (same
+// logical chunk) fall into 8 different 16-byte bank groups.
+template <int kPitch>
+struct SwizzledTile {
+  static_assert(kPitch % 64 == 0, "rows must hold a multiple of 8 chunks for the XOR swizzle");
+  __device__ static int offset(int row, int col) {
+    return row * kPitch + (((col >> 3) ^ (row & 7)) << 3) + (col & 7);
+  }
+};
+
+// 16 bytes global -> shared without going through registers; `valid` false writes zeros instead
+// (rows past the end of a sequence must be zeros, never stale data: 0 * NaN would poison the MMA).
+__device__ __forceinline__ void copy_async_16(void* shared, const void* global, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
+               "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int kPending>
+__device__ __forceinline__ void copy_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* shared) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(shared)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* shared) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(shared_address(shared)));
+}
+
+// ---- mask and softmax -------------------------------------------------------------------------------
+
+// The visible keys of one query token, by nativekv.h's formulas: [first, last], both inclusive.
+struct KeyRange {
+  int first;
+  int last;
+};
+
+__device__ __forceinline__ KeyRange visible_keys(int token, int lq, int lk, bool causal, int window_left) {
+  const int diagonal = token + lk - lq;
+  KeyRange r;
+  r.last = causal ? min(diagonal, lk - 1) : lk - 1;
+  r.first = window_left >= 0 ? max(0, diagonal - window_left) : 0;
+  return r;
+}
+
+// Scores go from raw dot products to the log2 domain (exp2 is one instruction): s * scale * log2(e),
+// with the soft-cap, when set, applied to the scaled score first.
+struct ScoreTransform {
+  float scale_log2;      // softmax_scale * log2(e); without soft-cap
+  float softcap;         // 0: off
+  float scale_over_cap;  // softmax_scale / softcap
+  float cap_log2;        // softcap * log2(e)
+
+  __device__ __forceinline__ float operator()(float dot) const {
+    return softcap > 0.0f ? cap_log2 * tanhf(dot * scale_over_cap) : dot * scale_log2;
+  }
+};
+
+ScoreTransform make_score_transform(const AttentionMask& mask);
+
+__device__ __forceinline__ float quad_max(float x) {
+  x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+  return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+  x += __shfl_xor_sync(0xffffffffu, x, 1);
+  return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+}  // namespace nkv::cuda::attention

@@ -1,0 +1,374 @@
+// Varlen attention forward, sm_80 design (FlashAttention-2): one thread block owns a tile of query rows
+// of one sequence and one KV head, keeps Q in registers (or shared memory for d256), streams K and V
+// tiles through shared memory with cp.async, and keeps the running softmax (max, sum) and O in fp32
+// registers; P never leaves registers between the two MMAs.
+//
+// Query rows are "packed GQA" rows: row r of a (sequence, KV head) is query token r / G of query head
+// kv_head * G + r % G, with G = num_heads_q / num_heads_kv. All heads of a group share one K/V tile in
+// shared memory, and a batch that mixes long prefills with single-token decodes does not waste 15 of
+// 16 MMA rows on the decodes when G > 1.
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "core/attention.h"
+#include "core/error.h"
+#include "cuda/attention/mma_sm80.cuh"
+#include "cuda/common/cuda_check.h"
+
+namespace nkv::cuda {
+namespace attention {
+namespace {
+
+struct VarlenKernelParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* o;
+  float* lse;
+  int64_t q_row, q_head, k_row, k_head, v_row, v_head, o_row, o_head, lse_head;
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  int group;
+  ScoreTransform score;
+  bool causal;
+  int window_left;
+};
+
+// kWarps warps each own kMTiles x 16 query rows; kBlockN keys per K/V tile.
+template <int kHeadDim, int kWarps, int kMTiles, int kBlockN>
+struct VarlenTiles {
+  static constexpr int kPitch = kHeadDim == 96 ? 128 : kHeadDim;  // the swizzle needs 8-chunk rows
+  static constexpr int kBlockM = kWarps * 16 * kMTiles;
+  static constexpr int kThreads = kWarps * 32;
+  static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks of a row that hold data
+  static constexpr bool kQInRegisters = kHeadDim <= 128;
+  static constexpr size_t kSharedBytes = static_cast<size_t>(kBlockM + 2 * kBlockN) * kPitch * 2;
+};
+
+template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN>
+__global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const VarlenKernelParams p) {
+  using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN>;
+  using Tile = SwizzledTile<Tiles::kPitch>;
+  constexpr int kBlockM = Tiles::kBlockM;
+  constexpr int kThreads = Tiles::kThreads;
+  constexpr int kChunks = Tiles::kChunks;
+  constexpr int kKSteps = kHeadDim / 16;
+  constexpr int kNTiles = kBlockN / 8;
+  constexpr int kDTiles = kHeadDim / 8;
+  constexpr float kNegInf = -INFINITY;
+
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  T* q_tile = reinterpret_cast<T*>(shared_bytes);
+  T* k_tile = q_tile + kBlockM * Tiles::kPitch;
+  T* v_tile = k_tile + kBlockN * Tiles::kPitch;
+
+  const int sequence = blockIdx.z;
+  const int kv_head = blockIdx.y;
+  const int q_begin = p.cu_seqlens_q[sequence];
+  const int lq = p.cu_seqlens_q[sequence + 1] - q_begin;
+  const int k_begin = p.cu_seqlens_k[sequence];
+  const int lk = p.cu_seqlens_k[sequence + 1] - k_begin;
+  const int group = p.group;
+  const int rows = lq * group;
+  // Reverse order: under a causal mask the last row tiles carry the most work; start them first.
+  const int row0 = (gridDim.x - 1 - blockIdx.x) * kBlockM;
+  if (row0 >= rows) return;
+
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int offset = lk - lq;  // the causal diagonal of token i is key i + offset
+  const int first_token = row0 / group;
+  const int last_token = (min(rows, row0 + kBlockM) - 1) / group;
+  int key_end = lk;
+  if (p.causal) key_end = min(lk, last_token + offset + 1);
+  const int key_begin = p.window_left >= 0 ? max(0, first_token + offset - p.window_left) : 0;
+  const int tile_begin = key_begin / kBlockN;
+  const int tile_end = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : tile_begin;
+
+  const T* q_base = static_cast<const T*>(p.q) + static_cast<int64_t>(q_begin) * p.q_row;
+  const T* k_base = static_cast<const T*>(p.k) + static_cast<int64_t>(k_begin) * p.k_row + kv_head * p.k_head;
+  const T* v_base = static_cast<const T*>(p.v) + static_cast<int64_t>(k_begin) * p.v_row + kv_head * p.v_head;
+
+  auto load_keys = [&](T* tile, const T* base, int64_t row_stride, int first_key) {
+    for (int c = threadIdx.x; c < kBlockN * kChunks; c += kThreads) {
+      const int r = c / kChunks;
+      const int chunk = c % kChunks;
+      const int key = first_key + r;
+      const bool valid = key < lk;
+      const T* src = valid ? base + static_cast<int64_t>(key) * row_stride + chunk * 8 : base;
+      copy_async_16(tile + Tile::offset(r, chunk * 8), src, valid);
+    }
+  };
+
+  // Q tile: packed GQA rows; rows past the sequence are zero-filled.
+  for (int c = threadIdx.x; c < kBlockM * kChunks; c += kThreads) {
+    const int r = c / kChunks;
+    const int chunk = c % kChunks;
+    const int row = row0 + r;
+    const bool valid = row < rows;
+    const T* src = q_base;
+    if (valid) {
+      const int token = row / group;
+      const int head = kv_head * group + (row - token * group);
+      src = q_base + static_cast<int64_t>(token) * p.q_row + static_cast<int64_t>(head) * p.q_head + chunk * 8;
+    }
+    copy_async_16(q_tile + Tile::offset(r, chunk * 8), src, valid);
+  }
+  if (tile_end > tile_begin) load_keys(k_tile, k_base, p.k_row, (tile_end - 1) * kBlockN);
+  copy_async_commit();
+
+  // This thread's rows: (m-tile, half) -> local row warp*16*kMTiles + mt*16 + lane/4 + 8*half.
+  KeyRange visible[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = row0 + warp * 16 * kMTiles + mt * 16 + lane / 4 + 8 * half;
+      const int token = min(row, rows - 1) / group;
+      visible[mt][half] = visible_keys(token, lq, lk, p.causal, p.window_left);
+    }
+  }
+
+  float o[kMTiles][kDTiles][4];
+  float row_max[kMTiles][2];
+  float row_sum[kMTiles][2];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kDTiles; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+    row_max[mt][0] = row_max[mt][1] = kNegInf;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+  }
+
+  copy_async_wait<0>();
+  __syncthreads();
+
+  // Q fragments: rows warp*16*kMTiles + mt*16 + (lane % 16), columns kk*16 + (lane / 16) * 8.
+  uint32_t q_frag[kMTiles][Tiles::kQInRegisters ? kKSteps : 1][4];
+  auto load_q_fragment = [&](uint32_t(&frag)[4], int mt, int kk) {
+    ldmatrix_x4(frag, q_tile + Tile::offset(warp * 16 * kMTiles + mt * 16 + (lane % 16), kk * 16 + (lane / 16) * 8));
+  };
+  if constexpr (Tiles::kQInRegisters) {
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int kk = 0; kk < kKSteps; ++kk) load_q_fragment(q_frag[mt][kk], mt, kk);
+    }
+  }
+
+  for (int tile = tile_end - 1; tile >= tile_begin; --tile) {
+    const int n0 = tile * kBlockN;
+    load_keys(v_tile, v_base, p.v_row, n0);
+    copy_async_commit();
+
+    float s[kMTiles][kNTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+    }
+#pragma unroll
+    for (int kk = 0; kk < kKSteps; ++kk) {
+      if constexpr (!Tiles::kQInRegisters) {
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) load_q_fragment(q_frag[mt][0], mt, kk);
+      }
+#pragma unroll
+      for (int np = 0; np < kBlockN / 16; ++np) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb, k_tile + Tile::offset(np * 16 + (lane % 8) + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          const uint32_t(&a)[4] = q_frag[mt][Tiles::kQInRegisters ? kk : 0];
+          mma_16816(s[mt][2 * np], a, kb[0], kb[1], T());
+          mma_16816(s[mt][2 * np + 1], a, kb[2], kb[3], T());
+        }
+      }
+    }
+
+    // Scores to the log2 domain; mask the keys a row must not see (only tiles at an edge need it).
+    const bool edge = n0 + kBlockN > lk || (p.causal && n0 + kBlockN - 1 > first_token + offset) ||
+                      (p.window_left >= 0 && n0 < last_token + offset - p.window_left);
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          float x = p.score(s[mt][nt][i]);
+          if (edge) {
+            const int key = n0 + nt * 8 + (lane % 4) * 2 + (i % 2);
+            const KeyRange& r = visible[mt][i / 2];
+            if (key < r.first || key > r.last) x = kNegInf;
+          }
+          s[mt][nt][i] = x;
+        }
+      }
+    }
+
+    copy_async_wait<0>();
+    __syncthreads();  // V is in; every warp is done with K
+    if (tile > tile_begin) {
+      load_keys(k_tile, k_base, p.k_row, n0 - kBlockN);
+      copy_async_commit();
+    }
+
+    // Online softmax: rescale what was accumulated when the running max grows.
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        float tile_max = kNegInf;
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+        const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max));
+        const float base = new_max == kNegInf ? 0.0f : new_max;  // a row with no visible key yet stays 0
+        const float correction = exp2f(row_max[mt][half] - base);
+        row_max[mt][half] = new_max;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          s[mt][nt][2 * half] = exp2f(s[mt][nt][2 * half] - base);
+          s[mt][nt][2 * half + 1] = exp2f(s[mt][nt][2 * half + 1] - base);
+          sum += s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
+        }
+        row_sum[mt][half] = row_sum[mt][half] * correction + sum;
+#pragma unroll
+        for (int dt = 0; dt < kDTiles; ++dt) {
+          o[mt][dt][2 * half] *= correction;
+          o[mt][dt][2 * half + 1] *= correction;
+        }
+      }
+    }
+
+    // O += P V with P straight from the score registers (the accumulator layout is the A layout).
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      uint32_t a[kMTiles][4];
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+        a[mt][0] = MmaType<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        a[mt][1] = MmaType<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        a[mt][2] = MmaType<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        a[mt][3] = MmaType<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(vb, v_tile + Tile::offset(kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8, dp * 16 + (lane / 16) * 8));
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          mma_16816(o[mt][2 * dp], a[mt], vb[0], vb[1], T());
+          mma_16816(o[mt][2 * dp + 1], a[mt], vb[2], vb[3], T());
+        }
+      }
+    }
+    copy_async_wait<0>();
+    __syncthreads();  // the next K is in; every warp is done with V
+  }
+
+  // Epilogue: normalize, write O (rows of this sequence only) and the natural-log LSE.
+  T* o_base = static_cast<T*>(p.o) + static_cast<int64_t>(q_begin) * p.o_row;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const float sum = quad_sum(row_sum[mt][half]);
+      const int row = row0 + warp * 16 * kMTiles + mt * 16 + lane / 4 + 8 * half;
+      if (row >= rows) continue;
+      const int token = row / group;
+      const int head = kv_head * group + (row - token * group);
+      const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+      T* out = o_base + static_cast<int64_t>(token) * p.o_row + static_cast<int64_t>(head) * p.o_head + (lane % 4) * 2;
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt) {
+        *reinterpret_cast<uint32_t*>(out + dt * 8) =
+            MmaType<T>::pack(o[mt][dt][2 * half] * inverse, o[mt][dt][2 * half + 1] * inverse);
+      }
+      if (p.lse != nullptr && lane % 4 == 0) {
+        p.lse[static_cast<int64_t>(head) * p.lse_head + q_begin + token] =
+            sum > 0.0f ? (row_max[mt][half] + log2f(sum)) * 0.69314718055994531f : kNegInf;
+      }
+    }
+  }
+}
+
+template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN>
+void launch_varlen(const nkv_attention_plan& plan, const VarlenKernelParams& params) {
+  using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN>;
+  auto kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN>;
+  const nkv_context& c = *plan.context;
+  NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(Tiles::kSharedBytes)));
+  const int64_t row_blocks = (plan.max_seqlen_q * params.group + Tiles::kBlockM - 1) / Tiles::kBlockM;
+  if (row_blocks > std::numeric_limits<int32_t>::max() || plan.batch > 65535 || plan.num_heads_kv > 65535) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "varlen attention grid too large: " + std::to_string(row_blocks) + " row tiles x " +
+                                       std::to_string(plan.num_heads_kv) + " KV heads x " + std::to_string(plan.batch) +
+                                       " sequences (at most 65535 sequences and KV heads)");
+  }
+  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.num_heads_kv),
+                  static_cast<unsigned>(plan.batch));
+  kernel<<<grid, Tiles::kThreads, Tiles::kSharedBytes, static_cast<cudaStream_t>(c.stream)>>>(params);
+  NKV_CUDA_CHECK(cudaGetLastError());
+}
+
+template <typename T>
+void dispatch_head_dim(const nkv_attention_plan& plan, const VarlenKernelParams& params) {
+  switch (plan.head_dim) {
+    case 64: return launch_varlen<T, 64, 4, 2, 64>(plan, params);
+    case 96: return launch_varlen<T, 96, 8, 1, 64>(plan, params);
+    case 128: return launch_varlen<T, 128, 8, 1, 64>(plan, params);
+    case 256: return launch_varlen<T, 256, 8, 1, 64>(plan, params);
+    default: fail(NKV_STATUS_INTERNAL, "varlen attention: head_dim " + std::to_string(plan.head_dim) + " reached the kernel");
+  }
+}
+
+}  // namespace
+
+ScoreTransform make_score_transform(const AttentionMask& mask) {
+  constexpr float kLog2e = 1.4426950408889634f;
+  ScoreTransform t{};
+  t.scale_log2 = mask.softmax_scale * kLog2e;
+  t.softcap = mask.softcap;
+  t.scale_over_cap = mask.softcap > 0.0f ? mask.softmax_scale / mask.softcap : 0.0f;
+  t.cap_log2 = mask.softcap * kLog2e;
+  return t;
+}
+
+}  // namespace attention
+
+void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs& a) {
+  using namespace attention;
+  VarlenKernelParams p{};
+  p.q = a.q;
+  p.k = a.k;
+  p.v = a.v;
+  p.o = a.o;
+  p.lse = a.lse;
+  p.q_row = a.q_strides.row;
+  p.q_head = a.q_strides.head;
+  p.k_row = a.k_strides.row;
+  p.k_head = a.k_strides.head;
+  p.v_row = a.v_strides.row;
+  p.v_head = a.v_strides.head;
+  p.o_row = a.o_strides.row;
+  p.o_head = a.o_strides.head;
+  p.lse_head = a.lse_head_stride;
+  p.cu_seqlens_q = plan.device_cu_seqlens_q;
+  p.cu_seqlens_k = plan.device_cu_seqlens_k;
+  p.group = plan.num_heads_q / plan.num_heads_kv;
+  p.score = make_score_transform(plan.mask);
+  p.causal = plan.mask.causal;
+  p.window_left = plan.mask.window_left;
+  DeviceScope scope(plan.context->device_ordinal);
+  if (a.dtype == NKV_DTYPE_BFLOAT16) {
+    dispatch_head_dim<__nv_bfloat16>(plan, p);
+  } else {
+    dispatch_head_dim<__half>(plan, p);
+  }
+}
+
+}  // namespace nkv::cuda

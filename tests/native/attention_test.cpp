@@ -1,0 +1,847 @@
+// Attention: the CPU reference against an independent float64 model, the CUDA kernels against the CPU
+// reference on fresh random inputs of awkward shapes, and every argument check.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#include "core/float_bits.h"
+#include "test_support.h"
+
+using namespace nkv_test;
+
+namespace {
+
+constexpr uint16_t kPoison = 0xffff;  // NaN in float16 and bfloat16
+
+// For helpers that return a value: record the failure and return `value`.
+#define NKV_ASSERT_OK_RETURN(call, value)                                   \
+  do {                                                                      \
+    const nkv_status nkv_status_ = (call);                                  \
+    if (nkv_status_ != NKV_STATUS_SUCCESS) {                                \
+      ADD_FAILURE() << #call << ": " << nkv_last_error();                   \
+      return value;                                                         \
+    }                                                                       \
+  } while (0)
+
+struct Options {
+  bool causal = false;
+  float scale = 0.0f;
+  float softcap = 0.0f;
+  int32_t window_left = -1;
+  int32_t num_splits = 0;
+
+  nkv_attention_options c() const {
+    return nkv_attention_options{sizeof(nkv_attention_options), causal ? 1 : 0, scale, softcap, window_left, num_splits};
+  }
+};
+
+float to_float(nkv_dtype dtype, uint16_t bits) {
+  return dtype == NKV_DTYPE_BFLOAT16 ? nkv::bfloat16_to_float(bits) : nkv::half_to_float(bits);
+}
+uint16_t from_float(nkv_dtype dtype, float x) {
+  return dtype == NKV_DTYPE_BFLOAT16 ? nkv::float_to_bfloat16(x) : nkv::float_to_half(x);
+}
+
+std::vector<uint16_t> random_values(nkv_dtype dtype, size_t count, float amplitude) {
+  std::uniform_real_distribution<float> u(-amplitude, amplitude);
+  std::vector<uint16_t> v(count);
+  for (auto& x : v) x = from_float(dtype, u(rng()));
+  return v;
+}
+
+// A [rows, heads, head_dim] tensor in host memory with optional padding between heads and rows, so that
+// the kernels see strided views.
+struct HeadTensor {
+  int64_t rows = 0, heads = 0, dim = 0;
+  int64_t head_stride = 0, row_stride = 0;
+  std::vector<uint16_t> data;
+
+  HeadTensor() = default;
+  HeadTensor(int64_t rows_, int64_t heads_, int64_t dim_, bool strided)
+      : rows(rows_), heads(heads_), dim(dim_), head_stride(dim_ + (strided ? 8 : 0)),
+        row_stride(heads_ * (dim_ + (strided ? 8 : 0)) + (strided ? 24 : 0)),
+        data(static_cast<size_t>(std::max<int64_t>(rows_, 1) * row_stride), kPoison) {}
+  uint16_t& at(int64_t r, int64_t h, int64_t d) { return data[static_cast<size_t>(r * row_stride + h * head_stride + d)]; }
+  uint16_t at(int64_t r, int64_t h, int64_t d) const {
+    return data[static_cast<size_t>(r * row_stride + h * head_stride + d)];
+  }
+  void randomize(nkv_dtype dtype, float amplitude) {
+    std::vector<uint16_t> values = random_values(dtype, static_cast<size_t>(rows * heads * dim), amplitude);
+    size_t i = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t d = 0; d < dim; ++d) at(r, h, d) = values[i++];
+  }
+  nkv_tensor view_at(void* base, nkv_dtype dtype, nkv_device_type device) const {
+    return view(base, dtype, device, {rows, heads, dim}, {row_stride, head_stride, 1});
+  }
+};
+
+// Places host data in memory of `context` (a buffer: host memory on CPU, device memory on CUDA).
+struct Placed {
+  std::unique_ptr<Memory> memory;
+  size_t bytes = 0;
+  Placed(nkv_context* context, const void* data, size_t bytes_) : bytes(bytes_) {
+    memory = std::make_unique<Memory>(context, std::max<size_t>(bytes, 256));
+    memory->upload(data, bytes);
+  }
+  void* data() const { return memory->data(); }
+  template <typename T>
+  std::vector<T> read() const {
+    return memory->download<T>(bytes / sizeof(T));
+  }
+};
+
+struct VarlenCase {
+  nkv_dtype dtype = NKV_DTYPE_FLOAT16;
+  int32_t heads_q = 4, heads_kv = 2, head_dim = 64;
+  std::vector<int32_t> lq, lk;
+  Options options;
+  bool strided = false;
+  int64_t extra_rows = 3;  // rows past total_q / total_k that must stay untouched
+};
+
+struct VarlenInputs {
+  HeadTensor q, k, v;
+  std::vector<int32_t> cu_q, cu_k;
+};
+
+std::vector<int32_t> prefix_sums(const std::vector<int32_t>& lengths) {
+  std::vector<int32_t> cu(lengths.size() + 1, 0);
+  for (size_t i = 0; i < lengths.size(); ++i) cu[i + 1] = cu[i] + lengths[i];
+  return cu;
+}
+
+VarlenInputs make_inputs(const VarlenCase& c) {
+  VarlenInputs in;
+  in.cu_q = prefix_sums(c.lq);
+  in.cu_k = prefix_sums(c.lk);
+  in.q = HeadTensor(in.cu_q.back() + c.extra_rows, c.heads_q, c.head_dim, c.strided);
+  in.k = HeadTensor(in.cu_k.back() + c.extra_rows, c.heads_kv, c.head_dim, c.strided);
+  in.v = HeadTensor(in.cu_k.back() + c.extra_rows, c.heads_kv, c.head_dim, c.strided);
+  in.q.randomize(c.dtype, 2.0f);
+  in.k.randomize(c.dtype, 2.0f);
+  in.v.randomize(c.dtype, 1.0f);
+  return in;
+}
+
+struct Outputs {
+  HeadTensor o;
+  std::vector<float> lse;  // [heads_q, rows]
+};
+
+// Runs varlen attention on `context` and returns O (with its poisoned padding) and LSE.
+Outputs run_varlen(nkv_context* context, const VarlenCase& c, const VarlenInputs& in) {
+  const nkv_device_type device = device_of(context);
+  Outputs out;
+  out.o = HeadTensor(in.q.rows, c.heads_q, c.head_dim, c.strided);
+  out.lse.assign(static_cast<size_t>(c.heads_q * in.q.rows), std::numeric_limits<float>::quiet_NaN());
+  Placed q(context, in.q.data.data(), in.q.data.size() * 2);
+  Placed k(context, in.k.data.data(), in.k.data.size() * 2);
+  Placed v(context, in.v.data.data(), in.v.data.size() * 2);
+  Placed o(context, out.o.data.data(), out.o.data.size() * 2);
+  Placed lse(context, out.lse.data(), out.lse.size() * 4);
+  const nkv_attention_options options = c.options.c();
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK_RETURN(nkv_attention_plan_varlen(context, &options, c.heads_q, c.heads_kv, c.head_dim,
+                                                 static_cast<int32_t>(c.lq.size()), in.cu_q.data(), in.cu_k.data(), &plan),
+                       out);
+  const nkv_tensor tq = in.q.view_at(q.data(), c.dtype, device);
+  const nkv_tensor tk = in.k.view_at(k.data(), c.dtype, device);
+  const nkv_tensor tv = in.v.view_at(v.data(), c.dtype, device);
+  const nkv_tensor to = out.o.view_at(o.data(), c.dtype, device);
+  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {c.heads_q, in.q.rows});
+  const nkv_status status = nkv_attention_varlen(plan, &tq, &tk, &tv, &to, &tl);
+  EXPECT_EQ(status, NKV_STATUS_SUCCESS) << nkv_last_error();
+  out.o.data = o.read<uint16_t>();
+  out.lse = lse.read<float>();
+  EXPECT_EQ(nkv_attention_plan_destroy(plan), NKV_STATUS_SUCCESS) << nkv_last_error();
+  return out;
+}
+
+// An independent float64 model of nativekv.h's formulas (one row at a time) for checking the CPU backend.
+void model_row(const VarlenCase& c, const VarlenInputs& in, int b, int h, int i, std::vector<double>& out, double& lse) {
+  const int lq = c.lq[b], lk = c.lk[b];
+  const int hk = h / (c.heads_q / c.heads_kv);
+  const double scale = c.options.scale > 0 ? c.options.scale : 1.0 / std::sqrt(static_cast<double>(c.head_dim));
+  std::vector<double> s;
+  std::vector<int> keys;
+  for (int j = 0; j < lk; ++j) {
+    if (c.options.causal && j > i + lk - lq) continue;
+    if (c.options.window_left >= 0 && j < i + lk - lq - c.options.window_left) continue;
+    double dot = 0;
+    for (int d = 0; d < c.head_dim; ++d) {
+      dot += static_cast<double>(to_float(c.dtype, in.q.at(in.cu_q[b] + i, h, d))) *
+             to_float(c.dtype, in.k.at(in.cu_k[b] + j, hk, d));
+    }
+    double x = dot * scale;
+    if (c.options.softcap > 0) x = c.options.softcap * std::tanh(x / c.options.softcap);
+    s.push_back(x);
+    keys.push_back(j);
+  }
+  out.assign(static_cast<size_t>(c.head_dim), 0.0);
+  if (s.empty()) {
+    lse = -std::numeric_limits<double>::infinity();
+    return;
+  }
+  const double m = *std::max_element(s.begin(), s.end());
+  double sum = 0;
+  for (size_t n = 0; n < s.size(); ++n) {
+    const double p = std::exp(s[n] - m);
+    sum += p;
+    for (int d = 0; d < c.head_dim; ++d) out[d] += p * to_float(c.dtype, in.v.at(in.cu_k[b] + keys[n], hk, d));
+  }
+  for (double& x : out) x /= sum;
+  lse = m + std::log(sum);
+}
+
+// ‖a − b‖ / ‖b‖ over the rows [0, total) of two O tensors.
+double relative_error(nkv_dtype dtype, const HeadTensor& a, const HeadTensor& b, int64_t total) {
+  double diff = 0, norm = 0;
+  for (int64_t r = 0; r < total; ++r)
+    for (int64_t h = 0; h < a.heads; ++h)
+      for (int64_t d = 0; d < a.dim; ++d) {
+        const double x = to_float(dtype, a.at(r, h, d)), y = to_float(dtype, b.at(r, h, d));
+        diff += (x - y) * (x - y);
+        norm += y * y;
+      }
+  return norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+}
+
+double tolerance(nkv_dtype dtype) { return dtype == NKV_DTYPE_BFLOAT16 ? 8e-3 : 1e-3; }
+
+// Every element of the rows below `total` was written (no poison left) and nothing else was touched.
+void expect_written_exactly(const HeadTensor& o, int64_t total, const std::string& label) {
+  int64_t unwritten = 0, touched = 0;
+  for (int64_t i = 0; i < static_cast<int64_t>(o.data.size()); ++i) {
+    const int64_t r = i / o.row_stride, within = i % o.row_stride;
+    const bool inside = r < total && within / o.head_stride < o.heads && within % o.head_stride < o.dim;
+    if (inside && o.data[i] == kPoison) ++unwritten;
+    if (!inside && o.data[i] != kPoison) ++touched;
+  }
+  EXPECT_EQ(unwritten, 0) << label << ": output elements left unwritten";
+  EXPECT_EQ(touched, 0) << label << ": elements outside the output rows were written";
+}
+
+void expect_lse_close(const std::vector<float>& a, const std::vector<float>& b, int64_t rows, int64_t total,
+                      int64_t heads, const std::string& label) {
+  int bad = 0;
+  for (int64_t h = 0; h < heads; ++h)
+    for (int64_t r = 0; r < total; ++r) {
+      const float x = a[h * rows + r], y = b[h * rows + r];
+      const bool same = (std::isinf(x) && std::isinf(y) && (x < 0) == (y < 0)) || std::fabs(x - y) <= 1e-3f;
+      if (!same && bad++ < 5) ADD_FAILURE() << label << ": lse[" << h << "][" << r << "] = " << x << ", expected " << y;
+    }
+  EXPECT_EQ(bad, 0) << label;
+}
+
+std::string describe(const VarlenCase& c) {
+  std::string s = std::string(c.dtype == NKV_DTYPE_BFLOAT16 ? "bf16" : "fp16") + " d" + std::to_string(c.head_dim) + " h" +
+                  std::to_string(c.heads_q) + "/" + std::to_string(c.heads_kv) + (c.options.causal ? " causal" : "") +
+                  (c.options.window_left >= 0 ? " window" + std::to_string(c.options.window_left) : "") +
+                  (c.options.softcap > 0 ? " softcap" : "") + (c.strided ? " strided" : "") + " lq/lk";
+  for (size_t i = 0; i < c.lq.size(); ++i) s += " " + std::to_string(c.lq[i]) + "/" + std::to_string(c.lk[i]);
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// CPU reference
+// ---------------------------------------------------------------------------------------------------
+
+TEST(Attention, CpuMatchesFloat64Model) {
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  std::vector<VarlenCase> cases;
+  for (nkv_dtype dtype : {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16}) {
+    VarlenCase c;
+    c.dtype = dtype;
+    c.lq = {0, 1, 17, 40};
+    c.lk = {5, 1, 17, 70};
+    c.options.causal = true;
+    cases.push_back(c);
+    c.options = Options{};
+    c.options.window_left = 6;
+    c.options.softcap = 3.0f;
+    c.options.scale = 0.3f;
+    c.heads_q = 6;
+    c.heads_kv = 1;
+    c.strided = true;
+    cases.push_back(c);
+  }
+  for (const VarlenCase& c : cases) {
+    const VarlenInputs in = make_inputs(c);
+    const Outputs out = run_varlen(cpu.get(), c, in);
+    expect_written_exactly(out.o, in.cu_q.back(), describe(c));
+    double max_error = 0;
+    for (size_t b = 0; b < c.lq.size(); ++b)
+      for (int h = 0; h < c.heads_q; ++h)
+        for (int i = 0; i < c.lq[b]; ++i) {
+          std::vector<double> row;
+          double lse = 0;
+          model_row(c, in, static_cast<int>(b), h, i, row, lse);
+          const int64_t r = in.cu_q[b] + i;
+          for (int d = 0; d < c.head_dim; ++d) {
+            // The output is the float64 value rounded once to the storage type.
+            EXPECT_EQ(out.o.at(r, h, d), from_float(c.dtype, static_cast<float>(row[d]))) << describe(c);
+          }
+          const float got = out.lse[h * in.q.rows + r];
+          if (std::isinf(lse)) {
+            EXPECT_TRUE(std::isinf(got) && got < 0) << describe(c);
+          } else {
+            max_error = std::max(max_error, std::fabs(got - lse));
+          }
+        }
+    EXPECT_LE(max_error, 1e-5) << describe(c);
+  }
+}
+
+TEST(Attention, CpuDecodeMatchesCpuVarlenOnTheSameData) {
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  // Decode layout: [batch, capacity, heads, d]; the same keys packed back to back for varlen.
+  const int32_t batch = 3, q_len = 2, hq = 4, hkv = 2, d = 64, capacity = 50;
+  const std::vector<int32_t> seqlens = {2, 50, 31};
+  VarlenCase c;
+  c.heads_q = hq;
+  c.heads_kv = hkv;
+  c.head_dim = d;
+  c.lq.assign(batch, q_len);
+  c.lk = seqlens;
+  c.options.causal = true;
+  c.extra_rows = 0;
+  const VarlenInputs in = make_inputs(c);
+  const Outputs expected = run_varlen(cpu.get(), c, in);
+
+  std::vector<uint16_t> q(static_cast<size_t>(batch * q_len * hq * d)), k(static_cast<size_t>(batch * capacity * hkv * d)),
+      v(k.size()), o(q.size(), kPoison);
+  for (int b = 0; b < batch; ++b) {
+    for (int t = 0; t < q_len; ++t)
+      for (int h = 0; h < hq; ++h)
+        for (int x = 0; x < d; ++x) q[((b * q_len + t) * hq + h) * d + x] = in.q.at(in.cu_q[b] + t, h, x);
+    for (int j = 0; j < seqlens[b]; ++j)
+      for (int h = 0; h < hkv; ++h)
+        for (int x = 0; x < d; ++x) {
+          k[((b * capacity + j) * hkv + h) * d + x] = in.k.at(in.cu_k[b] + j, h, x);
+          v[((b * capacity + j) * hkv + h) * d + x] = in.v.at(in.cu_k[b] + j, h, x);
+        }
+  }
+  std::vector<float> lse(static_cast<size_t>(batch * hq * q_len));
+  const nkv_attention_options options = c.options.c();
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_decode(cpu.get(), &options, hq, hkv, d, batch, q_len, seqlens.data(), &plan));
+  const nkv_tensor tq = view(q.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {batch, q_len, hq, d});
+  const nkv_tensor tk = view(k.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {batch, capacity, hkv, d});
+  const nkv_tensor tv = view(v.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {batch, capacity, hkv, d});
+  const nkv_tensor to = view(o.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {batch, q_len, hq, d});
+  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {batch, hq, q_len});
+  NKV_ASSERT_OK(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl));
+  nkv_attention_plan_destroy(plan);
+  for (int b = 0; b < batch; ++b)
+    for (int t = 0; t < q_len; ++t)
+      for (int h = 0; h < hq; ++h) {
+        for (int x = 0; x < d; ++x) ASSERT_EQ(o[((b * q_len + t) * hq + h) * d + x], expected.o.at(in.cu_q[b] + t, h, x));
+        ASSERT_EQ(lse[(b * hq + h) * q_len + t], expected.lse[h * in.q.rows + in.cu_q[b] + t]);
+      }
+}
+
+TEST(Attention, PlanInfoReportsTheWork) {
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  const std::vector<int32_t> cu_q = {0, 3, 3, 10}, cu_k = {0, 5, 9, 20};
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_varlen(cpu.get(), nullptr, 8, 2, 128, 3, cu_q.data(), cu_k.data(), &plan));
+  nkv_attention_plan_info info{};
+  info.struct_size = sizeof(info);
+  NKV_ASSERT_OK(nkv_attention_plan_get_info(plan, &info));
+  EXPECT_EQ(info.kind, NKV_ATTENTION_VARLEN);
+  EXPECT_EQ(info.batch, 3);
+  EXPECT_EQ(info.total_q, 10);
+  EXPECT_EQ(info.total_k, 20);
+  EXPECT_EQ(info.max_seqlen_q, 7);
+  EXPECT_EQ(info.max_seqlen_k, 11);
+  EXPECT_EQ(info.num_splits, 1);
+  EXPECT_FLOAT_EQ(info.softmax_scale, 1.0f / std::sqrt(128.0f));
+  nkv_attention_plan_destroy(plan);
+
+  const std::vector<int32_t> seqlens = {1000, 0, 64};
+  Options fixed;
+  fixed.num_splits = 4;
+  const nkv_attention_options options = fixed.c();
+  NKV_ASSERT_OK(nkv_attention_plan_decode(cpu.get(), &options, 8, 8, 64, 3, 1, seqlens.data(), &plan));
+  NKV_ASSERT_OK(nkv_attention_plan_get_info(plan, &info));
+  EXPECT_EQ(info.kind, NKV_ATTENTION_DECODE);
+  EXPECT_EQ(info.num_splits, 4);
+  EXPECT_EQ(info.total_k, 1064);
+  EXPECT_EQ(info.q_len, 1);
+  nkv_attention_plan_destroy(plan);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Bad input
+// ---------------------------------------------------------------------------------------------------
+
+class AttentionBadInput : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    context = make_context(NKV_BACKEND_CPU);
+    NKV_ASSERT_OK(nkv_attention_plan_varlen(context.get(), nullptr, hq, hkv, d, 2, cu_q.data(), cu_k.data(), &plan));
+    q.assign(static_cast<size_t>(rows * hq * d), 0x3c00);
+    k.assign(static_cast<size_t>(rows * hkv * d), 0x3c00);
+    v = k;
+    o.assign(q.size(), kPoison);
+    lse.assign(static_cast<size_t>(hq * rows), 7.0f);
+  }
+  void TearDown() override { nkv_attention_plan_destroy(plan); }
+
+  nkv_tensor tensor(std::vector<uint16_t>& data, int64_t heads) {
+    return view(data.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {rows, heads, d});
+  }
+  nkv_status run() {
+    const nkv_tensor tq = tensor(q, hq), tk = tensor(k, hkv), tv = tensor(v, hkv), to = tensor(o, hq);
+    const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {hq, rows});
+    return nkv_attention_varlen(plan, &tq, &tk, &tv, &to, &tl);
+  }
+  void expect_outputs_untouched() {
+    EXPECT_TRUE(std::all_of(o.begin(), o.end(), [](uint16_t x) { return x == kPoison; })) << "o was written";
+    EXPECT_TRUE(std::all_of(lse.begin(), lse.end(), [](float x) { return x == 7.0f; })) << "lse was written";
+  }
+
+  const int32_t hq = 4, hkv = 2, d = 64;
+  int64_t rows = 12;
+  const std::vector<int32_t> cu_q{0, 5, 12}, cu_k{0, 6, 12};
+  ContextPtr context;
+  nkv_attention_plan* plan = nullptr;
+  std::vector<uint16_t> q, k, v, o;
+  std::vector<float> lse;
+};
+
+TEST_F(AttentionBadInput, PlanArguments) {
+  nkv_attention_plan* p = nullptr;
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), nullptr, 4, 2, 80, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_NOT_SUPPORTED, "head_dim");
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), nullptr, 6, 4, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "multiple of num_heads_kv");
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), nullptr, 0, 1, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "num_heads_q");
+  const std::vector<int32_t> not_monotone{0, 7, 5}, not_from_zero{1, 5, 12};
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), nullptr, 4, 2, 64, 2, not_monotone.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "non-decreasing");
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), nullptr, 4, 2, 64, 2, cu_q.data(), not_from_zero.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "entry 0 must be 0");
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), nullptr, 4, 2, 64, 2, nullptr, cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "cu_seqlens_q");
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), nullptr, 4, 2, 64, -1, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "batch");
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), nullptr, 4, 2, 64, 2, cu_q.data(), cu_k.data(), nullptr),
+                    NKV_STATUS_INVALID_ARGUMENT, "out_plan");
+  Options bad;
+  bad.num_splits = 2;
+  nkv_attention_options o1 = bad.c();
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o1, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "num_splits");
+  nkv_attention_options o2 = Options{}.c();
+  o2.struct_size = 8;
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o2, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "struct_size");
+  nkv_attention_options o3 = Options{}.c();
+  o3.softcap = -1.0f;
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o3, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "softcap");
+  nkv_attention_options o4 = Options{}.c();
+  o4.window_left = -2;
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o4, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "window_left");
+  nkv_attention_options o5 = Options{}.c();
+  o5.softmax_scale = std::numeric_limits<float>::quiet_NaN();
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o5, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "softmax_scale");
+  const std::vector<int32_t> seqlens{3, -1};
+  NKV_EXPECT_STATUS(nkv_attention_plan_decode(context.get(), nullptr, 4, 2, 64, 2, 1, seqlens.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "negative");
+  NKV_EXPECT_STATUS(nkv_attention_plan_decode(context.get(), nullptr, 4, 2, 64, 1, 17, seqlens.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "q_len");
+  EXPECT_EQ(p, nullptr);
+}
+
+TEST_F(AttentionBadInput, LengthsBeyondTheTensors) {
+  rows = 11;  // cu_seqlens reach 12
+  q.resize(static_cast<size_t>(rows * hq * d));
+  o.resize(q.size());
+  lse.resize(static_cast<size_t>(hq * rows));
+  NKV_EXPECT_STATUS(run(), NKV_STATUS_INVALID_ARGUMENT, "needs 12");
+  expect_outputs_untouched();
+}
+
+TEST_F(AttentionBadInput, TensorChecks) {
+  const nkv_tensor tq = tensor(q, hq), tk = tensor(k, hkv), tv = tensor(v, hkv), to = tensor(o, hq);
+  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {hq, rows});
+  NKV_EXPECT_STATUS(nkv_attention_varlen(nullptr, &tq, &tk, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "plan");
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, nullptr, &tk, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'q'");
+  nkv_tensor wrong_heads = tensor(k, hkv);
+  wrong_heads.shape[1] = 1;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &wrong_heads, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'k'");
+  nkv_tensor wrong_dtype = tensor(v, hkv);
+  wrong_dtype.dtype = NKV_DTYPE_BFLOAT16;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &tk, &wrong_dtype, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "differs");
+  nkv_tensor float_q = tq;
+  float_q.dtype = NKV_DTYPE_FLOAT32;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &float_q, &tk, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'q'");
+  nkv_tensor misaligned = tq;
+  misaligned.data = static_cast<char*>(misaligned.data) + 2;
+  misaligned.shape[0] = rows - 1;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &misaligned, &tk, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "aligned");
+  nkv_tensor odd_stride = tk;
+  odd_stride.strides[0] = hkv * d + 4;  // rows not 16-byte aligned
+  odd_stride.shape[0] = 11;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &odd_stride, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "multiple of 8");
+  nkv_tensor strided_o = to;
+  strided_o.strides[1] = d / 2;  // heads overlap
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &tk, &tv, &strided_o, &tl), NKV_STATUS_INVALID_ARGUMENT, "overlap");
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &tk, &tv, &tq, &tl), NKV_STATUS_INVALID_ARGUMENT, "overlap");
+  nkv_tensor lse_wrong = tl;
+  lse_wrong.shape[0] = hkv;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &tk, &tv, &to, &lse_wrong), NKV_STATUS_INVALID_ARGUMENT, "'lse'");
+  nkv_tensor device_q = tq;
+  device_q.device = NKV_DEVICE_CUDA;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &device_q, &tk, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'q'");
+  NKV_EXPECT_STATUS(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "varlen plan");
+  expect_outputs_untouched();
+}
+
+TEST_F(AttentionBadInput, DecodeCapacityTooSmall) {
+  const std::vector<int32_t> seqlens{4, 9};
+  nkv_attention_plan* decode = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), nullptr, hq, hkv, d, 2, 1, seqlens.data(), &decode));
+  std::vector<uint16_t> dq(static_cast<size_t>(2 * hq * d), 0x3c00), dkv(static_cast<size_t>(2 * 8 * hkv * d), 0x3c00),
+      dout(dq.size(), kPoison);
+  const nkv_tensor tq = view(dq.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 1, hq, d});
+  const nkv_tensor tkv = view(dkv.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 8, hkv, d});
+  const nkv_tensor to = view(dout.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 1, hq, d});
+  NKV_EXPECT_STATUS(nkv_attention_decode(decode, &tq, &tkv, &tkv, &to, nullptr), NKV_STATUS_INVALID_ARGUMENT, "capacity");
+  EXPECT_TRUE(std::all_of(dout.begin(), dout.end(), [](uint16_t x) { return x == kPoison; }));
+  nkv_attention_plan_destroy(decode);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// CUDA against the CPU reference
+// ---------------------------------------------------------------------------------------------------
+
+void expect_cuda_matches_cpu(const VarlenCase& c) {
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  const VarlenInputs in = make_inputs(c);
+  const Outputs expected = run_varlen(cpu.get(), c, in);
+  const Outputs got = run_varlen(gpu.get(), c, in);
+  const std::string label = describe(c);
+  const int64_t total = in.cu_q.back();
+  expect_written_exactly(got.o, total, label);
+  const double error = relative_error(c.dtype, got.o, expected.o, total);
+  EXPECT_LE(error, tolerance(c.dtype)) << label;
+  expect_lse_close(got.lse, expected.lse, in.q.rows, total, c.heads_q, label);
+  if (::testing::Test::HasFailure()) std::printf("  %s: relative error %.3g\n", label.c_str(), error);
+}
+
+TEST(AttentionCuda, VarlenEveryHeadDimCausalAndNot) {
+  NKV_REQUIRE_CUDA();
+  for (nkv_dtype dtype : {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16})
+    for (int32_t d : {64, 96, 128, 256})
+      for (bool causal : {false, true}) {
+        VarlenCase c;
+        c.dtype = dtype;
+        c.head_dim = d;
+        c.lq = {0, 1, 63, 65, 127, 129, 1000};
+        c.lk = {7, 1, 63, 65, 200, 129, 1000};
+        c.options.causal = causal;
+        expect_cuda_matches_cpu(c);
+      }
+}
+
+TEST(AttentionCuda, VarlenLongSequence) {
+  NKV_REQUIRE_CUDA();
+  VarlenCase c;
+  c.head_dim = 128;
+  c.heads_q = 2;
+  c.heads_kv = 1;
+  c.lq = {4097};
+  c.lk = {4097};
+  c.options.causal = true;
+  expect_cuda_matches_cpu(c);
+}
+
+TEST(AttentionCuda, VarlenGqaRatios) {
+  NKV_REQUIRE_CUDA();
+  for (int ratio : {1, 2, 3, 4, 5, 6, 7, 8, 32}) {
+    VarlenCase c;
+    c.head_dim = 64;
+    c.heads_kv = ratio == 32 ? 1 : 2;
+    c.heads_q = c.heads_kv * ratio;
+    c.lq = {1, 33, 130};
+    c.lk = {40, 33, 130};
+    c.options.causal = true;
+    expect_cuda_matches_cpu(c);
+  }
+}
+
+TEST(AttentionCuda, VarlenChunkedPrefillMixedWithDecodes) {
+  NKV_REQUIRE_CUDA();
+  for (nkv_dtype dtype : {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16}) {
+    VarlenCase c;
+    c.dtype = dtype;
+    c.head_dim = 128;
+    c.heads_q = 8;
+    c.heads_kv = 2;
+    // A chunk of 512 over a cached prefix, decodes (one query over a cache), a fresh prompt, and a
+    // sequence with more queries than keys (its first queries see nothing).
+    c.lq = {512, 1, 1, 300, 1, 20};
+    c.lk = {1536, 900, 1, 300, 4097, 10};
+    c.options.causal = true;
+    expect_cuda_matches_cpu(c);
+  }
+}
+
+TEST(AttentionCuda, VarlenStridedWindowAndSoftcap) {
+  NKV_REQUIRE_CUDA();
+  for (int32_t d : {64, 128, 256}) {
+    VarlenCase c;
+    c.head_dim = d;
+    c.heads_q = 6;
+    c.heads_kv = 2;
+    c.lq = {65, 200, 1};
+    c.lk = {300, 200, 77};
+    c.strided = true;
+    c.options.causal = true;
+    c.options.window_left = 50;
+    c.options.softcap = 5.0f;
+    expect_cuda_matches_cpu(c);
+    c.options.causal = false;
+    c.options.window_left = 100;
+    c.options.softcap = 0.0f;
+    c.options.scale = 0.05f;
+    expect_cuda_matches_cpu(c);
+  }
+}
+
+struct DecodeCase {
+  nkv_dtype dtype = NKV_DTYPE_FLOAT16;
+  int32_t heads_q = 32, heads_kv = 8, head_dim = 128, q_len = 1, capacity = 0;
+  std::vector<int32_t> seqlens;
+  Options options;
+  int64_t token_stride_extra = 0;  // e.g. layers interleaved between tokens
+};
+
+struct DecodeRun {
+  std::vector<uint16_t> o;
+  std::vector<float> lse;
+};
+
+struct DecodeInputs {
+  std::vector<uint16_t> q, k, v;
+  int64_t token_stride = 0, batch_stride = 0;
+};
+
+DecodeInputs make_decode_inputs(const DecodeCase& c) {
+  DecodeInputs in;
+  const int64_t batch = static_cast<int64_t>(c.seqlens.size());
+  in.token_stride = static_cast<int64_t>(c.heads_kv) * c.head_dim + c.token_stride_extra;
+  in.batch_stride = in.token_stride * c.capacity;
+  in.q = random_values(c.dtype, static_cast<size_t>(batch * c.q_len * c.heads_q * c.head_dim), 2.0f);
+  in.k = random_values(c.dtype, static_cast<size_t>(batch * in.batch_stride), 2.0f);
+  in.v = random_values(c.dtype, in.k.size(), 1.0f);
+  return in;
+}
+
+DecodeRun run_decode(nkv_context* context, const DecodeCase& c, const DecodeInputs& in) {
+  const nkv_device_type device = device_of(context);
+  const int64_t batch = static_cast<int64_t>(c.seqlens.size());
+  DecodeRun run;
+  run.o.assign(in.q.size(), kPoison);
+  run.lse.assign(static_cast<size_t>(batch * c.heads_q * c.q_len), std::numeric_limits<float>::quiet_NaN());
+  Placed q(context, in.q.data(), in.q.size() * 2), k(context, in.k.data(), in.k.size() * 2),
+      v(context, in.v.data(), in.v.size() * 2), o(context, run.o.data(), run.o.size() * 2),
+      lse(context, run.lse.data(), run.lse.size() * 4);
+  const nkv_attention_options options = c.options.c();
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK_RETURN(nkv_attention_plan_decode(context, &options, c.heads_q, c.heads_kv, c.head_dim,
+                                                 static_cast<int32_t>(batch), c.q_len, c.seqlens.data(), &plan),
+                       run);
+  const nkv_tensor tq = view(q.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+  const std::vector<int64_t> kv_strides = {in.batch_stride, in.token_stride, c.head_dim, 1};
+  const nkv_tensor tk = view(k.data(), c.dtype, device, {batch, c.capacity, c.heads_kv, c.head_dim}, kv_strides);
+  const nkv_tensor tv = view(v.data(), c.dtype, device, {batch, c.capacity, c.heads_kv, c.head_dim}, kv_strides);
+  const nkv_tensor to = view(o.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
+  EXPECT_EQ(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl), NKV_STATUS_SUCCESS) << nkv_last_error();
+  run.o = o.read<uint16_t>();
+  run.lse = lse.read<float>();
+  nkv_attention_plan_destroy(plan);
+  return run;
+}
+
+void expect_decode_matches_cpu(const DecodeCase& c) {
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  const DecodeInputs in = make_decode_inputs(c);
+  const DecodeRun expected = run_decode(cpu.get(), c, in);
+  const DecodeRun got = run_decode(gpu.get(), c, in);
+  std::string label = std::string(c.dtype == NKV_DTYPE_BFLOAT16 ? "bf16" : "fp16") + " decode d" +
+                      std::to_string(c.head_dim) + " h" + std::to_string(c.heads_q) + "/" + std::to_string(c.heads_kv) +
+                      " q_len " + std::to_string(c.q_len) + " splits " + std::to_string(c.options.num_splits) +
+                      (c.options.causal ? " causal" : "") + " seqlens";
+  for (int32_t s : c.seqlens) label += " " + std::to_string(s);
+  double diff = 0, norm = 0;
+  int64_t unwritten = 0;
+  for (size_t i = 0; i < got.o.size(); ++i) {
+    if (got.o[i] == kPoison) ++unwritten;
+    const double x = to_float(c.dtype, got.o[i]), y = to_float(c.dtype, expected.o[i]);
+    diff += (x - y) * (x - y);
+    norm += y * y;
+  }
+  EXPECT_EQ(unwritten, 0) << label;
+  const double error = norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+  EXPECT_LE(error, tolerance(c.dtype)) << label;
+  expect_lse_close(got.lse, expected.lse, static_cast<int64_t>(got.lse.size()), static_cast<int64_t>(got.lse.size()), 1,
+                   label);
+  if (::testing::Test::HasFailure()) std::printf("  %s: relative error %.3g\n", label.c_str(), error);
+}
+
+TEST(AttentionCuda, DecodeEveryHeadDimAndSplit) {
+  NKV_REQUIRE_CUDA();
+  for (nkv_dtype dtype : {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16})
+    for (int32_t d : {64, 96, 128, 256})
+      for (int32_t splits : {0, 1, 3}) {
+        DecodeCase c;
+        c.dtype = dtype;
+        c.head_dim = d;
+        c.heads_q = 8;
+        c.heads_kv = 2;
+        c.seqlens = {0, 1, 63, 65, 1000, 4097};
+        c.capacity = 4100;
+        c.options.num_splits = splits;
+        expect_decode_matches_cpu(c);
+      }
+}
+
+TEST(AttentionCuda, DecodeSpeculativeQueriesGqaAndInterleavedLayers) {
+  NKV_REQUIRE_CUDA();
+  for (int32_t q_len : {1, 3, 16})
+    for (auto heads : {std::pair<int, int>{32, 8}, {32, 1}, {7, 7}, {12, 2}}) {
+      DecodeCase c;
+      c.heads_q = heads.first;
+      c.heads_kv = heads.second;
+      c.q_len = q_len;
+      c.seqlens = {700, 16, 2049};
+      c.capacity = 2100;
+      c.token_stride_extra = 4 * c.heads_kv * c.head_dim;  // four other layers between tokens
+      c.options.causal = true;
+      expect_decode_matches_cpu(c);
+    }
+}
+
+TEST(AttentionCuda, DecodeWindowAndSoftcap) {
+  NKV_REQUIRE_CUDA();
+  DecodeCase c;
+  c.q_len = 4;
+  c.seqlens = {300, 5000};
+  c.capacity = 5000;
+  c.options.causal = true;
+  c.options.window_left = 256;
+  c.options.softcap = 30.0f;
+  expect_decode_matches_cpu(c);
+}
+
+TEST(AttentionCuda, DecodeOneSequenceOf256KTokens) {
+  NKV_REQUIRE_CUDA();
+  DecodeCase c;
+  c.heads_q = 8;
+  c.heads_kv = 1;
+  c.seqlens = {262144};
+  c.capacity = 262144;
+  expect_decode_matches_cpu(c);
+}
+
+TEST(AttentionCuda, DecodeWithFixedSplitsIsDeterministic) {
+  NKV_REQUIRE_CUDA();
+  DecodeCase c;
+  c.seqlens = {3000, 10000};
+  c.capacity = 10000;
+  c.options.num_splits = 7;
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  const DecodeInputs in = make_decode_inputs(c);
+  const DecodeRun a = run_decode(gpu.get(), c, in);
+  const DecodeRun b = run_decode(gpu.get(), c, in);
+  EXPECT_EQ(a.o, b.o);
+  EXPECT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * 4));
+}
+
+TEST(AttentionCuda, DecodeMatchesVarlenOnTheSameData) {
+  NKV_REQUIRE_CUDA();
+  // The same queries and keys through both CUDA ops: the decode layout [batch, capacity, heads, d] and
+  // the varlen layout (sequences back to back) hold identical values.
+  const int32_t batch = 3, q_len = 3, hq = 8, hkv = 2, d = 128, capacity = 3000;
+  const std::vector<int32_t> seqlens = {5, 2999, 1200};
+  VarlenCase c;
+  c.heads_q = hq;
+  c.heads_kv = hkv;
+  c.head_dim = d;
+  c.lq.assign(batch, q_len);
+  c.lk = seqlens;
+  c.options.causal = true;
+  c.extra_rows = 0;
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  const VarlenInputs in = make_inputs(c);
+  const Outputs varlen = run_varlen(gpu.get(), c, in);
+
+  DecodeCase dc;
+  dc.heads_q = hq;
+  dc.heads_kv = hkv;
+  dc.head_dim = d;
+  dc.q_len = q_len;
+  dc.seqlens = seqlens;
+  dc.capacity = capacity;
+  dc.options.causal = true;
+  DecodeInputs din;
+  din.token_stride = hkv * d;
+  din.batch_stride = din.token_stride * capacity;
+  din.q.resize(static_cast<size_t>(batch * q_len * hq * d));
+  din.k.assign(static_cast<size_t>(batch * din.batch_stride), 0);
+  din.v = din.k;
+  for (int b = 0; b < batch; ++b) {
+    for (int t = 0; t < q_len; ++t)
+      for (int h = 0; h < hq; ++h)
+        for (int x = 0; x < d; ++x) din.q[((b * q_len + t) * hq + h) * d + x] = in.q.at(in.cu_q[b] + t, h, x);
+    for (int j = 0; j < seqlens[b]; ++j)
+      for (int h = 0; h < hkv; ++h)
+        for (int x = 0; x < d; ++x) {
+          din.k[b * din.batch_stride + j * din.token_stride + h * d + x] = in.k.at(in.cu_k[b] + j, h, x);
+          din.v[b * din.batch_stride + j * din.token_stride + h * d + x] = in.v.at(in.cu_k[b] + j, h, x);
+        }
+  }
+  const DecodeRun decode = run_decode(gpu.get(), dc, din);
+  double diff = 0, norm = 0;
+  for (int b = 0; b < batch; ++b)
+    for (int t = 0; t < q_len; ++t)
+      for (int h = 0; h < hq; ++h)
+        for (int x = 0; x < d; ++x) {
+          const double a = to_float(c.dtype, decode.o[((b * q_len + t) * hq + h) * d + x]);
+          const double e = to_float(c.dtype, varlen.o.at(in.cu_q[b] + t, h, x));
+          diff += (a - e) * (a - e);
+          norm += e * e;
+        }
+  EXPECT_LE(std::sqrt(diff / norm), 1e-3);
+}
+
+TEST(AttentionCuda, HostTensorsOnACudaPlanAreRejected) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  const std::vector<int32_t> cu{0, 4};
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_varlen(gpu.get(), nullptr, 1, 1, 64, 1, cu.data(), cu.data(), &plan));
+  std::vector<uint16_t> host(4 * 64, 0x3c00), out(host.size(), kPoison);
+  const nkv_tensor t = view(host.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {4, 1, 64});
+  const nkv_tensor o = view(out.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {4, 1, 64});
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &t, &t, &t, &o, nullptr), NKV_STATUS_INVALID_ARGUMENT, "'q'");
+  nkv_attention_plan_destroy(plan);
+}
+
+}  // namespace

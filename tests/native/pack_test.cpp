@@ -214,7 +214,7 @@ TEST(PackPlan, MatchesTheReferenceFirstFitDecreasing) {
   }
 }
 
-// First fit decreasing never needs fewer rows than the optimum, and at most 11/9 OPT + 6/9 (Dósa 2007).
+// First fit decreasing never needs fewer rows than the optimum, and at most 11/9 OPT + 6/9 (Dosa 2007).
 TEST(PackPlan, RowCountIsWithinTheFirstFitDecreasingBoundOfTheOptimum) {
   ContextPtr cpu = make_context(NKV_BACKEND_CPU);
   for (int trial = 0; trial < 300; ++trial) {

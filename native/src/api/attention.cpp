@@ -112,8 +112,10 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int32_t multipr
   plan.max_splits = 1;
   for (int32_t b = 0; b < plan.batch; ++b) {
     const int64_t length = plan.seqlens_k[b];
-    const int64_t step = fixed > 0 ? std::max<int64_t>(kDecodeKeyTile, round_up((length + fixed - 1) / fixed, kDecodeKeyTile))
-                                   : chunk;
+    // As many splits as the chunk length asks for, then equal parts (whole tiles): never one long split
+    // and a short remainder.
+    const int64_t parts = fixed > 0 ? fixed : std::max<int64_t>(1, (length + chunk - 1) / chunk);
+    const int64_t step = std::max<int64_t>(kDecodeKeyTile, round_up((length + parts - 1) / parts, kDecodeKeyTile));
     plan.first_split[b] = static_cast<int32_t>(plan.splits.size());
     int64_t begin = 0;
     do {

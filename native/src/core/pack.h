@@ -69,7 +69,7 @@ struct RowLayout {
   int64_t group_stride = 0;
 
   NKV_HOST_DEVICE int64_t offset(int64_t row) const {
-    if (row < rows_per_group) return row * row_stride;  // a matrix's rows: no 64-bit division
+    if (row < rows_per_group) return row * row_stride;  // the first group (a matrix's only one): no division
     const int64_t group = row / rows_per_group;
     return group * group_stride + (row - group * rows_per_group) * row_stride;
   }
@@ -79,7 +79,7 @@ struct RowLayout {
 // element_size bytes (unit inner stride) and index(r) == -1 writes zeros. index(r) is index[r] when
 // `index` is set. Otherwise the destination's groups are prompts and `runs` [groups + 1] their first
 // source rows: index(g * rows_per_group + i) = runs[g] + i while that is below runs[g + 1], else -1
-// (padding) — the padded gather, without an index array as large as the padded tensor.
+// (padding): the padded gather, without an index array as large as the padded tensor.
 // The index arrays live where the data lives.
 struct GatherRowsArgs {
   const void* source = nullptr;

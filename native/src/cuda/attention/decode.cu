@@ -165,13 +165,18 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   copy_async_wait<kStages - 1>();  // the Q group
   __syncthreads();
   uint32_t q_frag[kMTiles][kKSteps][4];
+  {
+    const FragmentReader<Tiles::kPitch> q_reader(q_tile, lane % 16, lane / 16);
 #pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
+    for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      ldmatrix_x4(q_frag[mt][kk], q_tile + Tile::offset(mt * 16 + (lane % 16), kk * 16 + (lane / 16) * 8));
+      for (int kk = 0; kk < kKSteps; ++kk) ldmatrix_x4(q_frag[mt][kk], q_reader.at(mt * 16, kk));
     }
   }
+  // Readers of stage 0; stage s is s * 2 * kTileElements elements further.
+  const FragmentReader<Tiles::kPitch> k_reader(stages, warp * 16 + (lane % 8) + (lane / 16) * 8, (lane / 8) % 2);
+  const FragmentReader<Tiles::kPitch> v_reader(stages + kTileElements, warp * 16 + (lane % 8) + ((lane / 8) % 2) * 8,
+                                               lane / 16);
 
   for (int tile = 0; tile < tiles; ++tile) {
     copy_async_wait<kStages - 2>();
@@ -179,8 +184,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
     if (tile + kStages - 1 < tiles) load_tile(tile + kStages - 1);
     copy_async_commit();
 
-    const T* k_tile = stages + (tile % kStages) * 2 * kTileElements;
-    const T* v_tile = k_tile + kTileElements;
+    const uint32_t stage_bytes = static_cast<uint32_t>((tile % kStages) * 2 * kTileElements * sizeof(T));
     const int n0 = key_begin + tile * kDecodeBlockN;
     const int warp_key0 = warp * 16;
 
@@ -193,7 +197,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
 #pragma unroll
     for (int kk = 0; kk < kKSteps; ++kk) {
       uint32_t kb[4];
-      ldmatrix_x4(kb, k_tile + Tile::offset(warp_key0 + (lane % 8) + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
+      ldmatrix_x4(kb, k_reader.at(0, kk) + stage_bytes);
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
         mma_16816(s[mt][0], q_frag[mt][kk], kb[0], kb[1], T());
@@ -256,7 +260,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
 #pragma unroll
     for (int dp = 0; dp < kHeadDim / 16; ++dp) {
       uint32_t vb[4];
-      ldmatrix_x4_trans(vb, v_tile + Tile::offset(warp_key0 + (lane % 8) + ((lane / 8) % 2) * 8, dp * 16 + (lane / 16) * 8));
+      ldmatrix_x4_trans(vb, v_reader.at(0, dp) + stage_bytes);
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
         mma_16816(o[mt][2 * dp], a[mt], vb[0], vb[1], T());

@@ -81,16 +81,38 @@ __device__ __forceinline__ void copy_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(kPending));
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* shared) {
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(shared)));
+               : "r"(address));
 }
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* shared) {
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], uint32_t address) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(shared_address(shared)));
+               : "r"(address));
 }
+
+// The ldmatrix addresses of one lane in a SwizzledTile. A lane reads rows `row + 8m` and chunks
+// `2 * step + chunk_lane` (step = k16 step along the row). All its rows have the same row % 8, so the
+// swizzled chunk is 8 * (step / 4) + ((2 * (step % 4) + chunk_lane) ^ (row % 8)): four base addresses
+// cover every step, and the rest is an immediate offset once the loops are unrolled. Without this the
+// compiler keeps one 64-bit address per (row, step) pair live and the accumulators spill.
+template <int kPitch>
+struct FragmentReader {
+  uint32_t base[4];
+
+  __device__ __forceinline__ FragmentReader(const void* tile, int row, int chunk_lane) {
+    const uint32_t tile_address = shared_address(tile);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      base[j] = tile_address + 2u * static_cast<uint32_t>(row * kPitch + (((2 * j + chunk_lane) ^ (row & 7)) << 3));
+    }
+  }
+  // row_offset must be a multiple of 8; both arguments are compile-time constants in unrolled loops.
+  __device__ __forceinline__ uint32_t at(int row_offset, int step) const {
+    return base[step % 4] + 2u * static_cast<uint32_t>(row_offset * kPitch + (step / 4) * 64);
+  }
+};
 
 // ---- mask and softmax -------------------------------------------------------------------------------
 

@@ -2,10 +2,13 @@
 //
 // A pure copy is bound by HBM bandwidth, so each row moves in the widest vectors that the row length,
 // both base pointers and every stride allow (16 bytes for any real hidden size, narrower only for odd
-// ones), and every thread issues several loads before its stores so that enough bytes are in flight to
-// cover memory latency. A team of threads moves one row: a warp for rows of up to 2 KiB, up to a whole
-// block for wider ones, so that a thread's share of a row stays near kUnroll vectors and a row's index
-// lookup and address arithmetic are paid once per row, not per element.
+// ones), and every thread issues kUnroll loads before its stores so that enough bytes are in flight to
+// cover memory latency. A team of threads moves one row, sized so that each thread has about kUnroll
+// vectors of it: from 4 threads (several rows per warp, for short rows) up to a whole block (rows of
+// more than 16 KiB). A row's index lookup and address arithmetic are thus paid once per row, not per
+// element. Measured on an H200 with 17k tokens: hidden 4096 and 1024 (fp16, fp32) move 0.93-1.05x the
+// bandwidth of a device-to-device memcpy of the same bytes, hidden 128 1.0x; odd hidden sizes, which
+// force 2- or 4-byte accesses, 0.54-0.73x.
 #include <algorithm>
 #include <cstdint>
 
@@ -16,8 +19,8 @@ namespace nkv::cuda {
 namespace {
 
 constexpr int kThreads = 256;
-constexpr int kUnroll = 4;  // vectors a thread loads before it stores them
-constexpr int kBlocksPerMultiprocessor = 2048 / kThreads;  // a full SM; the grid strides over further rows
+constexpr int kUnroll = 8;  // vectors a thread loads before it stores them
+constexpr int kBlocksPerMultiprocessor = 2048 / kThreads;  // an SM's threads; the grid strides over more rows
 
 template <typename Vector>
 __global__ void __launch_bounds__(kThreads) gather_rows_kernel(GatherRowsArgs a, int64_t vectors_per_row, int team_shift) {
@@ -76,7 +79,7 @@ uint64_t vector_bytes(const GatherRowsArgs& a) {
 template <typename Vector>
 void launch(const GatherRowsArgs& a, const nkv_context& context) {
   const int64_t vectors_per_row = a.row_elements * static_cast<int64_t>(a.element_size) / static_cast<int64_t>(sizeof(Vector));
-  int team_shift = 5;  // a warp
+  int team_shift = 2;  // 4 threads: 64 contiguous bytes per access for 16-byte vectors
   while ((1 << team_shift) < kThreads && (int64_t{1} << team_shift) * kUnroll < vectors_per_row) ++team_shift;
   const int64_t teams_per_block = kThreads >> team_shift;
   const int64_t blocks = std::min((a.rows + teams_per_block - 1) / teams_per_block,

@@ -18,6 +18,21 @@
 #include "cuda/attention/mma_sm80.cuh"
 #include "cuda/common/cuda_check.h"
 
+// Tiles per head dim: warps, 16-row MMA tiles per warp, keys per tile, Q in registers. Overridable at
+// configure time for tuning experiments (bench/NOTES.md records what each choice measured).
+#ifndef NKV_VARLEN_TILES_64
+#define NKV_VARLEN_TILES_64 4, 2, 64, true
+#endif
+#ifndef NKV_VARLEN_TILES_96
+#define NKV_VARLEN_TILES_96 8, 1, 64, true
+#endif
+#ifndef NKV_VARLEN_TILES_128
+#define NKV_VARLEN_TILES_128 8, 1, 64, true
+#endif
+#ifndef NKV_VARLEN_TILES_256
+#define NKV_VARLEN_TILES_256 8, 1, 64, false
+#endif
+
 namespace nkv::cuda {
 namespace attention {
 namespace {
@@ -37,20 +52,21 @@ struct VarlenKernelParams {
   int window_left;
 };
 
-// kWarps warps each own kMTiles x 16 query rows; kBlockN keys per K/V tile.
-template <int kHeadDim, int kWarps, int kMTiles, int kBlockN>
+// kWarps warps each own kMTiles x 16 query rows; kBlockN keys per K/V tile; Q fragments either stay in
+// registers for the whole block or are re-read from shared memory at every K tile (fewer registers).
+template <int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters_>
 struct VarlenTiles {
   static constexpr int kPitch = kHeadDim == 96 ? 128 : kHeadDim;  // the swizzle needs 8-chunk rows
   static constexpr int kBlockM = kWarps * 16 * kMTiles;
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks of a row that hold data
-  static constexpr bool kQInRegisters = kHeadDim <= 128;
+  static constexpr bool kQInRegisters = kQInRegisters_;
   static constexpr size_t kSharedBytes = static_cast<size_t>(kBlockM + 2 * kBlockN) * kPitch * 2;
 };
 
-template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN>
+template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters>
 __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const VarlenKernelParams p) {
-  using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN>;
+  using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
   using Tile = SwizzledTile<Tiles::kPitch>;
   constexpr int kBlockM = Tiles::kBlockM;
   constexpr int kThreads = Tiles::kThreads;
@@ -120,18 +136,6 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   if (tile_end > tile_begin) load_keys(k_tile, k_base, p.k_row, (tile_end - 1) * kBlockN);
   copy_async_commit();
 
-  // This thread's rows: (m-tile, half) -> local row warp*16*kMTiles + mt*16 + lane/4 + 8*half.
-  KeyRange visible[kMTiles][2];
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int row = row0 + warp * 16 * kMTiles + mt * 16 + lane / 4 + 8 * half;
-      const int token = min(row, rows - 1) / group;
-      visible[mt][half] = visible_keys(token, lq, lk, p.causal, p.window_left);
-    }
-  }
-
   float o[kMTiles][kDTiles][4];
   float row_max[kMTiles][2];
   float row_sum[kMTiles][2];
@@ -146,11 +150,14 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   copy_async_wait<0>();
   __syncthreads();
 
-  // Q fragments: rows warp*16*kMTiles + mt*16 + (lane % 16), columns kk*16 + (lane / 16) * 8.
+  // ldmatrix lanes: Q (A operand) rows lane % 16, chunk lane / 16; K (B operand, n-major) rows lane % 8
+  // + 8 (lane / 16), chunk (lane / 8) % 2; V (B operand through .trans) rows lane % 8 + 8 ((lane / 8) % 2),
+  // chunk lane / 16.
+  const FragmentReader<Tiles::kPitch> q_reader(q_tile, warp * 16 * kMTiles + (lane % 16), lane / 16);
+  const FragmentReader<Tiles::kPitch> k_reader(k_tile, (lane % 8) + (lane / 16) * 8, (lane / 8) % 2);
+  const FragmentReader<Tiles::kPitch> v_reader(v_tile, (lane % 8) + ((lane / 8) % 2) * 8, lane / 16);
   uint32_t q_frag[kMTiles][Tiles::kQInRegisters ? kKSteps : 1][4];
-  auto load_q_fragment = [&](uint32_t(&frag)[4], int mt, int kk) {
-    ldmatrix_x4(frag, q_tile + Tile::offset(warp * 16 * kMTiles + mt * 16 + (lane % 16), kk * 16 + (lane / 16) * 8));
-  };
+  auto load_q_fragment = [&](uint32_t(&frag)[4], int mt, int kk) { ldmatrix_x4(frag, q_reader.at(mt * 16, kk)); };
   if constexpr (Tiles::kQInRegisters) {
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
@@ -179,7 +186,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
 #pragma unroll
       for (int np = 0; np < kBlockN / 16; ++np) {
         uint32_t kb[4];
-        ldmatrix_x4(kb, k_tile + Tile::offset(np * 16 + (lane % 8) + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
+        ldmatrix_x4(kb, k_reader.at(np * 16, kk));
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
           const uint32_t(&a)[4] = q_frag[mt][Tiles::kQInRegisters ? kk : 0];
@@ -200,8 +207,11 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
         for (int i = 0; i < 4; ++i) {
           float x = p.score(s[mt][nt][i]);
           if (edge) {
+            // Recomputed here rather than kept in registers: only edge tiles need it, and the
+            // accumulators need every register the block can get.
+            const int row = row0 + warp * 16 * kMTiles + mt * 16 + lane / 4 + 8 * (i / 2);
+            const KeyRange r = visible_keys(min(row, rows - 1) / group, lq, lk, p.causal, p.window_left);
             const int key = n0 + nt * 8 + (lane % 4) * 2 + (i % 2);
-            const KeyRange& r = visible[mt][i / 2];
             if (key < r.first || key > r.last) x = kNegInf;
           }
           s[mt][nt][i] = x;
@@ -258,7 +268,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
 #pragma unroll
       for (int dp = 0; dp < kHeadDim / 16; ++dp) {
         uint32_t vb[4];
-        ldmatrix_x4_trans(vb, v_tile + Tile::offset(kk * 16 + (lane % 8) + ((lane / 8) % 2) * 8, dp * 16 + (lane / 16) * 8));
+        ldmatrix_x4_trans(vb, v_reader.at(kk * 16, dp));
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
           mma_16816(o[mt][2 * dp], a[mt], vb[0], vb[1], T());
@@ -296,10 +306,10 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   }
 }
 
-template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN>
+template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters>
 void launch_varlen(const nkv_attention_plan& plan, const VarlenKernelParams& params) {
-  using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN>;
-  auto kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN>;
+  using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
+  auto kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
   const nkv_context& c = *plan.context;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
@@ -318,10 +328,10 @@ void launch_varlen(const nkv_attention_plan& plan, const VarlenKernelParams& par
 template <typename T>
 void dispatch_head_dim(const nkv_attention_plan& plan, const VarlenKernelParams& params) {
   switch (plan.head_dim) {
-    case 64: return launch_varlen<T, 64, 4, 2, 64>(plan, params);
-    case 96: return launch_varlen<T, 96, 8, 1, 64>(plan, params);
-    case 128: return launch_varlen<T, 128, 8, 1, 64>(plan, params);
-    case 256: return launch_varlen<T, 256, 8, 1, 64>(plan, params);
+    case 64: return launch_varlen<T, 64, NKV_VARLEN_TILES_64>(plan, params);
+    case 96: return launch_varlen<T, 96, NKV_VARLEN_TILES_96>(plan, params);
+    case 128: return launch_varlen<T, 128, NKV_VARLEN_TILES_128>(plan, params);
+    case 256: return launch_varlen<T, 256, NKV_VARLEN_TILES_256>(plan, params);
     default: fail(NKV_STATUS_INTERNAL, "varlen attention: head_dim " + std::to_string(plan.head_dim) + " reached the kernel");
   }
 }

@@ -9,13 +9,18 @@ namespace NativeKv.Tests;
 /// <summary>The managed mirror of nativekv.h agrees with the loaded library's own description of itself.</summary>
 public sealed unsafe class AbiConformanceTests
 {
-    private static readonly Type[] Structs = [typeof(NkvTensor), typeof(NkvDeviceProperties), typeof(NkvContextOptions), typeof(NkvInt8QuantParams)];
+    private static readonly Type[] Structs =
+    [
+        typeof(NkvTensor), typeof(NkvDeviceProperties), typeof(NkvContextOptions), typeof(NkvInt8QuantParams),
+        typeof(NkvAttentionOptions), typeof(NkvAttentionPlanInfo), typeof(NkvPackPlanInfo),
+    ];
 
     /// <summary>Each managed enum with the prefix of its C constants; members map by name (InvalidArgument → INVALID_ARGUMENT).</summary>
     private static readonly (Type Enum, string Prefix)[] Enums =
     [
         (typeof(NkvStatus), "NKV_STATUS_"), (typeof(DType), "NKV_DTYPE_"), (typeof(DeviceType), "NKV_DEVICE_"),
-        (typeof(Backend), "NKV_BACKEND_"), (typeof(QuantAxis), "NKV_QUANT_AXIS_"),
+        (typeof(Backend), "NKV_BACKEND_"), (typeof(QuantAxis), "NKV_QUANT_AXIS_"), (typeof(AttentionKind), "NKV_ATTENTION_"),
+        (typeof(PackArray), "NKV_PACK_"),
     ];
 
     /// <summary>Names whose C spelling is not the snake case of the C# one.</summary>
@@ -38,7 +43,7 @@ public sealed unsafe class AbiConformanceTests
 
         Assert.Empty(exported.Except(declared));
         Assert.Empty(declared.Except(exported));
-        Assert.Equal(28, declared.Count); // every NKV_API function in nativekv.h today
+        Assert.Equal(43, declared.Count); // every NKV_API function in nativekv.h today
     }
 
     [Fact]
@@ -143,13 +148,15 @@ public sealed unsafe class AbiConformanceTests
         Assert.True(File.Exists(NativeLibraryInfo.LibraryPath), NativeLibraryInfo.LibraryPath);
     }
 
-    /// <summary>PascalCase to snake_case: ComputeCapabilityMajor → compute_capability_major, L2CacheBytes → l2_cache_bytes.</summary>
+    /// <summary>PascalCase to snake_case: ComputeCapabilityMajor → compute_capability_major, L2CacheBytes → l2_cache_bytes, QLen → q_len.</summary>
     private static string SnakeCase(string name)
     {
         var builder = new StringBuilder();
         for (int i = 0; i < name.Length; i++)
         {
-            if (i > 0 && char.IsUpper(name[i]) && (char.IsLower(name[i - 1]) || char.IsDigit(name[i - 1])))
+            // A capital starts a word after a lower-case letter or a digit, and before a lower-case letter (QLen: Q, Len).
+            if (i > 0 && char.IsUpper(name[i]) &&
+                (char.IsLower(name[i - 1]) || char.IsDigit(name[i - 1]) || (i + 1 < name.Length && char.IsLower(name[i + 1]))))
             {
                 builder.Append('_');
             }

@@ -7,7 +7,7 @@ public sealed class GpuTests
     private const byte ScalePoison = 0xFF; // a NaN pattern with every payload bit set, distinct from a computed NaN
 
     /// <summary>Skips without a device, unless NATIVEKV_REQUIRE_GPU=1 (set by the GPU check) makes that a failure.</summary>
-    private static void RequireGpu()
+    internal static void RequireGpu()
     {
         if (Environment.GetEnvironmentVariable("NATIVEKV_REQUIRE_GPU") == "1")
         {

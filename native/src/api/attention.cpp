@@ -19,8 +19,8 @@ constexpr int32_t kMaxDecodeQueries = 16;
 // the combine step than it gains in parallelism.
 constexpr int32_t kDecodeKeyTile = 64;
 constexpr int32_t kMinKeysPerSplit = 256;
-// Enough thread blocks per SM that the memory system stays busy while some blocks finish early.
-constexpr int32_t kDecodeBlocksPerSm = 4;
+// The largest split count the heuristic considers for one sequence.
+constexpr int32_t kMaxDecodeSplits = 256;
 
 AttentionMask check_options(const nkv_attention_options* options, int32_t head_dim, bool decode) {
   AttentionMask mask;
@@ -94,17 +94,34 @@ int64_t max_length(const std::vector<int32_t>& cu) {
 
 int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
 
-// Splits each sequence's keys into chunks. Fixed: `fixed` chunks per sequence (fewer for short ones).
-// Otherwise one chunk length for all sequences, chosen so that (chunks x kv heads) thread blocks fill
-// the GPU about kDecodeBlocksPerSm times over; long sequences get more splits than short ones.
-void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int32_t multiprocessor_count) {
-  int64_t chunk = std::numeric_limits<int32_t>::max();
-  if (fixed == 0 && multiprocessor_count > 0) {
-    const int64_t target_blocks = static_cast<int64_t>(multiprocessor_count) * kDecodeBlocksPerSm;
-    const int64_t unsplit_blocks = static_cast<int64_t>(plan.batch) * plan.num_heads_kv;
-    if (unsplit_blocks < target_blocks) {
-      const int64_t keys = std::max<int64_t>(plan.total_k, 1) * plan.num_heads_kv;
-      chunk = std::max<int64_t>(kMinKeysPerSplit, round_up((keys + target_blocks - 1) / target_blocks, kDecodeKeyTile));
+// The chunk lengths tried are the longest sequence divided into 1, 2, 3, ... parts.
+int64_t chunk_base(const nkv_attention_plan& plan) { return std::max<int64_t>(plan.max_seqlen_k, 1); }
+
+// Splits each sequence's keys into chunks. Fixed: `fixed` equal chunks per sequence (fewer for short
+// ones). Otherwise one chunk length for all sequences, chosen by a model of the GPU as `slots` thread
+// blocks running at once: a chunk length c makes blocks = sum over sequences of ceil(L / c) x kv heads,
+// which run in ceil(blocks / slots) waves of about c keys each. The c with the fewest wave-keys wins,
+// the longest on ties (fewer partial results to merge).
+void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) {
+  int64_t chunk = std::max<int64_t>(plan.max_seqlen_k, 1);
+  if (fixed == 0 && slots > 0) {
+    auto blocks_for = [&](int64_t c) {
+      int64_t blocks = 0;
+      for (int32_t length : plan.seqlens_k) blocks += std::max<int64_t>(1, (length + c - 1) / c);
+      return blocks * plan.num_heads_kv;
+    };
+    int64_t best_cost = std::numeric_limits<int64_t>::max();
+    // Enough unsplit blocks for several full waves: splitting cannot help.
+    const int64_t unsplit_parts = blocks_for(chunk) >= 4 * slots ? 1 : kMaxDecodeSplits;
+    for (int64_t parts = 1; parts <= unsplit_parts; ++parts) {
+      const int64_t c = std::max<int64_t>(kMinKeysPerSplit, round_up((chunk_base(plan) + parts - 1) / parts, kDecodeKeyTile));
+      const int64_t waves = (blocks_for(c) + slots - 1) / slots;
+      const int64_t cost = waves * c;
+      if (cost < best_cost) {
+        best_cost = cost;
+        chunk = c;
+      }
+      if (c == kMinKeysPerSplit) break;
     }
   }
   plan.splits.clear();
@@ -316,8 +333,10 @@ NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_att
     plan->total_q = static_cast<int64_t>(batch) * q_len;
     plan->total_k = total_k;
     plan->max_seqlen_q = batch > 0 ? q_len : 0;
-    plan_decode_splits(*plan, options != nullptr ? options->num_splits : 0,
-                       c.backend == NKV_BACKEND_CUDA ? c.multiprocessor_count : 0);
+    const int64_t slots = c.backend == NKV_BACKEND_CUDA
+                              ? static_cast<int64_t>(c.multiprocessor_count) * cuda::decode_resident_blocks_per_sm(*plan)
+                              : 0;
+    plan_decode_splits(*plan, options != nullptr ? options->num_splits : 0, slots);
     place_plan(*plan);
     *out_plan = plan.release();
   });

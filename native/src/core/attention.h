@@ -108,6 +108,8 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
 }  // namespace cpu
 
 namespace cuda {
+// Thread blocks of the decode split kernel (for this plan's head_dim and rows) that fit on one SM.
+int decode_resident_blocks_per_sm(const nkv_attention_plan& plan);
 void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs& args);
 void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& args);
 }  // namespace cuda

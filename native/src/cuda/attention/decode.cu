@@ -116,20 +116,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   }
   copy_async_commit();
 
+  // Stage s holds K at stages + 2s tiles and V right after it.
+  const TileLoader<kDecodeBlockN, Tiles::kPitch, kChunks, kDecodeThreads> k_loader(stages, threadIdx.x);
+  const TileLoader<kDecodeBlockN, Tiles::kPitch, kChunks, kDecodeThreads> v_loader(stages + kTileElements, threadIdx.x);
   auto load_tile = [&](int tile) {
-    T* k_tile = stages + (tile % kStages) * 2 * kTileElements;
-    T* v_tile = k_tile + kTileElements;
+    const uint32_t stage_bytes = static_cast<uint32_t>((tile % kStages) * 2 * kTileElements * sizeof(T));
     const int n0 = key_begin + tile * kDecodeBlockN;
-    for (int c = threadIdx.x; c < kDecodeBlockN * kChunks; c += kDecodeThreads) {
-      const int r = c / kChunks;
-      const int chunk = c % kChunks;
-      const int key = n0 + r;
-      const bool valid = key < key_end;
-      const int64_t at_k = static_cast<int64_t>(key) * p.k_token + chunk * 8;
-      const int64_t at_v = static_cast<int64_t>(key) * p.v_token + chunk * 8;
-      copy_async_16(k_tile + Tile::offset(r, chunk * 8), valid ? k_base + at_k : k_base, valid);
-      copy_async_16(v_tile + Tile::offset(r, chunk * 8), valid ? v_base + at_v : v_base, valid);
-    }
+    k_loader.load(k_base, p.k_token, n0, key_end, stage_bytes);
+    v_loader.load(v_base, p.v_token, n0, key_end, stage_bytes);
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -150,6 +144,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
     }
   }
   const bool causal_edge_possible = p.causal || p.window_left >= 0;
+  const float exp_scale = p.score.softcap > 0.0f ? 1.0f : p.score.scale_log2;
 
   float o[kMTiles][kDTiles][4];
   float row_max[kMTiles][2];
@@ -205,20 +200,31 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
       }
     }
 
-    const bool edge = n0 + kDecodeBlockN > split.key_end || causal_edge_possible;
+    // As in the varlen kernel: whole loops behind block-uniform branches, the scale folded into exp2.
+    if (p.score.softcap > 0.0f) {
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
+      for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
+        for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float x = p.score(s[mt][nt][i]);
-          if (edge) {
-            const int key = n0 + warp_key0 + nt * 8 + (lane % 4) * 2 + (i % 2);
-            const KeyRange& r = visible[mt][i / 2];
-            if (key < r.first || key > r.last) x = kNegInf;
+          for (int i = 0; i < 4; ++i) s[mt][nt][i] = p.score.capped(s[mt][nt][i]);
+    }
+    if (n0 + kDecodeBlockN > split.key_end || causal_edge_possible) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const KeyRange& r = visible[mt][half];
+          const int first = r.first - n0 - warp_key0 - (lane % 4) * 2;
+          const int last = r.last - n0 - warp_key0 - (lane % 4) * 2;
+#pragma unroll
+          for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int column = nt * 8 + j;
+              if (column < first || column > last) s[mt][nt][2 * half + j] = kNegInf;
+            }
           }
-          s[mt][nt][i] = x;
         }
       }
     }
@@ -229,15 +235,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
       for (int half = 0; half < 2; ++half) {
         const float tile_max = fmaxf(fmaxf(s[mt][0][2 * half], s[mt][0][2 * half + 1]),
                                      fmaxf(s[mt][1][2 * half], s[mt][1][2 * half + 1]));
-        const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max));
+        const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max) * exp_scale);
         const float base = new_max == kNegInf ? 0.0f : new_max;
-        const float correction = exp2f(row_max[mt][half] - base);
+        const float correction = fast_exp2(row_max[mt][half] - base);
         row_max[mt][half] = new_max;
         float sum = 0.0f;
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
-          s[mt][nt][2 * half] = exp2f(s[mt][nt][2 * half] - base);
-          s[mt][nt][2 * half + 1] = exp2f(s[mt][nt][2 * half + 1] - base);
+          s[mt][nt][2 * half] = fast_exp2(fmaf(s[mt][nt][2 * half], exp_scale, -base));
+          s[mt][nt][2 * half + 1] = fast_exp2(fmaf(s[mt][nt][2 * half + 1], exp_scale, -base));
           sum += s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
         }
         row_sum[mt][half] = row_sum[mt][half] * correction + sum;
@@ -403,6 +409,17 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
   }
 }
 
+template <typename T, int kHeadDim, int kMTiles>
+int resident_blocks() {
+  using Tiles = DecodeTiles<kHeadDim, kMTiles>;
+  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles>;
+  NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                      static_cast<int>(Tiles::kSharedBytes)));
+  int blocks = 0;
+  NKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, split_kernel, kDecodeThreads, Tiles::kSharedBytes));
+  return blocks;
+}
+
 // One 16-row MMA tile covers up to 16 packed rows (q_len x G); two when there are more, except for
 // head_dim 256 whose O accumulator already fills the registers with one.
 template <typename T, int kHeadDim>
@@ -427,8 +444,29 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const DecodeKernelParams&
   }
 }
 
+template <int kHeadDim>
+int resident_blocks_for_rows(int rows) {
+  if constexpr (kHeadDim == 256) {
+    return resident_blocks<__half, kHeadDim, 1>();
+  } else {
+    return rows <= 16 ? resident_blocks<__half, kHeadDim, 1>() : resident_blocks<__half, kHeadDim, 2>();
+  }
+}
+
 }  // namespace
 }  // namespace attention
+
+int decode_resident_blocks_per_sm(const nkv_attention_plan& plan) {
+  using namespace attention;
+  DeviceScope scope(plan.context->device_ordinal);
+  const int rows = plan.q_len * (plan.num_heads_q / plan.num_heads_kv);
+  switch (plan.head_dim) {
+    case 64: return resident_blocks_for_rows<64>(rows);
+    case 96: return resident_blocks_for_rows<96>(rows);
+    case 128: return resident_blocks_for_rows<128>(rows);
+    default: return resident_blocks_for_rows<256>(rows);
+  }
+}
 
 void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& a) {
   using namespace attention;

@@ -75,6 +75,65 @@ __device__ __forceinline__ void copy_async_16(void* shared, const void* global, 
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
                "r"(valid ? 16 : 0));
 }
+// Copies a tile of kRows rows x kPitch elements from global memory (rows `row_stride` elements apart)
+// into a SwizzledTile with kThreads threads. Each thread owns one 16-byte chunk column of the tile and
+// rows first_row + i * kRowsPerPass; everything that does not change from tile to tile (the swizzled
+// destination, the chunk's column) is computed once, so a tile costs one 64-bit add and one cp.async
+// per pass. Chunks at or past kDataChunks (head_dim 96 in a 128-wide pitch) are zero-filled.
+template <int kRows, int kPitch, int kDataChunks, int kThreads>
+struct TileLoader {
+  static constexpr int kChunks = kPitch / 8;
+  static_assert(kThreads % kChunks == 0, "every thread keeps one chunk column");
+  static constexpr int kRowsPerPass = kThreads / kChunks;
+  static_assert(kRows % kRowsPerPass == 0, "whole passes");
+  static constexpr int kPasses = kRows / kRowsPerPass;
+  // Rows one pass apart share row % 8 (so one swizzle) when kRowsPerPass is a multiple of 8; otherwise
+  // the swizzle cycles through kPhases values.
+  static_assert(kRowsPerPass % 8 == 0 || 8 % kRowsPerPass == 0, "passes must tile 8-row swizzle groups");
+  static constexpr int kPhases = kRowsPerPass % 8 == 0 ? 1 : 8 / kRowsPerPass;
+
+  uint32_t shared[kPhases];
+  int first_row;
+  int chunk;
+
+  __device__ __forceinline__ TileLoader(const void* tile, int thread) {
+    chunk = thread % kChunks;
+    first_row = thread / kChunks;
+#pragma unroll
+    for (int phase = 0; phase < kPhases; ++phase) {
+      const int row = first_row + phase * kRowsPerPass;
+      shared[phase] = shared_address(tile) + 2u * static_cast<uint32_t>(row * kPitch + ((chunk ^ (row & 7)) << 3));
+    }
+  }
+
+  // Rows [row0, row0 + kRows) of the matrix at `base`; rows at or past `valid_rows` become zeros.
+  // `extra_bytes` offsets the destination (another pipeline stage of the same layout).
+  template <typename T>
+  __device__ __forceinline__ void load(const T* base, int64_t row_stride, int row0, int valid_rows,
+                                       uint32_t extra_bytes = 0) const {
+    const bool data_chunk = chunk < kDataChunks;
+    const T* src = base + static_cast<int64_t>(row0 + first_row) * row_stride + chunk * 8;
+    const int64_t pass_stride = static_cast<int64_t>(kRowsPerPass) * row_stride;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const bool valid = data_chunk && row0 + first_row + i * kRowsPerPass < valid_rows;
+      const uint32_t dst = shared[i % kPhases] + extra_bytes +
+                           2u * static_cast<uint32_t>((i / kPhases) * kPhases * kRowsPerPass * kPitch);
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(valid ? src : base),
+                   "r"(valid ? 16 : 0));
+      src += pass_stride;
+    }
+  }
+};
+
+// exp2 as the single MUFU instruction (flushes subnormal results to zero, which softmax weights that
+// small do not miss).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 __device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int kPending>
 __device__ __forceinline__ void copy_async_wait() {
@@ -138,8 +197,13 @@ struct ScoreTransform {
   float scale_over_cap;  // softmax_scale / softcap
   float cap_log2;        // softcap * log2(e)
 
-  __device__ __forceinline__ float operator()(float dot) const {
-    return softcap > 0.0f ? cap_log2 * tanhf(dot * scale_over_cap) : dot * scale_log2;
+  // With the soft-cap set (callers branch once per tile, not per element).
+  // tanh.approx (one MUFU op, relative error ~2^-11, as FlashAttention's soft-cap) instead of tanhf's
+  // long accurate sequence: the result is rounded to 16 bits for the PV product anyway.
+  __device__ __forceinline__ float capped(float dot) const {
+    float t;
+    asm("tanh.approx.f32 %0, %1;" : "=f"(t) : "f"(dot * scale_over_cap));
+    return cap_log2 * t;
   }
 };
 

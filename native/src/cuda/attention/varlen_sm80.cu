@@ -103,21 +103,14 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   const int key_begin = p.window_left >= 0 ? max(0, first_token + offset - p.window_left) : 0;
   const int tile_begin = key_begin / kBlockN;
   const int tile_end = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : tile_begin;
+  const float exp_scale = p.score.softcap > 0.0f ? 1.0f : p.score.scale_log2;
 
   const T* q_base = static_cast<const T*>(p.q) + static_cast<int64_t>(q_begin) * p.q_row;
   const T* k_base = static_cast<const T*>(p.k) + static_cast<int64_t>(k_begin) * p.k_row + kv_head * p.k_head;
   const T* v_base = static_cast<const T*>(p.v) + static_cast<int64_t>(k_begin) * p.v_row + kv_head * p.v_head;
 
-  auto load_keys = [&](T* tile, const T* base, int64_t row_stride, int first_key) {
-    for (int c = threadIdx.x; c < kBlockN * kChunks; c += kThreads) {
-      const int r = c / kChunks;
-      const int chunk = c % kChunks;
-      const int key = first_key + r;
-      const bool valid = key < lk;
-      const T* src = valid ? base + static_cast<int64_t>(key) * row_stride + chunk * 8 : base;
-      copy_async_16(tile + Tile::offset(r, chunk * 8), src, valid);
-    }
-  };
+  const TileLoader<kBlockN, Tiles::kPitch, kChunks, kThreads> k_loader(k_tile, threadIdx.x);
+  const TileLoader<kBlockN, Tiles::kPitch, kChunks, kThreads> v_loader(v_tile, threadIdx.x);
 
   // Q tile: packed GQA rows; rows past the sequence are zero-filled.
   for (int c = threadIdx.x; c < kBlockM * kChunks; c += kThreads) {
@@ -133,7 +126,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
     }
     copy_async_16(q_tile + Tile::offset(r, chunk * 8), src, valid);
   }
-  if (tile_end > tile_begin) load_keys(k_tile, k_base, p.k_row, (tile_end - 1) * kBlockN);
+  if (tile_end > tile_begin) k_loader.load(k_base, p.k_row, (tile_end - 1) * kBlockN, lk);
   copy_async_commit();
 
   float o[kMTiles][kDTiles][4];
@@ -168,7 +161,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
 
   for (int tile = tile_end - 1; tile >= tile_begin; --tile) {
     const int n0 = tile * kBlockN;
-    load_keys(v_tile, v_base, p.v_row, n0);
+    v_loader.load(v_base, p.v_row, n0, lk);
     copy_async_commit();
 
     float s[kMTiles][kNTiles][4];
@@ -196,25 +189,37 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
       }
     }
 
-    // Scores to the log2 domain; mask the keys a row must not see (only tiles at an edge need it).
+    // Soft-cap (scores then already in the log2 domain), then mask the keys a row must not see (only
+    // tiles at an edge need it). Both are whole loops behind block-uniform branches: per-element
+    // branches would multiply the code of the loop body and miss in the instruction cache. Without
+    // soft-cap the scale is folded into the exponent below (one FFMA per score).
+    if (p.score.softcap > 0.0f) {
+#pragma unroll
+      for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) s[mt][nt][i] = p.score.capped(s[mt][nt][i]);
+    }
     const bool edge = n0 + kBlockN > lk || (p.causal && n0 + kBlockN - 1 > first_token + offset) ||
                       (p.window_left >= 0 && n0 < last_token + offset - p.window_left);
+    if (edge) {
 #pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
+      for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
+        for (int half = 0; half < 2; ++half) {
+          const int row = row0 + warp * 16 * kMTiles + mt * 16 + lane / 4 + 8 * half;
+          const KeyRange r = visible_keys(min(row, rows - 1) / group, lq, lk, p.causal, p.window_left);
+          const int first = r.first - n0 - (lane % 4) * 2;  // in this lane's column numbering
+          const int last = r.last - n0 - (lane % 4) * 2;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          float x = p.score(s[mt][nt][i]);
-          if (edge) {
-            // Recomputed here rather than kept in registers: only edge tiles need it, and the
-            // accumulators need every register the block can get.
-            const int row = row0 + warp * 16 * kMTiles + mt * 16 + lane / 4 + 8 * (i / 2);
-            const KeyRange r = visible_keys(min(row, rows - 1) / group, lq, lk, p.causal, p.window_left);
-            const int key = n0 + nt * 8 + (lane % 4) * 2 + (i % 2);
-            if (key < r.first || key > r.last) x = kNegInf;
+          for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const int column = nt * 8 + j;
+              if (column < first || column > last) s[mt][nt][2 * half + j] = kNegInf;
+            }
           }
-          s[mt][nt][i] = x;
         }
       }
     }
@@ -222,7 +227,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
     copy_async_wait<0>();
     __syncthreads();  // V is in; every warp is done with K
     if (tile > tile_begin) {
-      load_keys(k_tile, k_base, p.k_row, n0 - kBlockN);
+      k_loader.load(k_base, p.k_row, n0 - kBlockN, lk);
       copy_async_commit();
     }
 
@@ -234,15 +239,16 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
         float tile_max = kNegInf;
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-        const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max));
+        // row_max is kept in the log2 domain (scaled).
+        const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max) * exp_scale);
         const float base = new_max == kNegInf ? 0.0f : new_max;  // a row with no visible key yet stays 0
-        const float correction = exp2f(row_max[mt][half] - base);
+        const float correction = fast_exp2(row_max[mt][half] - base);
         row_max[mt][half] = new_max;
         float sum = 0.0f;
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
-          s[mt][nt][2 * half] = exp2f(s[mt][nt][2 * half] - base);
-          s[mt][nt][2 * half + 1] = exp2f(s[mt][nt][2 * half + 1] - base);
+          s[mt][nt][2 * half] = fast_exp2(fmaf(s[mt][nt][2 * half], exp_scale, -base));
+          s[mt][nt][2 * half + 1] = fast_exp2(fmaf(s[mt][nt][2 * half + 1], exp_scale, -base));
           sum += s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
         }
         row_sum[mt][half] = row_sum[mt][half] * correction + sum;

@@ -176,6 +176,23 @@ def main():
     chart(base + ".png", rows, peers, title)
     print("\n" + md)
     print(f"[bench] wrote {base}.md, .json, .png", file=sys.stderr)
+    if backend == "cuda" and peers:
+        run_attention(a, base)
+
+
+def run_attention(a, base):
+    """Attention against PyTorch SDPA: one process times both sides on the same GPU (bench/peers/attention_bench.py)."""
+    script = os.path.join(a.repo, "bench", "peers", "attention_bench.py")
+    env = dict(os.environ, NATIVEKV_LIBRARY=os.path.join(a.build, "lib", "libnativekv.so"))
+    cmd = [sys.executable, script, "--markdown", base + "-attention.md"] + (["--quick"] if a.quick else [])
+    print(f"[bench] {' '.join(cmd)}", file=sys.stderr, flush=True)
+    with open(base + "-attention.jsonl", "w") as out:
+        proc = subprocess.run(cmd, stdout=out, env=env)
+    if proc.returncode != 0:
+        sys.exit(f"[bench] the attention benchmark failed with exit code {proc.returncode}")
+    with open(base + "-attention.md") as f:
+        print("\n" + f.read())
+    print(f"[bench] wrote {base}-attention.md, -attention.jsonl", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ public sealed unsafe class DeviceBuffer<T> : IDisposable, IDeviceMemoryOwner whe
     /// <summary>The native handle.</summary>
     public BufferHandle Handle { get; }
 
+    NativeKvHandle IDeviceMemoryOwner.Handle => Handle;
+
     /// <summary>The number of elements.</summary>
     public long Length { get; }
 

@@ -100,6 +100,19 @@ public sealed unsafe class TensorView
         ReadOnlySpan<long> strides = default) =>
         new(data, dtype, device, shape, strides, owner: null);
 
+    /// <summary>A view of memory that <paramref name="owner"/> frees when it is released, as the native library described it.</summary>
+    internal static TensorView FromNative(NkvTensor tensor, IDeviceMemoryOwner owner)
+    {
+        var shape = new long[tensor.Ndim];
+        var strides = new long[tensor.Ndim];
+        for (int i = 0; i < tensor.Ndim; i++)
+        {
+            shape[i] = tensor.Shape[i];
+            strides[i] = tensor.Strides[i];
+        }
+        return new TensorView((nint)tensor.Data, (DType)tensor.Dtype, (DeviceType)tensor.Device, shape, strides, owner);
+    }
+
     /// <inheritdoc />
     public override string ToString() =>
         $"TensorView({DType}, {Device}, shape [{string.Join(", ", _shape)}], strides [{string.Join(", ", _strides)}])";
@@ -169,6 +182,6 @@ public sealed unsafe class TensorView
 /// <summary>Memory a <see cref="TensorView"/> can be built over; lets a view check that the memory still exists.</summary>
 internal interface IDeviceMemoryOwner
 {
-    /// <summary>The native buffer behind the memory.</summary>
-    BufferHandle Handle { get; }
+    /// <summary>The native object (a buffer, a packing plan) whose release frees the memory.</summary>
+    NativeKvHandle Handle { get; }
 }

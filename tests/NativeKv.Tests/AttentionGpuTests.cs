@@ -1,3 +1,5 @@
+using System.Runtime.InteropServices;
+
 namespace NativeKv.Tests;
 
 /// <summary>CUDA attention against the CPU backend on the same fresh random data. Skipped, visibly, without a GPU.</summary>
@@ -60,7 +62,7 @@ public sealed class AttentionGpuTests
         using var qBuffer = Upload(context, dtype, q, rowsQ, hq * d, padding);
         using var kBuffer = Upload(context, dtype, k, rowsK, hkv * d, padding);
         using var vBuffer = Upload(context, dtype, v, rowsK, hkv * d, padding);
-        using var oBuffer = DeviceBuffer<ushort>.Allocate(context, (long)rowsQ * (hq * d + padding));
+        using var oBuffer = DeviceBuffer<Half>.Allocate(context, (long)rowsQ * (hq * d + padding));
         using var lseBuffer = DeviceBuffer<float>.Allocate(context, hq * rowsQ);
         oBuffer.Fill(0xFF);
         lseBuffer.Fill(0xFF);
@@ -69,7 +71,7 @@ public sealed class AttentionGpuTests
             View(vBuffer, dtype, [rowsK, hkv, d], padding), View(oBuffer, dtype, [rowsQ, hq, d], padding), lseBuffer.AsTensor(hq, rowsQ));
         context.Synchronize();
 
-        ushort[] bits = oBuffer.ToArray();
+        ushort[] bits = Bits(oBuffer);
         var actual = new float[q.Length];
         for (int r = 0; r < rowsQ; r++)
         {
@@ -144,7 +146,7 @@ public sealed class AttentionGpuTests
         using var qBuffer = Upload(context, dtype, q, q.Length, 1, 0);
         using var kBuffer = Upload(context, dtype, kCache, kCache.Length, 1, 0);
         using var vBuffer = Upload(context, dtype, vCache, vCache.Length, 1, 0);
-        using var oBuffer = DeviceBuffer<ushort>.Allocate(context, q.Length);
+        using var oBuffer = DeviceBuffer<Half>.Allocate(context, q.Length);
         using var lseBuffer = DeviceBuffer<float>.Allocate(context, expectedLse.Length);
         oBuffer.Fill(0xFF);
         lseBuffer.Fill(0xFF);
@@ -156,7 +158,7 @@ public sealed class AttentionGpuTests
             View(oBuffer, dtype, [batch, qLen, hq, d], 0), lseBuffer.AsTensor(batch, hq, qLen));
         context.Synchronize();
 
-        ushort[] bits = oBuffer.ToArray();
+        ushort[] bits = Bits(oBuffer);
         float[] actual = Array.ConvertAll(bits, x => Widen(dtype, x));
         Assert.All(actual, x => Assert.True(float.IsFinite(x), $"{what}: an output element was not written"));
         double error = RelativeError(expected, actual);
@@ -192,8 +194,9 @@ public sealed class AttentionGpuTests
     private static float Widen(DType dtype, ushort bits) =>
         dtype == DType.Float16 ? (float)BitConverter.UInt16BitsToHalf(bits) : (float)BFloat16.FromRawValue(bits);
 
-    // [rows, rowElements] values as float16/bfloat16 bits, each row followed by `padding` poison elements.
-    private static DeviceBuffer<ushort> Upload(Context context, DType dtype, float[] values, int rows, int rowElements, int padding)
+    // [rows, rowElements] values as float16/bfloat16 bits, each row followed by `padding` poison elements. The buffers hold
+    // 2-byte elements as Half whatever the dtype; the views say which it is.
+    private static DeviceBuffer<Half> Upload(Context context, DType dtype, float[] values, int rows, int rowElements, int padding)
     {
         var bits = new ushort[(long)rows * (rowElements + padding)];
         Array.Fill(bits, Poison);
@@ -207,13 +210,15 @@ public sealed class AttentionGpuTests
                     : ((BFloat16)x).RawValue;
             }
         }
-        var buffer = DeviceBuffer<ushort>.Allocate(context, bits.Length);
-        buffer.CopyFrom(bits);
+        var buffer = DeviceBuffer<Half>.Allocate(context, bits.Length);
+        buffer.CopyFrom(MemoryMarshal.Cast<ushort, Half>(bits));
         return buffer;
     }
 
+    private static ushort[] Bits(DeviceBuffer<Half> buffer) => MemoryMarshal.Cast<Half, ushort>(buffer.ToArray()).ToArray();
+
     // A [rows, heads, d] (or any row-major) view of 2-byte elements whose rows are `padding` elements apart.
-    private static TensorView View(DeviceBuffer<ushort> buffer, DType dtype, long[] shape, int padding)
+    private static TensorView View(DeviceBuffer<Half> buffer, DType dtype, long[] shape, int padding)
     {
         var strides = new long[shape.Length];
         strides[^1] = 1;
@@ -222,7 +227,7 @@ public sealed class AttentionGpuTests
         return View(buffer, dtype, shape, strides, 0);
     }
 
-    private static TensorView View(DeviceBuffer<ushort> buffer, DType dtype, long[] shape, long[] strides, long offset)
+    private static TensorView View(DeviceBuffer<Half> buffer, DType dtype, long[] shape, long[] strides, long offset)
     {
         TensorView raw = TensorView.FromBuffer(buffer, shape, strides, offset); // checks the reach within the buffer
         return TensorView.FromPointer(raw.Data, dtype, raw.Device, shape, strides);

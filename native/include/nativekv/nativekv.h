@@ -245,9 +245,11 @@ NKV_API nkv_status nkv_int8_dequantize(nkv_context* context, const nkv_int8_quan
  * Q, K, V, O are float16 or bfloat16 (all the same); head_dim is 64, 96, 128 or 256; LSE is float32.
  * Accumulation is float32 on CUDA and float64 on the CPU backend.
  *
- * Work is described once by a plan, made on the host from host-side lengths (validated there), and run
- * any number of times (e.g. once per layer) on the plan's context's stream. A plan runs one op at a time;
- * it must outlive the work it launched (destroy waits for the context's stream).
+ * Work is described once by a plan, made on the host from host-side lengths (validated and copied
+ * there; the plan's device copies are complete when plan creation returns), and run any number of times
+ * (e.g. once per layer) on the plan's context's stream. A plan runs one op at a time; it must outlive the
+ * work it launched (destroy waits for the context's stream). The same plan on the same inputs gives
+ * bit-identical results, with or without an LSE output.
  * ------------------------------------------------------------------------------------------------- */
 
 typedef struct nkv_attention_options {
@@ -256,8 +258,9 @@ typedef struct nkv_attention_options {
   float softmax_scale;   /* > 0, or 0 for 1/sqrt(head_dim) */
   float softcap;         /* 0 (off) or > 0 */
   int32_t window_left;   /* -1 (unlimited) or >= 0 */
-  int32_t num_splits;    /* decode: 0 picks the split of each sequence's keys from the device (SM count),
-                            n >= 1 fixes it, making results independent of the GPU. Varlen: must be 0. */
+  int32_t num_splits;    /* decode: 0 picks the split of each sequence's keys from the device (SM count and
+                            the kernel's occupancy); n >= 1 splits every sequence into at most n equal parts
+                            of whole 64-key tiles, making results independent of the GPU. Varlen: must be 0. */
 } nkv_attention_options;
 
 typedef struct nkv_attention_plan nkv_attention_plan;
@@ -282,7 +285,7 @@ NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_att
  * Decode attention over a KV cache (flash-decoding): every sequence has q_len (1..16) new queries, and
  * seqlens_k[b] keys (HOST memory, batch values, each >= 0), which include the new tokens' own keys. The
  * keys of each sequence are split across thread blocks and the partial results combined in a second
- * kernel; the plan owns the partial-result storage.
+ * kernel; the plan owns the partial-result storage. seqlens_k is copied.
  */
 NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_attention_options* options,
                                              int32_t num_heads_q, int32_t num_heads_kv, int32_t head_dim,
@@ -315,7 +318,7 @@ NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, n
  * q:   [rows_q, num_heads_q, head_dim]    rows_q >= total_q; any row and head strides, unit last stride
  * k,v: [rows_k, num_heads_kv, head_dim]   rows_k >= total_k; likewise
  * o:   [rows_q, num_heads_q, head_dim]    rows past total_q are left untouched
- * lse: [num_heads_q, rows_q] float32, unit last stride; may be NULL
+ * lse: [num_heads_q, rows_q] float32, unit last stride; may be NULL; columns past total_q are left untouched
  * All on the plan's context's device. Asynchronous on the context's stream.
  */
 NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k,
@@ -347,7 +350,8 @@ NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tens
 typedef struct nkv_pack_plan nkv_pack_plan;
 
 /* prompt_lengths: HOST memory, prompt_count values >= 1. row_capacity: >= the longest prompt, or 0 for
- * the longest prompt. Every index array is computed on the host and kept in the context's device memory. */
+ * the longest prompt. Every index array is computed on the host and kept in the context's device memory.
+ * NKV_STATUS_NOT_SUPPORTED when the prompts hold more than INT32_MAX tokens (indices are int32). */
 NKV_API nkv_status nkv_pack_plan_create(nkv_context* context, const int32_t* prompt_lengths, int32_t prompt_count,
                                         int32_t row_capacity, nkv_pack_plan** out_plan);
 /* NULL is accepted and does nothing. Waits for the context's outstanding work first. */
@@ -380,7 +384,8 @@ typedef enum nkv_pack_array {
  * length). out_length (may be NULL) receives the length. */
 NKV_API nkv_status nkv_pack_plan_copy_array(const nkv_pack_plan* plan, int32_t which, int32_t* destination,
                                             int64_t capacity, int64_t* out_length);
-/* A view of an index array in the plan's device memory (int32, 1-D), valid while the plan lives. */
+/* A view of an index array in the plan's device memory (int32, 1-D), valid while the plan lives; read it,
+ * never write it (the plan's own ops use it). */
 NKV_API nkv_status nkv_pack_plan_array_view(const nkv_pack_plan* plan, int32_t which, nkv_tensor* out_view);
 
 /* packed[t] = input[gather[t]]: input [rows >= total_tokens, hidden] in caller order, packed
@@ -391,7 +396,9 @@ NKV_API nkv_status nkv_pack_gather(const nkv_pack_plan* plan, const nkv_tensor* 
 NKV_API nkv_status nkv_pack_scatter(const nkv_pack_plan* plan, const nkv_tensor* packed, const nkv_tensor* output);
 
 /* The dense padded-batch layout that plain batching uses, for comparison: padded[p, i] = token i of caller
- * prompt p for i < its length, zeros after it; padded is [prompt_count, longest_prompt, hidden]. */
+ * prompt p for i < its length, zeros after it; padded is [prompt_count, longest_prompt, hidden] with any
+ * non-overlapping strides (unit last stride). NKV_STATUS_NOT_SUPPORTED when prompt_count * longest_prompt
+ * exceeds INT32_MAX. */
 NKV_API nkv_status nkv_pack_gather_padded(const nkv_pack_plan* plan, const nkv_tensor* input, const nkv_tensor* padded);
 /* output[caller token] = padded[p, i]: the inverse of nkv_pack_gather_padded (padding is not read). */
 NKV_API nkv_status nkv_pack_scatter_padded(const nkv_pack_plan* plan, const nkv_tensor* padded, const nkv_tensor* output);

@@ -1,0 +1,497 @@
+using System.Runtime.InteropServices;
+using NativeKv.Interop;
+
+namespace NativeKv;
+
+/// <summary>
+/// Attention with FlashAttention semantics. For a sequence of lq queries over lk keys, query head h reads key/value
+/// head <c>h / (numHeadsQ / numHeadsKv)</c> (GQA, MQA) and
+/// <c>s[i][j] = softmaxScale · q[i]·k[j]</c>, soft-capped to <c>softcap · tanh(s / softcap)</c> when a soft-cap is set;
+/// with <see cref="AttentionOptions.Causal"/>, key j is visible to query i when <c>j &lt;= i + (lk - lq)</c> (the mask
+/// is aligned to the bottom-right corner, so a chunk of new queries sees the whole cache: chunked prefill), and with a
+/// <see cref="AttentionOptions.WindowLeft"/> also when <c>j &gt;= i + (lk - lq) - windowLeft</c>.
+/// <c>O[i] = Σ softmax(s[i])[j] · V[j]</c> over the visible keys and <c>LSE[i] = ln Σ exp(s[i][j])</c>; a query that sees
+/// no key gets O = 0 and LSE = -∞. Q, K, V and O are float16 or bfloat16 (all the same), the head dimension is 64, 96,
+/// 128 or 256, LSE is float32.
+/// </summary>
+/// <remarks>
+/// Work is described once by an <see cref="AttentionPlan"/>, made from host-side lengths, and run any number of times
+/// (once per layer, say) on the plan's context's stream. Two flavours of run: <see cref="TensorView"/> overloads
+/// (asynchronous on CUDA, nothing allocated: what an engine calls) and host-span overloads for the CPU backend
+/// (synchronous, contiguous data of any alignment: the library wants Q, K, V and O on 16-byte boundaries, so misaligned
+/// spans are copied through aligned memory). Only what the native library cannot see is checked here (span lengths and
+/// overlaps, disposed objects); everything else comes back from it as a <see cref="NativeKvException"/> naming the argument.
+/// </remarks>
+public static unsafe class Attention
+{
+    /// <summary>
+    /// Plans varlen (packed) attention: sequence b owns query rows <c>[cuSeqlensQ[b], cuSeqlensQ[b+1])</c> and key rows
+    /// <c>[cuSeqlensK[b], cuSeqlensK[b+1])</c>. Lengths may differ between Q and K, and may be 0.
+    /// </summary>
+    /// <param name="context">The context the plan runs on; it stays alive while the plan does.</param>
+    /// <param name="numHeadsQ">Query heads, a multiple of <paramref name="numHeadsKv"/>.</param>
+    /// <param name="numHeadsKv">Key/value heads.</param>
+    /// <param name="headDim">64, 96, 128 or 256.</param>
+    /// <param name="cuSeqlensQ">batch + 1 query row offsets, from 0, non-decreasing; copied.</param>
+    /// <param name="cuSeqlensK">batch + 1 key row offsets, from 0, non-decreasing; copied.</param>
+    /// <param name="options">The mask and scale; null for non-causal, 1/√headDim, no soft-cap, no window.
+    /// <see cref="AttentionOptions.NumSplits"/> must be 0.</param>
+    /// <exception cref="ArgumentException">The offset arrays are empty or of different lengths.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A count, an offset or an option is out of range.</exception>
+    /// <exception cref="NativeKvNotSupportedException">The head dimension is not supported.</exception>
+    public static AttentionPlan PlanVarlen(Context context, int numHeadsQ, int numHeadsKv, int headDim, ReadOnlySpan<int> cuSeqlensQ,
+        ReadOnlySpan<int> cuSeqlensK, AttentionOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        if (cuSeqlensQ.IsEmpty)
+        {
+            throw new ArgumentException("cu_seqlens hold batch + 1 row offsets starting at 0; got none.", nameof(cuSeqlensQ));
+        }
+        if (cuSeqlensK.Length != cuSeqlensQ.Length)
+        {
+            throw new ArgumentException(
+                $"cuSeqlensK must hold as many offsets as cuSeqlensQ (batch + 1 = {cuSeqlensQ.Length}); got {cuSeqlensK.Length}.",
+                nameof(cuSeqlensK));
+        }
+        NkvAttentionOptions nativeOptions = (options ?? default).ToNative();
+        nint raw;
+        fixed (int* q = cuSeqlensQ)
+        fixed (int* k = cuSeqlensK)
+        {
+            NativeStatus.Check(NativeMethods.nkv_attention_plan_varlen(context.Handle, options is null ? null : &nativeOptions,
+                numHeadsQ, numHeadsKv, headDim, cuSeqlensQ.Length - 1, q, k, out raw));
+        }
+        return AttentionPlan.Wrap(context, raw);
+    }
+
+    /// <summary>
+    /// Plans decode attention over a KV cache (flash-decoding): every sequence has <paramref name="qLen"/> new queries over
+    /// <c>seqlensK[b]</c> keys, which include the new tokens' own keys.
+    /// </summary>
+    /// <param name="context">The context the plan runs on; it stays alive while the plan does.</param>
+    /// <param name="numHeadsQ">Query heads, a multiple of <paramref name="numHeadsKv"/>.</param>
+    /// <param name="numHeadsKv">Key/value heads.</param>
+    /// <param name="headDim">64, 96, 128 or 256.</param>
+    /// <param name="qLen">New queries per sequence, 1 to 16.</param>
+    /// <param name="seqlensK">Keys of each sequence (one entry per sequence, each &gt;= 0); copied.</param>
+    /// <param name="options">The mask, scale and key split; null for non-causal, 1/√headDim, no soft-cap, no window,
+    /// split chosen from the device.</param>
+    /// <exception cref="NativeKvInvalidArgumentException">A count, a length or an option is out of range.</exception>
+    /// <exception cref="NativeKvNotSupportedException">The head dimension is not supported.</exception>
+    public static AttentionPlan PlanDecode(Context context, int numHeadsQ, int numHeadsKv, int headDim, int qLen, ReadOnlySpan<int> seqlensK,
+        AttentionOptions? options = null)
+    {
+        ArgumentNullException.ThrowIfNull(context);
+        NkvAttentionOptions nativeOptions = (options ?? default).ToNative();
+        nint raw;
+        fixed (int* k = seqlensK)
+        {
+            NativeStatus.Check(NativeMethods.nkv_attention_plan_decode(context.Handle, options is null ? null : &nativeOptions,
+                numHeadsQ, numHeadsKv, headDim, seqlensK.Length, qLen, k, out raw));
+        }
+        return AttentionPlan.Wrap(context, raw);
+    }
+
+    /// <summary>Runs a varlen plan; asynchronous on the plan's context's stream.</summary>
+    /// <param name="plan">A plan from <see cref="PlanVarlen"/>.</param>
+    /// <param name="q">[rowsQ &gt;= TotalQ, numHeadsQ, headDim] float16/bfloat16; any row and head strides, unit last stride.</param>
+    /// <param name="k">[rowsK &gt;= TotalK, numHeadsKv, headDim], the dtype of <paramref name="q"/>.</param>
+    /// <param name="v">[rowsK &gt;= TotalK, numHeadsKv, headDim], the dtype of <paramref name="q"/>.</param>
+    /// <param name="o">[rowsQ, numHeadsQ, headDim]: receives the output; rows past TotalQ are left untouched.</param>
+    /// <param name="lse">[numHeadsQ, rowsQ] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <exception cref="ObjectDisposedException">The plan, or the buffer behind a view, was disposed.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor is malformed, or the plan is a decode plan.</exception>
+    public static void Varlen(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse = null) =>
+        RunViews(plan, q, k, v, o, lse, AttentionKind.Varlen);
+
+    /// <summary>Runs a decode plan; asynchronous on the plan's context's stream.</summary>
+    /// <param name="plan">A plan from <see cref="PlanDecode"/>.</param>
+    /// <param name="q">[batch, qLen, numHeadsQ, headDim] float16/bfloat16, unit last stride.</param>
+    /// <param name="k">[batch, capacity, numHeadsKv, headDim] with capacity &gt;= every seqlensK[b]; any batch, token and
+    /// head strides (layers may be interleaved), unit last stride.</param>
+    /// <param name="v">Shaped like <paramref name="k"/>.</param>
+    /// <param name="o">[batch, qLen, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[batch, numHeadsQ, qLen] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <exception cref="ObjectDisposedException">The plan, or the buffer behind a view, was disposed.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor is malformed, or the plan is a varlen plan.</exception>
+    public static void Decode(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse = null) =>
+        RunViews(plan, q, k, v, o, lse, AttentionKind.Decode);
+
+    /// <summary>Runs a varlen plan of a CPU-backend context on contiguous float16 host data; synchronous.</summary>
+    /// <param name="plan">A plan from <see cref="PlanVarlen"/> on a <see cref="Backend.Cpu"/> context.</param>
+    /// <param name="q">[rowsQ, numHeadsQ, headDim] row-major.</param>
+    /// <param name="k">[rowsK, numHeadsKv, headDim] row-major.</param>
+    /// <param name="v">[rowsK, numHeadsKv, headDim] row-major.</param>
+    /// <param name="o">[rowsQ, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[numHeadsQ, rowsQ]: receives the log-sum-exp; empty for none.</param>
+    /// <exception cref="ArgumentException">The plan is not a CPU plan, or a span is not a whole number of rows.</exception>
+    public static void Varlen(AttentionPlan plan, ReadOnlySpan<Half> q, ReadOnlySpan<Half> k, ReadOnlySpan<Half> v, Span<Half> o,
+        Span<float> lse = default) =>
+        RunVarlenHost(plan, q, k, v, o, lse);
+
+    /// <summary>Runs a varlen plan of a CPU-backend context on contiguous bfloat16 host data; synchronous.</summary>
+    /// <param name="plan">A plan from <see cref="PlanVarlen"/> on a <see cref="Backend.Cpu"/> context.</param>
+    /// <param name="q">[rowsQ, numHeadsQ, headDim] row-major.</param>
+    /// <param name="k">[rowsK, numHeadsKv, headDim] row-major.</param>
+    /// <param name="v">[rowsK, numHeadsKv, headDim] row-major.</param>
+    /// <param name="o">[rowsQ, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[numHeadsQ, rowsQ]: receives the log-sum-exp; empty for none.</param>
+    /// <exception cref="ArgumentException">The plan is not a CPU plan, or a span is not a whole number of rows.</exception>
+    public static void Varlen(AttentionPlan plan, ReadOnlySpan<BFloat16> q, ReadOnlySpan<BFloat16> k, ReadOnlySpan<BFloat16> v,
+        Span<BFloat16> o, Span<float> lse = default) =>
+        RunVarlenHost(plan, q, k, v, o, lse);
+
+    /// <summary>Runs a decode plan of a CPU-backend context on contiguous float16 host data; synchronous.</summary>
+    /// <param name="plan">A plan from <see cref="PlanDecode"/> on a <see cref="Backend.Cpu"/> context.</param>
+    /// <param name="q">[batch, qLen, numHeadsQ, headDim] row-major.</param>
+    /// <param name="k">[batch, capacity, numHeadsKv, headDim] row-major; capacity is the length divided by
+    /// batch · numHeadsKv · headDim, and must reach every seqlensK[b].</param>
+    /// <param name="v">Shaped like <paramref name="k"/>.</param>
+    /// <param name="o">[batch, qLen, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[batch, numHeadsQ, qLen]: receives the log-sum-exp; empty for none.</param>
+    /// <exception cref="ArgumentException">The plan is not a CPU plan, or a span is not a whole number of rows.</exception>
+    public static void Decode(AttentionPlan plan, ReadOnlySpan<Half> q, ReadOnlySpan<Half> k, ReadOnlySpan<Half> v, Span<Half> o,
+        Span<float> lse = default) =>
+        RunDecodeHost(plan, q, k, v, o, lse);
+
+    /// <summary>Runs a decode plan of a CPU-backend context on contiguous bfloat16 host data; synchronous.</summary>
+    /// <param name="plan">A plan from <see cref="PlanDecode"/> on a <see cref="Backend.Cpu"/> context.</param>
+    /// <param name="q">[batch, qLen, numHeadsQ, headDim] row-major.</param>
+    /// <param name="k">[batch, capacity, numHeadsKv, headDim] row-major; capacity is the length divided by
+    /// batch · numHeadsKv · headDim, and must reach every seqlensK[b].</param>
+    /// <param name="v">Shaped like <paramref name="k"/>.</param>
+    /// <param name="o">[batch, qLen, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[batch, numHeadsQ, qLen]: receives the log-sum-exp; empty for none.</param>
+    /// <exception cref="ArgumentException">The plan is not a CPU plan, or a span is not a whole number of rows.</exception>
+    public static void Decode(AttentionPlan plan, ReadOnlySpan<BFloat16> q, ReadOnlySpan<BFloat16> k, ReadOnlySpan<BFloat16> v,
+        Span<BFloat16> o, Span<float> lse = default) =>
+        RunDecodeHost(plan, q, k, v, o, lse);
+
+    private static void RunViews(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse,
+        AttentionKind kind)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(k);
+        ArgumentNullException.ThrowIfNull(v);
+        ArgumentNullException.ThrowIfNull(o);
+        AttentionPlanHandle handle = plan.LiveHandle;
+        NkvTensor nativeQ = q.ToNative(), nativeK = k.ToNative(), nativeV = v.ToNative(), nativeO = o.ToNative();
+        NkvTensor nativeLse = lse?.ToNative() ?? default;
+        NkvTensor* lsePointer = lse is null ? null : &nativeLse;
+        NativeStatus.Check(kind == AttentionKind.Varlen
+            ? NativeMethods.nkv_attention_varlen(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer)
+            : NativeMethods.nkv_attention_decode(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer));
+        GC.KeepAlive(q);
+        GC.KeepAlive(k);
+        GC.KeepAlive(v);
+        GC.KeepAlive(o);
+        GC.KeepAlive(lse);
+    }
+
+    private static void RunVarlenHost<T>(AttentionPlan plan, ReadOnlySpan<T> q, ReadOnlySpan<T> k, ReadOnlySpan<T> v, Span<T> o,
+        Span<float> lse) where T : unmanaged
+    {
+        AttentionPlanHandle handle = RequireCpu(plan);
+        AttentionPlanInfo info = plan.Info;
+        long hq = info.NumHeadsQ, hkv = info.NumHeadsKv, d = info.HeadDim;
+        long[] shapeQ = [Count(q.Length, hq * d, nameof(q)), hq, d], shapeK = [Count(k.Length, hkv * d, nameof(k)), hkv, d];
+        long[] shapeV = [Count(v.Length, hkv * d, nameof(v)), hkv, d], shapeO = [Count(o.Length, hq * d, nameof(o)), hq, d];
+        long[] shapeLse = [hq, Count(lse.Length, hq, nameof(lse))];
+        RequireDisjoint(q, k, v, o, lse);
+        RunHost(handle, AttentionKind.Varlen, q, k, v, o, lse, shapeQ, shapeK, shapeV, shapeO, shapeLse);
+    }
+
+    private static void RunDecodeHost<T>(AttentionPlan plan, ReadOnlySpan<T> q, ReadOnlySpan<T> k, ReadOnlySpan<T> v, Span<T> o,
+        Span<float> lse) where T : unmanaged
+    {
+        AttentionPlanHandle handle = RequireCpu(plan);
+        AttentionPlanInfo info = plan.Info;
+        long batch = info.Batch, t = info.QLen, hq = info.NumHeadsQ, hkv = info.NumHeadsKv, d = info.HeadDim;
+        long[] shapeQ = [Count(q.Length, t * hq * d, nameof(q)), t, hq, d];
+        long[] shapeK = [batch, Capacity(k.Length, batch, hkv * d, nameof(k)), hkv, d];
+        long[] shapeV = [batch, Capacity(v.Length, batch, hkv * d, nameof(v)), hkv, d];
+        long[] shapeO = [Count(o.Length, t * hq * d, nameof(o)), t, hq, d];
+        long[] shapeLse = [Count(lse.Length, hq * t, nameof(lse)), hq, t];
+        RequireDisjoint(q, k, v, o, lse);
+        RunHost(handle, AttentionKind.Decode, q, k, v, o, lse, shapeQ, shapeK, shapeV, shapeO, shapeLse);
+    }
+
+    // The library takes Q, K, V and O only on 16-byte boundaries, on every backend (the CUDA kernels move 16-byte vectors),
+    // but managed arrays are only 8-byte aligned: a misaligned span is staged through aligned memory, and O is copied back
+    // only when the call succeeded (outputs stay untouched otherwise).
+    private static void RunHost<T>(AttentionPlanHandle handle, AttentionKind kind, ReadOnlySpan<T> q, ReadOnlySpan<T> k,
+        ReadOnlySpan<T> v, Span<T> o, Span<float> lse, long[] shapeQ, long[] shapeK, long[] shapeV, long[] shapeO, long[] shapeLse)
+        where T : unmanaged
+    {
+        DType dtype = DTypes.Of<T>();
+        using var staging = new AlignedStaging();
+        fixed (T* qData = q)
+        fixed (T* kData = k)
+        fixed (T* vData = v)
+        fixed (T* oData = o)
+        fixed (float* lseData = lse)
+        {
+            T* oAligned = staging.Aligned(oData, o.Length);
+            NkvTensor nativeQ = TensorView.HostTensor(staging.Aligned(qData, q.Length), dtype, shapeQ);
+            NkvTensor nativeK = TensorView.HostTensor(staging.Aligned(kData, k.Length), dtype, shapeK);
+            NkvTensor nativeV = TensorView.HostTensor(staging.Aligned(vData, v.Length), dtype, shapeV);
+            NkvTensor nativeO = TensorView.HostTensor(oAligned, dtype, shapeO);
+            NkvTensor nativeLse = TensorView.HostTensor(lseData, DType.Float32, shapeLse);
+            NkvTensor* lsePointer = lse.IsEmpty ? null : &nativeLse;
+            NativeStatus.Check(kind == AttentionKind.Varlen
+                ? NativeMethods.nkv_attention_varlen(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer)
+                : NativeMethods.nkv_attention_decode(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer));
+            NativeStatus.Check(NativeMethods.nkv_context_synchronize(handle.Context)); // the spans are unpinned when this block ends
+            AlignedStaging.CopyBack(oAligned, oData, o.Length);
+        }
+    }
+
+    // Staging hides overlaps from the library, which refuses outputs that overlap inputs; so they are refused here, always.
+    private static void RequireDisjoint<T>(ReadOnlySpan<T> q, ReadOnlySpan<T> k, ReadOnlySpan<T> v, Span<T> o, Span<float> lse)
+        where T : unmanaged
+    {
+        ReadOnlySpan<byte> output = MemoryMarshal.AsBytes((ReadOnlySpan<T>)o), logSumExp = MemoryMarshal.AsBytes((ReadOnlySpan<float>)lse);
+        Check(MemoryMarshal.AsBytes(q), nameof(q), output, logSumExp);
+        Check(MemoryMarshal.AsBytes(k), nameof(k), output, logSumExp);
+        Check(MemoryMarshal.AsBytes(v), nameof(v), output, logSumExp);
+        if (output.Overlaps(logSumExp))
+        {
+            throw new ArgumentException("The outputs o and lse must not overlap.", nameof(lse));
+        }
+
+        static void Check(ReadOnlySpan<byte> input, string name, ReadOnlySpan<byte> output, ReadOnlySpan<byte> logSumExp)
+        {
+            if (output.Overlaps(input) || logSumExp.Overlaps(input))
+            {
+                throw new ArgumentException($"The outputs must not overlap the input {name}.", output.Overlaps(input) ? "o" : "lse");
+            }
+        }
+    }
+
+    private static AttentionPlanHandle RequireCpu(AttentionPlan plan)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        AttentionPlanHandle handle = plan.LiveHandle;
+        if (plan.Context.Backend != Backend.Cpu)
+        {
+            throw new ArgumentException(
+                $"Host-span overloads need a plan of a CPU-backend context; this one runs on {plan.Context}. Use the TensorView overloads on CUDA.",
+                nameof(plan));
+        }
+        return handle;
+    }
+
+    // How many units of `unit` elements a span holds; a span that is not a whole number of them is refused here, the
+    // one thing the native library cannot see.
+    private static long Count(int length, long unit, string paramName)
+    {
+        if (unit == 0 || length % unit != 0)
+        {
+            throw new ArgumentException($"Expected a multiple of {unit} elements; got {length}.", paramName);
+        }
+        return length / unit;
+    }
+
+    // The token capacity per sequence of a [batch, capacity, heads, headDim] cache held in `length` elements.
+    private static long Capacity(int length, long batch, long tokenElements, string paramName)
+    {
+        long tokens = Count(length, tokenElements, paramName);
+        if (batch == 0)
+        {
+            return 0;
+        }
+        if (tokens % batch != 0)
+        {
+            throw new ArgumentException(
+                $"Expected [batch = {batch}, capacity, heads, headDim]: a multiple of {batch * tokenElements} elements; got {length}.", paramName);
+        }
+        return tokens / batch;
+    }
+}
+
+/// <summary>Aligned copies of misaligned host memory, freed together.</summary>
+internal sealed unsafe class AlignedStaging : IDisposable
+{
+    private const int Alignment = 16;
+    private readonly List<nint> _blocks = [];
+
+    /// <summary><paramref name="data"/> itself when it is aligned, else an aligned copy of its <paramref name="length"/> elements.</summary>
+    public T* Aligned<T>(T* data, int length) where T : unmanaged
+    {
+        if ((nuint)data % Alignment == 0)
+        {
+            return data;
+        }
+        nuint bytes = (nuint)length * (nuint)sizeof(T);
+        void* block = NativeMemory.AlignedAlloc(bytes, Alignment);
+        _blocks.Add((nint)block);
+        Buffer.MemoryCopy(data, block, bytes, bytes);
+        return (T*)block;
+    }
+
+    /// <summary>Copies a staged output back to where it belongs (nothing when it was not staged).</summary>
+    public static void CopyBack<T>(T* staged, T* destination, int length) where T : unmanaged
+    {
+        if (staged != destination)
+        {
+            nuint bytes = (nuint)length * (nuint)sizeof(T);
+            Buffer.MemoryCopy(staged, destination, bytes, bytes);
+        }
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        foreach (nint block in _blocks)
+        {
+            NativeMemory.AlignedFree((void*)block);
+        }
+        _blocks.Clear();
+    }
+}
+
+/// <summary>
+/// The mask, scale and split of an attention plan (<c>nkv_attention_options</c>). The default value is non-causal
+/// attention with scale 1/√headDim, no soft-cap and no window, as a null options argument.
+/// </summary>
+public readonly record struct AttentionOptions
+{
+    /// <summary>Causal masking aligned to the bottom-right corner: query i sees key j when <c>j &lt;= i + (lk - lq)</c>.</summary>
+    public bool Causal { get; init; }
+
+    /// <summary>The factor applied to <c>q·k</c>; &gt; 0, or null (or 0) for <c>1/√headDim</c>.</summary>
+    public float? SoftmaxScale { get; init; }
+
+    /// <summary>Soft-cap of the scores, <c>softcap · tanh(s / softcap)</c>; 0 for none, otherwise &gt; 0.</summary>
+    public float Softcap { get; init; }
+
+    /// <summary>Keys visible to the left of the (bottom-right aligned) diagonal; null for unlimited, otherwise &gt;= 0.</summary>
+    public int? WindowLeft { get; init; }
+
+    /// <summary>
+    /// Decode plans: 0 splits each sequence's keys as suits the device (SM count), n &gt;= 1 fixes the split so results do
+    /// not depend on the GPU. Varlen plans: must be 0.
+    /// </summary>
+    public int NumSplits { get; init; }
+
+    internal unsafe NkvAttentionOptions ToNative() => new()
+    {
+        StructSize = (uint)sizeof(NkvAttentionOptions),
+        Causal = Causal ? 1 : 0,
+        SoftmaxScale = SoftmaxScale ?? 0f,
+        Softcap = Softcap,
+        WindowLeft = WindowLeft ?? -1,
+        NumSplits = NumSplits,
+    };
+}
+
+/// <summary>
+/// A described attention workload (<c>nkv_attention_plan</c>): lengths, heads and mask, validated once and run any number
+/// of times on its context's stream. One op at a time per plan; disposing it waits for the context's outstanding work.
+/// </summary>
+public sealed unsafe class AttentionPlan : IDisposable
+{
+    private AttentionPlan(Context context, AttentionPlanHandle handle)
+    {
+        Context = context;
+        Handle = handle;
+        var info = new NkvAttentionPlanInfo { StructSize = (uint)sizeof(NkvAttentionPlanInfo) };
+        NativeStatus.Check(NativeMethods.nkv_attention_plan_get_info(handle, &info));
+        Info = new AttentionPlanInfo
+        {
+            Kind = (AttentionKind)info.Kind,
+            Batch = info.Batch,
+            NumHeadsQ = info.NumHeadsQ,
+            NumHeadsKv = info.NumHeadsKv,
+            HeadDim = info.HeadDim,
+            QLen = info.QLen,
+            NumSplits = info.NumSplits,
+            TotalQ = info.TotalQ,
+            TotalK = info.TotalK,
+            MaxSeqlenQ = info.MaxSeqlenQ,
+            MaxSeqlenK = info.MaxSeqlenK,
+            SoftmaxScale = info.SoftmaxScale,
+        };
+    }
+
+    /// <summary>The context the plan runs on.</summary>
+    public Context Context { get; }
+
+    /// <summary>The native handle.</summary>
+    public AttentionPlanHandle Handle { get; }
+
+    /// <summary>What the plan describes, as the native library reports it (read once at creation).</summary>
+    public AttentionPlanInfo Info { get; }
+
+    /// <summary>The handle, or <see cref="ObjectDisposedException"/> when the plan was disposed.</summary>
+    internal AttentionPlanHandle LiveHandle
+    {
+        get
+        {
+            ObjectDisposedException.ThrowIf(Handle.IsClosed, this);
+            return Handle;
+        }
+    }
+
+    /// <summary>Destroys the plan, after waiting for the context's outstanding work (which may still read it).</summary>
+    public void Dispose() => Handle.Dispose();
+
+    /// <inheritdoc />
+    public override string ToString() =>
+        $"AttentionPlan({Info.Kind}, batch {Info.Batch}, heads {Info.NumHeadsQ}/{Info.NumHeadsKv}, headDim {Info.HeadDim}, {Context})";
+
+    internal static AttentionPlan Wrap(Context context, nint raw)
+    {
+        var handle = new AttentionPlanHandle(raw, context.Handle);
+        try
+        {
+            return new AttentionPlan(context, handle);
+        }
+        catch
+        {
+            handle.Dispose();
+            throw;
+        }
+    }
+}
+
+/// <summary>What an <see cref="AttentionPlan"/> describes (<c>nkv_attention_plan_info</c>).</summary>
+public sealed record AttentionPlanInfo
+{
+    /// <summary>Varlen or decode.</summary>
+    public required AttentionKind Kind { get; init; }
+
+    /// <summary>The number of sequences.</summary>
+    public required int Batch { get; init; }
+
+    /// <summary>Query heads.</summary>
+    public required int NumHeadsQ { get; init; }
+
+    /// <summary>Key/value heads.</summary>
+    public required int NumHeadsKv { get; init; }
+
+    /// <summary>The head dimension.</summary>
+    public required int HeadDim { get; init; }
+
+    /// <summary>Decode: queries per sequence; varlen: 0.</summary>
+    public required int QLen { get; init; }
+
+    /// <summary>Decode: the largest number of key splits of any sequence; varlen: 1.</summary>
+    public required int NumSplits { get; init; }
+
+    /// <summary>Query rows: <c>cuSeqlensQ[batch]</c> (varlen) or batch · qLen (decode).</summary>
+    public required long TotalQ { get; init; }
+
+    /// <summary>Key rows: <c>cuSeqlensK[batch]</c> (varlen) or the sum of seqlensK (decode).</summary>
+    public required long TotalK { get; init; }
+
+    /// <summary>The longest query sequence.</summary>
+    public required long MaxSeqlenQ { get; init; }
+
+    /// <summary>The longest key sequence.</summary>
+    public required long MaxSeqlenK { get; init; }
+
+    /// <summary>The softmax scale in effect.</summary>
+    public required float SoftmaxScale { get; init; }
+}

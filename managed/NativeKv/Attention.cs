@@ -18,9 +18,9 @@ namespace NativeKv;
 /// Work is described once by an <see cref="AttentionPlan"/>, made from host-side lengths, and run any number of times
 /// (once per layer, say) on the plan's context's stream. Two flavours of run: <see cref="TensorView"/> overloads
 /// (asynchronous on CUDA, nothing allocated: what an engine calls) and host-span overloads for the CPU backend
-/// (synchronous, contiguous data of any alignment: the library wants Q, K, V and O on 16-byte boundaries, so misaligned
-/// spans are copied through aligned memory). Only what the native library cannot see is checked here (span lengths and
-/// overlaps, disposed objects); everything else comes back from it as a <see cref="NativeKvException"/> naming the argument.
+/// (synchronous, contiguous data of any alignment). Only what the native library cannot see is checked here (span lengths,
+/// disposed objects); everything else, overlaps included, comes back from it as a <see cref="NativeKvException"/> naming
+/// the argument.
 /// </remarks>
 public static unsafe class Attention
 {
@@ -198,7 +198,6 @@ public static unsafe class Attention
         long[] shapeQ = [Count(q.Length, hq * d, nameof(q)), hq, d], shapeK = [Count(k.Length, hkv * d, nameof(k)), hkv, d];
         long[] shapeV = [Count(v.Length, hkv * d, nameof(v)), hkv, d], shapeO = [Count(o.Length, hq * d, nameof(o)), hq, d];
         long[] shapeLse = [hq, Count(lse.Length, hq, nameof(lse))];
-        RequireDisjoint(q, k, v, o, lse);
         RunHost(handle, AttentionKind.Varlen, q, k, v, o, lse, shapeQ, shapeK, shapeV, shapeO, shapeLse);
     }
 
@@ -213,59 +212,31 @@ public static unsafe class Attention
         long[] shapeV = [batch, Capacity(v.Length, batch, hkv * d, nameof(v)), hkv, d];
         long[] shapeO = [Count(o.Length, t * hq * d, nameof(o)), t, hq, d];
         long[] shapeLse = [Count(lse.Length, hq * t, nameof(lse)), hq, t];
-        RequireDisjoint(q, k, v, o, lse);
         RunHost(handle, AttentionKind.Decode, q, k, v, o, lse, shapeQ, shapeK, shapeV, shapeO, shapeLse);
     }
 
-    // The library takes Q, K, V and O only on 16-byte boundaries, on every backend (the CUDA kernels move 16-byte vectors),
-    // but managed arrays are only 8-byte aligned: a misaligned span is staged through aligned memory, and O is copied back
-    // only when the call succeeded (outputs stay untouched otherwise).
+    // The CPU backend takes any element-aligned view and checks overlaps itself, so the spans go to it as they are.
     private static void RunHost<T>(AttentionPlanHandle handle, AttentionKind kind, ReadOnlySpan<T> q, ReadOnlySpan<T> k,
         ReadOnlySpan<T> v, Span<T> o, Span<float> lse, long[] shapeQ, long[] shapeK, long[] shapeV, long[] shapeO, long[] shapeLse)
         where T : unmanaged
     {
         DType dtype = DTypes.Of<T>();
-        using var staging = new AlignedStaging();
         fixed (T* qData = q)
         fixed (T* kData = k)
         fixed (T* vData = v)
         fixed (T* oData = o)
         fixed (float* lseData = lse)
         {
-            T* oAligned = staging.Aligned(oData, o.Length);
-            NkvTensor nativeQ = TensorView.HostTensor(staging.Aligned(qData, q.Length), dtype, shapeQ);
-            NkvTensor nativeK = TensorView.HostTensor(staging.Aligned(kData, k.Length), dtype, shapeK);
-            NkvTensor nativeV = TensorView.HostTensor(staging.Aligned(vData, v.Length), dtype, shapeV);
-            NkvTensor nativeO = TensorView.HostTensor(oAligned, dtype, shapeO);
+            NkvTensor nativeQ = TensorView.HostTensor(qData, dtype, shapeQ);
+            NkvTensor nativeK = TensorView.HostTensor(kData, dtype, shapeK);
+            NkvTensor nativeV = TensorView.HostTensor(vData, dtype, shapeV);
+            NkvTensor nativeO = TensorView.HostTensor(oData, dtype, shapeO);
             NkvTensor nativeLse = TensorView.HostTensor(lseData, DType.Float32, shapeLse);
             NkvTensor* lsePointer = lse.IsEmpty ? null : &nativeLse;
             NativeStatus.Check(kind == AttentionKind.Varlen
                 ? NativeMethods.nkv_attention_varlen(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer)
                 : NativeMethods.nkv_attention_decode(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer));
             NativeStatus.Check(NativeMethods.nkv_context_synchronize(handle.Context)); // the spans are unpinned when this block ends
-            AlignedStaging.CopyBack(oAligned, oData, o.Length);
-        }
-    }
-
-    // Staging hides overlaps from the library, which refuses outputs that overlap inputs; so they are refused here, always.
-    private static void RequireDisjoint<T>(ReadOnlySpan<T> q, ReadOnlySpan<T> k, ReadOnlySpan<T> v, Span<T> o, Span<float> lse)
-        where T : unmanaged
-    {
-        ReadOnlySpan<byte> output = MemoryMarshal.AsBytes((ReadOnlySpan<T>)o), logSumExp = MemoryMarshal.AsBytes((ReadOnlySpan<float>)lse);
-        Check(MemoryMarshal.AsBytes(q), nameof(q), output, logSumExp);
-        Check(MemoryMarshal.AsBytes(k), nameof(k), output, logSumExp);
-        Check(MemoryMarshal.AsBytes(v), nameof(v), output, logSumExp);
-        if (output.Overlaps(logSumExp))
-        {
-            throw new ArgumentException("The outputs o and lse must not overlap.", nameof(lse));
-        }
-
-        static void Check(ReadOnlySpan<byte> input, string name, ReadOnlySpan<byte> output, ReadOnlySpan<byte> logSumExp)
-        {
-            if (output.Overlaps(input) || logSumExp.Overlaps(input))
-            {
-                throw new ArgumentException($"The outputs must not overlap the input {name}.", output.Overlaps(input) ? "o" : "lse");
-            }
         }
     }
 
@@ -307,47 +278,6 @@ public static unsafe class Attention
                 $"Expected [batch = {batch}, capacity, heads, headDim]: a multiple of {batch * tokenElements} elements; got {length}.", paramName);
         }
         return tokens / batch;
-    }
-}
-
-/// <summary>Aligned copies of misaligned host memory, freed together.</summary>
-internal sealed unsafe class AlignedStaging : IDisposable
-{
-    private const int Alignment = 16;
-    private readonly List<nint> _blocks = [];
-
-    /// <summary><paramref name="data"/> itself when it is aligned, else an aligned copy of its <paramref name="length"/> elements.</summary>
-    public T* Aligned<T>(T* data, int length) where T : unmanaged
-    {
-        if ((nuint)data % Alignment == 0)
-        {
-            return data;
-        }
-        nuint bytes = (nuint)length * (nuint)sizeof(T);
-        void* block = NativeMemory.AlignedAlloc(bytes, Alignment);
-        _blocks.Add((nint)block);
-        Buffer.MemoryCopy(data, block, bytes, bytes);
-        return (T*)block;
-    }
-
-    /// <summary>Copies a staged output back to where it belongs (nothing when it was not staged).</summary>
-    public static void CopyBack<T>(T* staged, T* destination, int length) where T : unmanaged
-    {
-        if (staged != destination)
-        {
-            nuint bytes = (nuint)length * (nuint)sizeof(T);
-            Buffer.MemoryCopy(staged, destination, bytes, bytes);
-        }
-    }
-
-    /// <inheritdoc />
-    public void Dispose()
-    {
-        foreach (nint block in _blocks)
-        {
-            NativeMemory.AlignedFree((void*)block);
-        }
-        _blocks.Clear();
     }
 }
 

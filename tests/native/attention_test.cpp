@@ -487,14 +487,6 @@ TEST_F(AttentionBadInput, TensorChecks) {
   nkv_tensor float_q = tq;
   float_q.dtype = NKV_DTYPE_FLOAT32;
   NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &float_q, &tk, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'q'");
-  nkv_tensor misaligned = tq;
-  misaligned.data = static_cast<char*>(misaligned.data) + 2;
-  misaligned.shape[0] = rows - 1;
-  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &misaligned, &tk, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "aligned");
-  nkv_tensor odd_stride = tk;
-  odd_stride.strides[0] = hkv * d + 4;  // rows not 16-byte aligned
-  odd_stride.shape[0] = 11;
-  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &odd_stride, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "multiple of 8");
   nkv_tensor strided_o = to;
   strided_o.strides[1] = d / 2;  // heads overlap
   NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &tk, &tv, &strided_o, &tl), NKV_STATUS_INVALID_ARGUMENT, "overlap");
@@ -829,6 +821,62 @@ TEST(AttentionCuda, DecodeMatchesVarlenOnTheSameData) {
           norm += e * e;
         }
   EXPECT_LE(std::sqrt(diff / norm), 1e-3);
+}
+
+TEST(Attention, CpuTakesViewsOfAnyElementAlignment) {
+  // The CUDA kernels need 16-byte vectors; the CPU backend reads element by element and must not care.
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  VarlenCase c;
+  c.lq = {3, 9};
+  c.lk = {3, 9};
+  c.options.causal = true;
+  c.extra_rows = 0;
+  const VarlenInputs in = make_inputs(c);
+  const Outputs expected = run_varlen(cpu.get(), c, in);
+  // The same data one element further into memory, with row strides that are not multiples of 8.
+  const int64_t row = c.heads_q * c.head_dim + 1, row_kv = c.heads_kv * c.head_dim + 1, rows = 12;
+  std::vector<uint16_t> q(static_cast<size_t>(rows * row + 1)), k(static_cast<size_t>(rows * row_kv + 1)), v(k.size()),
+      o(q.size(), kPoison);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t h = 0; h < c.heads_q; ++h)
+      for (int64_t x = 0; x < c.head_dim; ++x) q[1 + r * row + h * c.head_dim + x] = in.q.at(r, h, x);
+    for (int64_t h = 0; h < c.heads_kv; ++h)
+      for (int64_t x = 0; x < c.head_dim; ++x) {
+        k[1 + r * row_kv + h * c.head_dim + x] = in.k.at(r, h, x);
+        v[1 + r * row_kv + h * c.head_dim + x] = in.v.at(r, h, x);
+      }
+  }
+  nkv_attention_plan* plan = nullptr;
+  const nkv_attention_options options = c.options.c();
+  NKV_ASSERT_OK(nkv_attention_plan_varlen(cpu.get(), &options, c.heads_q, c.heads_kv, c.head_dim, 2, in.cu_q.data(),
+                                          in.cu_k.data(), &plan));
+  const nkv_tensor tq = view(q.data() + 1, NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {rows, c.heads_q, c.head_dim}, {row, c.head_dim, 1});
+  const nkv_tensor tk = view(k.data() + 1, NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {rows, c.heads_kv, c.head_dim}, {row_kv, c.head_dim, 1});
+  const nkv_tensor tv = view(v.data() + 1, NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {rows, c.heads_kv, c.head_dim}, {row_kv, c.head_dim, 1});
+  const nkv_tensor to = view(o.data() + 1, NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {rows, c.heads_q, c.head_dim}, {row, c.head_dim, 1});
+  NKV_ASSERT_OK(nkv_attention_varlen(plan, &tq, &tk, &tv, &to, nullptr));
+  nkv_attention_plan_destroy(plan);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < c.heads_q; ++h)
+      for (int64_t x = 0; x < c.head_dim; ++x) ASSERT_EQ(o[1 + r * row + h * c.head_dim + x], expected.o.at(r, h, x));
+}
+
+TEST(AttentionCuda, MisalignedViewsAreRejectedOnCuda) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  const std::vector<int32_t> cu{0, 4};
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_varlen(gpu.get(), nullptr, 1, 1, 64, 1, cu.data(), cu.data(), &plan));
+  Memory in(gpu.get(), 8 * 64 * 2 + 64), out(gpu.get(), 8 * 64 * 2 + 64);
+  const nkv_tensor t = view(in.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_CUDA, {4, 1, 64});
+  const nkv_tensor o = view(out.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_CUDA, {4, 1, 64});
+  nkv_tensor shifted = t;
+  shifted.data = static_cast<char*>(in.data()) + 2;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &shifted, &t, &t, &o, nullptr), NKV_STATUS_INVALID_ARGUMENT, "aligned");
+  nkv_tensor odd_rows = t;
+  odd_rows.strides[0] = 68;  // rows 136 bytes apart
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &t, &odd_rows, &t, &o, nullptr), NKV_STATUS_INVALID_ARGUMENT, "multiple of 8");
+  nkv_attention_plan_destroy(plan);
 }
 
 TEST(AttentionCuda, HostTensorsOnACudaPlanAreRejected) {

@@ -312,9 +312,12 @@ typedef struct nkv_attention_plan_info {
   int32_t reserved;
 } nkv_attention_plan_info;
 
+/* The caller sets out_info->struct_size; on return it holds the size this library filled in. */
 NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, nkv_attention_plan_info* out_info);
 
 /*
+ * On CUDA, Q, K, V and O start on 16-byte boundaries and every stride but the last is a multiple of 8
+ * elements (the kernels move 16-byte vectors); the CPU backend takes any element-aligned view.
  * q:   [rows_q, num_heads_q, head_dim]    rows_q >= total_q; any row and head strides, unit last stride
  * k,v: [rows_k, num_heads_kv, head_dim]   rows_k >= total_k; likewise
  * o:   [rows_q, num_heads_q, head_dim]    rows past total_q are left untouched
@@ -369,6 +372,7 @@ typedef struct nkv_pack_plan_info {
   int64_t unpacked_padding_tokens;   /* prompt_count * longest_prompt - total_tokens: plain padded batching */
 } nkv_pack_plan_info;
 
+/* The caller sets out_info->struct_size; on return it holds the size this library filled in. */
 NKV_API nkv_status nkv_pack_plan_get_info(const nkv_pack_plan* plan, nkv_pack_plan_info* out_info);
 
 typedef enum nkv_pack_array {

@@ -212,12 +212,14 @@ nkv_attention_plan& check_plan(nkv_attention_plan* plan, nkv_attention_kind kind
   return *plan;
 }
 
-// Common checks of Q/K/V/O: dtype, unit last stride, 16-byte vectors (the CUDA kernels move 8 halves at a time).
-void check_attention_tensor(const char* name, const nkv_tensor& t, std::initializer_list<int64_t> shape) {
+// Common checks of Q/K/V/O: dtype, shape, unit last stride; on CUDA also 16-byte vectors (the kernels
+// move 8 halves at a time). The CPU backend takes any element-aligned view.
+void check_attention_tensor(const char* name, const nkv_tensor& t, std::initializer_list<int64_t> shape,
+                            const nkv_context& context) {
   check_dtype(name, t, {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16});
   check_shape(name, t, shape);
   check_unit_inner_stride(name, t);
-  check_vector_aligned(name, t, 8);
+  if (context.backend == NKV_BACKEND_CUDA) check_vector_aligned(name, t, 8);
 }
 
 void check_same_dtype(const char* name, const nkv_tensor& t, const nkv_tensor& q) {
@@ -384,18 +386,18 @@ NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tens
     const nkv_context& c = *p.context;
     const int64_t hq = p.num_heads_q, hkv = p.num_heads_kv, d = p.head_dim;
     const nkv_tensor& tq = check_tensor("q", q, c);
-    check_attention_tensor("q", tq, {-1, hq, d});
+    check_attention_tensor("q", tq, {-1, hq, d}, c);
     check_rows_at_least("q", tq, p.total_q, "cu_seqlens_q");
     const nkv_tensor& tk = check_tensor("k", k, c);
-    check_attention_tensor("k", tk, {-1, hkv, d});
+    check_attention_tensor("k", tk, {-1, hkv, d}, c);
     check_same_dtype("k", tk, tq);
     check_rows_at_least("k", tk, p.total_k, "cu_seqlens_k");
     const nkv_tensor& tv = check_tensor("v", v, c);
-    check_attention_tensor("v", tv, {-1, hkv, d});
+    check_attention_tensor("v", tv, {-1, hkv, d}, c);
     check_same_dtype("v", tv, tq);
     check_rows_at_least("v", tv, p.total_k, "cu_seqlens_k");
     const nkv_tensor& to = check_tensor("o", o, c);
-    check_attention_tensor("o", to, {tq.shape[0], hq, d});
+    check_attention_tensor("o", to, {tq.shape[0], hq, d}, c);
     check_same_dtype("o", to, tq);
     if (lse != nullptr) {
       const nkv_tensor& tl = check_tensor("lse", lse, c);
@@ -438,19 +440,19 @@ NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tens
     const nkv_context& c = *p.context;
     const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, hkv = p.num_heads_kv, d = p.head_dim;
     const nkv_tensor& tq = check_tensor("q", q, c);
-    check_attention_tensor("q", tq, {b, t, hq, d});
+    check_attention_tensor("q", tq, {b, t, hq, d}, c);
     const nkv_tensor& tk = check_tensor("k", k, c);
-    check_attention_tensor("k", tk, {b, -1, hkv, d});
+    check_attention_tensor("k", tk, {b, -1, hkv, d}, c);
     check_same_dtype("k", tk, tq);
     const nkv_tensor& tv = check_tensor("v", v, c);
-    check_attention_tensor("v", tv, {b, tk.shape[1], hkv, d});
+    check_attention_tensor("v", tv, {b, tk.shape[1], hkv, d}, c);
     check_same_dtype("v", tv, tq);
     if (tk.shape[1] < p.max_seqlen_k) {
       fail_argument("arguments 'k' and 'v': capacity of " + std::to_string(tk.shape[1]) +
                     " tokens per sequence, but the plan's seqlens_k reach " + std::to_string(p.max_seqlen_k));
     }
     const nkv_tensor& to = check_tensor("o", o, c);
-    check_attention_tensor("o", to, {b, t, hq, d});
+    check_attention_tensor("o", to, {b, t, hq, d}, c);
     check_same_dtype("o", to, tq);
     if (lse != nullptr) {
       const nkv_tensor& tl = check_tensor("lse", lse, c);

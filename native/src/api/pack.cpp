@@ -49,8 +49,8 @@ int32_t check_which(int32_t which) {
 
 // Validates the prompt lengths and returns the longest; total tokens must be numbered by int32 indices.
 int32_t check_prompt_lengths(const int32_t* prompt_lengths, int32_t prompt_count) {
-  if (prompt_lengths == nullptr) fail_argument("argument 'prompt_lengths' must not be NULL");
   if (prompt_count <= 0) fail_argument("argument 'prompt_count': expected at least 1, got " + std::to_string(prompt_count));
+  if (prompt_lengths == nullptr) fail_argument("argument 'prompt_lengths' must not be NULL");
   int32_t longest = 0;
   int64_t total = 0;
   for (int32_t p = 0; p < prompt_count; ++p) {
@@ -192,7 +192,7 @@ NKV_API nkv_status nkv_pack_plan_get_info(const nkv_pack_plan* plan, nkv_pack_pl
                     std::to_string(sizeof(nkv_pack_plan_info)) + " (sizeof(nkv_pack_plan_info))");
     }
     nkv_pack_plan_info info{};
-    info.struct_size = out_info->struct_size;
+    info.struct_size = sizeof(nkv_pack_plan_info);  // what this library filled in, as nkv_attention_plan_get_info
     info.prompt_count = p.prompt_count;
     info.row_count = p.row_count;
     info.row_capacity = p.row_capacity;

@@ -305,6 +305,12 @@ public readonly record struct AttentionOptions
     /// </summary>
     public int NumSplits { get; init; }
 
+    /// <summary>
+    /// The kernel family (FlashInfer's backend="fa2"/"fa3"): <see cref="AttentionKernel.Auto"/> picks the best one for
+    /// the device; a specific family that cannot run the plan is a <see cref="NativeKvNotSupportedException"/>.
+    /// </summary>
+    public AttentionKernel Kernel { get; init; }
+
     internal unsafe NkvAttentionOptions ToNative() => new()
     {
         StructSize = (uint)sizeof(NkvAttentionOptions),
@@ -313,6 +319,7 @@ public readonly record struct AttentionOptions
         Softcap = Softcap,
         WindowLeft = WindowLeft ?? -1,
         NumSplits = NumSplits,
+        Kernel = (int)Kernel,
     };
 }
 

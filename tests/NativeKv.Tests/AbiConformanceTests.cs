@@ -20,7 +20,7 @@ public sealed unsafe class AbiConformanceTests
     [
         (typeof(NkvStatus), "NKV_STATUS_"), (typeof(DType), "NKV_DTYPE_"), (typeof(DeviceType), "NKV_DEVICE_"),
         (typeof(Backend), "NKV_BACKEND_"), (typeof(QuantAxis), "NKV_QUANT_AXIS_"), (typeof(AttentionKind), "NKV_ATTENTION_"),
-        (typeof(PackArray), "NKV_PACK_"),
+        (typeof(PackArray), "NKV_PACK_"), (typeof(AttentionKernel), "NKV_ATTENTION_KERNEL_"),
     ];
 
     /// <summary>Names whose C spelling is not the snake case of the C# one.</summary>

@@ -255,6 +255,17 @@ public sealed class AttentionCpuTests
     }
 
     [Fact]
+    public void Kernel_families_are_a_CUDA_choice()
+    {
+        using var context = Context.Cpu();
+        var error = Assert.Throws<NativeKvNotSupportedException>(() =>
+            Attention.PlanVarlen(context, 1, 1, 64, [0, 2], [0, 2], new AttentionOptions { Kernel = AttentionKernel.Sm80 }));
+        Assert.Contains("options.kernel", error.Message);
+        using var plan = Attention.PlanVarlen(context, 1, 1, 64, [0, 2], [0, 2], new AttentionOptions { Kernel = AttentionKernel.Auto });
+        Assert.Equal(AttentionKind.Varlen, plan.Info.Kind);
+    }
+
+    [Fact]
     public void Info_describes_the_plan()
     {
         using var context = Context.Cpu();

@@ -2,6 +2,7 @@
 // reference on fresh random inputs of awkward shapes, and every argument check.
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -35,7 +36,8 @@ struct Options {
   int32_t num_splits = 0;
 
   nkv_attention_options c() const {
-    return nkv_attention_options{sizeof(nkv_attention_options), causal ? 1 : 0, scale, softcap, window_left, num_splits};
+    return nkv_attention_options{sizeof(nkv_attention_options), causal ? 1 : 0, scale, softcap, window_left, num_splits,
+                                 NKV_ATTENTION_KERNEL_AUTO, 0};
   }
 };
 
@@ -346,6 +348,21 @@ TEST(Attention, CpuDecodeMatchesCpuVarlenOnTheSameData) {
       }
 }
 
+TEST(Attention, OptionsOfTheFirstLayoutAreAccepted) {
+  // A caller compiled against the header before `kernel` existed passes struct_size 24: its fields are
+  // read, the newer ones default (kernel AUTO), and bytes past its struct are never looked at.
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  const std::vector<int32_t> cu{0, 5};
+  nkv_attention_options old = Options{}.c();
+  old.struct_size = offsetof(nkv_attention_options, kernel);
+  old.causal = 1;
+  old.kernel = 99;  // beyond the caller's struct: garbage that must be ignored
+  old.reserved = 99;
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_varlen(cpu.get(), &old, 2, 1, 64, 1, cu.data(), cu.data(), &plan));
+  nkv_attention_plan_destroy(plan);
+}
+
 TEST(Attention, PlanInfoReportsTheWork) {
   ContextPtr cpu = make_context(NKV_BACKEND_CPU);
   const std::vector<int32_t> cu_q = {0, 3, 3, 10}, cu_k = {0, 5, 9, 20};
@@ -456,6 +473,17 @@ TEST_F(AttentionBadInput, PlanArguments) {
   o5.softmax_scale = std::numeric_limits<float>::quiet_NaN();
   NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o5, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
                     NKV_STATUS_INVALID_ARGUMENT, "softmax_scale");
+  nkv_attention_options o6 = Options{}.c();
+  o6.kernel = 7;
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o6, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "options.kernel");
+  o6.kernel = NKV_ATTENTION_KERNEL_SM80;  // a CUDA kernel family on the CPU backend
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o6, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_NOT_SUPPORTED, "CPU backend");
+  o6.kernel = NKV_ATTENTION_KERNEL_AUTO;
+  o6.reserved = 1;
+  NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o6, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "options.reserved");
   const std::vector<int32_t> seqlens{3, -1};
   NKV_EXPECT_STATUS(nkv_attention_plan_decode(context.get(), nullptr, 4, 2, 64, 2, 1, seqlens.data(), &p),
                     NKV_STATUS_INVALID_ARGUMENT, "negative");
@@ -877,6 +905,23 @@ TEST(AttentionCuda, MisalignedViewsAreRejectedOnCuda) {
   odd_rows.strides[0] = 68;  // rows 136 bytes apart
   NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &t, &odd_rows, &t, &o, nullptr), NKV_STATUS_INVALID_ARGUMENT, "multiple of 8");
   nkv_attention_plan_destroy(plan);
+}
+
+TEST(AttentionCuda, KernelFamilies) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  const std::vector<int32_t> cu{0, 4};
+  Options o;
+  nkv_attention_options options = o.c();
+  options.kernel = NKV_ATTENTION_KERNEL_SM80;
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_varlen(gpu.get(), &options, 1, 1, 64, 1, cu.data(), cu.data(), &plan));
+  nkv_attention_plan_destroy(plan);
+  plan = nullptr;
+  options.kernel = NKV_ATTENTION_KERNEL_SM90;
+  NKV_EXPECT_STATUS(nkv_attention_plan_decode(gpu.get(), &options, 1, 1, 64, 1, 1, cu.data() + 1, &plan),
+                    NKV_STATUS_NOT_SUPPORTED, "decode");
+  EXPECT_EQ(plan, nullptr);
 }
 
 TEST(AttentionCuda, HostTensorsOnACudaPlanAreRejected) {

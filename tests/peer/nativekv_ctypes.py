@@ -27,11 +27,12 @@ MAX_DIMS = 6
 # nkv_status
 STATUS_SUCCESS = 0
 
-# nkv_dtype / nkv_device_type / nkv_backend / nkv_attention_kind / nkv_pack_array, mirrored 1:1
+# nkv_dtype / nkv_device_type / nkv_backend / nkv_attention_kind / nkv_attention_kernel / nkv_pack_array, mirrored 1:1
 DTYPE_FLOAT32, DTYPE_FLOAT16, DTYPE_BFLOAT16, DTYPE_INT8, DTYPE_UINT8, DTYPE_INT32, DTYPE_INT64, DTYPE_FLOAT64 = range(8)
 DEVICE_HOST, DEVICE_CUDA = 0, 1
 BACKEND_AUTO, BACKEND_CPU, BACKEND_CUDA = 0, 1, 2
 ATTENTION_VARLEN, ATTENTION_DECODE = 0, 1
+ATTENTION_KERNEL_AUTO, ATTENTION_KERNEL_SM80, ATTENTION_KERNEL_SM90 = 0, 1, 2
 (PACK_CU_SEQLENS, PACK_POSITION_IDS, PACK_GATHER_INDEX, PACK_SCATTER_INDEX, PACK_PROMPT_ORDER,
  PACK_ROW_STARTS) = range(6)
 
@@ -43,6 +44,8 @@ ENUMS = {
     "NKV_DEVICE_HOST": DEVICE_HOST, "NKV_DEVICE_CUDA": DEVICE_CUDA,
     "NKV_BACKEND_AUTO": BACKEND_AUTO, "NKV_BACKEND_CPU": BACKEND_CPU, "NKV_BACKEND_CUDA": BACKEND_CUDA,
     "NKV_ATTENTION_VARLEN": ATTENTION_VARLEN, "NKV_ATTENTION_DECODE": ATTENTION_DECODE,
+    "NKV_ATTENTION_KERNEL_AUTO": ATTENTION_KERNEL_AUTO, "NKV_ATTENTION_KERNEL_SM80": ATTENTION_KERNEL_SM80,
+    "NKV_ATTENTION_KERNEL_SM90": ATTENTION_KERNEL_SM90,
     "NKV_PACK_CU_SEQLENS": PACK_CU_SEQLENS, "NKV_PACK_POSITION_IDS": PACK_POSITION_IDS,
     "NKV_PACK_GATHER_INDEX": PACK_GATHER_INDEX, "NKV_PACK_SCATTER_INDEX": PACK_SCATTER_INDEX,
     "NKV_PACK_PROMPT_ORDER": PACK_PROMPT_ORDER, "NKV_PACK_ROW_STARTS": PACK_ROW_STARTS,
@@ -111,6 +114,8 @@ class NkvAttentionOptions(ctypes.Structure):
         ("softcap", ctypes.c_float),
         ("window_left", ctypes.c_int32),
         ("num_splits", ctypes.c_int32),
+        ("kernel", ctypes.c_int32),  # nkv_attention_kernel: 0 auto, 1 sm80, 2 sm90
+        ("reserved", ctypes.c_int32),
     ]
 
 
@@ -432,10 +437,11 @@ class Context:
 
     def plan_varlen(self, num_heads_q: int, num_heads_kv: int, head_dim: int, cu_seqlens_q: Sequence[int],
                     cu_seqlens_k: Sequence[int], *, causal: bool = False, softmax_scale: float = 0.0,
-                    softcap: float = 0.0, window_left: int = -1) -> "AttentionPlan":
+                    softcap: float = 0.0, window_left: int = -1,
+                    kernel: int = ATTENTION_KERNEL_AUTO) -> "AttentionPlan":
         if len(cu_seqlens_q) != len(cu_seqlens_k) or len(cu_seqlens_q) < 1:
             raise ValueError("cu_seqlens_q and cu_seqlens_k need the same length, batch + 1 >= 1")
-        options = attention_options(causal, softmax_scale, softcap, window_left, num_splits=0)
+        options = attention_options(causal, softmax_scale, softcap, window_left, num_splits=0, kernel=kernel)
         handle = _P()
         self.lib.call("nkv_attention_plan_varlen", self.handle, ctypes.byref(options), num_heads_q, num_heads_kv,
                       head_dim, len(cu_seqlens_q) - 1, _int32_array(cu_seqlens_q), _int32_array(cu_seqlens_k),
@@ -461,10 +467,11 @@ class Context:
 
 
 def attention_options(causal: bool = False, softmax_scale: float = 0.0, softcap: float = 0.0,
-                      window_left: int = -1, num_splits: int = 0) -> NkvAttentionOptions:
+                      window_left: int = -1, num_splits: int = 0,
+                      kernel: int = ATTENTION_KERNEL_AUTO) -> NkvAttentionOptions:
     return NkvAttentionOptions(struct_size=ctypes.sizeof(NkvAttentionOptions), causal=int(bool(causal)),
                                softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
-                               num_splits=num_splits)
+                               num_splits=num_splits, kernel=kernel, reserved=0)
 
 
 class AttentionPlan:

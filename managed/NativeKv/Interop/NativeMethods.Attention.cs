@@ -12,6 +12,8 @@ internal struct NkvAttentionOptions
     public float Softcap;
     public int WindowLeft;
     public int NumSplits;
+    public int Kernel;
+    public int Reserved;
 }
 
 /// <summary>Mirror of <c>nkv_attention_plan_info</c>.</summary>

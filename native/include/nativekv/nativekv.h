@@ -252,6 +252,14 @@ NKV_API nkv_status nkv_int8_dequantize(nkv_context* context, const nkv_int8_quan
  * bit-identical results, with or without an LSE output.
  * ------------------------------------------------------------------------------------------------- */
 
+/* Which kernel family runs a plan (FlashInfer's backend="fa2"/"fa3"). */
+typedef enum nkv_attention_kernel {
+  NKV_ATTENTION_KERNEL_AUTO = 0, /* the best one available for the device and the plan */
+  NKV_ATTENTION_KERNEL_SM80 = 1, /* FlashAttention-2 design (mma.sync, cp.async): every CUDA GPU, compute capability >= 8.0 */
+  NKV_ATTENTION_KERNEL_SM90 = 2  /* FlashAttention-3 design (wgmma, TMA): Hopper (sm_90a) only; NKV_STATUS_NOT_SUPPORTED
+                                    where the device, this build or the plan's shape has no such kernel */
+} nkv_attention_kernel;
+
 typedef struct nkv_attention_options {
   uint32_t struct_size;
   int32_t causal;        /* 0 or 1 */
@@ -261,6 +269,9 @@ typedef struct nkv_attention_options {
   int32_t num_splits;    /* decode: 0 picks the split of each sequence's keys from the device (SM count and
                             the kernel's occupancy); n >= 1 splits every sequence into at most n equal parts
                             of whole 64-key tiles, making results independent of the GPU. Varlen: must be 0. */
+  int32_t kernel;        /* nkv_attention_kernel. Only AUTO on the CPU backend; decode runs the SM80 family on every
+                            GPU. Callers built against a header without this field (struct_size 24) get AUTO. */
+  int32_t reserved;      /* must be 0 */
 } nkv_attention_options;
 
 typedef struct nkv_attention_plan nkv_attention_plan;

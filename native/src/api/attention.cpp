@@ -1,5 +1,6 @@
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -22,13 +23,38 @@ constexpr int32_t kMinKeysPerSplit = 256;
 // The largest split count the heuristic considers for one sequence.
 constexpr int32_t kMaxDecodeSplits = 256;
 
+// nkv_attention_options as first published (up to num_splits); later fields are read only when the
+// caller's struct_size covers them.
+constexpr size_t kOptionsFirstSize = offsetof(nkv_attention_options, kernel);
+
+// The requested kernel family, after checking that the context can have it at all.
+nkv_attention_kernel check_kernel(const nkv_attention_options* options, const nkv_context& context, bool decode) {
+  if (options == nullptr || options->struct_size < sizeof(nkv_attention_options)) return NKV_ATTENTION_KERNEL_AUTO;
+  if (options->reserved != 0) fail_argument("argument 'options.reserved' must be 0, got " + std::to_string(options->reserved));
+  const int32_t kernel = options->kernel;
+  if (kernel != NKV_ATTENTION_KERNEL_AUTO && kernel != NKV_ATTENTION_KERNEL_SM80 && kernel != NKV_ATTENTION_KERNEL_SM90) {
+    fail_argument("argument 'options.kernel': expected NKV_ATTENTION_KERNEL_AUTO (0), _SM80 (1) or _SM90 (2), got " +
+                  std::to_string(kernel));
+  }
+  if (kernel != NKV_ATTENTION_KERNEL_AUTO && context.backend != NKV_BACKEND_CUDA) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.kernel': the CPU backend has one implementation; pass "
+                                   "NKV_ATTENTION_KERNEL_AUTO");
+  }
+  if (kernel == NKV_ATTENTION_KERNEL_SM90) {
+    fail(NKV_STATUS_NOT_SUPPORTED, std::string("argument 'options.kernel': NKV_ATTENTION_KERNEL_SM90 is not available ") +
+                                       (decode ? "for decode (memory-bound: it runs the SM80 family on every GPU)"
+                                               : "in this version (the sm_90a kernels are not finished)"));
+  }
+  return static_cast<nkv_attention_kernel>(kernel);
+}
+
 AttentionMask check_options(const nkv_attention_options* options, int32_t head_dim, bool decode) {
   AttentionMask mask;
   mask.softmax_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   if (options == nullptr) return mask;
-  if (options->struct_size < sizeof(nkv_attention_options)) {
+  if (options->struct_size < kOptionsFirstSize) {
     fail_argument("argument 'options': struct_size " + std::to_string(options->struct_size) + " is smaller than " +
-                  std::to_string(sizeof(nkv_attention_options)) + " (sizeof(nkv_attention_options))");
+                  std::to_string(kOptionsFirstSize) + " (the first nkv_attention_options)");
   }
   if (options->causal != 0 && options->causal != 1) {
     fail_argument("argument 'options.causal': expected 0 or 1, got " + std::to_string(options->causal));
@@ -266,10 +292,12 @@ NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_att
     require_out(out_plan, "out_plan");
     check_heads(num_heads_q, num_heads_kv, head_dim);
     const AttentionMask mask = check_options(options, head_dim, false);
+    const nkv_attention_kernel kernel = check_kernel(options, *context, false);
     if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
     std::unique_ptr<nkv_attention_plan, PlanDeleter> plan(new nkv_attention_plan());
     plan->context = context;
     plan->kind = NKV_ATTENTION_VARLEN;
+    plan->kernel = kernel;
     plan->batch = batch;
     plan->num_heads_q = num_heads_q;
     plan->num_heads_kv = num_heads_kv;
@@ -295,6 +323,7 @@ NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_att
     require_out(out_plan, "out_plan");
     check_heads(num_heads_q, num_heads_kv, head_dim);
     const AttentionMask mask = check_options(options, head_dim, true);
+    const nkv_attention_kernel kernel = check_kernel(options, c, true);
     if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
     if (q_len < 1 || q_len > kMaxDecodeQueries) {
       fail_argument("argument 'q_len': expected 1.." + std::to_string(kMaxDecodeQueries) + " queries per sequence, got " +
@@ -304,6 +333,7 @@ NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_att
     std::unique_ptr<nkv_attention_plan, PlanDeleter> plan(new nkv_attention_plan());
     plan->context = context;
     plan->kind = NKV_ATTENTION_DECODE;
+    plan->kernel = kernel;
     plan->batch = batch;
     plan->num_heads_q = num_heads_q;
     plan->num_heads_kv = num_heads_kv;

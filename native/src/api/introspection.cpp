@@ -51,6 +51,8 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_attention_options, softcap),
     NKV_FIELD(nkv_attention_options, window_left),
     NKV_FIELD(nkv_attention_options, num_splits),
+    NKV_FIELD(nkv_attention_options, kernel),
+    NKV_FIELD(nkv_attention_options, reserved),
     NKV_FIELD(nkv_attention_plan_info, struct_size),
     NKV_FIELD(nkv_attention_plan_info, kind),
     NKV_FIELD(nkv_attention_plan_info, batch),
@@ -107,7 +109,8 @@ constexpr EnumInfo kEnums[] = {
     NKV_ENUM(NKV_QUANT_AXIS_COLUMN),   NKV_ENUM(NKV_MAX_DIMS),                NKV_ENUM(NKV_ABI_VERSION),
     NKV_ENUM(NKV_ATTENTION_VARLEN),    NKV_ENUM(NKV_ATTENTION_DECODE),        NKV_ENUM(NKV_PACK_CU_SEQLENS),
     NKV_ENUM(NKV_PACK_POSITION_IDS),   NKV_ENUM(NKV_PACK_GATHER_INDEX),       NKV_ENUM(NKV_PACK_SCATTER_INDEX),
-    NKV_ENUM(NKV_PACK_PROMPT_ORDER),   NKV_ENUM(NKV_PACK_ROW_STARTS),
+    NKV_ENUM(NKV_PACK_PROMPT_ORDER),   NKV_ENUM(NKV_PACK_ROW_STARTS),         NKV_ENUM(NKV_ATTENTION_KERNEL_AUTO),
+    NKV_ENUM(NKV_ATTENTION_KERNEL_SM80), NKV_ENUM(NKV_ATTENTION_KERNEL_SM90),
 };
 #undef NKV_ENUM
 

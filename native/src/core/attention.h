@@ -36,6 +36,7 @@ struct nkv_attention_plan {
   int32_t head_dim = 0;
   int32_t q_len = 0;  // decode
   nkv::AttentionMask mask;
+  nkv_attention_kernel kernel = NKV_ATTENTION_KERNEL_AUTO;  // as requested; CUDA dispatch resolves AUTO
   int64_t total_q = 0;
   int64_t total_k = 0;
   int64_t max_seqlen_q = 0;

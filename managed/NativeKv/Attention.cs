@@ -176,6 +176,11 @@ public static unsafe class Attention
         ArgumentNullException.ThrowIfNull(v);
         ArgumentNullException.ThrowIfNull(o);
         AttentionPlanHandle handle = plan.LiveHandle;
+        q.RequireContext(plan.Context, nameof(q));
+        k.RequireContext(plan.Context, nameof(k));
+        v.RequireContext(plan.Context, nameof(v));
+        o.RequireContext(plan.Context, nameof(o));
+        lse?.RequireContext(plan.Context, nameof(lse));
         NkvTensor nativeQ = q.ToNative(), nativeK = k.ToNative(), nativeV = v.ToNative(), nativeO = o.ToNative();
         NkvTensor nativeLse = lse?.ToNative() ?? default;
         NkvTensor* lsePointer = lse is null ? null : &nativeLse;

@@ -239,6 +239,8 @@ public sealed unsafe class PackPlan : IDisposable, IDeviceMemoryOwner
         ArgumentNullException.ThrowIfNull(source);
         ArgumentNullException.ThrowIfNull(destination);
         PackPlanHandle handle = LiveHandle;
+        source.RequireContext(Context, nameof(source));
+        destination.RequireContext(Context, nameof(destination));
         NkvTensor nativeSource = source.ToNative(), nativeDestination = destination.ToNative();
         NativeStatus.Check(Call(handle, &nativeSource, &nativeDestination, op));
         GC.KeepAlive(source);

@@ -117,6 +117,19 @@ public sealed unsafe class TensorView
     public override string ToString() =>
         $"TensorView({DType}, {Device}, shape [{string.Join(", ", _shape)}], strides [{string.Join(", ", _strides)}])";
 
+    /// <summary>
+    /// Refuses a view of NativeKv-owned memory of another context: a tensor carries no device ordinal, so the native
+    /// library could not tell a buffer of device 1 from one of device 0. Views made with <see cref="FromPointer"/> are the
+    /// caller's to match.
+    /// </summary>
+    internal void RequireContext(Context context, string paramName)
+    {
+        if (_owner is IDeviceMemoryOwner owner && !ReferenceEquals(owner.Context, context))
+        {
+            throw new ArgumentException($"The view's memory belongs to {owner.Context}, but the operation runs on {context}.", paramName);
+        }
+    }
+
     internal NkvTensor ToNative()
     {
         // A view outlives nothing: passing the memory of a disposed buffer to native code would be a use-after-free.
@@ -184,4 +197,7 @@ internal interface IDeviceMemoryOwner
 {
     /// <summary>The native object (a buffer, a packing plan) whose release frees the memory.</summary>
     NativeKvHandle Handle { get; }
+
+    /// <summary>The context whose device holds the memory.</summary>
+    Context Context { get; }
 }

@@ -255,6 +255,19 @@ public sealed class AttentionCpuTests
     }
 
     [Fact]
+    public void Views_of_another_contexts_buffers_are_refused()
+    {
+        using var planContext = Context.Cpu();
+        using var otherContext = Context.Cpu();
+        using var plan = Attention.PlanVarlen(planContext, 1, 1, 64, [0, 2], [0, 2]);
+        using var mine = DeviceBuffer<Half>.Allocate(planContext, 2 * 64);
+        using var theirs = DeviceBuffer<Half>.Allocate(otherContext, 2 * 64);
+        TensorView Rows(DeviceBuffer<Half> buffer) => buffer.AsTensor(2, 1, 64);
+        var error = Assert.Throws<ArgumentException>("k", () => Attention.Varlen(plan, Rows(mine), Rows(theirs), Rows(mine), Rows(mine)));
+        Assert.Contains("belongs to", error.Message);
+    }
+
+    [Fact]
     public void Kernel_families_are_a_CUDA_choice()
     {
         using var context = Context.Cpu();

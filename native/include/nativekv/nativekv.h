@@ -245,6 +245,11 @@ NKV_API nkv_status nkv_int8_dequantize(nkv_context* context, const nkv_int8_quan
  * Q, K, V, O are float16 or bfloat16 (all the same); head_dim is 64, 96, 128 or 256; LSE is float32.
  * Accumulation is float32 on CUDA and float64 on the CPU backend.
  *
+ * The CUDA backend needs compute capability 8.0 or newer and takes at most 65535 sequences and 65535 KV
+ * heads per plan (NKV_STATUS_NOT_SUPPORTED otherwise); it computes scores in float32, so a softmax_scale or
+ * soft-cap large enough to overflow float32 scores gives non-finite results there. Destroy every plan
+ * before its context.
+ *
  * Work is described once by a plan, made on the host from host-side lengths (validated and copied
  * there; the plan's device copies are complete when plan creation returns), and run any number of times
  * (e.g. once per layer) on the plan's context's stream. A plan runs one op at a time; it must outlive the
@@ -363,7 +368,8 @@ NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tens
 
 typedef struct nkv_pack_plan nkv_pack_plan;
 
-/* prompt_lengths: HOST memory, prompt_count values >= 1. row_capacity: >= the longest prompt, or 0 for
+/* Destroy every pack plan before its context.
+ * prompt_lengths: HOST memory, prompt_count values >= 1. row_capacity: >= the longest prompt, or 0 for
  * the longest prompt. Every index array is computed on the host and kept in the context's device memory.
  * NKV_STATUS_NOT_SUPPORTED when the prompts hold more than INT32_MAX tokens (indices are int32). */
 NKV_API nkv_status nkv_pack_plan_create(nkv_context* context, const int32_t* prompt_lengths, int32_t prompt_count,

@@ -48,6 +48,28 @@ nkv_attention_kernel check_kernel(const nkv_attention_options* options, const nk
   return static_cast<nkv_attention_kernel>(kernel);
 }
 
+// The CUDA kernels use mma.sync m16n8k16 with bf16 and cp.async: compute capability 8.0 and newer.
+void check_device(const nkv_context& context) {
+  if (context.backend == NKV_BACKEND_CUDA && context.compute_capability < 80) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "attention needs a GPU of compute capability 8.0 or newer; this one is " +
+                                       std::to_string(context.compute_capability / 10) + "." +
+                                       std::to_string(context.compute_capability % 10));
+  }
+}
+
+// Grid limits of the CUDA kernels (sequences and heads along grid y/z) and tile rounding in int32.
+constexpr int32_t kMaxGridExtent = 65535;
+constexpr int64_t kMaxSequenceLength = std::numeric_limits<int32_t>::max() - 128;
+
+void check_cuda_limits(const nkv_context& context, int32_t batch, int32_t num_heads_kv) {
+  if (context.backend != NKV_BACKEND_CUDA) return;
+  if (batch > kMaxGridExtent || num_heads_kv > kMaxGridExtent) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "attention on CUDA takes at most " + std::to_string(kMaxGridExtent) +
+                                       " sequences and KV heads per plan, got " + std::to_string(batch) + " sequences and " +
+                                       std::to_string(num_heads_kv) + " KV heads");
+  }
+}
+
 AttentionMask check_options(const nkv_attention_options* options, int32_t head_dim, bool decode) {
   AttentionMask mask;
   mask.softmax_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
@@ -293,7 +315,9 @@ NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_att
     check_heads(num_heads_q, num_heads_kv, head_dim);
     const AttentionMask mask = check_options(options, head_dim, false);
     const nkv_attention_kernel kernel = check_kernel(options, *context, false);
+    check_device(*context);
     if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
+    check_cuda_limits(*context, batch, num_heads_kv);
     std::unique_ptr<nkv_attention_plan, PlanDeleter> plan(new nkv_attention_plan());
     plan->context = context;
     plan->kind = NKV_ATTENTION_VARLEN;
@@ -309,6 +333,10 @@ NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_att
     plan->total_k = plan->cu_seqlens_k[batch];
     plan->max_seqlen_q = max_length(plan->cu_seqlens_q);
     plan->max_seqlen_k = max_length(plan->cu_seqlens_k);
+    if (std::max(plan->max_seqlen_q, plan->max_seqlen_k) > kMaxSequenceLength) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "a sequence of " + std::to_string(std::max(plan->max_seqlen_q, plan->max_seqlen_k)) +
+                                         " rows: at most " + std::to_string(kMaxSequenceLength) + " per sequence");
+    }
     place_plan(*plan);
     *out_plan = plan.release();
   });
@@ -324,7 +352,9 @@ NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_att
     check_heads(num_heads_q, num_heads_kv, head_dim);
     const AttentionMask mask = check_options(options, head_dim, true);
     const nkv_attention_kernel kernel = check_kernel(options, c, true);
+    check_device(c);
     if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
+    check_cuda_limits(c, batch, num_heads_kv);
     if (q_len < 1 || q_len > kMaxDecodeQueries) {
       fail_argument("argument 'q_len': expected 1.." + std::to_string(kMaxDecodeQueries) + " queries per sequence, got " +
                     std::to_string(q_len));
@@ -350,13 +380,20 @@ NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_att
         fail_argument("argument 'seqlens_k': entry " + std::to_string(b) + " is negative (" +
                       std::to_string(seqlens_k[b]) + ")");
       }
+      if (seqlens_k[b] > kMaxSequenceLength) {
+        fail(NKV_STATUS_NOT_SUPPORTED, "argument 'seqlens_k': entry " + std::to_string(b) + " (" +
+                                           std::to_string(seqlens_k[b]) + ") exceeds the " +
+                                           std::to_string(kMaxSequenceLength) + " keys a sequence may have");
+      }
       total_k += seqlens_k[b];
       plan->max_seqlen_k = std::max<int64_t>(plan->max_seqlen_k, seqlens_k[b]);
     }
     if (total_k > std::numeric_limits<int32_t>::max() ||
-        static_cast<int64_t>(batch) * q_len > std::numeric_limits<int32_t>::max()) {
-      fail(NKV_STATUS_NOT_SUPPORTED, "decode plan of " + std::to_string(total_k) + " keys: at most " +
-                                         std::to_string(std::numeric_limits<int32_t>::max()) + " keys per plan");
+        static_cast<int64_t>(batch) * q_len * num_heads_q > std::numeric_limits<int32_t>::max()) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "decode plan of " + std::to_string(total_k) + " keys and " +
+                                         std::to_string(static_cast<int64_t>(batch) * q_len * num_heads_q) +
+                                         " output rows: at most " + std::to_string(std::numeric_limits<int32_t>::max()) +
+                                         " of each per plan");
     }
     for (int32_t b = 0; b < batch; ++b) {
       plan->cu_seqlens_q[b + 1] = (b + 1) * q_len;
@@ -387,12 +424,15 @@ NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, n
   return guard("nkv_attention_plan_get_info", [&] {
     if (plan == nullptr) fail_argument("argument 'plan' must not be NULL");
     require_out(out_info, "out_info");
-    if (out_info->struct_size < sizeof(nkv_attention_plan_info)) {
+    // The layout of the first release; fields appended later are filled only for callers that have them.
+    constexpr size_t kFirstSize = offsetof(nkv_attention_plan_info, reserved) + sizeof(int32_t);
+    if (out_info->struct_size < kFirstSize) {
       fail_argument("argument 'out_info': struct_size " + std::to_string(out_info->struct_size) + " is smaller than " +
-                    std::to_string(sizeof(nkv_attention_plan_info)) + " (sizeof(nkv_attention_plan_info))");
+                    std::to_string(kFirstSize) + " (the first nkv_attention_plan_info)");
     }
+    const size_t filled = std::min<size_t>(out_info->struct_size, sizeof(nkv_attention_plan_info));
     nkv_attention_plan_info info{};
-    info.struct_size = sizeof(info);
+    info.struct_size = static_cast<uint32_t>(filled);
     info.kind = plan->kind;
     info.batch = plan->batch;
     info.num_heads_q = plan->num_heads_q;
@@ -405,7 +445,7 @@ NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, n
     info.max_seqlen_q = plan->max_seqlen_q;
     info.max_seqlen_k = plan->max_seqlen_k;
     info.softmax_scale = plan->mask.softmax_scale;
-    std::memcpy(out_info, &info, sizeof(info));
+    std::memcpy(out_info, &info, filled);
   });
 }
 

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -187,12 +188,15 @@ NKV_API nkv_status nkv_pack_plan_get_info(const nkv_pack_plan* plan, nkv_pack_pl
   return guard("nkv_pack_plan_get_info", [&] {
     const nkv_pack_plan& p = check_plan(plan);
     require_out(out_info, "out_info");
-    if (out_info->struct_size < sizeof(nkv_pack_plan_info)) {
+    // The layout of the first release; fields appended later are filled only for callers that have them.
+    constexpr size_t kFirstSize = offsetof(nkv_pack_plan_info, unpacked_padding_tokens) + sizeof(int64_t);
+    if (out_info->struct_size < kFirstSize) {
       fail_argument("argument 'out_info': struct_size " + std::to_string(out_info->struct_size) + " is smaller than " +
-                    std::to_string(sizeof(nkv_pack_plan_info)) + " (sizeof(nkv_pack_plan_info))");
+                    std::to_string(kFirstSize) + " (the first nkv_pack_plan_info)");
     }
+    const size_t filled = std::min<size_t>(out_info->struct_size, sizeof(nkv_pack_plan_info));
     nkv_pack_plan_info info{};
-    info.struct_size = sizeof(nkv_pack_plan_info);  // what this library filled in, as nkv_attention_plan_get_info
+    info.struct_size = static_cast<uint32_t>(filled);
     info.prompt_count = p.prompt_count;
     info.row_count = p.row_count;
     info.row_capacity = p.row_capacity;
@@ -200,7 +204,7 @@ NKV_API nkv_status nkv_pack_plan_get_info(const nkv_pack_plan* plan, nkv_pack_pl
     info.total_tokens = p.total_tokens;
     info.padding_tokens = int64_t{p.row_count} * p.row_capacity - p.total_tokens;
     info.unpacked_padding_tokens = int64_t{p.prompt_count} * p.longest_prompt - p.total_tokens;
-    std::memcpy(out_info, &info, sizeof info);
+    std::memcpy(out_info, &info, filled);
   });
 }
 

@@ -13,6 +13,7 @@ struct nkv_context {
   // Read once at creation (CUDA): kernels pick tiles and split counts from these.
   int32_t multiprocessor_count = 0;
   int32_t compute_capability = 0;  // major * 10 + minor
+  int64_t shared_memory_per_block = 0;  // the opt-in maximum, bytes
 };
 
 struct nkv_buffer {

@@ -4,7 +4,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <exception>
 #include <limits>
+#include <mutex>
 #include <thread>
 #include <vector>
 
@@ -40,7 +42,7 @@ struct OutputRowsOfHead {
 // One head of one sequence: lq queries against lk keys.
 void attend(const AttentionMask& mask, nkv_dtype dtype, int32_t head_dim, int64_t lq, int64_t lk, RowsOfHead q,
             RowsOfHead k, RowsOfHead v, OutputRowsOfHead o) {
-  std::vector<double> scores(static_cast<size_t>(lk));
+  std::vector<double> scores;
   std::vector<double> query(static_cast<size_t>(head_dim));
   std::vector<double> out(static_cast<size_t>(head_dim));
   for (int64_t i = 0; i < lq; ++i) {
@@ -50,18 +52,19 @@ void attend(const AttentionMask& mask, nkv_dtype dtype, int32_t head_dim, int64_
     const int64_t first = mask.window_left >= 0 ? std::max<int64_t>(0, diagonal - mask.window_left) : 0;
     for (int32_t d = 0; d < head_dim; ++d) query[d] = load(q.base, dtype, i * q.row_stride + d);
     double max_score = -std::numeric_limits<double>::infinity();
+    scores.resize(static_cast<size_t>(std::max<int64_t>(0, last - first + 1)));
     for (int64_t j = first; j <= last; ++j) {
       double dot = 0.0;
       for (int32_t d = 0; d < head_dim; ++d) dot += query[d] * load(k.base, dtype, j * k.row_stride + d);
       double s = static_cast<double>(mask.softmax_scale) * dot;
       if (mask.softcap > 0.0f) s = mask.softcap * std::tanh(s / mask.softcap);
-      scores[j] = s;
+      scores[j - first] = s;
       max_score = std::max(max_score, s);
     }
     std::fill(out.begin(), out.end(), 0.0);
     double sum = 0.0;
     for (int64_t j = first; j <= last; ++j) {
-      const double p = std::exp(scores[j] - max_score);
+      const double p = std::exp(scores[j - first] - max_score);
       sum += p;
       for (int32_t d = 0; d < head_dim; ++d) out[d] += p * load(v.base, dtype, j * v.row_stride + d);
     }
@@ -74,7 +77,9 @@ void attend(const AttentionMask& mask, nkv_dtype dtype, int32_t head_dim, int64_
   }
 }
 
-// Runs task(0..count-1) on the host's threads.
+// Runs task(0..count-1) on the host's threads. An exception in a task (std::bad_alloc for a very long
+// sequence) stops the others from taking new tasks and is rethrown here, on the calling thread, so it
+// reaches the API guard instead of terminating the process.
 template <typename Task>
 void parallel_for(int64_t count, Task&& task) {
   const int64_t workers = std::min<int64_t>(count, std::max(1u, std::thread::hardware_concurrency()));
@@ -83,13 +88,25 @@ void parallel_for(int64_t count, Task&& task) {
     return;
   }
   std::atomic<int64_t> next{0};
-  std::vector<std::thread> threads;
-  for (int64_t w = 0; w < workers; ++w) {
-    threads.emplace_back([&] {
+  std::exception_ptr failure;
+  std::mutex failure_mutex;
+  auto work = [&] {
+    try {
       for (int64_t i = next++; i < count; i = next++) task(i);
-    });
+    } catch (...) {
+      const std::lock_guard<std::mutex> lock(failure_mutex);
+      if (!failure) failure = std::current_exception();
+      next = count;
+    }
+  };
+  std::vector<std::thread> threads;
+  try {
+    for (int64_t w = 1; w < workers; ++w) threads.emplace_back(work);
+  } catch (...) {  // no more threads: the ones running and this one finish the tasks
   }
+  work();
   for (std::thread& t : threads) t.join();
+  if (failure) std::rethrow_exception(failure);
 }
 
 // Q, K, V and O are 2-byte types.

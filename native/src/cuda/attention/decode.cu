@@ -7,6 +7,7 @@
 #include <cuda_runtime.h>
 
 #include <limits>
+#include <type_traits>
 #include <string>
 
 #include "core/attention.h"
@@ -46,12 +47,13 @@ struct DecodeKernelParams {
   int window_left;
 };
 
-template <int kHeadDim, int kMTiles>
+// kStages: 3 where the GPU's shared memory allows (more bytes in flight), else 2.
+template <int kHeadDim, int kMTiles, int kStages_>
 struct DecodeTiles {
   static constexpr int kPitch = kHeadDim == 96 ? 128 : kHeadDim;
   static constexpr int kRows = 16 * kMTiles;  // packed-GQA query rows per block
   static constexpr int kChunks = kHeadDim / 8;
-  static constexpr int kStages = kHeadDim == 256 ? 2 : 3;
+  static constexpr int kStages = kStages_;
   static constexpr size_t kStageBytes = static_cast<size_t>(2 * kDecodeBlockN) * kPitch * 2;
   static constexpr size_t kPipelineBytes = static_cast<size_t>(kRows) * kPitch * 2 + kStages * kStageBytes;
   // The warps' partial O (fp32) plus their row max and sum, reusing the pipeline's memory at the end.
@@ -59,9 +61,9 @@ struct DecodeTiles {
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
 
-template <typename T, int kHeadDim, int kMTiles>
+template <typename T, int kHeadDim, int kMTiles, int kStages_>
 __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const DecodeKernelParams p) {
-  using Tiles = DecodeTiles<kHeadDim, kMTiles>;
+  using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages_>;
   using Tile = SwizzledTile<Tiles::kPitch>;
   constexpr int kRows = Tiles::kRows;
   constexpr int kChunks = Tiles::kChunks;
@@ -381,11 +383,11 @@ __global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeKernelP
   }
 }
 
-template <typename T, int kHeadDim, int kMTiles>
+template <typename T, int kHeadDim, int kMTiles, int kStages>
 void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& params) {
-  using Tiles = DecodeTiles<kHeadDim, kMTiles>;
+  using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
   const cudaStream_t stream = static_cast<cudaStream_t>(plan.context->stream);
-  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles>;
+  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages>;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
   const int rows = plan.q_len * params.group;
@@ -409,10 +411,10 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
   }
 }
 
-template <typename T, int kHeadDim, int kMTiles>
+template <typename T, int kHeadDim, int kMTiles, int kStages>
 int resident_blocks() {
-  using Tiles = DecodeTiles<kHeadDim, kMTiles>;
-  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles>;
+  using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
+  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages>;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
   int blocks = 0;
@@ -420,16 +422,46 @@ int resident_blocks() {
   return blocks;
 }
 
-// One 16-row MMA tile covers up to 16 packed rows (q_len x G); two when there are more, except for
-// head_dim 256 whose O accumulator already fills the registers with one.
+// The configuration that runs `plan` on its GPU: one 16-row MMA tile for up to 16 packed rows
+// (q_len x G), two beyond (except head_dim 256, whose O accumulator already fills the registers with one);
+// 3 pipeline stages where the GPU's shared memory per block allows, else 2 (GPUs with 99 KB per block:
+// sm_86, sm_89).
+struct DecodeConfig {
+  int m_tiles;
+  int stages;
+};
+
+template <int kHeadDim, int kMTiles>
+int decode_stages(size_t limit) {
+  if constexpr (kHeadDim != 256) {
+    if (DecodeTiles<kHeadDim, kMTiles, 3>::kSharedBytes <= limit) return 3;
+  }
+  if (DecodeTiles<kHeadDim, kMTiles, 2>::kSharedBytes <= limit) return 2;
+  fail(NKV_STATUS_NOT_SUPPORTED, "decode attention with head_dim " + std::to_string(kHeadDim) + " needs " +
+                                     std::to_string(DecodeTiles<kHeadDim, kMTiles, 2>::kSharedBytes) +
+                                     " bytes of shared memory per block; this GPU allows " + std::to_string(limit));
+}
+
+template <int kHeadDim>
+DecodeConfig decode_config(const nkv_attention_plan& plan) {
+  const size_t limit = static_cast<size_t>(plan.context->shared_memory_per_block);
+  if constexpr (kHeadDim == 256) {
+    return {1, decode_stages<kHeadDim, 1>(limit)};
+  } else {
+    if (plan.q_len * (plan.num_heads_q / plan.num_heads_kv) <= 16) return {1, decode_stages<kHeadDim, 1>(limit)};
+    return {2, decode_stages<kHeadDim, 2>(limit)};
+  }
+}
+
 template <typename T, int kHeadDim>
 void dispatch_rows(const nkv_attention_plan& plan, const DecodeKernelParams& params) {
+  const DecodeConfig c = decode_config<kHeadDim>(plan);
   if constexpr (kHeadDim == 256) {
-    launch_decode<T, kHeadDim, 1>(plan, params);
-  } else if (plan.q_len * params.group <= 16) {
-    launch_decode<T, kHeadDim, 1>(plan, params);
+    launch_decode<T, kHeadDim, 1, 2>(plan, params);
+  } else if (c.m_tiles == 1) {
+    c.stages == 3 ? launch_decode<T, kHeadDim, 1, 3>(plan, params) : launch_decode<T, kHeadDim, 1, 2>(plan, params);
   } else {
-    launch_decode<T, kHeadDim, 2>(plan, params);
+    c.stages == 3 ? launch_decode<T, kHeadDim, 2, 3>(plan, params) : launch_decode<T, kHeadDim, 2, 2>(plan, params);
   }
 }
 
@@ -445,11 +477,14 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const DecodeKernelParams&
 }
 
 template <int kHeadDim>
-int resident_blocks_for_rows(int rows) {
+int resident_blocks_for(const nkv_attention_plan& plan) {
+  const DecodeConfig c = decode_config<kHeadDim>(plan);
   if constexpr (kHeadDim == 256) {
-    return resident_blocks<__half, kHeadDim, 1>();
+    return resident_blocks<__half, kHeadDim, 1, 2>();
+  } else if (c.m_tiles == 1) {
+    return c.stages == 3 ? resident_blocks<__half, kHeadDim, 1, 3>() : resident_blocks<__half, kHeadDim, 1, 2>();
   } else {
-    return rows <= 16 ? resident_blocks<__half, kHeadDim, 1>() : resident_blocks<__half, kHeadDim, 2>();
+    return c.stages == 3 ? resident_blocks<__half, kHeadDim, 2, 3>() : resident_blocks<__half, kHeadDim, 2, 2>();
   }
 }
 
@@ -459,12 +494,11 @@ int resident_blocks_for_rows(int rows) {
 int decode_resident_blocks_per_sm(const nkv_attention_plan& plan) {
   using namespace attention;
   DeviceScope scope(plan.context->device_ordinal);
-  const int rows = plan.q_len * (plan.num_heads_q / plan.num_heads_kv);
   switch (plan.head_dim) {
-    case 64: return resident_blocks_for_rows<64>(rows);
-    case 96: return resident_blocks_for_rows<96>(rows);
-    case 128: return resident_blocks_for_rows<128>(rows);
-    default: return resident_blocks_for_rows<256>(rows);
+    case 64: return resident_blocks_for<64>(plan);
+    case 96: return resident_blocks_for<96>(plan);
+    case 128: return resident_blocks_for<128>(plan);
+    default: return resident_blocks_for<256>(plan);
   }
 }
 

@@ -317,6 +317,11 @@ void launch_varlen(const nkv_attention_plan& plan, const VarlenKernelParams& par
   using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
   auto kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
   const nkv_context& c = *plan.context;
+  if (static_cast<int64_t>(Tiles::kSharedBytes) > c.shared_memory_per_block) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "varlen attention with head_dim " + std::to_string(kHeadDim) + " needs " +
+                                       std::to_string(Tiles::kSharedBytes) + " bytes of shared memory per block; this GPU allows " +
+                                       std::to_string(c.shared_memory_per_block));
+  }
   NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
   const int64_t row_blocks = (plan.max_seqlen_q * params.group + Tiles::kBlockM - 1) / Tiles::kBlockM;
@@ -337,7 +342,12 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const VarlenKernelParams&
     case 64: return launch_varlen<T, 64, NKV_VARLEN_TILES_64>(plan, params);
     case 96: return launch_varlen<T, 96, NKV_VARLEN_TILES_96>(plan, params);
     case 128: return launch_varlen<T, 128, NKV_VARLEN_TILES_128>(plan, params);
-    case 256: return launch_varlen<T, 256, NKV_VARLEN_TILES_256>(plan, params);
+    case 256:
+      // 128 KB of tiles; GPUs with 99 KB per block (sm_86, sm_89) get half the query rows per block.
+      if (static_cast<int64_t>(VarlenTiles<256, NKV_VARLEN_TILES_256>::kSharedBytes) <= plan.context->shared_memory_per_block) {
+        return launch_varlen<T, 256, NKV_VARLEN_TILES_256>(plan, params);
+      }
+      return launch_varlen<T, 256, 4, 1, 64, false>(plan, params);
     default: fail(NKV_STATUS_INTERNAL, "varlen attention: head_dim " + std::to_string(plan.head_dim) + " reached the kernel");
   }
 }

@@ -117,6 +117,47 @@ public static unsafe class Attention
     public static void Decode(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse = null) =>
         RunViews(plan, q, k, v, o, lse, AttentionKind.Decode);
 
+    /// <summary>
+    /// Runs a decode plan over K and V that each sequence keeps wherever the engine put it (a base-pointer table);
+    /// asynchronous on the plan's context's stream.
+    /// </summary>
+    /// <param name="plan">A plan from <see cref="PlanDecode"/>.</param>
+    /// <param name="q">[batch, qLen, numHeadsQ, headDim] float16/bfloat16, unit last stride.</param>
+    /// <param name="kPointers">[batch] int64 on the context's device: the address of token 0, KV head 0 of each sequence's
+    /// keys (memory of the same device, 16-byte aligned on CUDA, q's dtype, unit last stride).</param>
+    /// <param name="vPointers">Likewise for the values.</param>
+    /// <param name="tokenStride">Elements between consecutive tokens of a sequence (a multiple of 8 on CUDA).</param>
+    /// <param name="headStride">Elements between KV heads (a multiple of 8 on CUDA).</param>
+    /// <param name="o">[batch, qLen, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[batch, numHeadsQ, qLen] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <remarks>The library cannot check the addresses in the tables: sequence b must have seqlensK[b] readable tokens.</remarks>
+    /// <exception cref="ObjectDisposedException">The plan, or the buffer behind a view, was disposed.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor or stride is malformed, or the plan is a varlen plan.</exception>
+    public static void DecodeWithKvPointers(AttentionPlan plan, TensorView q, TensorView kPointers, TensorView vPointers,
+        long tokenStride, long headStride, TensorView o, TensorView? lse = null)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(kPointers);
+        ArgumentNullException.ThrowIfNull(vPointers);
+        ArgumentNullException.ThrowIfNull(o);
+        AttentionPlanHandle handle = plan.LiveHandle;
+        q.RequireContext(plan.Context, nameof(q));
+        kPointers.RequireContext(plan.Context, nameof(kPointers));
+        vPointers.RequireContext(plan.Context, nameof(vPointers));
+        o.RequireContext(plan.Context, nameof(o));
+        lse?.RequireContext(plan.Context, nameof(lse));
+        NkvTensor nativeQ = q.ToNative(), nativeK = kPointers.ToNative(), nativeV = vPointers.ToNative(), nativeO = o.ToNative();
+        NkvTensor nativeLse = lse?.ToNative() ?? default;
+        NativeStatus.Check(NativeMethods.nkv_attention_decode_kv_pointers(handle, &nativeQ, &nativeK, &nativeV, tokenStride, headStride,
+            &nativeO, lse is null ? null : &nativeLse));
+        GC.KeepAlive(q);
+        GC.KeepAlive(kPointers);
+        GC.KeepAlive(vPointers);
+        GC.KeepAlive(o);
+        GC.KeepAlive(lse);
+    }
+
     /// <summary>Runs a varlen plan of a CPU-backend context on contiguous float16 host data; synchronous.</summary>
     /// <param name="plan">A plan from <see cref="PlanVarlen"/> on a <see cref="Backend.Cpu"/> context.</param>
     /// <param name="q">[rowsQ, numHeadsQ, headDim] row-major.</param>

@@ -255,6 +255,48 @@ public sealed class AttentionCpuTests
     }
 
     [Fact]
+    public void Decode_through_a_pointer_table_equals_decode_over_the_batch_layout()
+    {
+        Random random = TestSupport.NewRandom(out int seed);
+        const int hq = 4, hkv = 2, d = 64, qLen = 1, capacity = 24;
+        int[] seqlensK = [5, 24, 0];
+        int batch = seqlensK.Length;
+        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, batch * qLen * hq * d));
+        Half[] kCache = TestSupport.ToHalves(TestSupport.RandomFloats(random, batch * capacity * hkv * d));
+        Half[] vCache = TestSupport.ToHalves(TestSupport.RandomFloats(random, batch * capacity * hkv * d));
+        using var context = Context.Cpu();
+        using var plan = Attention.PlanDecode(context, hq, hkv, d, qLen, seqlensK, new AttentionOptions { Causal = true });
+        var expected = new Half[q.Length];
+        Attention.Decode(plan, q, kCache, vCache, expected);
+
+        // The same caches in buffers of the context, addressed per sequence, the last sequence first.
+        using var k = DeviceBuffer<Half>.Allocate(context, kCache.Length);
+        using var v = DeviceBuffer<Half>.Allocate(context, vCache.Length);
+        long sequenceElements = (long)capacity * hkv * d;
+        var kTable = new long[batch];
+        var vTable = new long[batch];
+        for (int b = 0; b < batch; b++)
+        {
+            long at = (batch - 1 - b) * sequenceElements;
+            k.CopyFrom(kCache.AsSpan((int)(b * sequenceElements), (int)sequenceElements), at);
+            v.CopyFrom(vCache.AsSpan((int)(b * sequenceElements), (int)sequenceElements), at);
+            kTable[b] = k.Pointer + (nint)(at * 2);
+            vTable[b] = v.Pointer + (nint)(at * 2);
+        }
+        using var kPointers = DeviceBuffer<long>.Allocate(context, batch);
+        using var vPointers = DeviceBuffer<long>.Allocate(context, batch);
+        kPointers.CopyFrom(kTable);
+        vPointers.CopyFrom(vTable);
+        using var qBuffer = DeviceBuffer<Half>.Allocate(context, q.Length);
+        using var o = DeviceBuffer<Half>.Allocate(context, q.Length);
+        qBuffer.CopyFrom(q);
+        Attention.DecodeWithKvPointers(plan, qBuffer.AsTensor(batch, qLen, hq, d), kPointers.AsTensor(batch), vPointers.AsTensor(batch),
+            hkv * d, d, o.AsTensor(batch, qLen, hq, d));
+        context.Synchronize();
+        Assert.True(expected.SequenceEqual(o.ToArray()), $"seed {seed}: pointer-table decode differs from the batch layout");
+    }
+
+    [Fact]
     public void Views_of_another_contexts_buffers_are_refused()
     {
         using var planContext = Context.Cpu();

@@ -780,6 +780,90 @@ TEST(AttentionCuda, DecodeOneSequenceOf256KTokens) {
   expect_decode_matches_cpu(c);
 }
 
+// Decode through a base-pointer table against decode over the batch layout, on the same values: sequences
+// stored apart, in reverse order, with a token stride larger than heads x head_dim. Both must give the same bits.
+void expect_pointer_table_matches_batch_layout(nkv_backend backend) {
+  ContextPtr context = make_context(backend);
+  const nkv_device_type device = device_of(context.get());
+  DecodeCase c;
+  c.heads_q = 8;
+  c.heads_kv = 2;
+  c.head_dim = 64;
+  c.q_len = 2;
+  c.seqlens = {70, 1, 300, 0};
+  c.capacity = 300;
+  c.options.causal = true;
+  const DecodeInputs in = make_decode_inputs(c);
+  const DecodeRun expected = run_decode(context.get(), c, in);
+
+  const int64_t batch = static_cast<int64_t>(c.seqlens.size());
+  const int64_t token_stride = in.token_stride + 16;  // not the batch layout's stride
+  std::vector<int64_t> offsets(static_cast<size_t>(batch));
+  int64_t total = 0;
+  for (int64_t b = batch - 1; b >= 0; --b) {  // last sequence first in memory
+    offsets[b] = total;
+    total += std::max<int64_t>(c.seqlens[b], 1) * token_stride + 64;
+  }
+  std::vector<uint16_t> k(static_cast<size_t>(total), kPoison), v(k.size(), kPoison);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = 0; j < c.seqlens[b]; ++j)
+      for (int64_t x = 0; x < c.heads_kv * c.head_dim; ++x) {
+        k[offsets[b] + j * token_stride + x] = in.k[b * in.batch_stride + j * in.token_stride + x];
+        v[offsets[b] + j * token_stride + x] = in.v[b * in.batch_stride + j * in.token_stride + x];
+      }
+  Placed pk(context.get(), k.data(), k.size() * 2), pv(context.get(), v.data(), v.size() * 2);
+  std::vector<int64_t> k_table(static_cast<size_t>(batch)), v_table(k_table.size());
+  for (int64_t b = 0; b < batch; ++b) {
+    k_table[b] = reinterpret_cast<int64_t>(static_cast<char*>(pk.data()) + offsets[b] * 2);
+    v_table[b] = reinterpret_cast<int64_t>(static_cast<char*>(pv.data()) + offsets[b] * 2);
+  }
+  Placed tk(context.get(), k_table.data(), k_table.size() * 8), tv(context.get(), v_table.data(), v_table.size() * 8);
+  DecodeRun got;
+  got.o.assign(in.q.size(), kPoison);
+  got.lse.assign(expected.lse.size(), std::numeric_limits<float>::quiet_NaN());
+  Placed q(context.get(), in.q.data(), in.q.size() * 2), o(context.get(), got.o.data(), got.o.size() * 2),
+      lse(context.get(), got.lse.data(), got.lse.size() * 4);
+  const nkv_attention_options options = c.options.c();
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &options, c.heads_q, c.heads_kv, c.head_dim,
+                                          static_cast<int32_t>(batch), c.q_len, c.seqlens.data(), &plan));
+  const nkv_tensor tq = view(q.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+  const nkv_tensor to = view(o.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
+  const nkv_tensor k_pointers = view(tk.data(), NKV_DTYPE_INT64, device, {batch});
+  const nkv_tensor v_pointers = view(tv.data(), NKV_DTYPE_INT64, device, {batch});
+  NKV_ASSERT_OK(nkv_attention_decode_kv_pointers(plan, &tq, &k_pointers, &v_pointers, token_stride, c.head_dim, &to, &tl));
+  got.o = o.read<uint16_t>();
+  got.lse = lse.read<float>();
+  EXPECT_EQ(got.o, expected.o);
+  EXPECT_EQ(0, std::memcmp(got.lse.data(), expected.lse.data(), got.lse.size() * 4));
+
+  // Bad tables and strides: status, message, outputs untouched.
+  nkv_tensor int32_table = k_pointers;
+  int32_table.dtype = NKV_DTYPE_INT32;
+  NKV_EXPECT_STATUS(nkv_attention_decode_kv_pointers(plan, &tq, &int32_table, &v_pointers, token_stride, c.head_dim, &to, &tl),
+                    NKV_STATUS_INVALID_ARGUMENT, "k_pointers");
+  nkv_tensor short_table = v_pointers;
+  short_table.shape[0] = batch - 1;
+  NKV_EXPECT_STATUS(nkv_attention_decode_kv_pointers(plan, &tq, &k_pointers, &short_table, token_stride, c.head_dim, &to, &tl),
+                    NKV_STATUS_INVALID_ARGUMENT, "v_pointers");
+  NKV_EXPECT_STATUS(nkv_attention_decode_kv_pointers(plan, &tq, &k_pointers, &v_pointers, -8, c.head_dim, &to, &tl),
+                    NKV_STATUS_INVALID_ARGUMENT, "token_stride");
+  NKV_EXPECT_STATUS(nkv_attention_decode_kv_pointers(plan, &tq, &k_pointers, &v_pointers, token_stride, c.head_dim, &to, &to),
+                    NKV_STATUS_INVALID_ARGUMENT, "'lse'");
+  EXPECT_EQ(o.read<uint16_t>(), got.o);
+  nkv_attention_plan_destroy(plan);
+}
+
+TEST(Attention, CpuDecodeThroughAPointerTableMatchesTheBatchLayout) {
+  expect_pointer_table_matches_batch_layout(NKV_BACKEND_CPU);
+}
+
+TEST(AttentionCuda, DecodeThroughAPointerTableMatchesTheBatchLayout) {
+  NKV_REQUIRE_CUDA();
+  expect_pointer_table_matches_batch_layout(NKV_BACKEND_CUDA);
+}
+
 TEST(AttentionCuda, DecodeWithFixedSplitsIsDeterministic) {
   NKV_REQUIRE_CUDA();
   DecodeCase c;

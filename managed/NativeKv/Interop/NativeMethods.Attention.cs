@@ -65,4 +65,9 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(LibraryName)]
     internal static partial NkvStatus nkv_attention_decode(AttentionPlanHandle plan, NkvTensor* q, NkvTensor* k, NkvTensor* v,
         NkvTensor* o, NkvTensor* lse);
+
+    /// <summary><c>nkv_status nkv_attention_decode_kv_pointers(nkv_attention_plan*, const nkv_tensor* q, const nkv_tensor* k_pointers, const nkv_tensor* v_pointers, int64_t token_stride, int64_t head_stride, const nkv_tensor* o, const nkv_tensor* lse)</c></summary>
+    [LibraryImport(LibraryName)]
+    internal static partial NkvStatus nkv_attention_decode_kv_pointers(AttentionPlanHandle plan, NkvTensor* q, NkvTensor* kPointers,
+        NkvTensor* vPointers, long tokenStride, long headStride, NkvTensor* o, NkvTensor* lse);
 }

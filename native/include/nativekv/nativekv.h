@@ -355,6 +355,20 @@ NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tens
 NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k,
                                         const nkv_tensor* v, const nkv_tensor* o, const nkv_tensor* lse);
 
+/*
+ * Decode with each sequence's K and V wherever the engine keeps them (a base-pointer table):
+ * k_pointers, v_pointers: [batch] int64 on the context's device, the address of token 0, KV head 0,
+ *      element 0 of sequence b's keys / values (memory of the context's device; 16-byte aligned on CUDA)
+ * token_stride, head_stride: elements between consecutive tokens and between KV heads, the same for every
+ *      sequence, >= 0 (multiples of 8 on CUDA); K and V have q's dtype and unit last stride
+ * q, o, lse as in nkv_attention_decode. The library cannot check the addresses in the tables: sequence b
+ * must have seqlens_k[b] readable tokens there, not overlapping o or lse.
+ */
+NKV_API nkv_status nkv_attention_decode_kv_pointers(nkv_attention_plan* plan, const nkv_tensor* q,
+                                                    const nkv_tensor* k_pointers, const nkv_tensor* v_pointers,
+                                                    int64_t token_stride, int64_t head_stride, const nkv_tensor* o,
+                                                    const nkv_tensor* lse);
+
 /* ---------------------------------------------------------------------------------------------------
  * Prepacking ("Prepacking: A Simple Method for Fast Prefilling and Increased Throughput", Zhao et al.)
  *

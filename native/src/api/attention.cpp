@@ -285,21 +285,52 @@ void check_rows_at_least(const char* name, const nkv_tensor& t, int64_t rows, co
 }
 
 void check_outputs_disjoint(const nkv_tensor& o, const nkv_tensor* lse, const nkv_tensor& q, const nkv_tensor& k,
-                            const nkv_tensor& v) {
+                            const nkv_tensor& v, const char* k_name = "k", const char* v_name = "v") {
   check_elements_disjoint("o", o);
   check_disjoint("o", o, "q", q);
-  check_disjoint("o", o, "k", k);
-  check_disjoint("o", o, "v", v);
+  check_disjoint("o", o, k_name, k);
+  check_disjoint("o", o, v_name, v);
   if (lse != nullptr) {
     check_elements_disjoint("lse", *lse);
     check_disjoint("lse", *lse, "q", q);
-    check_disjoint("lse", *lse, "k", k);
-    check_disjoint("lse", *lse, "v", v);
+    check_disjoint("lse", *lse, k_name, k);
+    check_disjoint("lse", *lse, v_name, v);
     check_disjoint("lse", *lse, "o", o);
   }
 }
 
 HeadMajorStrides strides_of(const nkv_tensor& t, int first) { return {t.strides[first], t.strides[first + 1]}; }
+
+// The parts both decode entry points share: LSE [batch, heads, q_len] and the backend call.
+void check_decode_lse(const nkv_tensor* lse, const nkv_context& c, const nkv_attention_plan& p) {
+  if (lse == nullptr) return;
+  const nkv_tensor& tl = check_tensor("lse", lse, c);
+  check_dtype("lse", tl, {NKV_DTYPE_FLOAT32});
+  check_shape("lse", tl, {p.batch, p.num_heads_q, p.q_len});
+  check_unit_inner_stride("lse", tl);
+}
+
+void run_decode(const nkv_attention_plan& p, DecodeAttentionArgs& a, const nkv_tensor& q, const nkv_tensor& o,
+                const nkv_tensor* lse) {
+  a.dtype = static_cast<nkv_dtype>(q.dtype);
+  a.q = q.data;
+  a.q_batch_stride = q.strides[0];
+  a.q_strides = strides_of(q, 1);
+  a.o = o.data;
+  a.o_batch_stride = o.strides[0];
+  a.o_strides = strides_of(o, 1);
+  if (lse != nullptr) {
+    a.lse = static_cast<float*>(lse->data);
+    a.lse_batch_stride = lse->strides[0];
+    a.lse_head_stride = lse->strides[1];
+  }
+  if (p.batch == 0) return;
+  if (p.context->backend == NKV_BACKEND_CUDA) {
+    cuda::attention_decode(p, a);
+  } else {
+    cpu::attention_decode(p, a);
+  }
+}
 
 }  // namespace
 
@@ -524,39 +555,62 @@ NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tens
     const nkv_tensor& to = check_tensor("o", o, c);
     check_attention_tensor("o", to, {b, t, hq, d}, c);
     check_same_dtype("o", to, tq);
-    if (lse != nullptr) {
-      const nkv_tensor& tl = check_tensor("lse", lse, c);
-      check_dtype("lse", tl, {NKV_DTYPE_FLOAT32});
-      check_shape("lse", tl, {b, hq, t});
-      check_unit_inner_stride("lse", tl);
-    }
+    check_decode_lse(lse, c, p);
     check_outputs_disjoint(to, lse, tq, tk, tv);
 
     DecodeAttentionArgs a;
-    a.dtype = static_cast<nkv_dtype>(tq.dtype);
-    a.q = tq.data;
-    a.q_batch_stride = tq.strides[0];
-    a.q_strides = strides_of(tq, 1);
     a.k = tk.data;
     a.k_batch_stride = tk.strides[0];
     a.k_strides = strides_of(tk, 1);
     a.v = tv.data;
     a.v_batch_stride = tv.strides[0];
     a.v_strides = strides_of(tv, 1);
-    a.o = to.data;
-    a.o_batch_stride = to.strides[0];
-    a.o_strides = strides_of(to, 1);
-    if (lse != nullptr) {
-      a.lse = static_cast<float*>(lse->data);
-      a.lse_batch_stride = lse->strides[0];
-      a.lse_head_stride = lse->strides[1];
+    run_decode(p, a, tq, to, lse);
+  });
+}
+
+NKV_API nkv_status nkv_attention_decode_kv_pointers(nkv_attention_plan* plan, const nkv_tensor* q,
+                                                    const nkv_tensor* k_pointers, const nkv_tensor* v_pointers,
+                                                    int64_t token_stride, int64_t head_stride, const nkv_tensor* o,
+                                                    const nkv_tensor* lse) {
+  return guard("nkv_attention_decode_kv_pointers", [&] {
+    const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
+    const nkv_context& c = *p.context;
+    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q;
+    const nkv_tensor& tq = check_tensor("q", q, c);
+    check_attention_tensor("q", tq, {b, t, hq, p.head_dim}, c);
+    const char* table_names[] = {"k_pointers", "v_pointers"};
+    const nkv_tensor* tables[] = {k_pointers, v_pointers};
+    for (int i = 0; i < 2; ++i) {
+      const nkv_tensor& table = check_tensor(table_names[i], tables[i], c);
+      check_dtype(table_names[i], table, {NKV_DTYPE_INT64});
+      check_shape(table_names[i], table, {b});
+      check_unit_inner_stride(table_names[i], table);
     }
-    if (p.batch == 0) return;
-    if (c.backend == NKV_BACKEND_CUDA) {
-      cuda::attention_decode(p, a);
-    } else {
-      cpu::attention_decode(p, a);
+    const char* stride_names[] = {"token_stride", "head_stride"};
+    const int64_t strides[] = {token_stride, head_stride};
+    for (int i = 0; i < 2; ++i) {
+      if (strides[i] < 0) {
+        fail_argument(std::string("argument '") + stride_names[i] + "': expected >= 0, got " + std::to_string(strides[i]));
+      }
+      if (c.backend == NKV_BACKEND_CUDA && strides[i] % 8 != 0) {
+        fail_argument(std::string("argument '") + stride_names[i] + "': must be a multiple of 8 elements (16-byte vectors) on "
+                      "CUDA, got " + std::to_string(strides[i]));
+      }
     }
+    const nkv_tensor& to = check_tensor("o", o, c);
+    check_attention_tensor("o", to, {b, t, hq, p.head_dim}, c);
+    check_same_dtype("o", to, tq);
+    check_decode_lse(lse, c, p);
+    // The tables stand in for K and V in the overlap rule (the memory they point to is the caller's to keep apart).
+    check_outputs_disjoint(to, lse, tq, *k_pointers, *v_pointers, "k_pointers", "v_pointers");
+
+    DecodeAttentionArgs a;
+    a.k_pointers = static_cast<const int64_t*>(k_pointers->data);
+    a.v_pointers = static_cast<const int64_t*>(v_pointers->data);
+    a.k_strides = {token_stride, head_stride};
+    a.v_strides = {token_stride, head_stride};
+    run_decode(p, a, tq, to, lse);
   });
 }
 

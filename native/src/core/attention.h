@@ -101,6 +101,10 @@ struct DecodeAttentionArgs {
   float* lse = nullptr;  // [batch, heads, q_len], may be null
   int64_t lse_batch_stride = 0;
   int64_t lse_head_stride = 0;
+  // When set, sequence b's K and V start at the addresses k_pointers[b] / v_pointers[b] (k, v and their
+  // batch strides are then unused).
+  const int64_t* k_pointers = nullptr;
+  const int64_t* v_pointers = nullptr;
 };
 
 namespace cpu {

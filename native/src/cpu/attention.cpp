@@ -141,8 +141,10 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
     const int32_t h = static_cast<int32_t>(task % plan.num_heads_q);
     const int32_t hk = h / group;
     RowsOfHead q{at(a.q, b * a.q_batch_stride + h * a.q_strides.head), a.q_strides.row};
-    RowsOfHead k{at(a.k, b * a.k_batch_stride + hk * a.k_strides.head), a.k_strides.row};
-    RowsOfHead v{at(a.v, b * a.v_batch_stride + hk * a.v_strides.head), a.v_strides.row};
+    const void* k_base = a.k_pointers != nullptr ? reinterpret_cast<const void*>(a.k_pointers[b]) : at(a.k, b * a.k_batch_stride);
+    const void* v_base = a.v_pointers != nullptr ? reinterpret_cast<const void*>(a.v_pointers[b]) : at(a.v, b * a.v_batch_stride);
+    RowsOfHead k{at(k_base, hk * a.k_strides.head), a.k_strides.row};
+    RowsOfHead v{at(v_base, hk * a.v_strides.head), a.v_strides.row};
     OutputRowsOfHead o{at(a.o, b * a.o_batch_stride + h * a.o_strides.head), a.o_strides.row,
                        a.lse != nullptr ? a.lse + b * a.lse_batch_stride + h * a.lse_head_stride : nullptr, 1};
     attend(plan.mask, a.dtype, plan.head_dim, plan.q_len, plan.seqlens_k[b], q, k, v, o);

@@ -34,6 +34,8 @@ struct DecodeKernelParams {
   int64_t v_batch, v_token, v_head;
   int64_t o_batch, o_token, o_head;
   int64_t lse_batch, lse_head;
+  const int64_t* k_pointers;  // per-sequence K / V addresses, or null for k/v + sequence * batch stride
+  const int64_t* v_pointers;
   const int32_t* seqlens_k;
   const DecodeSplit* splits;
   const int32_t* first_split;
@@ -100,8 +102,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   const int tiles = key_end > key_begin ? (key_end - key_begin + kDecodeBlockN - 1) / kDecodeBlockN : 0;
 
   const T* q_base = static_cast<const T*>(p.q) + sequence * p.q_batch;
-  const T* k_base = static_cast<const T*>(p.k) + sequence * p.k_batch + kv_head * p.k_head;
-  const T* v_base = static_cast<const T*>(p.v) + sequence * p.v_batch + kv_head * p.v_head;
+  const T* k_base = (p.k_pointers != nullptr ? reinterpret_cast<const T*>(p.k_pointers[sequence])
+                                             : static_cast<const T*>(p.k) + sequence * p.k_batch) +
+                    kv_head * p.k_head;
+  const T* v_base = (p.v_pointers != nullptr ? reinterpret_cast<const T*>(p.v_pointers[sequence])
+                                             : static_cast<const T*>(p.v) + sequence * p.v_batch) +
+                    kv_head * p.v_head;
 
   for (int c = threadIdx.x; c < kRows * kChunks; c += kDecodeThreads) {
     const int r = c / kChunks;
@@ -524,6 +530,8 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
   p.o_head = a.o_strides.head;
   p.lse_batch = a.lse_batch_stride;
   p.lse_head = a.lse_head_stride;
+  p.k_pointers = a.k_pointers;
+  p.v_pointers = a.v_pointers;
   p.seqlens_k = plan.device_seqlens_k;
   p.splits = plan.device_splits;
   p.first_split = plan.device_first_split;

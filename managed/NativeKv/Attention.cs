@@ -147,6 +147,8 @@ public static unsafe class Attention
         vPointers.RequireContext(plan.Context, nameof(vPointers));
         o.RequireContext(plan.Context, nameof(o));
         lse?.RequireContext(plan.Context, nameof(lse));
+        using MemoryLease leaseQ = q.Lease(), leaseK = kPointers.Lease(), leaseV = vPointers.Lease(), leaseO = o.Lease(),
+            leaseLse = lse?.Lease() ?? default;
         NkvTensor nativeQ = q.ToNative(), nativeK = kPointers.ToNative(), nativeV = vPointers.ToNative(), nativeO = o.ToNative();
         NkvTensor nativeLse = lse?.ToNative() ?? default;
         NativeStatus.Check(NativeMethods.nkv_attention_decode_kv_pointers(handle, &nativeQ, &nativeK, &nativeV, tokenStride, headStride,
@@ -222,6 +224,8 @@ public static unsafe class Attention
         v.RequireContext(plan.Context, nameof(v));
         o.RequireContext(plan.Context, nameof(o));
         lse?.RequireContext(plan.Context, nameof(lse));
+        using MemoryLease leaseQ = q.Lease(), leaseK = k.Lease(), leaseV = v.Lease(), leaseO = o.Lease(),
+            leaseLse = lse?.Lease() ?? default;
         NkvTensor nativeQ = q.ToNative(), nativeK = k.ToNative(), nativeV = v.ToNative(), nativeO = o.ToNative();
         NkvTensor nativeLse = lse?.ToNative() ?? default;
         NkvTensor* lsePointer = lse is null ? null : &nativeLse;

@@ -241,6 +241,7 @@ public sealed unsafe class PackPlan : IDisposable, IDeviceMemoryOwner
         PackPlanHandle handle = LiveHandle;
         source.RequireContext(Context, nameof(source));
         destination.RequireContext(Context, nameof(destination));
+        using MemoryLease leaseSource = source.Lease(), leaseDestination = destination.Lease();
         NkvTensor nativeSource = source.ToNative(), nativeDestination = destination.ToNative();
         NativeStatus.Check(Call(handle, &nativeSource, &nativeDestination, op));
         GC.KeepAlive(source);

@@ -61,6 +61,8 @@ public static unsafe class Quant
         ArgumentNullException.ThrowIfNull(input);
         ArgumentNullException.ThrowIfNull(codes);
         ArgumentNullException.ThrowIfNull(scales);
+        using MemoryLease leaseInput = input.Lease(), leaseCodes = codes.Lease(), leaseScales = scales.Lease(),
+            leaseColumns = outlierColumns?.Lease() ?? default, leaseCount = outlierColumnCount?.Lease() ?? default;
         NkvTensor nativeInput = input.ToNative(), nativeCodes = codes.ToNative(), nativeScales = scales.ToNative();
         NkvTensor nativeColumns = outlierColumns?.ToNative() ?? default, nativeCount = outlierColumnCount?.ToNative() ?? default;
         NkvInt8QuantParams parameters = Parameters(axis, outlierThreshold);
@@ -87,6 +89,7 @@ public static unsafe class Quant
         ArgumentNullException.ThrowIfNull(codes);
         ArgumentNullException.ThrowIfNull(scales);
         ArgumentNullException.ThrowIfNull(output);
+        using MemoryLease leaseCodes = codes.Lease(), leaseScales = scales.Lease(), leaseOutput = output.Lease();
         NkvTensor nativeCodes = codes.ToNative(), nativeScales = scales.ToNative(), nativeOutput = output.ToNative();
         NkvInt8QuantParams parameters = Parameters(axis, 0f);
         NativeStatus.Check(NativeMethods.nkv_int8_dequantize(context.Handle, &parameters, &nativeCodes, &nativeScales, &nativeOutput));

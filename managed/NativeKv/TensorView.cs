@@ -6,7 +6,8 @@ namespace NativeKv;
 /// Describes a tensor in memory NativeKv does not own for the call: a data pointer, a dtype, a device, a shape and
 /// strides in elements (row-major contiguous unless given). Build one over a <see cref="DeviceBuffer{T}"/>, or over a
 /// raw pointer from other CUDA code (TorchSharp's <c>data_ptr</c>, ...). A view over a buffer keeps the buffer
-/// reachable, but does not stop it from being disposed.
+/// reachable, but does not stop it from being disposed; an operation using the view holds the buffer until the call
+/// returns, and refuses a view whose buffer is already disposed.
 /// </summary>
 public sealed unsafe class TensorView
 {
@@ -130,6 +131,12 @@ public sealed unsafe class TensorView
         }
     }
 
+    /// <summary>
+    /// Holds the memory behind the view for the length of a native call: a buffer disposed by another thread meanwhile
+    /// is freed only when the lease ends. Throws <see cref="ObjectDisposedException"/> when the memory is already gone.
+    /// </summary>
+    internal MemoryLease Lease() => new(_owner is IDeviceMemoryOwner owner ? owner.Handle : null);
+
     internal NkvTensor ToNative()
     {
         // A view outlives nothing: passing the memory of a disposed buffer to native code would be a use-after-free.
@@ -200,4 +207,22 @@ internal interface IDeviceMemoryOwner
 
     /// <summary>The context whose device holds the memory.</summary>
     Context Context { get; }
+}
+
+/// <summary>A reference on the native object behind a view's memory, released on dispose (<see cref="TensorView.Lease"/>).</summary>
+internal readonly struct MemoryLease : IDisposable
+{
+    private readonly NativeKvHandle? _handle;
+
+    internal MemoryLease(NativeKvHandle? handle)
+    {
+        if (handle is not null)
+        {
+            bool added = false;
+            handle.DangerousAddRef(ref added); // throws ObjectDisposedException for a released handle
+        }
+        _handle = handle;
+    }
+
+    public void Dispose() => _handle?.DangerousRelease();
 }

@@ -478,6 +478,8 @@ def markdown(rows: list[dict], env: dict) -> str:
             extras.append(f"pack plan {r['pack_plan_us']:.0f} µs (host); {info.get('row_count', '?')} rows, "
                           f"padding {info.get('padding_tokens', '?')} vs {info.get('unpacked_padding_tokens', '?')} "
                           f"tokens unpacked")
+        if r.get("nativekv_splits") is not None:
+            extras.append(f"{r['nativekv_splits']} split(s) per sequence")
         if r.get("nativekv_bhld_us") is not None:
             extras.append(f"on [b,Hkv,L,d]: {r['nativekv_bhld_us']:.1f} µs")
         for check in (r.get("check"), r.get("check_nested")):

@@ -136,6 +136,7 @@ class Case:
     seqlens: list[int] = field(default_factory=list)  # decode
     num_splits: int = 0        # decode
     peer: bool = True          # False where SDPA cannot express the case (queries that see no key)
+    kernel: int = nkv.ATTENTION_KERNEL_AUTO  # varlen: the kernel family (AUTO is the Hopper one on Hopper)
 
 
 @dataclass
@@ -155,6 +156,7 @@ class Result:
 
 def make_cases() -> list[Case]:
     cases = []
+    hopper = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
     for dtype in DTYPES:
         for d in HEAD_DIMS:
             for causal in (False, True):
@@ -164,6 +166,10 @@ def make_cases() -> list[Case]:
                 # chunked prefill: each chunk of new queries over its cache plus itself (lk > lq)
                 cases.append(Case(f"chunked {tag} q=[1,63,129,300] k=[700,64,1129,1300]", "varlen", dtype, d,
                                   causal, lens_q=[1, 63, 129, 300], lens_k=[700, 64, 1129, 1300]))
+                if hopper and d == 128:  # on Hopper AUTO is the sm_90a family: the sm_80 one explicitly too
+                    cases.append(Case(f"varlen {tag} q=k=[1,63,129,1000] sm80", "varlen", dtype, d, causal,
+                                      lens_q=[1, 63, 129, 1000], lens_k=[1, 63, 129, 1000], fused_qkv=True,
+                                      kernel=nkv.ATTENTION_KERNEL_SM80))
                 for q_len in (1, 4):
                     # seqlens_k include the new tokens' own keys, so a sequence holds at least q_len keys
                     seqlens = [max(q_len, s) for s in (1, 700, 4097)]
@@ -207,7 +213,7 @@ def run_varlen(ctx: nkv.Context, case: Case, result: Result) -> list[tuple]:
     o[total_q:] = sentinel
     lse = torch.full((HQ, total_q + spare), math.nan, device="cuda", dtype=torch.float32)
 
-    with ctx.plan_varlen(HQ, HKV, d, cu_q, cu_k, causal=case.causal) as plan:
+    with ctx.plan_varlen(HQ, HKV, d, cu_q, cu_k, causal=case.causal, kernel=case.kernel) as plan:
         info = plan.info()
         expected = {"kind": nkv.ATTENTION_VARLEN, "batch": len(case.lens_q), "num_heads_q": HQ, "num_heads_kv": HKV,
                     "head_dim": d, "total_q": total_q, "total_k": total_k,

@@ -770,6 +770,27 @@ TEST(AttentionCuda, DecodeWindowAndSoftcap) {
   expect_decode_matches_cpu(c);
 }
 
+TEST(AttentionCuda, DecodeEdgeSplitsAndMasks) {
+  NKV_REQUIRE_CUDA();
+  // More queries than keys under a causal mask (the first queries see nothing), and a window with a fixed
+  // split count, so that whole splits of a sequence are masked out and merge with weight 0.
+  DecodeCase c;
+  c.heads_q = 8;
+  c.heads_kv = 2;
+  c.q_len = 8;
+  c.seqlens = {3, 0, 8, 2000};
+  c.capacity = 2000;
+  c.options.causal = true;
+  expect_decode_matches_cpu(c);
+  c.options.num_splits = 5;
+  c.options.window_left = 100;
+  expect_decode_matches_cpu(c);
+  c.options.causal = false;
+  c.options.window_left = 0;
+  c.options.num_splits = 16;
+  expect_decode_matches_cpu(c);
+}
+
 TEST(AttentionCuda, DecodeOneSequenceOf256KTokens) {
   NKV_REQUIRE_CUDA();
   DecodeCase c;

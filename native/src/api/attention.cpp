@@ -217,7 +217,8 @@ void place_plan(nkv_attention_plan& plan) {
   };
   const bool decode = plan.kind == NKV_ATTENTION_DECODE;
   const size_t slots = plan.splits.size();
-  const size_t partial_rows = decode ? slots * plan.q_len * plan.num_heads_q : 0;
+  // Partial results exist only for sequences split more than once.
+  const size_t partial_rows = decode && plan.max_splits > 1 ? slots * plan.q_len * plan.num_heads_q : 0;
   Part parts[] = {
       {plan.cu_seqlens_q.data(), plan.cu_seqlens_q.size() * sizeof(int32_t), 0},
       {plan.cu_seqlens_k.data(), plan.cu_seqlens_k.size() * sizeof(int32_t), 0},

@@ -102,7 +102,7 @@ public static unsafe class Attention
     /// <exception cref="ObjectDisposedException">The plan, or the buffer behind a view, was disposed.</exception>
     /// <exception cref="NativeKvInvalidArgumentException">A tensor is malformed, or the plan is a decode plan.</exception>
     public static void Varlen(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse = null) =>
-        RunViews(plan, q, k, v, o, lse, AttentionKind.Varlen);
+        RunViews(plan, q, k, v, o, lse, ViewOp.Varlen);
 
     /// <summary>Runs a decode plan; asynchronous on the plan's context's stream.</summary>
     /// <param name="plan">A plan from <see cref="PlanDecode"/>.</param>
@@ -115,7 +115,7 @@ public static unsafe class Attention
     /// <exception cref="ObjectDisposedException">The plan, or the buffer behind a view, was disposed.</exception>
     /// <exception cref="NativeKvInvalidArgumentException">A tensor is malformed, or the plan is a varlen plan.</exception>
     public static void Decode(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse = null) =>
-        RunViews(plan, q, k, v, o, lse, AttentionKind.Decode);
+        RunViews(plan, q, k, v, o, lse, ViewOp.Decode);
 
     /// <summary>
     /// Runs a decode plan over K and V that each sequence keeps wherever the engine put it (a base-pointer table);
@@ -134,31 +134,9 @@ public static unsafe class Attention
     /// <exception cref="ObjectDisposedException">The plan, or the buffer behind a view, was disposed.</exception>
     /// <exception cref="NativeKvInvalidArgumentException">A tensor or stride is malformed, or the plan is a varlen plan.</exception>
     public static void DecodeWithKvPointers(AttentionPlan plan, TensorView q, TensorView kPointers, TensorView vPointers,
-        long tokenStride, long headStride, TensorView o, TensorView? lse = null)
-    {
-        ArgumentNullException.ThrowIfNull(plan);
-        ArgumentNullException.ThrowIfNull(q);
-        ArgumentNullException.ThrowIfNull(kPointers);
-        ArgumentNullException.ThrowIfNull(vPointers);
-        ArgumentNullException.ThrowIfNull(o);
-        AttentionPlanHandle handle = plan.LiveHandle;
-        q.RequireContext(plan.Context, nameof(q));
-        kPointers.RequireContext(plan.Context, nameof(kPointers));
-        vPointers.RequireContext(plan.Context, nameof(vPointers));
-        o.RequireContext(plan.Context, nameof(o));
-        lse?.RequireContext(plan.Context, nameof(lse));
-        using MemoryLease leaseQ = q.Lease(), leaseK = kPointers.Lease(), leaseV = vPointers.Lease(), leaseO = o.Lease(),
-            leaseLse = lse?.Lease() ?? default;
-        NkvTensor nativeQ = q.ToNative(), nativeK = kPointers.ToNative(), nativeV = vPointers.ToNative(), nativeO = o.ToNative();
-        NkvTensor nativeLse = lse?.ToNative() ?? default;
-        NativeStatus.Check(NativeMethods.nkv_attention_decode_kv_pointers(handle, &nativeQ, &nativeK, &nativeV, tokenStride, headStride,
-            &nativeO, lse is null ? null : &nativeLse));
-        GC.KeepAlive(q);
-        GC.KeepAlive(kPointers);
-        GC.KeepAlive(vPointers);
-        GC.KeepAlive(o);
-        GC.KeepAlive(lse);
-    }
+        long tokenStride, long headStride, TensorView o, TensorView? lse = null) =>
+        RunViews(plan, q, kPointers, vPointers, o, lse, ViewOp.DecodeKvPointers, tokenStride, headStride, nameof(kPointers),
+            nameof(vPointers));
 
     /// <summary>Runs a varlen plan of a CPU-backend context on contiguous float16 host data; synchronous.</summary>
     /// <param name="plan">A plan from <see cref="PlanVarlen"/> on a <see cref="Backend.Cpu"/> context.</param>
@@ -210,18 +188,26 @@ public static unsafe class Attention
         Span<BFloat16> o, Span<float> lse = default) =>
         RunDecodeHost(plan, q, k, v, o, lse);
 
+    private enum ViewOp
+    {
+        Varlen,
+        Decode,
+        DecodeKvPointers,
+    }
+
+    // The one native call behind every TensorView overload; for DecodeKvPointers, k and v are the pointer tables.
     private static void RunViews(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse,
-        AttentionKind kind)
+        ViewOp op, long tokenStride = 0, long headStride = 0, string kName = "k", string vName = "v")
     {
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(q);
-        ArgumentNullException.ThrowIfNull(k);
-        ArgumentNullException.ThrowIfNull(v);
+        ArgumentNullException.ThrowIfNull(k, kName);
+        ArgumentNullException.ThrowIfNull(v, vName);
         ArgumentNullException.ThrowIfNull(o);
         AttentionPlanHandle handle = plan.LiveHandle;
         q.RequireContext(plan.Context, nameof(q));
-        k.RequireContext(plan.Context, nameof(k));
-        v.RequireContext(plan.Context, nameof(v));
+        k.RequireContext(plan.Context, kName);
+        v.RequireContext(plan.Context, vName);
         o.RequireContext(plan.Context, nameof(o));
         lse?.RequireContext(plan.Context, nameof(lse));
         using MemoryLease leaseQ = q.Lease(), leaseK = k.Lease(), leaseV = v.Lease(), leaseO = o.Lease(),
@@ -229,9 +215,13 @@ public static unsafe class Attention
         NkvTensor nativeQ = q.ToNative(), nativeK = k.ToNative(), nativeV = v.ToNative(), nativeO = o.ToNative();
         NkvTensor nativeLse = lse?.ToNative() ?? default;
         NkvTensor* lsePointer = lse is null ? null : &nativeLse;
-        NativeStatus.Check(kind == AttentionKind.Varlen
-            ? NativeMethods.nkv_attention_varlen(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer)
-            : NativeMethods.nkv_attention_decode(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer));
+        NativeStatus.Check(op switch
+        {
+            ViewOp.Varlen => NativeMethods.nkv_attention_varlen(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer),
+            ViewOp.Decode => NativeMethods.nkv_attention_decode(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer),
+            _ => NativeMethods.nkv_attention_decode_kv_pointers(handle, &nativeQ, &nativeK, &nativeV, tokenStride, headStride,
+                &nativeO, lsePointer),
+        });
         GC.KeepAlive(q);
         GC.KeepAlive(k);
         GC.KeepAlive(v);

@@ -26,82 +26,66 @@ public sealed class ContextHandle : NativeKvHandle
 }
 
 /// <summary>
-/// Owns an <c>nkv_buffer*</c>. It holds a reference on its context's handle, so the context outlives every buffer
-/// allocated from it even when the <see cref="Context"/> is disposed first.
+/// Base of the handles to objects made from a context (buffers, plans). Each holds a reference on its context's handle,
+/// so the context outlives everything made from it even when the <see cref="NativeKv.Context"/> is disposed first.
 /// </summary>
-public sealed class BufferHandle : NativeKvHandle
+public abstract class ContextChildHandle : NativeKvHandle
 {
-    private readonly ContextHandle _context;
-
-    internal BufferHandle(nint buffer, ContextHandle context)
+    private protected ContextChildHandle(nint child, ContextHandle context)
     {
         bool added = false;
         context.DangerousAddRef(ref added);
-        _context = context;
-        SetHandle(buffer);
+        Context = context;
+        SetHandle(child);
     }
 
+    /// <summary>The handle of the context the object belongs to.</summary>
+    internal ContextHandle Context { get; }
+
+    /// <summary>Destroys the native object (the context is released afterwards).</summary>
+    private protected abstract bool Destroy(nint child);
+
     /// <inheritdoc />
-    protected override bool ReleaseHandle()
+    protected sealed override bool ReleaseHandle()
     {
-        bool destroyed = NativeMethods.nkv_buffer_destroy(handle) == NkvStatus.Success;
-        _context.DangerousRelease();
+        bool destroyed = Destroy(handle);
+        Context.DangerousRelease();
         return destroyed;
     }
 }
 
-/// <summary>
-/// Owns an <c>nkv_attention_plan*</c>; releasing it waits for the context's outstanding work and destroys it. It holds a
-/// reference on its context's handle, so the context outlives the plan even when the <see cref="Context"/> is disposed first.
-/// </summary>
-public sealed class AttentionPlanHandle : NativeKvHandle
+/// <summary>Owns an <c>nkv_buffer*</c>.</summary>
+public sealed class BufferHandle : ContextChildHandle
 {
-    private readonly ContextHandle _context;
+    internal BufferHandle(nint buffer, ContextHandle context)
+        : base(buffer, context)
+    {
+    }
 
+    private protected override bool Destroy(nint buffer) => NativeMethods.nkv_buffer_destroy(buffer) == NkvStatus.Success;
+}
+
+/// <summary>Owns an <c>nkv_attention_plan*</c>; releasing it waits for the context's outstanding work and destroys it.</summary>
+public sealed class AttentionPlanHandle : ContextChildHandle
+{
     internal AttentionPlanHandle(nint plan, ContextHandle context)
+        : base(plan, context)
     {
-        bool added = false;
-        context.DangerousAddRef(ref added);
-        _context = context;
-        SetHandle(plan);
     }
 
-    /// <summary>The handle of the context the plan runs on.</summary>
-    internal ContextHandle Context => _context;
-
-    /// <inheritdoc />
-    protected override bool ReleaseHandle()
-    {
-        bool destroyed = NativeMethods.nkv_attention_plan_destroy(handle) == NkvStatus.Success;
-        _context.DangerousRelease();
-        return destroyed;
-    }
+    private protected override bool Destroy(nint plan) => NativeMethods.nkv_attention_plan_destroy(plan) == NkvStatus.Success;
 }
 
 /// <summary>
 /// Owns an <c>nkv_pack_plan*</c> (and the device copy of its index arrays); releasing it waits for the context's
-/// outstanding work and destroys it. It holds a reference on its context's handle, like <see cref="BufferHandle"/>.
+/// outstanding work and destroys it.
 /// </summary>
-public sealed class PackPlanHandle : NativeKvHandle
+public sealed class PackPlanHandle : ContextChildHandle
 {
-    private readonly ContextHandle _context;
-
     internal PackPlanHandle(nint plan, ContextHandle context)
+        : base(plan, context)
     {
-        bool added = false;
-        context.DangerousAddRef(ref added);
-        _context = context;
-        SetHandle(plan);
     }
 
-    /// <summary>The handle of the context the plan runs on.</summary>
-    internal ContextHandle Context => _context;
-
-    /// <inheritdoc />
-    protected override bool ReleaseHandle()
-    {
-        bool destroyed = NativeMethods.nkv_pack_plan_destroy(handle) == NkvStatus.Success;
-        _context.DangerousRelease();
-        return destroyed;
-    }
+    private protected override bool Destroy(nint plan) => NativeMethods.nkv_pack_plan_destroy(plan) == NkvStatus.Success;
 }

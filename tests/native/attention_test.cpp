@@ -250,6 +250,106 @@ std::string describe(const VarlenCase& c) {
   return s;
 }
 
+struct DecodeCase {
+  nkv_dtype dtype = NKV_DTYPE_FLOAT16;
+  int32_t heads_q = 32, heads_kv = 8, head_dim = 128, q_len = 1, capacity = 0;
+  std::vector<int32_t> seqlens;
+  Options options;
+  int64_t token_stride_extra = 0;  // e.g. layers interleaved between tokens
+};
+
+struct DecodeRun {
+  std::vector<uint16_t> o;
+  std::vector<float> lse;
+};
+
+struct DecodeInputs {
+  std::vector<uint16_t> q, k, v;
+  int64_t token_stride = 0, batch_stride = 0;
+};
+
+DecodeInputs make_decode_inputs(const DecodeCase& c) {
+  DecodeInputs in;
+  const int64_t batch = static_cast<int64_t>(c.seqlens.size());
+  in.token_stride = static_cast<int64_t>(c.heads_kv) * c.head_dim + c.token_stride_extra;
+  in.batch_stride = in.token_stride * c.capacity;
+  in.q = random_values(c.dtype, static_cast<size_t>(batch * c.q_len * c.heads_q * c.head_dim), 2.0f);
+  in.k = random_values(c.dtype, static_cast<size_t>(batch * in.batch_stride), 2.0f);
+  in.v = random_values(c.dtype, in.k.size(), 1.0f);
+  return in;
+}
+
+DecodeRun run_decode(nkv_context* context, const DecodeCase& c, const DecodeInputs& in) {
+  const nkv_device_type device = device_of(context);
+  const int64_t batch = static_cast<int64_t>(c.seqlens.size());
+  DecodeRun run;
+  run.o.assign(in.q.size(), kPoison);
+  run.lse.assign(static_cast<size_t>(batch * c.heads_q * c.q_len), std::numeric_limits<float>::quiet_NaN());
+  Placed q(context, in.q.data(), in.q.size() * 2), k(context, in.k.data(), in.k.size() * 2),
+      v(context, in.v.data(), in.v.size() * 2), o(context, run.o.data(), run.o.size() * 2),
+      lse(context, run.lse.data(), run.lse.size() * 4);
+  const nkv_attention_options options = c.options.c();
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK_RETURN(nkv_attention_plan_decode(context, &options, c.heads_q, c.heads_kv, c.head_dim,
+                                                 static_cast<int32_t>(batch), c.q_len, c.seqlens.data(), &plan),
+                       run);
+  const nkv_tensor tq = view(q.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+  const std::vector<int64_t> kv_strides = {in.batch_stride, in.token_stride, c.head_dim, 1};
+  const nkv_tensor tk = view(k.data(), c.dtype, device, {batch, c.capacity, c.heads_kv, c.head_dim}, kv_strides);
+  const nkv_tensor tv = view(v.data(), c.dtype, device, {batch, c.capacity, c.heads_kv, c.head_dim}, kv_strides);
+  const nkv_tensor to = view(o.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
+  EXPECT_EQ(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl), NKV_STATUS_SUCCESS) << nkv_last_error();
+  run.o = o.read<uint16_t>();
+  run.lse = lse.read<float>();
+  nkv_attention_plan_destroy(plan);
+  return run;
+}
+
+// The same values in both layouts: varlen sequences of q_len queries over seqlens keys packed back to
+// back, and the decode layout [batch, capacity, heads, d] (unused capacity zero) of those queries and keys.
+struct BothLayouts {
+  VarlenCase varlen;
+  VarlenInputs varlen_inputs;
+  DecodeCase decode;
+  DecodeInputs decode_inputs;
+};
+
+BothLayouts both_layouts(int32_t hq, int32_t hkv, int32_t d, int32_t q_len, int32_t capacity,
+                         const std::vector<int32_t>& seqlens) {
+  BothLayouts l;
+  const int32_t batch = static_cast<int32_t>(seqlens.size());
+  l.varlen.heads_q = l.decode.heads_q = hq;
+  l.varlen.heads_kv = l.decode.heads_kv = hkv;
+  l.varlen.head_dim = l.decode.head_dim = d;
+  l.varlen.lq.assign(static_cast<size_t>(batch), q_len);
+  l.varlen.lk = l.decode.seqlens = seqlens;
+  l.varlen.options.causal = l.decode.options.causal = true;
+  l.varlen.extra_rows = 0;
+  l.decode.q_len = q_len;
+  l.decode.capacity = capacity;
+  l.varlen_inputs = make_inputs(l.varlen);
+  const VarlenInputs& in = l.varlen_inputs;
+  DecodeInputs& out = l.decode_inputs;
+  out.token_stride = int64_t{hkv} * d;
+  out.batch_stride = out.token_stride * capacity;
+  out.q.resize(static_cast<size_t>(batch) * q_len * hq * d);
+  out.k.assign(static_cast<size_t>(batch * out.batch_stride), 0);
+  out.v = out.k;
+  for (int b = 0; b < batch; ++b) {
+    for (int t = 0; t < q_len; ++t)
+      for (int h = 0; h < hq; ++h)
+        for (int x = 0; x < d; ++x) out.q[((b * q_len + t) * hq + h) * d + x] = in.q.at(in.cu_q[b] + t, h, x);
+    for (int j = 0; j < seqlens[b]; ++j)
+      for (int h = 0; h < hkv; ++h)
+        for (int x = 0; x < d; ++x) {
+          out.k[b * out.batch_stride + j * out.token_stride + h * d + x] = in.k.at(in.cu_k[b] + j, h, x);
+          out.v[b * out.batch_stride + j * out.token_stride + h * d + x] = in.v.at(in.cu_k[b] + j, h, x);
+        }
+  }
+  return l;
+}
+
 // ---------------------------------------------------------------------------------------------------
 // CPU reference
 // ---------------------------------------------------------------------------------------------------
@@ -302,49 +402,19 @@ TEST(Attention, CpuMatchesFloat64Model) {
 
 TEST(Attention, CpuDecodeMatchesCpuVarlenOnTheSameData) {
   ContextPtr cpu = make_context(NKV_BACKEND_CPU);
-  // Decode layout: [batch, capacity, heads, d]; the same keys packed back to back for varlen.
-  const int32_t batch = 3, q_len = 2, hq = 4, hkv = 2, d = 64, capacity = 50;
-  const std::vector<int32_t> seqlens = {2, 50, 31};
-  VarlenCase c;
-  c.heads_q = hq;
-  c.heads_kv = hkv;
-  c.head_dim = d;
-  c.lq.assign(batch, q_len);
-  c.lk = seqlens;
-  c.options.causal = true;
-  c.extra_rows = 0;
-  const VarlenInputs in = make_inputs(c);
-  const Outputs expected = run_varlen(cpu.get(), c, in);
-
-  std::vector<uint16_t> q(static_cast<size_t>(batch * q_len * hq * d)), k(static_cast<size_t>(batch * capacity * hkv * d)),
-      v(k.size()), o(q.size(), kPoison);
-  for (int b = 0; b < batch; ++b) {
-    for (int t = 0; t < q_len; ++t)
-      for (int h = 0; h < hq; ++h)
-        for (int x = 0; x < d; ++x) q[((b * q_len + t) * hq + h) * d + x] = in.q.at(in.cu_q[b] + t, h, x);
-    for (int j = 0; j < seqlens[b]; ++j)
-      for (int h = 0; h < hkv; ++h)
-        for (int x = 0; x < d; ++x) {
-          k[((b * capacity + j) * hkv + h) * d + x] = in.k.at(in.cu_k[b] + j, h, x);
-          v[((b * capacity + j) * hkv + h) * d + x] = in.v.at(in.cu_k[b] + j, h, x);
-        }
-  }
-  std::vector<float> lse(static_cast<size_t>(batch * hq * q_len));
-  const nkv_attention_options options = c.options.c();
-  nkv_attention_plan* plan = nullptr;
-  NKV_ASSERT_OK(nkv_attention_plan_decode(cpu.get(), &options, hq, hkv, d, batch, q_len, seqlens.data(), &plan));
-  const nkv_tensor tq = view(q.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {batch, q_len, hq, d});
-  const nkv_tensor tk = view(k.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {batch, capacity, hkv, d});
-  const nkv_tensor tv = view(v.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {batch, capacity, hkv, d});
-  const nkv_tensor to = view(o.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {batch, q_len, hq, d});
-  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {batch, hq, q_len});
-  NKV_ASSERT_OK(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl));
-  nkv_attention_plan_destroy(plan);
+  const int32_t q_len = 2, hq = 4;
+  const BothLayouts l = both_layouts(hq, 2, 64, q_len, 50, {2, 50, 31});
+  const VarlenInputs& in = l.varlen_inputs;
+  const Outputs expected = run_varlen(cpu.get(), l.varlen, in);
+  const DecodeRun decode = run_decode(cpu.get(), l.decode, l.decode_inputs);
+  const int32_t batch = 3, d = 64;
   for (int b = 0; b < batch; ++b)
     for (int t = 0; t < q_len; ++t)
       for (int h = 0; h < hq; ++h) {
-        for (int x = 0; x < d; ++x) ASSERT_EQ(o[((b * q_len + t) * hq + h) * d + x], expected.o.at(in.cu_q[b] + t, h, x));
-        ASSERT_EQ(lse[(b * hq + h) * q_len + t], expected.lse[h * in.q.rows + in.cu_q[b] + t]);
+        for (int x = 0; x < d; ++x) {
+          ASSERT_EQ(decode.o[((b * q_len + t) * hq + h) * d + x], expected.o.at(in.cu_q[b] + t, h, x));
+        }
+        ASSERT_EQ(decode.lse[(b * hq + h) * q_len + t], expected.lse[h * in.q.rows + in.cu_q[b] + t]);
       }
 }
 
@@ -642,62 +712,6 @@ TEST(AttentionCuda, VarlenStridedWindowAndSoftcap) {
   }
 }
 
-struct DecodeCase {
-  nkv_dtype dtype = NKV_DTYPE_FLOAT16;
-  int32_t heads_q = 32, heads_kv = 8, head_dim = 128, q_len = 1, capacity = 0;
-  std::vector<int32_t> seqlens;
-  Options options;
-  int64_t token_stride_extra = 0;  // e.g. layers interleaved between tokens
-};
-
-struct DecodeRun {
-  std::vector<uint16_t> o;
-  std::vector<float> lse;
-};
-
-struct DecodeInputs {
-  std::vector<uint16_t> q, k, v;
-  int64_t token_stride = 0, batch_stride = 0;
-};
-
-DecodeInputs make_decode_inputs(const DecodeCase& c) {
-  DecodeInputs in;
-  const int64_t batch = static_cast<int64_t>(c.seqlens.size());
-  in.token_stride = static_cast<int64_t>(c.heads_kv) * c.head_dim + c.token_stride_extra;
-  in.batch_stride = in.token_stride * c.capacity;
-  in.q = random_values(c.dtype, static_cast<size_t>(batch * c.q_len * c.heads_q * c.head_dim), 2.0f);
-  in.k = random_values(c.dtype, static_cast<size_t>(batch * in.batch_stride), 2.0f);
-  in.v = random_values(c.dtype, in.k.size(), 1.0f);
-  return in;
-}
-
-DecodeRun run_decode(nkv_context* context, const DecodeCase& c, const DecodeInputs& in) {
-  const nkv_device_type device = device_of(context);
-  const int64_t batch = static_cast<int64_t>(c.seqlens.size());
-  DecodeRun run;
-  run.o.assign(in.q.size(), kPoison);
-  run.lse.assign(static_cast<size_t>(batch * c.heads_q * c.q_len), std::numeric_limits<float>::quiet_NaN());
-  Placed q(context, in.q.data(), in.q.size() * 2), k(context, in.k.data(), in.k.size() * 2),
-      v(context, in.v.data(), in.v.size() * 2), o(context, run.o.data(), run.o.size() * 2),
-      lse(context, run.lse.data(), run.lse.size() * 4);
-  const nkv_attention_options options = c.options.c();
-  nkv_attention_plan* plan = nullptr;
-  NKV_ASSERT_OK_RETURN(nkv_attention_plan_decode(context, &options, c.heads_q, c.heads_kv, c.head_dim,
-                                                 static_cast<int32_t>(batch), c.q_len, c.seqlens.data(), &plan),
-                       run);
-  const nkv_tensor tq = view(q.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
-  const std::vector<int64_t> kv_strides = {in.batch_stride, in.token_stride, c.head_dim, 1};
-  const nkv_tensor tk = view(k.data(), c.dtype, device, {batch, c.capacity, c.heads_kv, c.head_dim}, kv_strides);
-  const nkv_tensor tv = view(v.data(), c.dtype, device, {batch, c.capacity, c.heads_kv, c.head_dim}, kv_strides);
-  const nkv_tensor to = view(o.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
-  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
-  EXPECT_EQ(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl), NKV_STATUS_SUCCESS) << nkv_last_error();
-  run.o = o.read<uint16_t>();
-  run.lse = lse.read<float>();
-  nkv_attention_plan_destroy(plan);
-  return run;
-}
-
 void expect_decode_matches_cpu(const DecodeCase& c) {
   ContextPtr cpu = make_context(NKV_BACKEND_CPU);
   ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
@@ -901,55 +915,20 @@ TEST(AttentionCuda, DecodeWithFixedSplitsIsDeterministic) {
 
 TEST(AttentionCuda, DecodeMatchesVarlenOnTheSameData) {
   NKV_REQUIRE_CUDA();
-  // The same queries and keys through both CUDA ops: the decode layout [batch, capacity, heads, d] and
-  // the varlen layout (sequences back to back) hold identical values.
-  const int32_t batch = 3, q_len = 3, hq = 8, hkv = 2, d = 128, capacity = 3000;
-  const std::vector<int32_t> seqlens = {5, 2999, 1200};
-  VarlenCase c;
-  c.heads_q = hq;
-  c.heads_kv = hkv;
-  c.head_dim = d;
-  c.lq.assign(batch, q_len);
-  c.lk = seqlens;
-  c.options.causal = true;
-  c.extra_rows = 0;
+  // The same queries and keys through both CUDA ops.
+  const int32_t batch = 3, q_len = 3, hq = 8, d = 128;
+  const BothLayouts l = both_layouts(hq, 2, d, q_len, 3000, {5, 2999, 1200});
+  const VarlenInputs& in = l.varlen_inputs;
   ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
-  const VarlenInputs in = make_inputs(c);
-  const Outputs varlen = run_varlen(gpu.get(), c, in);
-
-  DecodeCase dc;
-  dc.heads_q = hq;
-  dc.heads_kv = hkv;
-  dc.head_dim = d;
-  dc.q_len = q_len;
-  dc.seqlens = seqlens;
-  dc.capacity = capacity;
-  dc.options.causal = true;
-  DecodeInputs din;
-  din.token_stride = hkv * d;
-  din.batch_stride = din.token_stride * capacity;
-  din.q.resize(static_cast<size_t>(batch * q_len * hq * d));
-  din.k.assign(static_cast<size_t>(batch * din.batch_stride), 0);
-  din.v = din.k;
-  for (int b = 0; b < batch; ++b) {
-    for (int t = 0; t < q_len; ++t)
-      for (int h = 0; h < hq; ++h)
-        for (int x = 0; x < d; ++x) din.q[((b * q_len + t) * hq + h) * d + x] = in.q.at(in.cu_q[b] + t, h, x);
-    for (int j = 0; j < seqlens[b]; ++j)
-      for (int h = 0; h < hkv; ++h)
-        for (int x = 0; x < d; ++x) {
-          din.k[b * din.batch_stride + j * din.token_stride + h * d + x] = in.k.at(in.cu_k[b] + j, h, x);
-          din.v[b * din.batch_stride + j * din.token_stride + h * d + x] = in.v.at(in.cu_k[b] + j, h, x);
-        }
-  }
-  const DecodeRun decode = run_decode(gpu.get(), dc, din);
+  const Outputs varlen = run_varlen(gpu.get(), l.varlen, in);
+  const DecodeRun decode = run_decode(gpu.get(), l.decode, l.decode_inputs);
   double diff = 0, norm = 0;
   for (int b = 0; b < batch; ++b)
     for (int t = 0; t < q_len; ++t)
       for (int h = 0; h < hq; ++h)
         for (int x = 0; x < d; ++x) {
-          const double a = to_float(c.dtype, decode.o[((b * q_len + t) * hq + h) * d + x]);
-          const double e = to_float(c.dtype, varlen.o.at(in.cu_q[b] + t, h, x));
+          const double a = to_float(l.varlen.dtype, decode.o[((b * q_len + t) * hq + h) * d + x]);
+          const double e = to_float(l.varlen.dtype, varlen.o.at(in.cu_q[b] + t, h, x));
           diff += (a - e) * (a - e);
           norm += e * e;
         }

@@ -78,10 +78,7 @@ AttentionMask check_options(const nkv_attention_options* options, int32_t head_d
   AttentionMask mask;
   mask.softmax_scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   if (options == nullptr) return mask;
-  if (options->struct_size < kOptionsFirstSize) {
-    fail_argument("argument 'options': struct_size " + std::to_string(options->struct_size) + " is smaller than " +
-                  std::to_string(kOptionsFirstSize) + " (the first nkv_attention_options)");
-  }
+  check_struct_size("options", options->struct_size, kOptionsFirstSize, "the first nkv_attention_options");
   if (options->causal != 0 && options->causal != 1) {
     fail_argument("argument 'options.causal': expected 0 or 1, got " + std::to_string(options->causal));
   }
@@ -229,15 +226,20 @@ void place_plan(nkv_attention_plan& plan) {
       {nullptr, partial_rows * sizeof(float), 0},
   };
   size_t total = 0;
+  size_t uploaded = 0;  // the index arrays come first; the partials need no upload
   for (Part& p : parts) {
     p.offset = total;
     total += (p.bytes + 255) / 256 * 256;
+    if (p.host != nullptr) uploaded = total;
+  }
+  // One staging copy and one upload for all index arrays.
+  std::vector<char> staging(uploaded);
+  for (const Part& p : parts) {
+    if (p.host != nullptr && p.bytes > 0) std::memcpy(staging.data() + p.offset, p.host, p.bytes);
   }
   char* block = static_cast<char*>(cuda::allocate(c.device_ordinal, total));
   plan.device_block = block;
-  for (const Part& p : parts) {
-    if (p.host != nullptr && p.bytes > 0) cuda::upload(c.device_ordinal, c.stream, block + p.offset, p.host, p.bytes);
-  }
+  if (uploaded > 0) cuda::upload(c.device_ordinal, c.stream, block, staging.data(), uploaded);
   plan.device_cu_seqlens_q = reinterpret_cast<const int32_t*>(block + parts[0].offset);
   plan.device_cu_seqlens_k = reinterpret_cast<const int32_t*>(block + parts[1].offset);
   plan.device_seqlens_k = reinterpret_cast<const int32_t*>(block + parts[2].offset);
@@ -255,6 +257,7 @@ void release_plan(nkv_attention_plan* plan) noexcept {
 struct PlanDeleter {
   void operator()(nkv_attention_plan* plan) const noexcept { release_plan(plan); }
 };
+using PlanPtr = std::unique_ptr<nkv_attention_plan, PlanDeleter>;
 
 nkv_attention_plan& check_plan(nkv_attention_plan* plan, nkv_attention_kind kind) {
   if (plan == nullptr) fail_argument("argument 'plan' must not be NULL");
@@ -273,13 +276,6 @@ void check_attention_tensor(const char* name, const nkv_tensor& t, std::initiali
   check_shape(name, t, shape);
   check_unit_inner_stride(name, t);
   if (context.backend == NKV_BACKEND_CUDA) check_vector_aligned(name, t, 8);
-}
-
-void check_same_dtype(const char* name, const nkv_tensor& t, const nkv_tensor& q) {
-  if (t.dtype != q.dtype) {
-    fail_argument(std::string("argument '") + name + "': dtype " + dtype_name(t.dtype) + " differs from q's " +
-                  dtype_name(q.dtype));
-  }
 }
 
 void check_rows_at_least(const char* name, const nkv_tensor& t, int64_t rows, const char* what) {
@@ -337,6 +333,30 @@ void run_decode(const nkv_attention_plan& p, DecodeAttentionArgs& a, const nkv_t
   }
 }
 
+// The checks and fields both plan kinds share, in the order the messages report them.
+PlanPtr new_plan(nkv_context* context, nkv_attention_plan** out_plan, const nkv_attention_options* options,
+                 nkv_attention_kind kind, int32_t num_heads_q, int32_t num_heads_kv, int32_t head_dim, int32_t batch) {
+  const nkv_context& c = check_context(context);
+  require_out(out_plan, "out_plan");
+  check_heads(num_heads_q, num_heads_kv, head_dim);
+  const bool decode = kind == NKV_ATTENTION_DECODE;
+  const AttentionMask mask = check_options(options, head_dim, decode);
+  const nkv_attention_kernel kernel = check_kernel(options, c, decode);
+  check_device(c);
+  if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
+  check_cuda_limits(c, batch, num_heads_kv);
+  PlanPtr plan(new nkv_attention_plan());
+  plan->context = context;
+  plan->kind = kind;
+  plan->kernel = kernel;
+  plan->batch = batch;
+  plan->num_heads_q = num_heads_q;
+  plan->num_heads_kv = num_heads_kv;
+  plan->head_dim = head_dim;
+  plan->mask = mask;
+  return plan;
+}
+
 }  // namespace
 
 extern "C" {
@@ -346,23 +366,7 @@ NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_att
                                              int32_t batch, const int32_t* cu_seqlens_q, const int32_t* cu_seqlens_k,
                                              nkv_attention_plan** out_plan) {
   return guard("nkv_attention_plan_varlen", [&] {
-    check_context(context);
-    require_out(out_plan, "out_plan");
-    check_heads(num_heads_q, num_heads_kv, head_dim);
-    const AttentionMask mask = check_options(options, head_dim, false);
-    const nkv_attention_kernel kernel = check_kernel(options, *context, false);
-    check_device(*context);
-    if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
-    check_cuda_limits(*context, batch, num_heads_kv);
-    std::unique_ptr<nkv_attention_plan, PlanDeleter> plan(new nkv_attention_plan());
-    plan->context = context;
-    plan->kind = NKV_ATTENTION_VARLEN;
-    plan->kernel = kernel;
-    plan->batch = batch;
-    plan->num_heads_q = num_heads_q;
-    plan->num_heads_kv = num_heads_kv;
-    plan->head_dim = head_dim;
-    plan->mask = mask;
+    PlanPtr plan = new_plan(context, out_plan, options, NKV_ATTENTION_VARLEN, num_heads_q, num_heads_kv, head_dim, batch);
     plan->cu_seqlens_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, batch);
     plan->cu_seqlens_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, batch);
     plan->total_q = plan->cu_seqlens_q[batch];
@@ -383,33 +387,15 @@ NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_att
                                              int32_t batch, int32_t q_len, const int32_t* seqlens_k,
                                              nkv_attention_plan** out_plan) {
   return guard("nkv_attention_plan_decode", [&] {
-    const nkv_context& c = check_context(context);
-    require_out(out_plan, "out_plan");
-    check_heads(num_heads_q, num_heads_kv, head_dim);
-    const AttentionMask mask = check_options(options, head_dim, true);
-    const nkv_attention_kernel kernel = check_kernel(options, c, true);
-    check_device(c);
-    if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
-    check_cuda_limits(c, batch, num_heads_kv);
+    PlanPtr plan = new_plan(context, out_plan, options, NKV_ATTENTION_DECODE, num_heads_q, num_heads_kv, head_dim, batch);
+    const nkv_context& c = *context;
     if (q_len < 1 || q_len > kMaxDecodeQueries) {
       fail_argument("argument 'q_len': expected 1.." + std::to_string(kMaxDecodeQueries) + " queries per sequence, got " +
                     std::to_string(q_len));
     }
     if (seqlens_k == nullptr && batch > 0) fail_argument("argument 'seqlens_k' must not be NULL");
-    std::unique_ptr<nkv_attention_plan, PlanDeleter> plan(new nkv_attention_plan());
-    plan->context = context;
-    plan->kind = NKV_ATTENTION_DECODE;
-    plan->kernel = kernel;
-    plan->batch = batch;
-    plan->num_heads_q = num_heads_q;
-    plan->num_heads_kv = num_heads_kv;
-    plan->head_dim = head_dim;
     plan->q_len = q_len;
-    plan->mask = mask;
     if (batch > 0) plan->seqlens_k.assign(seqlens_k, seqlens_k + batch);
-    plan->cu_seqlens_q.resize(static_cast<size_t>(batch) + 1);
-    plan->cu_seqlens_k.resize(static_cast<size_t>(batch) + 1);
-    plan->cu_seqlens_q[0] = plan->cu_seqlens_k[0] = 0;
     int64_t total_k = 0;
     for (int32_t b = 0; b < batch; ++b) {
       if (seqlens_k[b] < 0) {
@@ -430,10 +416,6 @@ NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_att
                                          std::to_string(static_cast<int64_t>(batch) * q_len * num_heads_q) +
                                          " output rows: at most " + std::to_string(std::numeric_limits<int32_t>::max()) +
                                          " of each per plan");
-    }
-    for (int32_t b = 0; b < batch; ++b) {
-      plan->cu_seqlens_q[b + 1] = (b + 1) * q_len;
-      plan->cu_seqlens_k[b + 1] = plan->cu_seqlens_k[b] + seqlens_k[b];
     }
     plan->total_q = static_cast<int64_t>(batch) * q_len;
     plan->total_k = total_k;
@@ -462,10 +444,7 @@ NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, n
     require_out(out_info, "out_info");
     // The layout of the first release; fields appended later are filled only for callers that have them.
     constexpr size_t kFirstSize = offsetof(nkv_attention_plan_info, reserved) + sizeof(int32_t);
-    if (out_info->struct_size < kFirstSize) {
-      fail_argument("argument 'out_info': struct_size " + std::to_string(out_info->struct_size) + " is smaller than " +
-                    std::to_string(kFirstSize) + " (the first nkv_attention_plan_info)");
-    }
+    check_struct_size("out_info", out_info->struct_size, kFirstSize, "the first nkv_attention_plan_info");
     const size_t filled = std::min<size_t>(out_info->struct_size, sizeof(nkv_attention_plan_info));
     nkv_attention_plan_info info{};
     info.struct_size = static_cast<uint32_t>(filled);
@@ -496,15 +475,15 @@ NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tens
     check_rows_at_least("q", tq, p.total_q, "cu_seqlens_q");
     const nkv_tensor& tk = check_tensor("k", k, c);
     check_attention_tensor("k", tk, {-1, hkv, d}, c);
-    check_same_dtype("k", tk, tq);
+    check_same_dtype("k", tk, "q", tq);
     check_rows_at_least("k", tk, p.total_k, "cu_seqlens_k");
     const nkv_tensor& tv = check_tensor("v", v, c);
     check_attention_tensor("v", tv, {-1, hkv, d}, c);
-    check_same_dtype("v", tv, tq);
+    check_same_dtype("v", tv, "q", tq);
     check_rows_at_least("v", tv, p.total_k, "cu_seqlens_k");
     const nkv_tensor& to = check_tensor("o", o, c);
     check_attention_tensor("o", to, {tq.shape[0], hq, d}, c);
-    check_same_dtype("o", to, tq);
+    check_same_dtype("o", to, "q", tq);
     if (lse != nullptr) {
       const nkv_tensor& tl = check_tensor("lse", lse, c);
       check_dtype("lse", tl, {NKV_DTYPE_FLOAT32});
@@ -549,17 +528,17 @@ NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tens
     check_attention_tensor("q", tq, {b, t, hq, d}, c);
     const nkv_tensor& tk = check_tensor("k", k, c);
     check_attention_tensor("k", tk, {b, -1, hkv, d}, c);
-    check_same_dtype("k", tk, tq);
+    check_same_dtype("k", tk, "q", tq);
     const nkv_tensor& tv = check_tensor("v", v, c);
     check_attention_tensor("v", tv, {b, tk.shape[1], hkv, d}, c);
-    check_same_dtype("v", tv, tq);
+    check_same_dtype("v", tv, "q", tq);
     if (tk.shape[1] < p.max_seqlen_k) {
       fail_argument("arguments 'k' and 'v': capacity of " + std::to_string(tk.shape[1]) +
                     " tokens per sequence, but the plan's seqlens_k reach " + std::to_string(p.max_seqlen_k));
     }
     const nkv_tensor& to = check_tensor("o", o, c);
     check_attention_tensor("o", to, {b, t, hq, d}, c);
-    check_same_dtype("o", to, tq);
+    check_same_dtype("o", to, "q", tq);
     check_decode_lse(lse, c, p);
     check_outputs_disjoint(to, lse, tq, tk, tv);
 
@@ -605,7 +584,7 @@ NKV_API nkv_status nkv_attention_decode_kv_pointers(nkv_attention_plan* plan, co
     }
     const nkv_tensor& to = check_tensor("o", o, c);
     check_attention_tensor("o", to, {b, t, hq, p.head_dim}, c);
-    check_same_dtype("o", to, tq);
+    check_same_dtype("o", to, "q", tq);
     check_decode_lse(lse, c, p);
     // The tables stand in for K and V in the overlap rule (the memory they point to is the caller's to keep apart).
     check_outputs_disjoint(to, lse, tq, *k_pointers, *v_pointers, "k_pointers", "v_pointers");

@@ -29,10 +29,7 @@ NKV_API nkv_status nkv_context_create(const nkv_context_options* options, nkv_co
     require_out(out_context, "out_context");
     nkv_context_options o{sizeof(nkv_context_options), NKV_BACKEND_AUTO, 0, 0, nullptr};
     if (options != nullptr) {
-      if (options->struct_size < sizeof(nkv_context_options)) {
-        fail_argument("argument 'options': struct_size " + std::to_string(options->struct_size) +
-                      " is smaller than " + std::to_string(sizeof(nkv_context_options)));
-      }
+      check_struct_size("options", options->struct_size, sizeof(nkv_context_options), "sizeof(nkv_context_options)");
       o = *options;
     }
     if (o.backend != NKV_BACKEND_AUTO && o.backend != NKV_BACKEND_CPU && o.backend != NKV_BACKEND_CUDA) {

@@ -21,10 +21,7 @@ NKV_API nkv_status nkv_cuda_device_count(int32_t* out_count) {
 NKV_API nkv_status nkv_cuda_device_properties(int32_t ordinal, nkv_device_properties* out) {
   return guard("nkv_cuda_device_properties", [&] {
     require_out(out, "out");
-    if (out->struct_size < sizeof(nkv_device_properties)) {
-      fail_argument("argument 'out': struct_size " + std::to_string(out->struct_size) + " is smaller than " +
-                    std::to_string(sizeof(nkv_device_properties)) + " (sizeof(nkv_device_properties))");
-    }
+    check_struct_size("out", out->struct_size, sizeof(nkv_device_properties), "sizeof(nkv_device_properties)");
     std::string reason;
     const int32_t count = cuda::device_count(reason);
     if (count == 0) fail(NKV_STATUS_NO_DEVICE, reason);

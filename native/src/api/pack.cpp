@@ -83,13 +83,6 @@ const nkv_tensor& check_token_matrix(const char* name, const nkv_tensor* tensor,
   return t;
 }
 
-void check_same_dtype(const char* name, const nkv_tensor& t, const char* reference_name, const nkv_tensor& reference) {
-  if (t.dtype != reference.dtype) {
-    fail_argument(std::string("argument '") + name + "': expected dtype " + dtype_name(reference.dtype) + " (that of '" +
-                  reference_name + "'), got " + dtype_name(t.dtype));
-  }
-}
-
 // The padded layout [prompt_count, longest_prompt, hidden]; its slots are numbered by int32 indices.
 const nkv_tensor& check_padded(const char* name, const nkv_tensor* tensor, const nkv_pack_plan& plan, int64_t hidden) {
   if (plan.spans[kPackPaddedSlots].length != plan.total_tokens) {
@@ -190,10 +183,7 @@ NKV_API nkv_status nkv_pack_plan_get_info(const nkv_pack_plan* plan, nkv_pack_pl
     require_out(out_info, "out_info");
     // The layout of the first release; fields appended later are filled only for callers that have them.
     constexpr size_t kFirstSize = offsetof(nkv_pack_plan_info, unpacked_padding_tokens) + sizeof(int64_t);
-    if (out_info->struct_size < kFirstSize) {
-      fail_argument("argument 'out_info': struct_size " + std::to_string(out_info->struct_size) + " is smaller than " +
-                    std::to_string(kFirstSize) + " (the first nkv_pack_plan_info)");
-    }
+    check_struct_size("out_info", out_info->struct_size, kFirstSize, "the first nkv_pack_plan_info");
     const size_t filled = std::min<size_t>(out_info->struct_size, sizeof(nkv_pack_plan_info));
     nkv_pack_plan_info info{};
     info.struct_size = static_cast<uint32_t>(filled);

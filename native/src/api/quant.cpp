@@ -12,10 +12,7 @@ namespace {
 
 nkv_quant_axis check_params(const nkv_int8_quant_params* params, bool uses_threshold) {
   if (params == nullptr) fail_argument("argument 'params' must not be NULL");
-  if (params->struct_size < sizeof(nkv_int8_quant_params)) {
-    fail_argument("argument 'params': struct_size " + std::to_string(params->struct_size) + " is smaller than " +
-                  std::to_string(sizeof(nkv_int8_quant_params)) + " (sizeof(nkv_int8_quant_params))");
-  }
+  check_struct_size("params", params->struct_size, sizeof(nkv_int8_quant_params), "sizeof(nkv_int8_quant_params)");
   if (params->axis != NKV_QUANT_AXIS_ROW && params->axis != NKV_QUANT_AXIS_COLUMN) {
     fail_argument("argument 'params.axis': expected NKV_QUANT_AXIS_ROW (0) or NKV_QUANT_AXIS_COLUMN (1), got " +
                   std::to_string(params->axis));

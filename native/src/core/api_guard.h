@@ -2,6 +2,8 @@
 // calling thread's last-error message, prefixed with the function's name. Nothing escapes the ABI.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
 #include <new>
 #include <string>
 
@@ -34,6 +36,16 @@ nkv_status guard(const char* function, Body&& body) noexcept {
 template <typename T>
 void require_out(T* pointer, const char* name) {
   if (pointer == nullptr) fail_argument(std::string("argument '") + name + "' must not be NULL");
+}
+
+// A parameter or output struct whose size the caller sets: struct_size must cover at least `first_size`
+// bytes (the struct as first published); fields appended later are read or written only when the
+// caller's struct_size covers them.
+inline void check_struct_size(const char* argument, uint32_t struct_size, size_t first_size, const char* struct_name) {
+  if (struct_size < first_size) {
+    fail_argument(std::string("argument '") + argument + "': struct_size " + std::to_string(struct_size) +
+                  " is smaller than " + std::to_string(first_size) + " (" + struct_name + ")");
+  }
 }
 
 }  // namespace nkv

@@ -205,4 +205,11 @@ void check_vector_aligned(const char* name, const nkv_tensor& t, int64_t element
   }
 }
 
+void check_same_dtype(const char* name, const nkv_tensor& t, const char* reference_name, const nkv_tensor& reference) {
+  if (t.dtype != reference.dtype) {
+    fail_argument(arg(name) + ": expected dtype " + dtype_name(reference.dtype) + " (that of '" + reference_name +
+                  "'), got " + dtype_name(t.dtype) + ", which differs");
+  }
+}
+
 }  // namespace nkv

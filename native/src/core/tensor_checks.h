@@ -18,6 +18,8 @@ std::string shape_string(const nkv_tensor& t);
 // empty, and memory on the context's device.
 const nkv_tensor& check_tensor(const char* name, const nkv_tensor* t, const nkv_context& context);
 void check_dtype(const char* name, const nkv_tensor& t, std::initializer_list<nkv_dtype> allowed);
+// The dtype of `reference`, named reference_name in the message.
+void check_same_dtype(const char* name, const nkv_tensor& t, const char* reference_name, const nkv_tensor& reference);
 // Expected shape; -1 in `expected` accepts any extent.
 void check_shape(const char* name, const nkv_tensor& t, std::initializer_list<int64_t> expected);
 // Elements along the last dimension must be adjacent (stride 1) where a kernel reads rows as vectors.

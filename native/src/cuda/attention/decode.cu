@@ -24,18 +24,7 @@ constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kDecodeBlockN = 64;  // keys per tile: 16 per warp; must match kDecodeKeyTile in api/attention.cpp
 
 struct DecodeKernelParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* o;
-  float* lse;
-  int64_t q_batch, q_token, q_head;
-  int64_t k_batch, k_token, k_head;
-  int64_t v_batch, v_token, v_head;
-  int64_t o_batch, o_token, o_head;
-  int64_t lse_batch, lse_head;
-  const int64_t* k_pointers;  // per-sequence K / V addresses, or null for k/v + sequence * batch stride
-  const int64_t* v_pointers;
+  DecodeAttentionArgs args;
   const int32_t* seqlens_k;
   const DecodeSplit* splits;
   const int32_t* first_split;
@@ -43,10 +32,7 @@ struct DecodeKernelParams {
   float* partial_lse;  // [slot, q_len, num_heads_q]
   int q_len;
   int num_heads_q;
-  int group;
-  ScoreTransform score;
-  bool causal;
-  int window_left;
+  KernelMask mask;
 };
 
 // kStages: 3 where the GPU's shared memory allows (more bytes in flight), else 2.
@@ -65,8 +51,8 @@ struct DecodeTiles {
 
 template <typename T, int kHeadDim, int kMTiles, int kStages_>
 __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const DecodeKernelParams p) {
+  const DecodeAttentionArgs& args = p.args;
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages_>;
-  using Tile = SwizzledTile<Tiles::kPitch>;
   constexpr int kRows = Tiles::kRows;
   constexpr int kChunks = Tiles::kChunks;
   constexpr int kStages = Tiles::kStages;
@@ -82,7 +68,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   const DecodeSplit split = p.splits[blockIdx.x];
   const int sequence = split.sequence;
   const int kv_head = blockIdx.y;
-  const int group = p.group;
+  const int group = p.mask.group;
   const int rows = p.q_len * group;
   const int row0 = blockIdx.z * kRows;
   if (row0 >= rows) return;
@@ -96,32 +82,22 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
 
   // The tiles of this split that any row of the block can see.
   int key_end = split.key_end;
-  if (p.causal) key_end = min(key_end, last_token + offset + 1);
-  const int window_start = p.window_left >= 0 ? max(split.key_begin, first_token + offset - p.window_left) : split.key_begin;
+  if (p.mask.causal) key_end = min(key_end, last_token + offset + 1);
+  const int window_start =
+      p.mask.window_left >= 0 ? max(split.key_begin, first_token + offset - p.mask.window_left) : split.key_begin;
   const int key_begin = split.key_begin + (window_start - split.key_begin) / kDecodeBlockN * kDecodeBlockN;
   const int tiles = key_end > key_begin ? (key_end - key_begin + kDecodeBlockN - 1) / kDecodeBlockN : 0;
 
-  const T* q_base = static_cast<const T*>(p.q) + sequence * p.q_batch;
-  const T* k_base = (p.k_pointers != nullptr ? reinterpret_cast<const T*>(p.k_pointers[sequence])
-                                             : static_cast<const T*>(p.k) + sequence * p.k_batch) +
-                    kv_head * p.k_head;
-  const T* v_base = (p.v_pointers != nullptr ? reinterpret_cast<const T*>(p.v_pointers[sequence])
-                                             : static_cast<const T*>(p.v) + sequence * p.v_batch) +
-                    kv_head * p.v_head;
+  const T* q_base = static_cast<const T*>(args.q) + sequence * args.q_batch_stride;
+  const T* k_base = (args.k_pointers != nullptr ? reinterpret_cast<const T*>(args.k_pointers[sequence])
+                                             : static_cast<const T*>(args.k) + sequence * args.k_batch_stride) +
+                    kv_head * args.k_strides.head;
+  const T* v_base = (args.v_pointers != nullptr ? reinterpret_cast<const T*>(args.v_pointers[sequence])
+                                             : static_cast<const T*>(args.v) + sequence * args.v_batch_stride) +
+                    kv_head * args.v_strides.head;
 
-  for (int c = threadIdx.x; c < kRows * kChunks; c += kDecodeThreads) {
-    const int r = c / kChunks;
-    const int chunk = c % kChunks;
-    const int row = row0 + r;
-    const bool valid = row < rows;
-    const T* src = q_base;
-    if (valid) {
-      const int token = row / group;
-      const int head = kv_head * group + (row - token * group);
-      src = q_base + token * p.q_token + head * p.q_head + chunk * 8;
-    }
-    copy_async_16(q_tile + Tile::offset(r, chunk * 8), src, valid);
-  }
+  load_packed_q_tile<Tiles::kPitch, kRows, kChunks, kDecodeThreads>(q_tile, q_base, args.q_strides, row0, rows, group,
+                                                                    kv_head);
   copy_async_commit();
 
   // Stage s holds K at stages + 2s tiles and V right after it.
@@ -130,8 +106,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   auto load_tile = [&](int tile) {
     const uint32_t stage_bytes = static_cast<uint32_t>((tile % kStages) * 2 * kTileElements * sizeof(T));
     const int n0 = key_begin + tile * kDecodeBlockN;
-    k_loader.load(k_base, p.k_token, n0, key_end, stage_bytes);
-    v_loader.load(v_base, p.v_token, n0, key_end, stage_bytes);
+    k_loader.load(k_base, args.k_strides.row, n0, key_end, stage_bytes);
+    v_loader.load(v_base, args.v_strides.row, n0, key_end, stage_bytes);
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -145,14 +121,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int row = row0 + mt * 16 + lane / 4 + 8 * half;
-      KeyRange r = visible_keys(min(row, rows - 1) / group, lq, lk, p.causal, p.window_left);
+      KeyRange r = visible_keys(min(row, rows - 1) / group, lq, lk, p.mask.causal, p.mask.window_left);
       r.first = max(r.first, split.key_begin);
       r.last = min(r.last, split.key_end - 1);
       visible[mt][half] = r;
     }
   }
-  const bool causal_edge_possible = p.causal || p.window_left >= 0;
-  const float exp_scale = p.score.softcap > 0.0f ? 1.0f : p.score.scale_log2;
+  const bool causal_edge_possible = p.mask.causal || p.mask.window_left >= 0;
+  const float exp_scale = p.mask.score.softcap > 0.0f ? 1.0f : p.mask.score.scale_log2;
 
   float o[kMTiles][kDTiles][4];
   float row_max[kMTiles][2];
@@ -209,13 +185,13 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
     }
 
     // As in the varlen kernel: whole loops behind block-uniform branches, the scale folded into exp2.
-    if (p.score.softcap > 0.0f) {
+    if (p.mask.score.softcap > 0.0f) {
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt)
 #pragma unroll
-          for (int i = 0; i < 4; ++i) s[mt][nt][i] = p.score.capped(s[mt][nt][i]);
+          for (int i = 0; i < 4; ++i) s[mt][nt][i] = p.mask.score.capped(s[mt][nt][i]);
     }
     if (n0 + kDecodeBlockN > split.key_end || causal_edge_possible) {
 #pragma unroll
@@ -332,9 +308,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
     const int token = row / group;
     const int head = kv_head * group + (row - token * group);
     if (final_output) {
-      T* out = static_cast<T*>(p.o) + sequence * p.o_batch + token * p.o_token + head * p.o_head;
+      T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head;
       out[d] = MmaType<T>::from_float(value);
-      if (d == 0 && p.lse != nullptr) p.lse[sequence * p.lse_batch + head * p.lse_head + token] = lse;
+      if (d == 0 && args.lse != nullptr) args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = lse;
     } else {
       const int64_t partial_row = (static_cast<int64_t>(split.slot) * lq + token) * p.num_heads_q + head;
       p.partial_o[partial_row * kHeadDim + d] = value;
@@ -347,6 +323,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
 // One warp per output row: the lanes read the splits' LSEs, then sweep head_dim.
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeKernelParams p, int total_rows) {
+  const DecodeAttentionArgs& args = p.args;
   const int row = blockIdx.x * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= total_rows) return;
@@ -381,11 +358,11 @@ __global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeKernelP
 #pragma unroll
     for (int j = 0; j < kPerLane; ++j) acc[j] += weight * partial[lane + 32 * j];
   }
-  T* out = static_cast<T*>(p.o) + sequence * p.o_batch + token * p.o_token + head * p.o_head;
+  T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head;
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) out[lane + 32 * j] = MmaType<T>::from_float(acc[j]);
-  if (lane == 0 && p.lse != nullptr) {
-    p.lse[sequence * p.lse_batch + head * p.lse_head + token] = sum > 0.0f ? base + __logf(sum) : -INFINITY;
+  if (lane == 0 && args.lse != nullptr) {
+    args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = sum > 0.0f ? base + __logf(sum) : -INFINITY;
   }
 }
 
@@ -396,7 +373,7 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
   auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages>;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
-  const int rows = plan.q_len * params.group;
+  const int rows = plan.q_len * params.mask.group;
   const int row_blocks = (rows + Tiles::kRows - 1) / Tiles::kRows;
   const size_t slots = plan.splits.size();
   if (slots > static_cast<size_t>(std::numeric_limits<int32_t>::max()) || plan.num_heads_kv > 65535) {
@@ -511,27 +488,7 @@ int decode_resident_blocks_per_sm(const nkv_attention_plan& plan) {
 void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& a) {
   using namespace attention;
   DecodeKernelParams p{};
-  p.q = a.q;
-  p.k = a.k;
-  p.v = a.v;
-  p.o = a.o;
-  p.lse = a.lse;
-  p.q_batch = a.q_batch_stride;
-  p.q_token = a.q_strides.row;
-  p.q_head = a.q_strides.head;
-  p.k_batch = a.k_batch_stride;
-  p.k_token = a.k_strides.row;
-  p.k_head = a.k_strides.head;
-  p.v_batch = a.v_batch_stride;
-  p.v_token = a.v_strides.row;
-  p.v_head = a.v_strides.head;
-  p.o_batch = a.o_batch_stride;
-  p.o_token = a.o_strides.row;
-  p.o_head = a.o_strides.head;
-  p.lse_batch = a.lse_batch_stride;
-  p.lse_head = a.lse_head_stride;
-  p.k_pointers = a.k_pointers;
-  p.v_pointers = a.v_pointers;
+  p.args = a;
   p.seqlens_k = plan.device_seqlens_k;
   p.splits = plan.device_splits;
   p.first_split = plan.device_first_split;
@@ -539,10 +496,7 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
   p.partial_lse = plan.partial_lse;
   p.q_len = plan.q_len;
   p.num_heads_q = plan.num_heads_q;
-  p.group = plan.num_heads_q / plan.num_heads_kv;
-  p.score = make_score_transform(plan.mask);
-  p.causal = plan.mask.causal;
-  p.window_left = plan.mask.window_left;
+  p.mask = make_kernel_mask(plan);
   DeviceScope scope(plan.context->device_ordinal);
   if (a.dtype == NKV_DTYPE_BFLOAT16) {
     dispatch_head_dim<__nv_bfloat16>(plan, p);

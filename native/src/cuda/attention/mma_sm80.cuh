@@ -71,9 +71,11 @@ struct SwizzledTile {
 
 // 16 bytes global -> shared without going through registers; `valid` false writes zeros instead
 // (rows past the end of a sequence must be zeros, never stale data: 0 * NaN would poison the MMA).
+__device__ __forceinline__ void copy_async_16(uint32_t shared, const void* global, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(global), "r"(valid ? 16 : 0));
+}
 __device__ __forceinline__ void copy_async_16(void* shared, const void* global, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared_address(shared)), "l"(global),
-               "r"(valid ? 16 : 0));
+  copy_async_16(shared_address(shared), global, valid);
 }
 // Copies a tile of kRows rows x kPitch elements from global memory (rows `row_stride` elements apart)
 // into a SwizzledTile with kThreads threads. Each thread owns one 16-byte chunk column of the tile and
@@ -119,12 +121,32 @@ struct TileLoader {
       const bool valid = data_chunk && row0 + first_row + i * kRowsPerPass < valid_rows;
       const uint32_t dst = shared[i % kPhases] + extra_bytes +
                            2u * static_cast<uint32_t>((i / kPhases) * kPhases * kRowsPerPass * kPitch);
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(valid ? src : base),
-                   "r"(valid ? 16 : 0));
+      copy_async_16(dst, valid ? src : base, valid);
       src += pass_stride;
     }
   }
 };
+
+// Loads kRows packed-GQA query rows starting at row0 into a SwizzledTile: row r is token r / group of query
+// head kv_head * group + r % group; rows at or past `rows` are zero-filled. Once per block, so a plain
+// loop (the K/V tiles, loaded every iteration, use TileLoader).
+template <int kPitch, int kRows, int kChunks, int kThreads, typename T>
+__device__ __forceinline__ void load_packed_q_tile(T* tile, const T* q_base, HeadMajorStrides strides, int row0, int rows,
+                                                   int group, int kv_head) {
+  for (int c = threadIdx.x; c < kRows * kChunks; c += kThreads) {
+    const int r = c / kChunks;
+    const int chunk = c % kChunks;
+    const int row = row0 + r;
+    const bool valid = row < rows;
+    const T* src = q_base;
+    if (valid) {
+      const int token = row / group;
+      const int head = kv_head * group + (row - token * group);
+      src = q_base + static_cast<int64_t>(token) * strides.row + static_cast<int64_t>(head) * strides.head + chunk * 8;
+    }
+    copy_async_16(tile + SwizzledTile<kPitch>::offset(r, chunk * 8), src, valid);
+  }
+}
 
 // exp2 as the single MUFU instruction (flushes subnormal results to zero, which softmax weights that
 // small do not miss).
@@ -207,7 +229,15 @@ struct ScoreTransform {
   }
 };
 
-ScoreTransform make_score_transform(const AttentionMask& mask);
+// The mask and score parameters every attention kernel takes, made once from the plan.
+struct KernelMask {
+  int group;  // query heads per KV head
+  ScoreTransform score;
+  bool causal;
+  int window_left;
+};
+
+KernelMask make_kernel_mask(const nkv_attention_plan& plan);
 
 __device__ __forceinline__ float quad_max(float x) {
   x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));

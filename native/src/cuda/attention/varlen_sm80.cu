@@ -38,18 +38,10 @@ namespace attention {
 namespace {
 
 struct VarlenKernelParams {
-  const void* q;
-  const void* k;
-  const void* v;
-  void* o;
-  float* lse;
-  int64_t q_row, q_head, k_row, k_head, v_row, v_head, o_row, o_head, lse_head;
+  VarlenAttentionArgs args;
   const int32_t* cu_seqlens_q;
   const int32_t* cu_seqlens_k;
-  int group;
-  ScoreTransform score;
-  bool causal;
-  int window_left;
+  KernelMask mask;
 };
 
 // kWarps warps each own kMTiles x 16 query rows; kBlockN keys per K/V tile; Q fragments either stay in
@@ -66,8 +58,8 @@ struct VarlenTiles {
 
 template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters>
 __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const VarlenKernelParams p) {
+  const VarlenAttentionArgs& args = p.args;
   using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
-  using Tile = SwizzledTile<Tiles::kPitch>;
   constexpr int kBlockM = Tiles::kBlockM;
   constexpr int kThreads = Tiles::kThreads;
   constexpr int kChunks = Tiles::kChunks;
@@ -87,7 +79,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   const int lq = p.cu_seqlens_q[sequence + 1] - q_begin;
   const int k_begin = p.cu_seqlens_k[sequence];
   const int lk = p.cu_seqlens_k[sequence + 1] - k_begin;
-  const int group = p.group;
+  const int group = p.mask.group;
   const int rows = lq * group;
   // Reverse order: under a causal mask the last row tiles carry the most work; start them first.
   const int row0 = (gridDim.x - 1 - blockIdx.x) * kBlockM;
@@ -99,34 +91,23 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   const int first_token = row0 / group;
   const int last_token = (min(rows, row0 + kBlockM) - 1) / group;
   int key_end = lk;
-  if (p.causal) key_end = min(lk, last_token + offset + 1);
-  const int key_begin = p.window_left >= 0 ? max(0, first_token + offset - p.window_left) : 0;
+  if (p.mask.causal) key_end = min(lk, last_token + offset + 1);
+  const int key_begin = p.mask.window_left >= 0 ? max(0, first_token + offset - p.mask.window_left) : 0;
   const int tile_begin = key_begin / kBlockN;
   const int tile_end = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN : tile_begin;
-  const float exp_scale = p.score.softcap > 0.0f ? 1.0f : p.score.scale_log2;
+  const float exp_scale = p.mask.score.softcap > 0.0f ? 1.0f : p.mask.score.scale_log2;
 
-  const T* q_base = static_cast<const T*>(p.q) + static_cast<int64_t>(q_begin) * p.q_row;
-  const T* k_base = static_cast<const T*>(p.k) + static_cast<int64_t>(k_begin) * p.k_row + kv_head * p.k_head;
-  const T* v_base = static_cast<const T*>(p.v) + static_cast<int64_t>(k_begin) * p.v_row + kv_head * p.v_head;
+  const T* q_base = static_cast<const T*>(args.q) + static_cast<int64_t>(q_begin) * args.q_strides.row;
+  const T* k_base =
+      static_cast<const T*>(args.k) + static_cast<int64_t>(k_begin) * args.k_strides.row + kv_head * args.k_strides.head;
+  const T* v_base =
+      static_cast<const T*>(args.v) + static_cast<int64_t>(k_begin) * args.v_strides.row + kv_head * args.v_strides.head;
 
   const TileLoader<kBlockN, Tiles::kPitch, kChunks, kThreads> k_loader(k_tile, threadIdx.x);
   const TileLoader<kBlockN, Tiles::kPitch, kChunks, kThreads> v_loader(v_tile, threadIdx.x);
 
-  // Q tile: packed GQA rows; rows past the sequence are zero-filled.
-  for (int c = threadIdx.x; c < kBlockM * kChunks; c += kThreads) {
-    const int r = c / kChunks;
-    const int chunk = c % kChunks;
-    const int row = row0 + r;
-    const bool valid = row < rows;
-    const T* src = q_base;
-    if (valid) {
-      const int token = row / group;
-      const int head = kv_head * group + (row - token * group);
-      src = q_base + static_cast<int64_t>(token) * p.q_row + static_cast<int64_t>(head) * p.q_head + chunk * 8;
-    }
-    copy_async_16(q_tile + Tile::offset(r, chunk * 8), src, valid);
-  }
-  if (tile_end > tile_begin) k_loader.load(k_base, p.k_row, (tile_end - 1) * kBlockN, lk);
+  load_packed_q_tile<Tiles::kPitch, kBlockM, kChunks, kThreads>(q_tile, q_base, args.q_strides, row0, rows, group, kv_head);
+  if (tile_end > tile_begin) k_loader.load(k_base, args.k_strides.row, (tile_end - 1) * kBlockN, lk);
   copy_async_commit();
 
   float o[kMTiles][kDTiles][4];
@@ -161,7 +142,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
 
   for (int tile = tile_end - 1; tile >= tile_begin; --tile) {
     const int n0 = tile * kBlockN;
-    v_loader.load(v_base, p.v_row, n0, lk);
+    v_loader.load(v_base, args.v_strides.row, n0, lk);
     copy_async_commit();
 
     float s[kMTiles][kNTiles][4];
@@ -193,23 +174,23 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
     // tiles at an edge need it). Both are whole loops behind block-uniform branches: per-element
     // branches would multiply the code of the loop body and miss in the instruction cache. Without
     // soft-cap the scale is folded into the exponent below (one FFMA per score).
-    if (p.score.softcap > 0.0f) {
+    if (p.mask.score.softcap > 0.0f) {
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt)
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-          for (int i = 0; i < 4; ++i) s[mt][nt][i] = p.score.capped(s[mt][nt][i]);
+          for (int i = 0; i < 4; ++i) s[mt][nt][i] = p.mask.score.capped(s[mt][nt][i]);
     }
-    const bool edge = n0 + kBlockN > lk || (p.causal && n0 + kBlockN - 1 > first_token + offset) ||
-                      (p.window_left >= 0 && n0 < last_token + offset - p.window_left);
+    const bool edge = n0 + kBlockN > lk || (p.mask.causal && n0 + kBlockN - 1 > first_token + offset) ||
+                      (p.mask.window_left >= 0 && n0 < last_token + offset - p.mask.window_left);
     if (edge) {
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
           const int row = row0 + warp * 16 * kMTiles + mt * 16 + lane / 4 + 8 * half;
-          const KeyRange r = visible_keys(min(row, rows - 1) / group, lq, lk, p.causal, p.window_left);
+          const KeyRange r = visible_keys(min(row, rows - 1) / group, lq, lk, p.mask.causal, p.mask.window_left);
           const int first = r.first - n0 - (lane % 4) * 2;  // in this lane's column numbering
           const int last = r.last - n0 - (lane % 4) * 2;
 #pragma unroll
@@ -227,7 +208,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
     copy_async_wait<0>();
     __syncthreads();  // V is in; every warp is done with K
     if (tile > tile_begin) {
-      k_loader.load(k_base, p.k_row, n0 - kBlockN, lk);
+      k_loader.load(k_base, args.k_strides.row, n0 - kBlockN, lk);
       copy_async_commit();
     }
 
@@ -287,7 +268,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   }
 
   // Epilogue: normalize, write O (rows of this sequence only) and the natural-log LSE.
-  T* o_base = static_cast<T*>(p.o) + static_cast<int64_t>(q_begin) * p.o_row;
+  T* o_base = static_cast<T*>(args.o) + static_cast<int64_t>(q_begin) * args.o_strides.row;
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
@@ -298,14 +279,15 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
       const int token = row / group;
       const int head = kv_head * group + (row - token * group);
       const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-      T* out = o_base + static_cast<int64_t>(token) * p.o_row + static_cast<int64_t>(head) * p.o_head + (lane % 4) * 2;
+      T* out = o_base + static_cast<int64_t>(token) * args.o_strides.row + static_cast<int64_t>(head) * args.o_strides.head +
+               (lane % 4) * 2;
 #pragma unroll
       for (int dt = 0; dt < kDTiles; ++dt) {
         *reinterpret_cast<uint32_t*>(out + dt * 8) =
             MmaType<T>::pack(o[mt][dt][2 * half] * inverse, o[mt][dt][2 * half + 1] * inverse);
       }
-      if (p.lse != nullptr && lane % 4 == 0) {
-        p.lse[static_cast<int64_t>(head) * p.lse_head + q_begin + token] =
+      if (args.lse != nullptr && lane % 4 == 0) {
+        args.lse[static_cast<int64_t>(head) * args.lse_head_stride + q_begin + token] =
             sum > 0.0f ? (row_max[mt][half] + log2f(sum)) * 0.69314718055994531f : kNegInf;
       }
     }
@@ -324,7 +306,7 @@ void launch_varlen(const nkv_attention_plan& plan, const VarlenKernelParams& par
   }
   NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
-  const int64_t row_blocks = (plan.max_seqlen_q * params.group + Tiles::kBlockM - 1) / Tiles::kBlockM;
+  const int64_t row_blocks = (plan.max_seqlen_q * params.mask.group + Tiles::kBlockM - 1) / Tiles::kBlockM;
   if (row_blocks > std::numeric_limits<int32_t>::max() || plan.batch > 65535 || plan.num_heads_kv > 65535) {
     fail(NKV_STATUS_NOT_SUPPORTED, "varlen attention grid too large: " + std::to_string(row_blocks) + " row tiles x " +
                                        std::to_string(plan.num_heads_kv) + " KV heads x " + std::to_string(plan.batch) +
@@ -352,8 +334,6 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const VarlenKernelParams&
   }
 }
 
-}  // namespace
-
 ScoreTransform make_score_transform(const AttentionMask& mask) {
   constexpr float kLog2e = 1.4426950408889634f;
   ScoreTransform t{};
@@ -364,31 +344,22 @@ ScoreTransform make_score_transform(const AttentionMask& mask) {
   return t;
 }
 
+}  // namespace
+
+KernelMask make_kernel_mask(const nkv_attention_plan& plan) {
+  return {plan.num_heads_q / plan.num_heads_kv, make_score_transform(plan.mask), plan.mask.causal,
+          plan.mask.window_left};
+}
+
 }  // namespace attention
 
 void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs& a) {
   using namespace attention;
   VarlenKernelParams p{};
-  p.q = a.q;
-  p.k = a.k;
-  p.v = a.v;
-  p.o = a.o;
-  p.lse = a.lse;
-  p.q_row = a.q_strides.row;
-  p.q_head = a.q_strides.head;
-  p.k_row = a.k_strides.row;
-  p.k_head = a.k_strides.head;
-  p.v_row = a.v_strides.row;
-  p.v_head = a.v_strides.head;
-  p.o_row = a.o_strides.row;
-  p.o_head = a.o_strides.head;
-  p.lse_head = a.lse_head_stride;
+  p.args = a;
   p.cu_seqlens_q = plan.device_cu_seqlens_q;
   p.cu_seqlens_k = plan.device_cu_seqlens_k;
-  p.group = plan.num_heads_q / plan.num_heads_kv;
-  p.score = make_score_transform(plan.mask);
-  p.causal = plan.mask.causal;
-  p.window_left = plan.mask.window_left;
+  p.mask = make_kernel_mask(plan);
   DeviceScope scope(plan.context->device_ordinal);
   if (a.dtype == NKV_DTYPE_BFLOAT16) {
     dispatch_head_dim<__nv_bfloat16>(plan, p);

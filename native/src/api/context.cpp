@@ -57,6 +57,7 @@ NKV_API nkv_status nkv_context_create(const nkv_context_options* options, nkv_co
       context->multiprocessor_count = properties.multiprocessor_count;
       context->compute_capability = properties.compute_capability_major * 10 + properties.compute_capability_minor;
       context->shared_memory_per_block = static_cast<int64_t>(properties.shared_memory_per_block_optin_bytes);
+      context->hopper_kernels = context->compute_capability == 90 && cuda::hopper_kernels_available(o.device_ordinal);
     }
     *out_context = context.release();
   });

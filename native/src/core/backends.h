@@ -29,6 +29,8 @@ void upload(int32_t ordinal, void* stream, void* device_destination, const void*
 void download(int32_t ordinal, void* stream, void* host_destination, const void* device_source, uint64_t size_bytes);
 void copy(int32_t ordinal, void* stream, void* device_destination, const void* device_source, uint64_t size_bytes);
 void memset(int32_t ordinal, void* stream, void* device_destination, int32_t value, uint64_t size_bytes);
+// Whether this library carries sm_90a device code that runs on device `ordinal` (a one-off probe launch).
+bool hopper_kernels_available(int32_t ordinal);
 }  // namespace cuda
 
 }  // namespace nkv

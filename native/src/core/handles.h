@@ -14,6 +14,7 @@ struct nkv_context {
   int32_t multiprocessor_count = 0;
   int32_t compute_capability = 0;  // major * 10 + minor
   int64_t shared_memory_per_block = 0;  // the opt-in maximum, bytes
+  bool hopper_kernels = false;      // sm_90a device code present and runnable (compute capability 9.0)
 };
 
 struct nkv_buffer {

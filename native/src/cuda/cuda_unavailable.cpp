@@ -26,6 +26,7 @@ void upload(int32_t, void*, void*, const void*, uint64_t) { unavailable(); }
 void download(int32_t, void*, void*, const void*, uint64_t) { unavailable(); }
 void copy(int32_t, void*, void*, const void*, uint64_t) { unavailable(); }
 void memset(int32_t, void*, void*, int32_t, uint64_t) { unavailable(); }
+bool hopper_kernels_available(int32_t) { unavailable(); }
 void int8_quantize(const Int8QuantizeArgs&, const nkv_context&) { unavailable(); }
 void int8_dequantize(const Int8DequantizeArgs&, const nkv_context&) { unavailable(); }
 int decode_resident_blocks_per_sm(const nkv_attention_plan&) { unavailable(); }

@@ -16,6 +16,7 @@
 #include "core/attention.h"
 #include "core/error.h"
 #include "cuda/attention/mma_sm80.cuh"
+#include "cuda/attention/varlen_sm90.h"
 #include "cuda/common/cuda_check.h"
 
 // Tiles per head dim: warps, 16-row MMA tiles per warp, keys per tile, Q in registers. Overridable at
@@ -361,6 +362,7 @@ void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs&
   p.cu_seqlens_k = plan.device_cu_seqlens_k;
   p.mask = make_kernel_mask(plan);
   DeviceScope scope(plan.context->device_ordinal);
+  if (varlen_sm90_supports(plan)) return attention_varlen_sm90(plan, a);
   if (a.dtype == NKV_DTYPE_BFLOAT16) {
     dispatch_head_dim<__nv_bfloat16>(plan, p);
   } else {

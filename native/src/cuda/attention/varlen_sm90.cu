@@ -1,0 +1,444 @@
+// Varlen attention forward, sm_90a design (FlashAttention-3): one warpgroup produces (a single thread
+// issues TMA loads of Q and of K/V tiles into a 2-stage ring, completing on mbarriers), two warpgroups
+// consume (each owns 64 query rows: S = Q K^T with both operands in shared memory, the online softmax
+// in registers, O += P V with P from registers). setmaxnreg moves registers from the producer to the
+// consumers. Head dim 128, 128 x 128 tiles; compiled only for sm_90a (other targets get an empty body
+// and are never dispatched, see hopper_kernels_available).
+//
+// Shared-memory tiles use TMA's 128-byte swizzle: a 128-wide row is stored as two 64-element halves,
+// each half a [rows][64] block whose 16-byte chunks are XOR-swizzled by row % 8 (the layout wgmma's
+// SW128 descriptors describe).
+#include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime's driver entry point
+#include <cuda_runtime.h>
+#include <cudaTypedefs.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "core/attention.h"
+#include "core/backends.h"
+#include "core/error.h"
+#include "cuda/attention/mma_sm80.cuh"
+#include "cuda/attention/varlen_sm90.h"
+#include "cuda/common/cuda_check.h"
+
+namespace nkv::cuda::attention {
+namespace {
+
+constexpr int kHeadDim = 128;
+constexpr int kBlockM = 128;  // two consumer warpgroups x 64 rows
+[[maybe_unused]] constexpr int kBlockN = 128;  // device code only
+constexpr int kStages = 2;
+constexpr int kThreads = 384;
+constexpr int kHalfBytes = 128 * 64 * 2;  // one [128 rows][64] half-tile: 16 KiB
+constexpr int kTileBytes = 2 * kHalfBytes;
+constexpr int kQOffset = 0;
+constexpr int kKOffset = kQOffset + kTileBytes;
+constexpr int kVOffset = kKOffset + kStages * kTileBytes;
+constexpr int kBarrierOffset = kVOffset + kStages * kTileBytes;
+constexpr int kBarriers = 1 + 4 * kStages;  // q_full, k_full[s], k_empty[s], v_full[s], v_empty[s]
+// + 1024: the dynamic shared memory base is aligned up to the 1024 bytes the swizzle atoms need.
+constexpr size_t kSharedBytes = kBarrierOffset + kBarriers * 8 + 1024;
+
+struct Sm90Params {
+  const int32_t* cu_seqlens_q;
+  const int32_t* cu_seqlens_k;
+  void* o;
+  float* lse;
+  int64_t o_row, o_head, lse_head;
+  int group;
+  ScoreTransform score;
+  bool causal;
+  int window_left;
+};
+
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define NKV_SM90A_DEVICE_CODE 1
+#endif
+
+#ifdef NKV_SM90A_DEVICE_CODE
+
+__device__ __forceinline__ void barrier_init(uint32_t barrier, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(barrier), "r"(count));
+}
+// Arrives once and announces `bytes` of TMA traffic the phase must wait for.
+__device__ __forceinline__ void barrier_expect_bytes(uint32_t barrier, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(barrier), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void barrier_arrive(uint32_t barrier) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(barrier) : "memory");
+}
+__device__ __forceinline__ void barrier_wait(uint32_t barrier, int phase) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(barrier),
+      "r"(phase)
+      : "memory");
+}
+
+// One [box] TMA load of a 3-D map (d, head, row) into shared memory, completing on `barrier`.
+__device__ __forceinline__ void tma_load(uint32_t destination, const CUtensorMap* map, uint32_t barrier, int d, int head,
+                                         int row) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];\n" ::"r"(
+          destination),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(d), "r"(head), "r"(row), "r"(barrier)
+      : "memory");
+}
+
+// A wgmma shared-memory descriptor for a 128-byte-swizzled operand: start address, leading and stride
+// byte offsets (each >> 4), swizzle mode 1 (128 B) in bits 62-63.
+__device__ __forceinline__ uint64_t sw128_descriptor(uint32_t address, uint32_t leading_bytes, uint32_t stride_bytes) {
+  return static_cast<uint64_t>((address & 0x3FFFF) >> 4) | (static_cast<uint64_t>(leading_bytes >> 4) << 16) |
+         (static_cast<uint64_t>(stride_bytes >> 4) << 32) | (1ull << 62);
+}
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+
+__device__ __forceinline__ void wgmma_ss_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, bool accumulate,
+                                                    __half) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+}
+__device__ __forceinline__ void wgmma_rs_m64n128k16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b, __half) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+
+__device__ __forceinline__ void wgmma_ss_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, bool accumulate,
+                                                    __nv_bfloat16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(desc_a), "l"(desc_b), "r"(static_cast<int>(accumulate)));
+}
+__device__ __forceinline__ void wgmma_rs_m64n128k16(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b, __nv_bfloat16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+
+
+#endif  // NKV_SM90A_DEVICE_CODE
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    varlen_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
+                               const __grid_constant__ CUtensorMap v_map, const Sm90Params p) {
+#ifdef NKV_SM90A_DEVICE_CODE
+  constexpr float kNegInf = -INFINITY;
+  extern __shared__ __align__(1024) unsigned char shared_bytes[];
+  const uint32_t base = (shared_address(shared_bytes) + 1023u) & ~1023u;
+  const uint32_t q_tile = base + kQOffset;
+  const uint32_t barriers = base + kBarrierOffset;
+  const uint32_t q_full = barriers;
+  auto k_full = [&](int s) { return barriers + 8u * (1 + s); };
+  auto k_empty = [&](int s) { return barriers + 8u * (1 + kStages + s); };
+  auto v_full = [&](int s) { return barriers + 8u * (1 + 2 * kStages + s); };
+  auto v_empty = [&](int s) { return barriers + 8u * (1 + 3 * kStages + s); };
+  auto k_tile = [&](int s) { return base + kKOffset + static_cast<uint32_t>(s * kTileBytes); };
+  auto v_tile = [&](int s) { return base + kVOffset + static_cast<uint32_t>(s * kTileBytes); };
+
+  const int sequence = blockIdx.z;
+  const int head = blockIdx.y;
+  const int kv_head = head / p.group;
+  const int q_begin = p.cu_seqlens_q[sequence];
+  const int lq = p.cu_seqlens_q[sequence + 1] - q_begin;
+  const int k_begin = p.cu_seqlens_k[sequence];
+  const int lk = p.cu_seqlens_k[sequence + 1] - k_begin;
+  const int row0 = (gridDim.x - 1 - blockIdx.x) * kBlockM;  // heaviest row tiles first under a causal mask
+  if (row0 >= lq) return;  // the whole block, before any barrier exists
+
+  const int offset = lk - lq;
+  const int last_token = min(lq, row0 + kBlockM) - 1;
+  int key_end = lk;
+  if (p.causal) key_end = min(lk, last_token + offset + 1);
+  const int key_begin = p.window_left >= 0 ? max(0, row0 + offset - p.window_left) : 0;
+  const int tile_begin = key_begin / kBlockN;
+  const int tiles = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN - tile_begin : 0;
+
+  if (threadIdx.x == 0) {
+    barrier_init(q_full, 1);
+    for (int s = 0; s < kStages; ++s) {
+      barrier_init(k_full(s), 1);
+      barrier_init(v_full(s), 1);
+      barrier_init(k_empty(s), 2 * 128);
+      barrier_init(v_empty(s), 2 * 128);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  const int warpgroup = threadIdx.x / 128;
+  if (warpgroup == 0) {
+    // Producer: one thread issues every load; the tiles are visited last to first, as the consumers do.
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
+    if (threadIdx.x == 0) {
+      barrier_expect_bytes(q_full, kTileBytes);
+      tma_load(q_tile, &q_map, q_full, 0, head, q_begin + row0);
+      tma_load(q_tile + kHalfBytes, &q_map, q_full, 64, head, q_begin + row0);
+      for (int i = 0; i < tiles; ++i) {
+        const int n0 = (tile_begin + tiles - 1 - i) * kBlockN;
+        const int s = i % kStages;
+        const int phase = (i / kStages) & 1;
+        barrier_wait(k_empty(s), phase ^ 1);  // the first pass over the ring finds every stage free
+        barrier_expect_bytes(k_full(s), kTileBytes);
+        tma_load(k_tile(s), &k_map, k_full(s), 0, kv_head, k_begin + n0);
+        tma_load(k_tile(s) + kHalfBytes, &k_map, k_full(s), 64, kv_head, k_begin + n0);
+        barrier_wait(v_empty(s), phase ^ 1);
+        barrier_expect_bytes(v_full(s), kTileBytes);
+        tma_load(v_tile(s), &v_map, v_full(s), 0, kv_head, k_begin + n0);
+        tma_load(v_tile(s) + kHalfBytes, &v_map, v_full(s), 64, kv_head, k_begin + n0);
+      }
+    }
+    return;
+  }
+
+  // Consumers.
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
+  const int consumer = warpgroup - 1;  // rows consumer*64 .. +63 of the tile
+  const int warp = (threadIdx.x % 128) / 32;
+  const int lane = threadIdx.x % 32;
+  const int row_lo = consumer * 64 + warp * 16 + lane / 4;  // this thread's rows: row_lo and row_lo + 8
+  const float exp_scale = p.score.softcap > 0.0f ? 1.0f : p.score.scale_log2;
+
+  float o[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o[i] = 0.0f;
+  float row_max[2] = {kNegInf, kNegInf};
+  float row_sum[2] = {0.0f, 0.0f};
+
+  barrier_wait(q_full, 0);
+  for (int i = 0; i < tiles; ++i) {
+    const int n0 = (tile_begin + tiles - 1 - i) * kBlockN;
+    const int s = i % kStages;
+    const int phase = (i / kStages) & 1;
+
+    // S = Q K^T: 8 k-steps of 16; k-step kk reads 32 bytes at (kk % 4) * 32 of half kk / 4.
+    float acc[64];
+    barrier_wait(k_full(s), phase);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+      const uint32_t half_offset = static_cast<uint32_t>((kk / 4) * kHalfBytes + (kk % 4) * 32);
+      const uint64_t a = sw128_descriptor(q_tile + half_offset + static_cast<uint32_t>(consumer * 64 * 128), 16, 1024);
+      const uint64_t b = sw128_descriptor(k_tile(s) + half_offset, 16, 1024);
+      wgmma_ss_m64n128k16(acc, a, b, kk > 0, T());
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    barrier_arrive(k_empty(s));
+
+    // acc[4c + j]: row row_lo + 8 * (j / 2), key n0 + 8c + 2 (lane % 4) + j % 2.
+    if (p.score.softcap > 0.0f) {
+#pragma unroll
+      for (int j = 0; j < 64; ++j) acc[j] = p.score.capped(acc[j]);
+    }
+    const bool edge = n0 + kBlockN > lk || (p.causal && n0 + kBlockN - 1 > row0 + offset) ||
+                      (p.window_left >= 0 && n0 < last_token + offset - p.window_left);
+    if (edge) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const KeyRange r = visible_keys(min(row0 + row_lo + 8 * half, lq - 1), lq, lk, p.causal, p.window_left);
+        const int first = r.first - n0 - (lane % 4) * 2;
+        const int last = r.last - n0 - (lane % 4) * 2;
+#pragma unroll
+        for (int c = 0; c < 16; ++c) {
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            const int column = 8 * c + j;
+            if (column < first || column > last) acc[4 * c + 2 * half + j] = kNegInf;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float tile_max = kNegInf;
+#pragma unroll
+      for (int c = 0; c < 16; ++c) tile_max = fmaxf(tile_max, fmaxf(acc[4 * c + 2 * half], acc[4 * c + 2 * half + 1]));
+      const float new_max = fmaxf(row_max[half], quad_max(tile_max) * exp_scale);
+      const float base_max = new_max == kNegInf ? 0.0f : new_max;
+      const float correction = fast_exp2(row_max[half] - base_max);
+      row_max[half] = new_max;
+      float sum = 0.0f;
+#pragma unroll
+      for (int c = 0; c < 16; ++c) {
+        acc[4 * c + 2 * half] = fast_exp2(fmaf(acc[4 * c + 2 * half], exp_scale, -base_max));
+        acc[4 * c + 2 * half + 1] = fast_exp2(fmaf(acc[4 * c + 2 * half + 1], exp_scale, -base_max));
+        sum += acc[4 * c + 2 * half] + acc[4 * c + 2 * half + 1];
+        o[4 * c + 2 * half] *= correction;
+        o[4 * c + 2 * half + 1] *= correction;
+      }
+      row_sum[half] = row_sum[half] * correction + sum;
+    }
+
+    // O += P V: P (the accumulator layout is the register-A layout of m64k16) times V read MN-major:
+    // key-step kk is 16 rows (2048 bytes) into each half; the two halves (d 0-63, 64-127) are the
+    // descriptor's leading offset apart, 8-row groups 1024 bytes apart.
+    uint32_t pa[kBlockN / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      pa[kk][0] = MmaType<T>::pack(acc[8 * kk + 0], acc[8 * kk + 1]);
+      pa[kk][1] = MmaType<T>::pack(acc[8 * kk + 2], acc[8 * kk + 3]);
+      pa[kk][2] = MmaType<T>::pack(acc[8 * kk + 4], acc[8 * kk + 5]);
+      pa[kk][3] = MmaType<T>::pack(acc[8 * kk + 6], acc[8 * kk + 7]);
+    }
+    barrier_wait(v_full(s), phase);
+    wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      const uint64_t b = sw128_descriptor(v_tile(s) + static_cast<uint32_t>(kk * 16 * 128), kHalfBytes, 1024);
+      wgmma_rs_m64n128k16(o, pa[kk], b, T());
+    }
+    wgmma_commit();
+    wgmma_wait_all();
+    barrier_arrive(v_empty(s));
+  }
+
+  // Epilogue: normalize and store the rows of this sequence; o[4c + j] is column 8c + 2 (lane % 4) + j % 2.
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const float sum = quad_sum(row_sum[half]);
+    const int token = row0 + row_lo + 8 * half;
+    if (token >= lq) continue;
+    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+    T* out = static_cast<T*>(p.o) + static_cast<int64_t>(q_begin + token) * p.o_row + static_cast<int64_t>(head) * p.o_head +
+             (lane % 4) * 2;
+#pragma unroll
+    for (int c = 0; c < 16; ++c) {
+      *reinterpret_cast<uint32_t*>(out + 8 * c) =
+          MmaType<T>::pack(o[4 * c + 2 * half] * inverse, o[4 * c + 2 * half + 1] * inverse);
+    }
+    if (p.lse != nullptr && lane % 4 == 0) {
+      p.lse[static_cast<int64_t>(head) * p.lse_head + q_begin + token] =
+          sum > 0.0f ? (row_max[half] + log2f(sum)) * 0.69314718055994531f : kNegInf;
+    }
+  }
+#endif  // NKV_SM90A_DEVICE_CODE
+}
+
+// Writes 1 when this build carries sm_90a device code for the running GPU, 0 otherwise (a compute_90
+// PTX or another architecture's code would run the empty kernel bodies above).
+__global__ void sm90a_probe_kernel(int* result) {
+#ifdef NKV_SM90A_DEVICE_CODE
+  *result = 1;
+#else
+  *result = 0;
+#endif
+}
+
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static PFN_cuTensorMapEncodeTiled_v12000 encoder = [] {
+    void* function = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+#if CUDART_VERSION >= 12050
+    NKV_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &function, 12000, cudaEnableDefault, &found));
+#else
+    NKV_CUDA_CHECK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", &function, cudaEnableDefault, &found));
+#endif
+    if (found != cudaDriverEntryPointSuccess || function == nullptr) {
+      fail(NKV_STATUS_DEVICE_ERROR, "the CUDA driver does not provide cuTensorMapEncodeTiled (needs a CUDA 12 driver)");
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(function);
+  }();
+  return encoder;
+}
+
+// A 3-D map (d, head, row) over `rows` rows; boxes of [128 rows][1 head][64 d], 128-byte swizzled.
+CUtensorMap make_map(const void* data, nkv_dtype dtype, int64_t rows, int32_t heads, HeadMajorStrides strides) {
+  CUtensorMap map{};
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kHeadDim), static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t byte_strides[2] = {static_cast<cuuint64_t>(strides.head) * 2, static_cast<cuuint64_t>(strides.row) * 2};
+  const cuuint32_t box[3] = {64, 1, 128};
+  const cuuint32_t element_strides[3] = {1, 1, 1};
+  const CUresult result = tensor_map_encoder()(
+      &map, dtype == NKV_DTYPE_BFLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
+      const_cast<void*>(data), dims, byte_strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  if (result != CUDA_SUCCESS) {
+    fail(NKV_STATUS_DEVICE_ERROR, "cuTensorMapEncodeTiled failed with CUresult " + std::to_string(static_cast<int>(result)));
+  }
+  return map;
+}
+
+template <typename T>
+void launch(const nkv_attention_plan& plan, const VarlenAttentionArgs& a, const Sm90Params& params) {
+  const CUtensorMap q_map = make_map(a.q, a.dtype, plan.total_q, plan.num_heads_q, a.q_strides);
+  const CUtensorMap k_map = make_map(a.k, a.dtype, plan.total_k, plan.num_heads_kv, a.k_strides);
+  const CUtensorMap v_map = make_map(a.v, a.dtype, plan.total_k, plan.num_heads_kv, a.v_strides);
+  auto kernel = varlen_forward_sm90_kernel<T>;
+  NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
+  const int64_t row_blocks = (plan.max_seqlen_q + kBlockM - 1) / kBlockM;
+  const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.num_heads_q), static_cast<unsigned>(plan.batch));
+  kernel<<<grid, kThreads, kSharedBytes, static_cast<cudaStream_t>(plan.context->stream)>>>(q_map, k_map, v_map, params);
+  NKV_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace
+
+bool varlen_sm90_supports(const nkv_attention_plan& plan) {
+  return plan.context->hopper_kernels && plan.head_dim == kHeadDim && plan.total_k > 0 &&
+         plan.num_heads_q <= 65535 && plan.batch <= 65535;
+}
+
+void attention_varlen_sm90(const nkv_attention_plan& plan, const VarlenAttentionArgs& a) {
+  Sm90Params p{};
+  p.cu_seqlens_q = plan.device_cu_seqlens_q;
+  p.cu_seqlens_k = plan.device_cu_seqlens_k;
+  p.o = a.o;
+  p.lse = a.lse;
+  p.o_row = a.o_strides.row;
+  p.o_head = a.o_strides.head;
+  p.lse_head = a.lse_head_stride;
+  p.group = plan.num_heads_q / plan.num_heads_kv;
+  p.score = make_score_transform(plan.mask);
+  p.causal = plan.mask.causal;
+  p.window_left = plan.mask.window_left;
+  if (a.dtype == NKV_DTYPE_BFLOAT16) {
+    launch<__nv_bfloat16>(plan, a, p);
+  } else {
+    launch<__half>(plan, a, p);
+  }
+}
+
+}  // namespace nkv::cuda::attention
+
+namespace nkv::cuda {
+
+bool hopper_kernels_available(int32_t ordinal) {
+  DeviceScope scope(ordinal);
+  int* flag = nullptr;
+  NKV_CUDA_CHECK(cudaMalloc(&flag, sizeof(int)));
+  int result = 0;
+  attention::sm90a_probe_kernel<<<1, 1>>>(flag);
+  cudaError_t status = cudaGetLastError();
+  if (status == cudaSuccess) status = cudaMemcpy(&result, flag, sizeof(int), cudaMemcpyDeviceToHost);
+  cudaFree(flag);
+  // No kernel image for this device (a build without sm_90 code) simply means no Hopper path.
+  if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction) {
+    cudaGetLastError();
+    return false;
+  }
+  NKV_CUDA_CHECK(status);
+  return result == 1;
+}
+
+}  // namespace nkv::cuda

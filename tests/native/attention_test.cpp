@@ -34,10 +34,11 @@ struct Options {
   float softcap = 0.0f;
   int32_t window_left = -1;
   int32_t num_splits = 0;
+  nkv_attention_kernel kernel = NKV_ATTENTION_KERNEL_AUTO;
 
   nkv_attention_options c() const {
     return nkv_attention_options{sizeof(nkv_attention_options), causal ? 1 : 0, scale, softcap, window_left, num_splits,
-                                 NKV_ATTENTION_KERNEL_AUTO, 0};
+                                 kernel, 0};
   }
 };
 
@@ -245,7 +246,11 @@ std::string describe(const VarlenCase& c) {
   std::string s = std::string(c.dtype == NKV_DTYPE_BFLOAT16 ? "bf16" : "fp16") + " d" + std::to_string(c.head_dim) + " h" +
                   std::to_string(c.heads_q) + "/" + std::to_string(c.heads_kv) + (c.options.causal ? " causal" : "") +
                   (c.options.window_left >= 0 ? " window" + std::to_string(c.options.window_left) : "") +
-                  (c.options.softcap > 0 ? " softcap" : "") + (c.strided ? " strided" : "") + " lq/lk";
+                  (c.options.softcap > 0 ? " softcap" : "") + (c.strided ? " strided" : "") +
+                  (c.options.kernel == NKV_ATTENTION_KERNEL_SM80   ? " sm80"
+                   : c.options.kernel == NKV_ATTENTION_KERNEL_SM90 ? " sm90"
+                                                                   : "") +
+                  " lq/lk";
   for (size_t i = 0; i < c.lq.size(); ++i) s += " " + std::to_string(c.lq[i]) + "/" + std::to_string(c.lk[i]);
   return s;
 }
@@ -621,7 +626,9 @@ void expect_cuda_matches_cpu(const VarlenCase& c) {
   ContextPtr cpu = make_context(NKV_BACKEND_CPU);
   ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
   const VarlenInputs in = make_inputs(c);
-  const Outputs expected = run_varlen(cpu.get(), c, in);
+  VarlenCase reference = c;
+  reference.options.kernel = NKV_ATTENTION_KERNEL_AUTO;  // the CPU backend has one implementation
+  const Outputs expected = run_varlen(cpu.get(), reference, in);
   const Outputs got = run_varlen(gpu.get(), c, in);
   const std::string label = describe(c);
   const int64_t total = in.cu_q.back();
@@ -645,6 +652,56 @@ TEST(AttentionCuda, VarlenEveryHeadDimCausalAndNot) {
         c.options.causal = causal;
         expect_cuda_matches_cpu(c);
       }
+}
+
+bool device_is_hopper() {
+  nkv_device_properties properties{};
+  properties.struct_size = sizeof(properties);
+  return nkv_cuda_device_properties(0, &properties) == NKV_STATUS_SUCCESS && properties.compute_capability_major == 9 &&
+         properties.compute_capability_minor == 0;
+}
+
+// Both kernel families on the same cases where the device has both (AUTO is the Hopper one there).
+TEST(AttentionCuda, VarlenKernelFamiliesOnHeadDim128) {
+  NKV_REQUIRE_CUDA();
+  std::vector<nkv_attention_kernel> kernels = {NKV_ATTENTION_KERNEL_SM80};
+  if (device_is_hopper()) kernels.push_back(NKV_ATTENTION_KERNEL_SM90);
+  for (nkv_attention_kernel kernel : kernels)
+    for (nkv_dtype dtype : {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16})
+      for (bool causal : {false, true}) {
+        VarlenCase c;
+        c.dtype = dtype;
+        c.head_dim = 128;
+        c.heads_q = 8;
+        c.heads_kv = 2;
+        c.lq = {0, 1, 63, 65, 127, 129, 1000, 300};
+        c.lk = {7, 1, 63, 65, 200, 129, 1000, 2000};
+        c.options.causal = causal;
+        c.options.kernel = kernel;
+        expect_cuda_matches_cpu(c);
+        c.strided = true;
+        c.options.window_left = 100;
+        c.options.softcap = 10.0f;
+        expect_cuda_matches_cpu(c);
+      }
+}
+
+TEST(AttentionCuda, HopperKernelsAreRefusedWhereTheyCannotRun) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  const std::vector<int32_t> cu{0, 4};
+  Options o;
+  o.kernel = NKV_ATTENTION_KERNEL_SM90;
+  const nkv_attention_options options = o.c();
+  nkv_attention_plan* plan = nullptr;
+  if (device_is_hopper()) {
+    NKV_EXPECT_STATUS(nkv_attention_plan_varlen(gpu.get(), &options, 1, 1, 64, 1, cu.data(), cu.data(), &plan),
+                      NKV_STATUS_NOT_SUPPORTED, "head_dim 128");
+  } else {
+    NKV_EXPECT_STATUS(nkv_attention_plan_varlen(gpu.get(), &options, 1, 1, 128, 1, cu.data(), cu.data(), &plan),
+                      NKV_STATUS_NOT_SUPPORTED, "Hopper");
+  }
+  EXPECT_EQ(plan, nullptr);
 }
 
 TEST(AttentionCuda, VarlenLongSequence) {

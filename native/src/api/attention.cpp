@@ -45,9 +45,16 @@ nkv_attention_kernel check_kernel(const nkv_attention_options* options, const nk
                                    "NKV_ATTENTION_KERNEL_AUTO");
   }
   if (kernel == NKV_ATTENTION_KERNEL_SM90) {
-    fail(NKV_STATUS_NOT_SUPPORTED, std::string("argument 'options.kernel': NKV_ATTENTION_KERNEL_SM90 is not available ") +
-                                       (decode ? "for decode (memory-bound: it runs the SM80 family on every GPU)"
-                                               : "in this version (the sm_90a kernels are not finished)"));
+    if (decode) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.kernel': NKV_ATTENTION_KERNEL_SM90 is not available for decode "
+                                     "(memory-bound: it runs the SM80 family on every GPU)");
+    }
+    if (!context.hopper_kernels) {
+      fail(NKV_STATUS_NOT_SUPPORTED,
+           "argument 'options.kernel': NKV_ATTENTION_KERNEL_SM90 needs a Hopper GPU (compute capability 9.0) and a "
+           "library built for sm_90a; this device has compute capability " + std::to_string(context.compute_capability / 10) +
+               "." + std::to_string(context.compute_capability % 10));
+    }
   }
   return static_cast<nkv_attention_kernel>(kernel);
 }
@@ -71,6 +78,14 @@ void check_cuda_limits(const nkv_context& context, int32_t batch, int32_t num_he
     fail(NKV_STATUS_NOT_SUPPORTED, "attention on CUDA takes at most " + std::to_string(kMaxGridExtent) +
                                        " sequences and KV heads per plan, got " + std::to_string(batch) + " sequences and " +
                                        std::to_string(num_heads_kv) + " KV heads");
+  }
+}
+
+// The sm_90a varlen kernels cover head_dim 128 so far.
+void check_kernel_covers(nkv_attention_kernel kernel, int32_t head_dim) {
+  if (kernel == NKV_ATTENTION_KERNEL_SM90 && head_dim != 128) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.kernel': the NKV_ATTENTION_KERNEL_SM90 family covers head_dim 128, "
+                                   "got " + std::to_string(head_dim) + " (NKV_ATTENTION_KERNEL_AUTO picks SM80 for it)");
   }
 }
 
@@ -367,6 +382,7 @@ NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_att
                                              nkv_attention_plan** out_plan) {
   return guard("nkv_attention_plan_varlen", [&] {
     PlanPtr plan = new_plan(context, out_plan, options, NKV_ATTENTION_VARLEN, num_heads_q, num_heads_kv, head_dim, batch);
+    check_kernel_covers(plan->kernel, head_dim);
     plan->cu_seqlens_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, batch);
     plan->cu_seqlens_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, batch);
     plan->total_q = plan->cu_seqlens_q[batch];

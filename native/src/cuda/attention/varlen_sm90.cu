@@ -381,6 +381,7 @@ CUtensorMap make_map(const void* data, nkv_dtype dtype, int64_t rows, int32_t he
 
 template <typename T>
 void launch(const nkv_attention_plan& plan, const VarlenAttentionArgs& a, const Sm90Params& params) {
+  // Maps span exactly the plan's rows, so TMA zero-fills past the last sequence.
   const CUtensorMap q_map = make_map(a.q, a.dtype, plan.total_q, plan.num_heads_q, a.q_strides);
   const CUtensorMap k_map = make_map(a.k, a.dtype, plan.total_k, plan.num_heads_kv, a.k_strides);
   const CUtensorMap v_map = make_map(a.v, a.dtype, plan.total_k, plan.num_heads_kv, a.v_strides);
@@ -395,8 +396,10 @@ void launch(const nkv_attention_plan& plan, const VarlenAttentionArgs& a, const 
 }  // namespace
 
 bool varlen_sm90_supports(const nkv_attention_plan& plan) {
-  return plan.context->hopper_kernels && plan.head_dim == kHeadDim && plan.total_k > 0 &&
-         plan.num_heads_q <= 65535 && plan.batch <= 65535;
+  // With no keys at all there is nothing to multiply (every row is O = 0, LSE = -inf) and a tensor map
+  // cannot be empty: the SM80 kernel writes those rows whichever family was asked for.
+  return plan.context->hopper_kernels && plan.head_dim == kHeadDim && plan.total_k > 0 && plan.num_heads_q <= 65535 &&
+         plan.batch <= 65535;
 }
 
 void attention_varlen_sm90(const nkv_attention_plan& plan, const VarlenAttentionArgs& a) {

@@ -181,6 +181,19 @@ def bench_prefill(timer: Timer, side: NativeKvSide, b: int, h: int, s: int, d: i
         row["nativekv_us"], row["nativekv_tflops"] = us, flops / us / 1e6
     except Exception as e:
         row["nativekv_error"] = short_error(e)
+    if torch.cuda.get_device_capability() == (9, 0):
+        # The issue asks for the sm_80 (FlashAttention-2 design) path alone as well: on Hopper AUTO runs sm_90a.
+        try:
+            o80 = torch.empty_like(q)
+            with side.ctx.plan_varlen(h, h, d, cu, cu, causal=causal, kernel=nkv.ATTENTION_KERNEL_SM80) as plan:
+                run = plan.bind(*(x.view(b * s, h, d) for x in (q, k, v, o80)))
+                us = timer.median_us(lambda i: run())
+            row["nativekv_sm80_us"], row["nativekv_sm80_tflops"] = us, flops / us / 1e6
+            if "nativekv_us" in row:
+                row["sm80_vs_auto_rel_diff"] = rel_diff(o80, o)
+            del o80
+        except Exception as e:
+            row["nativekv_sm80_error"] = short_error(e)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
     row["peer"] = {}
     for name, backend in SDPA_BACKENDS.items():
@@ -480,6 +493,11 @@ def markdown(rows: list[dict], env: dict) -> str:
                           f"tokens unpacked")
         if r.get("nativekv_splits") is not None:
             extras.append(f"{r['nativekv_splits']} split(s) per sequence")
+        if r.get("nativekv_sm80_us") is not None:
+            extras.append(f"sm_80 path alone: {describe(r, 'nativekv_sm80_')}, "
+                          f"{r['nativekv_sm80_us'] / r['nativekv_us']:.2f}x the time of the default path")
+        if r.get("nativekv_sm80_error"):
+            extras.append(f"sm_80 path alone: error {r['nativekv_sm80_error']}")
         if r.get("nativekv_bhld_us") is not None:
             extras.append(f"on [b,Hkv,L,d]: {r['nativekv_bhld_us']:.1f} µs")
         for check in (r.get("check"), r.get("check_nested")):

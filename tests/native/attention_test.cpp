@@ -662,28 +662,29 @@ bool device_is_hopper() {
 }
 
 // Both kernel families on the same cases where the device has both (AUTO is the Hopper one there).
-TEST(AttentionCuda, VarlenKernelFamiliesOnHeadDim128) {
+TEST(AttentionCuda, VarlenKernelFamiliesOnHeadDim64And128) {
   NKV_REQUIRE_CUDA();
   std::vector<nkv_attention_kernel> kernels = {NKV_ATTENTION_KERNEL_SM80};
   if (device_is_hopper()) kernels.push_back(NKV_ATTENTION_KERNEL_SM90);
   for (nkv_attention_kernel kernel : kernels)
-    for (nkv_dtype dtype : {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16})
-      for (bool causal : {false, true}) {
-        VarlenCase c;
-        c.dtype = dtype;
-        c.head_dim = 128;
-        c.heads_q = 8;
-        c.heads_kv = 2;
-        c.lq = {0, 1, 63, 65, 127, 129, 1000, 300};
-        c.lk = {7, 1, 63, 65, 200, 129, 1000, 2000};
-        c.options.causal = causal;
-        c.options.kernel = kernel;
-        expect_cuda_matches_cpu(c);
-        c.strided = true;
-        c.options.window_left = 100;
-        c.options.softcap = 10.0f;
-        expect_cuda_matches_cpu(c);
-      }
+    for (int32_t d : {64, 128})
+      for (nkv_dtype dtype : {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16})
+        for (bool causal : {false, true}) {
+          VarlenCase c;
+          c.dtype = dtype;
+          c.head_dim = d;
+          c.heads_q = 8;
+          c.heads_kv = 2;
+          c.lq = {0, 1, 63, 65, 127, 129, 1000, 300};
+          c.lk = {7, 1, 63, 65, 200, 129, 1000, 2000};
+          c.options.causal = causal;
+          c.options.kernel = kernel;
+          expect_cuda_matches_cpu(c);
+          c.strided = true;
+          c.options.window_left = 100;
+          c.options.softcap = 10.0f;
+          expect_cuda_matches_cpu(c);
+        }
 }
 
 TEST(AttentionCuda, HopperKernelsAreRefusedWhereTheyCannotRun) {
@@ -695,8 +696,8 @@ TEST(AttentionCuda, HopperKernelsAreRefusedWhereTheyCannotRun) {
   const nkv_attention_options options = o.c();
   nkv_attention_plan* plan = nullptr;
   if (device_is_hopper()) {
-    NKV_EXPECT_STATUS(nkv_attention_plan_varlen(gpu.get(), &options, 1, 1, 64, 1, cu.data(), cu.data(), &plan),
-                      NKV_STATUS_NOT_SUPPORTED, "head_dim 128");
+    NKV_EXPECT_STATUS(nkv_attention_plan_varlen(gpu.get(), &options, 1, 1, 96, 1, cu.data(), cu.data(), &plan),
+                      NKV_STATUS_NOT_SUPPORTED, "head_dim 64");
   } else {
     NKV_EXPECT_STATUS(nkv_attention_plan_varlen(gpu.get(), &options, 1, 1, 128, 1, cu.data(), cu.data(), &plan),
                       NKV_STATUS_NOT_SUPPORTED, "Hopper");

@@ -166,7 +166,7 @@ def make_cases() -> list[Case]:
                 # chunked prefill: each chunk of new queries over its cache plus itself (lk > lq)
                 cases.append(Case(f"chunked {tag} q=[1,63,129,300] k=[700,64,1129,1300]", "varlen", dtype, d,
                                   causal, lens_q=[1, 63, 129, 300], lens_k=[700, 64, 1129, 1300]))
-                if hopper and d == 128:  # on Hopper AUTO is the sm_90a family: the sm_80 one explicitly too
+                if hopper and d in (64, 128):  # on Hopper AUTO is the sm_90a family: the sm_80 one explicitly too
                     cases.append(Case(f"varlen {tag} q=k=[1,63,129,1000] sm80", "varlen", dtype, d, causal,
                                       lens_q=[1, 63, 129, 1000], lens_k=[1, 63, 129, 1000], fused_qkv=True,
                                       kernel=nkv.ATTENTION_KERNEL_SM80))

@@ -81,11 +81,11 @@ void check_cuda_limits(const nkv_context& context, int32_t batch, int32_t num_he
   }
 }
 
-// The sm_90a varlen kernels cover head_dim 128 so far.
+// The sm_90a varlen kernels cover head_dim 64 and 128 so far.
 void check_kernel_covers(nkv_attention_kernel kernel, int32_t head_dim) {
-  if (kernel == NKV_ATTENTION_KERNEL_SM90 && head_dim != 128) {
-    fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.kernel': the NKV_ATTENTION_KERNEL_SM90 family covers head_dim 128, "
-                                   "got " + std::to_string(head_dim) + " (NKV_ATTENTION_KERNEL_AUTO picks SM80 for it)");
+  if (kernel == NKV_ATTENTION_KERNEL_SM90 && head_dim != 64 && head_dim != 128) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.kernel': the NKV_ATTENTION_KERNEL_SM90 family covers head_dim 64 "
+                                   "and 128, got " + std::to_string(head_dim) + " (NKV_ATTENTION_KERNEL_AUTO picks SM80 for it)");
   }
 }
 

@@ -2,10 +2,10 @@
 // issues TMA loads of Q and of K/V tiles into a 2-stage ring, completing on mbarriers), two warpgroups
 // consume (each owns 64 query rows: S = Q K^T with both operands in shared memory, the online softmax
 // in registers, O += P V with P from registers). setmaxnreg moves registers from the producer to the
-// consumers. Head dim 128, 128 x 128 tiles; compiled only for sm_90a (other targets get an empty body
+// consumers. Head dims 64 and 128, 128 x 128 tiles; compiled only for sm_90a (other targets get an empty body
 // and are never dispatched, see hopper_kernels_available).
 //
-// Shared-memory tiles use TMA's 128-byte swizzle: a 128-wide row is stored as two 64-element halves,
+// Shared-memory tiles use TMA's 128-byte swizzle: a 128-wide row is stored as 64-element halves,
 // each half a [rows][64] block whose 16-byte chunks are XOR-swizzled by row % 8 (the layout wgmma's
 // SW128 descriptors describe).
 #include <cuda.h>  // CUtensorMap and its enums only: the encoder comes through the runtime's driver entry point
@@ -26,20 +26,26 @@
 namespace nkv::cuda::attention {
 namespace {
 
-constexpr int kHeadDim = 128;
 constexpr int kBlockM = 128;  // two consumer warpgroups x 64 rows
 [[maybe_unused]] constexpr int kBlockN = 128;  // device code only
 constexpr int kStages = 2;
 constexpr int kThreads = 384;
 constexpr int kHalfBytes = 128 * 64 * 2;  // one [128 rows][64] half-tile: 16 KiB
-constexpr int kTileBytes = 2 * kHalfBytes;
-constexpr int kQOffset = 0;
-constexpr int kKOffset = kQOffset + kTileBytes;
-constexpr int kVOffset = kKOffset + kStages * kTileBytes;
-constexpr int kBarrierOffset = kVOffset + kStages * kTileBytes;
-constexpr int kBarriers = 1 + 4 * kStages;  // q_full, k_full[s], k_empty[s], v_full[s], v_empty[s]
-// + 1024: the dynamic shared memory base is aligned up to the 1024 bytes the swizzle atoms need.
-constexpr size_t kSharedBytes = kBarrierOffset + kBarriers * 8 + 1024;
+
+// Shared memory of one block for head_dim kHeadDim (64 or 128): Q, then kStages K tiles, kStages V
+// tiles, then the mbarriers (q_full, k_full[s], k_empty[s], v_full[s], v_empty[s]).
+template <int kHeadDim>
+struct Sm90Layout {
+  static constexpr int kHalves = kHeadDim / 64;
+  static constexpr int kTileBytes = kHalves * kHalfBytes;
+  static constexpr int kQOffset = 0;
+  static constexpr int kKOffset = kQOffset + kTileBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kTileBytes;
+  static constexpr int kBarrierOffset = kVOffset + kStages * kTileBytes;
+  static constexpr int kBarriers = 1 + 4 * kStages;
+  // + 1024: the dynamic shared memory base is aligned up to the 1024 bytes the swizzle atoms need.
+  static constexpr size_t kSharedBytes = kBarrierOffset + kBarriers * 8 + 1024;
+};
 
 struct Sm90Params {
   const int32_t* cu_seqlens_q;
@@ -136,25 +142,56 @@ __device__ __forceinline__ void wgmma_rs_m64n128k16(float (&d)[64], const uint32
 }
 
 
-#endif  // NKV_SM90A_DEVICE_CODE
+__device__ __forceinline__ void wgmma_rs_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, __half) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
+
+__device__ __forceinline__ void wgmma_rs_m64n64k16(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b, __nv_bfloat16) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b));
+}
 
 template <typename T>
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t desc_b) {
+  wgmma_rs_m64n128k16(d, a, desc_b, T());
+}
+template <typename T>
+__device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t desc_b) {
+  wgmma_rs_m64n64k16(d, a, desc_b, T());
+}
+
+#endif  // NKV_SM90A_DEVICE_CODE
+
+template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kThreads, 1)
     varlen_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                                const __grid_constant__ CUtensorMap v_map, const Sm90Params p) {
 #ifdef NKV_SM90A_DEVICE_CODE
+  using Layout = Sm90Layout<kHeadDim>;
+  constexpr int kHalves = Layout::kHalves;
+  constexpr int kTileBytes = Layout::kTileBytes;
+  constexpr int kDChunks = kHeadDim / 8;  // n8 chunks of O per row
   constexpr float kNegInf = -INFINITY;
   extern __shared__ __align__(1024) unsigned char shared_bytes[];
   const uint32_t base = (shared_address(shared_bytes) + 1023u) & ~1023u;
-  const uint32_t q_tile = base + kQOffset;
-  const uint32_t barriers = base + kBarrierOffset;
+  const uint32_t q_tile = base + Layout::kQOffset;
+  const uint32_t barriers = base + Layout::kBarrierOffset;
   const uint32_t q_full = barriers;
   auto k_full = [&](int s) { return barriers + 8u * (1 + s); };
   auto k_empty = [&](int s) { return barriers + 8u * (1 + kStages + s); };
   auto v_full = [&](int s) { return barriers + 8u * (1 + 2 * kStages + s); };
   auto v_empty = [&](int s) { return barriers + 8u * (1 + 3 * kStages + s); };
-  auto k_tile = [&](int s) { return base + kKOffset + static_cast<uint32_t>(s * kTileBytes); };
-  auto v_tile = [&](int s) { return base + kVOffset + static_cast<uint32_t>(s * kTileBytes); };
+  auto k_tile = [&](int s) { return base + Layout::kKOffset + static_cast<uint32_t>(s * kTileBytes); };
+  auto v_tile = [&](int s) { return base + Layout::kVOffset + static_cast<uint32_t>(s * kTileBytes); };
 
   const int sequence = blockIdx.z;
   const int head = blockIdx.y;
@@ -192,20 +229,21 @@ __global__ void __launch_bounds__(kThreads, 1)
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
     if (threadIdx.x == 0) {
       barrier_expect_bytes(q_full, kTileBytes);
-      tma_load(q_tile, &q_map, q_full, 0, head, q_begin + row0);
-      tma_load(q_tile + kHalfBytes, &q_map, q_full, 64, head, q_begin + row0);
+      for (int h = 0; h < kHalves; ++h) tma_load(q_tile + h * kHalfBytes, &q_map, q_full, 64 * h, head, q_begin + row0);
       for (int i = 0; i < tiles; ++i) {
         const int n0 = (tile_begin + tiles - 1 - i) * kBlockN;
         const int s = i % kStages;
         const int phase = (i / kStages) & 1;
         barrier_wait(k_empty(s), phase ^ 1);  // the first pass over the ring finds every stage free
         barrier_expect_bytes(k_full(s), kTileBytes);
-        tma_load(k_tile(s), &k_map, k_full(s), 0, kv_head, k_begin + n0);
-        tma_load(k_tile(s) + kHalfBytes, &k_map, k_full(s), 64, kv_head, k_begin + n0);
+        for (int h = 0; h < kHalves; ++h) {
+          tma_load(k_tile(s) + h * kHalfBytes, &k_map, k_full(s), 64 * h, kv_head, k_begin + n0);
+        }
         barrier_wait(v_empty(s), phase ^ 1);
         barrier_expect_bytes(v_full(s), kTileBytes);
-        tma_load(v_tile(s), &v_map, v_full(s), 0, kv_head, k_begin + n0);
-        tma_load(v_tile(s) + kHalfBytes, &v_map, v_full(s), 64, kv_head, k_begin + n0);
+        for (int h = 0; h < kHalves; ++h) {
+          tma_load(v_tile(s) + h * kHalfBytes, &v_map, v_full(s), 64 * h, kv_head, k_begin + n0);
+        }
       }
     }
     return;
@@ -219,9 +257,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int row_lo = consumer * 64 + warp * 16 + lane / 4;  // this thread's rows: row_lo and row_lo + 8
   const float exp_scale = p.score.softcap > 0.0f ? 1.0f : p.score.scale_log2;
 
-  float o[64];
+  float o[kHeadDim / 2];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o[i] = 0.0f;
+  for (int i = 0; i < kHeadDim / 2; ++i) o[i] = 0.0f;
   float row_max[2] = {kNegInf, kNegInf};
   float row_sum[2] = {0.0f, 0.0f};
 
@@ -284,6 +322,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         acc[4 * c + 2 * half] = fast_exp2(fmaf(acc[4 * c + 2 * half], exp_scale, -base_max));
         acc[4 * c + 2 * half + 1] = fast_exp2(fmaf(acc[4 * c + 2 * half + 1], exp_scale, -base_max));
         sum += acc[4 * c + 2 * half] + acc[4 * c + 2 * half + 1];
+      }
+#pragma unroll
+      for (int c = 0; c < kDChunks; ++c) {
         o[4 * c + 2 * half] *= correction;
         o[4 * c + 2 * half + 1] *= correction;
       }
@@ -291,7 +332,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
 
     // O += P V: P (the accumulator layout is the register-A layout of m64k16) times V read MN-major:
-    // key-step kk is 16 rows (2048 bytes) into each half; the two halves (d 0-63, 64-127) are the
+    // key-step kk is 16 rows (2048 bytes) into each half; the halves (d 0-63, 64-127) are the
     // descriptor's leading offset apart, 8-row groups 1024 bytes apart.
     uint32_t pa[kBlockN / 16][4];
 #pragma unroll
@@ -306,7 +347,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       const uint64_t b = sw128_descriptor(v_tile(s) + static_cast<uint32_t>(kk * 16 * 128), kHalfBytes, 1024);
-      wgmma_rs_m64n128k16(o, pa[kk], b, T());
+      wgmma_rs<T>(o, pa[kk], b);
     }
     wgmma_commit();
     wgmma_wait_all();
@@ -323,7 +364,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     T* out = static_cast<T*>(p.o) + static_cast<int64_t>(q_begin + token) * p.o_row + static_cast<int64_t>(head) * p.o_head +
              (lane % 4) * 2;
 #pragma unroll
-    for (int c = 0; c < 16; ++c) {
+    for (int c = 0; c < kDChunks; ++c) {
       *reinterpret_cast<uint32_t*>(out + 8 * c) =
           MmaType<T>::pack(o[4 * c + 2 * half] * inverse, o[4 * c + 2 * half + 1] * inverse);
     }
@@ -363,9 +404,10 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
 }
 
 // A 3-D map (d, head, row) over `rows` rows; boxes of [128 rows][1 head][64 d], 128-byte swizzled.
-CUtensorMap make_map(const void* data, nkv_dtype dtype, int64_t rows, int32_t heads, HeadMajorStrides strides) {
+CUtensorMap make_map(const void* data, nkv_dtype dtype, int32_t head_dim, int64_t rows, int32_t heads,
+                     HeadMajorStrides strides) {
   CUtensorMap map{};
-  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(kHeadDim), static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(rows)};
   const cuuint64_t byte_strides[2] = {static_cast<cuuint64_t>(strides.head) * 2, static_cast<cuuint64_t>(strides.row) * 2};
   const cuuint32_t box[3] = {64, 1, 128};
   const cuuint32_t element_strides[3] = {1, 1, 1};
@@ -379,13 +421,14 @@ CUtensorMap make_map(const void* data, nkv_dtype dtype, int64_t rows, int32_t he
   return map;
 }
 
-template <typename T>
+template <typename T, int kHeadDim>
 void launch(const nkv_attention_plan& plan, const VarlenAttentionArgs& a, const Sm90Params& params) {
   // Maps span exactly the plan's rows, so TMA zero-fills past the last sequence.
-  const CUtensorMap q_map = make_map(a.q, a.dtype, plan.total_q, plan.num_heads_q, a.q_strides);
-  const CUtensorMap k_map = make_map(a.k, a.dtype, plan.total_k, plan.num_heads_kv, a.k_strides);
-  const CUtensorMap v_map = make_map(a.v, a.dtype, plan.total_k, plan.num_heads_kv, a.v_strides);
-  auto kernel = varlen_forward_sm90_kernel<T>;
+  const CUtensorMap q_map = make_map(a.q, a.dtype, kHeadDim, plan.total_q, plan.num_heads_q, a.q_strides);
+  const CUtensorMap k_map = make_map(a.k, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.k_strides);
+  const CUtensorMap v_map = make_map(a.v, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.v_strides);
+  auto kernel = varlen_forward_sm90_kernel<T, kHeadDim>;
+  constexpr size_t kSharedBytes = Sm90Layout<kHeadDim>::kSharedBytes;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
   const int64_t row_blocks = (plan.max_seqlen_q + kBlockM - 1) / kBlockM;
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.num_heads_q), static_cast<unsigned>(plan.batch));
@@ -393,12 +436,22 @@ void launch(const nkv_attention_plan& plan, const VarlenAttentionArgs& a, const 
   NKV_CUDA_CHECK(cudaGetLastError());
 }
 
+template <typename T>
+void launch_for_head_dim(const nkv_attention_plan& plan, const VarlenAttentionArgs& a, const Sm90Params& params) {
+  if (plan.head_dim == 64) {
+    launch<T, 64>(plan, a, params);
+  } else {
+    launch<T, 128>(plan, a, params);
+  }
+}
+
 }  // namespace
 
 bool varlen_sm90_supports(const nkv_attention_plan& plan) {
   // With no keys at all there is nothing to multiply (every row is O = 0, LSE = -inf) and a tensor map
   // cannot be empty: the SM80 kernel writes those rows whichever family was asked for.
-  return plan.context->hopper_kernels && plan.head_dim == kHeadDim && plan.total_k > 0 && plan.num_heads_q <= 65535 &&
+  return plan.context->hopper_kernels && (plan.head_dim == 64 || plan.head_dim == 128) && plan.total_k > 0 &&
+         plan.num_heads_q <= 65535 &&
          plan.batch <= 65535;
 }
 
@@ -416,9 +469,9 @@ void attention_varlen_sm90(const nkv_attention_plan& plan, const VarlenAttention
   p.causal = plan.mask.causal;
   p.window_left = plan.mask.window_left;
   if (a.dtype == NKV_DTYPE_BFLOAT16) {
-    launch<__nv_bfloat16>(plan, a, p);
+    launch_for_head_dim<__nv_bfloat16>(plan, a, p);
   } else {
-    launch<__half>(plan, a, p);
+    launch_for_head_dim<__half>(plan, a, p);
   }
 }
 

@@ -47,16 +47,15 @@ struct Sm90Layout {
   static constexpr size_t kSharedBytes = kBarrierOffset + kBarriers * 8 + 1024;
 };
 
+// Q, K and V come through the tensor maps; the kernel writes O and LSE itself.
 struct Sm90Params {
   const int32_t* cu_seqlens_q;
   const int32_t* cu_seqlens_k;
   void* o;
   float* lse;
-  int64_t o_row, o_head, lse_head;
-  int group;
-  ScoreTransform score;
-  bool causal;
-  int window_left;
+  HeadMajorStrides o_strides;
+  int64_t lse_head;
+  KernelMask mask;
 };
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -195,7 +194,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int sequence = blockIdx.z;
   const int head = blockIdx.y;
-  const int kv_head = head / p.group;
+  const int kv_head = head / p.mask.group;
   const int q_begin = p.cu_seqlens_q[sequence];
   const int lq = p.cu_seqlens_q[sequence + 1] - q_begin;
   const int k_begin = p.cu_seqlens_k[sequence];
@@ -206,8 +205,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int offset = lk - lq;
   const int last_token = min(lq, row0 + kBlockM) - 1;
   int key_end = lk;
-  if (p.causal) key_end = min(lk, last_token + offset + 1);
-  const int key_begin = p.window_left >= 0 ? max(0, row0 + offset - p.window_left) : 0;
+  if (p.mask.causal) key_end = min(lk, last_token + offset + 1);
+  const int key_begin = p.mask.window_left >= 0 ? max(0, row0 + offset - p.mask.window_left) : 0;
   const int tile_begin = key_begin / kBlockN;
   const int tiles = key_end > key_begin ? (key_end + kBlockN - 1) / kBlockN - tile_begin : 0;
 
@@ -255,7 +254,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warp = (threadIdx.x % 128) / 32;
   const int lane = threadIdx.x % 32;
   const int row_lo = consumer * 64 + warp * 16 + lane / 4;  // this thread's rows: row_lo and row_lo + 8
-  const float exp_scale = p.score.softcap > 0.0f ? 1.0f : p.score.scale_log2;
+  const float exp_scale = p.mask.score.softcap > 0.0f ? 1.0f : p.mask.score.scale_log2;
 
   float o[kHeadDim / 2];
 #pragma unroll
@@ -285,16 +284,16 @@ __global__ void __launch_bounds__(kThreads, 1)
     barrier_arrive(k_empty(s));
 
     // acc[4c + j]: row row_lo + 8 * (j / 2), key n0 + 8c + 2 (lane % 4) + j % 2.
-    if (p.score.softcap > 0.0f) {
+    if (p.mask.score.softcap > 0.0f) {
 #pragma unroll
-      for (int j = 0; j < 64; ++j) acc[j] = p.score.capped(acc[j]);
+      for (int j = 0; j < 64; ++j) acc[j] = p.mask.score.capped(acc[j]);
     }
-    const bool edge = n0 + kBlockN > lk || (p.causal && n0 + kBlockN - 1 > row0 + offset) ||
-                      (p.window_left >= 0 && n0 < last_token + offset - p.window_left);
+    const bool edge = n0 + kBlockN > lk || (p.mask.causal && n0 + kBlockN - 1 > row0 + offset) ||
+                      (p.mask.window_left >= 0 && n0 < last_token + offset - p.mask.window_left);
     if (edge) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
-        const KeyRange r = visible_keys(min(row0 + row_lo + 8 * half, lq - 1), lq, lk, p.causal, p.window_left);
+        const KeyRange r = visible_keys(min(row0 + row_lo + 8 * half, lq - 1), lq, lk, p.mask.causal, p.mask.window_left);
         const int first = r.first - n0 - (lane % 4) * 2;
         const int last = r.last - n0 - (lane % 4) * 2;
 #pragma unroll
@@ -361,8 +360,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     const int token = row0 + row_lo + 8 * half;
     if (token >= lq) continue;
     const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-    T* out = static_cast<T*>(p.o) + static_cast<int64_t>(q_begin + token) * p.o_row + static_cast<int64_t>(head) * p.o_head +
-             (lane % 4) * 2;
+    T* out = static_cast<T*>(p.o) + static_cast<int64_t>(q_begin + token) * p.o_strides.row +
+             static_cast<int64_t>(head) * p.o_strides.head + (lane % 4) * 2;
 #pragma unroll
     for (int c = 0; c < kDChunks; ++c) {
       *reinterpret_cast<uint32_t*>(out + 8 * c) =
@@ -461,13 +460,9 @@ void attention_varlen_sm90(const nkv_attention_plan& plan, const VarlenAttention
   p.cu_seqlens_k = plan.device_cu_seqlens_k;
   p.o = a.o;
   p.lse = a.lse;
-  p.o_row = a.o_strides.row;
-  p.o_head = a.o_strides.head;
+  p.o_strides = a.o_strides;
   p.lse_head = a.lse_head_stride;
-  p.group = plan.num_heads_q / plan.num_heads_kv;
-  p.score = make_score_transform(plan.mask);
-  p.causal = plan.mask.causal;
-  p.window_left = plan.mask.window_left;
+  p.mask = make_kernel_mask(plan);
   if (a.dtype == NKV_DTYPE_BFLOAT16) {
     launch_for_head_dim<__nv_bfloat16>(plan, a, p);
   } else {

@@ -22,7 +22,7 @@
 // Tiles per head dim: warps, 16-row MMA tiles per warp, keys per tile, Q in registers. Overridable at
 // configure time for tuning experiments (bench/NOTES.md records what each choice measured).
 #ifndef NKV_VARLEN_TILES_64
-#define NKV_VARLEN_TILES_64 8, 2, 64, true
+#define NKV_VARLEN_TILES_64 4, 2, 64, true
 #endif
 #ifndef NKV_VARLEN_TILES_96
 #define NKV_VARLEN_TILES_96 4, 2, 64, false

@@ -340,8 +340,9 @@ public readonly record struct AttentionOptions
     public int? WindowLeft { get; init; }
 
     /// <summary>
-    /// Decode plans: 0 splits each sequence's keys as suits the device (SM count), n &gt;= 1 fixes the split so results do
-    /// not depend on the GPU. Varlen plans: must be 0.
+    /// Decode plans: 0 deals the keys of all (sequence, KV head) pairs evenly to the thread blocks the device runs at once
+    /// (SM count), n &gt;= 1 splits every sequence into at most n equal parts so results do not depend on the GPU. Varlen
+    /// plans: must be 0.
     /// </summary>
     public int NumSplits { get; init; }
 
@@ -454,7 +455,7 @@ public sealed record AttentionPlanInfo
     /// <summary>Decode: queries per sequence; varlen: 0.</summary>
     public required int QLen { get; init; }
 
-    /// <summary>Decode: the largest number of key splits of any sequence; varlen: 1.</summary>
+    /// <summary>Decode: the most pieces any (sequence, KV head) pair's keys are cut into; varlen: 1.</summary>
     public required int NumSplits { get; init; }
 
     /// <summary>Query rows: <c>cuSeqlensQ[batch]</c> (varlen) or batch · qLen (decode).</summary>

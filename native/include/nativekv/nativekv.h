@@ -271,9 +271,11 @@ typedef struct nkv_attention_options {
   float softmax_scale;   /* > 0, or 0 for 1/sqrt(head_dim) */
   float softcap;         /* 0 (off) or > 0 */
   int32_t window_left;   /* -1 (unlimited) or >= 0 */
-  int32_t num_splits;    /* decode: 0 picks the split of each sequence's keys from the device (SM count and
-                            the kernel's occupancy); n >= 1 splits every sequence into at most n equal parts
-                            of whole 64-key tiles, making results independent of the GPU. Varlen: must be 0. */
+  int32_t num_splits;    /* decode: 0 deals the keys of all (sequence, KV head) pairs evenly to as many thread
+                            blocks as run at once on the device (SM count and the kernel's occupancy), cutting
+                            pairs where a block's share ends, so results depend on the GPU; n >= 1 splits
+                            every sequence into at most n equal parts of whole 64-key tiles, making results
+                            independent of the GPU. Varlen: must be 0. */
   int32_t kernel;        /* nkv_attention_kernel. Only AUTO on the CPU backend; decode runs the SM80 family on every
                             GPU. Callers built against a header without this field (struct_size 24) get AUTO. */
   int32_t reserved;      /* must be 0 */
@@ -319,7 +321,7 @@ typedef struct nkv_attention_plan_info {
   int32_t num_heads_kv;
   int32_t head_dim;
   int32_t q_len;          /* decode: queries per sequence; varlen: 0 */
-  int32_t num_splits;     /* decode: the largest split of any sequence; varlen: 1 */
+  int32_t num_splits;     /* decode: the most pieces any (sequence, KV head) pair is cut into; varlen: 1 */
   int64_t total_q;        /* varlen: cu_seqlens_q[batch]; decode: batch * q_len */
   int64_t total_k;        /* varlen: cu_seqlens_k[batch]; decode: sum of seqlens_k */
   int64_t max_seqlen_q;

@@ -16,13 +16,15 @@ struct AttentionMask {
   int32_t window_left = -1;    // -1: unlimited
 };
 
-// One split of one decode sequence's keys: [key_begin, key_end) of sequence `sequence`; its partial
-// result lives at partial index `slot`. Splits of a sequence are consecutive in the list.
+// One piece of the keys of one decode (sequence, KV head) pair: [key_begin, key_end). The pieces of a
+// pair are consecutive in the plan's list, and each thread block runs a consecutive run of pieces. A
+// pair cut into more than one piece leaves one partial result per piece, at the piece's index, for
+// the combine kernel.
 struct DecodeSplit {
   int32_t sequence = 0;
+  int32_t kv_head = 0;
   int32_t key_begin = 0;
   int32_t key_end = 0;
-  int32_t slot = 0;
 };
 
 }  // namespace nkv
@@ -41,23 +43,26 @@ struct nkv_attention_plan {
   int64_t total_k = 0;
   int64_t max_seqlen_q = 0;
   int64_t max_seqlen_k = 0;
-  // Host copies: cu_seqlens (varlen), seqlens_k (decode), the decode split list and, per sequence, the
-  // index of its first split and its split count.
+  // Host copies: cu_seqlens (varlen), seqlens_k (decode), and the decode pieces: the list, per (sequence,
+  // KV head) pair (sequence-major) the index of its first piece, and per thread block the index of its
+  // first piece.
   std::vector<int32_t> cu_seqlens_q;
   std::vector<int32_t> cu_seqlens_k;
   std::vector<int32_t> seqlens_k;
   std::vector<nkv::DecodeSplit> splits;
-  std::vector<int32_t> first_split;  // [batch + 1]
-  int32_t max_splits = 1;
+  std::vector<int32_t> first_split;        // [batch x num_heads_kv + 1]
+  std::vector<int32_t> block_first_split;  // [blocks + 1]
+  int32_t max_splits = 1;                  // the most pieces of any pair
   // Device mirrors (host pointers into the vectors above on the CPU backend), in one allocation, and
-  // the decode partial results: partial_o [slots, q_len, num_heads_q, head_dim] and partial_lse
-  // [slots, q_len, num_heads_q], float32.
+  // the decode partial results: partial_o [pieces, q_len x G, head_dim] and partial_lse
+  // [pieces, q_len x G], float32, where G = num_heads_q / num_heads_kv.
   void* device_block = nullptr;
   const int32_t* device_cu_seqlens_q = nullptr;
   const int32_t* device_cu_seqlens_k = nullptr;
   const int32_t* device_seqlens_k = nullptr;
   const nkv::DecodeSplit* device_splits = nullptr;
   const int32_t* device_first_split = nullptr;
+  const int32_t* device_block_first_split = nullptr;
   float* partial_o = nullptr;
   float* partial_lse = nullptr;
 };
@@ -113,8 +118,9 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
 }  // namespace cpu
 
 namespace cuda {
-// Thread blocks of the decode split kernel (for this plan's head_dim and rows) that fit on one SM.
-int decode_resident_blocks_per_sm(const nkv_attention_plan& plan);
+// How many thread blocks of the decode kernel, each over its own keys, run at once on the whole GPU
+// for this plan (SMs x resident blocks, divided among the plan's row blocks).
+int64_t decode_block_slots(const nkv_attention_plan& plan);
 void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs& args);
 void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& args);
 }  // namespace cuda

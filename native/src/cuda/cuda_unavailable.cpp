@@ -29,7 +29,7 @@ void memset(int32_t, void*, void*, int32_t, uint64_t) { unavailable(); }
 bool hopper_kernels_available(int32_t) { unavailable(); }
 void int8_quantize(const Int8QuantizeArgs&, const nkv_context&) { unavailable(); }
 void int8_dequantize(const Int8DequantizeArgs&, const nkv_context&) { unavailable(); }
-int decode_resident_blocks_per_sm(const nkv_attention_plan&) { unavailable(); }
+int64_t decode_block_slots(const nkv_attention_plan&) { unavailable(); }
 void attention_varlen(const nkv_attention_plan&, const VarlenAttentionArgs&) { unavailable(); }
 void attention_decode(const nkv_attention_plan&, const DecodeAttentionArgs&) { unavailable(); }
 void gather_rows(const GatherRowsArgs&, const nkv_context&) { unavailable(); }

@@ -1,11 +1,12 @@
 // Decode attention over a KV cache (flash-decoding). Decode is bound by reading K and V once, so the
-// work is cut along the keys: the plan splits each sequence's keys into chunks, one thread block per
-// (chunk, KV head, row block), and a second kernel merges the chunks' partial results by their
-// log-sum-exp. Inside a block the four warps take different keys of each 64-key tile (not different
+// work is cut along the keys: the plan cuts each (sequence, KV head) pair's keys into pieces and deals
+// runs of pieces to thread blocks (evenly by key tiles unless the caller fixed the split count), and a
+// second kernel merges the pieces' partial results by their log-sum-exp. Inside a block the four warps take different keys of each 64-key tile (not different
 // query rows: there are only q_len x G of those), and merge their partial softmax states at the end.
 // Tiles stream through a 3-stage cp.async pipeline to keep enough bytes in flight per SM.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <limits>
 #include <type_traits>
 #include <string>
@@ -22,16 +23,24 @@ namespace {
 constexpr int kDecodeWarps = 4;
 constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kDecodeBlockN = 64;  // keys per tile: 16 per warp; must match kDecodeKeyTile in api/attention.cpp
+// Pipeline stages where the GPU's shared memory allows them (else 2). Overridable at configure time
+// for tuning experiments (bench/NOTES.md records what each choice measured).
+#ifndef NKV_DECODE_STAGES
+#define NKV_DECODE_STAGES 3
+#endif
+constexpr int kDeepStages = NKV_DECODE_STAGES;
 
 struct DecodeKernelParams {
   DecodeAttentionArgs args;
   const int32_t* seqlens_k;
   const DecodeSplit* splits;
-  const int32_t* first_split;
-  float* partial_o;    // [slot, q_len, num_heads_q, head_dim]
-  float* partial_lse;  // [slot, q_len, num_heads_q]
+  const int32_t* first_split;        // per (sequence, KV head) pair
+  const int32_t* block_first_split;  // per thread block
+  float* partial_o;    // [piece, q_len x G, head_dim]
+  float* partial_lse;  // [piece, q_len x G]
   int q_len;
   int num_heads_q;
+  int num_heads_kv;
   KernelMask mask;
 };
 
@@ -49,8 +58,10 @@ struct DecodeTiles {
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
 
+// One piece: the keys [key_begin, key_end) of one (sequence, KV head) pair, for the packed query rows of
+// row block blockIdx.z.
 template <typename T, int kHeadDim, int kMTiles, int kStages_>
-__global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const DecodeKernelParams p) {
+__device__ __forceinline__ void decode_piece(const DecodeKernelParams& p, int piece, unsigned char* shared_bytes) {
   const DecodeAttentionArgs& args = p.args;
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages_>;
   constexpr int kRows = Tiles::kRows;
@@ -61,17 +72,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   constexpr int kTileElements = kDecodeBlockN * Tiles::kPitch;
   constexpr float kNegInf = -INFINITY;
 
-  extern __shared__ __align__(128) unsigned char shared_bytes[];
   T* q_tile = reinterpret_cast<T*>(shared_bytes);
   T* stages = q_tile + kRows * Tiles::kPitch;  // stage s: K at 2s, V at 2s + 1
 
-  const DecodeSplit split = p.splits[blockIdx.x];
+  const DecodeSplit split = p.splits[piece];
   const int sequence = split.sequence;
-  const int kv_head = blockIdx.y;
+  const int kv_head = split.kv_head;
   const int group = p.mask.group;
   const int rows = p.q_len * group;
   const int row0 = blockIdx.z * kRows;
-  if (row0 >= rows) return;
   const int lk = p.seqlens_k[sequence];
   const int lq = p.q_len;
   const int offset = lk - lq;
@@ -284,8 +293,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   }
   __syncthreads();
 
-  const int splits_of_sequence = p.first_split[sequence + 1] - p.first_split[sequence];
-  const bool final_output = splits_of_sequence == 1;
+  const int pair = sequence * p.num_heads_kv + kv_head;
+  const bool final_output = p.first_split[pair + 1] - p.first_split[pair] == 1;
   for (int e = threadIdx.x; e < kRows * kHeadDim; e += kDecodeThreads) {
     const int r = e / kHeadDim;
     const int d = e % kHeadDim;
@@ -312,17 +321,34 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
       out[d] = MmaType<T>::from_float(value);
       if (d == 0 && args.lse != nullptr) args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = lse;
     } else {
-      const int64_t partial_row = (static_cast<int64_t>(split.slot) * lq + token) * p.num_heads_q + head;
+      const int64_t partial_row = static_cast<int64_t>(piece) * rows + row;
       p.partial_o[partial_row * kHeadDim + d] = value;
       if (d == 0) p.partial_lse[partial_row] = lse;
     }
   }
 }
 
-// Merges the splits of every (sequence, query token, head) whose sequence has more than one split.
-// One warp per output row: the lanes read the splits' LSEs, then sweep head_dim.
+// Each block runs its run of pieces (see plan_decode_splits) one after the other.
+template <typename T, int kHeadDim, int kMTiles, int kStages>
+__global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const DecodeKernelParams p) {
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  if (static_cast<int>(blockIdx.z) * DecodeTiles<kHeadDim, kMTiles, kStages>::kRows >= p.q_len * p.mask.group) return;
+  const int first = p.block_first_split[blockIdx.x];
+  const int end = p.block_first_split[blockIdx.x + 1];
+  for (int piece = first; piece < end; ++piece) {
+    if (piece != first) __syncthreads();  // every warp has read the previous piece's merge area
+    decode_piece<T, kHeadDim, kMTiles, kStages>(p, piece, shared_bytes);
+  }
+}
+
+// Merges the pieces of every (sequence, query token, head) whose (sequence, KV head) pair has more than
+// one piece. One warp per output row: the lanes reduce the pieces' LSEs, then sweep head_dim with the
+// loads of kBatch pieces in flight at once (the merge is a chain of L2 round trips otherwise: for one
+// long sequence there are few rows and many pieces).
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeKernelParams p, int total_rows) {
+  constexpr int kBatch = 8;
+  constexpr int kPerLane = kHeadDim / 32;
   const DecodeAttentionArgs& args = p.args;
   const int row = blockIdx.x * 8 + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
@@ -330,12 +356,14 @@ __global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeKernelP
   const int head = row % p.num_heads_q;
   const int token = (row / p.num_heads_q) % p.q_len;
   const int sequence = row / (p.num_heads_q * p.q_len);
-  const int first = p.first_split[sequence];
-  const int count = p.first_split[sequence + 1] - first;
+  const int group = p.mask.group;
+  const int pair = sequence * p.num_heads_kv + head / group;
+  const int first = p.first_split[pair];
+  const int count = p.first_split[pair + 1] - first;
   if (count == 1) return;  // written by the split kernel directly
-  auto partial_row = [&](int i) {
-    return (static_cast<int64_t>(p.splits[first + i].slot) * p.q_len + token) * p.num_heads_q + head;
-  };
+  const int packed_rows = p.q_len * group;
+  const int packed_row = token * group + head % group;
+  auto partial_row = [&](int i) { return static_cast<int64_t>(first + i) * packed_rows + packed_row; };
   float best = -INFINITY;
   for (int i = lane; i < count; i += 32) best = fmaxf(best, p.partial_lse[partial_row(i)]);
 #pragma unroll
@@ -347,16 +375,26 @@ __global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeKernelP
   for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
   const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
 
-  constexpr int kPerLane = kHeadDim / 32;
   float acc[kPerLane];
 #pragma unroll
   for (int j = 0; j < kPerLane; ++j) acc[j] = 0.0f;
-  for (int i = 0; i < count; ++i) {
-    const int64_t r = partial_row(i);
-    const float weight = __expf(p.partial_lse[r] - base) * inverse;
-    const float* partial = p.partial_o + r * kHeadDim;
+  for (int i0 = 0; i0 < count; i0 += kBatch) {
+    float lse[kBatch];
+    float value[kBatch][kPerLane];
 #pragma unroll
-    for (int j = 0; j < kPerLane; ++j) acc[j] += weight * partial[lane + 32 * j];
+    for (int u = 0; u < kBatch; ++u) {
+      const bool live = i0 + u < count;
+      const int64_t r = partial_row(live ? i0 + u : i0);  // a dead slot reads a live row, unused
+      lse[u] = live ? p.partial_lse[r] : -INFINITY;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) value[u][j] = live ? p.partial_o[r * kHeadDim + lane + 32 * j] : 0.0f;
+    }
+#pragma unroll
+    for (int u = 0; u < kBatch; ++u) {
+      const float weight = __expf(lse[u] - base) * inverse;
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) acc[j] += weight * value[u][j];
+    }
   }
   T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head;
 #pragma unroll
@@ -375,12 +413,11 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
                                       static_cast<int>(Tiles::kSharedBytes)));
   const int rows = plan.q_len * params.mask.group;
   const int row_blocks = (rows + Tiles::kRows - 1) / Tiles::kRows;
-  const size_t slots = plan.splits.size();
-  if (slots > static_cast<size_t>(std::numeric_limits<int32_t>::max()) || plan.num_heads_kv > 65535) {
-    fail(NKV_STATUS_NOT_SUPPORTED, "decode attention grid too large: " + std::to_string(slots) + " splits x " +
-                                       std::to_string(plan.num_heads_kv) + " KV heads");
+  const size_t blocks = plan.block_first_split.size() - 1;
+  if (blocks > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "decode attention grid too large: " + std::to_string(blocks) + " thread blocks");
   }
-  const dim3 grid(static_cast<unsigned>(slots), static_cast<unsigned>(plan.num_heads_kv), static_cast<unsigned>(row_blocks));
+  const dim3 grid(static_cast<unsigned>(blocks), 1, static_cast<unsigned>(row_blocks));
   split_kernel<<<grid, kDecodeThreads, Tiles::kSharedBytes, stream>>>(params);
   NKV_CUDA_CHECK(cudaGetLastError());
   if (plan.max_splits > 1) {
@@ -417,7 +454,7 @@ struct DecodeConfig {
 template <int kHeadDim, int kMTiles>
 int decode_stages(size_t limit) {
   if constexpr (kHeadDim != 256) {
-    if (DecodeTiles<kHeadDim, kMTiles, 3>::kSharedBytes <= limit) return 3;
+    if (DecodeTiles<kHeadDim, kMTiles, kDeepStages>::kSharedBytes <= limit) return kDeepStages;
   }
   if (DecodeTiles<kHeadDim, kMTiles, 2>::kSharedBytes <= limit) return 2;
   fail(NKV_STATUS_NOT_SUPPORTED, "decode attention with head_dim " + std::to_string(kHeadDim) + " needs " +
@@ -442,9 +479,9 @@ void dispatch_rows(const nkv_attention_plan& plan, const DecodeKernelParams& par
   if constexpr (kHeadDim == 256) {
     launch_decode<T, kHeadDim, 1, 2>(plan, params);
   } else if (c.m_tiles == 1) {
-    c.stages == 3 ? launch_decode<T, kHeadDim, 1, 3>(plan, params) : launch_decode<T, kHeadDim, 1, 2>(plan, params);
+    c.stages == kDeepStages ? launch_decode<T, kHeadDim, 1, kDeepStages>(plan, params) : launch_decode<T, kHeadDim, 1, 2>(plan, params);
   } else {
-    c.stages == 3 ? launch_decode<T, kHeadDim, 2, 3>(plan, params) : launch_decode<T, kHeadDim, 2, 2>(plan, params);
+    c.stages == kDeepStages ? launch_decode<T, kHeadDim, 2, kDeepStages>(plan, params) : launch_decode<T, kHeadDim, 2, 2>(plan, params);
   }
 }
 
@@ -459,29 +496,34 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const DecodeKernelParams&
   }
 }
 
+// Blocks over distinct keys that run at once: SMs x resident blocks, shared among the row blocks.
 template <int kHeadDim>
-int resident_blocks_for(const nkv_attention_plan& plan) {
+int64_t block_slots_for(const nkv_attention_plan& plan) {
   const DecodeConfig c = decode_config<kHeadDim>(plan);
+  int resident = 0;
   if constexpr (kHeadDim == 256) {
-    return resident_blocks<__half, kHeadDim, 1, 2>();
+    resident = resident_blocks<__half, kHeadDim, 1, 2>();
   } else if (c.m_tiles == 1) {
-    return c.stages == 3 ? resident_blocks<__half, kHeadDim, 1, 3>() : resident_blocks<__half, kHeadDim, 1, 2>();
+    resident = c.stages == kDeepStages ? resident_blocks<__half, kHeadDim, 1, kDeepStages>() : resident_blocks<__half, kHeadDim, 1, 2>();
   } else {
-    return c.stages == 3 ? resident_blocks<__half, kHeadDim, 2, 3>() : resident_blocks<__half, kHeadDim, 2, 2>();
+    resident = c.stages == kDeepStages ? resident_blocks<__half, kHeadDim, 2, kDeepStages>() : resident_blocks<__half, kHeadDim, 2, 2>();
   }
+  const int64_t rows = static_cast<int64_t>(plan.q_len) * (plan.num_heads_q / plan.num_heads_kv);
+  const int64_t row_blocks = (rows + 16 * c.m_tiles - 1) / (16 * c.m_tiles);
+  return std::max<int64_t>(1, static_cast<int64_t>(plan.context->multiprocessor_count) * resident / row_blocks);
 }
 
 }  // namespace
 }  // namespace attention
 
-int decode_resident_blocks_per_sm(const nkv_attention_plan& plan) {
+int64_t decode_block_slots(const nkv_attention_plan& plan) {
   using namespace attention;
   DeviceScope scope(plan.context->device_ordinal);
   switch (plan.head_dim) {
-    case 64: return resident_blocks_for<64>(plan);
-    case 96: return resident_blocks_for<96>(plan);
-    case 128: return resident_blocks_for<128>(plan);
-    default: return resident_blocks_for<256>(plan);
+    case 64: return block_slots_for<64>(plan);
+    case 96: return block_slots_for<96>(plan);
+    case 128: return block_slots_for<128>(plan);
+    default: return block_slots_for<256>(plan);
   }
 }
 
@@ -492,10 +534,12 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
   p.seqlens_k = plan.device_seqlens_k;
   p.splits = plan.device_splits;
   p.first_split = plan.device_first_split;
+  p.block_first_split = plan.device_block_first_split;
   p.partial_o = plan.partial_o;
   p.partial_lse = plan.partial_lse;
   p.q_len = plan.q_len;
   p.num_heads_q = plan.num_heads_q;
+  p.num_heads_kv = plan.num_heads_kv;
   p.mask = make_kernel_mask(plan);
   DeviceScope scope(plan.context->device_ordinal);
   if (a.dtype == NKV_DTYPE_BFLOAT16) {

@@ -33,7 +33,8 @@ constexpr int kThreads = 384;
 constexpr int kHalfBytes = 128 * 64 * 2;  // one [128 rows][64] half-tile: 16 KiB
 
 // Shared memory of one block for head_dim kHeadDim (64 or 128): Q, then kStages K tiles, kStages V
-// tiles, then the mbarriers (q_full, k_full[s], k_empty[s], v_full[s], v_empty[s]).
+// tiles, then the mbarriers (q_full, k_full[s], k_empty[s], v_full[s], v_empty[s]) and a scratch float
+// per thread.
 template <int kHeadDim>
 struct Sm90Layout {
   static constexpr int kHalves = kHeadDim / 64;
@@ -43,8 +44,9 @@ struct Sm90Layout {
   static constexpr int kVOffset = kKOffset + kStages * kTileBytes;
   static constexpr int kBarrierOffset = kVOffset + kStages * kTileBytes;
   static constexpr int kBarriers = 1 + 4 * kStages;
+  static constexpr int kScratchOffset = kBarrierOffset + kBarriers * 8;  // a float per thread, see the consumer loop
   // + 1024: the dynamic shared memory base is aligned up to the 1024 bytes the swizzle atoms need.
-  static constexpr size_t kSharedBytes = kBarrierOffset + kBarriers * 8 + 1024;
+  static constexpr size_t kSharedBytes = kScratchOffset + kThreads * 4 + 1024;
 };
 
 // Q, K and V come through the tensor maps; the kernel writes O and LSE itself.
@@ -102,7 +104,28 @@ __device__ __forceinline__ uint64_t sw128_descriptor(uint32_t address, uint32_t 
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory"); }
+__device__ __forceinline__ void store_shared(uint32_t address, float value) {
+  asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(address), "f"(value) : "memory");
+}
+
+template <int kPending>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kPending) : "memory");
+}
+// Makes the compiler treat these registers as read and rewritten here, so that no access to them moves
+// across this point (an in-flight wgmma reads or writes them until its wait).
+template <int N>
+__device__ __forceinline__ void fence_operands(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_operands(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
 
 __device__ __forceinline__ void wgmma_ss_m64n128k16(float (&d)[64], uint64_t desc_a, uint64_t desc_b, bool accumulate,
                                                     __half) {
@@ -184,6 +207,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const uint32_t base = (shared_address(shared_bytes) + 1023u) & ~1023u;
   const uint32_t q_tile = base + Layout::kQOffset;
   const uint32_t barriers = base + Layout::kBarrierOffset;
+  const uint32_t scratch = base + Layout::kScratchOffset;
   const uint32_t q_full = barriers;
   auto k_full = [&](int s) { return barriers + 8u * (1 + s); };
   auto k_empty = [&](int s) { return barriers + 8u * (1 + kStages + s); };
@@ -262,28 +286,43 @@ __global__ void __launch_bounds__(kThreads, 1)
   float row_max[2] = {kNegInf, kNegInf};
   float row_sum[2] = {0.0f, 0.0f};
 
-  barrier_wait(q_full, 0);
-  for (int i = 0; i < tiles; ++i) {
-    const int n0 = (tile_begin + tiles - 1 - i) * kBlockN;
-    const int s = i % kStages;
-    const int phase = (i / kStages) & 1;
+  // Tile i's stage and the parity of its use of that stage.
+  auto stage_of = [](int i) { return i % kStages; };
+  auto phase_of = [](int i) { return (i / kStages) & 1; };
+  auto key_start = [&](int i) { return (tile_begin + tiles - 1 - i) * kBlockN; };
 
-    // S = Q K^T: 8 k-steps of 16; k-step kk reads 32 bytes at (kk % 4) * 32 of half kk / 4.
-    float acc[64];
-    barrier_wait(k_full(s), phase);
+  // S = Q K^T, issued (not waited for): 8 k-steps of 16; k-step kk reads 32 bytes at (kk % 4) * 32 of
+  // half kk / 4. The fence also orders the register writes before it (P, the rescaled O) with the
+  // wgmma that follow.
+  auto issue_scores = [&](int i, float (&acc)[64]) {
+    barrier_wait(k_full(stage_of(i)), phase_of(i));
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
       const uint32_t half_offset = static_cast<uint32_t>((kk / 4) * kHalfBytes + (kk % 4) * 32);
       const uint64_t a = sw128_descriptor(q_tile + half_offset + static_cast<uint32_t>(consumer * 64 * 128), 16, 1024);
-      const uint64_t b = sw128_descriptor(k_tile(s) + half_offset, 16, 1024);
+      const uint64_t b = sw128_descriptor(k_tile(stage_of(i)) + half_offset, 16, 1024);
       wgmma_ss_m64n128k16(acc, a, b, kk > 0, T());
     }
     wgmma_commit();
-    wgmma_wait_all();
-    barrier_arrive(k_empty(s));
-
-    // acc[4c + j]: row row_lo + 8 * (j / 2), key n0 + 8c + 2 (lane % 4) + j % 2.
+  };
+  // O += P V, issued: P in the register-A layout of m64k16 times V read MN-major: key-step kk is 16 rows
+  // (2048 bytes) into each half; the halves (d 0-63, 64-127) are the descriptor's leading offset
+  // apart, 8-row groups 1024 bytes apart.
+  auto issue_values = [&](int i, const uint32_t (&pa)[kBlockN / 16][4]) {
+    barrier_wait(v_full(stage_of(i)), phase_of(i));
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      const uint64_t b = sw128_descriptor(v_tile(stage_of(i)) + static_cast<uint32_t>(kk * 16 * 128), kHalfBytes, 1024);
+      wgmma_rs<T>(o, pa[kk], b);
+    }
+    wgmma_commit();
+  };
+  // Masks and exponentiates tile i's scores in place and updates the row statistics; returns (through
+  // `correction`) the factor that O, still accumulating the previous tile, must be scaled by.
+  // acc[4c + j]: row row_lo + 8 * (j / 2), key n0 + 8c + 2 (lane % 4) + j % 2.
+  auto softmax = [&](int i, float (&acc)[64], float (&correction)[2]) {
+    const int n0 = key_start(i);
     if (p.mask.score.softcap > 0.0f) {
 #pragma unroll
       for (int j = 0; j < 64; ++j) acc[j] = p.mask.score.capped(acc[j]);
@@ -313,7 +352,7 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int c = 0; c < 16; ++c) tile_max = fmaxf(tile_max, fmaxf(acc[4 * c + 2 * half], acc[4 * c + 2 * half + 1]));
       const float new_max = fmaxf(row_max[half], quad_max(tile_max) * exp_scale);
       const float base_max = new_max == kNegInf ? 0.0f : new_max;
-      const float correction = fast_exp2(row_max[half] - base_max);
+      correction[half] = fast_exp2(row_max[half] - base_max);
       row_max[half] = new_max;
       float sum = 0.0f;
 #pragma unroll
@@ -322,18 +361,20 @@ __global__ void __launch_bounds__(kThreads, 1)
         acc[4 * c + 2 * half + 1] = fast_exp2(fmaf(acc[4 * c + 2 * half + 1], exp_scale, -base_max));
         sum += acc[4 * c + 2 * half] + acc[4 * c + 2 * half + 1];
       }
-#pragma unroll
-      for (int c = 0; c < kDChunks; ++c) {
-        o[4 * c + 2 * half] *= correction;
-        o[4 * c + 2 * half + 1] *= correction;
-      }
-      row_sum[half] = row_sum[half] * correction + sum;
+      row_sum[half] = row_sum[half] * correction[half] + sum;
     }
-
-    // O += P V: P (the accumulator layout is the register-A layout of m64k16) times V read MN-major:
-    // key-step kk is 16 rows (2048 bytes) into each half; the halves (d 0-63, 64-127) are the
-    // descriptor's leading offset apart, 8-row groups 1024 bytes apart.
-    uint32_t pa[kBlockN / 16][4];
+  };
+  auto rescale = [&](const float (&correction)[2]) {
+#pragma unroll
+    for (int c = 0; c < kDChunks; ++c) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        o[4 * c + 2 * half] *= correction[half];
+        o[4 * c + 2 * half + 1] *= correction[half];
+      }
+    }
+  };
+  auto pack = [&](const float (&acc)[64], uint32_t (&pa)[kBlockN / 16][4]) {
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       pa[kk][0] = MmaType<T>::pack(acc[8 * kk + 0], acc[8 * kk + 1]);
@@ -341,16 +382,47 @@ __global__ void __launch_bounds__(kThreads, 1)
       pa[kk][2] = MmaType<T>::pack(acc[8 * kk + 4], acc[8 * kk + 5]);
       pa[kk][3] = MmaType<T>::pack(acc[8 * kk + 6], acc[8 * kk + 7]);
     }
-    barrier_wait(v_full(s), phase);
-    wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const uint64_t b = sw128_descriptor(v_tile(s) + static_cast<uint32_t>(kk * 16 * 128), kHalfBytes, 1024);
-      wgmma_rs<T>(o, pa[kk], b);
+  };
+
+  // Software pipeline (FlashAttention-3's intra-warpgroup overlap): while the tensor cores compute
+  // P_{i-1} V_{i-1}, this warpgroup runs the softmax of tile i, whose scores were issued just before.
+  // The operand fences keep the compiler from touching a register an in-flight wgmma reads or
+  // writes before the wait that retires it.
+  barrier_wait(q_full, 0);
+  if (tiles > 0) {
+    float acc[64];
+    uint32_t pa[kBlockN / 16][4];
+    float correction[2];
+    issue_scores(0, acc);
+    wgmma_wait<0>();
+    fence_operands(acc);
+    barrier_arrive(k_empty(stage_of(0)));
+    softmax(0, acc, correction);
+    pack(acc, pa);
+    for (int i = 1; i < tiles; ++i) {
+      issue_scores(i, acc);
+      issue_values(i - 1, pa);
+      wgmma_wait<1>();  // the scores of tile i
+      fence_operands(acc);
+      barrier_arrive(k_empty(stage_of(i)));
+      softmax(i, acc, correction);
+      // ptxas schedules arithmetic freely across a wgmma wait and would sink the softmax below it,
+      // serializing it after P_{i-1} V_{i-1}. A shared-memory store of a value that depends on every
+      // exponential stays ahead of the wait, and so does the softmax.
+      store_shared(scratch + 4u * threadIdx.x, row_sum[0] + row_sum[1]);
+      wgmma_wait<0>();  // P_{i-1} V_{i-1}
+      fence_operands(o);
+      fence_operands(pa);
+      barrier_arrive(v_empty(stage_of(i - 1)));
+      rescale(correction);
+      pack(acc, pa);
     }
-    wgmma_commit();
-    wgmma_wait_all();
-    barrier_arrive(v_empty(s));
+    wgmma_fence();
+    issue_values(tiles - 1, pa);
+    wgmma_wait<0>();
+    fence_operands(o);
+    fence_operands(pa);
+    barrier_arrive(v_empty(stage_of(tiles - 1)));
   }
 
   // Epilogue: normalize and store the rows of this sequence; o[4c + j] is column 8c + 2 (lane % 4) + j % 2.

@@ -496,21 +496,34 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const DecodeKernelParams&
   }
 }
 
-// Blocks over distinct keys that run at once: SMs x resident blocks, shared among the row blocks.
+// Blocks per SM that keep kInFlightBytes of K/V loads in flight each (the stages being filled while one
+// is computed on): on an H200 one block per SM with 64 KiB in flight streamed faster (4.45 TB/s at
+// b8 x L32768 with 2 splits) than two co-resident blocks per SM over half the keys each (4.32 TB/s),
+// and deeper pipelines (4 or 6 stages) did not help (bench/NOTES.md, a5).
+template <int kHeadDim, int kMTiles, int kStages>
+int blocks_per_sm() {
+  constexpr size_t kInFlightBytes = 64 * 1024;
+  using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
+  constexpr size_t kPerBlock = (kStages - 1) * Tiles::kStageBytes;
+  const int wanted = static_cast<int>((kInFlightBytes + kPerBlock - 1) / kPerBlock);
+  return std::max(1, std::min(wanted, resident_blocks<__half, kHeadDim, kMTiles, kStages>()));
+}
+
+// Blocks over distinct keys that run at once on the GPU, shared among the row blocks.
 template <int kHeadDim>
 int64_t block_slots_for(const nkv_attention_plan& plan) {
   const DecodeConfig c = decode_config<kHeadDim>(plan);
-  int resident = 0;
+  int per_sm = 0;
   if constexpr (kHeadDim == 256) {
-    resident = resident_blocks<__half, kHeadDim, 1, 2>();
+    per_sm = blocks_per_sm<kHeadDim, 1, 2>();
   } else if (c.m_tiles == 1) {
-    resident = c.stages == kDeepStages ? resident_blocks<__half, kHeadDim, 1, kDeepStages>() : resident_blocks<__half, kHeadDim, 1, 2>();
+    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 1, kDeepStages>() : blocks_per_sm<kHeadDim, 1, 2>();
   } else {
-    resident = c.stages == kDeepStages ? resident_blocks<__half, kHeadDim, 2, kDeepStages>() : resident_blocks<__half, kHeadDim, 2, 2>();
+    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 2, kDeepStages>() : blocks_per_sm<kHeadDim, 2, 2>();
   }
   const int64_t rows = static_cast<int64_t>(plan.q_len) * (plan.num_heads_q / plan.num_heads_kv);
   const int64_t row_blocks = (rows + 16 * c.m_tiles - 1) / (16 * c.m_tiles);
-  return std::max<int64_t>(1, static_cast<int64_t>(plan.context->multiprocessor_count) * resident / row_blocks);
+  return std::max<int64_t>(1, static_cast<int64_t>(plan.context->multiprocessor_count) * per_sm / row_blocks);
 }
 
 }  // namespace

@@ -16,11 +16,16 @@ using namespace nkv;
 namespace {
 
 constexpr int32_t kMaxDecodeQueries = 16;
-// Decode pieces hold whole key tiles of the CUDA kernel; a thread block gets at least
-// kMinTilesPerBlock of them, since a block costs more than its keys (Q load, pipeline fill, the warps'
-// merge, its partial results and their combine).
+// Decode pieces hold whole key tiles of the CUDA kernel, and a piece shorter than this costs more in
+// the merge than it gains in parallelism.
 constexpr int32_t kDecodeKeyTile = 64;
-constexpr int64_t kMinTilesPerBlock = 4;
+constexpr int32_t kMinKeysPerPiece = 256;
+// The most pieces the heuristic considers for one sequence.
+constexpr int32_t kMaxDecodePieces = 256;
+// What a thread block costs beyond its keys (Q load, pipeline fill, the warps' merge, the partial
+// result and its share of the merge), in keys: without it the model preferred 103 pieces of 320 keys
+// for b8 x L32768 on an H200 (25 waves; 317 µs) over 4 of 8192 (one wave).
+constexpr int64_t kPieceOverheadKeys = 256;
 
 // nkv_attention_options as first published (up to num_splits); later fields are read only when the
 // caller's struct_size covers them.
@@ -153,70 +158,57 @@ int64_t max_length(const std::vector<int32_t>& cu) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Cuts every (sequence, KV head) pair's keys into pieces and deals the pieces to thread blocks.
-// Fixed (`fixed` > 0, or no GPU model, `slots` == 0): each pair in at most `fixed` (or 1) equal pieces
-// of whole tiles, one block per piece, so results do not depend on the GPU. Otherwise balanced: all
-// pairs' key tiles, laid end to end, are cut into `slots` runs of equal length (the blocks that run at
-// once), so that every SM streams the same number of K/V bytes whatever the sequence lengths; a pair
-// that spans two runs becomes two pieces. Pairs without keys get an empty piece (it writes O = 0,
-// LSE = -inf).
+// Cuts each sequence's keys into pieces of whole tiles, the same cut for each of its KV heads; every
+// (sequence, KV head) pair's piece runs as its own thread block. Fixed (`fixed` > 0): at most `fixed`
+// equal pieces per sequence, so results do not depend on the GPU. Otherwise one piece length for all
+// sequences, chosen by a model of the GPU as `slots` blocks streaming at once: a length c makes
+// blocks = sum over sequences of ceil(L / c) x KV heads, which run in ceil(blocks / slots) waves of
+// about c + kPieceOverheadKeys keys each. The c with the fewest wave-keys wins, the longest on ties
+// (fewer partial results to merge). Without a GPU model (`slots` == 0) every sequence is one piece.
 void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) {
-  const int64_t pairs = static_cast<int64_t>(plan.batch) * plan.num_heads_kv;
-  auto sequence_of = [&](int64_t pair) { return static_cast<int32_t>(pair / plan.num_heads_kv); };
-  auto tiles_of = [&](int64_t pair) { return ceil_div(plan.seqlens_k[sequence_of(pair)], kDecodeKeyTile); };
-  auto add_piece = [&](int64_t pair, int64_t first_tile, int64_t end_tile) {
-    const int32_t length = plan.seqlens_k[sequence_of(pair)];
-    plan.splits.push_back({sequence_of(pair), static_cast<int32_t>(pair % plan.num_heads_kv),
-                           static_cast<int32_t>(first_tile * kDecodeKeyTile),
-                           static_cast<int32_t>(std::min<int64_t>(length, end_tile * kDecodeKeyTile))});
-  };
-  plan.splits.clear();
-  plan.block_first_split.clear();
-  if (fixed > 0 || slots == 0) {
-    const int64_t parts_wanted = fixed > 0 ? fixed : 1;
-    for (int64_t pair = 0; pair < pairs; ++pair) {
-      const int64_t tiles = tiles_of(pair);
-      const int64_t step = std::max<int64_t>(1, ceil_div(tiles, parts_wanted));
-      int64_t tile = 0;
-      do {  // equal parts of whole tiles: never one long piece and a short remainder
-        plan.block_first_split.push_back(static_cast<int32_t>(plan.splits.size()));
-        add_piece(pair, tile, std::min(tiles, tile + step));
-        tile += step;
-      } while (tile < tiles);
-    }
-  } else {
-    int64_t total_tiles = 0;
-    for (int64_t pair = 0; pair < pairs; ++pair) total_tiles += tiles_of(pair);
-    const int64_t blocks = std::max<int64_t>(1, std::min(slots, total_tiles / kMinTilesPerBlock));
-    int64_t pair = 0;
-    int64_t pair_tile = 0;  // tiles of `pair` already dealt
-    int64_t position = 0;   // tiles dealt in all
-    for (int64_t block = 0; block < blocks; ++block) {
-      plan.block_first_split.push_back(static_cast<int32_t>(plan.splits.size()));
-      const int64_t block_end = (block + 1) * total_tiles / blocks;
-      // The last block also takes any trailing pairs without keys.
-      while (pair < pairs && (position < block_end || tiles_of(pair) == 0)) {
-        const int64_t take = std::min(tiles_of(pair) - pair_tile, block_end - position);
-        add_piece(pair, pair_tile, pair_tile + take);
-        position += take;
-        pair_tile += take;
-        if (pair_tile == tiles_of(pair)) {
-          ++pair;
-          pair_tile = 0;
-        }
+  const int64_t longest = std::max<int64_t>(plan.max_seqlen_k, 1);
+  int64_t chunk = longest;
+  if (fixed == 0 && slots > 0) {
+    auto blocks_for = [&](int64_t c) {
+      int64_t blocks = 0;
+      for (int32_t length : plan.seqlens_k) blocks += std::max<int64_t>(1, ceil_div(length, c));
+      return blocks * plan.num_heads_kv;
+    };
+    int64_t best_cost = std::numeric_limits<int64_t>::max();
+    // Enough unsplit blocks for several full waves: splitting cannot help.
+    const int64_t most_parts = blocks_for(chunk) >= 4 * slots ? 1 : kMaxDecodePieces;
+    for (int64_t parts = 1; parts <= most_parts; ++parts) {
+      const int64_t c = std::max<int64_t>(kMinKeysPerPiece, ceil_div(ceil_div(longest, parts), kDecodeKeyTile) * kDecodeKeyTile);
+      const int64_t cost = ceil_div(blocks_for(c), slots) * (c + kPieceOverheadKeys);
+      if (cost < best_cost) {
+        best_cost = cost;
+        chunk = c;
       }
+      if (c == kMinKeysPerPiece) break;
     }
   }
-  plan.block_first_split.push_back(static_cast<int32_t>(plan.splits.size()));
+  plan.splits.clear();
+  const int64_t pairs = static_cast<int64_t>(plan.batch) * plan.num_heads_kv;
   plan.first_split.assign(static_cast<size_t>(pairs) + 1, 0);
-  for (const DecodeSplit& piece : plan.splits) {
-    ++plan.first_split[static_cast<size_t>(piece.sequence) * plan.num_heads_kv + piece.kv_head + 1];
-  }
   plan.max_splits = 1;
   for (int64_t pair = 0; pair < pairs; ++pair) {
-    plan.max_splits = std::max(plan.max_splits, plan.first_split[pair + 1]);
-    plan.first_split[pair + 1] += plan.first_split[pair];
+    const int32_t sequence = static_cast<int32_t>(pair / plan.num_heads_kv);
+    const int64_t tiles = ceil_div(plan.seqlens_k[sequence], kDecodeKeyTile);
+    // As many pieces as the chunk length asks for, then equal parts of whole tiles: never one long
+    // piece and a short remainder.
+    const int64_t parts = fixed > 0 ? fixed : std::max<int64_t>(1, ceil_div(plan.seqlens_k[sequence], chunk));
+    const int64_t step = std::max<int64_t>(1, ceil_div(tiles, parts));
+    plan.first_split[pair] = static_cast<int32_t>(plan.splits.size());
+    int64_t tile = 0;
+    do {  // a sequence without keys still gets one (empty) piece: it writes O = 0, LSE = -inf
+      plan.splits.push_back({sequence, static_cast<int32_t>(pair % plan.num_heads_kv),
+                             static_cast<int32_t>(tile * kDecodeKeyTile),
+                             static_cast<int32_t>(std::min<int64_t>(plan.seqlens_k[sequence], (tile + step) * kDecodeKeyTile))});
+      tile += step;
+    } while (tile < tiles);
+    plan.max_splits = std::max(plan.max_splits, static_cast<int32_t>(plan.splits.size()) - plan.first_split[pair]);
   }
+  plan.first_split[pairs] = static_cast<int32_t>(plan.splits.size());
 }
 
 // Copies the plan's index arrays (and reserves the decode partials) in one device allocation. On the
@@ -229,7 +221,6 @@ void place_plan(nkv_attention_plan& plan) {
     plan.device_seqlens_k = plan.seqlens_k.data();
     plan.device_splits = plan.splits.data();
     plan.device_first_split = plan.first_split.data();
-    plan.device_block_first_split = plan.block_first_split.data();
     return;
   }
   struct Part {
@@ -238,17 +229,20 @@ void place_plan(nkv_attention_plan& plan) {
     size_t offset;
   };
   const bool decode = plan.kind == NKV_ATTENTION_DECODE;
-  // Partial results exist only where some pair has more than one piece.
-  const size_t partial_rows = decode && plan.max_splits > 1
-                                  ? plan.splits.size() * plan.q_len * (plan.num_heads_q / plan.num_heads_kv)
-                                  : 0;
+  // Partial results and merge counters exist only where some pair has more than one piece. A counter
+  // per (pair, row block of at least 16 packed query rows), zero between runs.
+  const bool merging = decode && plan.max_splits > 1;
+  const int64_t packed_rows = static_cast<int64_t>(plan.q_len) * (decode ? plan.num_heads_q / plan.num_heads_kv : 0);
+  const size_t partial_rows = merging ? plan.splits.size() * packed_rows : 0;
+  const std::vector<int32_t> zero_counters(
+      merging ? static_cast<size_t>(plan.batch) * plan.num_heads_kv * ceil_div(packed_rows, 16) : 0, 0);
   Part parts[] = {
       {plan.cu_seqlens_q.data(), plan.cu_seqlens_q.size() * sizeof(int32_t), 0},
       {plan.cu_seqlens_k.data(), plan.cu_seqlens_k.size() * sizeof(int32_t), 0},
       {plan.seqlens_k.data(), plan.seqlens_k.size() * sizeof(int32_t), 0},
       {plan.splits.data(), plan.splits.size() * sizeof(DecodeSplit), 0},
       {plan.first_split.data(), plan.first_split.size() * sizeof(int32_t), 0},
-      {plan.block_first_split.data(), plan.block_first_split.size() * sizeof(int32_t), 0},
+      {zero_counters.data(), zero_counters.size() * sizeof(int32_t), 0},
       {nullptr, partial_rows * plan.head_dim * sizeof(float), 0},
       {nullptr, partial_rows * sizeof(float), 0},
   };
@@ -272,7 +266,7 @@ void place_plan(nkv_attention_plan& plan) {
   plan.device_seqlens_k = reinterpret_cast<const int32_t*>(block + parts[2].offset);
   plan.device_splits = reinterpret_cast<const DecodeSplit*>(block + parts[3].offset);
   plan.device_first_split = reinterpret_cast<const int32_t*>(block + parts[4].offset);
-  plan.device_block_first_split = reinterpret_cast<const int32_t*>(block + parts[5].offset);
+  plan.merge_counters = reinterpret_cast<int32_t*>(block + parts[5].offset);
   plan.partial_o = reinterpret_cast<float*>(block + parts[6].offset);
   plan.partial_lse = reinterpret_cast<float*>(block + parts[7].offset);
 }

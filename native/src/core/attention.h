@@ -16,10 +16,10 @@ struct AttentionMask {
   int32_t window_left = -1;    // -1: unlimited
 };
 
-// One piece of the keys of one decode (sequence, KV head) pair: [key_begin, key_end). The pieces of a
-// pair are consecutive in the plan's list, and each thread block runs a consecutive run of pieces. A
-// pair cut into more than one piece leaves one partial result per piece, at the piece's index, for
-// the combine kernel.
+// One piece of the keys of one decode (sequence, KV head) pair: [key_begin, key_end), run by one
+// thread block. The pieces of a pair are consecutive in the plan's list; a pair cut into more than one
+// piece leaves one partial result per piece, at the piece's index, and the block that finishes the
+// pair's last piece merges them.
 struct DecodeSplit {
   int32_t sequence = 0;
   int32_t kv_head = 0;
@@ -43,26 +43,25 @@ struct nkv_attention_plan {
   int64_t total_k = 0;
   int64_t max_seqlen_q = 0;
   int64_t max_seqlen_k = 0;
-  // Host copies: cu_seqlens (varlen), seqlens_k (decode), and the decode pieces: the list, per (sequence,
-  // KV head) pair (sequence-major) the index of its first piece, and per thread block the index of its
-  // first piece.
+  // Host copies: cu_seqlens (varlen), seqlens_k (decode), and the decode pieces: the list and, per
+  // (sequence, KV head) pair (sequence-major), the index of its first piece.
   std::vector<int32_t> cu_seqlens_q;
   std::vector<int32_t> cu_seqlens_k;
   std::vector<int32_t> seqlens_k;
   std::vector<nkv::DecodeSplit> splits;
-  std::vector<int32_t> first_split;        // [batch x num_heads_kv + 1]
-  std::vector<int32_t> block_first_split;  // [blocks + 1]
-  int32_t max_splits = 1;                  // the most pieces of any pair
+  std::vector<int32_t> first_split;  // [batch x num_heads_kv + 1]
+  int32_t max_splits = 1;            // the most pieces of any pair
   // Device mirrors (host pointers into the vectors above on the CPU backend), in one allocation, and
-  // the decode partial results: partial_o [pieces, q_len x G, head_dim] and partial_lse
-  // [pieces, q_len x G], float32, where G = num_heads_q / num_heads_kv.
+  // for decode plans with split pairs: per (pair, row block) the count of pieces finished in the
+  // current run (0 between runs), and the partial results partial_o [pieces, q_len x G, head_dim] and
+  // partial_lse [pieces, q_len x G], float32, where G = num_heads_q / num_heads_kv.
   void* device_block = nullptr;
   const int32_t* device_cu_seqlens_q = nullptr;
   const int32_t* device_cu_seqlens_k = nullptr;
   const int32_t* device_seqlens_k = nullptr;
   const nkv::DecodeSplit* device_splits = nullptr;
   const int32_t* device_first_split = nullptr;
-  const int32_t* device_block_first_split = nullptr;
+  int32_t* merge_counters = nullptr;
   float* partial_o = nullptr;
   float* partial_lse = nullptr;
 };
@@ -118,8 +117,9 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
 }  // namespace cpu
 
 namespace cuda {
-// How many thread blocks of the decode kernel, each over its own keys, run at once on the whole GPU
-// for this plan (SMs x resident blocks, divided among the plan's row blocks).
+// How many thread blocks of the decode kernel, each over its own keys, stream at once on the whole GPU
+// for this plan (SMs x the blocks per SM that keep enough loads in flight, divided among the plan's
+// row blocks).
 int64_t decode_block_slots(const nkv_attention_plan& plan);
 void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs& args);
 void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& args);

@@ -1,7 +1,7 @@
 // Decode attention over a KV cache (flash-decoding). Decode is bound by reading K and V once, so the
-// work is cut along the keys: the plan cuts each (sequence, KV head) pair's keys into pieces and deals
-// runs of pieces to thread blocks (evenly by key tiles unless the caller fixed the split count), and a
-// second kernel merges the pieces' partial results by their log-sum-exp. Inside a block the four warps take different keys of each 64-key tile (not different
+// work is cut along the keys: the plan cuts each (sequence, KV head) pair's keys into pieces, one
+// thread block per piece and row block, and the block that finishes a pair's last piece merges the
+// pieces' partial results by their log-sum-exp (no second kernel launch). Inside a block the four warps take different keys of each 64-key tile (not different
 // query rows: there are only q_len x G of those), and merge their partial softmax states at the end.
 // Tiles stream through a 3-stage cp.async pipeline to keep enough bytes in flight per SM.
 #include <cuda_runtime.h>
@@ -34,8 +34,9 @@ struct DecodeKernelParams {
   DecodeAttentionArgs args;
   const int32_t* seqlens_k;
   const DecodeSplit* splits;
-  const int32_t* first_split;        // per (sequence, KV head) pair
-  const int32_t* block_first_split;  // per thread block
+  const int32_t* first_split;  // per (sequence, KV head) pair
+  int32_t* merge_counters;     // [pair, counter_stride]: pieces finished in this run, per row block
+  int counter_stride;
   float* partial_o;    // [piece, q_len x G, head_dim]
   float* partial_lse;  // [piece, q_len x G]
   int q_len;
@@ -58,10 +59,87 @@ struct DecodeTiles {
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
 
-// One piece: the keys [key_begin, key_end) of one (sequence, KV head) pair, for the packed query rows of
-// row block blockIdx.z.
+// The last block to finish a piece of a split pair (for its row block) merges the pair's partial
+// results. It sums them in piece order whichever block that is, so the output does not depend on timing.
+// Partials written by other blocks in this kernel are read through L2 (__ldcg), never a stale L1.
+// `scratch` is shared memory for 2 x kRows + 1 words.
+template <typename T, int kHeadDim, int kRows>
+__device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int sequence, int kv_head, int first,
+                             int count, int row0, int rows) {
+  constexpr int kBatch = 8;  // pieces whose loads are in flight together
+  float* row_stats = scratch;                                   // [row]: largest LSE, sum
+  int& is_last = *reinterpret_cast<int*>(scratch + 2 * kRows);  // whether this block merges
+  __threadfence();  // this block's partials are visible before its count is
+  __syncthreads();
+  const int pair = sequence * p.num_heads_kv + kv_head;
+  if (threadIdx.x == 0) {
+    int* counter = p.merge_counters + static_cast<int64_t>(pair) * p.counter_stride + blockIdx.z;
+    is_last = atomicAdd(counter, 1) == count - 1;
+    if (is_last) *counter = 0;  // every piece of this run has counted: ready for the next run
+  }
+  __syncthreads();
+  if (!is_last) return;
+  __threadfence();
+  const int valid_rows = min(kRows, rows - row0);
+  auto partial_row = [&](int i, int r) { return static_cast<int64_t>(first + i) * rows + row0 + r; };
+  // Per row: the largest LSE and 1 / sum of exp(LSE - largest), one warp per row.
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  for (int r = warp; r < valid_rows; r += kDecodeWarps) {
+    float best = -INFINITY;
+    for (int i = lane; i < count; i += 32) best = fmaxf(best, __ldcg(p.partial_lse + partial_row(i, r)));
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, m));
+    const float base = best == -INFINITY ? 0.0f : best;
+    float sum = 0.0f;
+    for (int i = lane; i < count; i += 32) sum += __expf(__ldcg(p.partial_lse + partial_row(i, r)) - base);
+#pragma unroll
+    for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    if (lane == 0) {
+      row_stats[2 * r] = base;
+      row_stats[2 * r + 1] = sum;
+    }
+  }
+  __syncthreads();
+  const DecodeAttentionArgs& args = p.args;
+  const int group = p.mask.group;
+  for (int e = threadIdx.x; e < valid_rows * kHeadDim; e += kDecodeThreads) {
+    const int r = e / kHeadDim;
+    const int d = e % kHeadDim;
+    const float base = row_stats[2 * r];
+    const float sum = row_stats[2 * r + 1];
+    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+    float acc = 0.0f;
+    for (int i0 = 0; i0 < count; i0 += kBatch) {
+      float lse[kBatch];
+      float value[kBatch];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const bool live = i0 + u < count;
+        const int64_t row = partial_row(live ? i0 + u : i0, r);  // a dead slot reads a live row, unused
+        lse[u] = live ? __ldcg(p.partial_lse + row) : -INFINITY;
+        value[u] = live ? __ldcg(p.partial_o + row * kHeadDim + d) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) acc += __expf(lse[u] - base) * value[u];
+    }
+    const int row = row0 + r;
+    const int token = row / group;
+    const int head = kv_head * group + (row - token * group);
+    T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head;
+    out[d] = MmaType<T>::from_float(acc * inverse);
+    if (d == 0 && args.lse != nullptr) {
+      args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = sum > 0.0f ? base + __logf(sum) : -INFINITY;
+    }
+  }
+}
+
+// One piece (blockIdx.x): the keys [key_begin, key_end) of one (sequence, KV head) pair, for the packed
+// query rows of row block blockIdx.z.
 template <typename T, int kHeadDim, int kMTiles, int kStages_>
-__device__ __forceinline__ void decode_piece(const DecodeKernelParams& p, int piece, unsigned char* shared_bytes) {
+__global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const DecodeKernelParams p) {
+  extern __shared__ __align__(128) unsigned char shared_bytes[];
+  const int piece = blockIdx.x;
   const DecodeAttentionArgs& args = p.args;
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages_>;
   constexpr int kRows = Tiles::kRows;
@@ -81,6 +159,7 @@ __device__ __forceinline__ void decode_piece(const DecodeKernelParams& p, int pi
   const int group = p.mask.group;
   const int rows = p.q_len * group;
   const int row0 = blockIdx.z * kRows;
+  if (row0 >= rows) return;
   const int lk = p.seqlens_k[sequence];
   const int lq = p.q_len;
   const int offset = lk - lq;
@@ -294,7 +373,8 @@ __device__ __forceinline__ void decode_piece(const DecodeKernelParams& p, int pi
   __syncthreads();
 
   const int pair = sequence * p.num_heads_kv + kv_head;
-  const bool final_output = p.first_split[pair + 1] - p.first_split[pair] == 1;
+  const int pieces = p.first_split[pair + 1] - p.first_split[pair];
+  const bool final_output = pieces == 1;
   for (int e = threadIdx.x; e < kRows * kHeadDim; e += kDecodeThreads) {
     const int r = e / kHeadDim;
     const int d = e % kHeadDim;
@@ -326,81 +406,10 @@ __device__ __forceinline__ void decode_piece(const DecodeKernelParams& p, int pi
       if (d == 0) p.partial_lse[partial_row] = lse;
     }
   }
-}
-
-// Each block runs its run of pieces (see plan_decode_splits) one after the other.
-template <typename T, int kHeadDim, int kMTiles, int kStages>
-__global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const DecodeKernelParams p) {
-  extern __shared__ __align__(128) unsigned char shared_bytes[];
-  if (static_cast<int>(blockIdx.z) * DecodeTiles<kHeadDim, kMTiles, kStages>::kRows >= p.q_len * p.mask.group) return;
-  const int first = p.block_first_split[blockIdx.x];
-  const int end = p.block_first_split[blockIdx.x + 1];
-  for (int piece = first; piece < end; ++piece) {
-    if (piece != first) __syncthreads();  // every warp has read the previous piece's merge area
-    decode_piece<T, kHeadDim, kMTiles, kStages>(p, piece, shared_bytes);
-  }
-}
-
-// Merges the pieces of every (sequence, query token, head) whose (sequence, KV head) pair has more than
-// one piece. One warp per output row: the lanes reduce the pieces' LSEs, then sweep head_dim with the
-// loads of kBatch pieces in flight at once (the merge is a chain of L2 round trips otherwise: for one
-// long sequence there are few rows and many pieces).
-template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(256) decode_combine_kernel(const DecodeKernelParams p, int total_rows) {
-  constexpr int kBatch = 8;
-  constexpr int kPerLane = kHeadDim / 32;
-  const DecodeAttentionArgs& args = p.args;
-  const int row = blockIdx.x * 8 + threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  if (row >= total_rows) return;
-  const int head = row % p.num_heads_q;
-  const int token = (row / p.num_heads_q) % p.q_len;
-  const int sequence = row / (p.num_heads_q * p.q_len);
-  const int group = p.mask.group;
-  const int pair = sequence * p.num_heads_kv + head / group;
-  const int first = p.first_split[pair];
-  const int count = p.first_split[pair + 1] - first;
-  if (count == 1) return;  // written by the split kernel directly
-  const int packed_rows = p.q_len * group;
-  const int packed_row = token * group + head % group;
-  auto partial_row = [&](int i) { return static_cast<int64_t>(first + i) * packed_rows + packed_row; };
-  float best = -INFINITY;
-  for (int i = lane; i < count; i += 32) best = fmaxf(best, p.partial_lse[partial_row(i)]);
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, m));
-  const float base = best == -INFINITY ? 0.0f : best;
-  float sum = 0.0f;
-  for (int i = lane; i < count; i += 32) sum += __expf(p.partial_lse[partial_row(i)] - base);
-#pragma unroll
-  for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-  const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-
-  float acc[kPerLane];
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) acc[j] = 0.0f;
-  for (int i0 = 0; i0 < count; i0 += kBatch) {
-    float lse[kBatch];
-    float value[kBatch][kPerLane];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const bool live = i0 + u < count;
-      const int64_t r = partial_row(live ? i0 + u : i0);  // a dead slot reads a live row, unused
-      lse[u] = live ? p.partial_lse[r] : -INFINITY;
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) value[u][j] = live ? p.partial_o[r * kHeadDim + lane + 32 * j] : 0.0f;
-    }
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      const float weight = __expf(lse[u] - base) * inverse;
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) acc[j] += weight * value[u][j];
-    }
-  }
-  T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head;
-#pragma unroll
-  for (int j = 0; j < kPerLane; ++j) out[lane + 32 * j] = MmaType<T>::from_float(acc[j]);
-  if (lane == 0 && args.lse != nullptr) {
-    args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = sum > 0.0f ? base + __logf(sum) : -INFINITY;
+  if (!final_output) {
+    // The warps' merge area is free once every thread is past the loop above (merge_pieces syncs first).
+    static_assert(kDecodeWarps * kRows >= 2 * kRows + 1, "merge_pieces' scratch fits where the row maxima were");
+    merge_pieces<T, kHeadDim, kRows>(p, merge_max, sequence, kv_head, p.first_split[pair], pieces, row0, rows);
   }
 }
 
@@ -413,22 +422,13 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
                                       static_cast<int>(Tiles::kSharedBytes)));
   const int rows = plan.q_len * params.mask.group;
   const int row_blocks = (rows + Tiles::kRows - 1) / Tiles::kRows;
-  const size_t blocks = plan.block_first_split.size() - 1;
+  const size_t blocks = plan.splits.size();
   if (blocks > static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
-    fail(NKV_STATUS_NOT_SUPPORTED, "decode attention grid too large: " + std::to_string(blocks) + " thread blocks");
+    fail(NKV_STATUS_NOT_SUPPORTED, "decode attention grid too large: " + std::to_string(blocks) + " pieces");
   }
   const dim3 grid(static_cast<unsigned>(blocks), 1, static_cast<unsigned>(row_blocks));
   split_kernel<<<grid, kDecodeThreads, Tiles::kSharedBytes, stream>>>(params);
   NKV_CUDA_CHECK(cudaGetLastError());
-  if (plan.max_splits > 1) {
-    const int64_t total_rows = static_cast<int64_t>(plan.batch) * plan.q_len * plan.num_heads_q;
-    const int64_t blocks = (total_rows + 7) / 8;
-    if (blocks > std::numeric_limits<int32_t>::max()) {
-      fail(NKV_STATUS_NOT_SUPPORTED, "decode attention: too many output rows to merge (" + std::to_string(total_rows) + ")");
-    }
-    decode_combine_kernel<T, kHeadDim><<<static_cast<unsigned>(blocks), 256, 0, stream>>>(params, static_cast<int>(total_rows));
-    NKV_CUDA_CHECK(cudaGetLastError());
-  }
 }
 
 template <typename T, int kHeadDim, int kMTiles, int kStages>
@@ -547,7 +547,8 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
   p.seqlens_k = plan.device_seqlens_k;
   p.splits = plan.device_splits;
   p.first_split = plan.device_first_split;
-  p.block_first_split = plan.device_block_first_split;
+  p.merge_counters = plan.merge_counters;
+  p.counter_stride = (plan.q_len * (plan.num_heads_q / plan.num_heads_kv) + 15) / 16;
   p.partial_o = plan.partial_o;
   p.partial_lse = plan.partial_lse;
   p.q_len = plan.q_len;

@@ -1,9 +1,11 @@
 // Varlen attention forward, sm_90a design (FlashAttention-3): one warpgroup produces (a single thread
-// issues TMA loads of Q and of K/V tiles into a 2-stage ring, completing on mbarriers), two warpgroups
-// consume (each owns 64 query rows: S = Q K^T with both operands in shared memory, the online softmax
-// in registers, O += P V with P from registers). setmaxnreg moves registers from the producer to the
-// consumers. Head dims 64 and 128, 128 x 128 tiles; compiled only for sm_90a (other targets get an empty body
-// and are never dispatched, see hopper_kernels_available).
+// issues TMA loads of Q and of K/V tiles into a 2-stage ring, completing on mbarriers), two or three
+// warpgroups consume (each owns 64 query rows: S = Q K^T with both operands in shared memory, the
+// online softmax in registers, O += P V with P from registers, the softmax of one key tile overlapping
+// the P V product of the previous one). setmaxnreg moves registers from the producer to the consumers.
+// Head dims 64 (192 x 128 tiles: three consumers, since the softmax costs as much as both products
+// there) and 128 (128 x 128); compiled only for sm_90a (other targets get an empty body and are never
+// dispatched, see hopper_kernels_available).
 //
 // Shared-memory tiles use TMA's 128-byte swizzle: a 128-wide row is stored as 64-element halves,
 // each half a [rows][64] block whose 16-byte chunks are XOR-swizzled by row % 8 (the layout wgmma's
@@ -26,23 +28,30 @@
 namespace nkv::cuda::attention {
 namespace {
 
-constexpr int kBlockM = 128;  // two consumer warpgroups x 64 rows
-[[maybe_unused]] constexpr int kBlockN = 128;  // device code only
+[[maybe_unused]] constexpr int kBlockN = 128;  // keys per K/V tile (device code only)
 constexpr int kStages = 2;
-constexpr int kThreads = 384;
-constexpr int kHalfBytes = 128 * 64 * 2;  // one [128 rows][64] half-tile: 16 KiB
+constexpr int kKvHalfBytes = 128 * 64 * 2;  // one [128 keys][64] half-tile: 16 KiB
 
-// Shared memory of one block for head_dim kHeadDim (64 or 128): Q, then kStages K tiles, kStages V
-// tiles, then the mbarriers (q_full, k_full[s], k_empty[s], v_full[s], v_empty[s]) and a scratch float
-// per thread.
+// The block shape for head_dim kHeadDim (64 or 128) and its shared memory: Q, then kStages K tiles,
+// kStages V tiles, then the mbarriers (q_full, k_full[s], k_empty[s], v_full[s], v_empty[s]) and a
+// scratch float per thread.
 template <int kHeadDim>
-struct Sm90Layout {
+struct Sm90Tiles {
+  static constexpr int kConsumers = kHeadDim == 64 ? 3 : 2;
+  static constexpr int kBlockM = 64 * kConsumers;
+  static constexpr int kThreads = 128 * (1 + kConsumers);
+  // Registers per thread after setmaxnreg: the producer keeps few, the consumers share the rest of
+  // the 64K (multiples of 8; 24 x 128 + 3 x 160 x 128 and 24 x 128 + 2 x 240 x 128 fit).
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = kConsumers == 3 ? 160 : 240;
   static constexpr int kHalves = kHeadDim / 64;
-  static constexpr int kTileBytes = kHalves * kHalfBytes;
+  static constexpr int kQHalfBytes = kBlockM * 64 * 2;
+  static constexpr int kQBytes = kHalves * kQHalfBytes;
+  static constexpr int kKvTileBytes = kHalves * kKvHalfBytes;
   static constexpr int kQOffset = 0;
-  static constexpr int kKOffset = kQOffset + kTileBytes;
-  static constexpr int kVOffset = kKOffset + kStages * kTileBytes;
-  static constexpr int kBarrierOffset = kVOffset + kStages * kTileBytes;
+  static constexpr int kKOffset = kQOffset + kQBytes;
+  static constexpr int kVOffset = kKOffset + kStages * kKvTileBytes;
+  static constexpr int kBarrierOffset = kVOffset + kStages * kKvTileBytes;
   static constexpr int kBarriers = 1 + 4 * kStages;
   static constexpr int kScratchOffset = kBarrierOffset + kBarriers * 8;  // a float per thread, see the consumer loop
   // + 1024: the dynamic shared memory base is aligned up to the 1024 bytes the swizzle atoms need.
@@ -194,13 +203,15 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4],
 #endif  // NKV_SM90A_DEVICE_CODE
 
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(Sm90Tiles<kHeadDim>::kThreads, 1)
     varlen_forward_sm90_kernel(const __grid_constant__ CUtensorMap q_map, const __grid_constant__ CUtensorMap k_map,
                                const __grid_constant__ CUtensorMap v_map, const Sm90Params p) {
 #ifdef NKV_SM90A_DEVICE_CODE
-  using Layout = Sm90Layout<kHeadDim>;
+  using Layout = Sm90Tiles<kHeadDim>;
   constexpr int kHalves = Layout::kHalves;
-  constexpr int kTileBytes = Layout::kTileBytes;
+  constexpr int kBlockM = Layout::kBlockM;
+  constexpr int kQHalfBytes = Layout::kQHalfBytes;
+  constexpr int kKvTileBytes = Layout::kKvTileBytes;
   constexpr int kDChunks = kHeadDim / 8;  // n8 chunks of O per row
   constexpr float kNegInf = -INFINITY;
   extern __shared__ __align__(1024) unsigned char shared_bytes[];
@@ -213,8 +224,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   auto k_empty = [&](int s) { return barriers + 8u * (1 + kStages + s); };
   auto v_full = [&](int s) { return barriers + 8u * (1 + 2 * kStages + s); };
   auto v_empty = [&](int s) { return barriers + 8u * (1 + 3 * kStages + s); };
-  auto k_tile = [&](int s) { return base + Layout::kKOffset + static_cast<uint32_t>(s * kTileBytes); };
-  auto v_tile = [&](int s) { return base + Layout::kVOffset + static_cast<uint32_t>(s * kTileBytes); };
+  auto k_tile = [&](int s) { return base + Layout::kKOffset + static_cast<uint32_t>(s * kKvTileBytes); };
+  auto v_tile = [&](int s) { return base + Layout::kVOffset + static_cast<uint32_t>(s * kKvTileBytes); };
 
   const int sequence = blockIdx.z;
   const int head = blockIdx.y;
@@ -239,8 +250,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     for (int s = 0; s < kStages; ++s) {
       barrier_init(k_full(s), 1);
       barrier_init(v_full(s), 1);
-      barrier_init(k_empty(s), 2 * 128);
-      barrier_init(v_empty(s), 2 * 128);
+      barrier_init(k_empty(s), Layout::kConsumers * 128);
+      barrier_init(v_empty(s), Layout::kConsumers * 128);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -249,23 +260,23 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int warpgroup = threadIdx.x / 128;
   if (warpgroup == 0) {
     // Producer: one thread issues every load; the tiles are visited last to first, as the consumers do.
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;\n");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(Layout::kProducerRegisters));
     if (threadIdx.x == 0) {
-      barrier_expect_bytes(q_full, kTileBytes);
-      for (int h = 0; h < kHalves; ++h) tma_load(q_tile + h * kHalfBytes, &q_map, q_full, 64 * h, head, q_begin + row0);
+      barrier_expect_bytes(q_full, Layout::kQBytes);
+      for (int h = 0; h < kHalves; ++h) tma_load(q_tile + h * kQHalfBytes, &q_map, q_full, 64 * h, head, q_begin + row0);
       for (int i = 0; i < tiles; ++i) {
         const int n0 = (tile_begin + tiles - 1 - i) * kBlockN;
         const int s = i % kStages;
         const int phase = (i / kStages) & 1;
         barrier_wait(k_empty(s), phase ^ 1);  // the first pass over the ring finds every stage free
-        barrier_expect_bytes(k_full(s), kTileBytes);
+        barrier_expect_bytes(k_full(s), kKvTileBytes);
         for (int h = 0; h < kHalves; ++h) {
-          tma_load(k_tile(s) + h * kHalfBytes, &k_map, k_full(s), 64 * h, kv_head, k_begin + n0);
+          tma_load(k_tile(s) + h * kKvHalfBytes, &k_map, k_full(s), 64 * h, kv_head, k_begin + n0);
         }
         barrier_wait(v_empty(s), phase ^ 1);
-        barrier_expect_bytes(v_full(s), kTileBytes);
+        barrier_expect_bytes(v_full(s), kKvTileBytes);
         for (int h = 0; h < kHalves; ++h) {
-          tma_load(v_tile(s) + h * kHalfBytes, &v_map, v_full(s), 64 * h, kv_head, k_begin + n0);
+          tma_load(v_tile(s) + h * kKvHalfBytes, &v_map, v_full(s), 64 * h, kv_head, k_begin + n0);
         }
       }
     }
@@ -273,7 +284,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   }
 
   // Consumers.
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 240;\n");
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(Layout::kConsumerRegisters));
   const int consumer = warpgroup - 1;  // rows consumer*64 .. +63 of the tile
   const int warp = (threadIdx.x % 128) / 32;
   const int lane = threadIdx.x % 32;
@@ -299,9 +310,10 @@ __global__ void __launch_bounds__(kThreads, 1)
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
-      const uint32_t half_offset = static_cast<uint32_t>((kk / 4) * kHalfBytes + (kk % 4) * 32);
-      const uint64_t a = sw128_descriptor(q_tile + half_offset + static_cast<uint32_t>(consumer * 64 * 128), 16, 1024);
-      const uint64_t b = sw128_descriptor(k_tile(stage_of(i)) + half_offset, 16, 1024);
+      const uint32_t k_step = static_cast<uint32_t>((kk % 4) * 32);
+      const uint32_t q_half = static_cast<uint32_t>((kk / 4) * kQHalfBytes + consumer * 64 * 128);
+      const uint64_t a = sw128_descriptor(q_tile + q_half + k_step, 16, 1024);
+      const uint64_t b = sw128_descriptor(k_tile(stage_of(i)) + static_cast<uint32_t>((kk / 4) * kKvHalfBytes) + k_step, 16, 1024);
       wgmma_ss_m64n128k16(acc, a, b, kk > 0, T());
     }
     wgmma_commit();
@@ -313,7 +325,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     barrier_wait(v_full(stage_of(i)), phase_of(i));
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
-      const uint64_t b = sw128_descriptor(v_tile(stage_of(i)) + static_cast<uint32_t>(kk * 16 * 128), kHalfBytes, 1024);
+      const uint64_t b = sw128_descriptor(v_tile(stage_of(i)) + static_cast<uint32_t>(kk * 16 * 128), kKvHalfBytes, 1024);
       wgmma_rs<T>(o, pa[kk], b);
     }
     wgmma_commit();
@@ -474,13 +486,13 @@ PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   return encoder;
 }
 
-// A 3-D map (d, head, row) over `rows` rows; boxes of [128 rows][1 head][64 d], 128-byte swizzled.
+// A 3-D map (d, head, row) over `rows` rows; boxes of [box_rows][1 head][64 d], 128-byte swizzled.
 CUtensorMap make_map(const void* data, nkv_dtype dtype, int32_t head_dim, int64_t rows, int32_t heads,
-                     HeadMajorStrides strides) {
+                     HeadMajorStrides strides, uint32_t box_rows) {
   CUtensorMap map{};
   const cuuint64_t dims[3] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads), static_cast<cuuint64_t>(rows)};
   const cuuint64_t byte_strides[2] = {static_cast<cuuint64_t>(strides.head) * 2, static_cast<cuuint64_t>(strides.row) * 2};
-  const cuuint32_t box[3] = {64, 1, 128};
+  const cuuint32_t box[3] = {64, 1, box_rows};
   const cuuint32_t element_strides[3] = {1, 1, 1};
   const CUresult result = tensor_map_encoder()(
       &map, dtype == NKV_DTYPE_BFLOAT16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3,
@@ -495,15 +507,16 @@ CUtensorMap make_map(const void* data, nkv_dtype dtype, int32_t head_dim, int64_
 template <typename T, int kHeadDim>
 void launch(const nkv_attention_plan& plan, const VarlenAttentionArgs& a, const Sm90Params& params) {
   // Maps span exactly the plan's rows, so TMA zero-fills past the last sequence.
-  const CUtensorMap q_map = make_map(a.q, a.dtype, kHeadDim, plan.total_q, plan.num_heads_q, a.q_strides);
-  const CUtensorMap k_map = make_map(a.k, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.k_strides);
-  const CUtensorMap v_map = make_map(a.v, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.v_strides);
+  using Tiles = Sm90Tiles<kHeadDim>;
+  const CUtensorMap q_map = make_map(a.q, a.dtype, kHeadDim, plan.total_q, plan.num_heads_q, a.q_strides, Tiles::kBlockM);
+  const CUtensorMap k_map = make_map(a.k, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.k_strides, kBlockN);
+  const CUtensorMap v_map = make_map(a.v, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.v_strides, kBlockN);
   auto kernel = varlen_forward_sm90_kernel<T, kHeadDim>;
-  constexpr size_t kSharedBytes = Sm90Layout<kHeadDim>::kSharedBytes;
+  constexpr size_t kSharedBytes = Tiles::kSharedBytes;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSharedBytes)));
-  const int64_t row_blocks = (plan.max_seqlen_q + kBlockM - 1) / kBlockM;
+  const int64_t row_blocks = (plan.max_seqlen_q + Tiles::kBlockM - 1) / Tiles::kBlockM;
   const dim3 grid(static_cast<unsigned>(row_blocks), static_cast<unsigned>(plan.num_heads_q), static_cast<unsigned>(plan.batch));
-  kernel<<<grid, kThreads, kSharedBytes, static_cast<cudaStream_t>(plan.context->stream)>>>(q_map, k_map, v_map, params);
+  kernel<<<grid, Tiles::kThreads, kSharedBytes, static_cast<cudaStream_t>(plan.context->stream)>>>(q_map, k_map, v_map, params);
   NKV_CUDA_CHECK(cudaGetLastError());
 }
 

@@ -284,7 +284,9 @@ DecodeInputs make_decode_inputs(const DecodeCase& c) {
   return in;
 }
 
-DecodeRun run_decode(nkv_context* context, const DecodeCase& c, const DecodeInputs& in) {
+// Runs one plan `runs` times, poisoning O and LSE again before each later run (a run that skipped an
+// output would leave poison); returns the last run's outputs.
+DecodeRun run_decode(nkv_context* context, const DecodeCase& c, const DecodeInputs& in, int runs = 1) {
   const nkv_device_type device = device_of(context);
   const int64_t batch = static_cast<int64_t>(c.seqlens.size());
   DecodeRun run;
@@ -304,7 +306,13 @@ DecodeRun run_decode(nkv_context* context, const DecodeCase& c, const DecodeInpu
   const nkv_tensor tv = view(v.data(), c.dtype, device, {batch, c.capacity, c.heads_kv, c.head_dim}, kv_strides);
   const nkv_tensor to = view(o.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
   const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
-  EXPECT_EQ(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl), NKV_STATUS_SUCCESS) << nkv_last_error();
+  for (int r = 0; r < runs; ++r) {
+    if (r > 0) {
+      o.memory->upload(run.o.data(), o.bytes);
+      lse.memory->upload(run.lse.data(), lse.bytes);
+    }
+    EXPECT_EQ(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl), NKV_STATUS_SUCCESS) << nkv_last_error();
+  }
   run.o = o.read<uint16_t>();
   run.lse = lse.read<float>();
   nkv_attention_plan_destroy(plan);
@@ -969,6 +977,10 @@ TEST(AttentionCuda, DecodeWithFixedSplitsIsDeterministic) {
   const DecodeRun b = run_decode(gpu.get(), c, in);
   EXPECT_EQ(a.o, b.o);
   EXPECT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * 4));
+  // The same plan run again (its merge counters must be back at zero after each run) writes the same bits.
+  const DecodeRun again = run_decode(gpu.get(), c, in, 3);
+  EXPECT_EQ(a.o, again.o);
+  EXPECT_EQ(0, std::memcmp(a.lse.data(), again.lse.data(), a.lse.size() * 4));
 }
 
 TEST(AttentionCuda, DecodeMatchesVarlenOnTheSameData) {

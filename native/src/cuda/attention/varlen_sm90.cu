@@ -508,6 +508,8 @@ template <typename T, int kHeadDim>
 void launch(const nkv_attention_plan& plan, const VarlenAttentionArgs& a, const Sm90Params& params) {
   // Maps span exactly the plan's rows, so TMA zero-fills past the last sequence.
   using Tiles = Sm90Tiles<kHeadDim>;
+  static_assert(128 * (Tiles::kProducerRegisters + Tiles::kConsumers * Tiles::kConsumerRegisters) <= 64 * 1024,
+                "the warpgroups' registers after setmaxnreg fit the SM's 64K");
   const CUtensorMap q_map = make_map(a.q, a.dtype, kHeadDim, plan.total_q, plan.num_heads_q, a.q_strides, Tiles::kBlockM);
   const CUtensorMap k_map = make_map(a.k, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.k_strides, kBlockN);
   const CUtensorMap v_map = make_map(a.v, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.v_strides, kBlockN);

@@ -30,6 +30,12 @@ namespace {
 
 [[maybe_unused]] constexpr int kBlockN = 128;  // keys per K/V tile (device code only)
 constexpr int kStages = 2;
+#ifndef NKV_SM90_PINGPONG
+#define NKV_SM90_PINGPONG 1
+#endif
+// Whether the consumer warpgroups take turns issuing wgmma (see take_turn). A tuning knob at
+// configure time; bench/NOTES.md records what each choice measured.
+[[maybe_unused]] constexpr bool kPingPong = NKV_SM90_PINGPONG != 0;  // device code only
 constexpr int kKvHalfBytes = 128 * 64 * 2;  // one [128 keys][64] half-tile: 16 KiB
 
 // The block shape for head_dim kHeadDim (64 or 128) and its shared memory: Q, then kStages K tiles,
@@ -306,7 +312,6 @@ __global__ void __launch_bounds__(Sm90Tiles<kHeadDim>::kThreads, 1)
   // half kk / 4. The fence also orders the register writes before it (P, the rescaled O) with the
   // wgmma that follow.
   auto issue_scores = [&](int i, float (&acc)[64]) {
-    barrier_wait(k_full(stage_of(i)), phase_of(i));
     wgmma_fence();
 #pragma unroll
     for (int kk = 0; kk < kHeadDim / 16; ++kk) {
@@ -322,7 +327,6 @@ __global__ void __launch_bounds__(Sm90Tiles<kHeadDim>::kThreads, 1)
   // (2048 bytes) into each half; the halves (d 0-63, 64-127) are the descriptor's leading offset
   // apart, 8-row groups 1024 bytes apart.
   auto issue_values = [&](int i, const uint32_t (&pa)[kBlockN / 16][4]) {
-    barrier_wait(v_full(stage_of(i)), phase_of(i));
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       const uint64_t b = sw128_descriptor(v_tile(stage_of(i)) + static_cast<uint32_t>(kk * 16 * 128), kKvHalfBytes, 1024);
@@ -396,6 +400,19 @@ __global__ void __launch_bounds__(Sm90Tiles<kHeadDim>::kThreads, 1)
     }
   };
 
+  auto wait_keys = [&](int i) { barrier_wait(k_full(stage_of(i)), phase_of(i)); };
+  auto wait_values = [&](int i) { barrier_wait(v_full(stage_of(i)), phase_of(i)); };
+  // Ping-pong (FlashAttention-3's inter-warpgroup overlap): the consumers take turns to issue their
+  // wgmma, so that one warpgroup's GEMMs run while the others compute their softmax. Consumer c's
+  // turn is named barrier 1 + c: its own 128 threads wait there until the 128 of consumer c - 1
+  // arrive, which they do right after issuing.
+  auto take_turn = [&] {
+    if constexpr (kPingPong) asm volatile("bar.sync %0, 256;\n" ::"r"(1 + consumer) : "memory");
+  };
+  auto pass_turn = [&] {
+    if constexpr (kPingPong) asm volatile("bar.arrive %0, 256;\n" ::"r"(1 + (consumer + 1) % Layout::kConsumers) : "memory");
+  };
+
   // Software pipeline (FlashAttention-3's intra-warpgroup overlap): while the tensor cores compute
   // P_{i-1} V_{i-1}, this warpgroup runs the softmax of tile i, whose scores were issued just before.
   // The operand fences keep the compiler from touching a register an in-flight wgmma reads or
@@ -405,15 +422,23 @@ __global__ void __launch_bounds__(Sm90Tiles<kHeadDim>::kThreads, 1)
     float acc[64];
     uint32_t pa[kBlockN / 16][4];
     float correction[2];
+    if (consumer == Layout::kConsumers - 1) pass_turn();  // the first turn is consumer 0's
+    wait_keys(0);
+    take_turn();
     issue_scores(0, acc);
+    pass_turn();
     wgmma_wait<0>();
     fence_operands(acc);
     barrier_arrive(k_empty(stage_of(0)));
     softmax(0, acc, correction);
     pack(acc, pa);
     for (int i = 1; i < tiles; ++i) {
+      wait_keys(i);
+      wait_values(i - 1);
+      take_turn();
       issue_scores(i, acc);
       issue_values(i - 1, pa);
+      pass_turn();
       wgmma_wait<1>();  // the scores of tile i
       fence_operands(acc);
       barrier_arrive(k_empty(stage_of(i)));
@@ -429,8 +454,11 @@ __global__ void __launch_bounds__(Sm90Tiles<kHeadDim>::kThreads, 1)
       rescale(correction);
       pack(acc, pa);
     }
+    wait_values(tiles - 1);
+    take_turn();
     wgmma_fence();
     issue_values(tiles - 1, pa);
+    pass_turn();
     wgmma_wait<0>();
     fence_operands(o);
     fence_operands(pa);

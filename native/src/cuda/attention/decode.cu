@@ -1,9 +1,10 @@
 // Decode attention over a KV cache (flash-decoding). Decode is bound by reading K and V once, so the
 // work is cut along the keys: the plan cuts each (sequence, KV head) pair's keys into pieces, one
 // thread block per piece and row block, and the block that finishes a pair's last piece merges the
-// pieces' partial results by their log-sum-exp (no second kernel launch). Inside a block the four warps take different keys of each 64-key tile (not different
-// query rows: there are only q_len x G of those), and merge their partial softmax states at the end.
-// Tiles stream through a 3-stage cp.async pipeline to keep enough bytes in flight per SM.
+// pieces' partial results by their log-sum-exp (no second kernel launch). Inside a block the four
+// warps take different keys of each 64-key tile (not different query rows: there are only q_len x G of
+// those) and merge their partial softmax states at the end. Tiles stream through a 3-stage cp.async
+// pipeline (bench/NOTES.md, decode a5-a9, records the alternatives measured).
 #include <cuda_runtime.h>
 
 #include <algorithm>

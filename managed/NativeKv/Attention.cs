@@ -340,9 +340,8 @@ public readonly record struct AttentionOptions
     public int? WindowLeft { get; init; }
 
     /// <summary>
-    /// Decode plans: 0 deals the keys of all (sequence, KV head) pairs evenly to the thread blocks the device runs at once
-    /// (SM count), n &gt;= 1 splits every sequence into at most n equal parts so results do not depend on the GPU. Varlen
-    /// plans: must be 0.
+    /// Decode plans: 0 picks how to split each sequence's keys from a model of the device (SM count), n &gt;= 1 splits every
+    /// sequence into at most n equal parts so results do not depend on the GPU. Varlen plans: must be 0.
     /// </summary>
     public int NumSplits { get; init; }
 

@@ -662,18 +662,24 @@ TEST(AttentionCuda, VarlenEveryHeadDimCausalAndNot) {
       }
 }
 
-bool device_is_hopper() {
-  nkv_device_properties properties{};
-  properties.struct_size = sizeof(properties);
-  return nkv_cuda_device_properties(0, &properties) == NKV_STATUS_SUCCESS && properties.compute_capability_major == 9 &&
-         properties.compute_capability_minor == 0;
+// Whether this build and device run the sm_90a kernel family (a Hopper GPU and a library with sm_90a code).
+bool sm90_kernels_available(nkv_context* context) {
+  const std::vector<int32_t> cu{0, 4};
+  Options o;
+  o.kernel = NKV_ATTENTION_KERNEL_SM90;
+  const nkv_attention_options options = o.c();
+  nkv_attention_plan* plan = nullptr;
+  const nkv_status status = nkv_attention_plan_varlen(context, &options, 1, 1, 128, 1, cu.data(), cu.data(), &plan);
+  nkv_attention_plan_destroy(plan);
+  return status == NKV_STATUS_SUCCESS;
 }
 
 // Both kernel families on the same cases where the device has both (AUTO is the Hopper one there).
 TEST(AttentionCuda, VarlenKernelFamiliesOnHeadDim64And128) {
   NKV_REQUIRE_CUDA();
   std::vector<nkv_attention_kernel> kernels = {NKV_ATTENTION_KERNEL_SM80};
-  if (device_is_hopper()) kernels.push_back(NKV_ATTENTION_KERNEL_SM90);
+  ContextPtr probe = make_context(NKV_BACKEND_CUDA);
+  if (sm90_kernels_available(probe.get())) kernels.push_back(NKV_ATTENTION_KERNEL_SM90);
   for (nkv_attention_kernel kernel : kernels)
     for (int32_t d : {64, 128})
       for (nkv_dtype dtype : {NKV_DTYPE_FLOAT16, NKV_DTYPE_BFLOAT16})
@@ -959,10 +965,17 @@ TEST(AttentionCuda, DecodeWithFixedSplitsIsDeterministic) {
   const DecodeRun b = run_decode(gpu.get(), c, in);
   EXPECT_EQ(a.o, b.o);
   EXPECT_EQ(0, std::memcmp(a.lse.data(), b.lse.data(), a.lse.size() * 4));
-  // The same plan run again (its merge counters must be back at zero after each run) writes the same bits.
+  // The same plan run again (its merge counters must be back at zero after each run) writes the same bits,
+  // also with several row blocks per piece (16 queries x 4 heads per KV head: 64 packed rows).
   const DecodeRun again = run_decode(gpu.get(), c, in, 3);
   EXPECT_EQ(a.o, again.o);
   EXPECT_EQ(0, std::memcmp(a.lse.data(), again.lse.data(), a.lse.size() * 4));
+  c.q_len = 16;
+  const DecodeInputs many_rows = make_decode_inputs(c);
+  const DecodeRun once = run_decode(gpu.get(), c, many_rows);
+  const DecodeRun thrice = run_decode(gpu.get(), c, many_rows, 3);
+  EXPECT_EQ(once.o, thrice.o);
+  EXPECT_EQ(0, std::memcmp(once.lse.data(), thrice.lse.data(), once.lse.size() * 4));
 }
 
 TEST(AttentionCuda, DecodeMatchesVarlenOnTheSameData) {
@@ -1058,8 +1071,8 @@ TEST(AttentionCuda, KernelFamilies) {
   NKV_EXPECT_STATUS(nkv_attention_plan_decode(gpu.get(), &options, 1, 1, 64, 1, 1, cu.data() + 1, &plan),
                     NKV_STATUS_NOT_SUPPORTED, "decode");
   EXPECT_EQ(plan, nullptr);
-  // The sm_90a family needs Hopper, and covers head_dim 64 and 128 there.
-  if (device_is_hopper()) {
+  // The sm_90a family needs Hopper (and sm_90a code in the library), and covers head_dim 64 and 128 there.
+  if (sm90_kernels_available(gpu.get())) {
     NKV_EXPECT_STATUS(nkv_attention_plan_varlen(gpu.get(), &options, 1, 1, 96, 1, cu.data(), cu.data(), &plan),
                       NKV_STATUS_NOT_SUPPORTED, "head_dim 64");
   } else {

@@ -271,11 +271,11 @@ typedef struct nkv_attention_options {
   float softmax_scale;   /* > 0, or 0 for 1/sqrt(head_dim) */
   float softcap;         /* 0 (off) or > 0 */
   int32_t window_left;   /* -1 (unlimited) or >= 0 */
-  int32_t num_splits;    /* decode: 0 deals the keys of all (sequence, KV head) pairs evenly to as many thread
-                            blocks as run at once on the device (SM count and the kernel's occupancy), cutting
-                            pairs where a block's share ends, so results depend on the GPU; n >= 1 splits
-                            every sequence into at most n equal parts of whole 64-key tiles, making results
-                            independent of the GPU. Varlen: must be 0. */
+  int32_t num_splits;    /* decode: 0 picks one piece length for all sequences from a model of the device (its
+                            SM count and the blocks per SM that keep enough loads in flight) and cuts each
+                            sequence's keys into equal parts of at most that length, so results depend on the
+                            GPU; n >= 1 cuts every sequence into at most n equal parts of whole 64-key tiles,
+                            making results independent of the GPU. Varlen: must be 0. */
   int32_t kernel;        /* nkv_attention_kernel. Only AUTO on the CPU backend; decode runs the SM80 family on every
                             GPU. Callers built against a header without this field (struct_size 24) get AUTO. */
   int32_t reserved;      /* must be 0 */
@@ -302,8 +302,9 @@ NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_att
 /*
  * Decode attention over a KV cache (flash-decoding): every sequence has q_len (1..16) new queries, and
  * seqlens_k[b] keys (HOST memory, batch values, each >= 0), which include the new tokens' own keys. The
- * keys of each sequence are split across thread blocks and the partial results combined in a second
- * kernel; the plan owns the partial-result storage. seqlens_k is copied.
+ * keys of each sequence may be split across thread blocks; the block that finishes a sequence's last
+ * part merges the partial results, in a fixed order (no second kernel). The plan owns the partial
+ * results and the merge counters, so a plan runs one op at a time. seqlens_k is copied.
  */
 NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_attention_options* options,
                                              int32_t num_heads_q, int32_t num_heads_kv, int32_t head_dim,

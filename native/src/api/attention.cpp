@@ -81,11 +81,17 @@ void check_cuda_limits(const nkv_context& context, int32_t batch, int32_t num_he
   }
 }
 
-// The sm_90a varlen kernels cover head_dim 64 and 128 so far.
-void check_kernel_covers(nkv_attention_kernel kernel, int32_t head_dim) {
-  if (kernel == NKV_ATTENTION_KERNEL_SM90 && head_dim != 64 && head_dim != 128) {
+// The sm_90a varlen kernels cover head_dim 64 and 128 so far, and put the query heads on the grid's y
+// dimension.
+void check_kernel_covers(nkv_attention_kernel kernel, int32_t head_dim, int32_t num_heads_q) {
+  if (kernel != NKV_ATTENTION_KERNEL_SM90) return;
+  if (head_dim != 64 && head_dim != 128) {
     fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.kernel': the NKV_ATTENTION_KERNEL_SM90 family covers head_dim 64 "
                                    "and 128, got " + std::to_string(head_dim) + " (NKV_ATTENTION_KERNEL_AUTO picks SM80 for it)");
+  }
+  if (num_heads_q > 65535) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.kernel': the NKV_ATTENTION_KERNEL_SM90 family takes at most 65535 "
+                                   "query heads, got " + std::to_string(num_heads_q));
   }
 }
 
@@ -230,12 +236,12 @@ void place_plan(nkv_attention_plan& plan) {
   };
   const bool decode = plan.kind == NKV_ATTENTION_DECODE;
   // Partial results and merge counters exist only where some pair has more than one piece. A counter
-  // per (pair, row block of at least 16 packed query rows), zero between runs.
+  // per (pair, row block of at least kDecodeRowsPerTile packed query rows), zero between runs.
   const bool merging = decode && plan.max_splits > 1;
   const int64_t packed_rows = static_cast<int64_t>(plan.q_len) * (decode ? plan.num_heads_q / plan.num_heads_kv : 0);
   const size_t partial_rows = merging ? plan.splits.size() * packed_rows : 0;
   const std::vector<int32_t> zero_counters(
-      merging ? static_cast<size_t>(plan.batch) * plan.num_heads_kv * ceil_div(packed_rows, 16) : 0, 0);
+      merging ? static_cast<size_t>(plan.batch) * plan.num_heads_kv * ceil_div(packed_rows, kDecodeRowsPerTile) : 0, 0);
   Part parts[] = {
       {plan.cu_seqlens_q.data(), plan.cu_seqlens_q.size() * sizeof(int32_t), 0},
       {plan.cu_seqlens_k.data(), plan.cu_seqlens_k.size() * sizeof(int32_t), 0},
@@ -389,7 +395,7 @@ NKV_API nkv_status nkv_attention_plan_varlen(nkv_context* context, const nkv_att
                                              nkv_attention_plan** out_plan) {
   return guard("nkv_attention_plan_varlen", [&] {
     PlanPtr plan = new_plan(context, out_plan, options, NKV_ATTENTION_VARLEN, num_heads_q, num_heads_kv, head_dim, batch);
-    check_kernel_covers(plan->kernel, head_dim);
+    check_kernel_covers(plan->kernel, head_dim, num_heads_q);
     plan->cu_seqlens_q = check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, batch);
     plan->cu_seqlens_k = check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, batch);
     plan->total_q = plan->cu_seqlens_q[batch];

@@ -16,6 +16,10 @@ struct AttentionMask {
   int32_t window_left = -1;    // -1: unlimited
 };
 
+// Packed query rows in one MMA tile of the decode kernel, the fewest a thread block covers: the plan's
+// merge counters (one per row block) are sized by it.
+constexpr int32_t kDecodeRowsPerTile = 16;
+
 // One piece of the keys of one decode (sequence, KV head) pair: [key_begin, key_end), run by one
 // thread block. The pieces of a pair are consecutive in the plan's list; a pair cut into more than one
 // piece leaves one partial result per piece, at the piece's index, and the block that finishes the

@@ -3,8 +3,8 @@
 // thread block per piece and row block, and the block that finishes a pair's last piece merges the
 // pieces' partial results by their log-sum-exp (no second kernel launch). Inside a block the four
 // warps take different keys of each 64-key tile (not different query rows: there are only q_len x G of
-// those) and merge their partial softmax states at the end. Tiles stream through a 3-stage cp.async
-// pipeline (bench/NOTES.md, decode a5-a9, records the alternatives measured).
+// those) and merge their partial softmax states at the end. Tiles stream through a cp.async pipeline of
+// NKV_DECODE_STAGES stages (bench/NOTES.md, decode a5-a9, records the alternatives measured).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -30,6 +30,7 @@ constexpr int kDecodeBlockN = 64;  // keys per tile: 16 per warp; must match kDe
 #define NKV_DECODE_STAGES 3
 #endif
 constexpr int kDeepStages = NKV_DECODE_STAGES;
+static_assert(kDeepStages >= 2, "the pipeline keeps one tile in flight while computing another");
 
 struct DecodeKernelParams {
   DecodeAttentionArgs args;
@@ -46,11 +47,11 @@ struct DecodeKernelParams {
   KernelMask mask;
 };
 
-// kStages: 3 where the GPU's shared memory allows (more bytes in flight), else 2.
+// kStages: kDeepStages where the GPU's shared memory allows (more bytes in flight), else 2.
 template <int kHeadDim, int kMTiles, int kStages_>
 struct DecodeTiles {
   static constexpr int kPitch = kHeadDim == 96 ? 128 : kHeadDim;
-  static constexpr int kRows = 16 * kMTiles;  // packed-GQA query rows per block
+  static constexpr int kRows = kDecodeRowsPerTile * kMTiles;  // packed-GQA query rows per block
   static constexpr int kChunks = kHeadDim / 8;
   static constexpr int kStages = kStages_;
   static constexpr size_t kStageBytes = static_cast<size_t>(2 * kDecodeBlockN) * kPitch * 2;
@@ -445,7 +446,7 @@ int resident_blocks() {
 
 // The configuration that runs `plan` on its GPU: one 16-row MMA tile for up to 16 packed rows
 // (q_len x G), two beyond (except head_dim 256, whose O accumulator already fills the registers with one);
-// 3 pipeline stages where the GPU's shared memory per block allows, else 2 (GPUs with 99 KB per block:
+// kDeepStages pipeline stages where the GPU's shared memory per block allows, else 2 (GPUs with 99 KB per block:
 // sm_86, sm_89).
 struct DecodeConfig {
   int m_tiles;
@@ -549,7 +550,7 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
   p.splits = plan.device_splits;
   p.first_split = plan.device_first_split;
   p.merge_counters = plan.merge_counters;
-  p.counter_stride = (plan.q_len * (plan.num_heads_q / plan.num_heads_kv) + 15) / 16;
+  p.counter_stride = (plan.q_len * (plan.num_heads_q / plan.num_heads_kv) + kDecodeRowsPerTile - 1) / kDecodeRowsPerTile;
   p.partial_o = plan.partial_o;
   p.partial_lse = plan.partial_lse;
   p.q_len = plan.q_len;

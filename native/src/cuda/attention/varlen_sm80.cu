@@ -362,7 +362,8 @@ void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs&
   p.cu_seqlens_k = plan.device_cu_seqlens_k;
   p.mask = make_kernel_mask(plan);
   DeviceScope scope(plan.context->device_ordinal);
-  // AUTO takes the Hopper kernel wherever it applies; SM90 was checked to apply when the plan was made.
+  // AUTO takes the Hopper kernel wherever it applies; an SM90 plan was checked to fit it when it was made,
+  // except a plan without keys, whose rows (O = 0, LSE = -inf) the SM80 kernel writes.
   if (plan.kernel != NKV_ATTENTION_KERNEL_SM80 && varlen_sm90_supports(plan)) return attention_varlen_sm90(plan, a);
   if (a.dtype == NKV_DTYPE_BFLOAT16) {
     dispatch_head_dim<__nv_bfloat16>(plan, p);

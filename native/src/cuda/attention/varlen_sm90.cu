@@ -28,7 +28,7 @@
 namespace nkv::cuda::attention {
 namespace {
 
-[[maybe_unused]] constexpr int kBlockN = 128;  // keys per K/V tile (device code only)
+constexpr int kBlockN = 128;  // keys per K/V tile
 constexpr int kStages = 2;
 #ifndef NKV_SM90_PINGPONG
 #define NKV_SM90_PINGPONG 1
@@ -308,7 +308,7 @@ __global__ void __launch_bounds__(Sm90Tiles<kHeadDim>::kThreads, 1)
   auto phase_of = [](int i) { return (i / kStages) & 1; };
   auto key_start = [&](int i) { return (tile_begin + tiles - 1 - i) * kBlockN; };
 
-  // S = Q K^T, issued (not waited for): 8 k-steps of 16; k-step kk reads 32 bytes at (kk % 4) * 32 of
+  // S = Q K^T, issued (not waited for): head_dim / 16 k-steps; k-step kk reads 32 bytes at (kk % 4) * 32 of
   // half kk / 4. The fence also orders the register writes before it (P, the rescaled O) with the
   // wgmma that follow.
   auto issue_scores = [&](int i, float (&acc)[64]) {
@@ -458,7 +458,7 @@ __global__ void __launch_bounds__(Sm90Tiles<kHeadDim>::kThreads, 1)
     take_turn();
     wgmma_fence();
     issue_values(tiles - 1, pa);
-    pass_turn();
+    if (consumer != Layout::kConsumers - 1) pass_turn();  // the last turn of all leaves no arrival pending
     wgmma_wait<0>();
     fence_operands(o);
     fence_operands(pa);

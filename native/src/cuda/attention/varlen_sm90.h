@@ -7,7 +7,7 @@
 
 namespace nkv::cuda::attention {
 
-// Whether the sm_90a kernel covers this plan (a context with Hopper kernels, head_dim 128, some keys).
+// Whether the sm_90a kernel covers this plan (a context with Hopper kernels, head_dim 64 or 128, some keys).
 bool varlen_sm90_supports(const nkv_attention_plan& plan);
 // Launches it; the caller has checked varlen_sm90_supports and set the device.
 void attention_varlen_sm90(const nkv_attention_plan& plan, const VarlenAttentionArgs& args);

@@ -469,12 +469,7 @@ NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, n
   return guard("nkv_attention_plan_get_info", [&] {
     if (plan == nullptr) fail_argument("argument 'plan' must not be NULL");
     require_out(out_info, "out_info");
-    // The layout of the first release; fields appended later are filled only for callers that have them.
-    constexpr size_t kFirstSize = offsetof(nkv_attention_plan_info, reserved) + sizeof(int32_t);
-    check_struct_size("out_info", out_info->struct_size, kFirstSize, "the first nkv_attention_plan_info");
-    const size_t filled = std::min<size_t>(out_info->struct_size, sizeof(nkv_attention_plan_info));
     nkv_attention_plan_info info{};
-    info.struct_size = static_cast<uint32_t>(filled);
     info.kind = plan->kind;
     info.batch = plan->batch;
     info.num_heads_q = plan->num_heads_q;
@@ -487,7 +482,9 @@ NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, n
     info.max_seqlen_q = plan->max_seqlen_q;
     info.max_seqlen_k = plan->max_seqlen_k;
     info.softmax_scale = plan->mask.softmax_scale;
-    std::memcpy(out_info, &info, filled);
+    // The layout of the first release; fields appended later are filled only for callers that have them.
+    write_sized_struct(out_info, info, "out_info", offsetof(nkv_attention_plan_info, reserved) + sizeof(int32_t),
+                       "the first nkv_attention_plan_info");
   });
 }
 

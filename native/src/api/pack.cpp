@@ -181,12 +181,7 @@ NKV_API nkv_status nkv_pack_plan_get_info(const nkv_pack_plan* plan, nkv_pack_pl
   return guard("nkv_pack_plan_get_info", [&] {
     const nkv_pack_plan& p = check_plan(plan);
     require_out(out_info, "out_info");
-    // The layout of the first release; fields appended later are filled only for callers that have them.
-    constexpr size_t kFirstSize = offsetof(nkv_pack_plan_info, unpacked_padding_tokens) + sizeof(int64_t);
-    check_struct_size("out_info", out_info->struct_size, kFirstSize, "the first nkv_pack_plan_info");
-    const size_t filled = std::min<size_t>(out_info->struct_size, sizeof(nkv_pack_plan_info));
     nkv_pack_plan_info info{};
-    info.struct_size = static_cast<uint32_t>(filled);
     info.prompt_count = p.prompt_count;
     info.row_count = p.row_count;
     info.row_capacity = p.row_capacity;
@@ -194,7 +189,9 @@ NKV_API nkv_status nkv_pack_plan_get_info(const nkv_pack_plan* plan, nkv_pack_pl
     info.total_tokens = p.total_tokens;
     info.padding_tokens = int64_t{p.row_count} * p.row_capacity - p.total_tokens;
     info.unpacked_padding_tokens = int64_t{p.prompt_count} * p.longest_prompt - p.total_tokens;
-    std::memcpy(out_info, &info, filled);
+    // The layout of the first release; fields appended later are filled only for callers that have them.
+    write_sized_struct(out_info, info, "out_info", offsetof(nkv_pack_plan_info, unpacked_padding_tokens) + sizeof(int64_t),
+                       "the first nkv_pack_plan_info");
   });
 }
 

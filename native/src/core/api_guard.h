@@ -2,8 +2,10 @@
 // calling thread's last-error message, prefixed with the function's name. Nothing escapes the ABI.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <new>
 #include <string>
 
@@ -46,6 +48,16 @@ inline void check_struct_size(const char* argument, uint32_t struct_size, size_t
     fail_argument(std::string("argument '") + argument + "': struct_size " + std::to_string(struct_size) +
                   " is smaller than " + std::to_string(first_size) + " (" + struct_name + ")");
   }
+}
+
+// Writes `value` to an output struct whose caller may have an older header: only the bytes that the
+// caller's struct_size covers (at least `first_size`), with struct_size set to what was written.
+template <typename T>
+void write_sized_struct(T* out, T value, const char* argument, size_t first_size, const char* struct_name) {
+  check_struct_size(argument, out->struct_size, first_size, struct_name);
+  const size_t filled = std::min<size_t>(out->struct_size, sizeof(T));
+  value.struct_size = static_cast<uint32_t>(filled);
+  std::memcpy(out, &value, filled);
 }
 
 }  // namespace nkv

@@ -223,13 +223,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   float o[kMTiles][kDTiles][4];
   float row_max[kMTiles][2];
   float row_sum[kMTiles][2];
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-    for (int dt = 0; dt < kDTiles; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
-    row_max[mt][0] = row_max[mt][1] = kNegInf;
-    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
-  }
+  reset_softmax_state(o, row_max, row_sum);
 
   copy_async_wait<kStages - 1>();  // the Q group
   __syncthreads();
@@ -275,14 +269,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
     }
 
     // As in the varlen kernel: whole loops behind block-uniform branches, the scale folded into exp2.
-    if (p.mask.score.softcap > 0.0f) {
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) s[mt][nt][i] = p.mask.score.capped(s[mt][nt][i]);
-    }
+    if (p.mask.score.softcap > 0.0f) cap_scores(s, p.mask.score);
     if (n0 + kDecodeBlockN > split.key_end || causal_edge_possible) {
 #pragma unroll
       for (int mt = 0; mt < kMTiles; ++mt) {
@@ -303,40 +290,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
       }
     }
 
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const float tile_max = fmaxf(fmaxf(s[mt][0][2 * half], s[mt][0][2 * half + 1]),
-                                     fmaxf(s[mt][1][2 * half], s[mt][1][2 * half + 1]));
-        const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max) * exp_scale);
-        const float base = new_max == kNegInf ? 0.0f : new_max;
-        const float correction = fast_exp2(row_max[mt][half] - base);
-        row_max[mt][half] = new_max;
-        float sum = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < 2; ++nt) {
-          s[mt][nt][2 * half] = fast_exp2(fmaf(s[mt][nt][2 * half], exp_scale, -base));
-          s[mt][nt][2 * half + 1] = fast_exp2(fmaf(s[mt][nt][2 * half + 1], exp_scale, -base));
-          sum += s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
-        }
-        row_sum[mt][half] = row_sum[mt][half] * correction + sum;
-#pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          o[mt][dt][2 * half] *= correction;
-          o[mt][dt][2 * half + 1] *= correction;
-        }
-      }
-    }
-
+    online_softmax_step(s, row_max, row_sum, o, exp_scale);
     uint32_t a[kMTiles][4];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-      a[mt][0] = MmaType<T>::pack(s[mt][0][0], s[mt][0][1]);
-      a[mt][1] = MmaType<T>::pack(s[mt][0][2], s[mt][0][3]);
-      a[mt][2] = MmaType<T>::pack(s[mt][1][0], s[mt][1][1]);
-      a[mt][3] = MmaType<T>::pack(s[mt][1][2], s[mt][1][3]);
-    }
+    pack_probabilities<T>(s, 0, a);
 #pragma unroll
     for (int dp = 0; dp < kHeadDim / 16; ++dp) {
       uint32_t vb[4];

@@ -248,4 +248,81 @@ __device__ __forceinline__ float quad_sum(float x) {
   return x + __shfl_xor_sync(0xffffffffu, x, 2);
 }
 
+// ---- online softmax over mma.sync fragments (the sm_80 kernels) ------------------------------------
+// A warp's scores for kMTiles 16-row tiles of kNTiles 8-key tiles, in the m16n8 accumulator layout:
+// s[mt][nt][2 * half + j] is row lane / 4 + 8 * half, key 8 nt + 2 (lane % 4) + j. The running state
+// per row: the maximum (log2 domain), the sum of exponentials, and O in the same layout over head_dim.
+
+template <int kMTiles, int kDTiles>
+__device__ __forceinline__ void reset_softmax_state(float (&o)[kMTiles][kDTiles][4], float (&row_max)[kMTiles][2],
+                                                    float (&row_sum)[kMTiles][2]) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int dt = 0; dt < kDTiles; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+  }
+}
+
+// Soft-cap (the scores are then in the log2 domain). A whole loop behind the caller's block-uniform
+// branch: per-element branches would multiply the loop body's code and miss in the instruction cache.
+template <int kMTiles, int kNTiles>
+__device__ __forceinline__ void cap_scores(float (&s)[kMTiles][kNTiles][4], const ScoreTransform& score) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt)
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) s[mt][nt][i] = score.capped(s[mt][nt][i]);
+}
+
+// Folds one tile of (masked) scores into the running state: s becomes this tile's exponentials
+// exp2(s * exp_scale - max), and row_sum and O are rescaled when a row's maximum grows. exp_scale is
+// the folded softmax scale, or 1 for soft-capped scores.
+template <int kMTiles, int kNTiles, int kDTiles>
+__device__ __forceinline__ void online_softmax_step(float (&s)[kMTiles][kNTiles][4], float (&row_max)[kMTiles][2],
+                                                    float (&row_sum)[kMTiles][2], float (&o)[kMTiles][kDTiles][4],
+                                                    float exp_scale) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      float tile_max = fmaxf(s[mt][0][2 * half], s[mt][0][2 * half + 1]);
+#pragma unroll
+      for (int nt = 1; nt < kNTiles; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
+      const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max) * exp_scale);
+      const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no visible key yet stays 0
+      const float correction = fast_exp2(row_max[mt][half] - base);
+      row_max[mt][half] = new_max;
+      float sum = 0.0f;
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+        s[mt][nt][2 * half] = fast_exp2(fmaf(s[mt][nt][2 * half], exp_scale, -base));
+        s[mt][nt][2 * half + 1] = fast_exp2(fmaf(s[mt][nt][2 * half + 1], exp_scale, -base));
+        sum += s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
+      }
+      row_sum[mt][half] = row_sum[mt][half] * correction + sum;
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt) {
+        o[mt][dt][2 * half] *= correction;
+        o[mt][dt][2 * half + 1] *= correction;
+      }
+    }
+  }
+}
+
+// The exponentials of keys 16 kk .. 16 kk + 15 as the A operand of m16n8k16 (the accumulator layout
+// of two n8 tiles is the A layout of one k16 step).
+template <typename T, int kMTiles, int kNTiles>
+__device__ __forceinline__ void pack_probabilities(const float (&s)[kMTiles][kNTiles][4], int kk, uint32_t (&a)[kMTiles][4]) {
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+    a[mt][0] = MmaType<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+    a[mt][1] = MmaType<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+    a[mt][2] = MmaType<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+    a[mt][3] = MmaType<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+  }
+}
+
 }  // namespace nkv::cuda::attention

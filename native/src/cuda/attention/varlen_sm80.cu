@@ -114,13 +114,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   float o[kMTiles][kDTiles][4];
   float row_max[kMTiles][2];
   float row_sum[kMTiles][2];
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-    for (int dt = 0; dt < kDTiles; ++dt) o[mt][dt][0] = o[mt][dt][1] = o[mt][dt][2] = o[mt][dt][3] = 0.0f;
-    row_max[mt][0] = row_max[mt][1] = kNegInf;
-    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
-  }
+  reset_softmax_state(o, row_max, row_sum);
 
   copy_async_wait<0>();
   __syncthreads();
@@ -171,18 +165,10 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
       }
     }
 
-    // Soft-cap (scores then already in the log2 domain), then mask the keys a row must not see (only
-    // tiles at an edge need it). Both are whole loops behind block-uniform branches: per-element
-    // branches would multiply the code of the loop body and miss in the instruction cache. Without
-    // soft-cap the scale is folded into the exponent below (one FFMA per score).
-    if (p.mask.score.softcap > 0.0f) {
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) s[mt][nt][i] = p.mask.score.capped(s[mt][nt][i]);
-    }
+    // Soft-cap, then mask the keys a row must not see (only tiles at an edge need it), both as whole
+    // loops behind block-uniform branches. Without soft-cap the scale is folded into the exponent (one
+    // FFMA per score).
+    if (p.mask.score.softcap > 0.0f) cap_scores(s, p.mask.score);
     const bool edge = n0 + kBlockN > lk || (p.mask.causal && n0 + kBlockN - 1 > first_token + offset) ||
                       (p.mask.window_left >= 0 && n0 < last_token + offset - p.mask.window_left);
     if (edge) {
@@ -214,45 +200,13 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
     }
 
     // Online softmax: rescale what was accumulated when the running max grows.
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        float tile_max = kNegInf;
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-        // row_max is kept in the log2 domain (scaled).
-        const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max) * exp_scale);
-        const float base = new_max == kNegInf ? 0.0f : new_max;  // a row with no visible key yet stays 0
-        const float correction = fast_exp2(row_max[mt][half] - base);
-        row_max[mt][half] = new_max;
-        float sum = 0.0f;
-#pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
-          s[mt][nt][2 * half] = fast_exp2(fmaf(s[mt][nt][2 * half], exp_scale, -base));
-          s[mt][nt][2 * half + 1] = fast_exp2(fmaf(s[mt][nt][2 * half + 1], exp_scale, -base));
-          sum += s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
-        }
-        row_sum[mt][half] = row_sum[mt][half] * correction + sum;
-#pragma unroll
-        for (int dt = 0; dt < kDTiles; ++dt) {
-          o[mt][dt][2 * half] *= correction;
-          o[mt][dt][2 * half + 1] *= correction;
-        }
-      }
-    }
+    online_softmax_step(s, row_max, row_sum, o, exp_scale);
 
     // O += P V with P straight from the score registers (the accumulator layout is the A layout).
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk) {
       uint32_t a[kMTiles][4];
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        a[mt][0] = MmaType<T>::pack(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        a[mt][1] = MmaType<T>::pack(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        a[mt][2] = MmaType<T>::pack(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        a[mt][3] = MmaType<T>::pack(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
-      }
+      pack_probabilities<T>(s, kk, a);
 #pragma unroll
       for (int dp = 0; dp < kHeadDim / 16; ++dp) {
         uint32_t vb[4];

@@ -194,27 +194,28 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) 
     }
   }
   plan.splits.clear();
-  const int64_t pairs = static_cast<int64_t>(plan.batch) * plan.num_heads_kv;
-  plan.first_split.assign(static_cast<size_t>(pairs) + 1, 0);
+  plan.first_split.assign(static_cast<size_t>(plan.batch) + 1, 0);
   plan.max_splits = 1;
-  for (int64_t pair = 0; pair < pairs; ++pair) {
-    const int32_t sequence = static_cast<int32_t>(pair / plan.num_heads_kv);
+  for (int32_t sequence = 0; sequence < plan.batch; ++sequence) {
     const int64_t tiles = ceil_div(plan.seqlens_k[sequence], kDecodeKeyTile);
     // As many pieces as the chunk length asks for, then equal parts of whole tiles: never one long
-    // piece and a short remainder.
+    // piece and a short remainder. Every KV head of a sequence gets the same cut.
     const int64_t parts = fixed > 0 ? fixed : std::max<int64_t>(1, ceil_div(plan.seqlens_k[sequence], chunk));
     const int64_t step = std::max<int64_t>(1, ceil_div(tiles, parts));
-    plan.first_split[pair] = static_cast<int32_t>(plan.splits.size());
+    plan.first_split[sequence] = static_cast<int32_t>(plan.splits.size());
     int64_t tile = 0;
+    int32_t pieces = 0;
     do {  // a sequence without keys still gets one (empty) piece: it writes O = 0, LSE = -inf
-      plan.splits.push_back({sequence, static_cast<int32_t>(pair % plan.num_heads_kv),
-                             static_cast<int32_t>(tile * kDecodeKeyTile),
-                             static_cast<int32_t>(std::min<int64_t>(plan.seqlens_k[sequence], (tile + step) * kDecodeKeyTile))});
+      const int32_t key_end = static_cast<int32_t>(std::min<int64_t>(plan.seqlens_k[sequence], (tile + step) * kDecodeKeyTile));
+      for (int32_t kv_head = 0; kv_head < plan.num_heads_kv; ++kv_head) {
+        plan.splits.push_back({sequence, kv_head, static_cast<int32_t>(tile * kDecodeKeyTile), key_end});
+      }
+      ++pieces;
       tile += step;
     } while (tile < tiles);
-    plan.max_splits = std::max(plan.max_splits, static_cast<int32_t>(plan.splits.size()) - plan.first_split[pair]);
+    plan.max_splits = std::max(plan.max_splits, pieces);
   }
-  plan.first_split[pairs] = static_cast<int32_t>(plan.splits.size());
+  plan.first_split[plan.batch] = static_cast<int32_t>(plan.splits.size());
 }
 
 // Copies the plan's index arrays (and reserves the decode partials) in one device allocation. On the

@@ -53,7 +53,9 @@ struct nkv_attention_plan {
   std::vector<int32_t> cu_seqlens_k;
   std::vector<int32_t> seqlens_k;
   std::vector<nkv::DecodeSplit> splits;
-  std::vector<int32_t> first_split;  // [batch x num_heads_kv + 1]
+  // Pieces in (sequence, piece, KV head) order, so the KV heads of one key range are neighbours in the
+  // grid: piece i of (sequence s, KV head h) is splits[first_split[s] + i * num_heads_kv + h].
+  std::vector<int32_t> first_split;  // [batch + 1]
   int32_t max_splits = 1;            // the most pieces of any pair
   // Device mirrors (host pointers into the vectors above on the CPU backend), in one allocation, and
   // for decode plans with split pairs: per (pair, row block) the count of pieces finished in the

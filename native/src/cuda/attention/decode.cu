@@ -36,7 +36,7 @@ struct DecodeKernelParams {
   DecodeAttentionArgs args;
   const int32_t* seqlens_k;
   const DecodeSplit* splits;
-  const int32_t* first_split;  // per (sequence, KV head) pair
+  const int32_t* first_split;  // [batch + 1]: each sequence's first piece (see nkv_attention_plan)
   int32_t* merge_counters;     // [pair, counter_stride]: pieces finished in this run, per row block
   int counter_stride;
   float* partial_o;    // [piece, q_len x G, head_dim]
@@ -64,13 +64,24 @@ struct DecodeTiles {
 // The last block to finish a piece of a split pair (for its row block) merges the pair's partial
 // results. It sums them in piece order whichever block that is, so the output does not depend on timing.
 // Partials written by other blocks in this kernel are read through L2 (__ldcg), never a stale L1.
-// `scratch` is shared memory for 2 x kRows + 1 words.
+// The merge starts after the pair's other pieces have finished, so its L2 round trips are the tail of
+// the kernel: the pieces' weights exp(LSE - max) / sum are staged in shared memory kMergeChunk pieces at
+// a time (one round trip), then each thread has kInFlight pieces' 4-element vectors in flight at once.
+// `scratch` is shared memory for kMergeScratchFloats floats.
+constexpr int kMergeChunk = 64;
+template <int kRows>
+constexpr int kMergeScratchFloats = kRows * (kMergeChunk + 2) + 1;
+
 template <typename T, int kHeadDim, int kRows>
 __device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int sequence, int kv_head, int first,
                              int count, int row0, int rows) {
-  constexpr int kBatch = 8;  // pieces whose loads are in flight together
-  float* row_stats = scratch;                                   // [row]: largest LSE, sum
-  int& is_last = *reinterpret_cast<int*>(scratch + 2 * kRows);  // whether this block merges
+  constexpr int kInFlight = 16;
+  constexpr int kVectors = kHeadDim / 4;
+  constexpr int kItems = (kRows * kVectors + kDecodeThreads - 1) / kDecodeThreads;  // vectors per thread
+  float* row_base = scratch;                 // [row]: the largest LSE
+  float* row_inverse = scratch + kRows;      // [row]: 1 / sum of exp(LSE - largest)
+  float* weights = scratch + 2 * kRows;      // [row][kMergeChunk]
+  int& is_last = *reinterpret_cast<int*>(weights + kRows * kMergeChunk);  // whether this block merges
   __threadfence();  // this block's partials are visible before its count is
   __syncthreads();
   const int pair = sequence * p.num_heads_kv + kv_head;
@@ -83,55 +94,103 @@ __device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int se
   if (!is_last) return;
   __threadfence();
   const int valid_rows = min(kRows, rows - row0);
-  auto partial_row = [&](int i, int r) { return static_cast<int64_t>(first + i) * rows + row0 + r; };
-  // Per row: the largest LSE and 1 / sum of exp(LSE - largest), one warp per row.
+  // Piece i of this pair is block first + i x num_heads_kv (pieces in (sequence, piece, KV head) order).
+  auto partial_row = [&](int i, int r) { return static_cast<int64_t>(first + i * p.num_heads_kv) * rows + row0 + r; };
+  const DecodeAttentionArgs& args = p.args;
+  const int group = p.mask.group;
+  // Per row, one warp each: the largest LSE, the sum, the row's LSE output. Up to kMergeChunk (= 64)
+  // pieces the LSEs are read once: lane i holds piece i's and writes its weight.
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   for (int r = warp; r < valid_rows; r += kDecodeWarps) {
-    float best = -INFINITY;
-    for (int i = lane; i < count; i += 32) best = fmaxf(best, __ldcg(p.partial_lse + partial_row(i, r)));
+    float mine[kMergeChunk / 32];
+#pragma unroll
+    for (int u = 0; u < kMergeChunk / 32; ++u) {
+      mine[u] = lane + 32 * u < count ? __ldcg(p.partial_lse + partial_row(lane + 32 * u, r)) : -INFINITY;
+    }
+    float best = mine[0];
+#pragma unroll
+    for (int u = 1; u < kMergeChunk / 32; ++u) best = fmaxf(best, mine[u]);
+    for (int i = lane + kMergeChunk; i < count; i += 32) best = fmaxf(best, __ldcg(p.partial_lse + partial_row(i, r)));
 #pragma unroll
     for (int m = 16; m > 0; m /= 2) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, m));
     const float base = best == -INFINITY ? 0.0f : best;
+    float own[kMergeChunk / 32];
     float sum = 0.0f;
-    for (int i = lane; i < count; i += 32) sum += __expf(__ldcg(p.partial_lse + partial_row(i, r)) - base);
+#pragma unroll
+    for (int u = 0; u < kMergeChunk / 32; ++u) {
+      own[u] = lane + 32 * u < count ? __expf(mine[u] - base) : 0.0f;
+      sum += own[u];
+    }
+    for (int i = lane + kMergeChunk; i < count; i += 32) sum += __expf(__ldcg(p.partial_lse + partial_row(i, r)) - base);
 #pragma unroll
     for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
+    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+#pragma unroll
+    for (int u = 0; u < kMergeChunk / 32; ++u) weights[r * kMergeChunk + lane + 32 * u] = own[u] * inverse;
     if (lane == 0) {
-      row_stats[2 * r] = base;
-      row_stats[2 * r + 1] = sum;
+      row_base[r] = base;
+      row_inverse[r] = inverse;
+      const int row = row0 + r;
+      const int token = row / group;
+      const int head = kv_head * group + (row - token * group);
+      if (args.lse != nullptr) {
+        args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = sum > 0.0f ? base + __logf(sum) : -INFINITY;
+      }
     }
   }
-  __syncthreads();
-  const DecodeAttentionArgs& args = p.args;
-  const int group = p.mask.group;
-  for (int e = threadIdx.x; e < valid_rows * kHeadDim; e += kDecodeThreads) {
-    const int r = e / kHeadDim;
-    const int d = e % kHeadDim;
-    const float base = row_stats[2 * r];
-    const float sum = row_stats[2 * r + 1];
-    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-    float acc = 0.0f;
-    for (int i0 = 0; i0 < count; i0 += kBatch) {
-      float lse[kBatch];
-      float value[kBatch];
+  float4 acc[kItems];
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        const bool live = i0 + u < count;
-        const int64_t row = partial_row(live ? i0 + u : i0, r);  // a dead slot reads a live row, unused
-        lse[u] = live ? __ldcg(p.partial_lse + row) : -INFINITY;
-        value[u] = live ? __ldcg(p.partial_o + row * kHeadDim + d) : 0.0f;
+  for (int j = 0; j < kItems; ++j) acc[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  for (int chunk = 0; chunk < count; chunk += kMergeChunk) {
+    __syncthreads();  // the weights of the chunk before are used up (or, for the first, written)
+    if (chunk > 0) {
+      for (int e = threadIdx.x; e < valid_rows * kMergeChunk; e += kDecodeThreads) {
+        const int r = e / kMergeChunk;
+        const int i = chunk + e % kMergeChunk;
+        weights[e] = i < count ? __expf(__ldcg(p.partial_lse + partial_row(i, r)) - row_base[r]) * row_inverse[r] : 0.0f;
       }
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) acc += __expf(lse[u] - base) * value[u];
+      __syncthreads();
     }
-    const int row = row0 + r;
-    const int token = row / group;
-    const int head = kv_head * group + (row - token * group);
-    T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head;
-    out[d] = MmaType<T>::from_float(acc * inverse);
-    if (d == 0 && args.lse != nullptr) {
-      args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = sum > 0.0f ? base + __logf(sum) : -INFINITY;
+    const int in_chunk = min(kMergeChunk, count - chunk);
+#pragma unroll
+    for (int j = 0; j < kItems; ++j) {
+      const int item = threadIdx.x + j * kDecodeThreads;
+      if (item < valid_rows * kVectors) {
+        const int r = item / kVectors;
+        const int v = item % kVectors;
+        for (int i0 = 0; i0 < in_chunk; i0 += kInFlight) {
+          float4 value[kInFlight];
+#pragma unroll
+          for (int u = 0; u < kInFlight; ++u) {
+            const int i = chunk + min(i0 + u, in_chunk - 1);  // a dead slot rereads a live row, weight 0
+            value[u] = __ldcg(reinterpret_cast<const float4*>(p.partial_o + partial_row(i, r) * kHeadDim) + v);
+          }
+#pragma unroll
+          for (int u = 0; u < kInFlight; ++u) {
+            const float w = i0 + u < in_chunk ? weights[r * kMergeChunk + i0 + u] : 0.0f;
+            acc[j].x += w * value[u].x;
+            acc[j].y += w * value[u].y;
+            acc[j].z += w * value[u].z;
+            acc[j].w += w * value[u].w;
+          }
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int item = threadIdx.x + j * kDecodeThreads;
+    if (item < valid_rows * kVectors) {
+      const int row = row0 + item / kVectors;
+      const int d = item % kVectors * 4;
+      const int token = row / group;
+      const int head = kv_head * group + (row - token * group);
+      T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head + d;
+      out[0] = MmaType<T>::from_float(acc[j].x);
+      out[1] = MmaType<T>::from_float(acc[j].y);
+      out[2] = MmaType<T>::from_float(acc[j].z);
+      out[3] = MmaType<T>::from_float(acc[j].w);
     }
   }
 }
@@ -330,8 +389,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   }
   __syncthreads();
 
-  const int pair = sequence * p.num_heads_kv + kv_head;
-  const int pieces = p.first_split[pair + 1] - p.first_split[pair];
+  const int pieces = (p.first_split[sequence + 1] - p.first_split[sequence]) / p.num_heads_kv;
   const bool final_output = pieces == 1;
   for (int e = threadIdx.x; e < kRows * kHeadDim; e += kDecodeThreads) {
     const int r = e / kHeadDim;
@@ -366,8 +424,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   }
   if (!final_output) {
     // The warps' merge area is free once every thread is past the loop above (merge_pieces syncs first).
-    static_assert(kDecodeWarps * kRows >= 2 * kRows + 1, "merge_pieces' scratch fits where the row maxima were");
-    merge_pieces<T, kHeadDim, kRows>(p, merge_max, sequence, kv_head, p.first_split[pair], pieces, row0, rows);
+    static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
+    merge_pieces<T, kHeadDim, kRows>(p, merge_o, sequence, kv_head, p.first_split[sequence] + kv_head, pieces, row0, rows);
   }
 }
 

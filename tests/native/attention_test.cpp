@@ -701,6 +701,42 @@ TEST(AttentionCuda, VarlenKernelFamiliesOnHeadDim64And128) {
         }
 }
 
+// A sequence's output does not depend on another sequence's keys and values, even non-finite ones: key
+// tiles reach past a sequence's last key into the next sequence (the sm_90a kernel's tensor maps span
+// them all).
+TEST(AttentionCuda, VarlenSequencesDoNotLeakIntoEachOther) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  std::vector<nkv_attention_kernel> kernels = {NKV_ATTENTION_KERNEL_SM80};
+  if (sm90_kernels_available(gpu.get())) kernels.push_back(NKV_ATTENTION_KERNEL_SM90);
+  for (nkv_attention_kernel kernel : kernels)
+    for (int32_t d : {64, 128})
+      for (bool causal : {false, true}) {
+        VarlenCase c;
+        c.head_dim = d;
+        c.lq = {100, 50};
+        c.lk = {100, 300};
+        c.options.causal = causal;
+        c.options.kernel = kernel;
+        VarlenInputs in = make_inputs(c);
+        for (int64_t r = in.cu_k[1]; r < in.cu_k[2]; ++r)
+          for (int64_t h = 0; h < c.heads_kv; ++h)
+            for (int64_t x = 0; x < d; ++x) {
+              in.k.at(r, h, x) = 0x7E00;  // fp16 NaN
+              in.v.at(r, h, x) = 0x7C00;  // fp16 +Inf
+            }
+        VarlenCase reference = c;
+        reference.options.kernel = NKV_ATTENTION_KERNEL_AUTO;
+        const Outputs expected = run_varlen(cpu.get(), reference, in);
+        const Outputs got = run_varlen(gpu.get(), c, in);
+        const std::string label = describe(c);
+        const int64_t first = in.cu_q[1];  // the first sequence's rows only: the second one's are NaN by design
+        EXPECT_LE(relative_error(c.dtype, got.o, expected.o, first), tolerance(c.dtype)) << label;
+        expect_lse_close(got.lse, expected.lse, in.q.rows, first, c.heads_q, label);
+      }
+}
+
 TEST(AttentionCuda, VarlenLongSequence) {
   NKV_REQUIRE_CUDA();
   VarlenCase c;

@@ -36,6 +36,8 @@ constexpr int kStages = 2;
 // Whether the consumer warpgroups take turns issuing wgmma (see take_turn). A tuning knob at
 // configure time; bench/NOTES.md records what each choice measured.
 [[maybe_unused]] constexpr bool kPingPong = NKV_SM90_PINGPONG != 0;  // device code only
+// Named barriers: 1..3 are the consumers' turns (see take_turn), this one all consumers together.
+[[maybe_unused]] constexpr int kClearBarrier = 4;
 constexpr int kKvHalfBytes = 128 * 64 * 2;  // one [128 keys][64] half-tile: 16 KiB
 
 // The block shape for head_dim kHeadDim (64 or 128) and its shared memory: Q, then kStages K tiles,
@@ -119,6 +121,9 @@ __device__ __forceinline__ uint64_t sw128_descriptor(uint32_t address, uint32_t 
 
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void store_shared_zeros(uint32_t address) {
+  asm volatile("st.shared.v4.u32 [%0], {%1, %1, %1, %1};\n" ::"r"(address), "r"(0) : "memory");
+}
 __device__ __forceinline__ void store_shared(uint32_t address, float value) {
   asm volatile("st.shared.f32 [%0], %1;\n" ::"r"(address), "f"(value) : "memory");
 }
@@ -401,7 +406,25 @@ __global__ void __launch_bounds__(Sm90Tiles<kHeadDim>::kThreads, 1)
   };
 
   auto wait_keys = [&](int i) { barrier_wait(k_full(stage_of(i)), phase_of(i)); };
-  auto wait_values = [&](int i) { barrier_wait(v_full(stage_of(i)), phase_of(i)); };
+  // The maps span every sequence, so the rows of the sequence's last key tile past its last key hold
+  // the next sequence's values. P is 0 there, but 0 x Inf is NaN: once that tile (tile 0: the traversal
+  // runs last to first) has landed, the consumers zero those rows before any P V product reads them.
+  // Row r of each 64-column half is the 128 bytes at r * 128 (the swizzle only permutes them).
+  auto wait_values = [&](int i) {
+    barrier_wait(v_full(stage_of(i)), phase_of(i));
+    const int valid_rows = lk - key_start(i);
+    if (valid_rows >= kBlockN) return;
+    constexpr int kConsumerThreads = Layout::kConsumers * 128;
+    const uint32_t tile = v_tile(stage_of(i));
+    const int chunks = (kBlockN - valid_rows) * kHalves * 8;  // 16-byte chunks to clear
+    for (int c = static_cast<int>(threadIdx.x) - 128; c < chunks; c += kConsumerThreads) {
+      const int row = valid_rows + c / (kHalves * 8);
+      const int within = c % (kHalves * 8);
+      store_shared_zeros(tile + static_cast<uint32_t>((within / 8) * kKvHalfBytes + row * 128 + (within % 8) * 16));
+    }
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");  // wgmma reads through the async proxy
+    asm volatile("bar.sync %0, %1;\n" ::"n"(kClearBarrier), "n"(kConsumerThreads) : "memory");
+  };
   // Ping-pong (FlashAttention-3's inter-warpgroup overlap): the consumers take turns to issue their
   // wgmma, so that one warpgroup's GEMMs run while the others compute their softmax. Consumer c's
   // turn is named barrier 1 + c: its own 128 threads wait there until the 128 of consumer c - 1

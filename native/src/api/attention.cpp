@@ -242,7 +242,7 @@ void place_plan(nkv_attention_plan& plan) {
   const int64_t packed_rows = static_cast<int64_t>(plan.q_len) * (decode ? plan.num_heads_q / plan.num_heads_kv : 0);
   const size_t partial_rows = merging ? plan.splits.size() * packed_rows : 0;
   const std::vector<int32_t> zero_counters(
-      merging ? static_cast<size_t>(plan.batch) * plan.num_heads_kv * ceil_div(packed_rows, kDecodeRowsPerTile) : 0, 0);
+      merging ? static_cast<size_t>(plan.batch) * plan.num_heads_kv * decode_merge_counters_per_pair(plan) : 0, 0);
   Part parts[] = {
       {plan.cu_seqlens_q.data(), plan.cu_seqlens_q.size() * sizeof(int32_t), 0},
       {plan.cu_seqlens_k.data(), plan.cu_seqlens_k.size() * sizeof(int32_t), 0},

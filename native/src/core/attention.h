@@ -21,9 +21,9 @@ struct AttentionMask {
 constexpr int32_t kDecodeRowsPerTile = 16;
 
 // One piece of the keys of one decode (sequence, KV head) pair: [key_begin, key_end), run by one
-// thread block. The pieces of a pair are consecutive in the plan's list; a pair cut into more than one
-// piece leaves one partial result per piece, at the piece's index, and the block that finishes the
-// pair's last piece merges them.
+// thread block. The plan lists them in (sequence, piece, KV head) order (see first_split); a pair cut
+// into more than one piece leaves one partial result per piece, at the piece's index, and the block
+// that finishes the pair's last piece merges them.
 struct DecodeSplit {
   int32_t sequence = 0;
   int32_t kv_head = 0;
@@ -71,6 +71,17 @@ struct nkv_attention_plan {
   float* partial_o = nullptr;
   float* partial_lse = nullptr;
 };
+
+namespace nkv {
+
+// Merge counters per decode (sequence, KV head) pair: one per block of kDecodeRowsPerTile packed query
+// rows (q_len x G), the most row blocks any kernel configuration launches.
+inline int32_t decode_merge_counters_per_pair(const nkv_attention_plan& plan) {
+  const int32_t packed_rows = plan.q_len * (plan.num_heads_q / plan.num_heads_kv);
+  return (packed_rows + kDecodeRowsPerTile - 1) / kDecodeRowsPerTile;
+}
+
+}  // namespace nkv
 
 namespace nkv {
 

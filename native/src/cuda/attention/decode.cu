@@ -564,7 +564,7 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
   p.splits = plan.device_splits;
   p.first_split = plan.device_first_split;
   p.merge_counters = plan.merge_counters;
-  p.counter_stride = (plan.q_len * (plan.num_heads_q / plan.num_heads_kv) + kDecodeRowsPerTile - 1) / kDecodeRowsPerTile;
+  p.counter_stride = decode_merge_counters_per_pair(plan);
   p.partial_o = plan.partial_o;
   p.partial_lse = plan.partial_lse;
   p.q_len = plan.q_len;

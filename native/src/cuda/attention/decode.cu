@@ -375,12 +375,13 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int r = mt * 16 + lane / 4 + 8 * half;
+      const float sum = quad_sum(row_sum[mt][half]);  // the whole warp shuffles, padding rows too
+      if (row0 + r >= rows) continue;  // padding rows of the MMA tile (q_len x G < 16): nothing to merge
       float* out = merge_o + (warp * kRows + r) * kHeadDim + (lane % 4) * 2;
 #pragma unroll
       for (int dt = 0; dt < kDTiles; ++dt) {
         *reinterpret_cast<float2*>(out + dt * 8) = make_float2(o[mt][dt][2 * half], o[mt][dt][2 * half + 1]);
       }
-      const float sum = quad_sum(row_sum[mt][half]);
       if (lane % 4 == 0) {
         merge_max[warp * kRows + r] = row_max[mt][half];
         merge_sum[warp * kRows + r] = sum;
@@ -391,34 +392,44 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
 
   const int pieces = (p.first_split[sequence + 1] - p.first_split[sequence]) / p.num_heads_kv;
   const bool final_output = pieces == 1;
-  for (int e = threadIdx.x; e < kRows * kHeadDim; e += kDecodeThreads) {
-    const int r = e / kHeadDim;
-    const int d = e % kHeadDim;
-    const int row = row0 + r;
-    if (row >= rows) continue;
+  // One thread per 4 consecutive output elements of a valid row.
+  constexpr int kVectors = kHeadDim / 4;
+  const int valid_rows = min(kRows, rows - row0);
+  for (int item = threadIdx.x; item < valid_rows * kVectors; item += kDecodeThreads) {
+    const int r = item / kVectors;
+    const int d = item % kVectors * 4;
     float best = kNegInf;
 #pragma unroll
     for (int w = 0; w < kDecodeWarps; ++w) best = fmaxf(best, merge_max[w * kRows + r]);
     const float base = best == kNegInf ? 0.0f : best;
     float sum = 0.0f;
-    float acc = 0.0f;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
     for (int w = 0; w < kDecodeWarps; ++w) {
       const float weight = exp2f(merge_max[w * kRows + r] - base);
       sum += merge_sum[w * kRows + r] * weight;
-      acc += merge_o[(w * kRows + r) * kHeadDim + d] * weight;
+      const float4 part = *reinterpret_cast<const float4*>(merge_o + (w * kRows + r) * kHeadDim + d);
+      acc.x += part.x * weight;
+      acc.y += part.y * weight;
+      acc.z += part.z * weight;
+      acc.w += part.w * weight;
     }
-    const float value = sum > 0.0f ? acc / sum : 0.0f;
+    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const float4 value = make_float4(acc.x * inverse, acc.y * inverse, acc.z * inverse, acc.w * inverse);
     const float lse = sum > 0.0f ? (best + log2f(sum)) * 0.69314718055994531f : kNegInf;
+    const int row = row0 + r;
     const int token = row / group;
     const int head = kv_head * group + (row - token * group);
     if (final_output) {
-      T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head;
-      out[d] = MmaType<T>::from_float(value);
+      T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head + d;
+      out[0] = MmaType<T>::from_float(value.x);
+      out[1] = MmaType<T>::from_float(value.y);
+      out[2] = MmaType<T>::from_float(value.z);
+      out[3] = MmaType<T>::from_float(value.w);
       if (d == 0 && args.lse != nullptr) args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = lse;
     } else {
       const int64_t partial_row = static_cast<int64_t>(piece) * rows + row;
-      p.partial_o[partial_row * kHeadDim + d] = value;
+      *reinterpret_cast<float4*>(p.partial_o + partial_row * kHeadDim + d) = value;
       if (d == 0) p.partial_lse[partial_row] = lse;
     }
   }

@@ -284,25 +284,37 @@ template <int kMTiles, int kNTiles, int kDTiles>
 __device__ __forceinline__ void online_softmax_step(float (&s)[kMTiles][kNTiles][4], float (&row_max)[kMTiles][2],
                                                     float (&row_sum)[kMTiles][2], float (&o)[kMTiles][kDTiles][4],
                                                     float exp_scale) {
+  static_assert((kNTiles & (kNTiles - 1)) == 0, "the tree reductions halve the key tiles");
 #pragma unroll
   for (int mt = 0; mt < kMTiles; ++mt) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      float tile_max = fmaxf(s[mt][0][2 * half], s[mt][0][2 * half + 1]);
+      // Tree reductions (max here, sum below): a chain of kNTiles dependent instructions would stall the
+      // warp on each one's latency.
+      float partial[kNTiles];
 #pragma unroll
-      for (int nt = 1; nt < kNTiles; ++nt) tile_max = fmaxf(tile_max, fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]));
-      const float new_max = fmaxf(row_max[mt][half], quad_max(tile_max) * exp_scale);
+      for (int nt = 0; nt < kNTiles; ++nt) partial[nt] = fmaxf(s[mt][nt][2 * half], s[mt][nt][2 * half + 1]);
+#pragma unroll
+      for (int width = kNTiles / 2; width > 0; width /= 2) {
+#pragma unroll
+        for (int nt = 0; nt < width; ++nt) partial[nt] = fmaxf(partial[nt], partial[nt + width]);
+      }
+      const float new_max = fmaxf(row_max[mt][half], quad_max(partial[0]) * exp_scale);
       const float base = new_max == -INFINITY ? 0.0f : new_max;  // a row with no visible key yet stays 0
       const float correction = fast_exp2(row_max[mt][half] - base);
       row_max[mt][half] = new_max;
-      float sum = 0.0f;
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
         s[mt][nt][2 * half] = fast_exp2(fmaf(s[mt][nt][2 * half], exp_scale, -base));
         s[mt][nt][2 * half + 1] = fast_exp2(fmaf(s[mt][nt][2 * half + 1], exp_scale, -base));
-        sum += s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
+        partial[nt] = s[mt][nt][2 * half] + s[mt][nt][2 * half + 1];
       }
-      row_sum[mt][half] = row_sum[mt][half] * correction + sum;
+#pragma unroll
+      for (int width = kNTiles / 2; width > 0; width /= 2) {
+#pragma unroll
+        for (int nt = 0; nt < width; ++nt) partial[nt] += partial[nt + width];
+      }
+      row_sum[mt][half] = row_sum[mt][half] * correction + partial[0];
 #pragma unroll
       for (int dt = 0; dt < kDTiles; ++dt) {
         o[mt][dt][2 * half] *= correction;

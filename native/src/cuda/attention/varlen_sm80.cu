@@ -1,7 +1,8 @@
 // Varlen attention forward, sm_80 design (FlashAttention-2): one thread block owns a tile of query rows
 // of one sequence and one KV head, keeps Q in registers (or shared memory for d256), streams K and V
 // tiles through shared memory with cp.async, and keeps the running softmax (max, sum) and O in fp32
-// registers; P never leaves registers between the two MMAs.
+// registers; P never leaves registers between the two MMAs. K has two shared-memory stages, so the next
+// K tile is requested before this tile's QK^T and no barrier separates QK^T from the softmax.
 //
 // Query rows are "packed GQA" rows: row r of a (sequence, KV head) is query token r / G of query head
 // kv_head * G + r % G, with G = num_heads_q / num_heads_kv. All heads of a group share one K/V tile in
@@ -54,7 +55,8 @@ struct VarlenTiles {
   static constexpr int kThreads = kWarps * 32;
   static constexpr int kChunks = kHeadDim / 8;  // 16-byte chunks of a row that hold data
   static constexpr bool kQInRegisters = kQInRegisters_;
-  static constexpr size_t kSharedBytes = static_cast<size_t>(kBlockM + 2 * kBlockN) * kPitch * 2;
+  static constexpr uint32_t kKStageBytes = kBlockN * kPitch * 2;
+  static constexpr size_t kSharedBytes = static_cast<size_t>(kBlockM + 3 * kBlockN) * kPitch * 2;  // Q, 2 K, V
 };
 
 template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters>
@@ -72,7 +74,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   T* q_tile = reinterpret_cast<T*>(shared_bytes);
   T* k_tile = q_tile + kBlockM * Tiles::kPitch;
-  T* v_tile = k_tile + kBlockN * Tiles::kPitch;
+  T* v_tile = k_tile + 2 * kBlockN * Tiles::kPitch;
 
   const int sequence = blockIdx.z;
   const int kv_head = blockIdx.y;
@@ -108,7 +110,10 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   const TileLoader<kBlockN, Tiles::kPitch, kChunks, kThreads> v_loader(v_tile, threadIdx.x);
 
   load_packed_q_tile<Tiles::kPitch, kBlockM, kChunks, kThreads>(q_tile, q_base, args.q_strides, row0, rows, group, kv_head);
-  if (tile_end > tile_begin) k_loader.load(k_base, args.k_strides.row, (tile_end - 1) * kBlockN, lk);
+  const auto k_stage = [](int tile) { return static_cast<uint32_t>(tile & 1) * Tiles::kKStageBytes; };
+  if (tile_end > tile_begin) {
+    k_loader.load(k_base, args.k_strides.row, (tile_end - 1) * kBlockN, lk, k_stage(tile_end - 1));
+  }
   copy_async_commit();
 
   float o[kMTiles][kDTiles][4];
@@ -137,8 +142,13 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
 
   for (int tile = tile_end - 1; tile >= tile_begin; --tile) {
     const int n0 = tile * kBlockN;
+    // V of this tile and K of the next one (into the stage the previous QK^T read; the last barrier
+    // saw every warp finish it).
     v_loader.load(v_base, args.v_strides.row, n0, lk);
     copy_async_commit();
+    if (tile > tile_begin) k_loader.load(k_base, args.k_strides.row, n0 - kBlockN, lk, k_stage(tile - 1));
+    copy_async_commit();
+    const uint32_t k_offset = k_stage(tile);
 
     float s[kMTiles][kNTiles][4];
 #pragma unroll
@@ -155,7 +165,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
 #pragma unroll
       for (int np = 0; np < kBlockN / 16; ++np) {
         uint32_t kb[4];
-        ldmatrix_x4(kb, k_reader.at(np * 16, kk));
+        ldmatrix_x4(kb, k_reader.at(np * 16, kk) + k_offset);
 #pragma unroll
         for (int mt = 0; mt < kMTiles; ++mt) {
           const uint32_t(&a)[4] = q_frag[mt][Tiles::kQInRegisters ? kk : 0];
@@ -192,15 +202,11 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
       }
     }
 
-    copy_async_wait<0>();
-    __syncthreads();  // V is in; every warp is done with K
-    if (tile > tile_begin) {
-      k_loader.load(k_base, args.k_strides.row, n0 - kBlockN, lk);
-      copy_async_commit();
-    }
-
     // Online softmax: rescale what was accumulated when the running max grows.
     online_softmax_step(s, row_max, row_sum, o, exp_scale);
+
+    copy_async_wait<1>();
+    __syncthreads();  // V is in (the next K may still be on its way)
 
     // O += P V with P straight from the score registers (the accumulator layout is the A layout).
 #pragma unroll
@@ -280,11 +286,12 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const VarlenKernelParams&
     case 96: return launch_varlen<T, 96, NKV_VARLEN_TILES_96>(plan, params);
     case 128: return launch_varlen<T, 128, NKV_VARLEN_TILES_128>(plan, params);
     case 256:
-      // 128 KB of tiles; GPUs with 99 KB per block (sm_86, sm_89) get half the query rows per block.
+      // 160 KB of tiles; GPUs with 99 KB per block (sm_86, sm_89) get half the query rows and half the
+      // keys per tile.
       if (static_cast<int64_t>(VarlenTiles<256, NKV_VARLEN_TILES_256>::kSharedBytes) <= plan.context->shared_memory_per_block) {
         return launch_varlen<T, 256, NKV_VARLEN_TILES_256>(plan, params);
       }
-      return launch_varlen<T, 256, 4, 1, 64, false>(plan, params);
+      return launch_varlen<T, 256, 4, 1, 32, false>(plan, params);
     default: fail(NKV_STATUS_INTERNAL, "varlen attention: head_dim " + std::to_string(plan.head_dim) + " reached the kernel");
   }
 }

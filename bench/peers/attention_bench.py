@@ -18,6 +18,10 @@ Cases (the issue's shapes; --quick shrinks them):
   chunked   512 new queries over 8K and 32K cached keys, b1 h32 d128 causal (bottom-right): NativeKv vs
             SDPA with an explicit bottom-right mask and with torch's causal_lower_right bias
 
+Each side is first timed on its own, one after the other. The head-to-head comparisons the issue's musts
+name (the sm_80 path vs SDPA flash in prefill, decode vs cuDNN) are then also timed interleaved, call by
+call, so that clock and temperature drift during the run cannot favour either side ("head_to_head").
+
 Output: one JSON object per line on stdout, a Markdown table on stderr (or --markdown PATH).
 A NativeKv or peer failure is recorded in its row ("nativekv_error", a peer's "error") and the run goes on.
 
@@ -80,6 +84,28 @@ class Timer:
             samples.append(start.elapsed_time(stop) * 1e3)
         return statistics.median(samples)
 
+    def interleaved_medians_us(self, fns: list[Callable[[int], Any]]) -> list[float]:
+        """Median GPU times of several functions timed call by call in turn (the order rotating every
+        repetition), so that a drift of clocks or temperature during the run reaches them all alike; timed one
+        after the other, the later side runs in the state the earlier one left."""
+        for i in range(self.warmup):
+            for fn in fns:
+                fn(i)
+        torch.cuda.synchronize()
+        samples: list[list[float]] = [[] for _ in fns]
+        for i in range(self.reps):
+            for j in range(len(fns)):
+                k = (i + j) % len(fns)
+                start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                if self.spin is not None:
+                    self.spin(SPIN_CYCLES)
+                start.record()
+                fns[k](self.warmup + i)
+                stop.record()
+                stop.synchronize()
+                samples[k].append(start.elapsed_time(stop) * 1e3)
+        return [statistics.median(x) for x in samples]
+
 
 def l2_bytes() -> int:
     return int(getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "L2_cache_size", 50 << 20))
@@ -117,6 +143,24 @@ def rel_diff(x: torch.Tensor, ref: torch.Tensor) -> float:
     """Relative Frobenius difference, a sanity check that both sides computed the same attention."""
     ref = ref.float()
     return ((x.float() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+
+
+def head_to_head(timer: Timer, row: dict, nativekv: str, run: Callable[[int], Any], peer: str,
+                 backend: SDPBackend, inputs: list[tuple], **kwargs) -> None:
+    """NativeKv and one SDPA backend timed interleaved (Timer.interleaved_medians_us), recorded as
+    row["head_to_head"]; skipped when either side did not run in the sequential measurement."""
+    if "us" not in row["peer"].get(peer, {}):
+        return
+
+    def sdpa(i: int) -> Any:
+        with sdpa_kernel(backend):
+            return F.scaled_dot_product_attention(*inputs[i % len(inputs)], **kwargs)
+    try:
+        nkv_us, peer_us = timer.interleaved_medians_us([run, sdpa])
+        row["head_to_head"] = {"nativekv": nativekv, "peer": peer, "nativekv_us": nkv_us, "peer_us": peer_us,
+                               "peer_over_nativekv": peer_us / nkv_us}
+    except Exception as e:
+        row["head_to_head"] = {"nativekv": nativekv, "peer": peer, "error": short_error(e)}
 
 
 def time_sdpa(timer: Timer, backend: SDPBackend | None, inputs: list[tuple], **kwargs) -> tuple[dict, Any]:
@@ -181,17 +225,17 @@ def bench_prefill(timer: Timer, side: NativeKvSide, b: int, h: int, s: int, d: i
         row["nativekv_us"], row["nativekv_tflops"] = us, flops / us / 1e6
     except Exception as e:
         row["nativekv_error"] = short_error(e)
+    sm80_plan = None
     if torch.cuda.get_device_capability() == (9, 0):
         # The issue asks for the sm_80 (FlashAttention-2 design) path alone as well: on Hopper AUTO runs sm_90a.
         try:
             o80 = torch.empty_like(q)
-            with side.ctx.plan_varlen(h, h, d, cu, cu, causal=causal, kernel=nkv.ATTENTION_KERNEL_SM80) as plan:
-                run = plan.bind(*(x.view(b * s, h, d) for x in (q, k, v, o80)))
-                us = timer.median_us(lambda i: run())
+            sm80_plan = side.ctx.plan_varlen(h, h, d, cu, cu, causal=causal, kernel=nkv.ATTENTION_KERNEL_SM80)
+            run_sm80 = sm80_plan.bind(*(x.view(b * s, h, d) for x in (q, k, v, o80)))
+            us = timer.median_us(lambda i: run_sm80())
             row["nativekv_sm80_us"], row["nativekv_sm80_tflops"] = us, flops / us / 1e6
             if "nativekv_us" in row:
                 row["sm80_vs_auto_rel_diff"] = rel_diff(o80, o)
-            del o80
         except Exception as e:
             row["nativekv_sm80_error"] = short_error(e)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
@@ -203,6 +247,12 @@ def bench_prefill(timer: Timer, side: NativeKvSide, b: int, h: int, s: int, d: i
             row["check"] = {"vs": f"sdpa_{name}", "rel_diff": rel_diff(o, out.transpose(1, 2))}
         row["peer"][f"sdpa_{name}"] = result
         del out
+    if "nativekv_sm80_us" in row:  # the FlashAttention-2 design against FlashAttention-2, call by call
+        head_to_head(timer, row, "sm_80 path", lambda i: run_sm80(), "sdpa_flash", SDPA_BACKENDS["flash"],
+                     [(qt, kt, vt)], is_causal=causal)
+    if sm80_plan is not None:
+        sm80_plan.close()
+        del o80
     del q, k, v, o, qt, kt, vt
     free_memory()
     return row
@@ -318,24 +368,25 @@ def bench_decode(timer: Timer, side: NativeKvSide, copy_tbps: float | None, b: i
         v = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=FP16)
         data.append({"q": q, "k": k, "v": v, "o": torch.empty_like(q),
                      "k_peer": k.transpose(1, 2).contiguous(), "v_peer": v.transpose(1, 2).contiguous()})
+    plan = None
     try:
         side.check()
         # q_len 1: the causal mask hides nothing, so non-causal matches the peers' call exactly
-        with side.ctx.plan_decode(hq, hkv, d, 1, [seqlen] * b, causal=False) as plan:
-            row["nativekv_splits"] = plan.info()["num_splits"]
-            runs = [plan.bind(s["q"], s["k"], s["v"], s["o"]) for s in data]
-            us = timer.median_us(lambda i: runs[i % sets]())
-            row["nativekv_us"] = us
-            row["nativekv_tbps"] = kv_bytes / us / 1e6
-            if copy_tbps:
-                row["nativekv_fraction_of_copy"] = row["nativekv_tbps"] / copy_tbps
-            try:  # the peers' layout, as a [b, L, Hkv, d] view with token stride d and head stride L*d
-                runs_bhld = [plan.bind(s["q"], s["k_peer"].transpose(1, 2), s["v_peer"].transpose(1, 2), s["o"])
-                             for s in data]
-                row["nativekv_bhld_us"] = timer.median_us(lambda i: runs_bhld[i % sets]())
-            except Exception as e:
-                row["nativekv_bhld_error"] = short_error(e)
-            runs[0]()  # leave set 0's output for the check below
+        plan = side.ctx.plan_decode(hq, hkv, d, 1, [seqlen] * b, causal=False)
+        row["nativekv_splits"] = plan.info()["num_splits"]
+        runs = [plan.bind(s["q"], s["k"], s["v"], s["o"]) for s in data]
+        us = timer.median_us(lambda i: runs[i % sets]())
+        row["nativekv_us"] = us
+        row["nativekv_tbps"] = kv_bytes / us / 1e6
+        if copy_tbps:
+            row["nativekv_fraction_of_copy"] = row["nativekv_tbps"] / copy_tbps
+        try:  # the peers' layout, as a [b, L, Hkv, d] view with token stride d and head stride L*d
+            runs_bhld = [plan.bind(s["q"], s["k_peer"].transpose(1, 2), s["v_peer"].transpose(1, 2), s["o"])
+                         for s in data]
+            row["nativekv_bhld_us"] = timer.median_us(lambda i: runs_bhld[i % sets]())
+        except Exception as e:
+            row["nativekv_bhld_error"] = short_error(e)
+        runs[0]()  # leave set 0's output for the check below
     except Exception as e:
         row["nativekv_error"] = short_error(e)
 
@@ -359,6 +410,11 @@ def bench_decode(timer: Timer, side: NativeKvSide, copy_tbps: float | None, b: i
         row["peer"][f"sdpa_{name}"] = result
         del out
         free_memory()
+    if "nativekv_us" in row:  # against the fastest PyTorch decode here (cuDNN), call by call
+        head_to_head(timer, row, "decode", lambda i: runs[i % sets](), "sdpa_cudnn", SDPA_BACKENDS["cudnn"],
+                     [(s["q"].transpose(1, 2), s["k_peer"], s["v_peer"]) for s in data], enable_gqa=True)
+    if plan is not None:
+        plan.close()
     del data
     free_memory()
     return row
@@ -500,6 +556,12 @@ def markdown(rows: list[dict], env: dict) -> str:
             extras.append(f"sm_80 path alone: error {r['nativekv_sm80_error']}")
         if r.get("nativekv_bhld_us") is not None:
             extras.append(f"on [b,Hkv,L,d]: {r['nativekv_bhld_us']:.1f} µs")
+        h2h = r.get("head_to_head")
+        if h2h and "error" in h2h:
+            extras.append(f"interleaved with {h2h['peer']}: error {h2h['error']}")
+        elif h2h:
+            extras.append(f"{h2h['nativekv']} and {h2h['peer']} timed interleaved, call by call: "
+                          f"{h2h['nativekv_us']:.1f} vs {h2h['peer_us']:.1f} µs, {h2h['peer_over_nativekv']:.3f}×")
         for check in (r.get("check"), r.get("check_nested")):
             if check and "rel_diff" in check:
                 extras.append(f"rel. diff vs {check['vs']}: {check['rel_diff']:.1e}")

@@ -208,7 +208,8 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) 
     do {  // a sequence without keys still gets one (empty) piece: it writes O = 0, LSE = -inf
       const int32_t key_end = static_cast<int32_t>(std::min<int64_t>(plan.seqlens_k[sequence], (tile + step) * kDecodeKeyTile));
       for (int32_t kv_head = 0; kv_head < plan.num_heads_kv; ++kv_head) {
-        plan.splits.push_back({sequence, kv_head, static_cast<int32_t>(tile * kDecodeKeyTile), key_end});
+        plan.splits.push_back(
+            {sequence, kv_head, static_cast<int32_t>(tile * kDecodeKeyTile), key_end, plan.seqlens_k[sequence]});
       }
       ++pieces;
       tile += step;
@@ -225,7 +226,6 @@ void place_plan(nkv_attention_plan& plan) {
   if (c.backend != NKV_BACKEND_CUDA) {
     plan.device_cu_seqlens_q = plan.cu_seqlens_q.data();
     plan.device_cu_seqlens_k = plan.cu_seqlens_k.data();
-    plan.device_seqlens_k = plan.seqlens_k.data();
     plan.device_splits = plan.splits.data();
     plan.device_first_split = plan.first_split.data();
     return;
@@ -246,7 +246,6 @@ void place_plan(nkv_attention_plan& plan) {
   Part parts[] = {
       {plan.cu_seqlens_q.data(), plan.cu_seqlens_q.size() * sizeof(int32_t), 0},
       {plan.cu_seqlens_k.data(), plan.cu_seqlens_k.size() * sizeof(int32_t), 0},
-      {plan.seqlens_k.data(), plan.seqlens_k.size() * sizeof(int32_t), 0},
       {plan.splits.data(), plan.splits.size() * sizeof(DecodeSplit), 0},
       {plan.first_split.data(), plan.first_split.size() * sizeof(int32_t), 0},
       {zero_counters.data(), zero_counters.size() * sizeof(int32_t), 0},
@@ -270,12 +269,11 @@ void place_plan(nkv_attention_plan& plan) {
   if (uploaded > 0) cuda::upload(c.device_ordinal, c.stream, block, staging.data(), uploaded);
   plan.device_cu_seqlens_q = reinterpret_cast<const int32_t*>(block + parts[0].offset);
   plan.device_cu_seqlens_k = reinterpret_cast<const int32_t*>(block + parts[1].offset);
-  plan.device_seqlens_k = reinterpret_cast<const int32_t*>(block + parts[2].offset);
-  plan.device_splits = reinterpret_cast<const DecodeSplit*>(block + parts[3].offset);
-  plan.device_first_split = reinterpret_cast<const int32_t*>(block + parts[4].offset);
-  plan.merge_counters = reinterpret_cast<int32_t*>(block + parts[5].offset);
-  plan.partial_o = reinterpret_cast<float*>(block + parts[6].offset);
-  plan.partial_lse = reinterpret_cast<float*>(block + parts[7].offset);
+  plan.device_splits = reinterpret_cast<const DecodeSplit*>(block + parts[2].offset);
+  plan.device_first_split = reinterpret_cast<const int32_t*>(block + parts[3].offset);
+  plan.merge_counters = reinterpret_cast<int32_t*>(block + parts[4].offset);
+  plan.partial_o = reinterpret_cast<float*>(block + parts[5].offset);
+  plan.partial_lse = reinterpret_cast<float*>(block + parts[6].offset);
 }
 
 void release_plan(nkv_attention_plan* plan) noexcept {

@@ -23,12 +23,15 @@ constexpr int32_t kDecodeRowsPerTile = 16;
 // One piece of the keys of one decode (sequence, KV head) pair: [key_begin, key_end), run by one
 // thread block. The plan lists them in (sequence, piece, KV head) order (see first_split); a pair cut
 // into more than one piece leaves one partial result per piece, at the piece's index, and the block
-// that finishes the pair's last piece merges them.
+// that finishes the pair's last piece merges them. The sequence's key count (where its causal diagonal
+// ends) travels with the piece: a block reads this one record, not a second array indexed by it, before
+// it can request its first K/V tile.
 struct DecodeSplit {
   int32_t sequence = 0;
   int32_t kv_head = 0;
   int32_t key_begin = 0;
   int32_t key_end = 0;
+  int32_t sequence_keys = 0;
 };
 
 }  // namespace nkv
@@ -64,7 +67,6 @@ struct nkv_attention_plan {
   void* device_block = nullptr;
   const int32_t* device_cu_seqlens_q = nullptr;
   const int32_t* device_cu_seqlens_k = nullptr;
-  const int32_t* device_seqlens_k = nullptr;
   const nkv::DecodeSplit* device_splits = nullptr;
   const int32_t* device_first_split = nullptr;
   int32_t* merge_counters = nullptr;

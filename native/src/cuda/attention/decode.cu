@@ -34,7 +34,6 @@ static_assert(kDeepStages >= 2, "the pipeline keeps one tile in flight while com
 
 struct DecodeKernelParams {
   DecodeAttentionArgs args;
-  const int32_t* seqlens_k;
   const DecodeSplit* splits;
   const int32_t* first_split;  // [batch + 1]: each sequence's first piece (see nkv_attention_plan)
   int32_t* merge_counters;     // [pair, counter_stride]: pieces finished in this run, per row block
@@ -221,7 +220,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   const int rows = p.q_len * group;
   const int row0 = blockIdx.z * kRows;
   if (row0 >= rows) return;
-  const int lk = p.seqlens_k[sequence];
+  const int lk = split.sequence_keys;
   const int lq = p.q_len;
   const int offset = lk - lq;
   const int warp = threadIdx.x / 32;
@@ -571,7 +570,6 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
   using namespace attention;
   DecodeKernelParams p{};
   p.args = a;
-  p.seqlens_k = plan.device_seqlens_k;
   p.splits = plan.device_splits;
   p.first_split = plan.device_first_split;
   p.merge_counters = plan.merge_counters;

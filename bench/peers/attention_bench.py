@@ -149,14 +149,15 @@ def head_to_head(timer: Timer, row: dict, nativekv: str, run: Callable[[int], An
                  backend: SDPBackend, inputs: list[tuple], **kwargs) -> None:
     """NativeKv and one SDPA backend timed interleaved (Timer.interleaved_medians_us), recorded as
     row["head_to_head"]; skipped when either side did not run in the sequential measurement."""
-    if "us" not in row["peer"].get(peer, {}):
+    result = row["peer"].get(peer, {})
+    if "us" not in result or "note" in result:  # a note: it ran only on K/V prepared for it
         return
-
-    def sdpa(i: int) -> Any:
-        with sdpa_kernel(backend):
-            return F.scaled_dot_product_attention(*inputs[i % len(inputs)], **kwargs)
     try:
-        nkv_us, peer_us = timer.interleaved_medians_us([run, sdpa])
+        # The backend choice holds for the whole timing (NativeKv ignores it), as in time_sdpa: nothing but
+        # the calls themselves between the events.
+        with sdpa_kernel(backend):
+            nkv_us, peer_us = timer.interleaved_medians_us(
+                [run, lambda i: F.scaled_dot_product_attention(*inputs[i % len(inputs)], **kwargs)])
         row["head_to_head"] = {"nativekv": nativekv, "peer": peer, "nativekv_us": nkv_us, "peer_us": peer_us,
                                "peer_over_nativekv": peer_us / nkv_us}
     except Exception as e:
@@ -216,43 +217,42 @@ def bench_prefill(timer: Timer, side: NativeKvSide, b: int, h: int, s: int, d: i
     # layout FlashAttention itself works in; every side reads the same bytes.
     q, k, v = (torch.randn(b, s, h, d, device="cuda", dtype=FP16) for _ in range(3))
     o = torch.empty_like(q)
+    cu = [i * s for i in range(b + 1)]
     try:
         side.check()
-        cu = [i * s for i in range(b + 1)]
         with side.ctx.plan_varlen(h, h, d, cu, cu, causal=causal) as plan:
             run = plan.bind(*(x.view(b * s, h, d) for x in (q, k, v, o)))
             us = timer.median_us(lambda i: run())
         row["nativekv_us"], row["nativekv_tflops"] = us, flops / us / 1e6
     except Exception as e:
         row["nativekv_error"] = short_error(e)
-    sm80_plan = None
-    if torch.cuda.get_device_capability() == (9, 0):
-        # The issue asks for the sm_80 (FlashAttention-2 design) path alone as well: on Hopper AUTO runs sm_90a.
-        try:
-            o80 = torch.empty_like(q)
-            sm80_plan = side.ctx.plan_varlen(h, h, d, cu, cu, causal=causal, kernel=nkv.ATTENTION_KERNEL_SM80)
-            run_sm80 = sm80_plan.bind(*(x.view(b * s, h, d) for x in (q, k, v, o80)))
-            us = timer.median_us(lambda i: run_sm80())
-            row["nativekv_sm80_us"], row["nativekv_sm80_tflops"] = us, flops / us / 1e6
-            if "nativekv_us" in row:
-                row["sm80_vs_auto_rel_diff"] = rel_diff(o80, o)
-        except Exception as e:
-            row["nativekv_sm80_error"] = short_error(e)
     qt, kt, vt = (x.transpose(1, 2) for x in (q, k, v))
-    row["peer"] = {}
-    for name, backend in SDPA_BACKENDS.items():
-        result, out = time_sdpa(timer, backend, [(qt, kt, vt)], is_causal=causal)
-        add_rates(row, result, flops=flops)
-        if out is not None and "nativekv_us" in row and "check" not in row:
-            row["check"] = {"vs": f"sdpa_{name}", "rel_diff": rel_diff(o, out.transpose(1, 2))}
-        row["peer"][f"sdpa_{name}"] = result
-        del out
-    if "nativekv_sm80_us" in row:  # the FlashAttention-2 design against FlashAttention-2, call by call
-        head_to_head(timer, row, "sm_80 path", lambda i: run_sm80(), "sdpa_flash", SDPA_BACKENDS["flash"],
-                     [(qt, kt, vt)], is_causal=causal)
-    if sm80_plan is not None:
-        sm80_plan.close()
-        del o80
+    with contextlib.ExitStack() as open_plans:  # the sm_80 plan lives on for the interleaved timing
+        if torch.cuda.get_device_capability() == (9, 0):
+            # The issue asks for the sm_80 (FlashAttention-2 design) path alone as well: on Hopper AUTO runs sm_90a.
+            try:
+                side.check()
+                o80 = torch.empty_like(q)
+                plan80 = open_plans.enter_context(
+                    side.ctx.plan_varlen(h, h, d, cu, cu, causal=causal, kernel=nkv.ATTENTION_KERNEL_SM80))
+                run_sm80 = plan80.bind(*(x.view(b * s, h, d) for x in (q, k, v, o80)))
+                us = timer.median_us(lambda i: run_sm80())
+                row["nativekv_sm80_us"], row["nativekv_sm80_tflops"] = us, flops / us / 1e6
+                if "nativekv_us" in row:
+                    row["sm80_vs_auto_rel_diff"] = rel_diff(o80, o)
+            except Exception as e:
+                row["nativekv_sm80_error"] = short_error(e)
+        row["peer"] = {}
+        for name, backend in SDPA_BACKENDS.items():
+            result, out = time_sdpa(timer, backend, [(qt, kt, vt)], is_causal=causal)
+            add_rates(row, result, flops=flops)
+            if out is not None and "nativekv_us" in row and "check" not in row:
+                row["check"] = {"vs": f"sdpa_{name}", "rel_diff": rel_diff(o, out.transpose(1, 2))}
+            row["peer"][f"sdpa_{name}"] = result
+            del out
+        if "nativekv_sm80_us" in row:  # the FlashAttention-2 design against FlashAttention-2, call by call
+            head_to_head(timer, row, "sm_80 path", lambda i: run_sm80(), "sdpa_flash", SDPA_BACKENDS["flash"],
+                         [(qt, kt, vt)], is_causal=causal)
     del q, k, v, o, qt, kt, vt
     free_memory()
     return row
@@ -368,53 +368,51 @@ def bench_decode(timer: Timer, side: NativeKvSide, copy_tbps: float | None, b: i
         v = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=FP16)
         data.append({"q": q, "k": k, "v": v, "o": torch.empty_like(q),
                      "k_peer": k.transpose(1, 2).contiguous(), "v_peer": v.transpose(1, 2).contiguous()})
-    plan = None
-    try:
-        side.check()
-        # q_len 1: the causal mask hides nothing, so non-causal matches the peers' call exactly
-        plan = side.ctx.plan_decode(hq, hkv, d, 1, [seqlen] * b, causal=False)
-        row["nativekv_splits"] = plan.info()["num_splits"]
-        runs = [plan.bind(s["q"], s["k"], s["v"], s["o"]) for s in data]
-        us = timer.median_us(lambda i: runs[i % sets]())
-        row["nativekv_us"] = us
-        row["nativekv_tbps"] = kv_bytes / us / 1e6
-        if copy_tbps:
-            row["nativekv_fraction_of_copy"] = row["nativekv_tbps"] / copy_tbps
-        try:  # the peers' layout, as a [b, L, Hkv, d] view with token stride d and head stride L*d
-            runs_bhld = [plan.bind(s["q"], s["k_peer"].transpose(1, 2), s["v_peer"].transpose(1, 2), s["o"])
-                         for s in data]
-            row["nativekv_bhld_us"] = timer.median_us(lambda i: runs_bhld[i % sets]())
+    with contextlib.ExitStack() as open_plans:  # the plan lives on for the interleaved timing
+        try:
+            side.check()
+            # q_len 1: the causal mask hides nothing, so non-causal matches the peers' call exactly
+            plan = open_plans.enter_context(side.ctx.plan_decode(hq, hkv, d, 1, [seqlen] * b, causal=False))
+            row["nativekv_splits"] = plan.info()["num_splits"]
+            runs = [plan.bind(s["q"], s["k"], s["v"], s["o"]) for s in data]
+            us = timer.median_us(lambda i: runs[i % sets]())
+            row["nativekv_us"] = us
+            row["nativekv_tbps"] = kv_bytes / us / 1e6
+            if copy_tbps:
+                row["nativekv_fraction_of_copy"] = row["nativekv_tbps"] / copy_tbps
+            try:  # the peers' layout, as a [b, L, Hkv, d] view with token stride d and head stride L*d
+                runs_bhld = [plan.bind(s["q"], s["k_peer"].transpose(1, 2), s["v_peer"].transpose(1, 2), s["o"])
+                             for s in data]
+                row["nativekv_bhld_us"] = timer.median_us(lambda i: runs_bhld[i % sets]())
+            except Exception as e:
+                row["nativekv_bhld_error"] = short_error(e)
+            runs[0]()  # leave set 0's output for the check below
         except Exception as e:
-            row["nativekv_bhld_error"] = short_error(e)
-        runs[0]()  # leave set 0's output for the check below
-    except Exception as e:
-        row["nativekv_error"] = short_error(e)
+            row["nativekv_error"] = short_error(e)
 
-    row["peer"] = {}
-    group = hq // hkv
-    for name, backend in SDPA_BACKENDS.items():
-        inputs = [(s["q"].transpose(1, 2), s["k_peer"], s["v_peer"]) for s in data]
-        result, out = time_sdpa(timer, backend, inputs, enable_gqa=True)
-        if "error" in result:
-            # This backend does not take GQA: repeat the K/V heads beforehand (not timed) and say so.
-            gqa_error = result["error"]
-            inputs = [(qq, kk.repeat_interleave(group, dim=1), vv.repeat_interleave(group, dim=1))
-                      for qq, kk, vv in inputs]
-            result, out = time_sdpa(timer, backend, inputs)
-            result["note"] = (f"enable_gqa failed ({gqa_error}); K/V heads repeated {group}x beforehand, "
-                              f"so it read {group}x the K/V bytes")
-            del inputs
-        add_rates(row, result, kv_bytes=kv_bytes, copy_tbps=copy_tbps)
-        if out is not None and "nativekv_us" in row and "check" not in row:
-            row["check"] = {"vs": f"sdpa_{name}", "rel_diff": rel_diff(data[0]["o"], out.transpose(1, 2))}
-        row["peer"][f"sdpa_{name}"] = result
-        del out
-        free_memory()
-    if "nativekv_us" in row:  # against the fastest PyTorch decode here (cuDNN), call by call
-        head_to_head(timer, row, "decode", lambda i: runs[i % sets](), "sdpa_cudnn", SDPA_BACKENDS["cudnn"],
-                     [(s["q"].transpose(1, 2), s["k_peer"], s["v_peer"]) for s in data], enable_gqa=True)
-    if plan is not None:
-        plan.close()
+        row["peer"] = {}
+        group = hq // hkv
+        for name, backend in SDPA_BACKENDS.items():
+            inputs = [(s["q"].transpose(1, 2), s["k_peer"], s["v_peer"]) for s in data]
+            result, out = time_sdpa(timer, backend, inputs, enable_gqa=True)
+            if "error" in result:
+                # This backend does not take GQA: repeat the K/V heads beforehand (not timed) and say so.
+                gqa_error = result["error"]
+                inputs = [(qq, kk.repeat_interleave(group, dim=1), vv.repeat_interleave(group, dim=1))
+                          for qq, kk, vv in inputs]
+                result, out = time_sdpa(timer, backend, inputs)
+                result["note"] = (f"enable_gqa failed ({gqa_error}); K/V heads repeated {group}x beforehand, "
+                                  f"so it read {group}x the K/V bytes")
+                del inputs
+            add_rates(row, result, kv_bytes=kv_bytes, copy_tbps=copy_tbps)
+            if out is not None and "nativekv_us" in row and "check" not in row:
+                row["check"] = {"vs": f"sdpa_{name}", "rel_diff": rel_diff(data[0]["o"], out.transpose(1, 2))}
+            row["peer"][f"sdpa_{name}"] = result
+            del out
+            free_memory()
+        if "nativekv_us" in row:  # against the fastest PyTorch decode here (cuDNN), call by call
+            head_to_head(timer, row, "decode", lambda i: runs[i % sets](), "sdpa_cudnn", SDPA_BACKENDS["cudnn"],
+                         [(s["q"].transpose(1, 2), s["k_peer"], s["v_peer"]) for s in data], enable_gqa=True)
     del data
     free_memory()
     return row

@@ -69,25 +69,13 @@ class Timer:
 
     def median_us(self, fn: Callable[[int], Any]) -> float:
         """Median GPU time of fn(i) in microseconds; i counts calls, for rotating input sets."""
-        for i in range(self.warmup):
-            fn(i)
-        torch.cuda.synchronize()
-        samples = []
-        for i in range(self.reps):
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            if self.spin is not None:
-                self.spin(SPIN_CYCLES)
-            start.record()
-            fn(self.warmup + i)
-            stop.record()
-            stop.synchronize()
-            samples.append(start.elapsed_time(stop) * 1e3)
-        return statistics.median(samples)
+        return self.interleaved_medians_us([fn])[0]
 
     def interleaved_medians_us(self, fns: list[Callable[[int], Any]]) -> list[float]:
         """Median GPU times of several functions timed call by call in turn (the order rotating every
         repetition), so that a drift of clocks or temperature during the run reaches them all alike; timed one
-        after the other, the later side runs in the state the earlier one left."""
+        after the other, the later side runs in the state the earlier one left. Each call: a GPU spin first
+        (the host enqueues while the GPU is busy), then CUDA events around fn(i) alone."""
         for i in range(self.warmup):
             for fn in fns:
                 fn(i)

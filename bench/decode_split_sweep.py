@@ -30,21 +30,15 @@ def main() -> int:
             hq, hkv, d = 32, 8, 128
             kv_bytes = 2 * b * seqlen * hkv * d * 2
             sets = ab.rotation(kv_bytes)
-            data = []
-            for _ in range(sets):
-                q = torch.randn(b, 1, hq, d, device="cuda", dtype=torch.float16)
-                k = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=torch.float16)
-                v = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=torch.float16)
-                data.append((q, k, v, torch.empty_like(q)))
+            data = ab.decode_inputs(sets, b, seqlen, hq, hkv, d)
             for splits in splits_list:
                 with side.ctx.plan_decode(hq, hkv, d, 1, [seqlen] * b, num_splits=splits) as plan:
                     chosen = plan.info()["num_splits"]
-                    runs = [plan.bind(*s) for s in data]
+                    runs = [plan.bind(s["q"], s["k"], s["v"], s["o"]) for s in data]
                     us = timer.median_us(lambda i: runs[i % sets]())
                 print(f"b{b} L{seqlen} num_splits={splits} (plan: {chosen}): {us:.1f} us, "
                       f"{kv_bytes / us / 1e6:.2f} TB/s", flush=True)
-            inputs = [(q.transpose(1, 2), k.transpose(1, 2).contiguous(), v.transpose(1, 2).contiguous())
-                      for q, k, v, _ in data]
+            inputs = [(s["q"].transpose(1, 2), s["k_peer"], s["v_peer"]) for s in data]
             for name in ("cudnn", "flash"):
                 result, _ = ab.time_sdpa(timer, ab.SDPA_BACKENDS[name], inputs, enable_gqa=True)
                 print(f"b{b} L{seqlen} sdpa_{name}: {result.get('us', result.get('error'))}", flush=True)

@@ -339,6 +339,19 @@ def bench_packed(timer: Timer, side: NativeKvSide, count: int, extra: int, h: in
     return row
 
 
+def decode_inputs(sets: int, b: int, seqlen: int, hq: int, hkv: int, d: int) -> list[dict]:
+    """`sets` random decode input sets (q_len 1, fp16): q, k, v in NativeKv's [b, L, Hkv, d], an output o, and
+    k_peer, v_peer: the same K/V in SDPA's canonical [b, Hkv, L, d], contiguous."""
+    data = []
+    for _ in range(sets):
+        q = torch.randn(b, 1, hq, d, device="cuda", dtype=FP16)
+        k = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=FP16)
+        v = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=FP16)
+        data.append({"q": q, "k": k, "v": v, "o": torch.empty_like(q),
+                     "k_peer": k.transpose(1, 2).contiguous(), "v_peer": v.transpose(1, 2).contiguous()})
+    return data
+
+
 def bench_decode(timer: Timer, side: NativeKvSide, copy_tbps: float | None, b: int, seqlen: int,
                  hq: int = 32, hkv: int = 8, d: int = 128) -> dict:
     kv_bytes = 2 * b * seqlen * hkv * d * 2
@@ -349,13 +362,7 @@ def bench_decode(timer: Timer, side: NativeKvSide, copy_tbps: float | None, b: i
     # NativeKv reads its documented layout [b, L, Hkv, d] (FlashAttention's / vLLM's); the peers get the
     # same values in SDPA's canonical [b, Hkv, L, d], contiguous, so no backend pays for a layout it
     # dislikes. NativeKv is also timed on a strided view of the peers' tensors (nativekv_bhld_us).
-    data = []
-    for _ in range(sets):
-        q = torch.randn(b, 1, hq, d, device="cuda", dtype=FP16)
-        k = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=FP16)
-        v = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=FP16)
-        data.append({"q": q, "k": k, "v": v, "o": torch.empty_like(q),
-                     "k_peer": k.transpose(1, 2).contiguous(), "v_peer": v.transpose(1, 2).contiguous()})
+    data = decode_inputs(sets, b, seqlen, hq, hkv, d)
     with contextlib.ExitStack() as open_plans:  # the plan lives on for the interleaved timing
         try:
             side.check()

@@ -194,7 +194,6 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) 
     }
   }
   plan.splits.clear();
-  plan.first_split.assign(static_cast<size_t>(plan.batch) + 1, 0);
   plan.max_splits = 1;
   for (int32_t sequence = 0; sequence < plan.batch; ++sequence) {
     const int64_t tiles = ceil_div(plan.seqlens_k[sequence], kDecodeKeyTile);
@@ -202,21 +201,19 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) 
     // piece and a short remainder. Every KV head of a sequence gets the same cut.
     const int64_t parts = fixed > 0 ? fixed : std::max<int64_t>(1, ceil_div(plan.seqlens_k[sequence], chunk));
     const int64_t step = std::max<int64_t>(1, ceil_div(tiles, parts));
-    plan.first_split[sequence] = static_cast<int32_t>(plan.splits.size());
-    int64_t tile = 0;
-    int32_t pieces = 0;
-    do {  // a sequence without keys still gets one (empty) piece: it writes O = 0, LSE = -inf
+    // A sequence without keys still gets one (empty) piece: it writes O = 0, LSE = -inf.
+    const int32_t pieces = static_cast<int32_t>(std::max<int64_t>(1, ceil_div(tiles, step)));
+    const int32_t first = static_cast<int32_t>(plan.splits.size());
+    for (int32_t piece = 0; piece < pieces; ++piece) {
+      const int64_t tile = piece * step;
       const int32_t key_end = static_cast<int32_t>(std::min<int64_t>(plan.seqlens_k[sequence], (tile + step) * kDecodeKeyTile));
       for (int32_t kv_head = 0; kv_head < plan.num_heads_kv; ++kv_head) {
-        plan.splits.push_back(
-            {sequence, kv_head, static_cast<int32_t>(tile * kDecodeKeyTile), key_end, plan.seqlens_k[sequence]});
+        plan.splits.push_back({sequence, kv_head, static_cast<int32_t>(tile * kDecodeKeyTile), key_end,
+                               plan.seqlens_k[sequence], pieces, first + kv_head});
       }
-      ++pieces;
-      tile += step;
-    } while (tile < tiles);
+    }
     plan.max_splits = std::max(plan.max_splits, pieces);
   }
-  plan.first_split[plan.batch] = static_cast<int32_t>(plan.splits.size());
 }
 
 // Copies the plan's index arrays (and reserves the decode partials) in one device allocation. On the
@@ -227,7 +224,6 @@ void place_plan(nkv_attention_plan& plan) {
     plan.device_cu_seqlens_q = plan.cu_seqlens_q.data();
     plan.device_cu_seqlens_k = plan.cu_seqlens_k.data();
     plan.device_splits = plan.splits.data();
-    plan.device_first_split = plan.first_split.data();
     return;
   }
   struct Part {
@@ -247,7 +243,6 @@ void place_plan(nkv_attention_plan& plan) {
       {plan.cu_seqlens_q.data(), plan.cu_seqlens_q.size() * sizeof(int32_t), 0},
       {plan.cu_seqlens_k.data(), plan.cu_seqlens_k.size() * sizeof(int32_t), 0},
       {plan.splits.data(), plan.splits.size() * sizeof(DecodeSplit), 0},
-      {plan.first_split.data(), plan.first_split.size() * sizeof(int32_t), 0},
       {zero_counters.data(), zero_counters.size() * sizeof(int32_t), 0},
       {nullptr, partial_rows * plan.head_dim * sizeof(float), 0},
       {nullptr, partial_rows * sizeof(float), 0},
@@ -270,10 +265,9 @@ void place_plan(nkv_attention_plan& plan) {
   plan.device_cu_seqlens_q = reinterpret_cast<const int32_t*>(block + parts[0].offset);
   plan.device_cu_seqlens_k = reinterpret_cast<const int32_t*>(block + parts[1].offset);
   plan.device_splits = reinterpret_cast<const DecodeSplit*>(block + parts[2].offset);
-  plan.device_first_split = reinterpret_cast<const int32_t*>(block + parts[3].offset);
-  plan.merge_counters = reinterpret_cast<int32_t*>(block + parts[4].offset);
-  plan.partial_o = reinterpret_cast<float*>(block + parts[5].offset);
-  plan.partial_lse = reinterpret_cast<float*>(block + parts[6].offset);
+  plan.merge_counters = reinterpret_cast<int32_t*>(block + parts[3].offset);
+  plan.partial_o = reinterpret_cast<float*>(block + parts[4].offset);
+  plan.partial_lse = reinterpret_cast<float*>(block + parts[5].offset);
 }
 
 void release_plan(nkv_attention_plan* plan) noexcept {

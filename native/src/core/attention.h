@@ -21,17 +21,19 @@ struct AttentionMask {
 constexpr int32_t kDecodeRowsPerTile = 16;
 
 // One piece of the keys of one decode (sequence, KV head) pair: [key_begin, key_end), run by one
-// thread block. The plan lists them in (sequence, piece, KV head) order (see first_split); a pair cut
-// into more than one piece leaves one partial result per piece, at the piece's index, and the block
-// that finishes the pair's last piece merges them. The sequence's key count (where its causal diagonal
-// ends) travels with the piece: a block reads this one record, not a second array indexed by it, before
-// it can request its first K/V tile.
-struct DecodeSplit {
+// thread block. The plan lists them in (sequence, piece, KV head) order; a pair cut into more than one
+// piece leaves one partial result per piece, at the piece's index, and the block that finishes the
+// pair's last piece merges them. Everything a block needs about its pair travels in this one record
+// (the sequence's key count, where its causal diagonal ends; the pair's pieces), so a block reads one
+// 32-byte record, not a second array indexed by it, before its first K/V request and before its exit.
+struct alignas(16) DecodeSplit {
   int32_t sequence = 0;
   int32_t kv_head = 0;
   int32_t key_begin = 0;
   int32_t key_end = 0;
   int32_t sequence_keys = 0;
+  int32_t pair_pieces = 0;  // how many pieces this (sequence, KV head) pair has
+  int32_t pair_first = 0;   // the index of its first piece; piece i is at pair_first + i x num_heads_kv
 };
 
 }  // namespace nkv
@@ -50,16 +52,13 @@ struct nkv_attention_plan {
   int64_t total_k = 0;
   int64_t max_seqlen_q = 0;
   int64_t max_seqlen_k = 0;
-  // Host copies: cu_seqlens (varlen), seqlens_k (decode), and the decode pieces: the list and, per
-  // (sequence, KV head) pair (sequence-major), the index of its first piece.
+  // Host copies: cu_seqlens (varlen), seqlens_k (decode), and the decode pieces.
   std::vector<int32_t> cu_seqlens_q;
   std::vector<int32_t> cu_seqlens_k;
   std::vector<int32_t> seqlens_k;
+  // Pieces in (sequence, piece, KV head) order, so the KV heads of one key range are neighbours in the grid.
   std::vector<nkv::DecodeSplit> splits;
-  // Pieces in (sequence, piece, KV head) order, so the KV heads of one key range are neighbours in the
-  // grid: piece i of (sequence s, KV head h) is splits[first_split[s] + i * num_heads_kv + h].
-  std::vector<int32_t> first_split;  // [batch + 1]
-  int32_t max_splits = 1;            // the most pieces of any pair
+  int32_t max_splits = 1;  // the most pieces of any pair
   // Device mirrors (host pointers into the vectors above on the CPU backend), in one allocation, and
   // for decode plans with split pairs: per (pair, row block) the count of pieces finished in the
   // current run (0 between runs), and the partial results partial_o [pieces, q_len x G, head_dim] and
@@ -68,7 +67,6 @@ struct nkv_attention_plan {
   const int32_t* device_cu_seqlens_q = nullptr;
   const int32_t* device_cu_seqlens_k = nullptr;
   const nkv::DecodeSplit* device_splits = nullptr;
-  const int32_t* device_first_split = nullptr;
   int32_t* merge_counters = nullptr;
   float* partial_o = nullptr;
   float* partial_lse = nullptr;

@@ -35,7 +35,6 @@ static_assert(kDeepStages >= 2, "the pipeline keeps one tile in flight while com
 struct DecodeKernelParams {
   DecodeAttentionArgs args;
   const DecodeSplit* splits;
-  const int32_t* first_split;  // [batch + 1]: each sequence's first piece (see nkv_attention_plan)
   int32_t* merge_counters;     // [pair, counter_stride]: pieces finished in this run, per row block
   int counter_stride;
   float* partial_o;    // [piece, q_len x G, head_dim]
@@ -251,11 +250,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   // Stage s holds K at stages + 2s tiles and V right after it.
   const TileLoader<kDecodeBlockN, Tiles::kPitch, kChunks, kDecodeThreads> k_loader(stages, threadIdx.x);
   const TileLoader<kDecodeBlockN, Tiles::kPitch, kChunks, kDecodeThreads> v_loader(stages + kTileElements, threadIdx.x);
+  // Every K/V byte is read once per call. Streamed as the L2's first to evict, they leave it to what blocks
+  // read again: the piece records and Q, each a dependent miss before a block's first K/V request when
+  // they came from HBM (bench/NOTES.md a12: 1% at every decode shape on an H200).
+  const uint64_t stream_policy = l2_evict_first_policy();
   auto load_tile = [&](int tile) {
     const uint32_t stage_bytes = static_cast<uint32_t>((tile % kStages) * 2 * kTileElements * sizeof(T));
     const int n0 = key_begin + tile * kDecodeBlockN;
-    k_loader.load(k_base, args.k_strides.row, n0, key_end, stage_bytes);
-    v_loader.load(v_base, args.v_strides.row, n0, key_end, stage_bytes);
+    k_loader.load<true>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
+    v_loader.load<true>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -389,8 +392,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   }
   __syncthreads();
 
-  const int pieces = (p.first_split[sequence + 1] - p.first_split[sequence]) / p.num_heads_kv;
-  const bool final_output = pieces == 1;
+  const bool final_output = split.pair_pieces == 1;
   // One thread per 4 consecutive output elements of a valid row.
   constexpr int kVectors = kHeadDim / 4;
   const int valid_rows = min(kRows, rows - row0);
@@ -435,7 +437,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   if (!final_output) {
     // The warps' merge area is free once every thread is past the loop above (merge_pieces syncs first).
     static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
-    merge_pieces<T, kHeadDim, kRows>(p, merge_o, sequence, kv_head, p.first_split[sequence] + kv_head, pieces, row0, rows);
+    merge_pieces<T, kHeadDim, kRows>(p, merge_o, sequence, kv_head, split.pair_first, split.pair_pieces, row0, rows);
   }
 }
 
@@ -571,7 +573,6 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
   DecodeKernelParams p{};
   p.args = a;
   p.splits = plan.device_splits;
-  p.first_split = plan.device_first_split;
   p.merge_counters = plan.merge_counters;
   p.counter_stride = decode_merge_counters_per_pair(plan);
   p.partial_o = plan.partial_o;

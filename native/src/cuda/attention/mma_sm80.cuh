@@ -77,6 +77,18 @@ __device__ __forceinline__ void copy_async_16(uint32_t shared, const void* globa
 __device__ __forceinline__ void copy_async_16(void* shared, const void* global, bool valid) {
   copy_async_16(shared_address(shared), global, valid);
 }
+// The same with an L2 eviction policy (createpolicy), for data a kernel reads exactly once.
+__device__ __forceinline__ void copy_async_16(uint32_t shared, const void* global, bool valid, uint64_t policy) {
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(shared), "l"(global),
+               "r"(valid ? 16 : 0), "l"(policy));
+}
+// Lines loaded under this policy are the first the L2 evicts: K/V streamed once per call make room for
+// what other blocks and the next call read again (the plan's piece records, Q).
+__device__ __forceinline__ uint64_t l2_evict_first_policy() {
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
+  return policy;
+}
 // Copies a tile of kRows rows x kPitch elements from global memory (rows `row_stride` elements apart)
 // into a SwizzledTile with kThreads threads. Each thread owns one 16-byte chunk column of the tile and
 // rows first_row + i * kRowsPerPass; everything that does not change from tile to tile (the swizzled
@@ -110,9 +122,10 @@ struct TileLoader {
 
   // Rows [row0, row0 + kRows) of the matrix at `base`; rows at or past `valid_rows` become zeros.
   // `extra_bytes` offsets the destination (another pipeline stage of the same layout).
-  template <typename T>
+  // kWithPolicy: the copies carry `policy` (createpolicy) as their L2 eviction hint.
+  template <bool kWithPolicy = false, typename T>
   __device__ __forceinline__ void load(const T* base, int64_t row_stride, int row0, int valid_rows,
-                                       uint32_t extra_bytes = 0) const {
+                                       uint32_t extra_bytes = 0, uint64_t policy = 0) const {
     const bool data_chunk = chunk < kDataChunks;
     const T* src = base + static_cast<int64_t>(row0 + first_row) * row_stride + chunk * 8;
     const int64_t pass_stride = static_cast<int64_t>(kRowsPerPass) * row_stride;
@@ -121,7 +134,11 @@ struct TileLoader {
       const bool valid = data_chunk && row0 + first_row + i * kRowsPerPass < valid_rows;
       const uint32_t dst = shared[i % kPhases] + extra_bytes +
                            2u * static_cast<uint32_t>((i / kPhases) * kPhases * kRowsPerPass * kPitch);
-      copy_async_16(dst, valid ? src : base, valid);
+      if constexpr (kWithPolicy) {
+        copy_async_16(dst, valid ? src : base, valid, policy);
+      } else {
+        copy_async_16(dst, valid ? src : base, valid);
+      }
       src += pass_stride;
     }
   }

@@ -252,13 +252,16 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   const TileLoader<kDecodeBlockN, Tiles::kPitch, kChunks, kDecodeThreads> v_loader(stages + kTileElements, threadIdx.x);
   // Every K/V byte is read once per call. Streamed as the L2's first to evict, they leave it to what blocks
   // read again: the piece records and Q, each a dependent miss before a block's first K/V request when
-  // they came from HBM (bench/NOTES.md a12: 1% at every decode shape on an H200).
-  const uint64_t stream_policy = l2_evict_first_policy();
+  // they came from HBM (bench/NOTES.md a12: 1% at every decode shape on an H200). Not with two stages:
+  // there ptxas (CUDA 12.4 and 13.0) folds the stage offset into a uniform register and gives the hinted
+  // copies an unset uniform register as their policy, an illegal instruction at run time (NOTES a12).
+  constexpr bool kStreamHint = kStages > 2;
+  const uint64_t stream_policy = kStreamHint ? l2_evict_first_policy() : 0;
   auto load_tile = [&](int tile) {
     const uint32_t stage_bytes = static_cast<uint32_t>((tile % kStages) * 2 * kTileElements * sizeof(T));
     const int n0 = key_begin + tile * kDecodeBlockN;
-    k_loader.load<true>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
-    v_loader.load<true>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);
+    k_loader.load<kStreamHint>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
+    v_loader.load<kStreamHint>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {

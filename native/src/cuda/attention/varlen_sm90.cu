@@ -48,8 +48,11 @@ struct Sm90Tiles {
   static constexpr int kConsumers = kHeadDim == 64 ? 3 : 2;
   static constexpr int kBlockM = 64 * kConsumers;
   static constexpr int kThreads = 128 * (1 + kConsumers);
-  // Registers per thread after setmaxnreg: the producer keeps few, the consumers share the rest of
-  // the 64K (multiples of 8; 24 x 128 + 3 x 160 x 128 and 24 x 128 + 2 x 240 x 128 fit).
+  // Registers per thread after setmaxnreg (multiples of 8): the producer keeps few, the consumers share
+  // the rest of what the block was launched with, at most 65536 / kThreads per thread rounded down to 8
+  // (128 x 512 = 64K for three consumers, 168 x 384 = 63K for two): setmaxnreg.inc would wait forever for
+  // registers the block does not have (bench/NOTES.md s5).
+  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;
   static constexpr int kProducerRegisters = 24;
   static constexpr int kConsumerRegisters = kConsumers == 3 ? 160 : 240;
   static constexpr int kHalves = kHeadDim / 64;
@@ -571,8 +574,9 @@ template <typename T, int kHeadDim>
 void launch(const nkv_attention_plan& plan, const VarlenAttentionArgs& a, const Sm90Params& params) {
   // Maps span exactly the plan's rows, so TMA zero-fills past the last sequence.
   using Tiles = Sm90Tiles<kHeadDim>;
-  static_assert(128 * (Tiles::kProducerRegisters + Tiles::kConsumers * Tiles::kConsumerRegisters) <= 64 * 1024,
-                "the warpgroups' registers after setmaxnreg fit the SM's 64K");
+  static_assert(Tiles::kProducerRegisters + Tiles::kConsumers * Tiles::kConsumerRegisters <=
+                    Tiles::kLaunchRegisters * (1 + Tiles::kConsumers),
+                "the warpgroups' registers after setmaxnreg fit what the block is launched with");
   const CUtensorMap q_map = make_map(a.q, a.dtype, kHeadDim, plan.total_q, plan.num_heads_q, a.q_strides, Tiles::kBlockM);
   const CUtensorMap k_map = make_map(a.k, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.k_strides, kBlockN);
   const CUtensorMap v_map = make_map(a.v, a.dtype, kHeadDim, plan.total_k, plan.num_heads_kv, a.v_strides, kBlockN);

@@ -442,6 +442,96 @@ NKV_API nkv_status nkv_pack_gather_padded(const nkv_pack_plan* plan, const nkv_t
 NKV_API nkv_status nkv_pack_scatter_padded(const nkv_pack_plan* plan, const nkv_tensor* padded, const nkv_tensor* output);
 
 /* ---------------------------------------------------------------------------------------------------
+ * Paged KV cache (vLLM's PagedAttention layout)
+ *
+ * One pool of pages for every layer: per layer a K pool and a V pool [num_pages, page_size, num_heads_kv,
+ * head_dim], contiguous, in the context's memory. A sequence is a list of pages (its row of the block
+ * table) and a length in tokens; token t of a sequence lives in page block_table[sequence][t / page_size]
+ * at offset t % page_size, its slot being page * page_size + offset. Pages are reference-counted: a fork
+ * shares its parent's pages, and a sequence that appends into a shared, partly filled last page gets a
+ * copy of it first (every layer's K and V), so no sequence ever sees another's writes.
+ * Bookkeeping runs on the host; the block table and the lengths have device mirrors that each call
+ * updates on the context's stream before it returns, so kernels queued after it see them.
+ * ------------------------------------------------------------------------------------------------- */
+
+typedef struct nkv_paged_kv_cache nkv_paged_kv_cache;
+
+typedef struct nkv_paged_kv_cache_options {
+  uint32_t struct_size;
+  int32_t dtype;               /* NKV_DTYPE_FLOAT16 or NKV_DTYPE_BFLOAT16 */
+  int32_t num_layers;          /* >= 1 */
+  int32_t num_heads_kv;        /* >= 1 */
+  int32_t head_dim;            /* >= 1, a multiple of 8 (16-byte rows) */
+  int32_t page_size;           /* tokens per page: 1, 8, 16, 32, 64, 128 or 256 */
+  int32_t max_sequences;       /* sequences alive at once: ids 0 .. max_sequences - 1 */
+  int32_t max_sequence_length; /* tokens per sequence; the block table has ceil(this / page_size) columns */
+  int64_t num_pages;           /* pages in the pool; 0: as many as byte_budget holds */
+  uint64_t byte_budget;        /* with num_pages 0: bytes for the pages of all layers, K and V */
+} nkv_paged_kv_cache_options;
+
+/* Allocates the pools (uninitialized) and the device mirrors. Destroy every cache before its context. */
+NKV_API nkv_status nkv_paged_kv_cache_create(nkv_context* context, const nkv_paged_kv_cache_options* options,
+                                             nkv_paged_kv_cache** out_cache);
+/* NULL is accepted and does nothing. Waits for the context's outstanding work first. */
+NKV_API nkv_status nkv_paged_kv_cache_destroy(nkv_paged_kv_cache* cache);
+
+/* A new, empty sequence; NKV_STATUS_OUT_OF_MEMORY when max_sequences are alive. */
+NKV_API nkv_status nkv_paged_kv_cache_add_sequence(nkv_paged_kv_cache* cache, int32_t* out_sequence);
+/* A new sequence with the parent's tokens, sharing its pages (prefix sharing; nothing is copied now). */
+NKV_API nkv_status nkv_paged_kv_cache_fork(nkv_paged_kv_cache* cache, int32_t parent, int32_t* out_sequence);
+/* Shortens a sequence to `length` tokens (0 <= length <= its length), releasing the pages past it
+ * (speculative-decoding rollback). */
+NKV_API nkv_status nkv_paged_kv_cache_truncate(nkv_paged_kv_cache* cache, int32_t sequence, int32_t length);
+/* Releases a sequence and its pages; its id may be handed out again. */
+NKV_API nkv_status nkv_paged_kv_cache_free_sequence(nkv_paged_kv_cache* cache, int32_t sequence);
+
+/* One step: sequences[i] (HOST, distinct, alive) grows by token_counts[i] >= 0 tokens, pages allocated
+ * (and shared last pages copied) as needed. All or nothing: NKV_STATUS_OUT_OF_MEMORY when the pool lacks
+ * the pages, and every argument error, leave every sequence, the pool and the last step as they were.
+ * The step's tokens, in argument order, are what nkv_paged_kv_cache_write stores. */
+NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const int32_t* sequences,
+                                             const int32_t* token_counts, int32_t count);
+/* Stores the last step's K and V of one layer into their slots (vLLM's reshape_and_cache): k and v are
+ * [step tokens, num_heads_kv, head_dim] of the cache's dtype in the context's memory, unit last stride. */
+NKV_API nkv_status nkv_paged_kv_cache_write(nkv_paged_kv_cache* cache, int32_t layer, const nkv_tensor* k,
+                                            const nkv_tensor* v);
+
+typedef enum nkv_paged_kv_view {
+  NKV_PAGED_KV_K_POOL = 0,           /* [num_pages, page_size, num_heads_kv, head_dim] of `layer` */
+  NKV_PAGED_KV_V_POOL = 1,           /* the same for V */
+  NKV_PAGED_KV_BLOCK_TABLE = 2,      /* int32 [max_sequences, ceil(max_sequence_length / page_size)] */
+  NKV_PAGED_KV_SEQUENCE_LENGTHS = 3, /* int32 [max_sequences]: 0 for ids not alive */
+  NKV_PAGED_KV_STEP_SLOTS = 4        /* int32 [last step's tokens]: their slots, in the step's order */
+} nkv_paged_kv_view;
+
+/* A view of the cache's own memory (the context's), valid until the cache is destroyed; its contents
+ * change with the calls above. Block-table entries past a sequence's pages are -1. `layer` is ignored
+ * except for the pools. */
+NKV_API nkv_status nkv_paged_kv_cache_view(const nkv_paged_kv_cache* cache, int32_t which, int32_t layer,
+                                           nkv_tensor* out_view);
+
+typedef struct nkv_paged_kv_cache_info {
+  uint32_t struct_size;
+  int32_t page_size;
+  int32_t max_sequences;
+  int32_t sequences;         /* alive now */
+  int32_t max_pages_per_sequence;
+  int32_t reserved;          /* 0 */
+  int64_t num_pages;
+  int64_t free_pages;
+  int64_t tokens;            /* sum of the alive sequences' lengths */
+  int64_t shared_pages;      /* pages held by more than one sequence */
+  uint64_t bytes_per_page;   /* one page of every layer, K and V */
+  int64_t step_tokens;       /* tokens of the last nkv_paged_kv_cache_append */
+} nkv_paged_kv_cache_info;
+
+NKV_API nkv_status nkv_paged_kv_cache_get_info(const nkv_paged_kv_cache* cache, nkv_paged_kv_cache_info* out_info);
+/* A sequence's length in tokens and its pages (block-table row) into pages[capacity] (HOST); out_page_count
+ * receives how many it has (also when capacity is smaller, then only that many are written). */
+NKV_API nkv_status nkv_paged_kv_cache_sequence(const nkv_paged_kv_cache* cache, int32_t sequence, int32_t* out_length,
+                                               int32_t* pages, int32_t capacity, int32_t* out_page_count);
+
+/* ---------------------------------------------------------------------------------------------------
  * Introspection, for binding generators and the managed conformance test
  * ------------------------------------------------------------------------------------------------- */
 

@@ -76,6 +76,28 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_pack_plan_info, total_tokens),
     NKV_FIELD(nkv_pack_plan_info, padding_tokens),
     NKV_FIELD(nkv_pack_plan_info, unpacked_padding_tokens),
+    NKV_FIELD(nkv_paged_kv_cache_options, struct_size),
+    NKV_FIELD(nkv_paged_kv_cache_options, dtype),
+    NKV_FIELD(nkv_paged_kv_cache_options, num_layers),
+    NKV_FIELD(nkv_paged_kv_cache_options, num_heads_kv),
+    NKV_FIELD(nkv_paged_kv_cache_options, head_dim),
+    NKV_FIELD(nkv_paged_kv_cache_options, page_size),
+    NKV_FIELD(nkv_paged_kv_cache_options, max_sequences),
+    NKV_FIELD(nkv_paged_kv_cache_options, max_sequence_length),
+    NKV_FIELD(nkv_paged_kv_cache_options, num_pages),
+    NKV_FIELD(nkv_paged_kv_cache_options, byte_budget),
+    NKV_FIELD(nkv_paged_kv_cache_info, struct_size),
+    NKV_FIELD(nkv_paged_kv_cache_info, page_size),
+    NKV_FIELD(nkv_paged_kv_cache_info, max_sequences),
+    NKV_FIELD(nkv_paged_kv_cache_info, sequences),
+    NKV_FIELD(nkv_paged_kv_cache_info, max_pages_per_sequence),
+    NKV_FIELD(nkv_paged_kv_cache_info, reserved),
+    NKV_FIELD(nkv_paged_kv_cache_info, num_pages),
+    NKV_FIELD(nkv_paged_kv_cache_info, free_pages),
+    NKV_FIELD(nkv_paged_kv_cache_info, tokens),
+    NKV_FIELD(nkv_paged_kv_cache_info, shared_pages),
+    NKV_FIELD(nkv_paged_kv_cache_info, bytes_per_page),
+    NKV_FIELD(nkv_paged_kv_cache_info, step_tokens),
 };
 #undef NKV_FIELD
 
@@ -91,6 +113,8 @@ constexpr StructInfo kStructs[] = {
     {"nkv_attention_options", sizeof(nkv_attention_options)},
     {"nkv_attention_plan_info", sizeof(nkv_attention_plan_info)},
     {"nkv_pack_plan_info", sizeof(nkv_pack_plan_info)},
+    {"nkv_paged_kv_cache_options", sizeof(nkv_paged_kv_cache_options)},
+    {"nkv_paged_kv_cache_info", sizeof(nkv_paged_kv_cache_info)},
 };
 
 struct EnumInfo {
@@ -111,6 +135,8 @@ constexpr EnumInfo kEnums[] = {
     NKV_ENUM(NKV_PACK_POSITION_IDS),   NKV_ENUM(NKV_PACK_GATHER_INDEX),       NKV_ENUM(NKV_PACK_SCATTER_INDEX),
     NKV_ENUM(NKV_PACK_PROMPT_ORDER),   NKV_ENUM(NKV_PACK_ROW_STARTS),         NKV_ENUM(NKV_ATTENTION_KERNEL_AUTO),
     NKV_ENUM(NKV_ATTENTION_KERNEL_SM80), NKV_ENUM(NKV_ATTENTION_KERNEL_SM90),
+    NKV_ENUM(NKV_PAGED_KV_K_POOL),     NKV_ENUM(NKV_PAGED_KV_V_POOL),         NKV_ENUM(NKV_PAGED_KV_BLOCK_TABLE),
+    NKV_ENUM(NKV_PAGED_KV_SEQUENCE_LENGTHS), NKV_ENUM(NKV_PAGED_KV_STEP_SLOTS),
 };
 #undef NKV_ENUM
 
@@ -157,6 +183,17 @@ constexpr const char* kExportedFunctions[] = {
     "nkv_pack_scatter",
     "nkv_pack_gather_padded",
     "nkv_pack_scatter_padded",
+    "nkv_paged_kv_cache_create",
+    "nkv_paged_kv_cache_destroy",
+    "nkv_paged_kv_cache_add_sequence",
+    "nkv_paged_kv_cache_fork",
+    "nkv_paged_kv_cache_truncate",
+    "nkv_paged_kv_cache_free_sequence",
+    "nkv_paged_kv_cache_append",
+    "nkv_paged_kv_cache_write",
+    "nkv_paged_kv_cache_view",
+    "nkv_paged_kv_cache_get_info",
+    "nkv_paged_kv_cache_sequence",
     "nkv_struct_size",
     "nkv_struct_field_offset",
     "nkv_enum_value",

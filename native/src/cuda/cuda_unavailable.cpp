@@ -2,6 +2,7 @@
 #include "core/attention.h"
 #include "core/backends.h"
 #include "core/error.h"
+#include "core/kvcache.h"
 #include "core/pack.h"
 #include "core/quant.h"
 
@@ -33,5 +34,6 @@ int64_t decode_block_slots(const nkv_attention_plan&) { unavailable(); }
 void attention_varlen(const nkv_attention_plan&, const VarlenAttentionArgs&) { unavailable(); }
 void attention_decode(const nkv_attention_plan&, const DecodeAttentionArgs&) { unavailable(); }
 void gather_rows(const GatherRowsArgs&, const nkv_context&) { unavailable(); }
+void paged_kv_write(const PagedKvWriteArgs&, const nkv_context&) { unavailable(); }
 
 }  // namespace nkv::cuda

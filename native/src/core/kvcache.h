@@ -1,0 +1,66 @@
+// The paged KV cache behind nkv_paged_kv_cache: host bookkeeping (pages, reference counts, sequences)
+// and the memory the kernels see (pools, block-table and length mirrors, the last step's slots).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/handles.h"
+#include "nativekv/nativekv.h"
+
+struct nkv_paged_kv_cache {
+  nkv_context* context = nullptr;
+  nkv_dtype dtype = NKV_DTYPE_FLOAT16;
+  int32_t num_layers = 0;
+  int32_t num_heads_kv = 0;
+  int32_t head_dim = 0;
+  int32_t page_size = 0;
+  int32_t max_sequences = 0;
+  int32_t max_sequence_length = 0;
+  int32_t pages_per_sequence = 0;  // block-table columns
+  int64_t num_pages = 0;
+  uint64_t pool_page_bytes = 0;  // one page of one pool (one layer's K or V)
+
+  // Context memory: pools [layer][K, V][page][token in page][head][d], then the mirrors.
+  void* pools = nullptr;
+  int32_t* device_block_table = nullptr;  // [max_sequences][pages_per_sequence], -1 past a sequence's pages
+  int32_t* device_lengths = nullptr;      // [max_sequences]
+  int32_t* device_step_slots = nullptr;   // [step_capacity]
+  int64_t step_capacity = 0;
+
+  // Host bookkeeping.
+  std::vector<int32_t> block_table;     // as device_block_table
+  std::vector<int32_t> lengths;         // tokens per sequence id
+  std::vector<uint8_t> alive;           // per sequence id
+  std::vector<int32_t> free_ids;        // sequence ids to hand out, the lowest last
+  std::vector<int32_t> free_pages;      // a stack
+  std::vector<int32_t> page_references; // sequences holding each page
+  std::vector<int32_t> step_slots;      // the last append's slots
+};
+
+namespace nkv {
+
+// Stores `tokens` rows of K and V ([token][head][d], rows `*_row_stride` elements apart, heads
+// `*_head_stride` apart) into the slots `slots` of one layer's pools.
+struct PagedKvWriteArgs {
+  nkv_dtype dtype;
+  const void* k;
+  const void* v;
+  int64_t k_row_stride, k_head_stride, v_row_stride, v_head_stride;
+  void* k_pool;
+  void* v_pool;
+  const int32_t* slots;
+  int64_t tokens;
+  int32_t num_heads_kv;
+  int32_t head_dim;
+};
+
+namespace cpu {
+void paged_kv_write(const PagedKvWriteArgs& args);
+}  // namespace cpu
+
+namespace cuda {
+void paged_kv_write(const PagedKvWriteArgs& args, const nkv_context& context);
+}  // namespace cuda
+
+}  // namespace nkv

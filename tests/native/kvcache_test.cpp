@@ -55,7 +55,7 @@ struct Model {
 // Appends `counts` tokens to `sequences` as one step and writes random K/V for every layer, on the CPU
 // backend (host pointers), mirroring them in the model.
 nkv_status append_step(nkv_paged_kv_cache* cache, Model& model, const std::vector<int32_t>& sequences,
-                       const std::vector<int32_t>& counts) {
+                       const std::vector<int32_t>& counts, nkv_context* cuda = nullptr) {
   const nkv_status status =
       nkv_paged_kv_cache_append(cache, sequences.data(), counts.data(), static_cast<int32_t>(sequences.size()));
   if (status != NKV_STATUS_SUCCESS) return status;
@@ -65,8 +65,18 @@ nkv_status append_step(nkv_paged_kv_cache* cache, Model& model, const std::vecto
     std::vector<uint16_t> k(static_cast<size_t>(tokens) * model.row()), v(k.size());
     for (auto& x : k) x = static_cast<uint16_t>(rng()());
     for (auto& x : v) x = static_cast<uint16_t>(rng()());
-    const nkv_tensor kt = view(k.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {tokens, model.heads, model.head_dim});
-    const nkv_tensor vt = view(v.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {tokens, model.heads, model.head_dim});
+    nkv_tensor kt = view(k.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {tokens, model.heads, model.head_dim});
+    nkv_tensor vt = view(v.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {tokens, model.heads, model.head_dim});
+    std::unique_ptr<Memory> kd, vd;
+    if (cuda != nullptr && tokens > 0) {  // the same rows from device memory
+      kd = std::make_unique<Memory>(cuda, k.size() * 2);
+      vd = std::make_unique<Memory>(cuda, v.size() * 2);
+      kd->upload(k);
+      vd->upload(v);
+      kt.data = kd->data();
+      vt.data = vd->data();
+      kt.device = vt.device = NKV_DEVICE_CUDA;
+    }
     const nkv_status written = nkv_paged_kv_cache_write(cache, layer, &kt, &vt);
     if (written != NKV_STATUS_SUCCESS) return written;
     size_t offset = 0;
@@ -84,8 +94,25 @@ nkv_status append_step(nkv_paged_kv_cache* cache, Model& model, const std::vecto
   return NKV_STATUS_SUCCESS;
 }
 
+// A copy on the host of a pool or table view of a CUDA cache: an identity gather (one prompt of all its
+// rows) through the public API, into a buffer of the test's own.
+std::vector<uint8_t> download_view(nkv_context* context, const nkv_tensor& t) {
+  const int64_t rows = t.shape[0] * (t.ndim == 4 ? t.shape[1] : 1);
+  const int64_t width = t.ndim == 4 ? t.shape[2] * t.shape[3] : (t.ndim == 2 ? t.shape[1] : 1);
+  const size_t bytes = static_cast<size_t>(rows * width) * nkv_dtype_size(t.dtype);
+  nkv_pack_plan* plan = nullptr;
+  const int32_t length = static_cast<int32_t>(rows);
+  EXPECT_EQ(nkv_pack_plan_create(context, &length, 1, 0, &plan), NKV_STATUS_SUCCESS) << nkv_last_error();
+  Memory out(context, bytes);
+  const nkv_tensor in = view(t.data, static_cast<nkv_dtype>(t.dtype), NKV_DEVICE_CUDA, {rows, width});
+  const nkv_tensor copy = view(out.data(), static_cast<nkv_dtype>(t.dtype), NKV_DEVICE_CUDA, {rows, width});
+  EXPECT_EQ(nkv_pack_gather(plan, &in, &copy), NKV_STATUS_SUCCESS) << nkv_last_error();
+  nkv_pack_plan_destroy(plan);
+  return out.download<uint8_t>(bytes);
+}
+
 // Every alive sequence of the model reads back, through the block table, exactly what the model holds.
-void expect_contents(nkv_paged_kv_cache* cache, const Model& model) {
+void expect_contents(nkv_paged_kv_cache* cache, const Model& model, nkv_context* cuda = nullptr) {
   const nkv_paged_kv_cache_info info = info_of(cache);
   for (const auto& [sequence, layers] : model.k) {
     int32_t length = 0, page_count = 0;
@@ -97,6 +124,13 @@ void expect_contents(nkv_paged_kv_cache* cache, const Model& model) {
       nkv_tensor kp{}, vp{};
       ASSERT_EQ(nkv_paged_kv_cache_view(cache, NKV_PAGED_KV_K_POOL, layer, &kp), NKV_STATUS_SUCCESS) << nkv_last_error();
       ASSERT_EQ(nkv_paged_kv_cache_view(cache, NKV_PAGED_KV_V_POOL, layer, &vp), NKV_STATUS_SUCCESS) << nkv_last_error();
+      std::vector<uint8_t> k_host, v_host;
+      if (cuda != nullptr) {
+        k_host = download_view(cuda, kp);
+        v_host = download_view(cuda, vp);
+        kp.data = k_host.data();
+        vp.data = v_host.data();
+      }
       for (int32_t t = 0; t < length; ++t) {
         const int64_t slot = static_cast<int64_t>(pages[t / info.page_size]) * info.page_size + t % info.page_size;
         const uint16_t* k = static_cast<const uint16_t*>(kp.data) + slot * static_cast<int64_t>(model.row());
@@ -290,4 +324,49 @@ TEST(PagedKvCache, BlockTableAndLengthViewsFollowTheSequences) {
   EXPECT_EQ(t[b * 125 + 1], -1);
   for (int32_t i = 0; i < 9; ++i) EXPECT_EQ(sl[i], t[a * 125 + i / 8] * 8 + i % 8) << i;
   for (int32_t i = 0; i < 3; ++i) EXPECT_EQ(sl[9 + i], t[b * 125] * 8 + i) << i;
+}
+
+TEST(PagedKvCacheCuda, MatchesTheModelAndItsDeviceTablesMatchTheHost) {
+  NKV_REQUIRE_CUDA();
+  auto context = make_context(NKV_BACKEND_CUDA);
+  for (int32_t page_size : {1, 16, 64}) {
+    SCOPED_TRACE("page_size " + std::to_string(page_size));
+    auto cache = make_cache(context.get(), options(page_size, 400, 3, 4, 64));
+    Model model{3, 4, 64, {}, {}};
+    int32_t a = -1, b = -1, c = -1;
+    NKV_ASSERT_OK(nkv_paged_kv_cache_add_sequence(cache.get(), &a));
+    NKV_ASSERT_OK(nkv_paged_kv_cache_add_sequence(cache.get(), &b));
+    ASSERT_EQ(append_step(cache.get(), model, {a, b}, {70, 33}, context.get()), NKV_STATUS_SUCCESS) << nkv_last_error();
+    NKV_ASSERT_OK(nkv_paged_kv_cache_fork(cache.get(), b, &c));
+    model.k[c] = model.k[b];
+    model.v[c] = model.v[b];
+    for (int step = 0; step < 5; ++step) {
+      ASSERT_EQ(append_step(cache.get(), model, {c, a, b}, {1, 2, 3}, context.get()), NKV_STATUS_SUCCESS) << nkv_last_error();
+    }
+    NKV_ASSERT_OK(nkv_paged_kv_cache_truncate(cache.get(), a, 50));
+    for (int32_t layer = 0; layer < 3; ++layer) {
+      model.k[a][layer].resize(50 * model.row());
+      model.v[a][layer].resize(50 * model.row());
+    }
+    ASSERT_EQ(append_step(cache.get(), model, {a}, {7}, context.get()), NKV_STATUS_SUCCESS) << nkv_last_error();
+    expect_contents(cache.get(), model, context.get());
+    // The device mirrors hold what the host bookkeeping says.
+    const nkv_paged_kv_cache_info info = info_of(cache.get());
+    nkv_tensor table{}, lengths{};
+    NKV_ASSERT_OK(nkv_paged_kv_cache_view(cache.get(), NKV_PAGED_KV_BLOCK_TABLE, 0, &table));
+    NKV_ASSERT_OK(nkv_paged_kv_cache_view(cache.get(), NKV_PAGED_KV_SEQUENCE_LENGTHS, 0, &lengths));
+    const std::vector<uint8_t> table_bytes = download_view(context.get(), table);
+    const std::vector<uint8_t> length_bytes = download_view(context.get(), lengths);
+    const int32_t* device_table = reinterpret_cast<const int32_t*>(table_bytes.data());
+    const int32_t* device_lengths = reinterpret_cast<const int32_t*>(length_bytes.data());
+    for (int32_t s : {a, b, c}) {
+      int32_t length = 0, page_count = 0;
+      std::vector<int32_t> pages(static_cast<size_t>(info.max_pages_per_sequence));
+      NKV_ASSERT_OK(nkv_paged_kv_cache_sequence(cache.get(), s, &length, pages.data(), info.max_pages_per_sequence, &page_count));
+      EXPECT_EQ(device_lengths[s], length) << "sequence " << s;
+      for (int32_t i = 0; i < info.max_pages_per_sequence; ++i) {
+        EXPECT_EQ(device_table[s * info.max_pages_per_sequence + i], i < page_count ? pages[i] : -1) << "sequence " << s << " page " << i;
+      }
+    }
+  }
 }

@@ -89,3 +89,14 @@ public sealed class PackPlanHandle : ContextChildHandle
 
     private protected override bool Destroy(nint plan) => NativeMethods.nkv_pack_plan_destroy(plan) == NkvStatus.Success;
 }
+
+/// <summary>An <c>nkv_paged_kv_cache*</c>; destroyed (after the context's outstanding work) before its context.</summary>
+public sealed class PagedKvCacheHandle : ContextChildHandle
+{
+    internal PagedKvCacheHandle(nint cache, ContextHandle context)
+        : base(cache, context)
+    {
+    }
+
+    private protected override bool Destroy(nint cache) => NativeMethods.nkv_paged_kv_cache_destroy(cache) == NkvStatus.Success;
+}

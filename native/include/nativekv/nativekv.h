@@ -492,7 +492,8 @@ NKV_API nkv_status nkv_paged_kv_cache_free_sequence(nkv_paged_kv_cache* cache, i
 NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const int32_t* sequences,
                                              const int32_t* token_counts, int32_t count);
 /* Stores the last step's K and V of one layer into their slots (vLLM's reshape_and_cache): k and v are
- * [step tokens, num_heads_kv, head_dim] of the cache's dtype in the context's memory, unit last stride. */
+ * [step tokens, num_heads_kv, head_dim] of the cache's dtype in the context's memory, unit last stride; on
+ * CUDA their data and strides 16-byte aligned. */
 NKV_API nkv_status nkv_paged_kv_cache_write(nkv_paged_kv_cache* cache, int32_t layer, const nkv_tensor* k,
                                             const nkv_tensor* v);
 

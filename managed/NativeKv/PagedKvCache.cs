@@ -126,7 +126,11 @@ public sealed unsafe class PagedKvCache : IDisposable, IDeviceMemoryOwner
         return sequence;
     }
 
-    /// <summary>Shortens a sequence to <paramref name="length"/> tokens, releasing the pages past it (speculative-decoding rollback).</summary>
+    /// <summary>
+    /// Shortens a sequence to <paramref name="length"/> tokens, releasing the pages past it (speculative-decoding rollback).
+    /// If a released page holds tokens of the last <see cref="Append"/>, that step is forgotten (<see cref="Write(int, TensorView, TensorView)"/>
+    /// then expects 0 tokens); the same holds for <see cref="Free"/>.
+    /// </summary>
     /// <exception cref="NativeKvInvalidArgumentException">The sequence is not alive, or the length is negative or beyond its length.</exception>
     public void Truncate(int sequence, int length) =>
         NativeStatus.Check(NativeMethods.nkv_paged_kv_cache_truncate(LiveHandle, sequence, length));

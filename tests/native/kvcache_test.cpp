@@ -297,6 +297,35 @@ TEST(PagedKvCache, BadArgumentsAreRejectedWithoutChanges) {
   EXPECT_EQ(nkv_paged_kv_cache_destroy(nullptr), NKV_STATUS_SUCCESS);
 }
 
+TEST(PagedKvCache, FreeingASequenceOfTheStepForgetsTheStep) {
+  auto context = make_context(NKV_BACKEND_CPU);
+  auto cache = make_cache(context.get(), options(8, 16));
+  Model model{2, 2, 16, {}, {}};
+  int32_t a = -1, b = -1, c = -1;
+  NKV_ASSERT_OK(nkv_paged_kv_cache_add_sequence(cache.get(), &a));
+  NKV_ASSERT_OK(nkv_paged_kv_cache_add_sequence(cache.get(), &b));
+  NKV_ASSERT_OK(nkv_paged_kv_cache_add_sequence(cache.get(), &c));
+  ASSERT_EQ(append_step(cache.get(), model, {a}, {8}), NKV_STATUS_SUCCESS);
+  const int32_t one = 1;
+  NKV_ASSERT_OK(nkv_paged_kv_cache_append(cache.get(), &b, &one, 1));
+  // Freeing a sequence outside the step keeps the step; freeing the step's own sequence forgets it, and the
+  // page it held, handed to c, cannot be written through the old step.
+  NKV_ASSERT_OK(nkv_paged_kv_cache_free_sequence(cache.get(), a));
+  EXPECT_EQ(info_of(cache.get()).step_tokens, 1);
+  NKV_ASSERT_OK(nkv_paged_kv_cache_free_sequence(cache.get(), b));
+  EXPECT_EQ(info_of(cache.get()).step_tokens, 0);
+  model.k.erase(a);
+  model.v.erase(a);
+  ASSERT_EQ(append_step(cache.get(), model, {c}, {3}), NKV_STATUS_SUCCESS);
+  NKV_ASSERT_OK(nkv_paged_kv_cache_truncate(cache.get(), c, 1));  // the page stays: the step stays
+  EXPECT_EQ(info_of(cache.get()).step_tokens, 3);
+  NKV_ASSERT_OK(nkv_paged_kv_cache_truncate(cache.get(), c, 0));
+  EXPECT_EQ(info_of(cache.get()).step_tokens, 0);
+  std::vector<uint16_t> rows(2 * 16);
+  const nkv_tensor stale = view(rows.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, 2, 16});
+  NKV_EXPECT_STATUS(nkv_paged_kv_cache_write(cache.get(), 0, &stale, &stale), NKV_STATUS_INVALID_ARGUMENT, "shape");
+}
+
 TEST(PagedKvCache, BlockTableAndLengthViewsFollowTheSequences) {
   auto context = make_context(NKV_BACKEND_CPU);
   auto cache = make_cache(context.get(), options(8, 16));

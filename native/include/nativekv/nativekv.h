@@ -480,7 +480,8 @@ NKV_API nkv_status nkv_paged_kv_cache_add_sequence(nkv_paged_kv_cache* cache, in
 /* A new sequence with the parent's tokens, sharing its pages (prefix sharing; nothing is copied now). */
 NKV_API nkv_status nkv_paged_kv_cache_fork(nkv_paged_kv_cache* cache, int32_t parent, int32_t* out_sequence);
 /* Shortens a sequence to `length` tokens (0 <= length <= its length), releasing the pages past it
- * (speculative-decoding rollback). */
+ * (speculative-decoding rollback). Truncating or freeing a sequence whose released pages hold tokens of the
+ * last step forgets that step (its step tokens become 0). */
 NKV_API nkv_status nkv_paged_kv_cache_truncate(nkv_paged_kv_cache* cache, int32_t sequence, int32_t length);
 /* Releases a sequence and its pages; its id may be handed out again. */
 NKV_API nkv_status nkv_paged_kv_cache_free_sequence(nkv_paged_kv_cache* cache, int32_t sequence);

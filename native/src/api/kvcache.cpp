@@ -99,6 +99,17 @@ void release_pages(nkv_paged_kv_cache& cache, int32_t sequence, int64_t keep) {
   }
 }
 
+// After pages were released: a step whose slots lie in a page no sequence holds any more is forgotten, so
+// that a late nkv_paged_kv_cache_write cannot scribble over a page handed to another sequence.
+void forget_stale_step(nkv_paged_kv_cache& cache) {
+  for (int32_t slot : cache.step_slots) {
+    if (cache.page_references[slot / cache.page_size] == 0) {
+      cache.step_slots.clear();
+      return;
+    }
+  }
+}
+
 uint8_t* page_of(const nkv_paged_kv_cache& cache, int32_t layer, int32_t pool, int32_t page) {
   const uint64_t pool_bytes = static_cast<uint64_t>(cache.num_pages) * cache.pool_page_bytes;
   return static_cast<uint8_t*>(cache.pools) + (static_cast<uint64_t>(layer) * 2 + pool) * pool_bytes +
@@ -235,6 +246,7 @@ NKV_API nkv_status nkv_paged_kv_cache_truncate(nkv_paged_kv_cache* cache, int32_
                     std::to_string(sequence) + "'s length), got " + std::to_string(length));
     }
     release_pages(k, sequence, pages_for(k, length));
+    forget_stale_step(k);
     k.lengths[sequence] = length;
     publish_sequence(k, sequence);
   });
@@ -245,6 +257,7 @@ NKV_API nkv_status nkv_paged_kv_cache_free_sequence(nkv_paged_kv_cache* cache, i
     nkv_paged_kv_cache& k = check_cache(cache);
     check_alive(k, sequence, "sequence");
     release_pages(k, sequence, 0);
+    forget_stale_step(k);
     k.lengths[sequence] = 0;
     k.alive[sequence] = 0;
     k.free_ids.push_back(sequence);

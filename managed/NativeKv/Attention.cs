@@ -138,6 +138,48 @@ public static unsafe class Attention
         RunViews(plan, q, kPointers, vPointers, o, lse, ViewOp.DecodeKvPointers, tokenStride, headStride, nameof(kPointers),
             nameof(vPointers));
 
+    /// <summary>
+    /// Runs a decode plan over a paged KV cache (vLLM's layout: pools of pages and a block table, a
+    /// <see cref="PagedKvCache"/>'s or an engine's own); asynchronous on the plan's context's stream. The result equals
+    /// <see cref="Decode(AttentionPlan, TensorView, TensorView, TensorView, TensorView, TensorView?)"/> on the same keys laid out contiguously.
+    /// </summary>
+    /// <param name="plan">A plan from <see cref="PlanDecode"/>.</param>
+    /// <param name="q">[batch, qLen, numHeadsQ, headDim] float16/bfloat16, unit last stride.</param>
+    /// <param name="kPool">[numPages, pageSize, numHeadsKv, headDim] of q's dtype, contiguous; pageSize a power of two &lt;= 256.</param>
+    /// <param name="vPool">Shaped like <paramref name="kPool"/>.</param>
+    /// <param name="blockTable">int32 [rows &gt;= batch, columns], unit last stride: row b lists sequence b's pages in token order,
+    /// at least ceil(seqlensK[b] / pageSize) of them.</param>
+    /// <param name="o">[batch, qLen, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[batch, numHeadsQ, qLen] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <remarks>The library cannot check the page ids in the table: each must name a page of the pools.</remarks>
+    /// <exception cref="ObjectDisposedException">The plan, or the memory behind a view, was disposed.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor is malformed, the table too narrow, or the plan is a varlen plan.</exception>
+    public static void DecodePaged(AttentionPlan plan, TensorView q, TensorView kPool, TensorView vPool, TensorView blockTable,
+        TensorView o, TensorView? lse = null)
+    {
+        ArgumentNullException.ThrowIfNull(blockTable);
+        RunViews(plan, q, kPool, vPool, o, lse, ViewOp.DecodePaged, kName: nameof(kPool), vName: nameof(vPool), blockTable: blockTable);
+    }
+
+    /// <summary>
+    /// Runs a decode plan over one layer of a <see cref="PagedKvCache"/>, batch entry b being sequence id b (the plan's
+    /// seqlensK[b] at most that sequence's length); asynchronous on the plan's context's stream.
+    /// </summary>
+    /// <param name="plan">A plan from <see cref="PlanDecode"/> on the cache's context.</param>
+    /// <param name="q">[batch, qLen, numHeadsQ, headDim] of the cache's dtype, unit last stride.</param>
+    /// <param name="cache">The cache; batch &lt;= its MaxSequences.</param>
+    /// <param name="layer">The layer whose pools are read.</param>
+    /// <param name="o">[batch, qLen, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[batch, numHeadsQ, qLen] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <exception cref="ObjectDisposedException">The plan or the cache was disposed.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor or the layer is malformed, or the plan does not fit the cache.</exception>
+    public static void Decode(AttentionPlan plan, TensorView q, PagedKvCache cache, int layer, TensorView o, TensorView? lse = null)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        DecodePaged(plan, q, cache.View(PagedKvView.KPool, layer), cache.View(PagedKvView.VPool, layer), cache.View(PagedKvView.BlockTable),
+            o, lse);
+    }
+
     /// <summary>Runs a varlen plan of a CPU-backend context on contiguous float16 host data; synchronous.</summary>
     /// <param name="plan">A plan from <see cref="PlanVarlen"/> on a <see cref="Backend.Cpu"/> context.</param>
     /// <param name="q">[rowsQ, numHeadsQ, headDim] row-major.</param>
@@ -193,11 +235,13 @@ public static unsafe class Attention
         Varlen,
         Decode,
         DecodeKvPointers,
+        DecodePaged,
     }
 
-    // The one native call behind every TensorView overload; for DecodeKvPointers, k and v are the pointer tables.
+    // The one native call behind every TensorView overload; for DecodeKvPointers, k and v are the pointer tables, for
+    // DecodePaged the pools (with the block table).
     private static void RunViews(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse,
-        ViewOp op, long tokenStride = 0, long headStride = 0, string kName = "k", string vName = "v")
+        ViewOp op, long tokenStride = 0, long headStride = 0, string kName = "k", string vName = "v", TensorView? blockTable = null)
     {
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(q);
@@ -210,15 +254,18 @@ public static unsafe class Attention
         v.RequireContext(plan.Context, vName);
         o.RequireContext(plan.Context, nameof(o));
         lse?.RequireContext(plan.Context, nameof(lse));
+        blockTable?.RequireContext(plan.Context, nameof(blockTable));
         using MemoryLease leaseQ = q.Lease(), leaseK = k.Lease(), leaseV = v.Lease(), leaseO = o.Lease(),
-            leaseLse = lse?.Lease() ?? default;
+            leaseLse = lse?.Lease() ?? default, leaseTable = blockTable?.Lease() ?? default;
         NkvTensor nativeQ = q.ToNative(), nativeK = k.ToNative(), nativeV = v.ToNative(), nativeO = o.ToNative();
-        NkvTensor nativeLse = lse?.ToNative() ?? default;
+        NkvTensor nativeLse = lse?.ToNative() ?? default, nativeTable = blockTable?.ToNative() ?? default;
         NkvTensor* lsePointer = lse is null ? null : &nativeLse;
         NativeStatus.Check(op switch
         {
             ViewOp.Varlen => NativeMethods.nkv_attention_varlen(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer),
             ViewOp.Decode => NativeMethods.nkv_attention_decode(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer),
+            ViewOp.DecodePaged => NativeMethods.nkv_attention_decode_paged(handle, &nativeQ, &nativeK, &nativeV, &nativeTable, &nativeO,
+                lsePointer),
             _ => NativeMethods.nkv_attention_decode_kv_pointers(handle, &nativeQ, &nativeK, &nativeV, tokenStride, headStride,
                 &nativeO, lsePointer),
         });
@@ -227,6 +274,7 @@ public static unsafe class Attention
         GC.KeepAlive(v);
         GC.KeepAlive(o);
         GC.KeepAlive(lse);
+        GC.KeepAlive(blockTable);
     }
 
     private static void RunVarlenHost<T>(AttentionPlan plan, ReadOnlySpan<T> q, ReadOnlySpan<T> k, ReadOnlySpan<T> v, Span<T> o,

@@ -132,4 +132,37 @@ public sealed unsafe class PagedKvCacheTests
         cache.Append([beam], [1]);
         Assert.Equal((3, 1), (cache.Statistics.PagesUsed, cache.Statistics.SharedPages));
     }
+
+    [Fact]
+    public void Decode_over_the_cache_equals_decode_over_contiguous_keys()
+    {
+        using var context = Context.Cpu();
+        const int hq = 4, hkv = 2, d = 64, capacity = 40;
+        int[] lengths = [5, 40, 17];
+        int batch = lengths.Length, row = hkv * d;
+        using var cache = new PagedKvCache(context, new PagedKvCacheOptions(DType.Float16, 1, hkv, d, PageSize: 8, MaxSequences: batch,
+            MaxSequenceLength: capacity, NumPages: 32));
+        Random random = TestSupport.NewRandom(out int seed);
+        Half[] k = TestSupport.ToHalves(TestSupport.RandomFloats(random, batch * capacity * row));
+        Half[] v = TestSupport.ToHalves(TestSupport.RandomFloats(random, batch * capacity * row));
+        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, batch * hq * d));
+        for (int b = 0; b < batch; b++)
+        {
+            Assert.Equal(b, cache.AddSequence());
+            cache.Append([b], [lengths[b]]);
+            cache.Write<Half>(0, k.AsSpan(b * capacity * row, lengths[b] * row), v.AsSpan(b * capacity * row, lengths[b] * row));
+        }
+        using AttentionPlan plan = Attention.PlanDecode(context, hq, hkv, d, qLen: 1, lengths);
+        var expected = new Half[q.Length];
+        Attention.Decode(plan, q, k, v, expected);
+        var actual = new Half[q.Length];
+        fixed (Half* pq = q)
+        fixed (Half* po = actual)
+        {
+            TensorView qView = TensorView.FromPointer((nint)pq, DType.Float16, DeviceType.Host, [batch, 1, hq, d]);
+            TensorView oView = TensorView.FromPointer((nint)po, DType.Float16, DeviceType.Host, [batch, 1, hq, d]);
+            Attention.Decode(plan, qView, cache, 0, oView);
+        }
+        Assert.True(expected.AsSpan().SequenceEqual(actual), $"seed {seed}");
+    }
 }

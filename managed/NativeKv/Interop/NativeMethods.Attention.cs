@@ -70,4 +70,9 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(LibraryName)]
     internal static partial NkvStatus nkv_attention_decode_kv_pointers(AttentionPlanHandle plan, NkvTensor* q, NkvTensor* kPointers,
         NkvTensor* vPointers, long tokenStride, long headStride, NkvTensor* o, NkvTensor* lse);
+
+    /// <summary><c>nkv_status nkv_attention_decode_paged(nkv_attention_plan*, const nkv_tensor* q, const nkv_tensor* k_pool, const nkv_tensor* v_pool, const nkv_tensor* block_table, const nkv_tensor* o, const nkv_tensor* lse)</c></summary>
+    [LibraryImport(LibraryName)]
+    internal static partial NkvStatus nkv_attention_decode_paged(AttentionPlanHandle plan, NkvTensor* q, NkvTensor* kPool,
+        NkvTensor* vPool, NkvTensor* blockTable, NkvTensor* o, NkvTensor* lse);
 }

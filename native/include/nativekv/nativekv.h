@@ -372,6 +372,21 @@ NKV_API nkv_status nkv_attention_decode_kv_pointers(nkv_attention_plan* plan, co
                                                     int64_t token_stride, int64_t head_stride, const nkv_tensor* o,
                                                     const nkv_tensor* lse);
 
+/*
+ * Decode over a paged KV cache (vLLM's layout: an nkv_paged_kv_cache's pools and block table, or an
+ * engine's own of the same layout):
+ * k_pool, v_pool: [num_pages, page_size, num_heads_kv, head_dim] of q's dtype, contiguous; page_size a power
+ *      of two <= 256 (16-byte aligned on CUDA)
+ * block_table: int32 [rows >= batch, columns], unit last stride: row b lists sequence b's pages in token
+ *      order, at least ceil(seqlens_k[b] / page_size) of them, each in 0 .. num_pages - 1 (the library cannot
+ *      check device contents). With a cache's NKV_PAGED_KV_BLOCK_TABLE view, batch entry b is sequence id b.
+ * q, o, lse as in nkv_attention_decode; the result equals nkv_attention_decode on the same keys laid out
+ * contiguously.
+ */
+NKV_API nkv_status nkv_attention_decode_paged(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k_pool,
+                                              const nkv_tensor* v_pool, const nkv_tensor* block_table, const nkv_tensor* o,
+                                              const nkv_tensor* lse);
+
 /* ---------------------------------------------------------------------------------------------------
  * Prepacking ("Prepacking: A Simple Method for Fast Prefilling and Increased Throughput", Zhao et al.)
  *

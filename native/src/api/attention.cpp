@@ -615,4 +615,64 @@ NKV_API nkv_status nkv_attention_decode_kv_pointers(nkv_attention_plan* plan, co
   });
 }
 
+NKV_API nkv_status nkv_attention_decode_paged(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k_pool,
+                                              const nkv_tensor* v_pool, const nkv_tensor* block_table, const nkv_tensor* o,
+                                              const nkv_tensor* lse) {
+  return guard("nkv_attention_decode_paged", [&] {
+    const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
+    const nkv_context& c = *p.context;
+    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, hkv = p.num_heads_kv, d = p.head_dim;
+    const nkv_tensor& tq = check_tensor("q", q, c);
+    check_attention_tensor("q", tq, {b, t, hq, d}, c);
+    const nkv_tensor& tk = check_tensor("k_pool", k_pool, c);
+    check_attention_tensor("k_pool", tk, {-1, -1, hkv, d}, c);
+    check_same_dtype("k_pool", tk, "q", tq);
+    const nkv_tensor& tv = check_tensor("v_pool", v_pool, c);
+    check_attention_tensor("v_pool", tv, {tk.shape[0], tk.shape[1], hkv, d}, c);
+    check_same_dtype("v_pool", tv, "q", tq);
+    const int64_t page_size = tk.shape[1];
+    if (page_size < 1 || page_size > 256 || (page_size & (page_size - 1)) != 0) {
+      fail_argument("argument 'k_pool': expected a page size (dimension 1) that is a power of two <= 256, got shape " +
+                    shape_string(tk));
+    }
+    for (const nkv_tensor* pool : {&tk, &tv}) {
+      const char* name = pool == &tk ? "k_pool" : "v_pool";
+      if (pool->strides[2] != d || pool->strides[1] != hkv * d || pool->strides[0] != page_size * hkv * d) {
+        fail_argument(std::string("argument '") + name + "': expected a contiguous [num_pages, page_size, num_heads_kv, "
+                      "head_dim] pool, got shape " + shape_string(*pool));
+      }
+    }
+    const nkv_tensor& table = check_tensor("block_table", block_table, c);
+    check_dtype("block_table", table, {NKV_DTYPE_INT32});
+    check_shape("block_table", table, {-1, -1});
+    check_unit_inner_stride("block_table", table);
+    check_rows_at_least("block_table", table, b, "batch");
+    const int64_t pages_needed = (p.max_seqlen_k + page_size - 1) / page_size;
+    if (table.shape[1] < pages_needed) {
+      fail_argument("argument 'block_table': " + std::to_string(table.shape[1]) + " columns, but the plan's longest sequence (" +
+                    std::to_string(p.max_seqlen_k) + " keys) needs " + std::to_string(pages_needed) + " pages of " +
+                    std::to_string(page_size));
+    }
+    const nkv_tensor& to = check_tensor("o", o, c);
+    check_attention_tensor("o", to, {b, t, hq, d}, c);
+    check_same_dtype("o", to, "q", tq);
+    check_decode_lse(lse, c, p);
+    check_outputs_disjoint(to, lse, tq, tk, tv, "k_pool", "v_pool");
+    if (lse != nullptr) check_disjoint("lse", *lse, "block_table", table);
+    check_disjoint("o", to, "block_table", table);
+
+    DecodeAttentionArgs a;
+    a.k = tk.data;
+    a.k_strides = strides_of(tk, 1);  // row = token within the page, head
+    a.v = tv.data;
+    a.v_strides = strides_of(tv, 1);
+    a.block_table = static_cast<const int32_t*>(table.data);
+    a.block_table_stride = table.strides[0];
+    int32_t shift = 0;
+    while ((int64_t{1} << shift) < page_size) ++shift;
+    a.page_shift = shift;
+    run_decode(p, a, tq, to, lse);
+  });
+}
+
 }  // extern "C"

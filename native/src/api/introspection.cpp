@@ -174,6 +174,7 @@ constexpr const char* kExportedFunctions[] = {
     "nkv_attention_varlen",
     "nkv_attention_decode",
     "nkv_attention_decode_kv_pointers",
+    "nkv_attention_decode_paged",
     "nkv_pack_plan_create",
     "nkv_pack_plan_destroy",
     "nkv_pack_plan_get_info",

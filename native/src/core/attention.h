@@ -126,6 +126,11 @@ struct DecodeAttentionArgs {
   // batch strides are then unused).
   const int64_t* k_pointers = nullptr;
   const int64_t* v_pointers = nullptr;
+  // When set, key t of sequence b is row (block_table[b * block_table_stride + (t >> page_shift)] << page_shift
+  // | t & (page size - 1)) of k and v (paged; their batch strides are then 0).
+  const int32_t* block_table = nullptr;
+  int64_t block_table_stride = 0;
+  int32_t page_shift = 0;
 };
 
 namespace cpu {

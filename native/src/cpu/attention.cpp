@@ -26,10 +26,18 @@ void store(void* base, nkv_dtype dtype, int64_t index, double value) {
   static_cast<uint16_t*>(base)[index] = dtype == NKV_DTYPE_BFLOAT16 ? float_to_bfloat16(f) : float_to_half(f);
 }
 
-// Where one head's rows live: element (row, d) is at base + row * row_stride + d.
+// Where one head's rows live: element (row, d) is at base + offset(row) + d: row * row_stride, or through
+// a page table (row r is row pages[r >> page_shift] << page_shift | r % page size).
 struct RowsOfHead {
   const void* base = nullptr;
   int64_t row_stride = 0;
+  const int32_t* pages = nullptr;
+  int32_t page_shift = 0;
+  int64_t offset(int64_t row) const {
+    if (pages == nullptr) return row * row_stride;
+    const int64_t page = pages[row >> page_shift];
+    return ((page << page_shift) | (row & ((int64_t{1} << page_shift) - 1))) * row_stride;
+  }
 };
 
 struct OutputRowsOfHead {
@@ -55,7 +63,8 @@ void attend(const AttentionMask& mask, nkv_dtype dtype, int32_t head_dim, int64_
     scores.resize(static_cast<size_t>(std::max<int64_t>(0, last - first + 1)));
     for (int64_t j = first; j <= last; ++j) {
       double dot = 0.0;
-      for (int32_t d = 0; d < head_dim; ++d) dot += query[d] * load(k.base, dtype, j * k.row_stride + d);
+      const int64_t key = k.offset(j);
+      for (int32_t d = 0; d < head_dim; ++d) dot += query[d] * load(k.base, dtype, key + d);
       double s = static_cast<double>(mask.softmax_scale) * dot;
       if (mask.softcap > 0.0f) s = mask.softcap * std::tanh(s / mask.softcap);
       scores[j - first] = s;
@@ -66,7 +75,8 @@ void attend(const AttentionMask& mask, nkv_dtype dtype, int32_t head_dim, int64_
     for (int64_t j = first; j <= last; ++j) {
       const double p = std::exp(scores[j - first] - max_score);
       sum += p;
-      for (int32_t d = 0; d < head_dim; ++d) out[d] += p * load(v.base, dtype, j * v.row_stride + d);
+      const int64_t value = v.offset(j);
+      for (int32_t d = 0; d < head_dim; ++d) out[d] += p * load(v.base, dtype, value + d);
     }
     const bool sees_keys = first <= last;
     for (int32_t d = 0; d < head_dim; ++d) store(o.base, dtype, i * o.row_stride + d, sees_keys ? out[d] / sum : 0.0);
@@ -143,8 +153,9 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
     RowsOfHead q{at(a.q, b * a.q_batch_stride + h * a.q_strides.head), a.q_strides.row};
     const void* k_base = a.k_pointers != nullptr ? reinterpret_cast<const void*>(a.k_pointers[b]) : at(a.k, b * a.k_batch_stride);
     const void* v_base = a.v_pointers != nullptr ? reinterpret_cast<const void*>(a.v_pointers[b]) : at(a.v, b * a.v_batch_stride);
-    RowsOfHead k{at(k_base, hk * a.k_strides.head), a.k_strides.row};
-    RowsOfHead v{at(v_base, hk * a.v_strides.head), a.v_strides.row};
+    const int32_t* pages = a.block_table != nullptr ? a.block_table + b * a.block_table_stride : nullptr;
+    RowsOfHead k{at(k_base, hk * a.k_strides.head), a.k_strides.row, pages, a.page_shift};
+    RowsOfHead v{at(v_base, hk * a.v_strides.head), a.v_strides.row, pages, a.page_shift};
     OutputRowsOfHead o{at(a.o, b * a.o_batch_stride + h * a.o_strides.head), a.o_strides.row,
                        a.lse != nullptr ? a.lse + b * a.lse_batch_stride + h * a.lse_head_stride : nullptr, 1};
     attend(plan.mask, a.dtype, plan.head_dim, plan.q_len, plan.seqlens_k[b], q, k, v, o);

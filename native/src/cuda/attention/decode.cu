@@ -243,6 +243,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
                                              : static_cast<const T*>(args.v) + sequence * args.v_batch_stride) +
                     kv_head * args.v_strides.head;
 
+  // Paged: this sequence's row of the block table (k_base and v_base are then the pools' first page).
+  const int32_t* page_row = args.block_table != nullptr ? args.block_table + sequence * args.block_table_stride : nullptr;
   load_packed_q_tile<Tiles::kPitch, kRows, kChunks, kDecodeThreads>(q_tile, q_base, args.q_strides, row0, rows, group,
                                                                     kv_head);
   copy_async_commit();
@@ -260,8 +262,13 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   auto load_tile = [&](int tile) {
     const uint32_t stage_bytes = static_cast<uint32_t>((tile % kStages) * 2 * kTileElements * sizeof(T));
     const int n0 = key_begin + tile * kDecodeBlockN;
-    k_loader.load<kStreamHint>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
-    v_loader.load<kStreamHint>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);
+    if (page_row != nullptr) {
+      k_loader.load_paged<kStreamHint>(k_base, args.k_strides.row, page_row, args.page_shift, n0, key_end, stage_bytes, stream_policy);
+      v_loader.load_paged<kStreamHint>(v_base, args.v_strides.row, page_row, args.page_shift, n0, key_end, stage_bytes, stream_policy);
+    } else {
+      k_loader.load<kStreamHint>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
+      v_loader.load<kStreamHint>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);
+    }
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {

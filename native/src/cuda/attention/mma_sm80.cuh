@@ -142,6 +142,30 @@ struct TileLoader {
       src += pass_stride;
     }
   }
+
+  // The same through a page table: row r of the matrix is row (pages[r >> page_shift] << page_shift |
+  // r & (page size - 1)) of `base`. The table is read only for valid rows (past a sequence's last page its
+  // entries need not exist).
+  template <bool kWithPolicy = false, typename T>
+  __device__ __forceinline__ void load_paged(const T* base, int64_t row_stride, const int32_t* pages, int page_shift,
+                                             int row0, int valid_rows, uint32_t extra_bytes = 0, uint64_t policy = 0) const {
+    const bool data_chunk = chunk < kDataChunks;
+    const int page_mask = (1 << page_shift) - 1;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int row = row0 + first_row + i * kRowsPerPass;
+      const bool valid = data_chunk && row < valid_rows;
+      const int64_t physical = valid ? (static_cast<int64_t>(__ldg(pages + (row >> page_shift))) << page_shift) | (row & page_mask) : 0;
+      const T* src = base + physical * row_stride + chunk * 8;
+      const uint32_t dst = shared[i % kPhases] + extra_bytes +
+                           2u * static_cast<uint32_t>((i / kPhases) * kPhases * kRowsPerPass * kPitch);
+      if constexpr (kWithPolicy) {
+        copy_async_16(dst, src, valid, policy);
+      } else {
+        copy_async_16(dst, src, valid);
+      }
+    }
+  }
 };
 
 // Loads kRows packed-GQA query rows starting at row0 into a SwizzledTile: row r is token r / group of query

@@ -31,9 +31,14 @@ public readonly record struct PagedKvCacheOptions(
 /// <param name="SharedPages">Pages held by more than one sequence (forks).</param>
 /// <param name="BytesPerPage">One page of every layer, K and V.</param>
 /// <param name="StepTokens">Tokens of the last <see cref="PagedKvCache.Append"/>.</param>
+/// <param name="EmptySlots">Slots of held pages that hold no token of any sequence.</param>
+/// <param name="PageSize">Tokens per page.</param>
 public readonly record struct PagedKvCacheStatistics(int Sequences, long Tokens, long NumPages, long FreePages, long SharedPages,
-    ulong BytesPerPage, long StepTokens)
+    ulong BytesPerPage, long StepTokens, long EmptySlots, int PageSize)
 {
+    /// <summary>Internal fragmentation: the fraction of the held pages' slots that hold no token (0 with no page held).</summary>
+    public double Fragmentation => PagesUsed == 0 ? 0.0 : (double)EmptySlots / (PagesUsed * PageSize);
+
     /// <summary>Pages some sequence holds.</summary>
     public long PagesUsed => NumPages - FreePages;
 
@@ -102,7 +107,7 @@ public sealed unsafe class PagedKvCache : IDisposable, IDeviceMemoryOwner
         {
             NkvPagedKvCacheInfo info = Info();
             return new PagedKvCacheStatistics(info.Sequences, info.Tokens, info.NumPages, info.FreePages, info.SharedPages,
-                info.BytesPerPage, info.StepTokens);
+                info.BytesPerPage, info.StepTokens, info.EmptySlots, info.PageSize);
         }
     }
 

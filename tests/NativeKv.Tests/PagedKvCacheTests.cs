@@ -59,6 +59,8 @@ public sealed unsafe class PagedKvCacheTests
         Assert.Equal(14, stats.Tokens);
         Assert.Equal(3, stats.PagesUsed);
         Assert.Equal(1, stats.StepTokens);
+        Assert.Equal((8 - 2) + (8 - 4), stats.EmptySlots);  // a: 10 tokens in 2 pages, b: 4 in 1
+        Assert.Equal(10.0 / 24, stats.Fragmentation, 12);
         Assert.Equal((ulong)(Layers * 2 * 8 * Heads * Dim * 2), stats.BytesPerPage);
         TensorView table = cache.View(PagedKvView.BlockTable);
         Assert.Equal(new long[] { 4, 32 }, table.Shape.ToArray());

@@ -183,12 +183,14 @@ TEST(PagedKvCache, ForkSharesPagesAndCopiesAPartlyFilledLastPageBeforeWriting) {
   model.v[child] = model.v[parent];
   EXPECT_EQ(info_of(cache.get()).free_pages, 64 - 3);
   EXPECT_EQ(info_of(cache.get()).shared_pages, 3);
+  EXPECT_EQ(info_of(cache.get()).empty_slots, 16 - 8);  // one shared, partly filled last page counts once
   // Both append into the shared, partly filled third page: each gets its own copy of it (one page each,
   // the last holder keeps the original).
   ASSERT_EQ(append_step(cache.get(), model, {child, parent}, {3, 5}), NKV_STATUS_SUCCESS) << nkv_last_error();
   expect_contents(cache.get(), model);
   EXPECT_EQ(info_of(cache.get()).free_pages, 64 - 4);
   EXPECT_EQ(info_of(cache.get()).shared_pages, 2);
+  EXPECT_EQ(info_of(cache.get()).empty_slots, (16 - 11) + (16 - 13));  // the child's copy and the parent's page
   // Freeing the parent leaves the child whole; freeing the child returns every page.
   NKV_ASSERT_OK(nkv_paged_kv_cache_free_sequence(cache.get(), parent));
   model.k.erase(parent);

@@ -34,6 +34,7 @@ internal struct NkvPagedKvCacheInfo
     public long SharedPages;
     public ulong BytesPerPage;
     public long StepTokens;
+    public long EmptySlots;
 }
 
 internal static unsafe partial class NativeMethods

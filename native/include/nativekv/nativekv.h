@@ -540,6 +540,7 @@ typedef struct nkv_paged_kv_cache_info {
   int64_t shared_pages;      /* pages held by more than one sequence */
   uint64_t bytes_per_page;   /* one page of every layer, K and V */
   int64_t step_tokens;       /* tokens of the last nkv_paged_kv_cache_append */
+  int64_t empty_slots;       /* slots of held pages that hold no token of any sequence (internal fragmentation) */
 } nkv_paged_kv_cache_info;
 
 NKV_API nkv_status nkv_paged_kv_cache_get_info(const nkv_paged_kv_cache* cache, nkv_paged_kv_cache_info* out_info);

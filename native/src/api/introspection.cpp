@@ -98,6 +98,7 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_paged_kv_cache_info, shared_pages),
     NKV_FIELD(nkv_paged_kv_cache_info, bytes_per_page),
     NKV_FIELD(nkv_paged_kv_cache_info, step_tokens),
+    NKV_FIELD(nkv_paged_kv_cache_info, empty_slots),
 };
 #undef NKV_FIELD
 

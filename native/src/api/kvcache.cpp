@@ -442,6 +442,20 @@ NKV_API nkv_status nkv_paged_kv_cache_get_info(const nkv_paged_kv_cache* cache, 
       info.tokens += k.lengths[s];
     }
     for (int32_t references : k.page_references) info.shared_pages += references > 1;
+    // A held page is full unless it is some sequence's partly filled last page; a shared one holds as many
+    // tokens as its fullest holder.
+    std::vector<std::pair<int32_t, int32_t>> last_pages;  // (page, tokens in it)
+    for (int32_t s = 0; s < k.max_sequences; ++s) {
+      const int32_t in_last = k.lengths[s] % k.page_size;
+      if (k.alive[s] && in_last != 0) {
+        last_pages.emplace_back(k.block_table[static_cast<size_t>(s) * k.pages_per_sequence + k.lengths[s] / k.page_size], in_last);
+      }
+    }
+    std::sort(last_pages.begin(), last_pages.end());
+    for (size_t i = 0; i < last_pages.size(); ++i) {
+      if (i + 1 < last_pages.size() && last_pages[i + 1].first == last_pages[i].first) continue;  // the fullest holder is last
+      info.empty_slots += k.page_size - last_pages[i].second;
+    }
     info.bytes_per_page = k.pool_page_bytes * 2 * static_cast<uint64_t>(k.num_layers);
     info.step_tokens = static_cast<int64_t>(k.step_slots.size());
     write_sized_struct(out_info, info, "out_info", sizeof(nkv_paged_kv_cache_info), "nkv_paged_kv_cache_info");

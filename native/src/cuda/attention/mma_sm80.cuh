@@ -132,13 +132,7 @@ struct TileLoader {
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
       const bool valid = data_chunk && row0 + first_row + i * kRowsPerPass < valid_rows;
-      const uint32_t dst = shared[i % kPhases] + extra_bytes +
-                           2u * static_cast<uint32_t>((i / kPhases) * kPhases * kRowsPerPass * kPitch);
-      if constexpr (kWithPolicy) {
-        copy_async_16(dst, valid ? src : base, valid, policy);
-      } else {
-        copy_async_16(dst, valid ? src : base, valid);
-      }
+      copy_pass<kWithPolicy>(i, valid ? src : base, valid, extra_bytes, policy);
       src += pass_stride;
     }
   }
@@ -156,14 +150,20 @@ struct TileLoader {
       const int row = row0 + first_row + i * kRowsPerPass;
       const bool valid = data_chunk && row < valid_rows;
       const int64_t physical = valid ? (static_cast<int64_t>(__ldg(pages + (row >> page_shift))) << page_shift) | (row & page_mask) : 0;
-      const T* src = base + physical * row_stride + chunk * 8;
-      const uint32_t dst = shared[i % kPhases] + extra_bytes +
-                           2u * static_cast<uint32_t>((i / kPhases) * kPhases * kRowsPerPass * kPitch);
-      if constexpr (kWithPolicy) {
-        copy_async_16(dst, src, valid, policy);
-      } else {
-        copy_async_16(dst, src, valid);
-      }
+      copy_pass<kWithPolicy>(i, base + physical * row_stride + chunk * 8, valid, extra_bytes, policy);
+    }
+  }
+
+ private:
+  // This thread's 16-byte copy of pass i (zeros when !valid, `src` then only has to be a valid address).
+  template <bool kWithPolicy>
+  __device__ __forceinline__ void copy_pass(int i, const void* src, bool valid, uint32_t extra_bytes, uint64_t policy) const {
+    const uint32_t dst = shared[i % kPhases] + extra_bytes +
+                         2u * static_cast<uint32_t>((i / kPhases) * kPhases * kRowsPerPass * kPitch);
+    if constexpr (kWithPolicy) {
+      copy_async_16(dst, src, valid, policy);
+    } else {
+      copy_async_16(dst, src, valid);
     }
   }
 };

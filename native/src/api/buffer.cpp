@@ -4,6 +4,7 @@
 
 #include "core/api_guard.h"
 #include "core/backends.h"
+#include "core/context_memory.h"
 #include "core/handles.h"
 #include "core/tensor_checks.h"
 
@@ -37,7 +38,7 @@ NKV_API nkv_status nkv_buffer_create(nkv_context* context, uint64_t size_bytes, 
     auto buffer = std::make_unique<nkv_buffer>();
     buffer->context = context;
     buffer->size_bytes = size_bytes;
-    buffer->data = c.backend == NKV_BACKEND_CUDA ? cuda::allocate(c.device_ordinal, size_bytes) : cpu::allocate(size_bytes);
+    buffer->data = allocate_on(c, size_bytes);
     *out_buffer = buffer.release();
   });
 }
@@ -45,11 +46,7 @@ NKV_API nkv_status nkv_buffer_create(nkv_context* context, uint64_t size_bytes, 
 NKV_API nkv_status nkv_buffer_destroy(nkv_buffer* buffer) {
   return guard("nkv_buffer_destroy", [&] {
     if (buffer == nullptr) return;
-    if (buffer->context->backend == NKV_BACKEND_CUDA) {
-      cuda::release(buffer->context->device_ordinal, buffer->data);
-    } else {
-      cpu::release(buffer->data);
-    }
+    release_on(*buffer->context, buffer->data);
     delete buffer;
   });
 }
@@ -85,12 +82,7 @@ NKV_API nkv_status nkv_buffer_upload(nkv_buffer* buffer, uint64_t offset_bytes, 
     check_range(b, "offset_bytes/size_bytes", offset_bytes, size_bytes);
     if (size_bytes == 0) return;
     if (host_source == nullptr) fail_argument("argument 'host_source' must not be NULL");
-    const nkv_context& c = *b.context;
-    if (c.backend == NKV_BACKEND_CUDA) {
-      cuda::upload(c.device_ordinal, c.stream, at(b, offset_bytes), host_source, size_bytes);
-    } else {
-      std::memcpy(at(b, offset_bytes), host_source, size_bytes);
-    }
+    upload_to(*b.context, at(b, offset_bytes), host_source, size_bytes);
   });
 }
 
@@ -101,12 +93,7 @@ NKV_API nkv_status nkv_buffer_download(const nkv_buffer* buffer, uint64_t offset
     check_range(b, "offset_bytes/size_bytes", offset_bytes, size_bytes);
     if (size_bytes == 0) return;
     if (host_destination == nullptr) fail_argument("argument 'host_destination' must not be NULL");
-    const nkv_context& c = *b.context;
-    if (c.backend == NKV_BACKEND_CUDA) {
-      cuda::download(c.device_ordinal, c.stream, host_destination, at(b, offset_bytes), size_bytes);
-    } else {
-      std::memcpy(host_destination, at(b, offset_bytes), size_bytes);
-    }
+    download_from(*b.context, host_destination, at(b, offset_bytes), size_bytes);
   });
 }
 
@@ -126,12 +113,7 @@ NKV_API nkv_status nkv_buffer_copy(nkv_buffer* destination, uint64_t destination
                     std::to_string(size_bytes) + ") of the same buffer overlap");
     }
     if (size_bytes == 0) return;
-    const nkv_context& c = *d.context;
-    if (c.backend == NKV_BACKEND_CUDA) {
-      cuda::copy(c.device_ordinal, c.stream, at(d, destination_offset_bytes), at(s, source_offset_bytes), size_bytes);
-    } else {
-      std::memcpy(at(d, destination_offset_bytes), at(s, source_offset_bytes), size_bytes);
-    }
+    copy_within(*d.context, at(d, destination_offset_bytes), at(s, source_offset_bytes), size_bytes);
   });
 }
 

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "core/api_guard.h"
-#include "core/backends.h"
+#include "core/context_memory.h"
 #include "core/kvcache.h"
 #include "core/tensor_checks.h"
 
@@ -14,34 +14,6 @@ using namespace nkv;
 namespace {
 
 constexpr int32_t kPageSizes[] = {1, 8, 16, 32, 64, 128, 256};
-
-void* allocate_on(const nkv_context& c, uint64_t bytes) {
-  return c.backend == NKV_BACKEND_CUDA ? cuda::allocate(c.device_ordinal, bytes) : cpu::allocate(bytes);
-}
-void release_on(const nkv_context& c, void* data) noexcept {
-  if (data == nullptr) return;
-  if (c.backend == NKV_BACKEND_CUDA) {
-    cuda::release(c.device_ordinal, data);
-  } else {
-    cpu::release(data);
-  }
-}
-// Host to the context's memory (on CUDA, ordered on the context's stream and complete on return).
-void store_on(const nkv_context& c, void* destination, const void* source, uint64_t bytes) {
-  if (bytes == 0) return;
-  if (c.backend == NKV_BACKEND_CUDA) {
-    cuda::upload(c.device_ordinal, c.stream, destination, source, bytes);
-  } else {
-    std::memcpy(destination, source, bytes);
-  }
-}
-void copy_on(const nkv_context& c, void* destination, const void* source, uint64_t bytes) {
-  if (c.backend == NKV_BACKEND_CUDA) {
-    cuda::copy(c.device_ordinal, c.stream, destination, source, bytes);
-  } else {
-    std::memcpy(destination, source, bytes);
-  }
-}
 
 struct CacheDeleter {
   void operator()(nkv_paged_kv_cache* cache) const noexcept {
@@ -55,11 +27,8 @@ struct CacheDeleter {
 };
 using CachePtr = std::unique_ptr<nkv_paged_kv_cache, CacheDeleter>;
 
-nkv_paged_kv_cache& check_cache(nkv_paged_kv_cache* cache) {
-  if (cache == nullptr) fail_argument("argument 'cache' must not be NULL");
-  return *cache;
-}
-const nkv_paged_kv_cache& check_cache(const nkv_paged_kv_cache* cache) {
+template <typename Cache>  // nkv_paged_kv_cache, const or not
+Cache& check_cache(Cache* cache) {
   if (cache == nullptr) fail_argument("argument 'cache' must not be NULL");
   return *cache;
 }
@@ -82,13 +51,16 @@ int32_t* row_of(nkv_paged_kv_cache& cache, int32_t sequence) {
   return cache.block_table.data() + static_cast<int64_t>(sequence) * cache.pages_per_sequence;
 }
 
-// Brings one sequence's block-table row and length to the device mirrors.
-void publish_sequence(nkv_paged_kv_cache& cache, int32_t sequence) {
+// Brings the block-table rows and lengths of sequences first..last to the device mirrors, in one copy
+// each (a step's sequences at once).
+void publish_sequences(nkv_paged_kv_cache& cache, int32_t first, int32_t last) {
   const nkv_context& c = *cache.context;
-  const int64_t row = static_cast<int64_t>(sequence) * cache.pages_per_sequence;
-  store_on(c, cache.device_block_table + row, cache.block_table.data() + row, cache.pages_per_sequence * sizeof(int32_t));
-  store_on(c, cache.device_lengths + sequence, &cache.lengths[sequence], sizeof(int32_t));
+  const int64_t row = static_cast<int64_t>(first) * cache.pages_per_sequence;
+  const uint64_t rows = static_cast<uint64_t>(last - first + 1);
+  upload_to(c, cache.device_block_table + row, cache.block_table.data() + row, rows * cache.pages_per_sequence * sizeof(int32_t));
+  upload_to(c, cache.device_lengths + first, &cache.lengths[first], rows * sizeof(int32_t));
 }
+void publish_sequence(nkv_paged_kv_cache& cache, int32_t sequence) { publish_sequences(cache, sequence, sequence); }
 
 // Gives a sequence's pages past its first `keep` back to the pool.
 void release_pages(nkv_paged_kv_cache& cache, int32_t sequence, int64_t keep) {
@@ -183,8 +155,8 @@ NKV_API nkv_status nkv_paged_kv_cache_create(nkv_context* context, const nkv_pag
     cache->pools = allocate_on(c, bytes_per_page * static_cast<uint64_t>(num_pages));
     cache->device_block_table = static_cast<int32_t*>(allocate_on(c, table_entries * sizeof(int32_t)));
     cache->device_lengths = static_cast<int32_t*>(allocate_on(c, cache->lengths.size() * sizeof(int32_t)));
-    store_on(c, cache->device_block_table, cache->block_table.data(), table_entries * sizeof(int32_t));
-    store_on(c, cache->device_lengths, cache->lengths.data(), cache->lengths.size() * sizeof(int32_t));
+    upload_to(c, cache->device_block_table, cache->block_table.data(), table_entries * sizeof(int32_t));
+    upload_to(c, cache->device_lengths, cache->lengths.data(), cache->lengths.size() * sizeof(int32_t));
     *out_cache = cache.release();
   });
 }
@@ -311,6 +283,7 @@ NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const in
       k.step_capacity = capacity;
     }
     k.step_slots.clear();
+    int32_t first_changed = k.max_sequences, last_changed = -1;
     for (int32_t i = 0; i < count; ++i) {
       const int32_t s = sequences[i];
       const int32_t n = token_counts[i];
@@ -323,7 +296,7 @@ NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const in
           const int32_t copy = k.free_pages.back();
           k.free_pages.pop_back();
           for (int32_t layer = 0; layer < k.num_layers; ++layer) {
-            for (int32_t pool = 0; pool < 2; ++pool) copy_on(c, page_of(k, layer, pool, copy), page_of(k, layer, pool, last), k.pool_page_bytes);
+            for (int32_t pool = 0; pool < 2; ++pool) copy_within(c, page_of(k, layer, pool, copy), page_of(k, layer, pool, last), k.pool_page_bytes);
           }
           --k.page_references[last];
           k.page_references[copy] = 1;
@@ -340,9 +313,13 @@ NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const in
         k.step_slots.push_back(static_cast<int32_t>(static_cast<int64_t>(page) * k.page_size + t % k.page_size));
       }
       k.lengths[s] = static_cast<int32_t>(length + n);
-      publish_sequence(k, s);
+      first_changed = std::min(first_changed, s);
+      last_changed = std::max(last_changed, s);
     }
-    store_on(c, k.device_step_slots, k.step_slots.data(), k.step_slots.size() * sizeof(int32_t));
+    if (last_changed >= 0) publish_sequences(k, first_changed, last_changed);
+    if (!k.step_slots.empty()) {
+      upload_to(c, k.device_step_slots, k.step_slots.data(), k.step_slots.size() * sizeof(int32_t));
+    }
   });
 }
 
@@ -364,7 +341,6 @@ NKV_API nkv_status nkv_paged_kv_cache_write(nkv_paged_kv_cache* cache, int32_t l
     }
     if (tokens == 0) return;
     PagedKvWriteArgs a{};
-    a.dtype = cache_.dtype;
     a.k = k->data;
     a.v = v->data;
     a.k_row_stride = k->strides[0];
@@ -422,7 +398,6 @@ NKV_API nkv_status nkv_paged_kv_cache_view(const nkv_paged_kv_cache* cache, int3
         fail_argument("argument 'which': expected an nkv_paged_kv_view value (NKV_PAGED_KV_K_POOL (0) .. "
                       "NKV_PAGED_KV_STEP_SLOTS (4)), got " + std::to_string(which));
     }
-    if (t.data == nullptr && element_count(t) == 0) t.data = nullptr;
     *out_view = t;
   });
 }

@@ -190,9 +190,17 @@ def run_attention(a, base):
         proc = subprocess.run(cmd, stdout=out, env=env)
     if proc.returncode != 0:
         sys.exit(f"[bench] the attention benchmark failed with exit code {proc.returncode}")
+    # Attention over the KV caches goes into the same two files (the GPU machine returns few files).
+    script = os.path.join(a.repo, "bench", "peers", "kvcache_bench.py")
+    cmd = [sys.executable, script, "--markdown", base + "-attention.md"] + (["--quick"] if a.quick else [])
+    print(f"[bench] {' '.join(cmd)}", file=sys.stderr, flush=True)
+    with open(base + "-attention.jsonl", "a") as out:
+        kvcache = subprocess.run(cmd, stdout=out, env=env)
     with open(base + "-attention.md") as f:
         print("\n" + f.read())
     print(f"[bench] wrote {base}-attention.md, -attention.jsonl", file=sys.stderr)
+    if kvcache.returncode != 0:
+        sys.exit(f"[bench] the KV-cache benchmark failed with exit code {kvcache.returncode}")
 
 
 if __name__ == "__main__":

@@ -224,6 +224,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "nkv_attention_plan_get_info": (_S, [_P, ctypes.POINTER(NkvAttentionPlanInfo)]),
     "nkv_attention_varlen": (_S, [_P, _T, _T, _T, _T, _T]),
     "nkv_attention_decode": (_S, [_P, _T, _T, _T, _T, _T]),
+    "nkv_attention_decode_paged": (_S, [_P, _T, _T, _T, _T, _T, _T]),
     "nkv_pack_plan_create": (_S, [_P, _I32P, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(_P)]),
     "nkv_pack_plan_destroy": (_S, [_P]),
     "nkv_pack_plan_get_info": (_S, [_P, ctypes.POINTER(NkvPackPlanInfo)]),
@@ -500,6 +501,22 @@ class AttentionPlan:
         def run() -> None:
             _ = keep_alive
             call(fn_name, *args)
+
+        return run
+
+    def bind_paged(self, q, k_pool, v_pool, block_table, o, lse=None) -> Callable[[], None]:
+        """As bind, for a decode plan over paged K/V: pools [pages, page_size, Hkv, d] and an int32 block
+        table [batch, pages per sequence] (nkv_attention_decode_paged)."""
+        if self.kind != ATTENTION_DECODE:
+            raise ValueError("paged K/V needs a decode plan")
+        views = [tensor(t) for t in (q, k_pool, v_pool, block_table, o, lse)]
+        args = [self.handle] + [_ptr(x) for x in views]
+        keep_alive = (q, k_pool, v_pool, block_table, o, lse, views)
+        call = self.lib.call
+
+        def run() -> None:
+            _ = keep_alive
+            call("nkv_attention_decode_paged", *args)
 
         return run
 

@@ -1,0 +1,184 @@
+#!/usr/bin/env python3
+"""Attention over KV caches next to attention over contiguous K/V, in one process on one GPU.
+
+Cases (issue 4's shapes; --quick shrinks them):
+  decode  fp16 d128 Hq32 Hkv8 q_len 1, b64 x L4096 and b8 x L32768: the contiguous decode of [b, L, Hkv, d]
+          and the paged decode (nkv_attention_decode_paged) over the same keys and values stored in page
+          pools of 16, 64 and 256 tokens. A pool's pages are handed out in a random order, as a cache's
+          free list hands them out after a while of serving, so no sequence's pages are adjacent.
+
+Every variant is timed interleaved with the others, call by call (attention_bench.Timer), so clock and
+temperature drift reach all of them alike; the ratio is contiguous time / variant time (>= 1: no slower).
+Every variant's output is compared bit for bit with the contiguous one first: the paged loads must read
+exactly the same keys in the same order.
+
+Output: one JSON object per line on stdout, a Markdown section on stderr (or --markdown PATH, appended to).
+
+    python3 bench/peers/kvcache_bench.py [--quick] [--markdown PATH]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import attention_bench as ab  # noqa: E402  (Timer, rotation, NativeKvSide, copy_bandwidth, short_error)
+
+PAGE_SIZES = (16, 64, 256)
+
+
+def paged_copy(k: torch.Tensor, v: torch.Tensor, page_size: int, generator: torch.Generator):
+    """k, v [b, L, Hkv, d] stored in pools [b*L/page_size, page_size, Hkv, d] whose pages are handed out in a
+    random order; returns (k_pool, v_pool, block_table [b, L/page_size] int32)."""
+    b, seqlen, hkv, d = k.shape
+    pages_per_sequence = seqlen // page_size
+    num_pages = b * pages_per_sequence
+    order = torch.randperm(num_pages, generator=generator).to(k.device)
+    pools = []
+    for x in (k, v):
+        pool = torch.empty(num_pages, page_size, hkv, d, device=x.device, dtype=x.dtype)
+        pool[order] = x.reshape(num_pages, page_size, hkv, d)
+        pools.append(pool)
+    block_table = order.to(torch.int32).reshape(b, pages_per_sequence).contiguous()
+    return pools[0], pools[1], block_table
+
+
+def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None, b: int, seqlen: int,
+                 hq: int = 32, hkv: int = 8, d: int = 128) -> dict:
+    kv_bytes = 2 * b * seqlen * hkv * d * 2
+    row: dict[str, Any] = {"op": "kvcache_decode", "shape": f"b{b} L{seqlen} Hq{hq} Hkv{hkv} d{d} q_len1",
+                           "dtype": "fp16", "kv_bytes": kv_bytes, "copy_tbps": copy_tbps, "variants": {}}
+    side.check()
+    sets = ab.rotation(kv_bytes)
+    row["input_sets"] = sets
+    generator = torch.Generator().manual_seed(0)
+    data = []
+    for _ in range(sets):
+        q = torch.randn(b, 1, hq, d, device="cuda", dtype=ab.FP16)
+        k = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=ab.FP16)
+        v = torch.randn(b, seqlen, hkv, d, device="cuda", dtype=ab.FP16)
+        entry = {"q": q, "k": k, "v": v, "o": {}}
+        for page in PAGE_SIZES:
+            entry[page] = paged_copy(k, v, page, generator)
+        data.append(entry)
+    names = ["contiguous"] + [f"paged {page}" for page in PAGE_SIZES]
+    with contextlib.ExitStack() as open_plans:
+        plan = open_plans.enter_context(side.ctx.plan_decode(hq, hkv, d, 1, [seqlen] * b, causal=False))
+        row["nativekv_splits"] = plan.info()["num_splits"]
+        runs = {"contiguous": []}
+        for s in data:
+            s["o"]["contiguous"] = torch.empty_like(s["q"])
+            runs["contiguous"].append(plan.bind(s["q"], s["k"], s["v"], s["o"]["contiguous"]))
+        for page in PAGE_SIZES:
+            name = f"paged {page}"
+            runs[name] = []
+            for s in data:
+                k_pool, v_pool, table = s[page]
+                s["o"][name] = torch.empty_like(s["q"])
+                runs[name].append(plan.bind_paged(s["q"], k_pool, v_pool, table, s["o"][name]))
+        for name in names:
+            runs[name][0]()
+        torch.cuda.synchronize()
+        reference = data[0]["o"]["contiguous"]
+        for name in names[1:]:
+            row["variants"][name] = {"bit_identical": bool(torch.equal(data[0]["o"][name], reference))}
+        row["variants"]["contiguous"] = {}
+        fns = [lambda i, name=name: runs[name][i % sets]() for name in names]
+        medians = timer.interleaved_medians_us(fns)
+        for name, us in zip(names, medians):
+            entry = row["variants"][name]
+            entry["us"] = us
+            entry["tbps"] = kv_bytes / us / 1e6
+            if copy_tbps:
+                entry["fraction_of_copy"] = entry["tbps"] / copy_tbps
+            entry["contiguous_over_variant"] = medians[0] / us
+    del data
+    ab.free_memory()
+    return row
+
+
+def markdown(rows: list[dict], env: dict) -> str:
+    lines = [f"## Attention over KV caches — {env.get('device')}", "",
+             "Decode, fp16: the contiguous kernel on [b, L, Hkv, d] and the same kernel reading through a block "
+             "table (pages handed out in random order). All variants timed interleaved, call by call; "
+             "ratio = contiguous time / variant time (must: paged ≥ 0.95 at page ≥ 16). "
+             "Bit-identical: the variant's output equals the contiguous output bit for bit.", "",
+             "| op | shape | variant | time | TB/s (K/V read) | of copy | contiguous / variant | bit-identical |",
+             "|---|---|---|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['op']} | {r['shape']} | error: {ab.cell(r['error'])} | | | | | |")
+            continue
+        first = True
+        for name, v in r["variants"].items():
+            frac = f"{100 * v['fraction_of_copy']:.0f}%" if v.get("fraction_of_copy") else "—"
+            same = "—" if name == "contiguous" else ("yes" if v.get("bit_identical") else "**NO**")
+            lines.append(f"| {r['op'] if first else ''} | {r['shape'] if first else ''} | {name} | "
+                         f"{v['us']:.1f} µs | {v['tbps']:.2f} | {frac} | {v['contiguous_over_variant']:.3f}× | {same} |")
+            first = False
+    return "\n".join(lines) + "\n"
+
+
+def cases(quick: bool):
+    scale = 8 if quick else 1
+    out = []
+    for b, seqlen in ((64, 4096), (8, 32768)):
+        seqlen //= scale
+        out.append((f"kvcache_decode b{b} L{seqlen}",
+                    lambda t, n, c, b=b, seqlen=seqlen: bench_decode(t, n, c, b, seqlen)))
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--markdown", metavar="PATH", help="append the Markdown section to this file")
+    parser.add_argument("--reps", type=int)
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        print("PyTorch has no CUDA device here: nothing to measure", file=sys.stderr)
+        return 77
+    reps = args.reps or (10 if args.quick else 30)
+    timer = ab.Timer(reps=reps, warmup=3 if args.quick else 5)
+    stream = torch.cuda.Stream()
+    rows: list[dict] = []
+    failed = False
+    with torch.cuda.stream(stream):
+        side = ab.NativeKvSide()
+        env = {"op": "kvcache_environment", "device": torch.cuda.get_device_name(), "reps": reps,
+               "nativekv": side.lib.version() if side.lib else None, "nativekv_error": side.error}
+        print(json.dumps(env), flush=True)
+        copy = ab.copy_bandwidth(timer)
+        for name, fn in cases(args.quick):
+            print(f"[kvcache_bench] {name}", file=sys.stderr, flush=True)
+            try:
+                row = fn(timer, side, copy["tbps"])
+                failed |= any(v.get("bit_identical") is False for v in row["variants"].values())
+            except Exception as e:
+                traceback.print_exc(file=sys.stderr)
+                op, _, shape = name.partition(" ")
+                row = {"op": op, "shape": shape, "error": ab.short_error(e)}
+                failed = True
+                ab.free_memory()
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        if side.ctx is not None:
+            side.ctx.close()
+    text = markdown(rows, env)
+    if args.markdown:
+        with open(args.markdown, "a", encoding="utf-8") as f:
+            f.write("\n" + text)
+    else:
+        print(text, file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -399,6 +399,14 @@ public readonly record struct AttentionOptions
     /// </summary>
     public AttentionKernel Kernel { get; init; }
 
+    /// <summary>
+    /// Decode plans: 0, or the page size of the pools the plan reads with <see cref="Attention.DecodePaged"/> (a power of
+    /// two up to 256). Pages scattered over a pool cost the loads address translation, so a paged plan cuts the keys into
+    /// more pieces to keep more loads in flight. A plan with a page size runs only paged decode over pools of that page
+    /// size; one with 0 runs every decode call. Varlen plans: must be 0.
+    /// </summary>
+    public int KvPageSize { get; init; }
+
     internal unsafe NkvAttentionOptions ToNative() => new()
     {
         StructSize = (uint)sizeof(NkvAttentionOptions),
@@ -408,6 +416,7 @@ public readonly record struct AttentionOptions
         WindowLeft = WindowLeft ?? -1,
         NumSplits = NumSplits,
         Kernel = (int)Kernel,
+        KvPageSize = KvPageSize,
     };
 }
 

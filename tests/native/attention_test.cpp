@@ -440,7 +440,7 @@ TEST(Attention, OptionsOfTheFirstLayoutAreAccepted) {
   old.struct_size = offsetof(nkv_attention_options, kernel);
   old.causal = 1;
   old.kernel = 99;  // beyond the caller's struct: garbage that must be ignored
-  old.reserved = 99;
+  old.kv_page_size = 99;
   nkv_attention_plan* plan = nullptr;
   NKV_ASSERT_OK(nkv_attention_plan_varlen(cpu.get(), &old, 2, 1, 64, 1, cu.data(), cu.data(), &plan));
   nkv_attention_plan_destroy(plan);
@@ -564,9 +564,14 @@ TEST_F(AttentionBadInput, PlanArguments) {
   NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o6, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
                     NKV_STATUS_NOT_SUPPORTED, "CPU backend");
   o6.kernel = NKV_ATTENTION_KERNEL_AUTO;
-  o6.reserved = 1;
+  o6.kv_page_size = 16;  // paged K/V is for decode plans
   NKV_EXPECT_STATUS(nkv_attention_plan_varlen(context.get(), &o6, 4, 2, 64, 2, cu_q.data(), cu_k.data(), &p),
-                    NKV_STATUS_INVALID_ARGUMENT, "options.reserved");
+                    NKV_STATUS_INVALID_ARGUMENT, "options.kv_page_size");
+  const std::vector<int32_t> two{3, 5};
+  o6.kv_page_size = 24;
+  NKV_EXPECT_STATUS(nkv_attention_plan_decode(context.get(), &o6, 4, 2, 64, 2, 1, two.data(), &p),
+                    NKV_STATUS_INVALID_ARGUMENT, "options.kv_page_size");
+  o6.kv_page_size = 0;
   const std::vector<int32_t> seqlens{3, -1};
   NKV_EXPECT_STATUS(nkv_attention_plan_decode(context.get(), nullptr, 4, 2, 64, 2, 1, seqlens.data(), &p),
                     NKV_STATUS_INVALID_ARGUMENT, "negative");

@@ -450,7 +450,7 @@ void expect_paged_decode_matches_contiguous(nkv_backend backend) {
     qm.upload(q);
     km.upload(k);
     vm.upload(v);
-    const nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 3, NKV_ATTENTION_KERNEL_AUTO, {}};
+    nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 3, NKV_ATTENTION_KERNEL_AUTO, 0};
     nkv_attention_plan* plan = nullptr;
     NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &opts, hq, hkv, d, batch, q_len, lengths.data(), &plan));
     const nkv_tensor qt = view(qm.data(), NKV_DTYPE_FLOAT16, device, {batch, q_len, hq, d});
@@ -476,6 +476,22 @@ void expect_paged_decode_matches_contiguous(nkv_backend backend) {
     NKV_EXPECT_STATUS(nkv_attention_decode_paged(plan, &qt, &k_pool, &v_pool, &narrow, &ot2, &lt2),
                       NKV_STATUS_INVALID_ARGUMENT, "block_table");
     nkv_attention_plan_destroy(plan);
+    // A plan made for this page size (same split count, so the same pieces): the same bits; it refuses
+    // contiguous K/V and pools of another page size.
+    opts.kv_page_size = page_size;
+    NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &opts, hq, hkv, d, batch, q_len, lengths.data(), &plan));
+    o2.fill(0xFF, q.size() * 2);
+    NKV_ASSERT_OK(nkv_attention_decode_paged(plan, &qt, &k_pool, &v_pool, &table, &ot2, &lt2));
+    EXPECT_EQ(a, o2.download<uint16_t>(q.size()));
+    NKV_EXPECT_STATUS(nkv_attention_decode(plan, &qt, &kt, &vt, &ot1, &lt1), NKV_STATUS_INVALID_ARGUMENT, "kv_page_size");
+    nkv_tensor other_k = k_pool, other_v = v_pool;
+    other_k.shape[0] = other_v.shape[0] = 1;
+    other_k.shape[1] = other_v.shape[1] = page_size == 256 ? 128 : page_size * 2;
+    other_k.strides[0] = other_v.strides[0] = other_k.shape[1] * hkv * d;
+    NKV_EXPECT_STATUS(nkv_attention_decode_paged(plan, &qt, &other_k, &other_v, &table, &ot2, &lt2),
+                      NKV_STATUS_INVALID_ARGUMENT, "kv_page_size");
+    nkv_attention_plan_destroy(plan);
+    opts.kv_page_size = 0;
   }
 }
 

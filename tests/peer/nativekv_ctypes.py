@@ -115,7 +115,7 @@ class NkvAttentionOptions(ctypes.Structure):
         ("window_left", ctypes.c_int32),
         ("num_splits", ctypes.c_int32),
         ("kernel", ctypes.c_int32),  # nkv_attention_kernel: 0 auto, 1 sm80, 2 sm90
-        ("reserved", ctypes.c_int32),
+        ("kv_page_size", ctypes.c_int32),  # decode: the page size of the pools it reads, 0 for any K/V
     ]
 
 
@@ -451,8 +451,8 @@ class Context:
 
     def plan_decode(self, num_heads_q: int, num_heads_kv: int, head_dim: int, q_len: int, seqlens_k: Sequence[int],
                     *, causal: bool = False, softmax_scale: float = 0.0, softcap: float = 0.0,
-                    window_left: int = -1, num_splits: int = 0) -> "AttentionPlan":
-        options = attention_options(causal, softmax_scale, softcap, window_left, num_splits)
+                    window_left: int = -1, num_splits: int = 0, kv_page_size: int = 0) -> "AttentionPlan":
+        options = attention_options(causal, softmax_scale, softcap, window_left, num_splits, kv_page_size=kv_page_size)
         handle = _P()
         self.lib.call("nkv_attention_plan_decode", self.handle, ctypes.byref(options), num_heads_q, num_heads_kv,
                       head_dim, len(seqlens_k), q_len, _int32_array(seqlens_k), ctypes.byref(handle))
@@ -469,10 +469,10 @@ class Context:
 
 def attention_options(causal: bool = False, softmax_scale: float = 0.0, softcap: float = 0.0,
                       window_left: int = -1, num_splits: int = 0,
-                      kernel: int = ATTENTION_KERNEL_AUTO) -> NkvAttentionOptions:
+                      kernel: int = ATTENTION_KERNEL_AUTO, kv_page_size: int = 0) -> NkvAttentionOptions:
     return NkvAttentionOptions(struct_size=ctypes.sizeof(NkvAttentionOptions), causal=int(bool(causal)),
                                softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
-                               num_splits=num_splits, kernel=kernel, reserved=0)
+                               num_splits=num_splits, kernel=kernel, kv_page_size=kv_page_size)
 
 
 class AttentionPlan:

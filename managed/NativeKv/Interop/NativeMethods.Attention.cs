@@ -13,7 +13,7 @@ internal struct NkvAttentionOptions
     public int WindowLeft;
     public int NumSplits;
     public int Kernel;
-    public int Reserved;
+    public int KvPageSize;
 }
 
 /// <summary>Mirror of <c>nkv_attention_plan_info</c>.</summary>

@@ -278,7 +278,12 @@ typedef struct nkv_attention_options {
                             making results independent of the GPU. Varlen: must be 0. */
   int32_t kernel;        /* nkv_attention_kernel. Only AUTO on the CPU backend; decode runs the SM80 family on every
                             GPU. Callers built against a header without this field (struct_size 24) get AUTO. */
-  int32_t reserved;      /* must be 0 */
+  int32_t kv_page_size;  /* decode: 0, or the page size of the pools this plan reads with nkv_attention_decode_paged
+                            (a power of two <= 256). Pages scattered over a pool cost the loads address translation,
+                            so a paged plan cuts the keys into more pieces to keep more loads in flight. A plan with
+                            kv_page_size > 0 runs only nkv_attention_decode_paged over pools of that page size; one
+                            with 0 runs every decode entry point. Varlen: must be 0. (This field was `reserved`,
+                            which had to be 0.) */
 } nkv_attention_options;
 
 typedef struct nkv_attention_plan nkv_attention_plan;

@@ -31,10 +31,29 @@ constexpr int64_t kPieceOverheadKeys = 256;
 // caller's struct_size covers them.
 constexpr size_t kOptionsFirstSize = offsetof(nkv_attention_options, kernel);
 
+// A decode plan made for paged K/V (options.kv_page_size) runs only over pools of that page size.
+void check_kv_layout(const nkv_attention_plan& plan, int64_t page_size) {
+  if (plan.kv_page_size == 0 || plan.kv_page_size == page_size) return;
+  fail_argument("argument 'plan': made for K/V pools of page size " + std::to_string(plan.kv_page_size) +
+                " (options.kv_page_size), but the call reads " +
+                (page_size == 0 ? std::string("contiguous K/V") : "pools of page size " + std::to_string(page_size)));
+}
+
+// The page size a decode plan is made for (0: any K/V).
+int32_t check_kv_page_size(const nkv_attention_options* options, bool decode) {
+  if (options == nullptr || options->struct_size < sizeof(nkv_attention_options)) return 0;
+  const int32_t page_size = options->kv_page_size;
+  if (page_size == 0) return 0;
+  if (!decode) fail_argument("argument 'options.kv_page_size': must be 0 for varlen plans, got " + std::to_string(page_size));
+  if (page_size < 0 || page_size > 256 || (page_size & (page_size - 1)) != 0) {
+    fail_argument("argument 'options.kv_page_size': expected 0 or a power of two <= 256, got " + std::to_string(page_size));
+  }
+  return page_size;
+}
+
 // The requested kernel family, after checking that the context can have it at all.
 nkv_attention_kernel check_kernel(const nkv_attention_options* options, const nkv_context& context, bool decode) {
   if (options == nullptr || options->struct_size < sizeof(nkv_attention_options)) return NKV_ATTENTION_KERNEL_AUTO;
-  if (options->reserved != 0) fail_argument("argument 'options.reserved' must be 0, got " + std::to_string(options->reserved));
   const int32_t kernel = options->kernel;
   if (kernel != NKV_ATTENTION_KERNEL_AUTO && kernel != NKV_ATTENTION_KERNEL_SM80 && kernel != NKV_ATTENTION_KERNEL_SM90) {
     fail_argument("argument 'options.kernel': expected NKV_ATTENTION_KERNEL_AUTO (0), _SM80 (1) or _SM90 (2), got " +
@@ -363,6 +382,7 @@ PlanPtr new_plan(nkv_context* context, nkv_attention_plan** out_plan, const nkv_
   const bool decode = kind == NKV_ATTENTION_DECODE;
   const AttentionMask mask = check_options(options, head_dim, decode);
   const nkv_attention_kernel kernel = check_kernel(options, c, decode);
+  const int32_t kv_page_size = check_kv_page_size(options, decode);
   check_device(c);
   if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
   check_cuda_limits(c, batch, num_heads_kv);
@@ -370,6 +390,7 @@ PlanPtr new_plan(nkv_context* context, nkv_attention_plan** out_plan, const nkv_
   plan->context = context;
   plan->kind = kind;
   plan->kernel = kernel;
+  plan->kv_page_size = kv_page_size;
   plan->batch = batch;
   plan->num_heads_q = num_heads_q;
   plan->num_heads_kv = num_heads_kv;
@@ -539,6 +560,7 @@ NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tens
                                         const nkv_tensor* v, const nkv_tensor* o, const nkv_tensor* lse) {
   return guard("nkv_attention_decode", [&] {
     const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
+    check_kv_layout(p, 0);
     const nkv_context& c = *p.context;
     const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, hkv = p.num_heads_kv, d = p.head_dim;
     const nkv_tensor& tq = check_tensor("q", q, c);
@@ -576,6 +598,7 @@ NKV_API nkv_status nkv_attention_decode_kv_pointers(nkv_attention_plan* plan, co
                                                     const nkv_tensor* lse) {
   return guard("nkv_attention_decode_kv_pointers", [&] {
     const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
+    check_kv_layout(p, 0);
     const nkv_context& c = *p.context;
     const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q;
     const nkv_tensor& tq = check_tensor("q", q, c);
@@ -634,6 +657,11 @@ NKV_API nkv_status nkv_attention_decode_paged(nkv_attention_plan* plan, const nk
     if (page_size < 1 || page_size > 256 || (page_size & (page_size - 1)) != 0) {
       fail_argument("argument 'k_pool': expected a page size (dimension 1) that is a power of two <= 256, got shape " +
                     shape_string(tk));
+    }
+    check_kv_layout(p, page_size);
+    if (tk.shape[0] * page_size > std::numeric_limits<int32_t>::max()) {  // the kernel's row indices are 32-bit
+      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'k_pool': " + std::to_string(tk.shape[0] * page_size) +
+                                         " token rows; at most " + std::to_string(std::numeric_limits<int32_t>::max()) + " per pool");
     }
     for (const nkv_tensor* pool : {&tk, &tv}) {
       const char* name = pool == &tk ? "k_pool" : "v_pool";

@@ -52,7 +52,7 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_attention_options, window_left),
     NKV_FIELD(nkv_attention_options, num_splits),
     NKV_FIELD(nkv_attention_options, kernel),
-    NKV_FIELD(nkv_attention_options, reserved),
+    NKV_FIELD(nkv_attention_options, kv_page_size),
     NKV_FIELD(nkv_attention_plan_info, struct_size),
     NKV_FIELD(nkv_attention_plan_info, kind),
     NKV_FIELD(nkv_attention_plan_info, batch),

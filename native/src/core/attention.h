@@ -48,6 +48,7 @@ struct nkv_attention_plan {
   int32_t q_len = 0;  // decode
   nkv::AttentionMask mask;
   nkv_attention_kernel kernel = NKV_ATTENTION_KERNEL_AUTO;  // as requested; CUDA dispatch resolves AUTO
+  int32_t kv_page_size = 0;  // decode: the page size of the pools it is made for, 0 for any K/V
   int64_t total_q = 0;
   int64_t total_k = 0;
   int64_t max_seqlen_q = 0;
@@ -127,7 +128,7 @@ struct DecodeAttentionArgs {
   const int64_t* k_pointers = nullptr;
   const int64_t* v_pointers = nullptr;
   // When set, key t of sequence b is row (block_table[b * block_table_stride + (t >> page_shift)] << page_shift
-  // | t & (page size - 1)) of k and v (paged; their batch strides are then 0).
+  // | t & (page size - 1)) of k and v (paged; their batch strides are then 0; fewer than 2^31 rows per pool).
   const int32_t* block_table = nullptr;
   int64_t block_table_stride = 0;
   int32_t page_shift = 0;

@@ -195,7 +195,9 @@ __device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int se
 
 // One piece (blockIdx.x): the keys [key_begin, key_end) of one (sequence, KV head) pair, for the packed
 // query rows of row block blockIdx.z.
-template <typename T, int kHeadDim, int kMTiles, int kStages_>
+// kPaged: keys and values are read through args.block_table (its own instantiation, so the contiguous
+// kernel carries neither the table lookups nor their registers).
+template <typename T, int kHeadDim, int kMTiles, int kStages_, bool kPaged>
 __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const DecodeKernelParams p) {
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   const int piece = blockIdx.x;
@@ -244,14 +246,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
                     kv_head * args.v_strides.head;
 
   // Paged: this sequence's row of the block table (k_base and v_base are then the pools' first page).
-  const int32_t* page_row = args.block_table != nullptr ? args.block_table + sequence * args.block_table_stride : nullptr;
+  const int32_t* page_row = kPaged ? args.block_table + sequence * args.block_table_stride : nullptr;
   load_packed_q_tile<Tiles::kPitch, kRows, kChunks, kDecodeThreads>(q_tile, q_base, args.q_strides, row0, rows, group,
                                                                     kv_head);
   copy_async_commit();
 
   // Stage s holds K at stages + 2s tiles and V right after it.
-  const TileLoader<kDecodeBlockN, Tiles::kPitch, kChunks, kDecodeThreads> k_loader(stages, threadIdx.x);
-  const TileLoader<kDecodeBlockN, Tiles::kPitch, kChunks, kDecodeThreads> v_loader(stages + kTileElements, threadIdx.x);
+  using Loader = TileLoader<kDecodeBlockN, Tiles::kPitch, kChunks, kDecodeThreads>;
+  const Loader k_loader(stages, threadIdx.x);
+  const Loader v_loader(stages + kTileElements, threadIdx.x);
   // Every K/V byte is read once per call. Streamed as the L2's first to evict, they leave it to what blocks
   // read again: the piece records and Q, each a dependent miss before a block's first K/V request when
   // they came from HBM (bench/NOTES.md a12: 1% at every decode shape on an H200). Not with two stages:
@@ -259,17 +262,26 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   // copies an unset uniform register as their policy, an illegal instruction at run time (NOTES a12).
   constexpr bool kStreamHint = kStages > 2;
   const uint64_t stream_policy = kStreamHint ? l2_evict_first_policy() : 0;
+  // Paged: the pool rows of the next tile to load (K and V share rows, so one lookup serves both). They are
+  // looked up one tile ahead: a table read issued right before the copies that need it stalled them, with
+  // one block per SM, by an L2 round trip per tile (bench/NOTES.md p3).
+  int32_t next_rows[Loader::kPasses];
+  auto lookup_rows = [&](int tile) {
+    if constexpr (kPaged) k_loader.lookup_rows(page_row, args.page_shift, key_begin + tile * kDecodeBlockN, key_end, next_rows);
+  };
   auto load_tile = [&](int tile) {
     const uint32_t stage_bytes = static_cast<uint32_t>((tile % kStages) * 2 * kTileElements * sizeof(T));
     const int n0 = key_begin + tile * kDecodeBlockN;
-    if (page_row != nullptr) {
-      k_loader.load_paged<kStreamHint>(k_base, args.k_strides.row, page_row, args.page_shift, n0, key_end, stage_bytes, stream_policy);
-      v_loader.load_paged<kStreamHint>(v_base, args.v_strides.row, page_row, args.page_shift, n0, key_end, stage_bytes, stream_policy);
+    if constexpr (kPaged) {
+      k_loader.load_paged<kStreamHint>(k_base, static_cast<int32_t>(args.k_strides.row), next_rows, n0, key_end, stage_bytes, stream_policy);
+      v_loader.load_paged<kStreamHint>(v_base, static_cast<int32_t>(args.v_strides.row), next_rows, n0, key_end, stage_bytes, stream_policy);
+      lookup_rows(tile + 1);
     } else {
       k_loader.load<kStreamHint>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
       v_loader.load<kStreamHint>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);
     }
   };
+  lookup_rows(0);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < tiles) load_tile(s);
@@ -455,7 +467,8 @@ template <typename T, int kHeadDim, int kMTiles, int kStages>
 void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& params) {
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
   const cudaStream_t stream = static_cast<cudaStream_t>(plan.context->stream);
-  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages>;
+  auto split_kernel = params.args.block_table != nullptr ? decode_split_kernel<T, kHeadDim, kMTiles, kStages, true>
+                                                         : decode_split_kernel<T, kHeadDim, kMTiles, kStages, false>;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
   const int rows = plan.q_len * params.mask.group;
@@ -470,9 +483,9 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
 }
 
 template <typename T, int kHeadDim, int kMTiles, int kStages>
-int resident_blocks() {
+int resident_blocks() {  // the paged instantiation uses the same shared memory and launch bounds
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
-  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages>;
+  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages, false>;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
   int blocks = 0;
@@ -534,30 +547,35 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const DecodeKernelParams&
   }
 }
 
-// Blocks per SM that keep kInFlightBytes of K/V loads in flight each (the stages being filled while one
+// Blocks per SM that keep `in_flight_bytes` of K/V loads in flight each (the stages being filled while one
 // is computed on): on an H200 one block per SM with 64 KiB in flight streamed faster (4.45 TB/s at
 // b8 x L32768 with 2 splits) than two co-resident blocks per SM over half the keys each (4.32 TB/s),
 // and deeper pipelines (4 or 6 stages) did not help (bench/NOTES.md, a5).
 template <int kHeadDim, int kMTiles, int kStages>
-int blocks_per_sm() {
-  constexpr size_t kInFlightBytes = 64 * 1024;
+int blocks_per_sm(size_t in_flight_bytes) {
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
   constexpr size_t kPerBlock = (kStages - 1) * Tiles::kStageBytes;
-  const int wanted = static_cast<int>((kInFlightBytes + kPerBlock - 1) / kPerBlock);
+  const int wanted = static_cast<int>((in_flight_bytes + kPerBlock - 1) / kPerBlock);
   return std::max(1, std::min(wanted, resident_blocks<__half, kHeadDim, kMTiles, kStages>()));
 }
 
 // Blocks over distinct keys that run at once on the GPU, shared among the row blocks.
 template <int kHeadDim>
 int64_t block_slots_for(const nkv_attention_plan& plan) {
+  // Paged K/V: pages scattered over a pool miss the address-translation caches, so each load waits
+  // longer and twice the bytes must be in flight (H100, b8 x L32768, pages of 16 in random order: 0.91x
+  // the contiguous time with one block per SM, 0.97x with two; bench/NOTES.md p3).
+  const size_t in_flight_bytes = plan.kv_page_size > 0 ? 128 * 1024 : 64 * 1024;
   const DecodeConfig c = decode_config<kHeadDim>(plan);
   int per_sm = 0;
   if constexpr (kHeadDim == 256) {
-    per_sm = blocks_per_sm<kHeadDim, 1, 2>();
+    per_sm = blocks_per_sm<kHeadDim, 1, 2>(in_flight_bytes);
   } else if (c.m_tiles == 1) {
-    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 1, kDeepStages>() : blocks_per_sm<kHeadDim, 1, 2>();
+    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 1, kDeepStages>(in_flight_bytes)
+                                     : blocks_per_sm<kHeadDim, 1, 2>(in_flight_bytes);
   } else {
-    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 2, kDeepStages>() : blocks_per_sm<kHeadDim, 2, 2>();
+    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 2, kDeepStages>(in_flight_bytes)
+                                     : blocks_per_sm<kHeadDim, 2, 2>(in_flight_bytes);
   }
   const int64_t rows = static_cast<int64_t>(plan.q_len) * (plan.num_heads_q / plan.num_heads_kv);
   const int64_t row_blocks = (rows + 16 * c.m_tiles - 1) / (16 * c.m_tiles);

@@ -137,20 +137,31 @@ struct TileLoader {
     }
   }
 
-  // The same through a page table: row r of the matrix is row (pages[r >> page_shift] << page_shift |
-  // r & (page size - 1)) of `base`. The table is read only for valid rows (past a sequence's last page its
-  // entries need not exist).
+  // The same through a page table, reading the rows `physical_rows` (this thread's rows of the tile, from
+  // lookup_rows) of `base`. The row offsets are 32-bit (the caller checks that the pool's elements fit), so
+  // a pass costs one wide multiply-add more than the contiguous load.
   template <bool kWithPolicy = false, typename T>
-  __device__ __forceinline__ void load_paged(const T* base, int64_t row_stride, const int32_t* pages, int page_shift,
+  __device__ __forceinline__ void load_paged(const T* base, int32_t row_stride, const int32_t (&physical_rows)[kPasses],
                                              int row0, int valid_rows, uint32_t extra_bytes = 0, uint64_t policy = 0) const {
     const bool data_chunk = chunk < kDataChunks;
+    const T* chunk_base = base + chunk * 8;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const bool valid = data_chunk && row0 + first_row + i * kRowsPerPass < valid_rows;
+      copy_pass<kWithPolicy>(i, chunk_base + static_cast<int64_t>(physical_rows[i]) * row_stride, valid, extra_bytes, policy);
+    }
+  }
+
+  // The physical rows of this thread's rows of the tile at row0: row r is row (pages[r >> page_shift] <<
+  // page_shift | r & (page size - 1)) of the pool. Rows at or past valid_rows get row 0 (a table row need
+  // not have entries past a sequence's last page).
+  __device__ __forceinline__ void lookup_rows(const int32_t* pages, int page_shift, int row0, int valid_rows,
+                                              int32_t (&physical_rows)[kPasses]) const {
     const int page_mask = (1 << page_shift) - 1;
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
       const int row = row0 + first_row + i * kRowsPerPass;
-      const bool valid = data_chunk && row < valid_rows;
-      const int64_t physical = valid ? (static_cast<int64_t>(__ldg(pages + (row >> page_shift))) << page_shift) | (row & page_mask) : 0;
-      copy_pass<kWithPolicy>(i, base + physical * row_stride + chunk * 8, valid, extra_bytes, policy);
+      physical_rows[i] = row < valid_rows ? (__ldg(pages + (row >> page_shift)) << page_shift) | (row & page_mask) : 0;
     }
   }
 

@@ -401,8 +401,8 @@ public readonly record struct AttentionOptions
 
     /// <summary>
     /// Decode plans: 0, or the page size of the pools the plan reads with <see cref="Attention.DecodePaged"/> (a power of
-    /// two up to 256). Pages scattered over a pool cost the loads address translation, so a paged plan cuts the keys into
-    /// more pieces to keep more loads in flight. A plan with a page size runs only paged decode over pools of that page
+    /// two up to 256). Small pages scattered over a pool cost the loads address translation, so a plan for pages under 256
+    /// tokens cuts the keys into more pieces to keep more loads in flight. A plan with a page size runs only paged decode over pools of that page
     /// size; one with 0 runs every decode call. Varlen plans: must be 0.
     /// </summary>
     public int KvPageSize { get; init; }

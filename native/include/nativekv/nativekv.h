@@ -279,8 +279,9 @@ typedef struct nkv_attention_options {
   int32_t kernel;        /* nkv_attention_kernel. Only AUTO on the CPU backend; decode runs the SM80 family on every
                             GPU. Callers built against a header without this field (struct_size 24) get AUTO. */
   int32_t kv_page_size;  /* decode: 0, or the page size of the pools this plan reads with nkv_attention_decode_paged
-                            (a power of two <= 256). Pages scattered over a pool cost the loads address translation,
-                            so a paged plan cuts the keys into more pieces to keep more loads in flight. A plan with
+                            (a power of two <= 256). Small pages scattered over a pool cost the loads address
+                            translation, so a plan for pages under 256 tokens cuts the keys into more pieces to
+                            keep more loads in flight. A plan with
                             kv_page_size > 0 runs only nkv_attention_decode_paged over pools of that page size; one
                             with 0 runs every decode entry point. Varlen: must be 0. (This field was `reserved`,
                             which had to be 0.) */

@@ -262,26 +262,29 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   // copies an unset uniform register as their policy, an illegal instruction at run time (NOTES a12).
   constexpr bool kStreamHint = kStages > 2;
   const uint64_t stream_policy = kStreamHint ? l2_evict_first_policy() : 0;
-  // Paged: the pool rows of the next tile to load (K and V share rows, so one lookup serves both). They are
-  // looked up one tile ahead: a table read issued right before the copies that need it stalled them, with
-  // one block per SM, by an L2 round trip per tile (bench/NOTES.md p3).
-  int32_t next_rows[Loader::kPasses];
-  auto lookup_rows = [&](int tile) {
-    if constexpr (kPaged) k_loader.lookup_rows(page_row, args.page_shift, key_begin + tile * kDecodeBlockN, key_end, next_rows);
+  // Paged: the pages of the next tile to load (K and V share rows, so one lookup serves both). They are
+  // read one tile ahead, and nothing uses them before that tile's load: a table read that the copies (or
+  // the row arithmetic before them) waited for stalled the block by an L2 round trip per tile; with one
+  // block per SM that cost b8 x L32768 at page 16 up to 1.28x the contiguous time (bench/NOTES.md p3).
+  int32_t next_pages[Loader::kPasses];
+  auto lookup_pages = [&](int tile) {
+    if constexpr (kPaged) k_loader.lookup_pages(page_row, args.page_shift, key_begin + tile * kDecodeBlockN, key_end, next_pages);
   };
   auto load_tile = [&](int tile) {
     const uint32_t stage_bytes = static_cast<uint32_t>((tile % kStages) * 2 * kTileElements * sizeof(T));
     const int n0 = key_begin + tile * kDecodeBlockN;
     if constexpr (kPaged) {
-      k_loader.load_paged<kStreamHint>(k_base, static_cast<int32_t>(args.k_strides.row), next_rows, n0, key_end, stage_bytes, stream_policy);
-      v_loader.load_paged<kStreamHint>(v_base, static_cast<int32_t>(args.v_strides.row), next_rows, n0, key_end, stage_bytes, stream_policy);
-      lookup_rows(tile + 1);
+      int32_t rows_in_pool[Loader::kPasses];
+      k_loader.rows_in_pool(next_pages, args.page_shift, n0, rows_in_pool);
+      k_loader.load_paged<kStreamHint>(k_base, static_cast<int32_t>(args.k_strides.row), rows_in_pool, n0, key_end, stage_bytes, stream_policy);
+      v_loader.load_paged<kStreamHint>(v_base, static_cast<int32_t>(args.v_strides.row), rows_in_pool, n0, key_end, stage_bytes, stream_policy);
+      lookup_pages(tile + 1);
     } else {
       k_loader.load<kStreamHint>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
       v_loader.load<kStreamHint>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);
     }
   };
-  lookup_rows(0);
+  lookup_pages(0);
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < tiles) load_tile(s);
@@ -562,10 +565,11 @@ int blocks_per_sm(size_t in_flight_bytes) {
 // Blocks over distinct keys that run at once on the GPU, shared among the row blocks.
 template <int kHeadDim>
 int64_t block_slots_for(const nkv_attention_plan& plan) {
-  // Paged K/V: pages scattered over a pool miss the address-translation caches, so each load waits
-  // longer and twice the bytes must be in flight (H100, b8 x L32768, pages of 16 in random order: 0.91x
-  // the contiguous time with one block per SM, 0.97x with two; bench/NOTES.md p3).
-  const size_t in_flight_bytes = plan.kv_page_size > 0 ? 128 * 1024 : 64 * 1024;
+  // Small pages scattered over a pool miss the address-translation caches, so each load waits longer and
+  // twice the bytes must be in flight. H100, b8 x L32768, pages in random order, contiguous time / paged
+  // time with one block per SM vs two: page 16 0.932 vs 0.958, page 64 0.964 vs 0.971, but page 256
+  // 0.985 vs 0.973 (bench/NOTES.md p3).
+  const size_t in_flight_bytes = plan.kv_page_size > 0 && plan.kv_page_size < 256 ? 128 * 1024 : 64 * 1024;
   const DecodeConfig c = decode_config<kHeadDim>(plan);
   int per_sm = 0;
   if constexpr (kHeadDim == 256) {

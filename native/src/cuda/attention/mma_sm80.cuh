@@ -138,7 +138,7 @@ struct TileLoader {
   }
 
   // The same through a page table, reading the rows `physical_rows` (this thread's rows of the tile, from
-  // lookup_rows) of `base`. The row offsets are 32-bit (the caller checks that the pool's elements fit), so
+  // rows_in_pool) of `base`. The row offsets are 32-bit (the caller checks that the pool's elements fit), so
   // a pass costs one wide multiply-add more than the contiguous load.
   template <bool kWithPolicy = false, typename T>
   __device__ __forceinline__ void load_paged(const T* base, int32_t row_stride, const int32_t (&physical_rows)[kPasses],
@@ -152,17 +152,25 @@ struct TileLoader {
     }
   }
 
-  // The physical rows of this thread's rows of the tile at row0: row r is row (pages[r >> page_shift] <<
-  // page_shift | r & (page size - 1)) of the pool. Rows at or past valid_rows get row 0 (a table row need
-  // not have entries past a sequence's last page).
-  __device__ __forceinline__ void lookup_rows(const int32_t* pages, int page_shift, int row0, int valid_rows,
-                                              int32_t (&physical_rows)[kPasses]) const {
-    const int page_mask = (1 << page_shift) - 1;
+  // The pages holding this thread's rows of the tile at row0 (page 0 for rows at or past valid_rows: a table
+  // row need not have entries past a sequence's last page). Only loads: whatever uses a page stalls until
+  // the read returns, so the caller looks a tile ahead and computes rows_in_pool when the tile is loaded.
+  __device__ __forceinline__ void lookup_pages(const int32_t* pages, int page_shift, int row0, int valid_rows,
+                                               int32_t (&page)[kPasses]) const {
 #pragma unroll
     for (int i = 0; i < kPasses; ++i) {
       const int row = row0 + first_row + i * kRowsPerPass;
-      physical_rows[i] = row < valid_rows ? (__ldg(pages + (row >> page_shift)) << page_shift) | (row & page_mask) : 0;
+      page[i] = row < valid_rows ? __ldg(pages + (row >> page_shift)) : 0;
     }
+  }
+
+  // The pool rows of this thread's rows of the tile at row0, on the pages from lookup_pages: row r is row
+  // page << page_shift | r & (page size - 1).
+  __device__ __forceinline__ void rows_in_pool(const int32_t (&page)[kPasses], int page_shift, int row0,
+                                               int32_t (&physical_rows)[kPasses]) const {
+    const int page_mask = (1 << page_shift) - 1;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) physical_rows[i] = (page[i] << page_shift) | ((row0 + first_row + i * kRowsPerPass) & page_mask);
   }
 
  private:

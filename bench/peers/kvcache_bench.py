@@ -5,10 +5,13 @@ Cases (issue 4's shapes; --quick shrinks them):
   decode  fp16 d128 Hq32 Hkv8 q_len 1, b64 x L4096 and b8 x L32768: the contiguous decode of [b, L, Hkv, d]
           and the paged decode (nkv_attention_decode_paged) over the same keys and values stored in page
           pools of 16, 64 and 256 tokens. A pool's pages are handed out in a random order, as a cache's
-          free list hands them out after a while of serving, so no sequence's pages are adjacent.
+          free list hands them out after a while of serving, so no sequence's pages are adjacent. Then the
+          virtual-memory cache (nkv_virtual_kv_cache) of a 32-layer model in both layouts, holding the same
+          keys and values in layer 0, read by the unchanged contiguous kernel through its strided view.
 
-Every variant is timed interleaved with the others, call by call (attention_bench.Timer), so clock and
-temperature drift reach all of them alike; the ratio is contiguous time / variant time (>= 1: no slower).
+The contiguous and paged variants are timed interleaved, call by call (attention_bench.Timer), so clock and
+temperature drift reach all of them alike; each virtual-memory cache (one at a time: 32 GiB each) is timed
+interleaved with the contiguous decode again. The ratio is contiguous time / variant time (>= 1: no slower).
 Every variant's output is compared bit for bit with the contiguous one first: the paged loads must read
 exactly the same keys in the same order.
 
@@ -30,8 +33,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attention_bench as ab  # noqa: E402  (Timer, rotation, NativeKvSide, copy_bandwidth, short_error)
+import nativekv_ctypes as nkv  # noqa: E402
 
 PAGE_SIZES = (16, 64, 256)
+VIRTUAL_LAYERS = 32  # a Llama-3-8B-like model: the token-major stride is 32 x 2 x 8 x 128 x 2 bytes = 128 KiB
 
 
 def paged_copy(k: torch.Tensor, v: torch.Tensor, page_size: int, generator: torch.Generator):
@@ -117,9 +122,46 @@ def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None
             if copy_tbps:
                 entry["fraction_of_copy"] = entry["tbps"] / copy_tbps
             entry["contiguous_over_variant"] = medians[0] / us
+        # Virtual-memory caches, one at a time (32 layers of this shape take 32 GiB each), each timed
+        # interleaved with the contiguous decode: the same kernel and plan over the cache's strided view.
+        for layout, name in ((nkv.VirtualKvCache.LAYER_MAJOR, "virtual, layer-major"),
+                             (nkv.VirtualKvCache.TOKEN_MAJOR, "virtual, token-major")):
+            try:
+                row["variants"][name] = bench_virtual(timer, side, contiguous, data[0], runs["contiguous"][0], layout,
+                                                      VIRTUAL_LAYERS, kv_bytes, copy_tbps)
+            except Exception as e:
+                row["variants"][name] = {"error": ab.short_error(e)}
+            ab.free_memory()
     del data
     ab.free_memory()
     return row
+
+
+def bench_virtual(timer: ab.Timer, side: ab.NativeKvSide, plan, s: dict, contiguous_run, layout: int, layers: int,
+                  kv_bytes: int, copy_tbps: float | None) -> dict:
+    """Decode over a virtual-memory cache of `layers` layers holding s's K/V in layer 0, timed interleaved with
+    contiguous_run; the output must equal the contiguous one bit for bit (same plan, same keys)."""
+    b, seqlen, hkv, d = s["k"].shape
+    with nkv.VirtualKvCache(side.ctx, layout=layout, num_layers=layers, num_heads_kv=hkv, head_dim=d, max_slots=b,
+                            max_tokens=seqlen) as cache:
+        slots = [cache.add_slot() for _ in range(b)]
+        cache.append(slots, [seqlen] * b)
+        cache.write(0, s["k"].reshape(b * seqlen, hkv, d), s["v"].reshape(b * seqlen, hkv, d))
+        info = cache.info()
+        k_view, v_view = cache.view(cache.K, 0), cache.view(cache.V, 0)
+        out = torch.full_like(s["q"], float("nan"))
+        run = plan.bind(s["q"], k_view, v_view, out)
+        run()
+        torch.cuda.synchronize()
+        entry: dict[str, Any] = {"bit_identical": bool(torch.equal(out, s["o"]["contiguous"])), "layers": layers,
+                                 "mapped_gib": info["mapped_pages"] * info["page_bytes"] / 2**30,
+                                 "tokens_per_block": info["tokens_per_block"]}
+        contiguous_us, us = timer.interleaved_medians_us([lambda i: contiguous_run(), lambda i: run()])
+        entry.update({"us": us, "contiguous_us": contiguous_us, "tbps": kv_bytes / us / 1e6,
+                      "contiguous_over_variant": contiguous_us / us})
+        if copy_tbps:
+            entry["fraction_of_copy"] = entry["tbps"] / copy_tbps
+        return entry
 
 
 def markdown(rows: list[dict], env: dict) -> str:
@@ -129,7 +171,9 @@ def markdown(rows: list[dict], env: dict) -> str:
              "ratio = contiguous time / variant time (must: paged ≥ 0.95 at page ≥ 16). "
              "A paged plan (options.kv_page_size) cuts the keys into more pieces than a contiguous one; \"contiguous "
              "plan\": the paged call with the contiguous plan. Bit-identical: with the same split count, the paged "
-             "output equals the contiguous output bit for bit.", "",
+             "output equals the contiguous output bit for bit. Virtual: a 32-layer nkv_virtual_kv_cache holding the "
+             "keys in layer 0, read through its strided view by the contiguous kernel and plan; each timed "
+             "interleaved with the contiguous decode on its own (must: ≥ 0.99).", "",
              "| op | shape | variant | pieces per sequence | time | TB/s (K/V read) | of copy | contiguous / variant | "
              "output vs contiguous |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
@@ -139,14 +183,21 @@ def markdown(rows: list[dict], env: dict) -> str:
             continue
         first = True
         for name, v in r["variants"].items():
+            if "error" in v:
+                lines.append(f"| {r['op'] if first else ''} | {r['shape'] if first else ''} | {name} | | error: "
+                             f"{ab.cell(v['error'])} | | | | |")
+                first = False
+                continue
             frac = f"{100 * v['fraction_of_copy']:.0f}%" if v.get("fraction_of_copy") else "—"
             check = "—"
             if "bit_identical" in v:
                 check = ("bit-identical" if v["bit_identical"] else "**DIFFERENT BITS**") + \
                         f" at 4 pieces; rel. diff {v['rel_diff']:.1e}"
+            elif name.startswith("virtual"):
+                check = "bit-identical (same plan)" if v.get("bit_identical") else "**DIFFERENT BITS**"
             elif "rel_diff" in v:
                 check = "bit-identical (same plan)" if v["rel_diff"] == 0 else f"rel. diff {v['rel_diff']:.1e}"
-            plan_name = name.split(",")[0] if "contiguous plan" not in name else "contiguous"
+            plan_name = name.split(",")[0] if "contiguous plan" not in name and "virtual" not in name else "contiguous"
             splits = r.get("nativekv_splits", {}).get(plan_name, "?")
             lines.append(f"| {r['op'] if first else ''} | {r['shape'] if first else ''} | {name} | {splits} | "
                          f"{v['us']:.1f} µs | {v['tbps']:.2f} | {frac} | {v['contiguous_over_variant']:.3f}× | {check} |")
@@ -188,7 +239,7 @@ def main() -> int:
             print(f"[kvcache_bench] {name}", file=sys.stderr, flush=True)
             try:
                 row = fn(timer, side, copy["tbps"])
-                failed |= any(v.get("bit_identical") is False for v in row["variants"].values())
+                failed |= any(v.get("bit_identical") is False or "error" in v for v in row["variants"].values())
             except Exception as e:
                 traceback.print_exc(file=sys.stderr)
                 op, _, shape = name.partition(" ")

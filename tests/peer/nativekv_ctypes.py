@@ -152,6 +152,28 @@ class NkvPackPlanInfo(ctypes.Structure):
     ]
 
 
+class NkvVirtualKvCacheOptions(ctypes.Structure):
+    _fields_ = [
+        ("struct_size", ctypes.c_uint32),
+        ("dtype", ctypes.c_int32),
+        ("layout", ctypes.c_int32),  # 0 layer-major, 1 token-major
+        ("num_layers", ctypes.c_int32),
+        ("num_heads_kv", ctypes.c_int32),
+        ("head_dim", ctypes.c_int32),
+        ("max_slots", ctypes.c_int32),
+        ("max_tokens", ctypes.c_int32),
+        ("byte_budget", ctypes.c_uint64),
+    ]
+
+
+class NkvVirtualKvCacheInfo(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32)] + [(n, ctypes.c_int32) for n in (
+        "layout", "max_slots", "slots", "tokens_per_block", "max_blocks_per_slot")] + [
+        ("page_bytes", ctypes.c_uint64), ("bytes_per_block", ctypes.c_uint64)] + [(n, ctypes.c_int64) for n in (
+            "rows_per_slot", "tokens", "budget_pages", "mapped_pages", "pooled_pages", "shared_pages", "deferred_blocks",
+            "empty_token_slots", "step_tokens", "blocks_mapped_ahead", "blocks_mapped_inline", "pages_created")]
+
+
 STRUCTS = {
     "nkv_tensor": NkvTensor,
     "nkv_device_properties": NkvDeviceProperties,
@@ -159,6 +181,8 @@ STRUCTS = {
     "nkv_attention_options": NkvAttentionOptions,
     "nkv_attention_plan_info": NkvAttentionPlanInfo,
     "nkv_pack_plan_info": NkvPackPlanInfo,
+    "nkv_virtual_kv_cache_options": NkvVirtualKvCacheOptions,
+    "nkv_virtual_kv_cache_info": NkvVirtualKvCacheInfo,
 }
 
 
@@ -234,6 +258,17 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "nkv_pack_scatter": (_S, [_P, _T, _T]),
     "nkv_pack_gather_padded": (_S, [_P, _T, _T]),
     "nkv_pack_scatter_padded": (_S, [_P, _T, _T]),
+    "nkv_virtual_kv_cache_create": (_S, [_P, ctypes.POINTER(NkvVirtualKvCacheOptions), ctypes.POINTER(_P)]),
+    "nkv_virtual_kv_cache_destroy": (_S, [_P]),
+    "nkv_virtual_kv_cache_add_slot": (_S, [_P, _I32P]),
+    "nkv_virtual_kv_cache_free_slot": (_S, [_P, ctypes.c_int32]),
+    "nkv_virtual_kv_cache_ensure_capacity": (_S, [_P, ctypes.c_int32, ctypes.c_int32]),
+    "nkv_virtual_kv_cache_reserve_ahead": (_S, [_P, ctypes.c_int32, ctypes.c_int32]),
+    "nkv_virtual_kv_cache_trim": (_S, [_P]),
+    "nkv_virtual_kv_cache_append": (_S, [_P, _I32P, _I32P, ctypes.c_int32]),
+    "nkv_virtual_kv_cache_write": (_S, [_P, ctypes.c_int32, _T, _T]),
+    "nkv_virtual_kv_cache_view": (_S, [_P, ctypes.c_int32, ctypes.c_int32, _T]),
+    "nkv_virtual_kv_cache_get_info": (_S, [_P, ctypes.POINTER(NkvVirtualKvCacheInfo)]),
 }
 
 
@@ -465,6 +500,67 @@ class Context:
         self.lib.call("nkv_pack_plan_create", self.handle, _int32_array(prompt_lengths), len(prompt_lengths),
                       row_capacity, ctypes.byref(handle))
         return PackPlan(self, handle)
+
+
+class VirtualKvCache:
+    """nkv_virtual_kv_cache on a context: slots in contiguous virtual memory, pages mapped on demand."""
+
+    LAYER_MAJOR, TOKEN_MAJOR = 0, 1
+    K, V, SLOT_LENGTHS, STEP_ROWS = 0, 1, 2, 3
+
+    def __init__(self, context: "Context", *, layout: int, num_layers: int, num_heads_kv: int, head_dim: int,
+                 max_slots: int, max_tokens: int, byte_budget: int = 0, dtype: int = DTYPE_FLOAT16):
+        self.context, self.lib = context, context.lib
+        self.handle = _P()
+        options = NkvVirtualKvCacheOptions(struct_size=ctypes.sizeof(NkvVirtualKvCacheOptions), dtype=dtype, layout=layout,
+                                           num_layers=num_layers, num_heads_kv=num_heads_kv, head_dim=head_dim,
+                                           max_slots=max_slots, max_tokens=max_tokens, byte_budget=byte_budget)
+        self.lib.call("nkv_virtual_kv_cache_create", context.handle, ctypes.byref(options), ctypes.byref(self.handle))
+
+    def add_slot(self) -> int:
+        slot = ctypes.c_int32()
+        self.lib.call("nkv_virtual_kv_cache_add_slot", self.handle, ctypes.byref(slot))
+        return slot.value
+
+    def free_slot(self, slot: int) -> None:
+        self.lib.call("nkv_virtual_kv_cache_free_slot", self.handle, slot)
+
+    def ensure_capacity(self, slot: int, tokens: int) -> None:
+        self.lib.call("nkv_virtual_kv_cache_ensure_capacity", self.handle, slot, tokens)
+
+    def reserve_ahead(self, slot: int, tokens: int) -> None:
+        self.lib.call("nkv_virtual_kv_cache_reserve_ahead", self.handle, slot, tokens)
+
+    def trim(self) -> None:
+        self.lib.call("nkv_virtual_kv_cache_trim", self.handle)
+
+    def append(self, slots: Sequence[int], counts: Sequence[int]) -> None:
+        self.lib.call("nkv_virtual_kv_cache_append", self.handle, _int32_array(slots), _int32_array(counts), len(slots))
+
+    def write(self, layer: int, k, v) -> None:
+        kt, vt = tensor(k), tensor(v)
+        self.lib.call("nkv_virtual_kv_cache_write", self.handle, layer, ctypes.byref(kt), ctypes.byref(vt))
+
+    def view(self, which: int, layer: int = 0) -> NkvTensor:
+        out = NkvTensor()
+        self.lib.call("nkv_virtual_kv_cache_view", self.handle, which, layer, ctypes.byref(out))
+        return out
+
+    def info(self) -> dict[str, Any]:
+        info = NkvVirtualKvCacheInfo(struct_size=ctypes.sizeof(NkvVirtualKvCacheInfo))
+        self.lib.call("nkv_virtual_kv_cache_get_info", self.handle, ctypes.byref(info))
+        return _struct_to_dict(info)
+
+    def close(self) -> None:
+        if self.handle:
+            self.lib.call("nkv_virtual_kv_cache_destroy", self.handle)
+            self.handle = _P()
+
+    def __enter__(self) -> "VirtualKvCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def attention_options(causal: bool = False, softmax_scale: float = 0.0, softcap: float = 0.0,

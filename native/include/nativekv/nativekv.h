@@ -556,6 +556,136 @@ NKV_API nkv_status nkv_paged_kv_cache_sequence(const nkv_paged_kv_cache* cache, 
                                                int32_t* pages, int32_t capacity, int32_t* out_page_count);
 
 /* ---------------------------------------------------------------------------------------------------
+ * Virtual-memory KV cache (vAttention's design: contiguous virtual memory, physical pages on demand)
+ *
+ * At creation the cache reserves virtual address space for max_slots slots of max_tokens tokens each;
+ * physical memory is mapped in pages of the backend's granularity (2 MiB on CUDA GPUs; the CPU backend
+ * uses the same size) as slots grow. A slot's K and V are virtually contiguous, so the unchanged
+ * contiguous kernels (nkv_attention_decode, nkv_attention_varlen) read them through the views below.
+ * Layouts:
+ *   LAYER_MAJOR  one region per layer and K/V (vAttention's): [layer][K|V][slot][token][head][d]; a page
+ *                holds page_bytes / (num_heads_kv * head_dim * 2) tokens of one layer's K or V.
+ *   TOKEN_MAJOR  one region: [slot][token][layer][K|V][head][d]; a page holds page_bytes / (num_layers *
+ *                2 * num_heads_kv * head_dim * 2) tokens of every layer (16 for 32 layers of 8 x 128 fp16),
+ *                so a slot wastes less than a small page, as a paged cache does.
+ * A "block" is page i of every region of a slot: slots grow and shrink by whole blocks.
+ * Physical pages are recycled: a freed slot keeps its blocks mapped for the next slot handed out
+ * (deferred reclamation) until nkv_virtual_kv_cache_trim or memory pressure (a step that needs pages
+ * while none are free unmaps a freed slot's blocks). Forks share whole filled pages by mapping the same
+ * physical page into both slots (reference-counted); the partly filled last page is copied, and any
+ * shared page a slot is about to write into is copied first (copy on write), so no slot sees another's
+ * writes. Unmapping waits for the context's stream (queued kernels may still read the pages); mapping
+ * never does. Appends map what their tokens need on the calling thread unless nkv_virtual_kv_cache_
+ * reserve_ahead had a background thread map it beforehand.
+ * ------------------------------------------------------------------------------------------------- */
+
+typedef struct nkv_virtual_kv_cache nkv_virtual_kv_cache;
+
+typedef enum nkv_virtual_kv_layout {
+  NKV_VIRTUAL_KV_LAYER_MAJOR = 0,
+  NKV_VIRTUAL_KV_TOKEN_MAJOR = 1
+} nkv_virtual_kv_layout;
+
+typedef struct nkv_virtual_kv_cache_options {
+  uint32_t struct_size;
+  int32_t dtype;             /* NKV_DTYPE_FLOAT16 or NKV_DTYPE_BFLOAT16 */
+  int32_t layout;            /* nkv_virtual_kv_layout */
+  int32_t num_layers;        /* >= 1 */
+  int32_t num_heads_kv;      /* >= 1 */
+  int32_t head_dim;          /* >= 1, a multiple of 8 (16-byte rows) */
+  int32_t max_slots;         /* slots alive at once: ids 0 .. max_slots - 1 */
+  int32_t max_tokens;        /* tokens per slot */
+  uint64_t byte_budget;      /* physical bytes the cache may hold (mapped or pooled), rounded down to whole
+                                blocks; 0: no limit but the device's memory */
+} nkv_virtual_kv_cache_options;
+
+/* Reserves the address space (no physical memory yet) and the device mirrors. NKV_STATUS_NOT_SUPPORTED
+ * when the device has no virtual memory management. Destroy every cache before its context. */
+NKV_API nkv_status nkv_virtual_kv_cache_create(nkv_context* context, const nkv_virtual_kv_cache_options* options,
+                                               nkv_virtual_kv_cache** out_cache);
+/* NULL is accepted and does nothing. Stops the background thread, waits for the context's outstanding
+ * work, unmaps and releases every physical page and frees the address space. */
+NKV_API nkv_status nkv_virtual_kv_cache_destroy(nkv_virtual_kv_cache* cache);
+
+/* A new, empty slot (preferring a freed slot that still has blocks mapped); NKV_STATUS_OUT_OF_MEMORY when
+ * max_slots are alive. */
+NKV_API nkv_status nkv_virtual_kv_cache_add_slot(nkv_virtual_kv_cache* cache, int32_t* out_slot);
+/* A new slot with the parent's tokens: its filled pages are mapped, shared, into the new slot; the partly
+ * filled last page is copied. NKV_STATUS_OUT_OF_MEMORY (nothing changed) when that copy finds no page. */
+NKV_API nkv_status nkv_virtual_kv_cache_fork(nkv_virtual_kv_cache* cache, int32_t parent, int32_t* out_slot);
+/* Shortens a slot to `length` tokens (0 <= length <= its length); its blocks stay mapped. Truncating a
+ * slot below tokens of the last step forgets that step. */
+NKV_API nkv_status nkv_virtual_kv_cache_truncate(nkv_virtual_kv_cache* cache, int32_t slot, int32_t length);
+/* Releases a slot; its blocks stay mapped for the next slot handed out. Forgets the last step if the slot
+ * was in it. */
+NKV_API nkv_status nkv_virtual_kv_cache_free_slot(nkv_virtual_kv_cache* cache, int32_t slot);
+
+/* Maps the blocks `tokens` tokens of the slot need, on the calling thread (for a prefill about to
+ * append them). All or nothing: NKV_STATUS_OUT_OF_MEMORY (budget or device) leaves the slot's mapping and
+ * contents as they were. */
+NKV_API nkv_status nkv_virtual_kv_cache_ensure_capacity(nkv_virtual_kv_cache* cache, int32_t slot, int32_t tokens);
+/* Asks a background thread to map the blocks `tokens` tokens of the slot need, and returns at once: a
+ * decode step that then appends into them finds them mapped and makes no driver call. Pages the thread
+ * cannot get (budget reached) are left to the append. */
+NKV_API nkv_status nkv_virtual_kv_cache_reserve_ahead(nkv_virtual_kv_cache* cache, int32_t slot, int32_t tokens);
+/* Unmaps every block that holds no token of a live slot (freed slots' blocks, blocks past a live slot's
+ * length) and returns every pooled physical page to the device. Waits for the context's stream first. */
+NKV_API nkv_status nkv_virtual_kv_cache_trim(nkv_virtual_kv_cache* cache);
+
+/* One step: slots[i] (HOST, distinct, alive) grows by token_counts[i] >= 0 tokens; blocks are mapped and
+ * shared pages copied as needed. All or nothing: NKV_STATUS_OUT_OF_MEMORY, and every argument error, leave
+ * every slot's length, mapping and contents and the last step as they were. */
+NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, const int32_t* slots,
+                                               const int32_t* token_counts, int32_t count);
+/* Stores the last step's K and V of one layer (as nkv_paged_kv_cache_write): k and v are [step tokens,
+ * num_heads_kv, head_dim] of the cache's dtype in the context's memory, unit last stride; on CUDA their
+ * data and strides 16-byte aligned. */
+NKV_API nkv_status nkv_virtual_kv_cache_write(nkv_virtual_kv_cache* cache, int32_t layer, const nkv_tensor* k,
+                                              const nkv_tensor* v);
+
+typedef enum nkv_virtual_kv_view {
+  NKV_VIRTUAL_KV_K = 0,          /* [max_slots, max_tokens, num_heads_kv, head_dim] of `layer`, strided: the
+                                    layout of nkv_attention_decode's k with batch entry b = slot b */
+  NKV_VIRTUAL_KV_V = 1,          /* the same for V */
+  NKV_VIRTUAL_KV_SLOT_LENGTHS = 2, /* int32 [max_slots]: 0 for slots not alive */
+  NKV_VIRTUAL_KV_STEP_ROWS = 3   /* int32 [last step's tokens]: each token's row in the K/V views seen as
+                                    [max_slots * rows_per_slot, num_heads_kv, head_dim] rows (slot *
+                                    rows_per_slot + token), in the step's order */
+} nkv_virtual_kv_view;
+
+/* A view of the cache's memory, valid until the cache is destroyed. Only mapped tokens may be read. */
+NKV_API nkv_status nkv_virtual_kv_cache_view(const nkv_virtual_kv_cache* cache, int32_t which, int32_t layer,
+                                             nkv_tensor* out_view);
+
+typedef struct nkv_virtual_kv_cache_info {
+  uint32_t struct_size;
+  int32_t layout;
+  int32_t max_slots;
+  int32_t slots;                /* alive now */
+  int32_t tokens_per_block;     /* tokens one block holds (whole tokens; a token may straddle two blocks) */
+  int32_t max_blocks_per_slot;
+  uint64_t page_bytes;          /* one physical page (the mapping granularity) */
+  uint64_t bytes_per_block;     /* page_bytes x pages per block (2 x layers, or 1) */
+  int64_t rows_per_slot;        /* see NKV_VIRTUAL_KV_STEP_ROWS */
+  int64_t tokens;               /* sum of the alive slots' lengths */
+  int64_t budget_pages;         /* physical pages the cache may hold */
+  int64_t mapped_pages;         /* distinct physical pages mapped into some slot */
+  int64_t pooled_pages;         /* held, unmapped, ready to map */
+  int64_t shared_pages;         /* mapped into more than one slot */
+  int64_t deferred_blocks;      /* blocks still mapped in freed slots */
+  int64_t empty_token_slots;    /* token places of live slots' mapped blocks past their lengths (fragmentation) */
+  int64_t step_tokens;          /* tokens of the last append */
+  int64_t blocks_mapped_ahead;  /* by the background thread, since creation */
+  int64_t blocks_mapped_inline; /* by the calling thread of an append, ensure_capacity or fork */
+  int64_t pages_created;        /* physical pages created since creation (cuMemCreate) */
+} nkv_virtual_kv_cache_info;
+
+NKV_API nkv_status nkv_virtual_kv_cache_get_info(const nkv_virtual_kv_cache* cache, nkv_virtual_kv_cache_info* out_info);
+/* A slot's length and the tokens its mapped blocks hold. */
+NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, int32_t slot, int32_t* out_length,
+                                             int64_t* out_mapped_tokens);
+
+/* ---------------------------------------------------------------------------------------------------
  * Introspection, for binding generators and the managed conformance test
  * ------------------------------------------------------------------------------------------------- */
 

@@ -90,6 +90,42 @@ uint8_t* page_of(const nkv_paged_kv_cache& cache, int32_t layer, int32_t pool, i
 
 }  // namespace
 
+namespace nkv {
+
+void write_step(const nkv_context& c, nkv_dtype dtype, int64_t tokens, int32_t num_heads_kv, int32_t head_dim,
+                const nkv_tensor* k, const nkv_tensor* v, void* k_pool, void* v_pool, const int32_t* slots,
+                int64_t slot_stride) {
+  for (const auto& [name, t] : {std::pair<const char*, const nkv_tensor*>{"k", k}, {"v", v}}) {
+    const nkv_tensor& x = check_tensor(name, t, c);
+    check_dtype(name, x, {dtype});
+    check_shape(name, x, {tokens, num_heads_kv, head_dim});
+    check_unit_inner_stride(name, x);
+    if (c.backend == NKV_BACKEND_CUDA) check_vector_aligned(name, x, 8);  // the kernel moves 16-byte chunks
+  }
+  if (tokens == 0) return;
+  PagedKvWriteArgs a{};
+  a.k = k->data;
+  a.v = v->data;
+  a.k_row_stride = k->strides[0];
+  a.k_head_stride = k->strides[1];
+  a.v_row_stride = v->strides[0];
+  a.v_head_stride = v->strides[1];
+  a.k_pool = k_pool;
+  a.v_pool = v_pool;
+  a.slots = slots;
+  a.slot_stride = slot_stride;
+  a.tokens = tokens;
+  a.num_heads_kv = num_heads_kv;
+  a.head_dim = head_dim;
+  if (c.backend == NKV_BACKEND_CUDA) {
+    cuda::paged_kv_write(a, c);
+  } else {
+    cpu::paged_kv_write(a);
+  }
+}
+
+}  // namespace nkv
+
 extern "C" {
 
 NKV_API nkv_status nkv_paged_kv_cache_create(nkv_context* context, const nkv_paged_kv_cache_options* options,
@@ -331,33 +367,10 @@ NKV_API nkv_status nkv_paged_kv_cache_write(nkv_paged_kv_cache* cache, int32_t l
       fail_argument("argument 'layer': expected 0.." + std::to_string(cache_.num_layers - 1) + ", got " + std::to_string(layer));
     }
     const nkv_context& c = *cache_.context;
-    const int64_t tokens = static_cast<int64_t>(cache_.step_slots.size());
-    for (const auto& [name, t] : {std::pair<const char*, const nkv_tensor*>{"k", k}, {"v", v}}) {
-      const nkv_tensor& x = check_tensor(name, t, c);
-      check_dtype(name, x, {cache_.dtype});
-      check_shape(name, x, {tokens, cache_.num_heads_kv, cache_.head_dim});
-      check_unit_inner_stride(name, x);
-      if (c.backend == NKV_BACKEND_CUDA) check_vector_aligned(name, x, 8);  // the kernel moves 16-byte chunks
-    }
-    if (tokens == 0) return;
-    PagedKvWriteArgs a{};
-    a.k = k->data;
-    a.v = v->data;
-    a.k_row_stride = k->strides[0];
-    a.k_head_stride = k->strides[1];
-    a.v_row_stride = v->strides[0];
-    a.v_head_stride = v->strides[1];
-    a.k_pool = page_of(cache_, layer, 0, 0);
-    a.v_pool = page_of(cache_, layer, 1, 0);
-    a.slots = c.backend == NKV_BACKEND_CUDA ? cache_.device_step_slots : cache_.step_slots.data();
-    a.tokens = tokens;
-    a.num_heads_kv = cache_.num_heads_kv;
-    a.head_dim = cache_.head_dim;
-    if (c.backend == NKV_BACKEND_CUDA) {
-      cuda::paged_kv_write(a, c);
-    } else {
-      cpu::paged_kv_write(a);
-    }
+    write_step(c, cache_.dtype, static_cast<int64_t>(cache_.step_slots.size()), cache_.num_heads_kv, cache_.head_dim, k, v,
+               page_of(cache_, layer, 0, 0), page_of(cache_, layer, 1, 0),
+               c.backend == NKV_BACKEND_CUDA ? cache_.device_step_slots : cache_.step_slots.data(),
+               static_cast<int64_t>(cache_.num_heads_kv) * cache_.head_dim);
   });
 }
 

@@ -41,7 +41,8 @@ struct nkv_paged_kv_cache {
 namespace nkv {
 
 // Stores `tokens` rows of K and V ([token][head][d], rows `*_row_stride` elements apart, heads
-// `*_head_stride` apart) into the slots `slots` of one layer's pools.
+// `*_head_stride` apart) into the slots `slots` of one layer's pools: slot s is the [head][d] row at
+// element s * slot_stride (the paged pools: num_heads_kv * head_dim; the virtual cache's token stride).
 // fp16 and bf16 alike: the write moves 2-byte elements without looking at them.
 struct PagedKvWriteArgs {
   const void* k;
@@ -50,10 +51,17 @@ struct PagedKvWriteArgs {
   void* k_pool;
   void* v_pool;
   const int32_t* slots;
+  int64_t slot_stride;
   int64_t tokens;
   int32_t num_heads_kv;
   int32_t head_dim;
 };
+
+// The API side of a cache's write: checks a step's k and v ([tokens, num_heads_kv, head_dim] of `dtype`
+// in the context's memory) and stores them through `slots` with the backend's kernel (api/kvcache.cpp).
+void write_step(const nkv_context& context, nkv_dtype dtype, int64_t tokens, int32_t num_heads_kv, int32_t head_dim,
+                const nkv_tensor* k, const nkv_tensor* v, void* k_pool, void* v_pool, const int32_t* slots,
+                int64_t slot_stride);
 
 namespace cpu {
 void paged_kv_write(const PagedKvWriteArgs& args);

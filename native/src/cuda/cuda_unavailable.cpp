@@ -5,6 +5,7 @@
 #include "core/kvcache.h"
 #include "core/pack.h"
 #include "core/quant.h"
+#include "core/virtual_memory.h"
 
 namespace nkv::cuda {
 namespace {
@@ -35,5 +36,6 @@ void attention_varlen(const nkv_attention_plan&, const VarlenAttentionArgs&) { u
 void attention_decode(const nkv_attention_plan&, const DecodeAttentionArgs&) { unavailable(); }
 void gather_rows(const GatherRowsArgs&, const nkv_context&) { unavailable(); }
 void paged_kv_write(const PagedKvWriteArgs&, const nkv_context&) { unavailable(); }
+std::unique_ptr<VirtualMemory> virtual_memory(int32_t) { unavailable(); }
 
 }  // namespace nkv::cuda

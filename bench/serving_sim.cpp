@@ -1,6 +1,6 @@
 // Serving-trace simulation for the KV-cache managers (issue 4): how many sequences a fixed KV memory budget
-// holds at once under static max-length reservation and under the paged cache, and how much of the
-// allocated memory holds no token.
+// holds at once under static max-length reservation, the paged cache and the virtual-memory cache (both
+// layouts), and how much of the allocated memory holds no token.
 //
 // The trace: a backlog of requests whose prompt lengths follow the attention benchmark's mix
 // (L = 32 + floor(4000 u^2), u uniform, seed 0) and whose output lengths are uniform in 32..2048 (seed 1).
@@ -73,6 +73,7 @@ struct Result {
   double mean_waste_tokens = 0.0;  // allocated but empty slots per running sequence, averaged over steps
   int64_t max_waste_tokens = 0;    // the most any sequence had at any step
   double mean_used_fraction = 0.0; // tokens held / budget, averaged over steps
+  double mean_ahead_tokens = -1.0; // virtual memory: mapped past the slot's last block, reclaimable (-1: n/a)
 };
 
 Result simulate_static(const std::vector<Request>& requests) {
@@ -203,6 +204,119 @@ Result simulate_paged(const std::vector<Request>& requests, nkv_context* context
   return r;
 }
 
+// The virtual-memory cache: slots of max-length virtual ranges, physical 2 MiB pages mapped as they grow
+// (the real nkv_virtual_kv_cache on the CPU backend, mmap of a memory file: nothing is written, so no memory is
+// committed), in the modelled LLM's shape. Admission as for the paged cache, in blocks: the prompt's blocks
+// plus one block per running sequence must be free (a freed slot's still-mapped blocks count as free).
+Result simulate_virtual(const std::vector<Request>& requests, nkv_context* context, nkv_virtual_kv_layout layout) {
+  Result r;
+  r.policy = layout == NKV_VIRTUAL_KV_LAYER_MAJOR ? "virtual memory, layer-major (vAttention)" : "virtual memory, token-major";
+  nkv_virtual_kv_cache_options o{};
+  o.struct_size = sizeof(o);
+  o.dtype = NKV_DTYPE_FLOAT16;
+  o.layout = layout;
+  o.num_layers = 32;
+  o.num_heads_kv = 8;
+  o.head_dim = 128;
+  o.max_slots = 1024;
+  o.max_tokens = kMaxLength;
+  o.byte_budget = kBudgetBytes;
+  nkv_virtual_kv_cache* cache = nullptr;
+  check(nkv_virtual_kv_cache_create(context, &o, &cache), "nkv_virtual_kv_cache_create");
+  auto info = [&] {
+    nkv_virtual_kv_cache_info i{};
+    i.struct_size = sizeof(i);
+    check(nkv_virtual_kv_cache_get_info(cache, &i), "nkv_virtual_kv_cache_get_info");
+    return i;
+  };
+  const nkv_virtual_kv_cache_info shape = info();
+  const int64_t regions = static_cast<int64_t>(shape.bytes_per_block / shape.page_bytes);
+  const int64_t budget_blocks = shape.budget_pages / regions;
+  r.page_size = shape.tokens_per_block;
+  auto blocks_for = [&](int64_t tokens) { return (tokens * kBytesPerToken / regions + static_cast<int64_t>(shape.page_bytes) - 1) / static_cast<int64_t>(shape.page_bytes); };
+  struct Running {
+    int id, request, remaining;
+  };
+  std::vector<Running> running;
+  std::deque<int> waiting;
+  for (int i = 0; i < static_cast<int>(requests.size()); ++i) waiting.push_back(i);
+  std::vector<int32_t> ids, ones;
+  double concurrent_sum = 0.0, waste_sum = 0.0, used_sum = 0.0, ahead_sum = 0.0;
+  // Blocks mapped past a slot's tokens (a freed slot's, or a reused slot's beyond its new length) are
+  // reclaimed under pressure, so they count as free.
+  auto free_blocks = [&] {
+    int64_t in_use = 0;
+    for (const Running& s : running) {
+      int32_t length = 0;
+      check(nkv_virtual_kv_cache_slot(cache, s.id, &length, nullptr), "nkv_virtual_kv_cache_slot");
+      in_use += blocks_for(length);
+    }
+    return budget_blocks - in_use;
+  };
+  while (!waiting.empty() || !running.empty()) {
+    while (!waiting.empty()) {
+      const Request& q = requests[waiting.front()];
+      const int64_t needed = blocks_for(q.prompt) + static_cast<int64_t>(running.size()) + 1;
+      if (needed > free_blocks() || static_cast<int>(running.size()) == o.max_slots) break;
+      int32_t id = -1;
+      check(nkv_virtual_kv_cache_add_slot(cache, &id), "nkv_virtual_kv_cache_add_slot");
+      const int32_t prompt = q.prompt;
+      check(nkv_virtual_kv_cache_append(cache, &id, &prompt, 1), "prefill append");
+      running.push_back({id, waiting.front(), q.output});
+      waiting.pop_front();
+    }
+    if (running.empty()) die("a request does not fit the budget on its own");
+    for (;;) {
+      ids.clear();
+      for (const Running& s : running) ids.push_back(s.id);
+      ones.assign(ids.size(), 1);
+      const nkv_status status = nkv_virtual_kv_cache_append(cache, ids.data(), ones.data(), static_cast<int32_t>(ids.size()));
+      if (status == NKV_STATUS_SUCCESS) break;
+      if (status != NKV_STATUS_OUT_OF_MEMORY) check(status, "decode append");
+      const Running victim = running.back();
+      running.pop_back();
+      check(nkv_virtual_kv_cache_free_slot(cache, victim.id), "preempt");
+      waiting.push_front(victim.request);
+      ++r.preemptions;
+    }
+    ++r.steps;
+    r.max_concurrent = std::max(r.max_concurrent, static_cast<int>(running.size()));
+    concurrent_sum += static_cast<double>(running.size());
+    int64_t tokens = 0, waste = 0, ahead = 0;
+    for (Running& s : running) {
+      int32_t length = 0;
+      int64_t mapped = 0;
+      check(nkv_virtual_kv_cache_slot(cache, s.id, &length, &mapped), "nkv_virtual_kv_cache_slot");
+      // Waste: the empty token places of the blocks the slot's tokens occupy (internal fragmentation);
+      // blocks mapped beyond them are reclaimable and reported apart.
+      const int64_t empty = blocks_for(length) * shape.tokens_per_block - length;
+      r.max_waste_tokens = std::max(r.max_waste_tokens, empty);
+      waste += empty;
+      ahead += mapped - blocks_for(length) * shape.tokens_per_block;
+      tokens += length;
+      --s.remaining;
+    }
+    waste_sum += static_cast<double>(waste) / static_cast<double>(running.size());
+    ahead_sum += static_cast<double>(ahead) / static_cast<double>(running.size());
+    used_sum += static_cast<double>(tokens * kBytesPerToken) / static_cast<double>(kBudgetBytes);
+    for (size_t i = 0; i < running.size();) {
+      if (running[i].remaining == 0) {
+        check(nkv_virtual_kv_cache_free_slot(cache, running[i].id), "finish");
+        running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
+      } else {
+        ++i;
+      }
+    }
+  }
+  check(nkv_virtual_kv_cache_destroy(cache), "nkv_virtual_kv_cache_destroy");
+  const double steps = static_cast<double>(r.steps);
+  r.mean_ahead_tokens = ahead_sum / steps;
+  r.mean_concurrent = concurrent_sum / steps;
+  r.mean_waste_tokens = waste_sum / steps;
+  r.mean_used_fraction = used_sum / steps;
+  return r;
+}
+
 }  // namespace
 
 int main() {
@@ -215,6 +329,10 @@ int main() {
     std::fprintf(stderr, "nkv_serving_sim: paged, page size %d\n", page_size);
     results.push_back(simulate_paged(requests, context, page_size));
   }
+  for (nkv_virtual_kv_layout layout : {NKV_VIRTUAL_KV_TOKEN_MAJOR, NKV_VIRTUAL_KV_LAYER_MAJOR}) {
+    std::fprintf(stderr, "nkv_serving_sim: virtual memory, layout %d\n", layout);
+    results.push_back(simulate_virtual(requests, context, layout));
+  }
   check(nkv_context_destroy(context), "nkv_context_destroy");
 
   std::printf("# KV-cache serving simulation (NativeKv %s)\n\n", nkv_version());
@@ -223,14 +341,15 @@ int main() {
               kRequests, kMaxOutput, static_cast<double>(kBudgetBytes) / (1 << 30), static_cast<long long>(kBytesPerToken / 1024),
               static_cast<long long>(kBudgetBytes / kBytesPerToken), kMaxLength);
   std::printf("| policy | page (tokens) | max concurrent | mean concurrent | vs static | steps to drain | preemptions | "
-              "empty slots per sequence, mean / max | budget holding tokens (mean) |\n");
-  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+              "empty slots per sequence, mean / max | budget holding tokens (mean) | mapped ahead, reclaimable (mean tokens per sequence) |\n");
+  std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   const double baseline = results.front().mean_concurrent;
   for (const Result& r : results) {
-    std::printf("| %s | %s | %d | %.1f | %.2fx | %lld | %lld | %.1f / %lld | %.1f%% |\n", r.policy.c_str(),
+    const std::string ahead = r.mean_ahead_tokens < 0 ? "—" : std::to_string(static_cast<long long>(std::lround(r.mean_ahead_tokens)));
+    std::printf("| %s | %s | %d | %.1f | %.2fx | %lld | %lld | %.1f / %lld | %.1f%% | %s |\n", r.policy.c_str(),
                 r.page_size > 0 ? std::to_string(r.page_size).c_str() : "—", r.max_concurrent, r.mean_concurrent,
                 r.mean_concurrent / baseline, static_cast<long long>(r.steps), static_cast<long long>(r.preemptions),
-                r.mean_waste_tokens, static_cast<long long>(r.max_waste_tokens), 100.0 * r.mean_used_fraction);
+                r.mean_waste_tokens, static_cast<long long>(r.max_waste_tokens), 100.0 * r.mean_used_fraction, ahead.c_str());
   }
   return 0;
 }

@@ -106,26 +106,33 @@ void synchronize_stream(const Cache& cache) {
   if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
 }
 
-// Deferred reclamation under memory pressure: the blocks freed slots kept mapped go back to the pool.
-// Never releases the lock: freed slots are not being mapped (a free waits for that; the background
-// thread maps only live slots).
-bool reclaim_deferred(Cache& cache) {
-  bool any = false;
+// The blocks each slot needs now: its length's for a live slot, none for a freed one. Callers raise the
+// entries of slots about to grow.
+std::vector<int32_t> blocks_in_use(const Cache& cache) {
+  std::vector<int32_t> keep(static_cast<size_t>(cache.max_slots), 0);
   for (int32_t s = 0; s < cache.max_slots; ++s) {
-    if (!cache.slots[s].alive && cache.slots[s].mapped_blocks > 0) any = true;
+    if (cache.slots[s].alive) keep[s] = blocks_for(cache, cache.slots[s].length);
   }
+  return keep;
+}
+
+// Reclamation under memory pressure: the blocks freed slots kept mapped (deferred reclamation) and the
+// blocks live slots have mapped past `keep` (ahead of their tokens) go back to the pool. Skips a slot the
+// background thread is mapping; never releases the lock.
+bool reclaim(Cache& cache, const std::vector<int32_t>& keep) {
+  bool any = false;
+  for (int32_t s = 0; s < cache.max_slots; ++s) any |= !cache.slots[s].mapping && cache.slots[s].mapped_blocks > keep[s];
   if (!any) return false;
-  synchronize_stream(cache);  // a kernel queued before the free may still read them
+  synchronize_stream(cache);  // a kernel queued earlier may still read them
   for (int32_t s = 0; s < cache.max_slots; ++s) {
-    if (!cache.slots[s].alive) unmap_blocks_from(cache, s, 0);
+    if (!cache.slots[s].mapping && cache.slots[s].mapped_blocks > keep[s]) unmap_blocks_from(cache, s, keep[s]);
   }
   return true;
 }
 
-// `count` pages to map: pooled ones first, then new ones within the budget, then pooled ones that
-// reclaiming freed slots' blocks returned. NKV_STATUS_OUT_OF_MEMORY leaves any page it got in the pool.
-// Holds the lock throughout, so no slot's state changes under the caller.
-std::vector<int32_t> acquire_pages(Cache& cache, int64_t count) {
+// `count` pages to map: pooled ones first, then new ones within the budget, then the pages reclaim(keep)
+// returns. NKV_STATUS_OUT_OF_MEMORY leaves any page it got in the pool. Holds the lock throughout.
+std::vector<int32_t> acquire_pages(Cache& cache, int64_t count, const std::vector<int32_t>& keep) {
   std::vector<int32_t> got;
   auto give_back = [&] {
     for (int32_t id : got) cache.pooled.push_back(id);
@@ -151,7 +158,7 @@ std::vector<int32_t> acquire_pages(Cache& cache, int64_t count) {
     }
     if (!reclaimed) {
       reclaimed = true;
-      if (reclaim_deferred(cache)) continue;
+      if (reclaim(cache, keep)) continue;
     }
     const int64_t missing = count - static_cast<int64_t>(got.size());
     give_back();
@@ -179,7 +186,9 @@ void grow_inline(Cache& cache, int32_t s, int32_t blocks) {
   Cache::Slot& slot = cache.slots[s];
   const int32_t first = slot.mapped_blocks;
   if (blocks <= first) return;
-  std::vector<int32_t> pages = acquire_pages(cache, static_cast<int64_t>(blocks - first) * cache.regions);
+  std::vector<int32_t> keep = blocks_in_use(cache);
+  keep[s] = std::max(keep[s], blocks);
+  std::vector<int32_t> pages = acquire_pages(cache, static_cast<int64_t>(blocks - first) * cache.regions, keep);
   int32_t b = first;
   try {
     for (; b < blocks; ++b) {
@@ -447,7 +456,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_fork(nkv_virtual_kv_cache* cache, int32_
       synchronize_stream(k);
       unmap_blocks_from(k, target, 0);
     }
-    std::vector<int32_t> copies = acquire_pages(k, partial ? k.regions : 0);
+    std::vector<int32_t> copies = acquire_pages(k, partial ? k.regions : 0, blocks_in_use(k));
     bool copies_mapped = false;
     try {
       for (int32_t b = 0; b < full; ++b) {
@@ -605,7 +614,9 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
         }
       }
     }
-    std::vector<int32_t> pages = acquire_pages(k, new_pages);
+    std::vector<int32_t> keep = blocks_in_use(k);
+    for (int32_t i = 0; i < count; ++i) keep[slots[i]] = std::max(keep[slots[i]], blocks_for(k, k.slots[slots[i]].length + token_counts[i]));
+    std::vector<int32_t> pages = acquire_pages(k, new_pages, keep);
     size_t next = 0;
     // Copy on write first: for each shared page the step writes into, the stream is synchronized (queued
     // kernels may read the slot's mapping), the page unmapped from the slot, a fresh page mapped in its
@@ -617,6 +628,10 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
         int32_t& id = page_at(slot, k, b, r);
         const int32_t original = id;
         const int32_t copy = pages[next++];
+        if (k.page_references[original] == 1) {  // its other mapping was reclaimed above: no copy needed
+          k.pooled.push_back(copy);
+          continue;
+        }
         // Another block mapping the original page: the source of the copy.
         char* source = nullptr;
         for (int32_t other = 0; other < k.max_slots && source == nullptr; ++other) {

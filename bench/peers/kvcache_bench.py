@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -164,6 +165,99 @@ def bench_virtual(timer: ab.Timer, side: ab.NativeKvSide, plan, s: dict, contigu
         return entry
 
 
+def bench_step_latency(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None, layout: int, steps: int = 512,
+                       b: int = 32, start: int = 1024, layers: int = 32, hq: int = 32, hkv: int = 8, d: int = 128) -> dict:
+    """Host time of whole decode steps on a virtual-memory cache (append one token to each of b slots, then per
+    layer the write and the decode attention, then wait for the GPU) while the slots grow across block
+    boundaries: slot i starts at start + i * tokens_per_block / b tokens, so about one slot crosses into a new
+    block every few steps. Three runs of the same steps: every block mapped beforehand (steps that map
+    nothing), blocks mapped inline by the appends, and blocks requested ahead (reserve_ahead, 64 tokens ahead)
+    from the background thread (the first reservation made before the steps, as an engine does when it admits a
+    sequence). The plan covers the starting lengths (the keys read per step stay fixed)."""
+    name = "layer-major" if layout == nkv.VirtualKvCache.LAYER_MAJOR else "token-major"
+    row: dict[str, Any] = {"op": "kvcache_step_latency", "shape": f"{name}, b{b} from L{start}, {layers} layers, {steps} steps",
+                           "runs": {}}
+    side.check()
+    q = torch.randn(b, 1, hq, d, device="cuda", dtype=ab.FP16)
+    o = torch.empty_like(q)
+    k_step = torch.randn(b, hkv, d, device="cuda", dtype=ab.FP16)
+    v_step = torch.randn_like(k_step)
+    ones = [1] * b
+    for run in ("premapped", "inline", "reserve_ahead"):
+        with nkv.VirtualKvCache(side.ctx, layout=layout, num_layers=layers, num_heads_kv=hkv, head_dim=d, max_slots=b,
+                                max_tokens=start + 2 * steps + 4096) as cache:
+            per_block = cache.info()["tokens_per_block"]
+            slots = [cache.add_slot() for _ in range(b)]
+            lengths = [start + i * per_block // b for i in range(b)]
+            cache.append(slots, lengths)  # maps their blocks (not timed)
+            if run == "premapped":
+                for slot, length in zip(slots, lengths):
+                    cache.ensure_capacity(slot, length + steps)
+            elif run == "reserve_ahead":  # as an engine does when it admits a sequence: the first reservation
+                for slot, length in zip(slots, lengths):
+                    cache.reserve_ahead(slot, length + 64)
+                wait_for_mapping(cache, slots, [x + 64 for x in lengths])
+            with side.ctx.plan_decode(hq, hkv, d, 1, lengths) as plan:
+                views = [(cache.view(cache.K, layer), cache.view(cache.V, layer)) for layer in range(layers)]
+                decodes = [plan.bind(q, kv[0], kv[1], o) for kv in views]
+                times = []
+                before = cache.info()
+                for step in range(steps):
+                    t0 = time.perf_counter()
+                    if run == "reserve_ahead":
+                        for slot, length in zip(slots, lengths):
+                            if (length + 64) // per_block != length // per_block:
+                                cache.reserve_ahead(slot, length + 64)
+                    cache.append(slots, ones)
+                    for layer in range(layers):
+                        cache.write(layer, k_step, v_step)
+                        decodes[layer]()
+                    torch.cuda.synchronize()
+                    times.append((time.perf_counter() - t0) * 1e6)
+                    lengths = [x + 1 for x in lengths]
+                after = cache.info()
+            times.sort()
+            row["runs"][run] = {"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)],
+                                "max_us": times[-1], "mean_us": sum(times) / len(times),
+                                "blocks_mapped_inline": after["blocks_mapped_inline"] - before["blocks_mapped_inline"],
+                                "blocks_mapped_ahead": after["blocks_mapped_ahead"] - before["blocks_mapped_ahead"],
+                                "tokens_per_block": per_block}
+        ab.free_memory()
+    base = row["runs"]["premapped"]
+    for run in row["runs"].values():
+        run["p99_over_premapped"] = run["p99_us"] / base["p99_us"]
+        run["p50_over_premapped"] = run["p50_us"] / base["p50_us"]
+    return row
+
+
+def wait_for_mapping(cache, slots: list[int], tokens: list[int], timeout_s: float = 10.0) -> None:
+    """Until every slot's mapped blocks hold `tokens` (the background thread's work), or the timeout."""
+    deadline = time.perf_counter() + timeout_s
+    while time.perf_counter() < deadline:
+        if all(cache.mapped_tokens(slot) >= n for slot, n in zip(slots, tokens)):
+            return
+        time.sleep(0.001)
+    raise TimeoutError("reserve_ahead did not map the requested blocks in time")
+
+
+def step_markdown(rows: list[dict]) -> str:
+    lines = ["", "Decode step latency on the virtual-memory cache while slots grow across blocks (host time of append + "
+             "per-layer write and decode + wait; must: with reserve_ahead, p99 within 5% of steps that map nothing).", "",
+             "| cache | run | p50 | p99 | max | p50 / premapped | p99 / premapped | blocks mapped inline / ahead |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | error: {ab.cell(r['error'])} | | | | | | |")
+            continue
+        first = True
+        for name, v in r["runs"].items():
+            lines.append(f"| {r['shape'] if first else ''} | {name} | {v['p50_us']:.0f} µs | {v['p99_us']:.0f} µs | "
+                         f"{v['max_us']:.0f} µs | {v['p50_over_premapped']:.3f}× | {v['p99_over_premapped']:.3f}× | "
+                         f"{v['blocks_mapped_inline']} / {v['blocks_mapped_ahead']} |")
+            first = False
+    return "\n".join(lines) + "\n"
+
+
 def markdown(rows: list[dict], env: dict) -> str:
     lines = [f"## Attention over KV caches — {env.get('device')}", "",
              "Decode, fp16: the contiguous kernel on [b, L, Hkv, d] and the same kernel reading through a block "
@@ -190,11 +284,12 @@ def markdown(rows: list[dict], env: dict) -> str:
                 continue
             frac = f"{100 * v['fraction_of_copy']:.0f}%" if v.get("fraction_of_copy") else "—"
             check = "—"
-            if "bit_identical" in v:
+            if name.startswith("virtual"):
+                check = ("bit-identical (same plan)" if v.get("bit_identical") else "**DIFFERENT BITS**") + \
+                        f"; {v['layers']} layers, {v['tokens_per_block']} tokens per 2 MiB page"
+            elif "bit_identical" in v:
                 check = ("bit-identical" if v["bit_identical"] else "**DIFFERENT BITS**") + \
                         f" at 4 pieces; rel. diff {v['rel_diff']:.1e}"
-            elif name.startswith("virtual"):
-                check = "bit-identical (same plan)" if v.get("bit_identical") else "**DIFFERENT BITS**"
             elif "rel_diff" in v:
                 check = "bit-identical (same plan)" if v["rel_diff"] == 0 else f"rel. diff {v['rel_diff']:.1e}"
             plan_name = name.split(",")[0] if "contiguous plan" not in name and "virtual" not in name else "contiguous"
@@ -212,6 +307,9 @@ def cases(quick: bool):
         seqlen //= scale
         out.append((f"kvcache_decode b{b} L{seqlen}",
                     lambda t, n, c, b=b, seqlen=seqlen: bench_decode(t, n, c, b, seqlen)))
+    for layout, name in ((nkv.VirtualKvCache.TOKEN_MAJOR, "token-major"), (nkv.VirtualKvCache.LAYER_MAJOR, "layer-major")):
+        out.append((f"kvcache_step_latency {name}",
+                    lambda t, n, c, layout=layout: bench_step_latency(t, n, c, layout, steps=64 if quick else 512)))
     return out
 
 
@@ -220,6 +318,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--markdown", metavar="PATH", help="append the Markdown section to this file")
     parser.add_argument("--reps", type=int)
+    parser.add_argument("--only", default="", help="run only the cases whose name contains this substring")
     args = parser.parse_args()
     if not torch.cuda.is_available():
         print("PyTorch has no CUDA device here: nothing to measure", file=sys.stderr)
@@ -235,11 +334,11 @@ def main() -> int:
                "nativekv": side.lib.version() if side.lib else None, "nativekv_error": side.error}
         print(json.dumps(env), flush=True)
         copy = ab.copy_bandwidth(timer)
-        for name, fn in cases(args.quick):
+        for name, fn in [(name, fn) for name, fn in cases(args.quick) if args.only in name]:
             print(f"[kvcache_bench] {name}", file=sys.stderr, flush=True)
             try:
                 row = fn(timer, side, copy["tbps"])
-                failed |= any(v.get("bit_identical") is False or "error" in v for v in row["variants"].values())
+                failed |= any(v.get("bit_identical") is False or "error" in v for v in row.get("variants", {}).values())
             except Exception as e:
                 traceback.print_exc(file=sys.stderr)
                 op, _, shape = name.partition(" ")
@@ -250,7 +349,8 @@ def main() -> int:
             print(json.dumps(row), flush=True)
         if side.ctx is not None:
             side.ctx.close()
-    text = markdown(rows, env)
+    text = markdown([r for r in rows if r["op"] == "kvcache_decode"], env) + \
+        step_markdown([r for r in rows if r["op"] == "kvcache_step_latency"])
     if args.markdown:
         with open(args.markdown, "a", encoding="utf-8") as f:
             f.write("\n" + text)

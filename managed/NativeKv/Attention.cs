@@ -180,6 +180,30 @@ public static unsafe class Attention
             o, lse);
     }
 
+    /// <summary>
+    /// Runs a decode plan over one layer of a <see cref="VirtualKvCache"/>, batch entry b being slot b (the plan's
+    /// seqlensK[b] at most that slot's length): the contiguous decode over the cache's K and V views narrowed to the plan's
+    /// batch; asynchronous on the plan's context's stream.
+    /// </summary>
+    /// <param name="plan">A plan from <see cref="PlanDecode"/> on the cache's context.</param>
+    /// <param name="q">[batch, qLen, numHeadsQ, headDim] of the cache's dtype, unit last stride.</param>
+    /// <param name="cache">The cache; batch &lt;= its MaxSlots.</param>
+    /// <param name="layer">The layer whose K and V are read.</param>
+    /// <param name="o">[batch, qLen, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[batch, numHeadsQ, qLen] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <remarks>The library cannot check that the slots' tokens are mapped: seqlensK[b] must not pass slot b's length.</remarks>
+    /// <exception cref="ObjectDisposedException">The plan or the cache was disposed.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The plan's batch exceeds the cache's MaxSlots.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor or the layer is malformed, or the plan does not fit the cache.</exception>
+    public static void Decode(AttentionPlan plan, TensorView q, VirtualKvCache cache, int layer, TensorView o, TensorView? lse = null)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(cache);
+        int batch = plan.Info.Batch;
+        Decode(plan, q, cache.View(VirtualKvView.K, layer).Narrow(0, 0, batch), cache.View(VirtualKvView.V, layer).Narrow(0, 0, batch),
+            o, lse);
+    }
+
     /// <summary>Runs a varlen plan of a CPU-backend context on contiguous float16 host data; synchronous.</summary>
     /// <param name="plan">A plan from <see cref="PlanVarlen"/> on a <see cref="Backend.Cpu"/> context.</param>
     /// <param name="q">[rowsQ, numHeadsQ, headDim] row-major.</param>

@@ -100,3 +100,17 @@ public sealed class PagedKvCacheHandle : ContextChildHandle
 
     private protected override bool Destroy(nint cache) => NativeMethods.nkv_paged_kv_cache_destroy(cache) == NkvStatus.Success;
 }
+
+/// <summary>
+/// An <c>nkv_virtual_kv_cache*</c>; destroyed (after the context's outstanding work, its background thread stopped and its
+/// pages unmapped) before its context.
+/// </summary>
+public sealed class VirtualKvCacheHandle : ContextChildHandle
+{
+    internal VirtualKvCacheHandle(nint cache, ContextHandle context)
+        : base(cache, context)
+    {
+    }
+
+    private protected override bool Destroy(nint cache) => NativeMethods.nkv_virtual_kv_cache_destroy(cache) == NkvStatus.Success;
+}

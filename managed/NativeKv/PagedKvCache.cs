@@ -153,19 +153,8 @@ public sealed unsafe class PagedKvCache : IDisposable, IDeviceMemoryOwner
     /// <exception cref="NativeKvOutOfMemoryException">The pool lacks the pages the step needs.</exception>
     /// <exception cref="NativeKvInvalidArgumentException">A sequence is not alive or repeated, a count is negative or
     /// would pass MaxSequenceLength.</exception>
-    public void Append(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokenCounts)
-    {
-        if (sequences.Length != tokenCounts.Length)
-        {
-            throw new ArgumentException(
-                $"{nameof(sequences)} has {sequences.Length} entries but {nameof(tokenCounts)} has {tokenCounts.Length}.", nameof(tokenCounts));
-        }
-        fixed (int* s = sequences)
-        fixed (int* n = tokenCounts)
-        {
-            NativeStatus.Check(NativeMethods.nkv_paged_kv_cache_append(LiveHandle, s, n, sequences.Length));
-        }
-    }
+    public void Append(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokenCounts) =>
+        KvCacheSteps.Append(LiveHandle, sequences, tokenCounts, nameof(sequences), &NativeMethods.nkv_paged_kv_cache_append);
 
     /// <summary>
     /// Stores the last step's K and V of one layer into their pages (vLLM's reshape_and_cache); asynchronous on the context's stream.
@@ -174,19 +163,8 @@ public sealed unsafe class PagedKvCache : IDisposable, IDeviceMemoryOwner
     /// <param name="k">[step tokens, NumHeadsKv, HeadDim] of the cache's dtype, the step's sequences in order, unit last stride.</param>
     /// <param name="v">The same for V.</param>
     /// <exception cref="NativeKvInvalidArgumentException">The layer is out of range or a tensor does not match the step.</exception>
-    public void Write(int layer, TensorView k, TensorView v)
-    {
-        ArgumentNullException.ThrowIfNull(k);
-        ArgumentNullException.ThrowIfNull(v);
-        PagedKvCacheHandle handle = LiveHandle;
-        k.RequireContext(Context, nameof(k));
-        v.RequireContext(Context, nameof(v));
-        using MemoryLease leaseK = k.Lease(), leaseV = v.Lease();
-        NkvTensor nativeK = k.ToNative(), nativeV = v.ToNative();
-        NativeStatus.Check(NativeMethods.nkv_paged_kv_cache_write(handle, layer, &nativeK, &nativeV));
-        GC.KeepAlive(k);
-        GC.KeepAlive(v);
-    }
+    public void Write(int layer, TensorView k, TensorView v) =>
+        KvCacheSteps.Write(LiveHandle, Context, layer, k, v, &NativeMethods.nkv_paged_kv_cache_write);
 
     /// <summary><see cref="Write(int, TensorView, TensorView)"/> from row-major host data of a CPU-backend cache; synchronous.</summary>
     /// <typeparam name="T">A 2-byte element type matching the cache's dtype (<see cref="Half"/> or <see cref="BFloat16"/>).</typeparam>
@@ -195,29 +173,9 @@ public sealed unsafe class PagedKvCache : IDisposable, IDeviceMemoryOwner
     /// <param name="v">[step tokens, NumHeadsKv, HeadDim].</param>
     /// <exception cref="InvalidOperationException">The cache is not on a CPU-backend context.</exception>
     /// <exception cref="ArgumentException">A span is not a whole number of token rows.</exception>
-    public void Write<T>(int layer, ReadOnlySpan<T> k, ReadOnlySpan<T> v) where T : unmanaged
-    {
-        PagedKvCacheHandle handle = LiveHandle;
-        if (Context.Backend != Backend.Cpu)
-        {
-            throw new InvalidOperationException(
-                $"Host-span overloads need a cache of a CPU-backend context; this one is on {Context}. Use the TensorView overload on CUDA.");
-        }
-        long row = (long)Options.NumHeadsKv * Options.HeadDim;
-        if (k.Length % row != 0 || v.Length != k.Length)
-        {
-            throw new ArgumentException(
-                $"k and v must hold the same whole number of token rows of {row} elements; got {k.Length} and {v.Length}.", nameof(k));
-        }
-        long[] shape = [k.Length / row, Options.NumHeadsKv, Options.HeadDim];
-        fixed (T* kData = k)
-        fixed (T* vData = v)
-        {
-            NkvTensor nativeK = TensorView.HostTensor(kData, DTypes.Of<T>(), shape);
-            NkvTensor nativeV = TensorView.HostTensor(vData, DTypes.Of<T>(), shape);
-            NativeStatus.Check(NativeMethods.nkv_paged_kv_cache_write(handle, layer, &nativeK, &nativeV));
-        }
-    }
+    public void Write<T>(int layer, ReadOnlySpan<T> k, ReadOnlySpan<T> v) where T : unmanaged =>
+        KvCacheSteps.WriteHost(LiveHandle, Context, Options.NumHeadsKv, Options.HeadDim, layer, k, v,
+            &NativeMethods.nkv_paged_kv_cache_write);
 
     /// <summary>
     /// A view of the cache's own memory (the context's device; host memory on the CPU backend), valid while the cache

@@ -114,6 +114,29 @@ public sealed unsafe class TensorView
         return new TensorView((nint)tensor.Data, (DType)tensor.Dtype, (DeviceType)tensor.Device, shape, strides, owner);
     }
 
+    /// <summary>
+    /// The indices <paramref name="start"/> .. <paramref name="start"/> + <paramref name="length"/> - 1 of one dimension
+    /// (PyTorch's <c>narrow</c>): a view of the same memory, with the same dtype, device, strides and owner (a view of a
+    /// buffer or a cache stays one), whose data starts at index <paramref name="start"/> of that dimension.
+    /// </summary>
+    /// <param name="dimension">0 .. <see cref="Rank"/> - 1.</param>
+    /// <param name="start">The first index kept, 0 .. Shape[dimension].</param>
+    /// <param name="length">The number of indices kept, 0 .. Shape[dimension] - <paramref name="start"/>.</param>
+    /// <exception cref="ArgumentOutOfRangeException">The dimension, start or length is out of range.</exception>
+    public TensorView Narrow(int dimension, long start, long length)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(dimension);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(dimension, Rank);
+        ArgumentOutOfRangeException.ThrowIfNegative(start);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(start, _shape[dimension]);
+        ArgumentOutOfRangeException.ThrowIfNegative(length);
+        ArgumentOutOfRangeException.ThrowIfGreaterThan(length, _shape[dimension] - start);
+        var shape = (long[])_shape.Clone();
+        shape[dimension] = length;
+        nint data = Data + (nint)checked(start * _strides[dimension] * DTypes.SizeOf(DType));
+        return new TensorView(data, DType, Device, shape, _strides, _owner);
+    }
+
     /// <inheritdoc />
     public override string ToString() =>
         $"TensorView({DType}, {Device}, shape [{string.Join(", ", _shape)}], strides [{string.Join(", ", _strides)}])";

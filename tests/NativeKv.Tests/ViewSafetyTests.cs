@@ -37,4 +37,28 @@ public sealed class ViewSafetyTests
         Assert.ThrowsAny<Exception>(() => TensorView.FromBuffer(buffer, [2, 1], [1L << 62, 1]));
         Assert.Throws<ArgumentOutOfRangeException>(() => TensorView.FromBuffer(buffer, [0], elementOffset: 17));
     }
+
+    [Fact]
+    public void A_narrowed_view_shares_the_memory_and_its_owner()
+    {
+        using var context = Context.Cpu();
+        var input = DeviceBuffer<float>.Allocate(context, 6 * 4);
+        using var codes = DeviceBuffer<sbyte>.Allocate(context, 8);
+        using var scales = DeviceBuffer<float>.Allocate(context, 2);
+        TensorView whole = TensorView.FromBuffer(input, [6, 4]);
+        TensorView middle = whole.Narrow(0, 2, 2);
+        Assert.Equal(input.Pointer + 2 * 4 * sizeof(float), middle.Data);
+        Assert.Equal(new long[] { 2, 4 }, middle.Shape.ToArray());
+        Assert.Equal(whole.Strides.ToArray(), middle.Strides.ToArray());
+        Assert.Equal(whole.Data + 3 * sizeof(float), whole.Narrow(1, 3, 1).Data);
+        Assert.Equal(0, whole.Narrow(0, 6, 0).ElementCount);
+        Assert.Throws<ArgumentOutOfRangeException>(() => whole.Narrow(2, 0, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => whole.Narrow(-1, 0, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => whole.Narrow(0, 7, 0));
+        Assert.Throws<ArgumentOutOfRangeException>(() => whole.Narrow(0, 5, 2));
+        Assert.Throws<ArgumentOutOfRangeException>(() => whole.Narrow(0, -1, 1));
+        Assert.Throws<ArgumentOutOfRangeException>(() => whole.Narrow(0, 0, -1));
+        input.Dispose();
+        Assert.Throws<ObjectDisposedException>(() => Quant.Int8Quantize(context, middle, codes.AsTensor(2, 4), scales.AsTensor(2)));
+    }
 }

@@ -269,6 +269,7 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "nkv_virtual_kv_cache_write": (_S, [_P, ctypes.c_int32, _T, _T]),
     "nkv_virtual_kv_cache_view": (_S, [_P, ctypes.c_int32, ctypes.c_int32, _T]),
     "nkv_virtual_kv_cache_get_info": (_S, [_P, ctypes.POINTER(NkvVirtualKvCacheInfo)]),
+    "nkv_virtual_kv_cache_slot": (_S, [_P, ctypes.c_int32, _I32P, ctypes.POINTER(ctypes.c_int64)]),
 }
 
 
@@ -545,6 +546,11 @@ class VirtualKvCache:
         out = NkvTensor()
         self.lib.call("nkv_virtual_kv_cache_view", self.handle, which, layer, ctypes.byref(out))
         return out
+
+    def mapped_tokens(self, slot: int) -> int:
+        length, mapped = ctypes.c_int32(), ctypes.c_int64()
+        self.lib.call("nkv_virtual_kv_cache_slot", self.handle, slot, ctypes.byref(length), ctypes.byref(mapped))
+        return mapped.value
 
     def info(self) -> dict[str, Any]:
         info = NkvVirtualKvCacheInfo(struct_size=ctypes.sizeof(NkvVirtualKvCacheInfo))

@@ -68,6 +68,12 @@ void wait_until_idle(Cache& cache, Lock& lock, int32_t slot) {
   cache.changed.wait(lock, [&] { return !cache.slots[slot].mapping; });
 }
 
+// Whether the background thread is mapping a block of slot s that the first `blocks` blocks include: only
+// then must a caller that needs them wait (a block mapped further ahead does not concern it).
+bool mapping_within(const Cache& cache, int32_t s, int32_t blocks) {
+  return cache.slots[s].mapping && cache.slots[s].mapped_blocks < blocks;
+}
+
 // Registers a page created outside the bookkeeping; returns its id.
 int32_t add_page(Cache& cache, uint64_t handle) {
   ++cache.pages_created;
@@ -232,6 +238,13 @@ void map_ahead(Cache& cache) {
   while (true) {
     cache.changed.wait(lock, [&] { return cache.stopping || !cache.requests.empty(); });
     if (cache.stopping) return;
+    // The request whose slot has the fewest mapped tokens left past its length: the one an append needs first.
+    auto headroom = [&](const std::pair<int32_t, int32_t>& r) {
+      const Cache::Slot& x = cache.slots[r.first];
+      return tokens_in(cache, x.mapped_blocks) - x.length;
+    };
+    std::iter_swap(cache.requests.begin(), std::min_element(cache.requests.begin(), cache.requests.end(),
+                                                            [&](const auto& a, const auto& b) { return headroom(a) < headroom(b); }));
     const auto [s, tokens] = cache.requests.front();
     Cache::Slot& slot = cache.slots[s];
     const int32_t block = slot.mapped_blocks;
@@ -521,8 +534,9 @@ NKV_API nkv_status nkv_virtual_kv_cache_ensure_capacity(nkv_virtual_kv_cache* ca
     Lock lock(k.mutex);
     check_alive(k, slot, "slot");
     check_tokens(k, tokens, "tokens");
-    wait_until_idle(k, lock, slot);
-    grow_inline(k, slot, blocks_for(k, tokens));
+    const int32_t blocks = blocks_for(k, tokens);
+    k.changed.wait(lock, [&] { return !mapping_within(k, slot, blocks); });
+    grow_inline(k, slot, blocks);
   });
 }
 
@@ -587,11 +601,11 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
       if (n == 0) continue;
       step_tokens += n;
     }
-    // Every slot of the step idle at once (the wait returns holding the lock, and nothing below releases
-    // it), then the pages it needs counted.
+    // No slot of the step has a block it needs still being mapped by the background thread (the wait
+    // returns holding the lock, and nothing below releases it); then the pages the step needs are counted.
     k.changed.wait(lock, [&] {
       for (int32_t i = 0; i < count; ++i) {
-        if (k.slots[slots[i]].mapping) return false;
+        if (mapping_within(k, slots[i], blocks_for(k, k.slots[slots[i]].length + token_counts[i]))) return false;
       }
       return true;
     });

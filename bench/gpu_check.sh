@@ -47,7 +47,7 @@ set -f  # the gtest filters below are patterns for gtest, not for the shell
 # The 256K-token decode and the 4097-token prefill run for minutes under memcheck; the other shapes
 # cover the same code paths (partial tiles, splits, every head dim).
 for run in "nkv_api_tests *Cuda*" "nkv_quant_tests *Cuda*" "nkv_attention_tests *Cuda*:-*256K*:*LongSequence*" \
-           "nkv_pack_tests *Cuda*" "nkv_kvcache_tests *Cuda*"; do
+           "nkv_pack_tests *Cuda*" "nkv_kvcache_tests *Cuda*" "nkv_virtual_kvcache_tests *Cuda*:-*Destroy*"; do
   set -- $run
   suite=$1
   compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import sys
 import time
@@ -37,6 +38,7 @@ import attention_bench as ab  # noqa: E402  (Timer, rotation, NativeKvSide, copy
 import nativekv_ctypes as nkv  # noqa: E402
 
 PAGE_SIZES = (16, 64, 256)
+AHEAD, TOP_UP = 64, 128  # the step-latency benchmark's reservation policy
 VIRTUAL_LAYERS = 32  # a Llama-3-8B-like model: the token-major stride is 32 x 2 x 8 x 128 x 2 bytes = 128 KiB
 
 
@@ -171,8 +173,9 @@ def bench_step_latency(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float 
     layer the write and the decode attention, then wait for the GPU) while the slots grow across block
     boundaries: slot i starts at start + i * tokens_per_block / b tokens, so about one slot crosses into a new
     block every few steps. Three runs of the same steps: every block mapped beforehand (steps that map
-    nothing), blocks mapped inline by the appends, and blocks requested ahead (reserve_ahead, 64 tokens ahead)
-    from the background thread (the first reservation made before the steps, as an engine does when it admits a
+    nothing), blocks mapped inline by the appends, and blocks requested ahead from the background thread
+    (reserve_ahead: at least AHEAD tokens ahead, topped up TOP_UP tokens at a time, so that the thread maps
+    several blocks per call) (the first reservation made before the steps, as an engine does when it admits a
     sequence). The plan covers the starting lengths (the keys read per step stay fixed)."""
     name = "layer-major" if layout == nkv.VirtualKvCache.LAYER_MAJOR else "token-major"
     row: dict[str, Any] = {"op": "kvcache_step_latency", "shape": f"{name}, b{b} from L{start}, {layers} layers, {steps} steps",
@@ -194,20 +197,24 @@ def bench_step_latency(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float 
                 for slot, length in zip(slots, lengths):
                     cache.ensure_capacity(slot, length + steps)
             elif run == "reserve_ahead":  # as an engine does when it admits a sequence: the first reservation
-                for slot, length in zip(slots, lengths):
-                    cache.reserve_ahead(slot, length + 64)
-                wait_for_mapping(cache, slots, [x + 64 for x in lengths])
+                reserved = [x + AHEAD + TOP_UP for x in lengths]
+                for slot, tokens in zip(slots, reserved):
+                    cache.reserve_ahead(slot, tokens)
+                wait_for_mapping(cache, slots, reserved)
             with side.ctx.plan_decode(hq, hkv, d, 1, lengths) as plan:
                 views = [(cache.view(cache.K, layer), cache.view(cache.V, layer)) for layer in range(layers)]
                 decodes = [plan.bind(q, kv[0], kv[1], o) for kv in views]
                 times = []
                 before = cache.info()
+                gc.collect()
+                gc.disable()  # a collection pause inside a step is the interpreter's latency, not the cache's
                 for step in range(steps):
                     t0 = time.perf_counter()
-                    if run == "reserve_ahead":
-                        for slot, length in zip(slots, lengths):
-                            if (length + 64) // per_block != length // per_block:
-                                cache.reserve_ahead(slot, length + 64)
+                    if run == "reserve_ahead":  # keep AHEAD tokens reserved, topped up TOP_UP at a time
+                        for i, (slot, length) in enumerate(zip(slots, lengths)):
+                            if length + AHEAD > reserved[i]:
+                                reserved[i] = length + AHEAD + TOP_UP
+                                cache.reserve_ahead(slot, reserved[i])
                     cache.append(slots, ones)
                     for layer in range(layers):
                         cache.write(layer, k_step, v_step)
@@ -215,6 +222,7 @@ def bench_step_latency(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float 
                     torch.cuda.synchronize()
                     times.append((time.perf_counter() - t0) * 1e6)
                     lengths = [x + 1 for x in lengths]
+                gc.enable()
                 after = cache.info()
             times.sort()
             row["runs"][run] = {"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)],

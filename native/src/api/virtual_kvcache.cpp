@@ -1,6 +1,7 @@
 // Virtual-memory KV cache: validation, the slots' blocks and the physical pages behind them, and the
 // background thread of nkv_virtual_kv_cache_reserve_ahead.
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -180,7 +181,7 @@ std::vector<int32_t> acquire_pages(Cache& cache, int64_t count, const std::vecto
 void map_block(Cache& cache, int32_t s, int32_t block, const int32_t* pages, const std::vector<uint64_t>& handles) {
   int32_t r = 0;
   try {
-    for (; r < cache.regions; ++r) cache.memory->map(address_of(cache, s, r, block), handles[pages[r]]);
+    for (; r < cache.regions; ++r) cache.memory->map(address_of(cache, s, r, block), &handles[pages[r]], 1);
   } catch (...) {
     while (r-- > 0) cache.memory->unmap(address_of(cache, s, r, block));
     throw;
@@ -230,7 +231,10 @@ void forget_step_past(Cache& cache, int32_t s, int32_t length) {
   }
 }
 
-// The background thread: maps blocks for the (slot, tokens) requests, one block at a time, the driver
+// Blocks the background thread maps for a slot in one go (one mapping call per region).
+constexpr int32_t kBlocksPerMapping = 16;
+
+// The background thread: maps blocks for the (slot, tokens) requests, up to kBlocksPerMapping at a time, the driver
 // calls outside the lock. It never unmaps (that needs the stream), so it gives up on a request that
 // needs pages beyond the budget; the append then maps them itself.
 void map_ahead(Cache& cache) {
@@ -247,61 +251,76 @@ void map_ahead(Cache& cache) {
                                                             [&](const auto& a, const auto& b) { return headroom(a) < headroom(b); }));
     const auto [s, tokens] = cache.requests.front();
     Cache::Slot& slot = cache.slots[s];
-    const int32_t block = slot.mapped_blocks;
-    if (!slot.alive || blocks_for(cache, tokens) <= block) {
+    const int32_t first = slot.mapped_blocks;
+    const int32_t wanted = slot.alive ? std::min(blocks_for(cache, tokens), first + kBlocksPerMapping) : first;
+    // Pages for blocks first .. first + n - 1, [block][region]: pooled ones, then new ones within the budget.
+    const int64_t available = static_cast<int64_t>(cache.pooled.size()) + std::max<int64_t>(0, cache.budget_pages - held_pages(cache));
+    const int32_t n = static_cast<int32_t>(std::min<int64_t>(wanted - first, available / cache.regions));
+    if (n <= 0) {  // nothing to do, or the budget is reached: left to the append
       cache.requests.pop_front();
       continue;
     }
-    std::vector<int32_t> pages;
-    int64_t create = 0;
-    for (int32_t r = 0; r < cache.regions; ++r) {
-      if (!cache.pooled.empty()) {
-        pages.push_back(cache.pooled.back());
-        cache.pooled.pop_back();
-      } else {
-        ++create;
-      }
+    const size_t count = static_cast<size_t>(n) * cache.regions;
+    std::vector<int32_t> pooled;
+    while (pooled.size() < count && !cache.pooled.empty()) {
+      pooled.push_back(cache.pooled.back());
+      cache.pooled.pop_back();
     }
-    if (held_pages(cache) + create > cache.budget_pages) {
-      for (int32_t id : pages) cache.pooled.push_back(id);
-      cache.requests.pop_front();
-      continue;
-    }
+    const int64_t create = static_cast<int64_t>(count - pooled.size());
     cache.pages_in_creation += create;
     slot.mapping = true;
-    std::vector<uint64_t> handles(cache.page_handles);  // the driver calls must not read the shared vector unlocked
+    std::vector<uint64_t> handles(count);  // the driver calls must not read the shared vectors unlocked
+    for (size_t i = 0; i < pooled.size(); ++i) handles[i] = cache.page_handles[pooled[i]];
     lock.unlock();
-    std::vector<uint64_t> created;
+    // Each region's n pages are consecutive in its range: one mapping call (one cuMemSetAccess) each. After
+    // each call the thread rests as long as the call took: the driver's page-table changes slow the calling
+    // thread's launches and the running kernels, and 64 pages mapped back to back (2.4 ms) slowed the
+    // decode steps they overlapped by up to 14% (bench/NOTES.md p4).
+    std::vector<uint8_t> held(count, 0);  // handles[i] is a page (pooled, or created here)
+    std::fill(held.begin(), held.begin() + static_cast<std::ptrdiff_t>(pooled.size()), 1);
+    int32_t r = 0;
     bool mapped = false;
     try {
-      for (int64_t i = 0; i < create; ++i) created.push_back(cache.memory->create_page());
-      // New pages get their ids under the lock; until then they are mapped by handle.
-      int32_t r = 0;
-      try {
-        for (; r < cache.regions; ++r) {
-          const uint64_t handle = r < static_cast<int32_t>(pages.size()) ? handles[pages[r]] : created[r - pages.size()];
-          cache.memory->map(address_of(cache, s, r, block), handle);
+      for (; r < cache.regions; ++r) {
+        const auto start = std::chrono::steady_clock::now();
+        std::vector<uint64_t> range(static_cast<size_t>(n));
+        for (int32_t b = 0; b < n; ++b) {
+          const size_t i = static_cast<size_t>(b) * cache.regions + r;
+          // Pooled pages fill the first slots of `handles` in [block][region] order; new ones the rest.
+          if (!held[i]) {
+            handles[i] = cache.memory->create_page();
+            held[i] = 1;
+          }
+          range[b] = handles[i];
         }
-        mapped = true;
-      } catch (...) {
-        while (r-- > 0) cache.memory->unmap(address_of(cache, s, r, block));
+        cache.memory->map(address_of(cache, s, r, first), range.data(), range.size());
+        std::this_thread::sleep_for(std::chrono::steady_clock::now() - start);
       }
-    } catch (...) {  // out of device memory: the pages created so far go to the pool
+      mapped = true;
+    } catch (...) {  // out of device memory, or the driver refused: undo; the append will report it
+      while (r-- > 0) {
+        for (int32_t b = 0; b < n; ++b) cache.memory->unmap(address_of(cache, s, r, first + b));
+      }
     }
     lock.lock();
     cache.pages_in_creation -= create;
-    std::vector<int32_t> ids = pages;
-    for (uint64_t handle : created) ids.push_back(add_page(cache, handle));
+    std::vector<int32_t> ids = pooled;
+    for (size_t i = pooled.size(); i < count; ++i) ids.push_back(held[i] ? add_page(cache, handles[i]) : -1);
     if (mapped) {
-      for (int32_t r = 0; r < cache.regions; ++r) {
-        page_at(slot, cache, block, r) = ids[r];
-        cache.page_references[ids[r]] = 1;
+      for (int32_t b = 0; b < n; ++b) {
+        for (int32_t rr = 0; rr < cache.regions; ++rr) {
+          const int32_t id = ids[static_cast<size_t>(b) * cache.regions + rr];
+          page_at(slot, cache, first + b, rr) = id;
+          cache.page_references[id] = 1;
+        }
       }
-      slot.mapped_blocks = block + 1;
-      ++cache.blocks_mapped_ahead;
+      slot.mapped_blocks = first + n;
+      cache.blocks_mapped_ahead += n;
     } else {
-      for (int32_t id : ids) cache.pooled.push_back(id);
-      cache.requests.pop_front();  // the driver refused: the append will report it
+      for (int32_t id : ids) {
+        if (id >= 0) cache.pooled.push_back(id);
+      }
+      cache.requests.pop_front();
     }
     slot.mapping = false;
     cache.changed.notify_all();
@@ -660,7 +679,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
         k.memory->unmap(address_of(k, s, r, b));
         --k.page_references[original];
         id = -1;
-        k.memory->map(address_of(k, s, r, b), k.page_handles[copy]);
+        k.memory->map(address_of(k, s, r, b), &k.page_handles[copy], 1);
         id = copy;
         k.page_references[copy] = 1;
         if (source != nullptr) copy_within(*k.context, address_of(k, s, r, b), source, k.page_bytes);

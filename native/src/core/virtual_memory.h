@@ -19,8 +19,9 @@ class VirtualMemory {
   // A physical page (its contents unspecified); NKV_STATUS_OUT_OF_MEMORY when the device has none left.
   virtual uint64_t create_page() = 0;
   virtual void release_page(uint64_t page) noexcept = 0;
-  // Maps `page` at `address` (page-aligned, inside a reservation, not mapped) for reading and writing.
-  virtual void map(void* address, uint64_t page) = 0;
+  // Maps pages[0..count) at consecutive pages from `address` (page-aligned, inside a reservation, not
+  // mapped) for reading and writing; on failure none of them stays mapped.
+  virtual void map(void* address, const uint64_t* pages, size_t count) = 0;
   virtual void unmap(void* address) = 0;
   // Safe to call from several threads at once (the cache maps from its background thread too).
 };

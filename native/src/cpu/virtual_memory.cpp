@@ -61,9 +61,16 @@ class HostVirtualMemory final : public VirtualMemory {
     free_offsets_.push_back(page);
   }
 
-  void map(void* address, uint64_t page) override {
-    if (mmap(address, kPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, static_cast<off_t>(page)) == MAP_FAILED) {
-      fail_errno(NKV_STATUS_OUT_OF_MEMORY, "mapping a page of the virtual KV cache");
+  void map(void* address, const uint64_t* pages, size_t count) override {
+    char* at = static_cast<char*>(address);
+    for (size_t i = 0; i < count; ++i) {
+      if (mmap(at + i * kPageBytes, kPageBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd_, static_cast<off_t>(pages[i])) ==
+          MAP_FAILED) {
+        const int error = errno;
+        while (i-- > 0) unmap(at + i * kPageBytes);
+        errno = error;
+        fail_errno(NKV_STATUS_OUT_OF_MEMORY, "mapping a page of the virtual KV cache");
+      }
     }
   }
 

@@ -111,15 +111,25 @@ class DeviceVirtualMemory final : public VirtualMemory {
 
   void release_page(uint64_t page) noexcept override { driver().release(page); }
 
-  void map(void* address, uint64_t page) override {
+  // One cuMemSetAccess for the whole range: each call changes the GPU's page tables under running kernels.
+  void map(void* address, const uint64_t* pages, size_t count) override {
     DeviceScope scope(ordinal_);
     const Driver& d = driver();
     const CUdeviceptr at = reinterpret_cast<CUdeviceptr>(address);
-    check_driver(d.map(at, page_bytes_, 0, page, 0), "cuMemMap");
-    const CUresult access = d.set_access(at, page_bytes_, &access_, 1);
-    if (access != CUDA_SUCCESS) {
-      d.unmap(at, page_bytes_);
-      check_driver(access, "cuMemSetAccess");
+    size_t mapped = 0;
+    CUresult result = CUDA_SUCCESS;
+    for (; mapped < count; ++mapped) {
+      result = d.map(at + mapped * page_bytes_, page_bytes_, 0, pages[mapped], 0);
+      if (result != CUDA_SUCCESS) break;
+    }
+    const char* call = "cuMemMap";
+    if (result == CUDA_SUCCESS) {
+      result = d.set_access(at, count * page_bytes_, &access_, 1);
+      call = "cuMemSetAccess";
+    }
+    if (result != CUDA_SUCCESS) {
+      while (mapped-- > 0) d.unmap(at + mapped * page_bytes_, page_bytes_);
+      check_driver(result, call);
     }
   }
 

@@ -168,69 +168,75 @@ def bench_virtual(timer: ab.Timer, side: ab.NativeKvSide, plan, s: dict, contigu
 
 
 def bench_step_latency(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None, layout: int, steps: int = 512,
-                       b: int = 32, start: int = 1024, layers: int = 32, hq: int = 32, hkv: int = 8, d: int = 128) -> dict:
+                       rounds: int = 3, b: int = 32, start: int = 1024, layers: int = 32, hq: int = 32, hkv: int = 8,
+                       d: int = 128) -> dict:
     """Host time of whole decode steps on a virtual-memory cache (append one token to each of b slots, then per
     layer the write and the decode attention, then wait for the GPU) while the slots grow across block
-    boundaries: slot i starts at start + i * tokens_per_block / b tokens, so about one slot crosses into a new
-    block every few steps. Three runs of the same steps: every block mapped beforehand (steps that map
-    nothing), blocks mapped inline by the appends, and blocks requested ahead from the background thread
-    (reserve_ahead: at least AHEAD tokens ahead, topped up TOP_UP tokens at a time, so that the thread maps
-    several blocks per call) (the first reservation made before the steps, as an engine does when it admits a
-    sequence). The plan covers the starting lengths (the keys read per step stay fixed)."""
+    boundaries: slot i starts at start + i * tokens_per_block / b tokens, so slots cross into new blocks at
+    different steps. Three runs of the same steps: every block mapped beforehand (steps that map nothing),
+    blocks mapped inline by the appends, and blocks requested ahead from the background thread (reserve_ahead:
+    at least AHEAD tokens ahead, topped up TOP_UP tokens at a time so that the thread maps several blocks per
+    call; the first reservation made before the steps, as an engine does when it admits a sequence). The runs
+    take turns for `rounds` rounds, the order rotating, and each run's percentiles pool its rounds' steps, so
+    that the machine's own hiccups (ms-long stalls in about 1% of steps, seen with nothing mapped) reach all
+    runs alike. The plan covers the starting lengths (the keys read per step stay fixed)."""
     name = "layer-major" if layout == nkv.VirtualKvCache.LAYER_MAJOR else "token-major"
-    row: dict[str, Any] = {"op": "kvcache_step_latency", "shape": f"{name}, b{b} from L{start}, {layers} layers, {steps} steps",
-                           "runs": {}}
+    row: dict[str, Any] = {"op": "kvcache_step_latency",
+                           "shape": f"{name}, b{b} from L{start}, {layers} layers, {rounds} x {steps} steps", "runs": {}}
     side.check()
     q = torch.randn(b, 1, hq, d, device="cuda", dtype=ab.FP16)
     o = torch.empty_like(q)
     k_step = torch.randn(b, hkv, d, device="cuda", dtype=ab.FP16)
     v_step = torch.randn_like(k_step)
     ones = [1] * b
-    for run in ("premapped", "inline", "reserve_ahead"):
-        with nkv.VirtualKvCache(side.ctx, layout=layout, num_layers=layers, num_heads_kv=hkv, head_dim=d, max_slots=b,
-                                max_tokens=start + 2 * steps + 4096) as cache:
-            per_block = cache.info()["tokens_per_block"]
-            slots = [cache.add_slot() for _ in range(b)]
-            lengths = [start + i * per_block // b for i in range(b)]
-            cache.append(slots, lengths)  # maps their blocks (not timed)
-            if run == "premapped":
-                for slot, length in zip(slots, lengths):
-                    cache.ensure_capacity(slot, length + steps)
-            elif run == "reserve_ahead":  # as an engine does when it admits a sequence: the first reservation
+    runs = ["premapped", "inline", "reserve_ahead"]
+    samples: dict[str, list[float]] = {run: [] for run in runs}
+    counts = {run: {"blocks_mapped_inline": 0, "blocks_mapped_ahead": 0} for run in runs}
+    per_block = 0
+    for round_ in range(rounds):
+        for run in runs[round_ % 3:] + runs[:round_ % 3]:
+            with nkv.VirtualKvCache(side.ctx, layout=layout, num_layers=layers, num_heads_kv=hkv, head_dim=d, max_slots=b,
+                                    max_tokens=start + 2 * steps + 4096) as cache:
+                per_block = cache.info()["tokens_per_block"]
+                slots = [cache.add_slot() for _ in range(b)]
+                lengths = [start + i * per_block // b for i in range(b)]
+                cache.append(slots, lengths)  # maps their blocks (not timed)
                 reserved = [x + AHEAD + TOP_UP for x in lengths]
-                for slot, tokens in zip(slots, reserved):
-                    cache.reserve_ahead(slot, tokens)
-                wait_for_mapping(cache, slots, reserved)
-            with side.ctx.plan_decode(hq, hkv, d, 1, lengths) as plan:
-                views = [(cache.view(cache.K, layer), cache.view(cache.V, layer)) for layer in range(layers)]
-                decodes = [plan.bind(q, kv[0], kv[1], o) for kv in views]
-                times = []
-                before = cache.info()
-                gc.collect()
-                gc.disable()  # a collection pause inside a step is the interpreter's latency, not the cache's
-                for step in range(steps):
-                    t0 = time.perf_counter()
-                    if run == "reserve_ahead":  # keep AHEAD tokens reserved, topped up TOP_UP at a time
-                        for i, (slot, length) in enumerate(zip(slots, lengths)):
-                            if length + AHEAD > reserved[i]:
-                                reserved[i] = length + AHEAD + TOP_UP
-                                cache.reserve_ahead(slot, reserved[i])
-                    cache.append(slots, ones)
-                    for layer in range(layers):
-                        cache.write(layer, k_step, v_step)
-                        decodes[layer]()
-                    torch.cuda.synchronize()
-                    times.append((time.perf_counter() - t0) * 1e6)
-                    lengths = [x + 1 for x in lengths]
-                gc.enable()
-                after = cache.info()
-            times.sort()
-            row["runs"][run] = {"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)],
-                                "max_us": times[-1], "mean_us": sum(times) / len(times),
-                                "blocks_mapped_inline": after["blocks_mapped_inline"] - before["blocks_mapped_inline"],
-                                "blocks_mapped_ahead": after["blocks_mapped_ahead"] - before["blocks_mapped_ahead"],
-                                "tokens_per_block": per_block}
-        ab.free_memory()
+                if run == "premapped":
+                    for slot, length in zip(slots, lengths):
+                        cache.ensure_capacity(slot, length + steps)
+                elif run == "reserve_ahead":
+                    for slot, tokens in zip(slots, reserved):
+                        cache.reserve_ahead(slot, tokens)
+                    wait_for_mapping(cache, slots, reserved)
+                with side.ctx.plan_decode(hq, hkv, d, 1, lengths) as plan:
+                    decodes = [plan.bind(q, cache.view(cache.K, layer), cache.view(cache.V, layer), o) for layer in range(layers)]
+                    before = cache.info()
+                    gc.collect()
+                    gc.disable()  # a collection pause inside a step is the interpreter's latency, not the cache's
+                    for step in range(steps):
+                        t0 = time.perf_counter()
+                        if run == "reserve_ahead":  # keep AHEAD tokens reserved, topped up TOP_UP at a time
+                            for i, (slot, length) in enumerate(zip(slots, lengths)):
+                                if length + AHEAD > reserved[i]:
+                                    reserved[i] = length + AHEAD + TOP_UP
+                                    cache.reserve_ahead(slot, reserved[i])
+                        cache.append(slots, ones)
+                        for layer in range(layers):
+                            cache.write(layer, k_step, v_step)
+                            decodes[layer]()
+                        torch.cuda.synchronize()
+                        samples[run].append((time.perf_counter() - t0) * 1e6)
+                        lengths = [x + 1 for x in lengths]
+                    gc.enable()
+                    after = cache.info()
+                for key in counts[run]:
+                    counts[run][key] += after[key] - before[key]
+            ab.free_memory()
+    for run in runs:
+        times = sorted(samples[run])
+        row["runs"][run] = {"p50_us": times[len(times) // 2], "p99_us": times[int(len(times) * 0.99)], "max_us": times[-1],
+                            "mean_us": sum(times) / len(times), "tokens_per_block": per_block, **counts[run]}
     base = row["runs"]["premapped"]
     for run in row["runs"].values():
         run["p99_over_premapped"] = run["p99_us"] / base["p99_us"]

@@ -4,15 +4,10 @@
 //
 // The trace: a backlog of requests whose prompt lengths follow the attention benchmark's mix
 // (L = 32 + floor(4000 u^2), u uniform, seed 0) and whose output lengths are uniform in 32..2048 (seed 1).
-// An engine loop, one decode step at a time: every running sequence grows by one token, finished ones are
-// freed, then waiting requests are admitted first come first served while their prompt fits (the paged
-// cache admits only when the prompt's pages plus one page per running sequence are free, so the next
-// step cannot run out; if it still does, the newest sequence is preempted back to the queue, as vLLM does).
-//
-// The paged policy runs the real nkv_paged_kv_cache bookkeeping (CPU backend). Its pools are created for
-// a 1-layer, 1-head, 8-wide stand-in with the same page count and page size, since the simulation
-// never touches K/V; bytes are reported for the modelled LLM (32 layers, 8 KV heads, head_dim 128, fp16:
-// 128 KiB per token). Static reservation is arithmetic: each admitted request holds max_length tokens.
+// An engine loop (run_engine), one decode step at a time, over each cache's real bookkeeping on the CPU
+// backend (PagedCache, VirtualCache); bytes are reported for the modelled LLM (32 layers, 8 KV heads,
+// head_dim 128, fp16: 128 KiB per token). Static reservation is arithmetic: each admitted request holds
+// max_length tokens.
 //
 // Output: a Markdown table on stdout.
 #include <algorithm>
@@ -112,210 +107,224 @@ Result simulate_static(const std::vector<Request>& requests) {
   return r;
 }
 
-Result simulate_paged(const std::vector<Request>& requests, nkv_context* context, int page_size) {
+// A cache under simulation, in its own units of allocation (pages, or blocks of pages).
+class SimulatedCache {
+ public:
+  virtual ~SimulatedCache() = default;
+  virtual std::string policy() const = 0;
+  virtual int tokens_per_unit() const = 0;
+  virtual int64_t units_for(int64_t tokens) const = 0;
+  // Units free for new tokens now (the virtual cache counts blocks mapped past any live slot's tokens as
+  // free: it reclaims them under pressure).
+  virtual int64_t free_units(const std::vector<int32_t>& live) = 0;
+  virtual int32_t add(int32_t prompt) = 0;  // a new sequence holding its prompt
+  virtual nkv_status step(const std::vector<int32_t>& ids) = 0;  // one token more for each
+  virtual void free(int32_t id) = 0;
+  virtual int32_t length(int32_t id) = 0;
+  virtual int64_t held_tokens(int32_t id) = 0;  // token places of the units holding its tokens
+  virtual int64_t mapped_tokens(int32_t id) { return held_tokens(id); }
+  virtual bool maps_ahead() const { return false; }  // whether mapped_tokens can pass held_tokens
+};
+
+// The engine loop: every running sequence grows by one token per step, finished ones are freed, then waiting
+// requests are admitted first come first served while their prompt's units plus one unit per running
+// sequence are free (so the next step cannot run out; if it still does, the newest sequence is preempted
+// back to the queue, as vLLM does).
+Result run_engine(const std::vector<Request>& requests, SimulatedCache& cache) {
   Result r;
-  r.policy = "paged (nkv_paged_kv_cache)";
-  r.page_size = page_size;
-  const int64_t pages = static_cast<int64_t>(kBudgetBytes / kBytesPerToken) / page_size;
-  nkv_paged_kv_cache_options o{};
-  o.struct_size = sizeof(o);
-  o.dtype = NKV_DTYPE_FLOAT16;
-  o.num_layers = 1;
-  o.num_heads_kv = 1;
-  o.head_dim = 8;
-  o.page_size = page_size;
-  o.max_sequences = 4096;
-  o.max_sequence_length = kMaxLength;
-  o.num_pages = pages;
-  nkv_paged_kv_cache* cache = nullptr;
-  check(nkv_paged_kv_cache_create(context, &o, &cache), "nkv_paged_kv_cache_create");
+  r.policy = cache.policy();
+  r.page_size = cache.tokens_per_unit();
   struct Running {
-    int id, request, remaining;
+    int32_t id;
+    int request, remaining;
   };
   std::vector<Running> running;
   std::deque<int> waiting;
   for (int i = 0; i < static_cast<int>(requests.size()); ++i) waiting.push_back(i);
-  std::vector<int32_t> ids, ones, page_buffer(static_cast<size_t>((kMaxLength + page_size - 1) / page_size));
-  double concurrent_sum = 0.0, waste_sum = 0.0, used_sum = 0.0;
-  auto free_pages = [&] {
-    nkv_paged_kv_cache_info info{};
-    info.struct_size = sizeof(info);
-    check(nkv_paged_kv_cache_get_info(cache, &info), "nkv_paged_kv_cache_get_info");
-    return info.free_pages;
+  std::vector<int32_t> ids;
+  double concurrent_sum = 0.0, waste_sum = 0.0, used_sum = 0.0, ahead_sum = 0.0;
+  auto live_ids = [&] {
+    ids.clear();
+    for (const Running& x : running) ids.push_back(x.id);
+    return ids;
   };
   while (!waiting.empty() || !running.empty()) {
-    // Admit while the prompt's pages fit with one page of headroom per running sequence for the next step.
     while (!waiting.empty()) {
       const Request& q = requests[waiting.front()];
-      const int64_t needed = (q.prompt + page_size - 1) / page_size + static_cast<int64_t>(running.size()) + 1;
-      if (needed > free_pages()) break;
-      int32_t id = -1;
-      check(nkv_paged_kv_cache_add_sequence(cache, &id), "nkv_paged_kv_cache_add_sequence");
-      const int32_t prompt = q.prompt;
-      check(nkv_paged_kv_cache_append(cache, &id, &prompt, 1), "prefill append");
-      running.push_back({id, waiting.front(), q.output});
+      const int64_t needed = cache.units_for(q.prompt) + static_cast<int64_t>(running.size()) + 1;
+      if (needed > cache.free_units(live_ids())) break;
+      running.push_back({cache.add(q.prompt), waiting.front(), q.output});
       waiting.pop_front();
     }
     if (running.empty()) die("a request does not fit the budget on its own");
-    // One decode step for every running sequence; out of pages: preempt the newest and retry.
     for (;;) {
-      ids.clear();
-      for (const Running& s : running) ids.push_back(s.id);
-      ones.assign(ids.size(), 1);
-      const nkv_status status = nkv_paged_kv_cache_append(cache, ids.data(), ones.data(), static_cast<int32_t>(ids.size()));
+      const nkv_status status = cache.step(live_ids());
       if (status == NKV_STATUS_SUCCESS) break;
       if (status != NKV_STATUS_OUT_OF_MEMORY) check(status, "decode append");
       const Running victim = running.back();
       running.pop_back();
-      check(nkv_paged_kv_cache_free_sequence(cache, victim.id), "preempt");
+      cache.free(victim.id);
       waiting.push_front(victim.request);  // recomputed from its prompt when admitted again
       ++r.preemptions;
     }
     ++r.steps;
     r.max_concurrent = std::max(r.max_concurrent, static_cast<int>(running.size()));
     concurrent_sum += static_cast<double>(running.size());
-    int64_t tokens = 0, waste = 0;
-    for (Running& s : running) {
-      int32_t length = 0, page_count = 0;
-      check(nkv_paged_kv_cache_sequence(cache, s.id, &length, page_buffer.data(), static_cast<int32_t>(page_buffer.size()), &page_count),
-            "nkv_paged_kv_cache_sequence");
-      const int64_t empty = static_cast<int64_t>(page_count) * page_size - length;
-      r.max_waste_tokens = std::max(r.max_waste_tokens, empty);
-      waste += empty;
+    int64_t tokens = 0, waste = 0, ahead = 0;
+    for (Running& x : running) {
+      const int64_t length = cache.length(x.id), held = cache.held_tokens(x.id);
+      r.max_waste_tokens = std::max(r.max_waste_tokens, held - length);
+      waste += held - length;
+      ahead += cache.mapped_tokens(x.id) - held;
       tokens += length;
-      --s.remaining;
+      --x.remaining;
     }
-    waste_sum += static_cast<double>(waste) / static_cast<double>(running.size());
+    const double n = static_cast<double>(running.size());
+    waste_sum += static_cast<double>(waste) / n;
+    ahead_sum += static_cast<double>(ahead) / n;
     used_sum += static_cast<double>(tokens * kBytesPerToken) / static_cast<double>(kBudgetBytes);
     for (size_t i = 0; i < running.size();) {
       if (running[i].remaining == 0) {
-        check(nkv_paged_kv_cache_free_sequence(cache, running[i].id), "finish");
+        cache.free(running[i].id);
         running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
       } else {
         ++i;
       }
     }
   }
-  check(nkv_paged_kv_cache_destroy(cache), "nkv_paged_kv_cache_destroy");
   const double steps = static_cast<double>(r.steps);
   r.mean_concurrent = concurrent_sum / steps;
   r.mean_waste_tokens = waste_sum / steps;
   r.mean_used_fraction = used_sum / steps;
+  r.mean_ahead_tokens = cache.maps_ahead() ? ahead_sum / steps : -1.0;
   return r;
 }
 
-// The virtual-memory cache: slots of max-length virtual ranges, physical 2 MiB pages mapped as they grow
-// (the real nkv_virtual_kv_cache on the CPU backend, mmap of a memory file: nothing is written, so no memory is
-// committed), in the modelled LLM's shape. Admission as for the paged cache, in blocks: the prompt's blocks
-// plus one block per running sequence must be free (a freed slot's still-mapped blocks count as free).
-Result simulate_virtual(const std::vector<Request>& requests, nkv_context* context, nkv_virtual_kv_layout layout) {
-  Result r;
-  r.policy = layout == NKV_VIRTUAL_KV_LAYER_MAJOR ? "virtual memory, layer-major (vAttention)" : "virtual memory, token-major";
-  nkv_virtual_kv_cache_options o{};
-  o.struct_size = sizeof(o);
-  o.dtype = NKV_DTYPE_FLOAT16;
-  o.layout = layout;
-  o.num_layers = 32;
-  o.num_heads_kv = 8;
-  o.head_dim = 128;
-  o.max_slots = 1024;
-  o.max_tokens = kMaxLength;
-  o.byte_budget = kBudgetBytes;
-  nkv_virtual_kv_cache* cache = nullptr;
-  check(nkv_virtual_kv_cache_create(context, &o, &cache), "nkv_virtual_kv_cache_create");
-  auto info = [&] {
-    nkv_virtual_kv_cache_info i{};
-    i.struct_size = sizeof(i);
-    check(nkv_virtual_kv_cache_get_info(cache, &i), "nkv_virtual_kv_cache_get_info");
-    return i;
-  };
-  const nkv_virtual_kv_cache_info shape = info();
-  const int64_t regions = static_cast<int64_t>(shape.bytes_per_block / shape.page_bytes);
-  const int64_t budget_blocks = shape.budget_pages / regions;
-  r.page_size = shape.tokens_per_block;
-  auto blocks_for = [&](int64_t tokens) { return (tokens * kBytesPerToken / regions + static_cast<int64_t>(shape.page_bytes) - 1) / static_cast<int64_t>(shape.page_bytes); };
-  struct Running {
-    int id, request, remaining;
-  };
-  std::vector<Running> running;
-  std::deque<int> waiting;
-  for (int i = 0; i < static_cast<int>(requests.size()); ++i) waiting.push_back(i);
-  std::vector<int32_t> ids, ones;
-  double concurrent_sum = 0.0, waste_sum = 0.0, used_sum = 0.0, ahead_sum = 0.0;
-  // Blocks mapped past a slot's tokens (a freed slot's, or a reused slot's beyond its new length) are
-  // reclaimed under pressure, so they count as free.
-  auto free_blocks = [&] {
-    int64_t in_use = 0;
-    for (const Running& s : running) {
-      int32_t length = 0;
-      check(nkv_virtual_kv_cache_slot(cache, s.id, &length, nullptr), "nkv_virtual_kv_cache_slot");
-      in_use += blocks_for(length);
-    }
-    return budget_blocks - in_use;
-  };
-  while (!waiting.empty() || !running.empty()) {
-    while (!waiting.empty()) {
-      const Request& q = requests[waiting.front()];
-      const int64_t needed = blocks_for(q.prompt) + static_cast<int64_t>(running.size()) + 1;
-      if (needed > free_blocks() || static_cast<int>(running.size()) == o.max_slots) break;
-      int32_t id = -1;
-      check(nkv_virtual_kv_cache_add_slot(cache, &id), "nkv_virtual_kv_cache_add_slot");
-      const int32_t prompt = q.prompt;
-      check(nkv_virtual_kv_cache_append(cache, &id, &prompt, 1), "prefill append");
-      running.push_back({id, waiting.front(), q.output});
-      waiting.pop_front();
-    }
-    if (running.empty()) die("a request does not fit the budget on its own");
-    for (;;) {
-      ids.clear();
-      for (const Running& s : running) ids.push_back(s.id);
-      ones.assign(ids.size(), 1);
-      const nkv_status status = nkv_virtual_kv_cache_append(cache, ids.data(), ones.data(), static_cast<int32_t>(ids.size()));
-      if (status == NKV_STATUS_SUCCESS) break;
-      if (status != NKV_STATUS_OUT_OF_MEMORY) check(status, "decode append");
-      const Running victim = running.back();
-      running.pop_back();
-      check(nkv_virtual_kv_cache_free_slot(cache, victim.id), "preempt");
-      waiting.push_front(victim.request);
-      ++r.preemptions;
-    }
-    ++r.steps;
-    r.max_concurrent = std::max(r.max_concurrent, static_cast<int>(running.size()));
-    concurrent_sum += static_cast<double>(running.size());
-    int64_t tokens = 0, waste = 0, ahead = 0;
-    for (Running& s : running) {
-      int32_t length = 0;
-      int64_t mapped = 0;
-      check(nkv_virtual_kv_cache_slot(cache, s.id, &length, &mapped), "nkv_virtual_kv_cache_slot");
-      // Waste: the empty token places of the blocks the slot's tokens occupy (internal fragmentation);
-      // blocks mapped beyond them are reclaimable and reported apart.
-      const int64_t empty = blocks_for(length) * shape.tokens_per_block - length;
-      r.max_waste_tokens = std::max(r.max_waste_tokens, empty);
-      waste += empty;
-      ahead += mapped - blocks_for(length) * shape.tokens_per_block;
-      tokens += length;
-      --s.remaining;
-    }
-    waste_sum += static_cast<double>(waste) / static_cast<double>(running.size());
-    ahead_sum += static_cast<double>(ahead) / static_cast<double>(running.size());
-    used_sum += static_cast<double>(tokens * kBytesPerToken) / static_cast<double>(kBudgetBytes);
-    for (size_t i = 0; i < running.size();) {
-      if (running[i].remaining == 0) {
-        check(nkv_virtual_kv_cache_free_slot(cache, running[i].id), "finish");
-        running.erase(running.begin() + static_cast<std::ptrdiff_t>(i));
-      } else {
-        ++i;
-      }
-    }
+// The paged cache's real bookkeeping (CPU backend). Its pools are created for a 1-layer, 1-head, 8-wide
+// stand-in with the same page count and page size, since the simulation never touches K/V.
+class PagedCache final : public SimulatedCache {
+ public:
+  PagedCache(nkv_context* context, int page_size) : page_size_(page_size) {
+    nkv_paged_kv_cache_options o{};
+    o.struct_size = sizeof(o);
+    o.dtype = NKV_DTYPE_FLOAT16;
+    o.num_layers = 1;
+    o.num_heads_kv = 1;
+    o.head_dim = 8;
+    o.page_size = page_size;
+    o.max_sequences = 4096;
+    o.max_sequence_length = kMaxLength;
+    o.num_pages = static_cast<int64_t>(kBudgetBytes / kBytesPerToken) / page_size;
+    check(nkv_paged_kv_cache_create(context, &o, &cache_), "nkv_paged_kv_cache_create");
   }
-  check(nkv_virtual_kv_cache_destroy(cache), "nkv_virtual_kv_cache_destroy");
-  const double steps = static_cast<double>(r.steps);
-  r.mean_ahead_tokens = ahead_sum / steps;
-  r.mean_concurrent = concurrent_sum / steps;
-  r.mean_waste_tokens = waste_sum / steps;
-  r.mean_used_fraction = used_sum / steps;
-  return r;
-}
+  ~PagedCache() override { check(nkv_paged_kv_cache_destroy(cache_), "nkv_paged_kv_cache_destroy"); }
+  std::string policy() const override { return "paged (nkv_paged_kv_cache)"; }
+  int tokens_per_unit() const override { return page_size_; }
+  int64_t units_for(int64_t tokens) const override { return (tokens + page_size_ - 1) / page_size_; }
+  int64_t free_units(const std::vector<int32_t>&) override {
+    nkv_paged_kv_cache_info info{};
+    info.struct_size = sizeof(info);
+    check(nkv_paged_kv_cache_get_info(cache_, &info), "nkv_paged_kv_cache_get_info");
+    return info.free_pages;
+  }
+  int32_t add(int32_t prompt) override {
+    int32_t id = -1;
+    check(nkv_paged_kv_cache_add_sequence(cache_, &id), "nkv_paged_kv_cache_add_sequence");
+    check(nkv_paged_kv_cache_append(cache_, &id, &prompt, 1), "prefill append");
+    return id;
+  }
+  nkv_status step(const std::vector<int32_t>& ids) override {
+    ones_.assign(ids.size(), 1);
+    return nkv_paged_kv_cache_append(cache_, ids.data(), ones_.data(), static_cast<int32_t>(ids.size()));
+  }
+  void free(int32_t id) override { check(nkv_paged_kv_cache_free_sequence(cache_, id), "nkv_paged_kv_cache_free_sequence"); }
+  int32_t length(int32_t id) override {
+    int32_t length = 0, pages = 0;
+    check(nkv_paged_kv_cache_sequence(cache_, id, &length, nullptr, 0, &pages), "nkv_paged_kv_cache_sequence");
+    return length;
+  }
+  int64_t held_tokens(int32_t id) override {
+    int32_t length = 0, pages = 0;
+    check(nkv_paged_kv_cache_sequence(cache_, id, &length, nullptr, 0, &pages), "nkv_paged_kv_cache_sequence");
+    return static_cast<int64_t>(pages) * page_size_;
+  }
+
+ private:
+  int page_size_;
+  nkv_paged_kv_cache* cache_ = nullptr;
+  std::vector<int32_t> ones_;
+};
+
+// The virtual-memory cache in the modelled LLM's shape: slots of max-length virtual ranges, 2 MiB pages
+// mapped as they grow (the real nkv_virtual_kv_cache on the CPU backend, mmap of a memory file: nothing is
+// written, so no memory is committed). Its unit is a block (one page per region).
+class VirtualCache final : public SimulatedCache {
+ public:
+  VirtualCache(nkv_context* context, nkv_virtual_kv_layout layout) : layout_(layout) {
+    nkv_virtual_kv_cache_options o{};
+    o.struct_size = sizeof(o);
+    o.dtype = NKV_DTYPE_FLOAT16;
+    o.layout = layout;
+    o.num_layers = 32;
+    o.num_heads_kv = 8;
+    o.head_dim = 128;
+    o.max_slots = 1024;
+    o.max_tokens = kMaxLength;
+    o.byte_budget = kBudgetBytes;
+    check(nkv_virtual_kv_cache_create(context, &o, &cache_), "nkv_virtual_kv_cache_create");
+    nkv_virtual_kv_cache_info info{};
+    info.struct_size = sizeof(info);
+    check(nkv_virtual_kv_cache_get_info(cache_, &info), "nkv_virtual_kv_cache_get_info");
+    block_bytes_ = static_cast<int64_t>(info.bytes_per_block);
+    tokens_per_block_ = info.tokens_per_block;
+    budget_blocks_ = info.budget_pages / static_cast<int64_t>(info.bytes_per_block / info.page_bytes);
+  }
+  ~VirtualCache() override { check(nkv_virtual_kv_cache_destroy(cache_), "nkv_virtual_kv_cache_destroy"); }
+  std::string policy() const override {
+    return layout_ == NKV_VIRTUAL_KV_LAYER_MAJOR ? "virtual memory, layer-major (vAttention)" : "virtual memory, token-major";
+  }
+  int tokens_per_unit() const override { return tokens_per_block_; }
+  int64_t units_for(int64_t tokens) const override { return (tokens * kBytesPerToken + block_bytes_ - 1) / block_bytes_; }
+  int64_t free_units(const std::vector<int32_t>& live) override {
+    int64_t in_use = 0;
+    for (int32_t id : live) in_use += units_for(length(id));
+    return budget_blocks_ - in_use;
+  }
+  int32_t add(int32_t prompt) override {
+    int32_t id = -1;
+    check(nkv_virtual_kv_cache_add_slot(cache_, &id), "nkv_virtual_kv_cache_add_slot");
+    check(nkv_virtual_kv_cache_append(cache_, &id, &prompt, 1), "prefill append");
+    return id;
+  }
+  nkv_status step(const std::vector<int32_t>& ids) override {
+    ones_.assign(ids.size(), 1);
+    return nkv_virtual_kv_cache_append(cache_, ids.data(), ones_.data(), static_cast<int32_t>(ids.size()));
+  }
+  void free(int32_t id) override { check(nkv_virtual_kv_cache_free_slot(cache_, id), "nkv_virtual_kv_cache_free_slot"); }
+  int32_t length(int32_t id) override {
+    int32_t length = 0;
+    check(nkv_virtual_kv_cache_slot(cache_, id, &length, nullptr), "nkv_virtual_kv_cache_slot");
+    return length;
+  }
+  // Waste: the empty token places of the blocks the slot's tokens occupy (internal fragmentation); blocks
+  // mapped beyond them are reclaimable and reported apart.
+  int64_t held_tokens(int32_t id) override { return units_for(length(id)) * tokens_per_block_; }
+  int64_t mapped_tokens(int32_t id) override {
+    int32_t length = 0;
+    int64_t mapped = 0;
+    check(nkv_virtual_kv_cache_slot(cache_, id, &length, &mapped), "nkv_virtual_kv_cache_slot");
+    return std::max(mapped, held_tokens(id));
+  }
+  bool maps_ahead() const override { return true; }
+
+ private:
+  nkv_virtual_kv_layout layout_;
+  nkv_virtual_kv_cache* cache_ = nullptr;
+  int64_t block_bytes_ = 0;
+  int tokens_per_block_ = 0;
+  int64_t budget_blocks_ = 0;
+  std::vector<int32_t> ones_;
+};
 
 }  // namespace
 
@@ -327,11 +336,13 @@ int main() {
   std::vector<Result> results = {simulate_static(requests)};
   for (int page_size : {16, 64, 256}) {
     std::fprintf(stderr, "nkv_serving_sim: paged, page size %d\n", page_size);
-    results.push_back(simulate_paged(requests, context, page_size));
+    PagedCache cache(context, page_size);
+    results.push_back(run_engine(requests, cache));
   }
   for (nkv_virtual_kv_layout layout : {NKV_VIRTUAL_KV_TOKEN_MAJOR, NKV_VIRTUAL_KV_LAYER_MAJOR}) {
     std::fprintf(stderr, "nkv_serving_sim: virtual memory, layout %d\n", layout);
-    results.push_back(simulate_virtual(requests, context, layout));
+    VirtualCache cache(context, layout);
+    results.push_back(run_engine(requests, cache));
   }
   check(nkv_context_destroy(context), "nkv_context_destroy");
 

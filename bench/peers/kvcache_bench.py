@@ -244,6 +244,130 @@ def bench_step_latency(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float 
     return row
 
 
+def bench_prefill(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None, prompts: int = 16, length: int = 2048,
+                  hq: int = 32, hkv: int = 8, d: int = 128) -> dict:
+    """Causal prefill of `prompts` prompts of `length` tokens into a KV cache, fp16 d128 GQA 32/8, one layer.
+    Attention alone (GPU time, interleaved): varlen over the packed K/V with the default kernel (sm_90a on
+    Hopper) and with the SM80 family, and varlen through a paged cache's block table (SM80 family; pages in
+    the order the cache hands them out) at pages 16, 64, 256; the paged outputs must equal the SM80 contiguous
+    output bit for bit. Including the append (host time of the whole prefill of one layer: append the prompts
+    and write their K/V, then attention, then wait): the paged cache against copying K/V into a contiguous
+    cache [prompts, length, Hkv, d] and running the default kernel."""
+    total = prompts * length
+    flops = 4 * prompts * hq * d * (length * (length + 1) // 2)
+    row: dict[str, Any] = {"op": "kvcache_prefill", "shape": f"{prompts} x {length} h{hq}/{hkv} d{d} causal", "variants": {}}
+    side.check()
+    q = torch.randn(total, hq, d, device="cuda", dtype=ab.FP16)
+    k = torch.randn(total, hkv, d, device="cuda", dtype=ab.FP16)
+    v = torch.randn_like(k)
+    cu = [i * length for i in range(prompts + 1)]
+    outputs = {}
+    runs = {}
+    with contextlib.ExitStack() as stack:
+        auto = stack.enter_context(side.ctx.plan_varlen(hq, hkv, d, cu, cu, causal=True))
+        sm80 = stack.enter_context(side.ctx.plan_varlen(hq, hkv, d, cu, cu, causal=True, kernel=nkv.ATTENTION_KERNEL_SM80))
+        for name, plan in (("contiguous, default kernel", auto), ("contiguous, SM80 family", sm80)):
+            outputs[name] = torch.empty_like(q)
+            runs[name] = plan.bind(q, k, v, outputs[name])
+        caches = {}
+        for page in PAGE_SIZES:
+            cache = stack.enter_context(nkv.PagedKvCache(side.ctx, num_layers=1, num_heads_kv=hkv, head_dim=d, page_size=page,
+                                                         max_sequences=prompts, max_sequence_length=length,
+                                                         num_pages=prompts * length // page))
+            ids = [cache.add_sequence() for _ in range(prompts)]
+            cache.append(ids, [length] * prompts)
+            cache.write(0, k, v)
+            caches[page] = (cache, ids)
+            name = f"paged {page}"
+            outputs[name] = torch.empty_like(q)
+            runs[name] = sm80.bind_paged(q, cache.view(cache.K_POOL), cache.view(cache.V_POOL), cache.view(cache.BLOCK_TABLE),
+                                         outputs[name])
+        for run in runs.values():
+            run()
+        torch.cuda.synchronize()
+        names = list(runs)
+        medians = timer.interleaved_medians_us([lambda i, name=name: runs[name]() for name in names])
+        for name, us in zip(names, medians):
+            entry = {"us": us, "tflops": flops / us / 1e6, "sm80_over_variant": medians[1] / us,
+                     "default_over_variant": medians[0] / us}
+            if name.startswith("paged"):
+                entry["bit_identical"] = bool(torch.equal(outputs[name], outputs["contiguous, SM80 family"]))
+            row["variants"][name] = entry
+        # Including the append: host time of whole one-layer prefills, median of the repetitions.
+        contiguous_cache = torch.empty(prompts, length, hkv, d, device="cuda", dtype=ab.FP16)
+        v_cache = torch.empty_like(contiguous_cache)
+        view_k = contiguous_cache.view(total, hkv, d)
+        view_v = v_cache.view(total, hkv, d)
+        out = torch.empty_like(q)
+        into_contiguous = auto.bind(q, view_k, view_v, out)
+
+        def contiguous_prefill():
+            contiguous_cache.view(total, hkv, d).copy_(k)
+            v_cache.view(total, hkv, d).copy_(v)
+            into_contiguous()
+
+        def reset(name):  # untimed: the paged cache's prompts are truncated away before each prefill
+            if name.startswith("paged"):
+                cache, ids = caches[int(name.split()[1])]
+                for sequence in ids:
+                    cache.truncate(sequence, 0)
+
+        def paged_prefill(page):
+            cache, ids = caches[page]
+            cache.append(ids, [length] * prompts)
+            cache.write(0, k, v)
+            runs[f"paged {page}"]()
+
+        prefills = {"contiguous, default kernel": contiguous_prefill}
+        prefills.update({f"paged {page}": (lambda page=page: paged_prefill(page)) for page in PAGE_SIZES})
+        samples = {name: [] for name in prefills}
+        for _ in range(3):
+            for name, fn in prefills.items():
+                reset(name)
+                fn()
+        torch.cuda.synchronize()
+        order = list(prefills)
+        for rep in range(timer.reps):
+            for j in range(len(order)):
+                name = order[(rep + j) % len(order)]
+                reset(name)
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                prefills[name]()
+                torch.cuda.synchronize()
+                samples[name].append((time.perf_counter() - t0) * 1e6)
+        for name, times in samples.items():
+            row["variants"][name]["with_append_us"] = sorted(times)[len(times) // 2]
+        base = row["variants"]["contiguous, default kernel"]["with_append_us"]
+        for name in samples:
+            row["variants"][name]["with_append_contiguous_over_variant"] = base / row["variants"][name]["with_append_us"]
+    del q, k, v
+    ab.free_memory()
+    return row
+
+
+def prefill_markdown(rows: list[dict]) -> str:
+    lines = ["", "Prefill into a KV cache (one layer, causal; the paged kernel is the SM80 family; with append: host time "
+             "of append + write + attention + wait, median).", "",
+             "| shape | variant | attention | TFLOP/s | SM80 contiguous / variant | default contiguous / variant | "
+             "with append | contiguous / variant, with append | output |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['shape']} | error: {ab.cell(r['error'])} | | | | | | | |")
+            continue
+        first = True
+        for name, v in r["variants"].items():
+            with_append = f"{v['with_append_us']:.0f} µs" if "with_append_us" in v else "—"
+            ratio = f"{v['with_append_contiguous_over_variant']:.3f}×" if "with_append_contiguous_over_variant" in v else "—"
+            check = "—" if "bit_identical" not in v else ("bit-identical to SM80 contiguous" if v["bit_identical"]
+                                                          else "**DIFFERENT BITS**")
+            lines.append(f"| {r['shape'] if first else ''} | {name} | {v['us']:.1f} µs | {v['tflops']:.0f} | "
+                         f"{v['sm80_over_variant']:.3f}× | {v['default_over_variant']:.3f}× | {with_append} | {ratio} | {check} |")
+            first = False
+    return "\n".join(lines) + "\n"
+
+
 def wait_for_mapping(cache, slots: list[int], tokens: list[int], timeout_s: float = 10.0) -> None:
     """Until every slot's mapped blocks hold `tokens` (the background thread's work), or the timeout."""
     deadline = time.perf_counter() + timeout_s
@@ -321,6 +445,8 @@ def cases(quick: bool):
         seqlen //= scale
         out.append((f"kvcache_decode b{b} L{seqlen}",
                     lambda t, n, c, b=b, seqlen=seqlen: bench_decode(t, n, c, b, seqlen)))
+    out.append((f"kvcache_prefill 16 x {2048 // scale}",
+                lambda t, n, c: bench_prefill(t, n, c, length=2048 // scale)))
     for layout, name in ((nkv.VirtualKvCache.TOKEN_MAJOR, "token-major"), (nkv.VirtualKvCache.LAYER_MAJOR, "layer-major")):
         out.append((f"kvcache_step_latency {name}",
                     lambda t, n, c, layout=layout: bench_step_latency(t, n, c, layout, steps=64 if quick else 512)))
@@ -364,6 +490,7 @@ def main() -> int:
         if side.ctx is not None:
             side.ctx.close()
     text = markdown([r for r in rows if r["op"] == "kvcache_decode"], env) + \
+        prefill_markdown([r for r in rows if r["op"] == "kvcache_prefill"]) + \
         step_markdown([r for r in rows if r["op"] == "kvcache_step_latency"])
     if args.markdown:
         with open(args.markdown, "a", encoding="utf-8") as f:

@@ -104,6 +104,51 @@ public static unsafe class Attention
     public static void Varlen(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse = null) =>
         RunViews(plan, q, k, v, o, lse, ViewOp.Varlen);
 
+    /// <summary>
+    /// Runs a varlen plan over a paged KV cache (FlashInfer's paged prefill; a <see cref="PagedKvCache"/>'s pools or an
+    /// engine's own): sequence b's keys, as many as cu_seqlens_k gives it, are the first tokens of the pages its block-table
+    /// row lists. For chunked prefill, append the chunk to the cache first: its queries then see the cached prefix and
+    /// themselves through the bottom-right causal mask. Runs the SM80 kernel family; the result equals
+    /// <see cref="Varlen(AttentionPlan, TensorView, TensorView, TensorView, TensorView, TensorView?)"/> with that family on
+    /// the same keys packed contiguously. Asynchronous on the plan's context's stream.
+    /// </summary>
+    /// <param name="plan">A plan from <see cref="PlanVarlen"/>, not made for <see cref="AttentionKernel.Sm90"/>.</param>
+    /// <param name="q">[rowsQ &gt;= TotalQ, numHeadsQ, headDim] float16/bfloat16; any row and head strides, unit last stride.</param>
+    /// <param name="kPool">[numPages, pageSize, numHeadsKv, headDim] of q's dtype, contiguous; pageSize a power of two &lt;= 256.</param>
+    /// <param name="vPool">Shaped like <paramref name="kPool"/>.</param>
+    /// <param name="blockTable">int32 [rows &gt;= batch, columns], unit last stride: row b lists sequence b's pages in token order.</param>
+    /// <param name="o">[rowsQ, numHeadsQ, headDim]: receives the output; rows past TotalQ are left untouched.</param>
+    /// <param name="lse">[numHeadsQ, rowsQ] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <remarks>The library cannot check the page ids in the table: each must name a page of the pools.</remarks>
+    /// <exception cref="ObjectDisposedException">The plan, or the memory behind a view, was disposed.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor is malformed, the table too narrow, or the plan is a decode plan.</exception>
+    /// <exception cref="NativeKvNotSupportedException">The plan was made for <see cref="AttentionKernel.Sm90"/>.</exception>
+    public static void VarlenPaged(AttentionPlan plan, TensorView q, TensorView kPool, TensorView vPool, TensorView blockTable,
+        TensorView o, TensorView? lse = null)
+    {
+        ArgumentNullException.ThrowIfNull(blockTable);
+        RunViews(plan, q, kPool, vPool, o, lse, ViewOp.VarlenPaged, kName: nameof(kPool), vName: nameof(vPool), blockTable: blockTable);
+    }
+
+    /// <summary>
+    /// Runs a varlen plan over one layer of a <see cref="PagedKvCache"/>, sequence b of the plan being sequence id b of the
+    /// cache (cu_seqlens_k giving at most its length): <see cref="VarlenPaged"/> on the cache's pools and block table.
+    /// </summary>
+    /// <param name="plan">A plan from <see cref="PlanVarlen"/> on the cache's context.</param>
+    /// <param name="q">[rowsQ &gt;= TotalQ, numHeadsQ, headDim] of the cache's dtype, unit last stride.</param>
+    /// <param name="cache">The cache; batch &lt;= its MaxSequences.</param>
+    /// <param name="layer">The layer whose pools are read.</param>
+    /// <param name="o">[rowsQ, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[numHeadsQ, rowsQ] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <exception cref="ObjectDisposedException">The plan or the cache was disposed.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor or the layer is malformed, or the plan does not fit the cache.</exception>
+    public static void Varlen(AttentionPlan plan, TensorView q, PagedKvCache cache, int layer, TensorView o, TensorView? lse = null)
+    {
+        ArgumentNullException.ThrowIfNull(cache);
+        VarlenPaged(plan, q, cache.View(PagedKvView.KPool, layer), cache.View(PagedKvView.VPool, layer), cache.View(PagedKvView.BlockTable),
+            o, lse);
+    }
+
     /// <summary>Runs a decode plan; asynchronous on the plan's context's stream.</summary>
     /// <param name="plan">A plan from <see cref="PlanDecode"/>.</param>
     /// <param name="q">[batch, qLen, numHeadsQ, headDim] float16/bfloat16, unit last stride.</param>
@@ -260,10 +305,11 @@ public static unsafe class Attention
         Decode,
         DecodeKvPointers,
         DecodePaged,
+        VarlenPaged,
     }
 
     // The one native call behind every TensorView overload; for DecodeKvPointers, k and v are the pointer tables, for
-    // DecodePaged the pools (with the block table).
+    // DecodePaged and VarlenPaged the pools (with the block table).
     private static void RunViews(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse,
         ViewOp op, long tokenStride = 0, long headStride = 0, string kName = "k", string vName = "v", TensorView? blockTable = null)
     {
@@ -289,6 +335,8 @@ public static unsafe class Attention
             ViewOp.Varlen => NativeMethods.nkv_attention_varlen(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer),
             ViewOp.Decode => NativeMethods.nkv_attention_decode(handle, &nativeQ, &nativeK, &nativeV, &nativeO, lsePointer),
             ViewOp.DecodePaged => NativeMethods.nkv_attention_decode_paged(handle, &nativeQ, &nativeK, &nativeV, &nativeTable, &nativeO,
+                lsePointer),
+            ViewOp.VarlenPaged => NativeMethods.nkv_attention_varlen_paged(handle, &nativeQ, &nativeK, &nativeV, &nativeTable, &nativeO,
                 lsePointer),
             _ => NativeMethods.nkv_attention_decode_kv_pointers(handle, &nativeQ, &nativeK, &nativeV, tokenStride, headStride,
                 &nativeO, lsePointer),

@@ -167,4 +167,40 @@ public sealed unsafe class PagedKvCacheTests
         }
         Assert.True(expected.AsSpan().SequenceEqual(actual), $"seed {seed}");
     }
+
+    [Fact]
+    public void Varlen_over_the_cache_equals_varlen_over_packed_keys()
+    {
+        // Chunked prefill: each sequence's last queries over all its keys, causal, through the block table.
+        using var context = Context.Cpu();
+        const int hq = 4, hkv = 2, d = 64;
+        int[] lengths = [5, 40, 17], queries = [5, 3, 9];
+        int batch = lengths.Length, row = hkv * d;
+        int[] cuK = [0, 5, 45, 62], cuQ = [0, 5, 8, 17];
+        using var cache = new PagedKvCache(context, new PagedKvCacheOptions(DType.Float16, 1, hkv, d, PageSize: 8, MaxSequences: batch,
+            MaxSequenceLength: 40, NumPages: 32));
+        Random random = TestSupport.NewRandom(out int seed);
+        Half[] k = TestSupport.ToHalves(TestSupport.RandomFloats(random, cuK[batch] * row));
+        Half[] v = TestSupport.ToHalves(TestSupport.RandomFloats(random, cuK[batch] * row));
+        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, cuQ[batch] * hq * d));
+        for (int b = 0; b < batch; b++)
+        {
+            Assert.Equal(b, cache.AddSequence());
+            cache.Append([b], [lengths[b]]);
+            cache.Write<Half>(0, k.AsSpan(cuK[b] * row, lengths[b] * row), v.AsSpan(cuK[b] * row, lengths[b] * row));
+        }
+        using AttentionPlan plan = Attention.PlanVarlen(context, hq, hkv, d, cuQ, cuK, new AttentionOptions { Causal = true });
+        var expected = new Half[q.Length];
+        Attention.Varlen(plan, q, k, v, expected);
+        var actual = new Half[q.Length];
+        fixed (Half* pq = q)
+        fixed (Half* po = actual)
+        {
+            TensorView qView = TensorView.FromPointer((nint)pq, DType.Float16, DeviceType.Host, [cuQ[batch], hq, d]);
+            TensorView oView = TensorView.FromPointer((nint)po, DType.Float16, DeviceType.Host, [cuQ[batch], hq, d]);
+            Attention.Varlen(plan, qView, cache, 0, oView);
+        }
+        Assert.True(expected.AsSpan().SequenceEqual(actual), $"seed {seed}");
+        Assert.Equal(queries.Sum(), cuQ[batch]);
+    }
 }

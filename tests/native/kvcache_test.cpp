@@ -495,7 +495,88 @@ void expect_paged_decode_matches_contiguous(nkv_backend backend) {
   }
 }
 
+// Varlen through the paged cache (chunked prefill: each sequence's last queries over all its keys, causal)
+// must equal varlen over the same keys packed contiguously, bit for bit (the same SM80 kernel on CUDA).
+void expect_paged_varlen_matches_contiguous(nkv_backend backend) {
+  auto context = make_context(backend);
+  const nkv_device_type device = device_of(context.get());
+  const int32_t hq = 8, hkv = 2, d = 64;
+  const std::vector<int32_t> lengths = {0, 1, 64, 200, 1000};
+  const std::vector<int32_t> queries = {0, 1, 64, 37, 300};
+  const int32_t batch = static_cast<int32_t>(lengths.size());
+  std::vector<int32_t> cu_k{0}, cu_q{0};
+  for (int32_t b = 0; b < batch; ++b) {
+    cu_k.push_back(cu_k.back() + lengths[b]);
+    cu_q.push_back(cu_q.back() + queries[b]);
+  }
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  auto random_halves = [&](size_t count) {
+    std::vector<uint16_t> v(count);
+    for (auto& x : v) x = nkv::float_to_half(uniform(rng()));
+    return v;
+  };
+  const size_t row = static_cast<size_t>(hkv) * d;
+  const std::vector<uint16_t> k = random_halves(cu_k.back() * row), v = random_halves(k.size());
+  const std::vector<uint16_t> q = random_halves(static_cast<size_t>(cu_q.back()) * hq * d);
+  Memory qm(context.get(), q.size() * 2), km(context.get(), k.size() * 2), vm(context.get(), v.size() * 2);
+  Memory o1(context.get(), q.size() * 2), o2(context.get(), q.size() * 2);
+  Memory l1(context.get(), static_cast<size_t>(hq) * cu_q.back() * 4), l2(context.get(), static_cast<size_t>(hq) * cu_q.back() * 4);
+  qm.upload(q);
+  km.upload(k);
+  vm.upload(v);
+  const nkv_tensor qt = view(qm.data(), NKV_DTYPE_FLOAT16, device, {cu_q.back(), hq, d});
+  const nkv_tensor kt = view(km.data(), NKV_DTYPE_FLOAT16, device, {cu_k.back(), hkv, d});
+  const nkv_tensor vt = view(vm.data(), NKV_DTYPE_FLOAT16, device, {cu_k.back(), hkv, d});
+  const nkv_tensor ot1 = view(o1.data(), NKV_DTYPE_FLOAT16, device, {cu_q.back(), hq, d});
+  const nkv_tensor ot2 = view(o2.data(), NKV_DTYPE_FLOAT16, device, {cu_q.back(), hq, d});
+  const nkv_tensor lt1 = view(l1.data(), NKV_DTYPE_FLOAT32, device, {hq, cu_q.back()});
+  const nkv_tensor lt2 = view(l2.data(), NKV_DTYPE_FLOAT32, device, {hq, cu_q.back()});
+  const nkv_attention_kernel kernel = backend == NKV_BACKEND_CUDA ? NKV_ATTENTION_KERNEL_SM80 : NKV_ATTENTION_KERNEL_AUTO;
+  const nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, kernel, 0};
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_varlen(context.get(), &opts, hq, hkv, d, batch, cu_q.data(), cu_k.data(), &plan));
+  NKV_ASSERT_OK(nkv_attention_varlen(plan, &qt, &kt, &vt, &ot1, &lt1));
+  const auto expected_o = o1.download<uint16_t>(q.size());
+  const auto expected_lse = l1.download<float>(static_cast<size_t>(hq) * cu_q.back());
+  for (int32_t page_size : {1, 16, 64, 256}) {
+    SCOPED_TRACE("page_size " + std::to_string(page_size));
+    nkv_paged_kv_cache_options o = options(page_size, (1000 + page_size - 1) / page_size * batch + 4, 1, hkv, d);
+    o.max_sequences = batch;
+    auto cache = make_cache(context.get(), o);
+    for (int32_t b = 0; b < batch; ++b) {
+      int32_t id = -1;
+      NKV_ASSERT_OK(nkv_paged_kv_cache_add_sequence(cache.get(), &id));
+      NKV_ASSERT_OK(nkv_paged_kv_cache_append(cache.get(), &b, &lengths[b], 1));
+      nkv_tensor ks = kt, vs = vt;
+      ks.shape[0] = vs.shape[0] = lengths[b];
+      ks.data = static_cast<uint16_t*>(km.data()) + cu_k[b] * row;
+      vs.data = static_cast<uint16_t*>(vm.data()) + cu_k[b] * row;
+      NKV_ASSERT_OK(nkv_paged_kv_cache_write(cache.get(), 0, &ks, &vs));
+    }
+    nkv_tensor k_pool{}, v_pool{}, table{};
+    NKV_ASSERT_OK(nkv_paged_kv_cache_view(cache.get(), NKV_PAGED_KV_K_POOL, 0, &k_pool));
+    NKV_ASSERT_OK(nkv_paged_kv_cache_view(cache.get(), NKV_PAGED_KV_V_POOL, 0, &v_pool));
+    NKV_ASSERT_OK(nkv_paged_kv_cache_view(cache.get(), NKV_PAGED_KV_BLOCK_TABLE, 0, &table));
+    o2.fill(0xFF, q.size() * 2);
+    NKV_ASSERT_OK(nkv_attention_varlen_paged(plan, &qt, &k_pool, &v_pool, &table, &ot2, &lt2));
+    EXPECT_EQ(expected_o, o2.download<uint16_t>(q.size()));
+    EXPECT_EQ(expected_lse, l2.download<float>(static_cast<size_t>(hq) * cu_q.back()));
+    nkv_tensor narrow = table;
+    narrow.shape[1] = (lengths.back() + page_size - 1) / page_size - 1;
+    NKV_EXPECT_STATUS(nkv_attention_varlen_paged(plan, &qt, &k_pool, &v_pool, &narrow, &ot2, &lt2),
+                      NKV_STATUS_INVALID_ARGUMENT, "block_table");
+  }
+  nkv_attention_plan_destroy(plan);
+}
+
 }  // namespace
+
+TEST(PagedKvCache, VarlenThroughTheBlockTableMatchesContiguousVarlen) { expect_paged_varlen_matches_contiguous(NKV_BACKEND_CPU); }
+
+TEST(PagedKvCacheCuda, VarlenThroughTheBlockTableMatchesContiguousVarlen) {
+  NKV_REQUIRE_CUDA();
+  expect_paged_varlen_matches_contiguous(NKV_BACKEND_CUDA);
+}
 
 TEST(PagedKvCache, DecodeThroughTheBlockTableMatchesContiguousDecode) { expect_paged_decode_matches_contiguous(NKV_BACKEND_CPU); }
 

@@ -152,6 +152,12 @@ class NkvPackPlanInfo(ctypes.Structure):
     ]
 
 
+class NkvPagedKvCacheOptions(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32)] + [(n, ctypes.c_int32) for n in (
+        "dtype", "num_layers", "num_heads_kv", "head_dim", "page_size", "max_sequences", "max_sequence_length")] + [
+        ("num_pages", ctypes.c_int64), ("byte_budget", ctypes.c_uint64)]
+
+
 class NkvVirtualKvCacheOptions(ctypes.Structure):
     _fields_ = [
         ("struct_size", ctypes.c_uint32),
@@ -181,6 +187,7 @@ STRUCTS = {
     "nkv_attention_options": NkvAttentionOptions,
     "nkv_attention_plan_info": NkvAttentionPlanInfo,
     "nkv_pack_plan_info": NkvPackPlanInfo,
+    "nkv_paged_kv_cache_options": NkvPagedKvCacheOptions,
     "nkv_virtual_kv_cache_options": NkvVirtualKvCacheOptions,
     "nkv_virtual_kv_cache_info": NkvVirtualKvCacheInfo,
 }
@@ -249,6 +256,14 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "nkv_attention_varlen": (_S, [_P, _T, _T, _T, _T, _T]),
     "nkv_attention_decode": (_S, [_P, _T, _T, _T, _T, _T]),
     "nkv_attention_decode_paged": (_S, [_P, _T, _T, _T, _T, _T, _T]),
+    "nkv_attention_varlen_paged": (_S, [_P, _T, _T, _T, _T, _T, _T]),
+    "nkv_paged_kv_cache_create": (_S, [_P, ctypes.POINTER(NkvPagedKvCacheOptions), ctypes.POINTER(_P)]),
+    "nkv_paged_kv_cache_destroy": (_S, [_P]),
+    "nkv_paged_kv_cache_add_sequence": (_S, [_P, _I32P]),
+    "nkv_paged_kv_cache_truncate": (_S, [_P, ctypes.c_int32, ctypes.c_int32]),
+    "nkv_paged_kv_cache_append": (_S, [_P, _I32P, _I32P, ctypes.c_int32]),
+    "nkv_paged_kv_cache_write": (_S, [_P, ctypes.c_int32, _T, _T]),
+    "nkv_paged_kv_cache_view": (_S, [_P, ctypes.c_int32, ctypes.c_int32, _T]),
     "nkv_pack_plan_create": (_S, [_P, _I32P, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(_P)]),
     "nkv_pack_plan_destroy": (_S, [_P]),
     "nkv_pack_plan_get_info": (_S, [_P, ctypes.POINTER(NkvPackPlanInfo)]),
@@ -503,6 +518,53 @@ class Context:
         return PackPlan(self, handle)
 
 
+class PagedKvCache:
+    """nkv_paged_kv_cache on a context (vLLM's layout), for benchmarks: sequences, appends, writes, views."""
+
+    K_POOL, V_POOL, BLOCK_TABLE = 0, 1, 2
+
+    def __init__(self, context: "Context", *, num_layers: int, num_heads_kv: int, head_dim: int, page_size: int,
+                 max_sequences: int, max_sequence_length: int, num_pages: int, dtype: int = DTYPE_FLOAT16):
+        self.context, self.lib = context, context.lib
+        self.handle = _P()
+        options = NkvPagedKvCacheOptions(struct_size=ctypes.sizeof(NkvPagedKvCacheOptions), dtype=dtype, num_layers=num_layers,
+                                         num_heads_kv=num_heads_kv, head_dim=head_dim, page_size=page_size,
+                                         max_sequences=max_sequences, max_sequence_length=max_sequence_length,
+                                         num_pages=num_pages, byte_budget=0)
+        self.lib.call("nkv_paged_kv_cache_create", context.handle, ctypes.byref(options), ctypes.byref(self.handle))
+
+    def add_sequence(self) -> int:
+        sequence = ctypes.c_int32()
+        self.lib.call("nkv_paged_kv_cache_add_sequence", self.handle, ctypes.byref(sequence))
+        return sequence.value
+
+    def truncate(self, sequence: int, length: int) -> None:
+        self.lib.call("nkv_paged_kv_cache_truncate", self.handle, sequence, length)
+
+    def append(self, sequences: Sequence[int], counts: Sequence[int]) -> None:
+        self.lib.call("nkv_paged_kv_cache_append", self.handle, _int32_array(sequences), _int32_array(counts), len(sequences))
+
+    def write(self, layer: int, k, v) -> None:
+        kt, vt = tensor(k), tensor(v)
+        self.lib.call("nkv_paged_kv_cache_write", self.handle, layer, ctypes.byref(kt), ctypes.byref(vt))
+
+    def view(self, which: int, layer: int = 0) -> NkvTensor:
+        out = NkvTensor()
+        self.lib.call("nkv_paged_kv_cache_view", self.handle, which, layer, ctypes.byref(out))
+        return out
+
+    def close(self) -> None:
+        if self.handle:
+            self.lib.call("nkv_paged_kv_cache_destroy", self.handle)
+            self.handle = _P()
+
+    def __enter__(self) -> "PagedKvCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class VirtualKvCache:
     """nkv_virtual_kv_cache on a context: slots in contiguous virtual memory, pages mapped on demand."""
 
@@ -607,10 +669,9 @@ class AttentionPlan:
         return run
 
     def bind_paged(self, q, k_pool, v_pool, block_table, o, lse=None) -> Callable[[], None]:
-        """As bind, for a decode plan over paged K/V: pools [pages, page_size, Hkv, d] and an int32 block
-        table [batch, pages per sequence] (nkv_attention_decode_paged)."""
-        if self.kind != ATTENTION_DECODE:
-            raise ValueError("paged K/V needs a decode plan")
+        """As bind, over paged K/V: pools [pages, page_size, Hkv, d] and an int32 block table [batch, pages per
+        sequence] (nkv_attention_decode_paged, nkv_attention_varlen_paged)."""
+        fn_name = "nkv_attention_varlen_paged" if self.kind == ATTENTION_VARLEN else "nkv_attention_decode_paged"
         views = [tensor(t) for t in (q, k_pool, v_pool, block_table, o, lse)]
         args = [self.handle] + [_ptr(x) for x in views]
         keep_alive = (q, k_pool, v_pool, block_table, o, lse, views)
@@ -618,7 +679,7 @@ class AttentionPlan:
 
         def run() -> None:
             _ = keep_alive
-            call("nkv_attention_decode_paged", *args)
+            call(fn_name, *args)
 
         return run
 

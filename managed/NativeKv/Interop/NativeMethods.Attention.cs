@@ -75,4 +75,9 @@ internal static unsafe partial class NativeMethods
     [LibraryImport(LibraryName)]
     internal static partial NkvStatus nkv_attention_decode_paged(AttentionPlanHandle plan, NkvTensor* q, NkvTensor* kPool,
         NkvTensor* vPool, NkvTensor* blockTable, NkvTensor* o, NkvTensor* lse);
+
+    /// <summary><c>nkv_status nkv_attention_varlen_paged(nkv_attention_plan*, const nkv_tensor* q, const nkv_tensor* k_pool, const nkv_tensor* v_pool, const nkv_tensor* block_table, const nkv_tensor* o, const nkv_tensor* lse)</c></summary>
+    [LibraryImport(LibraryName)]
+    internal static partial NkvStatus nkv_attention_varlen_paged(AttentionPlanHandle plan, NkvTensor* q, NkvTensor* kPool,
+        NkvTensor* vPool, NkvTensor* blockTable, NkvTensor* o, NkvTensor* lse);
 }

@@ -393,6 +393,18 @@ NKV_API nkv_status nkv_attention_decode_paged(nkv_attention_plan* plan, const nk
                                               const nkv_tensor* v_pool, const nkv_tensor* block_table, const nkv_tensor* o,
                                               const nkv_tensor* lse);
 
+/*
+ * Varlen (prefill, chunked prefill) over a paged KV cache (FlashInfer's BatchPrefillWithPagedKVCache): as
+ * nkv_attention_varlen, except that sequence b's keys and values, cu_seqlens_k[b + 1] - cu_seqlens_k[b] of
+ * them, are the first tokens of its pages block_table[b][0..] in k_pool and v_pool (shapes and rules as for
+ * nkv_attention_decode_paged). For chunked prefill, append the chunk's K/V to the cache first: its queries
+ * then see the cached prefix and themselves through the bottom-right causal mask. Runs the SM80 kernel
+ * family on every GPU (a plan made with NKV_ATTENTION_KERNEL_SM90 is refused).
+ */
+NKV_API nkv_status nkv_attention_varlen_paged(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k_pool,
+                                              const nkv_tensor* v_pool, const nkv_tensor* block_table, const nkv_tensor* o,
+                                              const nkv_tensor* lse);
+
 /* ---------------------------------------------------------------------------------------------------
  * Prepacking ("Prepacking: A Simple Method for Fast Prefilling and Increased Throughput", Zhao et al.)
  *

@@ -399,6 +399,119 @@ PlanPtr new_plan(nkv_context* context, nkv_attention_plan** out_plan, const nkv_
   return plan;
 }
 
+// Paged K/V of an attention call: pools [num_pages, page_size, num_heads_kv, head_dim] of q's dtype, contiguous,
+// and an int32 block table [>= batch rows, >= the pages of the plan's longest sequence].
+struct PagedKv {
+  const nkv_tensor* k;
+  const nkv_tensor* v;
+  const nkv_tensor* table;
+  int32_t page_shift;
+};
+
+PagedKv check_paged_kv(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor* k_pool, const nkv_tensor* v_pool,
+                       const nkv_tensor* block_table) {
+  const nkv_context& c = *p.context;
+  const int64_t b = p.batch, hkv = p.num_heads_kv, d = p.head_dim;
+  const nkv_tensor& tk = check_tensor("k_pool", k_pool, c);
+  check_attention_tensor("k_pool", tk, {-1, -1, hkv, d}, c);
+  check_same_dtype("k_pool", tk, "q", tq);
+  const nkv_tensor& tv = check_tensor("v_pool", v_pool, c);
+  check_attention_tensor("v_pool", tv, {tk.shape[0], tk.shape[1], hkv, d}, c);
+  check_same_dtype("v_pool", tv, "q", tq);
+  const int64_t page_size = tk.shape[1];
+  if (page_size < 1 || page_size > 256 || (page_size & (page_size - 1)) != 0) {
+    fail_argument("argument 'k_pool': expected a page size (dimension 1) that is a power of two <= 256, got shape " +
+                  shape_string(tk));
+  }
+  check_kv_layout(p, page_size);
+  if (tk.shape[0] * page_size > std::numeric_limits<int32_t>::max()) {  // the kernel's row indices are 32-bit
+    fail(NKV_STATUS_NOT_SUPPORTED, "argument 'k_pool': " + std::to_string(tk.shape[0] * page_size) +
+                                       " token rows; at most " + std::to_string(std::numeric_limits<int32_t>::max()) + " per pool");
+  }
+  for (const nkv_tensor* pool : {&tk, &tv}) {
+    const char* name = pool == &tk ? "k_pool" : "v_pool";
+    if (pool->strides[2] != d || pool->strides[1] != hkv * d || pool->strides[0] != page_size * hkv * d) {
+      fail_argument(std::string("argument '") + name + "': expected a contiguous [num_pages, page_size, num_heads_kv, "
+                    "head_dim] pool, got shape " + shape_string(*pool));
+    }
+  }
+  const nkv_tensor& table = check_tensor("block_table", block_table, c);
+  check_dtype("block_table", table, {NKV_DTYPE_INT32});
+  check_shape("block_table", table, {-1, -1});
+  check_unit_inner_stride("block_table", table);
+  check_rows_at_least("block_table", table, b, "batch");
+  const int64_t pages_needed = (p.max_seqlen_k + page_size - 1) / page_size;
+  if (table.shape[1] < pages_needed) {
+    fail_argument("argument 'block_table': " + std::to_string(table.shape[1]) + " columns, but the plan's longest sequence (" +
+                  std::to_string(p.max_seqlen_k) + " keys) needs " + std::to_string(pages_needed) + " pages of " +
+                  std::to_string(page_size));
+  }
+  int32_t shift = 0;
+  while ((int64_t{1} << shift) < page_size) ++shift;
+  return {&tk, &tv, &table, shift};
+}
+
+const nkv_tensor& check_varlen_q(const nkv_attention_plan& p, const nkv_tensor* q) {
+  const nkv_tensor& tq = check_tensor("q", q, *p.context);
+  check_attention_tensor("q", tq, {-1, p.num_heads_q, p.head_dim}, *p.context);
+  check_rows_at_least("q", tq, p.total_q, "cu_seqlens_q");
+  return tq;
+}
+
+// The rest of a varlen call once Q, K and V are checked: O and LSE, then the kernel. `paged`: K and V are
+// pools read through its block table (rows of tk and tv: tokens within a page).
+void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor& tk, const nkv_tensor& tv,
+                const nkv_tensor* o, const nkv_tensor* lse, const PagedKv* paged) {
+  const nkv_context& c = *p.context;
+  const int64_t hq = p.num_heads_q, d = p.head_dim;
+  const nkv_tensor& to = check_tensor("o", o, c);
+  check_attention_tensor("o", to, {tq.shape[0], hq, d}, c);
+  check_same_dtype("o", to, "q", tq);
+  if (lse != nullptr) {
+    const nkv_tensor& tl = check_tensor("lse", lse, c);
+    check_dtype("lse", tl, {NKV_DTYPE_FLOAT32});
+    check_shape("lse", tl, {hq, tq.shape[0]});
+    check_unit_inner_stride("lse", tl);
+  }
+  if (paged != nullptr) {
+    check_outputs_disjoint(to, lse, tq, tk, tv, "k_pool", "v_pool");
+    if (lse != nullptr) check_disjoint("lse", *lse, "block_table", *paged->table);
+    check_disjoint("o", to, "block_table", *paged->table);
+  } else {
+    check_outputs_disjoint(to, lse, tq, tk, tv);
+  }
+  if (p.total_q > std::numeric_limits<int32_t>::max() || p.total_k > std::numeric_limits<int32_t>::max()) {
+    fail(NKV_STATUS_NOT_SUPPORTED, "varlen attention over more than 2^31 - 1 query or key rows");
+  }
+
+  VarlenAttentionArgs a;
+  a.dtype = static_cast<nkv_dtype>(tq.dtype);
+  a.q = tq.data;
+  a.q_strides = strides_of(tq, 0);
+  const int key_row_dim = paged != nullptr ? 1 : 0;  // pools: the row is the token within a page
+  a.k = tk.data;
+  a.k_strides = strides_of(tk, key_row_dim);
+  a.v = tv.data;
+  a.v_strides = strides_of(tv, key_row_dim);
+  a.o = to.data;
+  a.o_strides = strides_of(to, 0);
+  if (lse != nullptr) {
+    a.lse = static_cast<float*>(lse->data);
+    a.lse_head_stride = lse->strides[0];
+  }
+  if (paged != nullptr) {
+    a.block_table = static_cast<const int32_t*>(paged->table->data);
+    a.block_table_stride = paged->table->strides[0];
+    a.page_shift = paged->page_shift;
+  }
+  if (p.batch == 0 || p.total_q == 0) return;
+  if (c.backend == NKV_BACKEND_CUDA) {
+    cuda::attention_varlen(p, a);
+  } else {
+    cpu::attention_varlen(p, a);
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -507,10 +620,8 @@ NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tens
   return guard("nkv_attention_varlen", [&] {
     const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_VARLEN);
     const nkv_context& c = *p.context;
-    const int64_t hq = p.num_heads_q, hkv = p.num_heads_kv, d = p.head_dim;
-    const nkv_tensor& tq = check_tensor("q", q, c);
-    check_attention_tensor("q", tq, {-1, hq, d}, c);
-    check_rows_at_least("q", tq, p.total_q, "cu_seqlens_q");
+    const int64_t hkv = p.num_heads_kv, d = p.head_dim;
+    const nkv_tensor& tq = check_varlen_q(p, q);
     const nkv_tensor& tk = check_tensor("k", k, c);
     check_attention_tensor("k", tk, {-1, hkv, d}, c);
     check_same_dtype("k", tk, "q", tq);
@@ -519,40 +630,22 @@ NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tens
     check_attention_tensor("v", tv, {-1, hkv, d}, c);
     check_same_dtype("v", tv, "q", tq);
     check_rows_at_least("v", tv, p.total_k, "cu_seqlens_k");
-    const nkv_tensor& to = check_tensor("o", o, c);
-    check_attention_tensor("o", to, {tq.shape[0], hq, d}, c);
-    check_same_dtype("o", to, "q", tq);
-    if (lse != nullptr) {
-      const nkv_tensor& tl = check_tensor("lse", lse, c);
-      check_dtype("lse", tl, {NKV_DTYPE_FLOAT32});
-      check_shape("lse", tl, {hq, tq.shape[0]});
-      check_unit_inner_stride("lse", tl);
-    }
-    check_outputs_disjoint(to, lse, tq, tk, tv);
-    if (p.total_q > std::numeric_limits<int32_t>::max() || p.total_k > std::numeric_limits<int32_t>::max()) {
-      fail(NKV_STATUS_NOT_SUPPORTED, "varlen attention over more than 2^31 - 1 query or key rows");
-    }
+    run_varlen(p, tq, tk, tv, o, lse, nullptr);
+  });
+}
 
-    VarlenAttentionArgs a;
-    a.dtype = static_cast<nkv_dtype>(tq.dtype);
-    a.q = tq.data;
-    a.q_strides = strides_of(tq, 0);
-    a.k = tk.data;
-    a.k_strides = strides_of(tk, 0);
-    a.v = tv.data;
-    a.v_strides = strides_of(tv, 0);
-    a.o = to.data;
-    a.o_strides = strides_of(to, 0);
-    if (lse != nullptr) {
-      a.lse = static_cast<float*>(lse->data);
-      a.lse_head_stride = lse->strides[0];
+NKV_API nkv_status nkv_attention_varlen_paged(nkv_attention_plan* plan, const nkv_tensor* q, const nkv_tensor* k_pool,
+                                              const nkv_tensor* v_pool, const nkv_tensor* block_table, const nkv_tensor* o,
+                                              const nkv_tensor* lse) {
+  return guard("nkv_attention_varlen_paged", [&] {
+    const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_VARLEN);
+    if (p.kernel == NKV_ATTENTION_KERNEL_SM90) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'plan': paged K/V run on the SM80 kernel family; make the plan with "
+                                     "NKV_ATTENTION_KERNEL_AUTO or _SM80");
     }
-    if (p.batch == 0 || p.total_q == 0) return;
-    if (c.backend == NKV_BACKEND_CUDA) {
-      cuda::attention_varlen(p, a);
-    } else {
-      cpu::attention_varlen(p, a);
-    }
+    const nkv_tensor& tq = check_varlen_q(p, q);
+    const PagedKv kv = check_paged_kv(p, tq, k_pool, v_pool, block_table);
+    run_varlen(p, tq, *kv.k, *kv.v, o, lse, &kv);
   });
 }
 
@@ -644,43 +737,11 @@ NKV_API nkv_status nkv_attention_decode_paged(nkv_attention_plan* plan, const nk
   return guard("nkv_attention_decode_paged", [&] {
     const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
     const nkv_context& c = *p.context;
-    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, hkv = p.num_heads_kv, d = p.head_dim;
+    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, d = p.head_dim;
     const nkv_tensor& tq = check_tensor("q", q, c);
     check_attention_tensor("q", tq, {b, t, hq, d}, c);
-    const nkv_tensor& tk = check_tensor("k_pool", k_pool, c);
-    check_attention_tensor("k_pool", tk, {-1, -1, hkv, d}, c);
-    check_same_dtype("k_pool", tk, "q", tq);
-    const nkv_tensor& tv = check_tensor("v_pool", v_pool, c);
-    check_attention_tensor("v_pool", tv, {tk.shape[0], tk.shape[1], hkv, d}, c);
-    check_same_dtype("v_pool", tv, "q", tq);
-    const int64_t page_size = tk.shape[1];
-    if (page_size < 1 || page_size > 256 || (page_size & (page_size - 1)) != 0) {
-      fail_argument("argument 'k_pool': expected a page size (dimension 1) that is a power of two <= 256, got shape " +
-                    shape_string(tk));
-    }
-    check_kv_layout(p, page_size);
-    if (tk.shape[0] * page_size > std::numeric_limits<int32_t>::max()) {  // the kernel's row indices are 32-bit
-      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'k_pool': " + std::to_string(tk.shape[0] * page_size) +
-                                         " token rows; at most " + std::to_string(std::numeric_limits<int32_t>::max()) + " per pool");
-    }
-    for (const nkv_tensor* pool : {&tk, &tv}) {
-      const char* name = pool == &tk ? "k_pool" : "v_pool";
-      if (pool->strides[2] != d || pool->strides[1] != hkv * d || pool->strides[0] != page_size * hkv * d) {
-        fail_argument(std::string("argument '") + name + "': expected a contiguous [num_pages, page_size, num_heads_kv, "
-                      "head_dim] pool, got shape " + shape_string(*pool));
-      }
-    }
-    const nkv_tensor& table = check_tensor("block_table", block_table, c);
-    check_dtype("block_table", table, {NKV_DTYPE_INT32});
-    check_shape("block_table", table, {-1, -1});
-    check_unit_inner_stride("block_table", table);
-    check_rows_at_least("block_table", table, b, "batch");
-    const int64_t pages_needed = (p.max_seqlen_k + page_size - 1) / page_size;
-    if (table.shape[1] < pages_needed) {
-      fail_argument("argument 'block_table': " + std::to_string(table.shape[1]) + " columns, but the plan's longest sequence (" +
-                    std::to_string(p.max_seqlen_k) + " keys) needs " + std::to_string(pages_needed) + " pages of " +
-                    std::to_string(page_size));
-    }
+    const PagedKv kv = check_paged_kv(p, tq, k_pool, v_pool, block_table);
+    const nkv_tensor &tk = *kv.k, &tv = *kv.v, &table = *kv.table;
     const nkv_tensor& to = check_tensor("o", o, c);
     check_attention_tensor("o", to, {b, t, hq, d}, c);
     check_same_dtype("o", to, "q", tq);
@@ -696,9 +757,7 @@ NKV_API nkv_status nkv_attention_decode_paged(nkv_attention_plan* plan, const nk
     a.v_strides = strides_of(tv, 1);
     a.block_table = static_cast<const int32_t*>(table.data);
     a.block_table_stride = table.strides[0];
-    int32_t shift = 0;
-    while ((int64_t{1} << shift) < page_size) ++shift;
-    a.page_shift = shift;
+    a.page_shift = kv.page_shift;
     run_decode(p, a, tq, to, lse);
   });
 }

@@ -209,6 +209,7 @@ constexpr const char* kExportedFunctions[] = {
     "nkv_attention_decode",
     "nkv_attention_decode_kv_pointers",
     "nkv_attention_decode_paged",
+    "nkv_attention_varlen_paged",
     "nkv_pack_plan_create",
     "nkv_pack_plan_destroy",
     "nkv_pack_plan_get_info",

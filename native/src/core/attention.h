@@ -104,6 +104,12 @@ struct VarlenAttentionArgs {
   HeadMajorStrides o_strides;
   float* lse = nullptr;  // [num_heads_q, rows_q], may be null
   int64_t lse_head_stride = 0;
+  // When set, key t of sequence b (t from 0; cu_seqlens_k then gives only the lengths) is row
+  // (block_table[b * block_table_stride + (t >> page_shift)] << page_shift | t & (page size - 1)) of k and
+  // v (paged pools; fewer than 2^31 rows each).
+  const int32_t* block_table = nullptr;
+  int64_t block_table_stride = 0;
+  int32_t page_shift = 0;
 };
 
 struct DecodeAttentionArgs {

@@ -59,7 +59,8 @@ struct VarlenTiles {
   static constexpr size_t kSharedBytes = static_cast<size_t>(kBlockM + 3 * kBlockN) * kPitch * 2;  // Q, 2 K, V
 };
 
-template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters>
+// kPaged: keys and values are read through args.block_table (its own instantiation).
+template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters, bool kPaged>
 __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const VarlenKernelParams p) {
   const VarlenAttentionArgs& args = p.args;
   using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
@@ -101,18 +102,32 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   const float exp_scale = p.mask.score.softcap > 0.0f ? 1.0f : p.mask.score.scale_log2;
 
   const T* q_base = static_cast<const T*>(args.q) + static_cast<int64_t>(q_begin) * args.q_strides.row;
-  const T* k_base =
-      static_cast<const T*>(args.k) + static_cast<int64_t>(k_begin) * args.k_strides.row + kv_head * args.k_strides.head;
-  const T* v_base =
-      static_cast<const T*>(args.v) + static_cast<int64_t>(k_begin) * args.v_strides.row + kv_head * args.v_strides.head;
+  // Paged: the pools' first rows, and this sequence's row of the block table.
+  const int64_t k_row0 = kPaged ? 0 : k_begin;
+  const T* k_base = static_cast<const T*>(args.k) + k_row0 * args.k_strides.row + kv_head * args.k_strides.head;
+  const T* v_base = static_cast<const T*>(args.v) + k_row0 * args.v_strides.row + kv_head * args.v_strides.head;
+  const int32_t* page_row = kPaged ? args.block_table + sequence * args.block_table_stride : nullptr;
 
-  const TileLoader<kBlockN, Tiles::kPitch, kChunks, kThreads> k_loader(k_tile, threadIdx.x);
-  const TileLoader<kBlockN, Tiles::kPitch, kChunks, kThreads> v_loader(v_tile, threadIdx.x);
+  using Loader = TileLoader<kBlockN, Tiles::kPitch, kChunks, kThreads>;
+  const Loader k_loader(k_tile, threadIdx.x);
+  const Loader v_loader(v_tile, threadIdx.x);
+  // A K or V tile, contiguous or through the block table. Prefill computes a whole tile of queries per
+  // key tile, so the table read right before the copies is not worth a lookahead's registers here.
+  auto load_keys = [&](const Loader& loader, const T* base, int64_t row_stride, int n0, uint32_t stage) {
+    if constexpr (kPaged) {
+      int32_t pages[Loader::kPasses], rows_in_pool[Loader::kPasses];
+      loader.lookup_pages(page_row, args.page_shift, n0, lk, pages);
+      loader.rows_in_pool(pages, args.page_shift, n0, rows_in_pool);
+      loader.load_paged(base, static_cast<int32_t>(row_stride), rows_in_pool, n0, lk, stage);
+    } else {
+      loader.load(base, row_stride, n0, lk, stage);
+    }
+  };
 
   load_packed_q_tile<Tiles::kPitch, kBlockM, kChunks, kThreads>(q_tile, q_base, args.q_strides, row0, rows, group, kv_head);
   const auto k_stage = [](int tile) { return static_cast<uint32_t>(tile & 1) * Tiles::kKStageBytes; };
   if (tile_end > tile_begin) {
-    k_loader.load(k_base, args.k_strides.row, (tile_end - 1) * kBlockN, lk, k_stage(tile_end - 1));
+    load_keys(k_loader, k_base, args.k_strides.row, (tile_end - 1) * kBlockN, k_stage(tile_end - 1));
   }
   copy_async_commit();
 
@@ -144,9 +159,9 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
     const int n0 = tile * kBlockN;
     // V of this tile and K of the next one (into the stage the previous QK^T read; the last barrier
     // saw every warp finish it).
-    v_loader.load(v_base, args.v_strides.row, n0, lk);
+    load_keys(v_loader, v_base, args.v_strides.row, n0, 0);
     copy_async_commit();
-    if (tile > tile_begin) k_loader.load(k_base, args.k_strides.row, n0 - kBlockN, lk, k_stage(tile - 1));
+    if (tile > tile_begin) load_keys(k_loader, k_base, args.k_strides.row, n0 - kBlockN, k_stage(tile - 1));
     copy_async_commit();
     const uint32_t k_offset = k_stage(tile);
 
@@ -258,7 +273,8 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
 template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters>
 void launch_varlen(const nkv_attention_plan& plan, const VarlenKernelParams& params) {
   using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
-  auto kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
+  auto kernel = params.args.block_table != nullptr ? varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, true>
+                                                   : varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, false>;
   const nkv_context& c = *plan.context;
   if (static_cast<int64_t>(Tiles::kSharedBytes) > c.shared_memory_per_block) {
     fail(NKV_STATUS_NOT_SUPPORTED, "varlen attention with head_dim " + std::to_string(kHeadDim) + " needs " +
@@ -325,7 +341,10 @@ void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs&
   DeviceScope scope(plan.context->device_ordinal);
   // AUTO takes the Hopper kernel wherever it applies; an SM90 plan was checked to fit it when it was made,
   // except a plan without keys, whose rows (O = 0, LSE = -inf) the SM80 kernel writes.
-  if (plan.kernel != NKV_ATTENTION_KERNEL_SM80 && varlen_sm90_supports(plan)) return attention_varlen_sm90(plan, a);
+  // Paged K/V run on the SM80 family (the API refuses an explicit SM90 plan for them).
+  if (plan.kernel != NKV_ATTENTION_KERNEL_SM80 && a.block_table == nullptr && varlen_sm90_supports(plan)) {
+    return attention_varlen_sm90(plan, a);
+  }
   if (a.dtype == NKV_DTYPE_BFLOAT16) {
     dispatch_head_dim<__nv_bfloat16>(plan, p);
   } else {

@@ -120,10 +120,13 @@ class SimulatedCache {
   virtual int32_t add(int32_t prompt) = 0;  // a new sequence holding its prompt
   virtual nkv_status step(const std::vector<int32_t>& ids) = 0;  // one token more for each
   virtual void free(int32_t id) = 0;
-  virtual int32_t length(int32_t id) = 0;
-  virtual int64_t held_tokens(int32_t id) = 0;  // token places of the units holding its tokens
-  virtual int64_t mapped_tokens(int32_t id) { return held_tokens(id); }
-  virtual bool maps_ahead() const { return false; }  // whether mapped_tokens can pass held_tokens
+  struct Occupancy {
+    int64_t length;  // tokens
+    int64_t held;    // token places of the units holding its tokens
+    int64_t mapped;  // token places mapped for it, held ones and any mapped ahead
+  };
+  virtual Occupancy occupancy(int32_t id) = 0;
+  virtual bool maps_ahead() const { return false; }  // whether mapped can pass held
 };
 
 // The engine loop: every running sequence grows by one token per step, finished ones are freed, then waiting
@@ -172,11 +175,11 @@ Result run_engine(const std::vector<Request>& requests, SimulatedCache& cache) {
     concurrent_sum += static_cast<double>(running.size());
     int64_t tokens = 0, waste = 0, ahead = 0;
     for (Running& x : running) {
-      const int64_t length = cache.length(x.id), held = cache.held_tokens(x.id);
-      r.max_waste_tokens = std::max(r.max_waste_tokens, held - length);
-      waste += held - length;
-      ahead += cache.mapped_tokens(x.id) - held;
-      tokens += length;
+      const SimulatedCache::Occupancy o = cache.occupancy(x.id);
+      r.max_waste_tokens = std::max(r.max_waste_tokens, o.held - o.length);
+      waste += o.held - o.length;
+      ahead += o.mapped - o.held;
+      tokens += o.length;
       --x.remaining;
     }
     const double n = static_cast<double>(running.size());
@@ -238,15 +241,11 @@ class PagedCache final : public SimulatedCache {
     return nkv_paged_kv_cache_append(cache_, ids.data(), ones_.data(), static_cast<int32_t>(ids.size()));
   }
   void free(int32_t id) override { check(nkv_paged_kv_cache_free_sequence(cache_, id), "nkv_paged_kv_cache_free_sequence"); }
-  int32_t length(int32_t id) override {
+  Occupancy occupancy(int32_t id) override {
     int32_t length = 0, pages = 0;
     check(nkv_paged_kv_cache_sequence(cache_, id, &length, nullptr, 0, &pages), "nkv_paged_kv_cache_sequence");
-    return length;
-  }
-  int64_t held_tokens(int32_t id) override {
-    int32_t length = 0, pages = 0;
-    check(nkv_paged_kv_cache_sequence(cache_, id, &length, nullptr, 0, &pages), "nkv_paged_kv_cache_sequence");
-    return static_cast<int64_t>(pages) * page_size_;
+    const int64_t held = static_cast<int64_t>(pages) * page_size_;
+    return {length, held, held};
   }
 
  private:
@@ -287,7 +286,7 @@ class VirtualCache final : public SimulatedCache {
   int64_t units_for(int64_t tokens) const override { return (tokens * kBytesPerToken + block_bytes_ - 1) / block_bytes_; }
   int64_t free_units(const std::vector<int32_t>& live) override {
     int64_t in_use = 0;
-    for (int32_t id : live) in_use += units_for(length(id));
+    for (int32_t id : live) in_use += units_for(occupancy(id).length);
     return budget_blocks_ - in_use;
   }
   int32_t add(int32_t prompt) override {
@@ -301,19 +300,14 @@ class VirtualCache final : public SimulatedCache {
     return nkv_virtual_kv_cache_append(cache_, ids.data(), ones_.data(), static_cast<int32_t>(ids.size()));
   }
   void free(int32_t id) override { check(nkv_virtual_kv_cache_free_slot(cache_, id), "nkv_virtual_kv_cache_free_slot"); }
-  int32_t length(int32_t id) override {
-    int32_t length = 0;
-    check(nkv_virtual_kv_cache_slot(cache_, id, &length, nullptr), "nkv_virtual_kv_cache_slot");
-    return length;
-  }
-  // Waste: the empty token places of the blocks the slot's tokens occupy (internal fragmentation); blocks
-  // mapped beyond them are reclaimable and reported apart.
-  int64_t held_tokens(int32_t id) override { return units_for(length(id)) * tokens_per_block_; }
-  int64_t mapped_tokens(int32_t id) override {
+  // Held: the token places of the blocks the slot's tokens occupy (their empty ones are the internal
+  // fragmentation); blocks mapped beyond them are reclaimable and reported apart.
+  Occupancy occupancy(int32_t id) override {
     int32_t length = 0;
     int64_t mapped = 0;
     check(nkv_virtual_kv_cache_slot(cache_, id, &length, &mapped), "nkv_virtual_kv_cache_slot");
-    return std::max(mapped, held_tokens(id));
+    const int64_t held = units_for(length) * tokens_per_block_;
+    return {length, held, std::max(mapped, held)};
   }
   bool maps_ahead() const override { return true; }
 

@@ -92,6 +92,16 @@ uint8_t* page_of(const nkv_paged_kv_cache& cache, int32_t layer, int32_t pool, i
 
 namespace nkv {
 
+void reserve_step_array(const nkv_context& c, int32_t*& array, int64_t& capacity, int64_t count) {
+  if (count <= capacity) return;
+  const int64_t grown_capacity = std::max<int64_t>(count, 2 * capacity);
+  int32_t* grown = static_cast<int32_t*>(allocate_on(c, static_cast<uint64_t>(grown_capacity) * sizeof(int32_t)));
+  if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
+  release_on(c, array);
+  array = grown;
+  capacity = grown_capacity;
+}
+
 void write_step(const nkv_context& c, nkv_dtype dtype, int64_t tokens, int32_t num_heads_kv, int32_t head_dim,
                 const nkv_tensor* k, const nkv_tensor* v, void* k_pool, void* v_pool, const int32_t* slots,
                 int64_t slot_stride) {
@@ -310,14 +320,7 @@ NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const in
                                          " are free; no sequence was changed");
     }
     const nkv_context& c = *k.context;
-    if (step_tokens > k.step_capacity) {  // grows only; the old buffer is released after the work queued on it
-      const int64_t capacity = std::max<int64_t>(step_tokens, 2 * k.step_capacity);
-      int32_t* grown = static_cast<int32_t*>(allocate_on(c, static_cast<uint64_t>(capacity) * sizeof(int32_t)));
-      if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
-      release_on(c, k.device_step_slots);
-      k.device_step_slots = grown;
-      k.step_capacity = capacity;
-    }
+    reserve_step_array(c, k.device_step_slots, k.step_capacity, step_tokens);
     k.step_slots.clear();
     int32_t first_changed = k.max_sequences, last_changed = -1;
     for (int32_t i = 0; i < count; ++i) {

@@ -188,18 +188,17 @@ void map_block(Cache& cache, int32_t s, int32_t block, const int32_t* pages, con
   }
 }
 
-// Grows slot s to `blocks` mapped blocks on the calling thread. All or nothing.
-void grow_inline(Cache& cache, int32_t s, int32_t blocks) {
+// Maps `pages` ([block][region], acquired and not yet referenced) as blocks mapped_blocks .. blocks - 1 of
+// slot s, on the calling thread. All or nothing: on failure the blocks it mapped are unmapped again, all
+// of its pages are back in the pool, and it throws.
+void map_new_blocks(Cache& cache, int32_t s, int32_t blocks, const int32_t* pages) {
   Cache::Slot& slot = cache.slots[s];
   const int32_t first = slot.mapped_blocks;
   if (blocks <= first) return;
-  std::vector<int32_t> keep = blocks_in_use(cache);
-  keep[s] = std::max(keep[s], blocks);
-  std::vector<int32_t> pages = acquire_pages(cache, static_cast<int64_t>(blocks - first) * cache.regions, keep);
   int32_t b = first;
   try {
     for (; b < blocks; ++b) {
-      const int32_t* block_pages = pages.data() + static_cast<size_t>(b - first) * cache.regions;
+      const int32_t* block_pages = pages + static_cast<size_t>(b - first) * cache.regions;
       map_block(cache, s, b, block_pages, cache.page_handles);
       for (int32_t r = 0; r < cache.regions; ++r) {
         page_at(slot, cache, b, r) = block_pages[r];
@@ -208,11 +207,22 @@ void grow_inline(Cache& cache, int32_t s, int32_t blocks) {
       slot.mapped_blocks = b + 1;
     }
   } catch (...) {
-    unmap_blocks_from(cache, s, first);  // freshly mapped: no kernel reads them yet
-    for (size_t i = static_cast<size_t>(b - first) * cache.regions; i < pages.size(); ++i) cache.pooled.push_back(pages[i]);
+    unmap_blocks_from(cache, s, first);  // freshly mapped: no kernel reads them yet; their pages are pooled
+    const int32_t* end = pages + static_cast<size_t>(blocks - first) * cache.regions;
+    cache.pooled.insert(cache.pooled.end(), pages + static_cast<size_t>(b - first) * cache.regions, end);
     throw;
   }
   cache.blocks_mapped_inline += blocks - first;
+}
+
+// Grows slot s to `blocks` mapped blocks on the calling thread. All or nothing.
+void grow_inline(Cache& cache, int32_t s, int32_t blocks) {
+  const int32_t first = cache.slots[s].mapped_blocks;
+  if (blocks <= first) return;
+  std::vector<int32_t> keep = blocks_in_use(cache);
+  keep[s] = std::max(keep[s], blocks);
+  const std::vector<int32_t> pages = acquire_pages(cache, static_cast<int64_t>(blocks - first) * cache.regions, keep);
+  map_new_blocks(cache, s, blocks, pages.data());
 }
 
 void publish_lengths(Cache& cache) {
@@ -647,9 +657,11 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
         }
       }
     }
+    const nkv_context& c = *k.context;
+    reserve_step_array(c, k.device_step_rows, k.step_capacity, step_tokens);  // before any change: it may fail
     std::vector<int32_t> keep = blocks_in_use(k);
     for (int32_t i = 0; i < count; ++i) keep[slots[i]] = std::max(keep[slots[i]], blocks_for(k, k.slots[slots[i]].length + token_counts[i]));
-    std::vector<int32_t> pages = acquire_pages(k, new_pages, keep);
+    const std::vector<int32_t> pages = acquire_pages(k, new_pages, keep);
     size_t next = 0;
     // Copy on write first: for each shared page the step writes into, the stream is synchronized (queued
     // kernels may read the slot's mapping), the page unmapped from the slot, a fresh page mapped in its
@@ -685,40 +697,34 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
         if (source != nullptr) copy_within(*k.context, address_of(k, s, r, b), source, k.page_bytes);
       }
     }
-    k.step_rows.clear();
-    k.step_rows.reserve(static_cast<size_t>(step_tokens));
+    // The new blocks of every slot, all or nothing: a failed mapping unmaps what this step mapped before it.
+    std::vector<int32_t> mapped_before(static_cast<size_t>(count));
     for (int32_t i = 0; i < count; ++i) {
       const int32_t s = slots[i];
-      const int32_t n = token_counts[i];
-      if (n == 0) continue;
       Cache::Slot& slot = k.slots[s];
-      const int32_t needed = blocks_for(k, slot.length + n);
-      for (int32_t b = slot.mapped_blocks; b < needed; ++b) {
-        const int32_t* block_pages = pages.data() + next;
-        map_block(k, s, b, block_pages, k.page_handles);
-        for (int32_t r = 0; r < k.regions; ++r) {
-          page_at(slot, k, b, r) = block_pages[r];
-          k.page_references[block_pages[r]] = 1;
-        }
-        next += k.regions;
-        slot.mapped_blocks = b + 1;
-        ++k.blocks_mapped_inline;
+      mapped_before[i] = slot.mapped_blocks;
+      const int32_t needed = blocks_for(k, slot.length + token_counts[i]);
+      const size_t slice = static_cast<size_t>(std::max(0, needed - slot.mapped_blocks)) * k.regions;
+      try {
+        map_new_blocks(k, s, needed, pages.data() + next);
+      } catch (...) {
+        for (int32_t j = 0; j < i; ++j) unmap_blocks_from(k, slots[j], mapped_before[j]);
+        k.pooled.insert(k.pooled.end(), pages.begin() + static_cast<std::ptrdiff_t>(next + slice), pages.end());
+        throw;
       }
-      for (int32_t t = slot.length; t < slot.length + n; ++t) {
-        k.step_rows.push_back(static_cast<int32_t>(s * k.rows_per_slot + t));
-      }
-      slot.length += n;
+      next += slice;
     }
     k.pooled.insert(k.pooled.end(), pages.begin() + static_cast<std::ptrdiff_t>(next), pages.end());
-    publish_lengths(k);
-    const nkv_context& c = *k.context;
-    if (c.backend == NKV_BACKEND_CUDA && !k.step_rows.empty()) {
-      if (static_cast<int64_t>(k.step_rows.size()) > k.step_capacity) {
-        release_on(c, k.device_step_rows);
-        k.device_step_rows = nullptr;
-        k.step_capacity = std::max<int64_t>(static_cast<int64_t>(k.step_rows.size()), 2 * k.step_capacity);
-        k.device_step_rows = static_cast<int32_t*>(allocate_on(c, static_cast<uint64_t>(k.step_capacity) * sizeof(int32_t)));
+    k.step_rows.clear();
+    for (int32_t i = 0; i < count; ++i) {
+      Cache::Slot& slot = k.slots[slots[i]];
+      for (int32_t t = slot.length; t < slot.length + token_counts[i]; ++t) {
+        k.step_rows.push_back(static_cast<int32_t>(slots[i] * k.rows_per_slot + t));
       }
+      slot.length += token_counts[i];
+    }
+    publish_lengths(k);
+    if (c.backend == NKV_BACKEND_CUDA && !k.step_rows.empty()) {
       upload_to(c, k.device_step_rows, k.step_rows.data(), k.step_rows.size() * sizeof(int32_t));
     }
   });

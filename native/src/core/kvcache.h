@@ -63,6 +63,10 @@ void write_step(const nkv_context& context, nkv_dtype dtype, int64_t tokens, int
                 const nkv_tensor* k, const nkv_tensor* v, void* k_pool, void* v_pool, const int32_t* slots,
                 int64_t slot_stride);
 
+// Makes the device array of a step's slots (or rows) hold at least `count` entries: it only grows, and an
+// outgrown array is released after the work queued on it (api/kvcache.cpp).
+void reserve_step_array(const nkv_context& context, int32_t*& array, int64_t& capacity, int64_t count);
+
 namespace cpu {
 void paged_kv_write(const PagedKvWriteArgs& args);
 }  // namespace cpu

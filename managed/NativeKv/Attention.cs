@@ -95,12 +95,16 @@ public static unsafe class Attention
     /// <summary>Runs a varlen plan; asynchronous on the plan's context's stream.</summary>
     /// <param name="plan">A plan from <see cref="PlanVarlen"/>.</param>
     /// <param name="q">[rowsQ &gt;= TotalQ, numHeadsQ, headDim] float16/bfloat16; any row and head strides, unit last stride.</param>
-    /// <param name="k">[rowsK &gt;= TotalK, numHeadsKv, headDim], the dtype of <paramref name="q"/>.</param>
-    /// <param name="v">[rowsK &gt;= TotalK, numHeadsKv, headDim], the dtype of <paramref name="q"/>.</param>
+    /// <param name="k">[rowsK &gt;= TotalK, numHeadsKv, headDim] (packed: sequence b's keys are rows cuSeqlensK[b] ..
+    /// cuSeqlensK[b + 1] - 1), or [batch, capacity, numHeadsKv, headDim] (batched, as <see cref="Decode(AttentionPlan,
+    /// TensorView, TensorView, TensorView, TensorView, TensorView?)"/> takes them: sequence b's keys are the first tokens of
+    /// entry b; any batch, token and head strides; runs the SM80 kernel family); the dtype of <paramref name="q"/>.</param>
+    /// <param name="v">Shaped like <paramref name="k"/>.</param>
     /// <param name="o">[rowsQ, numHeadsQ, headDim]: receives the output; rows past TotalQ are left untouched.</param>
     /// <param name="lse">[numHeadsQ, rowsQ] float32 with unit last stride: receives the log-sum-exp; or null.</param>
     /// <exception cref="ObjectDisposedException">The plan, or the buffer behind a view, was disposed.</exception>
     /// <exception cref="NativeKvInvalidArgumentException">A tensor is malformed, or the plan is a decode plan.</exception>
+    /// <exception cref="NativeKvNotSupportedException">Batched K/V with a plan made for <see cref="AttentionKernel.Sm90"/>.</exception>
     public static void Varlen(AttentionPlan plan, TensorView q, TensorView k, TensorView v, TensorView o, TensorView? lse = null) =>
         RunViews(plan, q, k, v, o, lse, ViewOp.Varlen);
 
@@ -246,6 +250,33 @@ public static unsafe class Attention
         ArgumentNullException.ThrowIfNull(cache);
         int batch = plan.Info.Batch;
         Decode(plan, q, cache.View(VirtualKvView.K, layer).Narrow(0, 0, batch), cache.View(VirtualKvView.V, layer).Narrow(0, 0, batch),
+            o, lse);
+    }
+
+    /// <summary>
+    /// Runs a varlen plan (prefill, chunked prefill) over one layer of a <see cref="VirtualKvCache"/>, sequence b being slot
+    /// b (cu_seqlens_k giving at most that slot's length): the contiguous varlen kernel over the cache's K and V views
+    /// narrowed to the plan's batch, as batched K/V (the SM80 kernel family). For chunked prefill, append the chunk to the
+    /// cache first: its queries then see the cached prefix and themselves through the bottom-right causal mask.
+    /// Asynchronous on the plan's context's stream.
+    /// </summary>
+    /// <param name="plan">A plan from <see cref="PlanVarlen"/> on the cache's context, not made for <see cref="AttentionKernel.Sm90"/>.</param>
+    /// <param name="q">[rowsQ &gt;= TotalQ, numHeadsQ, headDim] of the cache's dtype, unit last stride.</param>
+    /// <param name="cache">The cache; batch &lt;= its MaxSlots.</param>
+    /// <param name="layer">The layer whose K and V are read.</param>
+    /// <param name="o">[rowsQ, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[numHeadsQ, rowsQ] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <remarks>The library cannot check that the slots' tokens are mapped: a sequence's keys must not pass its slot's length.</remarks>
+    /// <exception cref="ObjectDisposedException">The plan or the cache was disposed.</exception>
+    /// <exception cref="ArgumentOutOfRangeException">The plan's batch exceeds the cache's MaxSlots.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor or the layer is malformed, or the plan does not fit the cache.</exception>
+    /// <exception cref="NativeKvNotSupportedException">The plan was made for <see cref="AttentionKernel.Sm90"/>.</exception>
+    public static void Varlen(AttentionPlan plan, TensorView q, VirtualKvCache cache, int layer, TensorView o, TensorView? lse = null)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(cache);
+        int batch = plan.Info.Batch;
+        Varlen(plan, q, cache.View(VirtualKvView.K, layer).Narrow(0, 0, batch), cache.View(VirtualKvView.V, layer).Narrow(0, 0, batch),
             o, lse);
     }
 

@@ -239,6 +239,54 @@ public sealed unsafe class VirtualKvCacheTests
         }
     }
 
+    [Theory]
+    [InlineData(VirtualKvLayout.LayerMajor)]
+    [InlineData(VirtualKvLayout.TokenMajor)]
+    public void Chunked_prefill_over_the_cache_equals_varlen_over_packed_keys(VirtualKvLayout layout)
+    {
+        using var context = Context.Cpu();
+        const int hq = 4, hkv = 2, d = 64;
+        int[] prompts = [200, 120], chunks = [0, 30];  // slot 1 gets a second chunk after its cached prompt
+        int row = hkv * d;
+        using var cache = new VirtualKvCache(context, new VirtualKvCacheOptions(DType.Float16, layout, NumLayers: 2, hkv, d, MaxSlots: 3,
+            MaxTokens: 400));
+        Random random = TestSupport.NewRandom(out int seed);
+        var keys = new List<Half>[] { [], [] };
+        var values = new List<Half>[] { [], [] };
+        void Append(int[] slots, int[] counts)
+        {
+            cache.Append(slots, counts);
+            int tokens = counts.Sum();
+            Half[] k = TestSupport.ToHalves(TestSupport.RandomFloats(random, tokens * row));
+            Half[] v = TestSupport.ToHalves(TestSupport.RandomFloats(random, tokens * row));
+            cache.Write<Half>(1, k, v);
+            for (int i = 0, offset = 0; i < slots.Length; offset += counts[i] * row, i++)
+            {
+                keys[slots[i]].AddRange(k.AsSpan(offset, counts[i] * row));
+                values[slots[i]].AddRange(v.AsSpan(offset, counts[i] * row));
+            }
+        }
+        Assert.Equal(0, cache.AddSlot());
+        Assert.Equal(1, cache.AddSlot());
+        Append([0, 1], prompts);
+        Append([1], [chunks[1]]);
+        int[] cuK = [0, prompts[0], prompts[0] + prompts[1] + chunks[1]];
+        int[] cuQ = [0, prompts[0], prompts[0] + chunks[1]];  // slot 0 prefills its prompt, slot 1 its chunk
+        using AttentionPlan plan = Attention.PlanVarlen(context, hq, hkv, d, cuQ, cuK, new AttentionOptions { Causal = true });
+        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, cuQ[^1] * hq * d));
+        var expected = new Half[q.Length];
+        Attention.Varlen(plan, q, [.. keys[0], .. keys[1]], [.. values[0], .. values[1]], expected);
+        var actual = new Half[q.Length];
+        fixed (Half* pq = q)
+        fixed (Half* po = actual)
+        {
+            TensorView qView = TensorView.FromPointer((nint)pq, DType.Float16, DeviceType.Host, [cuQ[^1], hq, d]);
+            TensorView oView = TensorView.FromPointer((nint)po, DType.Float16, DeviceType.Host, [cuQ[^1], hq, d]);
+            Attention.Varlen(plan, qView, cache, layer: 1, oView);
+        }
+        Assert.True(expected.AsSpan().SequenceEqual(actual), $"seed {seed}");
+    }
+
     [Fact]
     public void The_readme_example_reports_what_it_says()
     {

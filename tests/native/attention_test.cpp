@@ -985,6 +985,93 @@ void expect_pointer_table_matches_batch_layout(nkv_backend backend) {
   nkv_attention_plan_destroy(plan);
 }
 
+// Varlen over batched K/V ([batch, capacity, heads, d], a virtual-memory cache's views) against varlen over
+// the same keys packed: sequences in entries with a wide token stride (layers interleaved), poison past each
+// sequence's keys. The SM80 family runs both on CUDA, so the bits must match.
+void expect_batched_kv_matches_packed(nkv_backend backend) {
+  ContextPtr context = make_context(backend);
+  const nkv_device_type device = device_of(context.get());
+  VarlenCase c;
+  c.heads_q = 8;
+  c.heads_kv = 2;
+  c.head_dim = 64;
+  c.lk = {200, 0, 1, 1000, 64};
+  c.lq = {200, 0, 1, 37, 64};  // prefill, an empty sequence, a decode, a chunk over a cached prefix
+  c.options.causal = true;
+  if (backend == NKV_BACKEND_CUDA) c.options.kernel = NKV_ATTENTION_KERNEL_SM80;
+  const VarlenInputs in = make_inputs(c);
+  const Outputs expected = run_varlen(context.get(), c, in);
+
+  const int64_t batch = static_cast<int64_t>(c.lk.size()), capacity = 1000 + 70, row = c.heads_kv * c.head_dim;
+  const int64_t token_stride = 3 * row, batch_stride = capacity * token_stride + 64;
+  std::vector<uint16_t> k(static_cast<size_t>(batch * batch_stride), 0x7E00), v(k.size(), 0x7C00);  // NaN, +Inf past the keys
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t t = 0; t < c.lk[b]; ++t)
+      for (int64_t h = 0; h < c.heads_kv; ++h)
+        for (int64_t x = 0; x < c.head_dim; ++x) {
+          k[b * batch_stride + t * token_stride + h * c.head_dim + x] = in.k.at(in.cu_k[b] + t, h, x);
+          v[b * batch_stride + t * token_stride + h * c.head_dim + x] = in.v.at(in.cu_k[b] + t, h, x);
+        }
+  Placed pk(context.get(), k.data(), k.size() * 2), pv(context.get(), v.data(), v.size() * 2);
+  Outputs got;
+  got.o = HeadTensor(in.q.rows, c.heads_q, c.head_dim, false);
+  got.lse.assign(expected.lse.size(), std::numeric_limits<float>::quiet_NaN());
+  Placed q(context.get(), in.q.data.data(), in.q.data.size() * 2), o(context.get(), got.o.data.data(), got.o.data.size() * 2),
+      lse(context.get(), got.lse.data(), got.lse.size() * 4);
+  const nkv_attention_options options = c.options.c();
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_varlen(context.get(), &options, c.heads_q, c.heads_kv, c.head_dim,
+                                          static_cast<int32_t>(batch), in.cu_q.data(), in.cu_k.data(), &plan));
+  const nkv_tensor tq = in.q.view_at(q.data(), c.dtype, device);
+  const nkv_tensor to = got.o.view_at(o.data(), c.dtype, device);
+  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {c.heads_q, in.q.rows});
+  const nkv_tensor tk = view(pk.data(), c.dtype, device, {batch, capacity, c.heads_kv, c.head_dim},
+                             {batch_stride, token_stride, c.head_dim, 1});
+  const nkv_tensor tv = view(pv.data(), c.dtype, device, {batch, capacity, c.heads_kv, c.head_dim},
+                             {batch_stride, token_stride, c.head_dim, 1});
+  NKV_ASSERT_OK(nkv_attention_varlen(plan, &tq, &tk, &tv, &to, &tl));
+  const std::vector<uint16_t> got_o = o.read<uint16_t>();
+  for (int64_t r = 0; r < in.cu_q.back(); ++r)
+    for (int64_t h = 0; h < c.heads_q; ++h)
+      for (int64_t x = 0; x < c.head_dim; ++x) {
+        ASSERT_EQ(got_o[r * got.o.row_stride + h * got.o.head_stride + x], expected.o.at(r, h, x)) << "row " << r << " head " << h;
+      }
+  const std::vector<float> got_lse = lse.read<float>();
+  for (int64_t h = 0; h < c.heads_q; ++h)
+    for (int64_t r = 0; r < in.cu_q.back(); ++r) {
+      const size_t i = static_cast<size_t>(h * in.q.rows + r);
+      ASSERT_EQ(0, std::memcmp(&got_lse[i], &expected.lse[i], 4)) << "lse row " << r << " head " << h;
+    }
+
+  // Shapes that do not fit the plan: status, message, output untouched.
+  nkv_tensor short_capacity = tk;
+  short_capacity.shape[1] = 999;
+  nkv_tensor v_short = tv;
+  v_short.shape[1] = 999;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &short_capacity, &v_short, &to, &tl), NKV_STATUS_INVALID_ARGUMENT,
+                    "capacity of 999");
+  nkv_tensor wrong_batch = tk;
+  wrong_batch.shape[0] = batch - 1;
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &wrong_batch, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'k'");
+  NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &tk, &v_short, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'v'");
+  EXPECT_EQ(o.read<uint16_t>(), got_o);
+  nkv_attention_plan_destroy(plan);
+  if (backend == NKV_BACKEND_CUDA && sm90_kernels_available(context.get())) {
+    const nkv_attention_options sm90{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, NKV_ATTENTION_KERNEL_SM90, 0};
+    NKV_ASSERT_OK(nkv_attention_plan_varlen(context.get(), &sm90, c.heads_q, c.heads_kv, c.head_dim,
+                                            static_cast<int32_t>(batch), in.cu_q.data(), in.cu_k.data(), &plan));
+    NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &tk, &tv, &to, &tl), NKV_STATUS_NOT_SUPPORTED, "SM80");
+    nkv_attention_plan_destroy(plan);
+  }
+}
+
+TEST(Attention, CpuVarlenOverBatchedKvMatchesPackedKv) { expect_batched_kv_matches_packed(NKV_BACKEND_CPU); }
+
+TEST(AttentionCuda, VarlenOverBatchedKvMatchesPackedKv) {
+  NKV_REQUIRE_CUDA();
+  expect_batched_kv_matches_packed(NKV_BACKEND_CUDA);
+}
+
 TEST(Attention, CpuDecodeThroughAPointerTableMatchesTheBatchLayout) {
   expect_pointer_table_matches_batch_layout(NKV_BACKEND_CPU);
 }

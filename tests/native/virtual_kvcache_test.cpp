@@ -283,6 +283,83 @@ int count_entries(const char* directory) {
   return n;
 }
 
+// Prefill and chunked prefill through the views: varlen over the cache's K and V views (batched K/V, batch
+// entry b = slot b, narrowed to the plan's batch) equals varlen over the same keys packed, bit for bit (the
+// SM80 kernel family on CUDA). Slot 1 is freed before the call, so its entry is a sequence without keys.
+void expect_prefill_through_views(nkv_backend backend, nkv_virtual_kv_layout layout) {
+  auto context = make_context(backend);
+  const nkv_device_type device = device_of(context.get());
+  auto cache = make_cache(context.get(), options(layout));
+  const int32_t hq = 16, hkv = 8, d = 128;
+  const size_t row = static_cast<size_t>(hkv) * d;
+  std::uniform_real_distribution<float> uniform(-1.0f, 1.0f);
+  auto random_halves = [&](size_t count) {
+    std::vector<uint16_t> x(count);
+    for (auto& h : x) h = nkv::float_to_half(uniform(rng()));
+    return x;
+  };
+  std::vector<std::vector<uint16_t>> keys(3), values(3);  // per slot, [token][head][d]
+  auto append = [&](const std::vector<int32_t>& slots, const std::vector<int32_t>& counts) {
+    NKV_ASSERT_OK(nkv_virtual_kv_cache_append(cache.get(), slots.data(), counts.data(), static_cast<int32_t>(slots.size())));
+    int64_t tokens = 0;
+    for (int32_t n : counts) tokens += n;
+    const std::vector<uint16_t> k = random_halves(static_cast<size_t>(tokens) * row), v = random_halves(k.size());
+    Memory km(context.get(), k.size() * 2), vm(context.get(), v.size() * 2);
+    km.upload(k);
+    vm.upload(v);
+    const nkv_tensor kt = view(km.data(), NKV_DTYPE_FLOAT16, device, {tokens, hkv, d});
+    const nkv_tensor vt = view(vm.data(), NKV_DTYPE_FLOAT16, device, {tokens, hkv, d});
+    NKV_ASSERT_OK(nkv_virtual_kv_cache_write(cache.get(), 0, &kt, &vt));
+    NKV_ASSERT_OK(nkv_context_synchronize(context.get()));
+    size_t offset = 0;
+    for (size_t i = 0; i < slots.size(); ++i) {
+      const size_t n = static_cast<size_t>(counts[i]) * row;
+      keys[slots[i]].insert(keys[slots[i]].end(), k.begin() + offset, k.begin() + offset + n);
+      values[slots[i]].insert(values[slots[i]].end(), v.begin() + offset, v.begin() + offset + n);
+      offset += n;
+    }
+  };
+  for (int i = 0; i < 3; ++i) {
+    int32_t slot = -1;
+    NKV_ASSERT_OK(nkv_virtual_kv_cache_add_slot(cache.get(), &slot));
+    ASSERT_EQ(slot, i);
+  }
+  append({0, 1, 2}, {300, 50, 1200});
+  append({2}, {100});  // a chunk after a cached prefix
+  NKV_ASSERT_OK(nkv_virtual_kv_cache_free_slot(cache.get(), 1));
+  const std::vector<int32_t> cu_k = {0, 300, 300, 1600}, cu_q = {0, 300, 300, 400};  // slot 2: the chunk's queries
+
+  std::vector<uint16_t> packed_k, packed_v;
+  for (int32_t slot : {0, 2}) {
+    packed_k.insert(packed_k.end(), keys[slot].begin(), keys[slot].end());
+    packed_v.insert(packed_v.end(), values[slot].begin(), values[slot].end());
+  }
+  const std::vector<uint16_t> q = random_halves(static_cast<size_t>(cu_q.back()) * hq * d);
+  Memory qm(context.get(), q.size() * 2), km(context.get(), packed_k.size() * 2), vm(context.get(), packed_v.size() * 2);
+  Memory o1(context.get(), q.size() * 2), o2(context.get(), q.size() * 2);
+  qm.upload(q);
+  km.upload(packed_k);
+  vm.upload(packed_v);
+  const nkv_tensor qt = view(qm.data(), NKV_DTYPE_FLOAT16, device, {cu_q.back(), hq, d});
+  const nkv_tensor kt = view(km.data(), NKV_DTYPE_FLOAT16, device, {cu_k.back(), hkv, d});
+  const nkv_tensor vt = view(vm.data(), NKV_DTYPE_FLOAT16, device, {cu_k.back(), hkv, d});
+  const nkv_tensor ot1 = view(o1.data(), NKV_DTYPE_FLOAT16, device, {cu_q.back(), hq, d});
+  const nkv_tensor ot2 = view(o2.data(), NKV_DTYPE_FLOAT16, device, {cu_q.back(), hq, d});
+  const nkv_attention_kernel kernel = backend == NKV_BACKEND_CUDA ? NKV_ATTENTION_KERNEL_SM80 : NKV_ATTENTION_KERNEL_AUTO;
+  const nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, kernel, 0};
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_varlen(context.get(), &opts, hq, hkv, d, 3, cu_q.data(), cu_k.data(), &plan));
+  NKV_ASSERT_OK(nkv_attention_varlen(plan, &qt, &kt, &vt, &ot1, nullptr));
+  nkv_tensor k_view{}, v_view{};
+  NKV_ASSERT_OK(nkv_virtual_kv_cache_view(cache.get(), NKV_VIRTUAL_KV_K, 0, &k_view));
+  NKV_ASSERT_OK(nkv_virtual_kv_cache_view(cache.get(), NKV_VIRTUAL_KV_V, 0, &v_view));
+  k_view.shape[0] = v_view.shape[0] = 3;
+  o2.fill(0xFF, q.size() * 2);
+  NKV_ASSERT_OK(nkv_attention_varlen(plan, &qt, &k_view, &v_view, &ot2, nullptr));
+  EXPECT_TRUE(o1.download<uint16_t>(q.size()) == o2.download<uint16_t>(q.size()));
+  nkv_attention_plan_destroy(plan);
+}
+
 }  // namespace
 
 TEST(VirtualKvCache, LayerMajorFollowsTheModel) { expect_model_semantics(NKV_BACKEND_CPU, NKV_VIRTUAL_KV_LAYER_MAJOR); }
@@ -291,6 +368,11 @@ TEST(VirtualKvCache, BudgetFailuresChangeNothing) { expect_budget(NKV_BACKEND_CP
 TEST(VirtualKvCache, ReserveAheadMapsOnTheBackgroundThread) {
   expect_reserve_ahead(NKV_BACKEND_CPU, NKV_VIRTUAL_KV_LAYER_MAJOR);
   expect_reserve_ahead(NKV_BACKEND_CPU, NKV_VIRTUAL_KV_TOKEN_MAJOR);
+}
+
+TEST(VirtualKvCache, PrefillThroughTheViewsMatchesPackedKeys) {
+  expect_prefill_through_views(NKV_BACKEND_CPU, NKV_VIRTUAL_KV_LAYER_MAJOR);
+  expect_prefill_through_views(NKV_BACKEND_CPU, NKV_VIRTUAL_KV_TOKEN_MAJOR);
 }
 
 TEST(VirtualKvCache, OptionsAreChecked) {
@@ -334,6 +416,11 @@ TEST(VirtualKvCacheCuda, LayerMajorFollowsTheModel) {
 TEST(VirtualKvCacheCuda, TokenMajorFollowsTheModel) {
   NKV_REQUIRE_CUDA();
   expect_model_semantics(NKV_BACKEND_CUDA, NKV_VIRTUAL_KV_TOKEN_MAJOR);
+}
+TEST(VirtualKvCacheCuda, PrefillThroughTheViewsMatchesPackedKeys) {
+  NKV_REQUIRE_CUDA();
+  expect_prefill_through_views(NKV_BACKEND_CUDA, NKV_VIRTUAL_KV_LAYER_MAJOR);
+  expect_prefill_through_views(NKV_BACKEND_CUDA, NKV_VIRTUAL_KV_TOKEN_MAJOR);
 }
 TEST(VirtualKvCacheCuda, BudgetFailuresChangeNothing) {
   NKV_REQUIRE_CUDA();

@@ -345,6 +345,11 @@ NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, n
  * elements (the kernels move 16-byte vectors); the CPU backend takes any element-aligned view.
  * q:   [rows_q, num_heads_q, head_dim]    rows_q >= total_q; any row and head strides, unit last stride
  * k,v: [rows_k, num_heads_kv, head_dim]   rows_k >= total_k; likewise
+ *   or [batch, capacity, num_heads_kv, head_dim] (batched, as nkv_attention_decode takes them and a virtual-
+ *      memory cache's views are): sequence b's cu_seqlens_k[b + 1] - cu_seqlens_k[b] keys are the first tokens
+ *      of entry b, capacity >= each; any batch, token and head strides. Batched K/V run on the SM80 kernel
+ *      family (a plan made with NKV_ATTENTION_KERNEL_SM90 is refused): the Hopper kernel's tensor-map loads
+ *      read whole tiles past a sequence's last key, which a cache may not have mapped.
  * o:   [rows_q, num_heads_q, head_dim]    rows past total_q are left untouched
  * lse: [num_heads_q, rows_q] float32, unit last stride; may be NULL; columns past total_q are left untouched
  * All on the plan's context's device. Asynchronous on the context's stream.
@@ -657,7 +662,8 @@ NKV_API nkv_status nkv_virtual_kv_cache_write(nkv_virtual_kv_cache* cache, int32
 
 typedef enum nkv_virtual_kv_view {
   NKV_VIRTUAL_KV_K = 0,          /* [max_slots, max_tokens, num_heads_kv, head_dim] of `layer`, strided: the
-                                    layout of nkv_attention_decode's k with batch entry b = slot b */
+                                    layout of nkv_attention_decode's k and nkv_attention_varlen's batched k,
+                                    batch entry b = slot b (narrow dimension 0 to the plan's batch) */
   NKV_VIRTUAL_KV_V = 1,          /* the same for V */
   NKV_VIRTUAL_KV_SLOT_LENGTHS = 2, /* int32 [max_slots]: 0 for slots not alive */
   NKV_VIRTUAL_KV_STEP_ROWS = 3   /* int32 [last step's tokens]: each token's row in the K/V views seen as

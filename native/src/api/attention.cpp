@@ -451,6 +451,23 @@ PagedKv check_paged_kv(const nkv_attention_plan& p, const nkv_tensor& tq, const 
   return {&tk, &tv, &table, shift};
 }
 
+// Batched K/V, as decode takes them and a virtual-memory cache's views are: k and v [batch, capacity,
+// num_heads_kv, head_dim] of q's dtype, sequence b's keys at the first tokens of entry b. Returns v.
+const nkv_tensor& check_batched_kv(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor& tk, const nkv_tensor* v) {
+  const nkv_context& c = *p.context;
+  const int64_t b = p.batch, hkv = p.num_heads_kv, d = p.head_dim;
+  check_attention_tensor("k", tk, {b, -1, hkv, d}, c);
+  check_same_dtype("k", tk, "q", tq);
+  const nkv_tensor& tv = check_tensor("v", v, c);
+  check_attention_tensor("v", tv, {b, tk.shape[1], hkv, d}, c);
+  check_same_dtype("v", tv, "q", tq);
+  if (tk.shape[1] < p.max_seqlen_k) {
+    fail_argument("arguments 'k' and 'v': capacity of " + std::to_string(tk.shape[1]) +
+                  " tokens per sequence, but the plan's longest sequence has " + std::to_string(p.max_seqlen_k) + " keys");
+  }
+  return tv;
+}
+
 const nkv_tensor& check_varlen_q(const nkv_attention_plan& p, const nkv_tensor* q) {
   const nkv_tensor& tq = check_tensor("q", q, *p.context);
   check_attention_tensor("q", tq, {-1, p.num_heads_q, p.head_dim}, *p.context);
@@ -459,7 +476,8 @@ const nkv_tensor& check_varlen_q(const nkv_attention_plan& p, const nkv_tensor* 
 }
 
 // The rest of a varlen call once Q, K and V are checked: O and LSE, then the kernel. `paged`: K and V are
-// pools read through its block table (rows of tk and tv: tokens within a page).
+// pools read through its block table (rows of tk and tv: tokens within a page). Otherwise 4-D K and V are
+// batched (check_batched_kv), 3-D ones packed rows.
 void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor& tk, const nkv_tensor& tv,
                 const nkv_tensor* o, const nkv_tensor* lse, const PagedKv* paged) {
   const nkv_context& c = *p.context;
@@ -488,7 +506,7 @@ void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_ten
   a.dtype = static_cast<nkv_dtype>(tq.dtype);
   a.q = tq.data;
   a.q_strides = strides_of(tq, 0);
-  const int key_row_dim = paged != nullptr ? 1 : 0;  // pools: the row is the token within a page
+  const int key_row_dim = tk.ndim == 4 ? 1 : 0;  // pools and batched K/V: dimension 0 is the page or the sequence
   a.k = tk.data;
   a.k_strides = strides_of(tk, key_row_dim);
   a.v = tv.data;
@@ -498,6 +516,11 @@ void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_ten
   if (lse != nullptr) {
     a.lse = static_cast<float*>(lse->data);
     a.lse_head_stride = lse->strides[0];
+  }
+  if (paged == nullptr && tk.ndim == 4) {
+    a.batched_kv = true;
+    a.k_batch_stride = tk.strides[0];
+    a.v_batch_stride = tv.strides[0];
   }
   if (paged != nullptr) {
     a.block_table = static_cast<const int32_t*>(paged->table->data);
@@ -623,6 +646,14 @@ NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tens
     const int64_t hkv = p.num_heads_kv, d = p.head_dim;
     const nkv_tensor& tq = check_varlen_q(p, q);
     const nkv_tensor& tk = check_tensor("k", k, c);
+    if (tk.ndim == 4) {  // batched: [batch, capacity, num_heads_kv, head_dim]
+      if (p.kernel == NKV_ATTENTION_KERNEL_SM90) {
+        fail(NKV_STATUS_NOT_SUPPORTED, "argument 'plan': batched K/V ([batch, capacity, num_heads_kv, head_dim]) run on "
+                                       "the SM80 kernel family; make the plan with NKV_ATTENTION_KERNEL_AUTO or _SM80");
+      }
+      const nkv_tensor& tv = check_batched_kv(p, tq, tk, v);
+      return run_varlen(p, tq, tk, tv, o, lse, nullptr);
+    }
     check_attention_tensor("k", tk, {-1, hkv, d}, c);
     check_same_dtype("k", tk, "q", tq);
     check_rows_at_least("k", tk, p.total_k, "cu_seqlens_k");
@@ -655,19 +686,11 @@ NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tens
     const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
     check_kv_layout(p, 0);
     const nkv_context& c = *p.context;
-    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, hkv = p.num_heads_kv, d = p.head_dim;
+    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, d = p.head_dim;
     const nkv_tensor& tq = check_tensor("q", q, c);
     check_attention_tensor("q", tq, {b, t, hq, d}, c);
     const nkv_tensor& tk = check_tensor("k", k, c);
-    check_attention_tensor("k", tk, {b, -1, hkv, d}, c);
-    check_same_dtype("k", tk, "q", tq);
-    const nkv_tensor& tv = check_tensor("v", v, c);
-    check_attention_tensor("v", tv, {b, tk.shape[1], hkv, d}, c);
-    check_same_dtype("v", tv, "q", tq);
-    if (tk.shape[1] < p.max_seqlen_k) {
-      fail_argument("arguments 'k' and 'v': capacity of " + std::to_string(tk.shape[1]) +
-                    " tokens per sequence, but the plan's seqlens_k reach " + std::to_string(p.max_seqlen_k));
-    }
+    const nkv_tensor& tv = check_batched_kv(p, tq, tk, v);
     const nkv_tensor& to = check_tensor("o", o, c);
     check_attention_tensor("o", to, {b, t, hq, d}, c);
     check_same_dtype("o", to, "q", tq);

@@ -110,6 +110,11 @@ struct VarlenAttentionArgs {
   const int32_t* block_table = nullptr;
   int64_t block_table_stride = 0;
   int32_t page_shift = 0;
+  // When set (batched K/V, [batch, capacity, heads, d], as decode takes them and a virtual-memory cache's
+  // views are), key t of sequence b is row t of batch entry b (cu_seqlens_k then gives only the lengths).
+  bool batched_kv = false;
+  int64_t k_batch_stride = 0;
+  int64_t v_batch_stride = 0;
 };
 
 struct DecodeAttentionArgs {

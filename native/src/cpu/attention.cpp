@@ -137,9 +137,12 @@ void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs&
     const int32_t hk = h / group;
     RowsOfHead q{at(a.q, q0 * a.q_strides.row + h * a.q_strides.head), a.q_strides.row};
     const int32_t* pages = a.block_table != nullptr ? a.block_table + b * a.block_table_stride : nullptr;
-    const int64_t k_row0 = pages != nullptr ? 0 : k0;  // paged: the sequence's keys start on its first page
-    RowsOfHead k{at(a.k, k_row0 * a.k_strides.row + hk * a.k_strides.head), a.k_strides.row, pages, a.page_shift};
-    RowsOfHead v{at(a.v, k_row0 * a.v_strides.row + hk * a.v_strides.head), a.v_strides.row, pages, a.page_shift};
+    // Paged: the sequence's keys start on its first page. Batched: at row 0 of its batch entry.
+    const int64_t k_row0 = pages != nullptr || a.batched_kv ? 0 : k0;
+    RowsOfHead k{at(a.k, b * a.k_batch_stride + k_row0 * a.k_strides.row + hk * a.k_strides.head), a.k_strides.row, pages,
+                 a.page_shift};
+    RowsOfHead v{at(a.v, b * a.v_batch_stride + k_row0 * a.v_strides.row + hk * a.v_strides.head), a.v_strides.row, pages,
+                 a.page_shift};
     OutputRowsOfHead o{at(a.o, q0 * a.o_strides.row + h * a.o_strides.head), a.o_strides.row,
                        a.lse != nullptr ? a.lse + h * a.lse_head_stride + q0 : nullptr, 1};
     attend(plan.mask, a.dtype, plan.head_dim, lq, lk, q, k, v, o);

@@ -102,10 +102,12 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   const float exp_scale = p.mask.score.softcap > 0.0f ? 1.0f : p.mask.score.scale_log2;
 
   const T* q_base = static_cast<const T*>(args.q) + static_cast<int64_t>(q_begin) * args.q_strides.row;
-  // Paged: the pools' first rows, and this sequence's row of the block table.
-  const int64_t k_row0 = kPaged ? 0 : k_begin;
-  const T* k_base = static_cast<const T*>(args.k) + k_row0 * args.k_strides.row + kv_head * args.k_strides.head;
-  const T* v_base = static_cast<const T*>(args.v) + k_row0 * args.v_strides.row + kv_head * args.v_strides.head;
+  // Paged: the pools' first rows, and this sequence's row of the block table. Batched: its batch entry.
+  const int64_t k_row0 = kPaged || args.batched_kv ? 0 : k_begin;
+  const T* k_base = static_cast<const T*>(args.k) + sequence * args.k_batch_stride + k_row0 * args.k_strides.row +
+                    kv_head * args.k_strides.head;
+  const T* v_base = static_cast<const T*>(args.v) + sequence * args.v_batch_stride + k_row0 * args.v_strides.row +
+                    kv_head * args.v_strides.head;
   const int32_t* page_row = kPaged ? args.block_table + sequence * args.block_table_stride : nullptr;
 
   using Loader = TileLoader<kBlockN, Tiles::kPitch, kChunks, kThreads>;
@@ -341,8 +343,9 @@ void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs&
   DeviceScope scope(plan.context->device_ordinal);
   // AUTO takes the Hopper kernel wherever it applies; an SM90 plan was checked to fit it when it was made,
   // except a plan without keys, whose rows (O = 0, LSE = -inf) the SM80 kernel writes.
-  // Paged K/V run on the SM80 family (the API refuses an explicit SM90 plan for them).
-  if (plan.kernel != NKV_ATTENTION_KERNEL_SM80 && a.block_table == nullptr && varlen_sm90_supports(plan)) {
+  // Paged and batched K/V run on the SM80 family (the API refuses an explicit SM90 plan for them): the Hopper
+  // kernel's tensor-map loads read whole tiles past a sequence's last key, which a cache may not have mapped.
+  if (plan.kernel != NKV_ATTENTION_KERNEL_SM80 && a.block_table == nullptr && !a.batched_kv && varlen_sm90_supports(plan)) {
     return attention_varlen_sm90(plan, a);
   }
   if (a.dtype == NKV_DTYPE_BFLOAT16) {

@@ -249,10 +249,13 @@ def bench_prefill(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | Non
     """Causal prefill of `prompts` prompts of `length` tokens into a KV cache, fp16 d128 GQA 32/8, one layer.
     Attention alone (GPU time, interleaved): varlen over the packed K/V with the default kernel (sm_90a on
     Hopper) and with the SM80 family, and varlen through a paged cache's block table (SM80 family; pages in
-    the order the cache hands them out) at pages 16, 64, 256; the paged outputs must equal the SM80 contiguous
-    output bit for bit. Including the append (host time of the whole prefill of one layer: append the prompts
-    and write their K/V, then attention, then wait): the paged cache against copying K/V into a contiguous
-    cache [prompts, length, Hkv, d] and running the default kernel."""
+    the order the cache hands them out) at pages 16, 64, 256, and varlen over a virtual-memory cache's views of
+    layer 0 of a 32-layer model (batched K/V, SM80 family) in both layouts; the cache outputs must equal the SM80
+    contiguous output bit for bit. Including the append (host time of the whole prefill of one layer: append
+    the prompts and write their K/V, then attention, then wait): the caches against copying K/V into a
+    contiguous cache [prompts, length, Hkv, d] and running the default kernel. Between repetitions the caches'
+    prompts are truncated away, so the paged cache's pages go back to its free list and the virtual cache's
+    slots keep their blocks mapped (as a freed slot's blocks are kept for the next request)."""
     total = prompts * length
     flops = 4 * prompts * hq * d * (length * (length + 1) // 2)
     row: dict[str, Any] = {"op": "kvcache_prefill", "shape": f"{prompts} x {length} h{hq}/{hkv} d{d} causal", "variants": {}}
@@ -277,11 +280,21 @@ def bench_prefill(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | Non
             ids = [cache.add_sequence() for _ in range(prompts)]
             cache.append(ids, [length] * prompts)
             cache.write(0, k, v)
-            caches[page] = (cache, ids)
             name = f"paged {page}"
+            caches[name] = (cache, ids)
             outputs[name] = torch.empty_like(q)
             runs[name] = sm80.bind_paged(q, cache.view(cache.K_POOL), cache.view(cache.V_POOL), cache.view(cache.BLOCK_TABLE),
                                          outputs[name])
+        for layout, layout_name in ((nkv.VirtualKvCache.LAYER_MAJOR, "layer-major"), (nkv.VirtualKvCache.TOKEN_MAJOR, "token-major")):
+            cache = stack.enter_context(nkv.VirtualKvCache(side.ctx, layout=layout, num_layers=VIRTUAL_LAYERS, num_heads_kv=hkv,
+                                                           head_dim=d, max_slots=prompts, max_tokens=length))
+            slots = [cache.add_slot() for _ in range(prompts)]
+            cache.append(slots, [length] * prompts)
+            cache.write(0, k, v)
+            name = f"virtual, {layout_name}"
+            caches[name] = (cache, slots)
+            outputs[name] = torch.empty_like(q)
+            runs[name] = sm80.bind(q, cache.view(cache.K, 0), cache.view(cache.V, 0), outputs[name])
         for run in runs.values():
             run()
         torch.cuda.synchronize()
@@ -290,7 +303,7 @@ def bench_prefill(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | Non
         for name, us in zip(names, medians):
             entry = {"us": us, "tflops": flops / us / 1e6, "sm80_over_variant": medians[1] / us,
                      "default_over_variant": medians[0] / us}
-            if name.startswith("paged"):
+            if name.startswith(("paged", "virtual")):
                 entry["bit_identical"] = bool(torch.equal(outputs[name], outputs["contiguous, SM80 family"]))
             row["variants"][name] = entry
         # Including the append: host time of whole one-layer prefills, median of the repetitions.
@@ -306,20 +319,20 @@ def bench_prefill(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | Non
             v_cache.view(total, hkv, d).copy_(v)
             into_contiguous()
 
-        def reset(name):  # untimed: the paged cache's prompts are truncated away before each prefill
-            if name.startswith("paged"):
-                cache, ids = caches[int(name.split()[1])]
+        def reset(name):  # untimed: the caches' prompts are truncated away before each prefill
+            if name in caches:
+                cache, ids = caches[name]
                 for sequence in ids:
                     cache.truncate(sequence, 0)
 
-        def paged_prefill(page):
-            cache, ids = caches[page]
+        def cache_prefill(name):
+            cache, ids = caches[name]
             cache.append(ids, [length] * prompts)
             cache.write(0, k, v)
-            runs[f"paged {page}"]()
+            runs[name]()
 
         prefills = {"contiguous, default kernel": contiguous_prefill}
-        prefills.update({f"paged {page}": (lambda page=page: paged_prefill(page)) for page in PAGE_SIZES})
+        prefills.update({name: (lambda name=name: cache_prefill(name)) for name in caches})
         samples = {name: [] for name in prefills}
         for _ in range(3):
             for name, fn in prefills.items():
@@ -347,8 +360,8 @@ def bench_prefill(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | Non
 
 
 def prefill_markdown(rows: list[dict]) -> str:
-    lines = ["", "Prefill into a KV cache (one layer, causal; the paged kernel is the SM80 family; with append: host time "
-             "of append + write + attention + wait, median).", "",
+    lines = ["", "Prefill into a KV cache (one layer, causal; over the caches the SM80 kernel family runs; with append: "
+             "host time of append + write + attention + wait, median).", "",
              "| shape | variant | attention | TFLOP/s | SM80 contiguous / variant | default contiguous / variant | "
              "with append | contiguous / variant, with append | output |",
              "|---|---|---:|---:|---:|---:|---:|---:|---|"]

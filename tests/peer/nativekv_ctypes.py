@@ -588,6 +588,9 @@ class VirtualKvCache:
     def free_slot(self, slot: int) -> None:
         self.lib.call("nkv_virtual_kv_cache_free_slot", self.handle, slot)
 
+    def truncate(self, slot: int, length: int) -> None:
+        self.lib.call("nkv_virtual_kv_cache_truncate", self.handle, slot, length)
+
     def ensure_capacity(self, slot: int, tokens: int) -> None:
         self.lib.call("nkv_virtual_kv_cache_ensure_capacity", self.handle, slot, tokens)
 

@@ -114,9 +114,17 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   const Loader k_loader(k_tile, threadIdx.x);
   const Loader v_loader(v_tile, threadIdx.x);
   // A K or V tile, contiguous or through the block table. Prefill computes a whole tile of queries per
-  // key tile, so the table read right before the copies is not worth a lookahead's registers here.
+  // key tile, so the table read right before the copies is not worth a lookahead's registers here (reading
+  // the pages a tile ahead made the kernel 2% slower on an H100; bench/NOTES.md p6). A tile within one page
+  // (pages of kBlockN tokens or more) is a contiguous run of rows: one table read and the contiguous copies.
   auto load_keys = [&](const Loader& loader, const T* base, int64_t row_stride, int n0, uint32_t stage) {
     if constexpr (kPaged) {
+      if ((1 << args.page_shift) >= kBlockN) {  // n0 < lk, so the table row has the tile's page
+        const int page_first_row = __ldg(page_row + (n0 >> args.page_shift)) << args.page_shift;
+        const int64_t shift_rows = page_first_row - (n0 & ~((1 << args.page_shift) - 1));
+        loader.load(base + shift_rows * row_stride, row_stride, n0, lk, stage);
+        return;
+      }
       int32_t pages[Loader::kPasses], rows_in_pool[Loader::kPasses];
       loader.lookup_pages(page_row, args.page_shift, n0, lk, pages);
       loader.rows_in_pool(pages, args.page_shift, n0, rows_in_pool);

@@ -1,14 +1,29 @@
-"""Exploratory: decode over K/V with a token stride wider than a row (the token-major cache's view), in
-cudaMalloc memory (PyTorch) and in the virtual cache, vs contiguous K/V. STRIDES_KIB: token strides."""
+"""Exploratory (bench/NOTES.md p6): decode over K/V with a token stride wider than a row, vs contiguous K/V, on one GPU.
+
+  STRIDES_KIB=4,8,...   token strides in PyTorch (cudaMalloc) memory, K then V at OFFSET_KIB in each token's row
+  LAYERS=32,8           token-major virtual caches of that many layers (view of layer 0), at each of SPLITS
+"""
 import os, sys, torch
 sys.path.insert(0, "bench/peers"); sys.path.insert(0, "tests/peer")
 import attention_bench as ab
 import nativekv_ctypes as nkv
 
 timer = ab.Timer(reps=30, warmup=5)
-SHAPES = [tuple(int(x) for x in c.split("x")) for c in os.environ.get("SHAPES", "64x4096,8x32768").split(",")]
-STRIDES = [float(x) for x in os.environ.get("STRIDES_KIB", "4,8,32,128,132,136").split(",")]
+env = lambda name, default: [x for x in os.environ.get(name, default).split(",") if x]
+SHAPES = [tuple(int(x) for x in c.split("x")) for c in env("SHAPES", "64x4096,8x32768")]
+STRIDES = [float(x) for x in env("STRIDES_KIB", "4,8,32,128,132,136")]
 OFFSET_KIB = float(os.environ.get("OFFSET_KIB", "0"))
+LAYERS = [int(x) for x in env("LAYERS", "32,8")]
+SPLITS = [int(x) for x in env("SPLITS", "0,1,2,4,8")]
+
+
+def compare(label, plan_run, contiguous, reference, out):
+    plan_run(); torch.cuda.synchronize()
+    c_us, us = timer.interleaved_medians_us([lambda i: contiguous(), lambda i: plan_run()])
+    print(f"{label}: contiguous {c_us:7.1f} us, strided {us:7.1f} us, ratio {c_us / us:.3f}, "
+          f"bit-identical {torch.equal(out, reference)}", flush=True)
+
+
 stream = torch.cuda.Stream()
 with torch.cuda.stream(stream):
     side = ab.NativeKvSide(); side.check()
@@ -17,22 +32,29 @@ with torch.cuda.stream(stream):
         k = torch.randn(b, L, 8, 128, device="cuda", dtype=ab.FP16)
         v = torch.randn_like(k)
         plan = side.ctx.plan_decode(32, 8, 128, 1, [L] * b)
-        o_ref = torch.empty_like(q)
-        contiguous = plan.bind(q, k, v, o_ref)
+        reference = torch.empty_like(q)
+        contiguous = plan.bind(q, k, v, reference)
         contiguous(); torch.cuda.synchronize()
         for kib in STRIDES:
-            row = int(kib * 1024) // 2  # elements per token
-            off = int(OFFSET_KIB * 1024) // 2
+            row, off = int(kib * 1024) // 2, int(OFFSET_KIB * 1024) // 2  # elements
             buf = torch.empty(b, L, row, device="cuda", dtype=ab.FP16)
-            ks = buf[:, :, off:off + 1024].view(b, L, 8, 128)
-            vs = buf[:, :, off + 1024:off + 2048].view(b, L, 8, 128) if kib >= 4 + OFFSET_KIB else None
+            ks, vs = (buf[:, :, off + i * 1024:off + (i + 1) * 1024].view(b, L, 8, 128) for i in (0, 1))
             ks.copy_(k); vs.copy_(v)
-            o = torch.empty_like(q)
-            run = plan.bind(q, ks, vs, o)
-            run(); torch.cuda.synchronize()
-            same = torch.equal(o, o_ref)
-            c_us, us = timer.interleaved_medians_us([lambda i: contiguous(), lambda i: run()])
-            print(f"b{b} L{L} token stride {kib:6.1f} KiB (cudaMalloc, offset {OFFSET_KIB} KiB): contiguous {c_us:7.1f} us, "
-                  f"strided {us:7.1f} us, ratio {c_us / us:.3f}, bit-identical {same}", flush=True)
+            out = torch.empty_like(q)
+            compare(f"b{b} L{L} token stride {kib:6.1f} KiB (cudaMalloc, offset {OFFSET_KIB} KiB)",
+                    plan.bind(q, ks, vs, out), contiguous, reference, out)
             del buf, ks, vs; ab.free_memory()
+        for layers in LAYERS:
+            with nkv.VirtualKvCache(side.ctx, layout=nkv.VirtualKvCache.TOKEN_MAJOR, num_layers=layers, num_heads_kv=8,
+                                    head_dim=128, max_slots=b, max_tokens=L) as cache:
+                cache.append([cache.add_slot() for _ in range(b)], [L] * b)
+                cache.write(0, k.reshape(b * L, 8, 128), v.reshape(b * L, 8, 128))
+                for splits in SPLITS:
+                    with side.ctx.plan_decode(32, 8, 128, 1, [L] * b, num_splits=splits) as split_plan:
+                        out = torch.empty_like(q)
+                        compare(f"b{b} L{L} token-major cache, {layers} layers ({cache.info()['tokens_per_block']} tokens "
+                                f"per page), splits {splits} (pieces {split_plan.info()['num_splits']})",
+                                split_plan.bind(q, cache.view(cache.K, 0), cache.view(cache.V, 0), out), contiguous,
+                                reference, out)
+            ab.free_memory()
         plan.close(); del q, k, v; ab.free_memory()

@@ -214,21 +214,23 @@ def bench_step_latency(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float 
                     before = cache.info()
                     gc.collect()
                     gc.disable()  # a collection pause inside a step is the interpreter's latency, not the cache's
-                    for step in range(steps):
-                        t0 = time.perf_counter()
-                        if run == "reserve_ahead":  # keep AHEAD tokens reserved, topped up TOP_UP at a time
-                            for i, (slot, length) in enumerate(zip(slots, lengths)):
-                                if length + AHEAD > reserved[i]:
-                                    reserved[i] = length + AHEAD + TOP_UP
-                                    cache.reserve_ahead(slot, reserved[i])
-                        cache.append(slots, ones)
-                        for layer in range(layers):
-                            cache.write(layer, k_step, v_step)
-                            decodes[layer]()
-                        torch.cuda.synchronize()
-                        samples[run].append((time.perf_counter() - t0) * 1e6)
-                        lengths = [x + 1 for x in lengths]
-                    gc.enable()
+                    try:
+                        for step in range(steps):
+                            t0 = time.perf_counter()
+                            if run == "reserve_ahead":  # keep AHEAD tokens reserved, topped up TOP_UP at a time
+                                for i, (slot, length) in enumerate(zip(slots, lengths)):
+                                    if length + AHEAD > reserved[i]:
+                                        reserved[i] = length + AHEAD + TOP_UP
+                                        cache.reserve_ahead(slot, reserved[i])
+                            cache.append(slots, ones)
+                            for layer in range(layers):
+                                cache.write(layer, k_step, v_step)
+                                decodes[layer]()
+                            torch.cuda.synchronize()
+                            samples[run].append((time.perf_counter() - t0) * 1e6)
+                            lengths = [x + 1 for x in lengths]
+                    finally:
+                        gc.enable()
                     after = cache.info()
                 for key in counts[run]:
                     counts[run][key] += after[key] - before[key]
@@ -315,8 +317,8 @@ def bench_prefill(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | Non
         into_contiguous = auto.bind(q, view_k, view_v, out)
 
         def contiguous_prefill():
-            contiguous_cache.view(total, hkv, d).copy_(k)
-            v_cache.view(total, hkv, d).copy_(v)
+            view_k.copy_(k)
+            view_v.copy_(v)
             into_contiguous()
 
         def reset(name):  # untimed: the caches' prompts are truncated away before each prefill

@@ -146,6 +146,7 @@ public static unsafe class Attention
     /// <param name="lse">[numHeadsQ, rowsQ] float32 with unit last stride: receives the log-sum-exp; or null.</param>
     /// <exception cref="ObjectDisposedException">The plan or the cache was disposed.</exception>
     /// <exception cref="NativeKvInvalidArgumentException">A tensor or the layer is malformed, or the plan does not fit the cache.</exception>
+    /// <exception cref="NativeKvNotSupportedException">The plan was made for <see cref="AttentionKernel.Sm90"/>.</exception>
     public static void Varlen(AttentionPlan plan, TensorView q, PagedKvCache cache, int layer, TensorView o, TensorView? lse = null)
     {
         ArgumentNullException.ThrowIfNull(cache);
@@ -246,11 +247,8 @@ public static unsafe class Attention
     /// <exception cref="NativeKvInvalidArgumentException">A tensor or the layer is malformed, or the plan does not fit the cache.</exception>
     public static void Decode(AttentionPlan plan, TensorView q, VirtualKvCache cache, int layer, TensorView o, TensorView? lse = null)
     {
-        ArgumentNullException.ThrowIfNull(plan);
-        ArgumentNullException.ThrowIfNull(cache);
-        int batch = plan.Info.Batch;
-        Decode(plan, q, cache.View(VirtualKvView.K, layer).Narrow(0, 0, batch), cache.View(VirtualKvView.V, layer).Narrow(0, 0, batch),
-            o, lse);
+        (TensorView k, TensorView v) = SlotViews(plan, cache, layer);
+        Decode(plan, q, k, v, o, lse);
     }
 
     /// <summary>
@@ -273,11 +271,17 @@ public static unsafe class Attention
     /// <exception cref="NativeKvNotSupportedException">The plan was made for <see cref="AttentionKernel.Sm90"/>.</exception>
     public static void Varlen(AttentionPlan plan, TensorView q, VirtualKvCache cache, int layer, TensorView o, TensorView? lse = null)
     {
+        (TensorView k, TensorView v) = SlotViews(plan, cache, layer);
+        Varlen(plan, q, k, v, o, lse);
+    }
+
+    /// <summary>A layer's K and V views of a virtual-memory cache, narrowed to the plan's batch (entry b = slot b).</summary>
+    private static (TensorView K, TensorView V) SlotViews(AttentionPlan plan, VirtualKvCache cache, int layer)
+    {
         ArgumentNullException.ThrowIfNull(plan);
         ArgumentNullException.ThrowIfNull(cache);
         int batch = plan.Info.Batch;
-        Varlen(plan, q, cache.View(VirtualKvView.K, layer).Narrow(0, 0, batch), cache.View(VirtualKvView.V, layer).Narrow(0, 0, batch),
-            o, lse);
+        return (cache.View(VirtualKvView.K, layer).Narrow(0, 0, batch), cache.View(VirtualKvView.V, layer).Narrow(0, 0, batch));
     }
 
     /// <summary>Runs a varlen plan of a CPU-backend context on contiguous float16 host data; synchronous.</summary>

@@ -81,9 +81,17 @@ public sealed unsafe class PagedKvCache : IDisposable, IDeviceMemoryOwner
         NativeStatus.Check(NativeMethods.nkv_paged_kv_cache_create(context.Handle, &native, out nint raw));
         Context = context;
         Handle = new PagedKvCacheHandle(raw, context.Handle);
-        NkvPagedKvCacheInfo info = Info();
-        Options = options with { NumPages = info.NumPages };
-        MaxPagesPerSequence = info.MaxPagesPerSequence;
+        try
+        {
+            NkvPagedKvCacheInfo info = Info();
+            Options = options with { NumPages = info.NumPages };
+            MaxPagesPerSequence = info.MaxPagesPerSequence;
+        }
+        catch
+        {
+            Handle.Dispose();  // not left to the finalizer: the cache holds device memory
+            throw;
+        }
     }
 
     /// <summary>The context the cache lives on.</summary>
@@ -153,6 +161,7 @@ public sealed unsafe class PagedKvCache : IDisposable, IDeviceMemoryOwner
     /// <exception cref="NativeKvOutOfMemoryException">The pool lacks the pages the step needs.</exception>
     /// <exception cref="NativeKvInvalidArgumentException">A sequence is not alive or repeated, a count is negative or
     /// would pass MaxSequenceLength.</exception>
+    /// <exception cref="ArgumentException">The spans differ in length.</exception>
     public void Append(ReadOnlySpan<int> sequences, ReadOnlySpan<int> tokenCounts) =>
         KvCacheSteps.Append(LiveHandle, sequences, tokenCounts, nameof(sequences), &NativeMethods.nkv_paged_kv_cache_append);
 
@@ -163,6 +172,8 @@ public sealed unsafe class PagedKvCache : IDisposable, IDeviceMemoryOwner
     /// <param name="k">[step tokens, NumHeadsKv, HeadDim] of the cache's dtype, the step's sequences in order, unit last stride.</param>
     /// <param name="v">The same for V.</param>
     /// <exception cref="NativeKvInvalidArgumentException">The layer is out of range or a tensor does not match the step.</exception>
+    /// <exception cref="ArgumentException">A view's memory belongs to another context.</exception>
+    /// <exception cref="ObjectDisposedException">The cache, or the memory behind a view, was disposed.</exception>
     public void Write(int layer, TensorView k, TensorView v) =>
         KvCacheSteps.Write(LiveHandle, Context, layer, k, v, &NativeMethods.nkv_paged_kv_cache_write);
 

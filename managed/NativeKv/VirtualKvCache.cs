@@ -90,9 +90,17 @@ public sealed unsafe class VirtualKvCache : IDisposable, IDeviceMemoryOwner
         Context = context;
         Handle = new VirtualKvCacheHandle(raw, context.Handle);
         Options = options;
-        NkvVirtualKvCacheInfo info = Info();
-        RowsPerSlot = info.RowsPerSlot;
-        TokensPerBlock = info.TokensPerBlock;
+        try
+        {
+            NkvVirtualKvCacheInfo info = Info();
+            RowsPerSlot = info.RowsPerSlot;
+            TokensPerBlock = info.TokensPerBlock;
+        }
+        catch
+        {
+            Handle.Dispose();  // not left to the finalizer: the cache holds address space, pages and a thread
+            throw;
+        }
     }
 
     /// <summary>The context the cache lives on.</summary>
@@ -200,6 +208,7 @@ public sealed unsafe class VirtualKvCache : IDisposable, IDeviceMemoryOwner
     /// <exception cref="NativeKvOutOfMemoryException">The budget or the device lacks the pages the step needs.</exception>
     /// <exception cref="NativeKvInvalidArgumentException">A slot is not alive or repeated, a count is negative or would pass
     /// MaxTokens.</exception>
+    /// <exception cref="ArgumentException">The spans differ in length.</exception>
     public void Append(ReadOnlySpan<int> slots, ReadOnlySpan<int> tokenCounts) =>
         KvCacheSteps.Append(LiveHandle, slots, tokenCounts, nameof(slots), &NativeMethods.nkv_virtual_kv_cache_append);
 
@@ -212,6 +221,8 @@ public sealed unsafe class VirtualKvCache : IDisposable, IDeviceMemoryOwner
     /// CUDA its data and strides 16-byte aligned.</param>
     /// <param name="v">The same for V.</param>
     /// <exception cref="NativeKvInvalidArgumentException">The layer is out of range or a tensor does not match the step.</exception>
+    /// <exception cref="ArgumentException">A view's memory belongs to another context.</exception>
+    /// <exception cref="ObjectDisposedException">The cache, or the memory behind a view, was disposed.</exception>
     public void Write(int layer, TensorView k, TensorView v) =>
         KvCacheSteps.Write(LiveHandle, Context, layer, k, v, &NativeMethods.nkv_virtual_kv_cache_write);
 

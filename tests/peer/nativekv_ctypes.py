@@ -660,24 +660,18 @@ class AttentionPlan:
         """A zero-argument function that runs the plan on these tensors: the nkv_tensor views are made once,
         so a timing loop measures the library call, not Python building structs. Keeps the tensors alive."""
         fn_name = "nkv_attention_varlen" if self.kind == ATTENTION_VARLEN else "nkv_attention_decode"
-        views = [tensor(t) for t in (q, k, v, o, lse)]
-        args = [self.handle] + [_ptr(x) for x in views]
-        keep_alive = (q, k, v, o, lse, views)
-        call = self.lib.call
-
-        def run() -> None:
-            _ = keep_alive
-            call(fn_name, *args)
-
-        return run
+        return self._bind(fn_name, (q, k, v, o, lse))
 
     def bind_paged(self, q, k_pool, v_pool, block_table, o, lse=None) -> Callable[[], None]:
         """As bind, over paged K/V: pools [pages, page_size, Hkv, d] and an int32 block table [batch, pages per
         sequence] (nkv_attention_decode_paged, nkv_attention_varlen_paged)."""
         fn_name = "nkv_attention_varlen_paged" if self.kind == ATTENTION_VARLEN else "nkv_attention_decode_paged"
-        views = [tensor(t) for t in (q, k_pool, v_pool, block_table, o, lse)]
+        return self._bind(fn_name, (q, k_pool, v_pool, block_table, o, lse))
+
+    def _bind(self, fn_name: str, tensors: tuple) -> Callable[[], None]:
+        views = [tensor(t) for t in tensors]
         args = [self.handle] + [_ptr(x) for x in views]
-        keep_alive = (q, k_pool, v_pool, block_table, o, lse, views)
+        keep_alive = (tensors, views)
         call = self.lib.call
 
         def run() -> None:

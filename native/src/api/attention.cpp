@@ -9,6 +9,7 @@
 #include "core/api_guard.h"
 #include "core/attention.h"
 #include "core/backends.h"
+#include "core/context_memory.h"
 #include "core/tensor_checks.h"
 
 using namespace nkv;
@@ -39,13 +40,16 @@ void check_kv_layout(const nkv_attention_plan& plan, int64_t page_size) {
                 (page_size == 0 ? std::string("contiguous K/V") : "pools of page size " + std::to_string(page_size)));
 }
 
+// The page sizes paged K/V may have.
+bool is_page_size(int64_t page_size) { return page_size >= 1 && page_size <= 256 && (page_size & (page_size - 1)) == 0; }
+
 // The page size a decode plan is made for (0: any K/V).
 int32_t check_kv_page_size(const nkv_attention_options* options, bool decode) {
   if (options == nullptr || options->struct_size < sizeof(nkv_attention_options)) return 0;
   const int32_t page_size = options->kv_page_size;
   if (page_size == 0) return 0;
   if (!decode) fail_argument("argument 'options.kv_page_size': must be 0 for varlen plans, got " + std::to_string(page_size));
-  if (page_size < 0 || page_size > 256 || (page_size & (page_size - 1)) != 0) {
+  if (!is_page_size(page_size)) {
     fail_argument("argument 'options.kv_page_size': expected 0 or a power of two <= 256, got " + std::to_string(page_size));
   }
   return page_size;
@@ -351,6 +355,23 @@ void check_decode_lse(const nkv_tensor* lse, const nkv_context& c, const nkv_att
   check_unit_inner_stride("lse", tl);
 }
 
+const nkv_tensor& check_decode_q(const nkv_attention_plan& p, const nkv_tensor* q) {
+  const nkv_tensor& tq = check_tensor("q", q, *p.context);
+  check_attention_tensor("q", tq, {p.batch, p.q_len, p.num_heads_q, p.head_dim}, *p.context);
+  return tq;
+}
+
+// O [batch, q_len, heads, head_dim] of q's dtype and the LSE; returns O.
+const nkv_tensor& check_decode_outputs(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor* o,
+                                       const nkv_tensor* lse) {
+  const nkv_context& c = *p.context;
+  const nkv_tensor& to = check_tensor("o", o, c);
+  check_attention_tensor("o", to, {p.batch, p.q_len, p.num_heads_q, p.head_dim}, c);
+  check_same_dtype("o", to, "q", tq);
+  check_decode_lse(lse, c, p);
+  return to;
+}
+
 void run_decode(const nkv_attention_plan& p, DecodeAttentionArgs& a, const nkv_tensor& q, const nkv_tensor& o,
                 const nkv_tensor* lse) {
   a.dtype = static_cast<nkv_dtype>(q.dtype);
@@ -419,7 +440,7 @@ PagedKv check_paged_kv(const nkv_attention_plan& p, const nkv_tensor& tq, const 
   check_attention_tensor("v_pool", tv, {tk.shape[0], tk.shape[1], hkv, d}, c);
   check_same_dtype("v_pool", tv, "q", tq);
   const int64_t page_size = tk.shape[1];
-  if (page_size < 1 || page_size > 256 || (page_size & (page_size - 1)) != 0) {
+  if (!is_page_size(page_size)) {
     fail_argument("argument 'k_pool': expected a page size (dimension 1) that is a power of two <= 256, got shape " +
                   shape_string(tk));
   }
@@ -468,6 +489,13 @@ const nkv_tensor& check_batched_kv(const nkv_attention_plan& p, const nkv_tensor
   return tv;
 }
 
+// check_outputs_disjoint over paged K/V: the pools and the block table.
+void check_paged_outputs_disjoint(const nkv_tensor& o, const nkv_tensor* lse, const nkv_tensor& q, const PagedKv& kv) {
+  check_outputs_disjoint(o, lse, q, *kv.k, *kv.v, "k_pool", "v_pool");
+  if (lse != nullptr) check_disjoint("lse", *lse, "block_table", *kv.table);
+  check_disjoint("o", o, "block_table", *kv.table);
+}
+
 const nkv_tensor& check_varlen_q(const nkv_attention_plan& p, const nkv_tensor* q) {
   const nkv_tensor& tq = check_tensor("q", q, *p.context);
   check_attention_tensor("q", tq, {-1, p.num_heads_q, p.head_dim}, *p.context);
@@ -492,9 +520,7 @@ void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_ten
     check_unit_inner_stride("lse", tl);
   }
   if (paged != nullptr) {
-    check_outputs_disjoint(to, lse, tq, tk, tv, "k_pool", "v_pool");
-    if (lse != nullptr) check_disjoint("lse", *lse, "block_table", *paged->table);
-    check_disjoint("o", to, "block_table", *paged->table);
+    check_paged_outputs_disjoint(to, lse, tq, *paged);
   } else {
     check_outputs_disjoint(to, lse, tq, tk, tv);
   }
@@ -610,7 +636,7 @@ NKV_API nkv_status nkv_attention_plan_destroy(nkv_attention_plan* plan) {
   return guard("nkv_attention_plan_destroy", [&] {
     if (plan == nullptr) return;
     const nkv_context& c = *plan->context;
-    if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
+    synchronize_on(c);
     release_plan(plan);
   });
 }
@@ -685,16 +711,10 @@ NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tens
   return guard("nkv_attention_decode", [&] {
     const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
     check_kv_layout(p, 0);
-    const nkv_context& c = *p.context;
-    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, d = p.head_dim;
-    const nkv_tensor& tq = check_tensor("q", q, c);
-    check_attention_tensor("q", tq, {b, t, hq, d}, c);
-    const nkv_tensor& tk = check_tensor("k", k, c);
+    const nkv_tensor& tq = check_decode_q(p, q);
+    const nkv_tensor& tk = check_tensor("k", k, *p.context);
     const nkv_tensor& tv = check_batched_kv(p, tq, tk, v);
-    const nkv_tensor& to = check_tensor("o", o, c);
-    check_attention_tensor("o", to, {b, t, hq, d}, c);
-    check_same_dtype("o", to, "q", tq);
-    check_decode_lse(lse, c, p);
+    const nkv_tensor& to = check_decode_outputs(p, tq, o, lse);
     check_outputs_disjoint(to, lse, tq, tk, tv);
 
     DecodeAttentionArgs a;
@@ -716,15 +736,13 @@ NKV_API nkv_status nkv_attention_decode_kv_pointers(nkv_attention_plan* plan, co
     const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
     check_kv_layout(p, 0);
     const nkv_context& c = *p.context;
-    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q;
-    const nkv_tensor& tq = check_tensor("q", q, c);
-    check_attention_tensor("q", tq, {b, t, hq, p.head_dim}, c);
+    const nkv_tensor& tq = check_decode_q(p, q);
     const char* table_names[] = {"k_pointers", "v_pointers"};
     const nkv_tensor* tables[] = {k_pointers, v_pointers};
     for (int i = 0; i < 2; ++i) {
       const nkv_tensor& table = check_tensor(table_names[i], tables[i], c);
       check_dtype(table_names[i], table, {NKV_DTYPE_INT64});
-      check_shape(table_names[i], table, {b});
+      check_shape(table_names[i], table, {p.batch});
       check_unit_inner_stride(table_names[i], table);
     }
     const char* stride_names[] = {"token_stride", "head_stride"};
@@ -738,10 +756,7 @@ NKV_API nkv_status nkv_attention_decode_kv_pointers(nkv_attention_plan* plan, co
                       "CUDA, got " + std::to_string(strides[i]));
       }
     }
-    const nkv_tensor& to = check_tensor("o", o, c);
-    check_attention_tensor("o", to, {b, t, hq, p.head_dim}, c);
-    check_same_dtype("o", to, "q", tq);
-    check_decode_lse(lse, c, p);
+    const nkv_tensor& to = check_decode_outputs(p, tq, o, lse);
     // The tables stand in for K and V in the overlap rule (the memory they point to is the caller's to keep apart).
     check_outputs_disjoint(to, lse, tq, *k_pointers, *v_pointers, "k_pointers", "v_pointers");
 
@@ -759,19 +774,11 @@ NKV_API nkv_status nkv_attention_decode_paged(nkv_attention_plan* plan, const nk
                                               const nkv_tensor* lse) {
   return guard("nkv_attention_decode_paged", [&] {
     const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
-    const nkv_context& c = *p.context;
-    const int64_t b = p.batch, t = p.q_len, hq = p.num_heads_q, d = p.head_dim;
-    const nkv_tensor& tq = check_tensor("q", q, c);
-    check_attention_tensor("q", tq, {b, t, hq, d}, c);
+    const nkv_tensor& tq = check_decode_q(p, q);
     const PagedKv kv = check_paged_kv(p, tq, k_pool, v_pool, block_table);
     const nkv_tensor &tk = *kv.k, &tv = *kv.v, &table = *kv.table;
-    const nkv_tensor& to = check_tensor("o", o, c);
-    check_attention_tensor("o", to, {b, t, hq, d}, c);
-    check_same_dtype("o", to, "q", tq);
-    check_decode_lse(lse, c, p);
-    check_outputs_disjoint(to, lse, tq, tk, tv, "k_pool", "v_pool");
-    if (lse != nullptr) check_disjoint("lse", *lse, "block_table", table);
-    check_disjoint("o", to, "block_table", table);
+    const nkv_tensor& to = check_decode_outputs(p, tq, o, lse);
+    check_paged_outputs_disjoint(to, lse, tq, kv);
 
     DecodeAttentionArgs a;
     a.k = tk.data;

@@ -3,6 +3,7 @@
 
 #include "core/api_guard.h"
 #include "core/backends.h"
+#include "core/context_memory.h"
 #include "core/handles.h"
 #include "core/tensor_checks.h"
 
@@ -107,7 +108,7 @@ NKV_API nkv_status nkv_context_stream(const nkv_context* context, void** out_str
 NKV_API nkv_status nkv_context_synchronize(nkv_context* context) {
   return guard("nkv_context_synchronize", [&] {
     const nkv_context& c = check_context(context);
-    if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
+    synchronize_on(c);
   });
 }
 

@@ -1,6 +1,7 @@
 // Paged KV cache: validation, the host bookkeeping, and the device mirrors it keeps in step.
 #include <algorithm>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -43,6 +44,15 @@ int32_t check_alive(const nkv_paged_kv_cache& cache, int32_t sequence, const cha
                   " is not alive (never added, or already freed)");
   }
   return sequence;
+}
+
+// The lowest sequence id not alive, the one handed out next; NKV_STATUS_OUT_OF_MEMORY when all are.
+int32_t lowest_free_id(const nkv_paged_kv_cache& cache) {
+  const auto free = std::find(cache.alive.begin(), cache.alive.end(), 0);
+  if (free == cache.alive.end()) {
+    fail(NKV_STATUS_OUT_OF_MEMORY, "all " + std::to_string(cache.max_sequences) + " sequence ids (options.max_sequences) are alive");
+  }
+  return static_cast<int32_t>(free - cache.alive.begin());
 }
 
 int64_t pages_for(const nkv_paged_kv_cache& cache, int64_t tokens) { return (tokens + cache.page_size - 1) / cache.page_size; }
@@ -92,11 +102,20 @@ uint8_t* page_of(const nkv_paged_kv_cache& cache, int32_t layer, int32_t pool, i
 
 namespace nkv {
 
+uint64_t checked_product(std::initializer_list<uint64_t> factors, const char* what) {
+  uint64_t product = 1;
+  for (uint64_t f : factors) {
+    if (f != 0 && product > std::numeric_limits<uint64_t>::max() / f) fail(NKV_STATUS_NOT_SUPPORTED, std::string(what) + " overflows 64 bits");
+    product *= f;
+  }
+  return product;
+}
+
 void reserve_step_array(const nkv_context& c, int32_t*& array, int64_t& capacity, int64_t count) {
   if (count <= capacity) return;
   const int64_t grown_capacity = std::max<int64_t>(count, 2 * capacity);
   int32_t* grown = static_cast<int32_t*>(allocate_on(c, static_cast<uint64_t>(grown_capacity) * sizeof(int32_t)));
-  if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
+  synchronize_on(c);
   release_on(c, array);
   array = grown;
   capacity = grown_capacity;
@@ -147,8 +166,7 @@ NKV_API nkv_status nkv_paged_kv_cache_create(nkv_context* context, const nkv_pag
     check_struct_size("options", options->struct_size, sizeof(nkv_paged_kv_cache_options), "nkv_paged_kv_cache_options");
     const nkv_paged_kv_cache_options& o = *options;
     if (o.dtype != NKV_DTYPE_FLOAT16 && o.dtype != NKV_DTYPE_BFLOAT16) {
-      fail_argument(std::string("argument 'options.dtype': expected NKV_DTYPE_FLOAT16 or NKV_DTYPE_BFLOAT16, got ") +
-                    dtype_name(o.dtype));
+      fail_argument("argument 'options.dtype': expected NKV_DTYPE_FLOAT16 or NKV_DTYPE_BFLOAT16, got " + std::to_string(o.dtype));
     }
     auto positive = [](const char* name, int64_t value) {
       if (value < 1) fail_argument(std::string("argument 'options.") + name + "': expected >= 1, got " + std::to_string(value));
@@ -164,8 +182,10 @@ NKV_API nkv_status nkv_paged_kv_cache_create(nkv_context* context, const nkv_pag
     if (std::find(std::begin(kPageSizes), std::end(kPageSizes), o.page_size) == std::end(kPageSizes)) {
       fail_argument("argument 'options.page_size': expected 1, 8, 16, 32, 64, 128 or 256, got " + std::to_string(o.page_size));
     }
-    const uint64_t pool_page_bytes = static_cast<uint64_t>(o.page_size) * o.num_heads_kv * o.head_dim * 2;
-    const uint64_t bytes_per_page = pool_page_bytes * 2 * static_cast<uint64_t>(o.num_layers);
+    const uint64_t pool_page_bytes = checked_product(
+        {static_cast<uint64_t>(o.page_size), static_cast<uint64_t>(o.num_heads_kv), static_cast<uint64_t>(o.head_dim), 2},
+        "a page's bytes");
+    const uint64_t bytes_per_page = checked_product({pool_page_bytes, 2, static_cast<uint64_t>(o.num_layers)}, "a page's bytes");
     int64_t num_pages = o.num_pages;
     if (num_pages < 0) fail_argument("argument 'options.num_pages': expected >= 0, got " + std::to_string(num_pages));
     if (num_pages == 0) num_pages = static_cast<int64_t>(o.byte_budget / bytes_per_page);
@@ -173,10 +193,12 @@ NKV_API nkv_status nkv_paged_kv_cache_create(nkv_context* context, const nkv_pag
       fail_argument("argument 'options': num_pages is 0 and byte_budget (" + std::to_string(o.byte_budget) +
                     " bytes) holds no page of " + std::to_string(bytes_per_page) + " bytes (all layers, K and V)");
     }
-    if (num_pages > INT32_MAX) {
-      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options': " + std::to_string(num_pages) + " pages; at most " +
-                                         std::to_string(INT32_MAX) + " are supported (page ids are int32)");
+    if (num_pages * o.page_size > INT32_MAX) {  // a step's slots (page x page_size + token) are int32
+      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options': " + std::to_string(num_pages) + " pages of " +
+                                         std::to_string(o.page_size) + " tokens; at most " + std::to_string(INT32_MAX) +
+                                         " token slots are supported (slots are int32)");
     }
+    const uint64_t pool_bytes = checked_product({bytes_per_page, static_cast<uint64_t>(num_pages)}, "the pools' bytes");
     const int64_t pages_per_sequence = (static_cast<int64_t>(o.max_sequence_length) + o.page_size - 1) / o.page_size;
     CachePtr cache(new nkv_paged_kv_cache());
     cache->context = context;
@@ -194,11 +216,10 @@ NKV_API nkv_status nkv_paged_kv_cache_create(nkv_context* context, const nkv_pag
     cache->block_table.assign(table_entries, -1);
     cache->lengths.assign(static_cast<size_t>(o.max_sequences), 0);
     cache->alive.assign(static_cast<size_t>(o.max_sequences), 0);
-    for (int32_t id = o.max_sequences - 1; id >= 0; --id) cache->free_ids.push_back(id);
     cache->page_references.assign(static_cast<size_t>(num_pages), 0);
     cache->free_pages.reserve(static_cast<size_t>(num_pages));
     for (int64_t page = num_pages - 1; page >= 0; --page) cache->free_pages.push_back(static_cast<int32_t>(page));
-    cache->pools = allocate_on(c, bytes_per_page * static_cast<uint64_t>(num_pages));
+    cache->pools = allocate_on(c, pool_bytes);
     cache->device_block_table = static_cast<int32_t*>(allocate_on(c, table_entries * sizeof(int32_t)));
     cache->device_lengths = static_cast<int32_t*>(allocate_on(c, cache->lengths.size() * sizeof(int32_t)));
     upload_to(c, cache->device_block_table, cache->block_table.data(), table_entries * sizeof(int32_t));
@@ -211,7 +232,7 @@ NKV_API nkv_status nkv_paged_kv_cache_destroy(nkv_paged_kv_cache* cache) {
   return guard("nkv_paged_kv_cache_destroy", [&] {
     if (cache == nullptr) return;
     const nkv_context& c = *cache->context;
-    if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
+    synchronize_on(c);
     CacheDeleter()(cache);
   });
 }
@@ -220,11 +241,7 @@ NKV_API nkv_status nkv_paged_kv_cache_add_sequence(nkv_paged_kv_cache* cache, in
   return guard("nkv_paged_kv_cache_add_sequence", [&] {
     require_out(out_sequence, "out_sequence");
     nkv_paged_kv_cache& k = check_cache(cache);
-    if (k.free_ids.empty()) {
-      fail(NKV_STATUS_OUT_OF_MEMORY, "all " + std::to_string(k.max_sequences) + " sequence ids (options.max_sequences) are alive");
-    }
-    const int32_t sequence = k.free_ids.back();
-    k.free_ids.pop_back();
+    const int32_t sequence = lowest_free_id(k);
     k.alive[sequence] = 1;
     k.lengths[sequence] = 0;
     publish_sequence(k, sequence);
@@ -237,11 +254,7 @@ NKV_API nkv_status nkv_paged_kv_cache_fork(nkv_paged_kv_cache* cache, int32_t pa
     require_out(out_sequence, "out_sequence");
     nkv_paged_kv_cache& k = check_cache(cache);
     check_alive(k, parent, "parent");
-    if (k.free_ids.empty()) {
-      fail(NKV_STATUS_OUT_OF_MEMORY, "all " + std::to_string(k.max_sequences) + " sequence ids (options.max_sequences) are alive");
-    }
-    const int32_t child = k.free_ids.back();
-    k.free_ids.pop_back();
+    const int32_t child = lowest_free_id(k);
     k.alive[child] = 1;
     k.lengths[child] = k.lengths[parent];
     const int32_t* from = row_of(k, parent);
@@ -278,8 +291,6 @@ NKV_API nkv_status nkv_paged_kv_cache_free_sequence(nkv_paged_kv_cache* cache, i
     forget_stale_step(k);
     k.lengths[sequence] = 0;
     k.alive[sequence] = 0;
-    k.free_ids.push_back(sequence);
-    std::sort(k.free_ids.begin(), k.free_ids.end(), std::greater<int32_t>());  // the lowest id is handed out next
     publish_sequence(k, sequence);
   });
 }
@@ -356,7 +367,7 @@ NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const in
       last_changed = std::max(last_changed, s);
     }
     if (last_changed >= 0) publish_sequences(k, first_changed, last_changed);
-    if (!k.step_slots.empty()) {
+    if (c.backend == NKV_BACKEND_CUDA && !k.step_slots.empty()) {  // the CPU backend reads step_slots itself
       upload_to(c, k.device_step_slots, k.step_slots.data(), k.step_slots.size() * sizeof(int32_t));
     }
   });

@@ -6,6 +6,7 @@
 
 #include "core/api_guard.h"
 #include "core/backends.h"
+#include "core/context_memory.h"
 #include "core/pack.h"
 #include "core/tensor_checks.h"
 
@@ -173,7 +174,7 @@ NKV_API nkv_status nkv_pack_plan_destroy(nkv_pack_plan* plan) {
     PlanPtr owned(plan);  // freed even when waiting fails: the failed work no longer runs
     const nkv_context& c = *plan->context;
     // Kernels queued on the context's stream may still read the index arrays.
-    if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
+    synchronize_on(c);
   });
 }
 

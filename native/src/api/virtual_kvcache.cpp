@@ -108,11 +108,6 @@ void unmap_blocks_from(Cache& cache, int32_t s, int32_t first_block) {
   slot.mapped_blocks = std::min(slot.mapped_blocks, first_block);
 }
 
-void synchronize_stream(const Cache& cache) {
-  const nkv_context& c = *cache.context;
-  if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
-}
-
 // The blocks each slot needs now: its length's for a live slot, none for a freed one. Callers raise the
 // entries of slots about to grow.
 std::vector<int32_t> blocks_in_use(const Cache& cache) {
@@ -130,7 +125,7 @@ bool reclaim(Cache& cache, const std::vector<int32_t>& keep) {
   bool any = false;
   for (int32_t s = 0; s < cache.max_slots; ++s) any |= !cache.slots[s].mapping && cache.slots[s].mapped_blocks > keep[s];
   if (!any) return false;
-  synchronize_stream(cache);  // a kernel queued earlier may still read them
+  synchronize_on(*cache.context);  // a kernel queued earlier may still read them
   for (int32_t s = 0; s < cache.max_slots; ++s) {
     if (!cache.slots[s].mapping && cache.slots[s].mapped_blocks > keep[s]) unmap_blocks_from(cache, s, keep[s]);
   }
@@ -351,7 +346,7 @@ struct CacheDeleter {
     stop_worker(*cache);
     const nkv_context& c = *cache->context;
     try {
-      synchronize_stream(*cache);
+      synchronize_on(*cache->context);
     } catch (...) {
     }
     if (cache->base != nullptr) {
@@ -378,15 +373,6 @@ struct CacheDeleter {
   }
 };
 using CachePtr = std::unique_ptr<Cache, CacheDeleter>;
-
-uint64_t checked_product(std::initializer_list<uint64_t> factors, const char* what) {
-  uint64_t product = 1;
-  for (uint64_t f : factors) {
-    if (f != 0 && product > std::numeric_limits<uint64_t>::max() / f) fail(NKV_STATUS_NOT_SUPPORTED, std::string(what) + " overflows 64 bits");
-    product *= f;
-  }
-  return product;
-}
 
 }  // namespace
 
@@ -495,7 +481,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_fork(nkv_virtual_kv_cache* cache, int32_
     Cache::Slot& from = k.slots[parent];
     Cache::Slot& to = k.slots[target];
     if (to.mapped_blocks > 0) {
-      synchronize_stream(k);
+      synchronize_on(*k.context);
       unmap_blocks_from(k, target, 0);
     }
     std::vector<int32_t> copies = acquire_pages(k, partial ? k.regions : 0, blocks_in_use(k));
@@ -512,10 +498,12 @@ NKV_API nkv_status nkv_virtual_kv_cache_fork(nkv_virtual_kv_cache* cache, int32_
         for (int32_t r = 0; r < k.regions; ++r) {
           page_at(to, k, full, r) = copies[r];
           k.page_references[copies[r]] = 1;
+        }
+        to.mapped_blocks = full + 1;  // before the copies: a failed copy unmaps this block with the others
+        ++k.blocks_mapped_inline;
+        for (int32_t r = 0; r < k.regions; ++r) {
           copy_within(*k.context, address_of(k, target, r, full), address_of(k, parent, r, full), k.page_bytes);
         }
-        to.mapped_blocks = full + 1;
-        ++k.blocks_mapped_inline;
       }
     } catch (...) {
       unmap_blocks_from(k, target, 0);  // just mapped: no kernel reads them
@@ -589,7 +577,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_trim(nkv_virtual_kv_cache* cache) {
     Cache& k = check_cache(cache);
     Lock lock(k.mutex);
     k.changed.wait(lock, [&] { return std::none_of(k.slots.begin(), k.slots.end(), [](const Cache::Slot& x) { return x.mapping; }); });
-    synchronize_stream(k);
+    synchronize_on(*k.context);
     for (int32_t s = 0; s < k.max_slots; ++s) {
       unmap_blocks_from(k, s, k.slots[s].alive ? blocks_for(k, k.slots[s].length) : 0);
     }
@@ -666,7 +654,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
     // Copy on write first: for each shared page the step writes into, the stream is synchronized (queued
     // kernels may read the slot's mapping), the page unmapped from the slot, a fresh page mapped in its
     // place and filled from another slot that still maps the original.
-    if (!shared.empty()) synchronize_stream(k);
+    if (!shared.empty()) synchronize_on(*k.context);
     for (const auto& [s, b] : shared) {
       Cache::Slot& slot = k.slots[s];
       for (int32_t r = 0; r < k.regions; ++r) {
@@ -689,9 +677,16 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
           }
         }
         k.memory->unmap(address_of(k, s, r, b));
+        try {
+          k.memory->map(address_of(k, s, r, b), &k.page_handles[copy], 1);
+        } catch (...) {
+          // The shared page goes back where it was, the unused pages to the pool; the blocks copied before
+          // this one hold the same contents as their originals.
+          k.memory->map(address_of(k, s, r, b), &k.page_handles[original], 1);
+          k.pooled.insert(k.pooled.end(), pages.begin() + static_cast<std::ptrdiff_t>(next - 1), pages.end());
+          throw;
+        }
         --k.page_references[original];
-        id = -1;
-        k.memory->map(address_of(k, s, r, b), &k.page_handles[copy], 1);
         id = copy;
         k.page_references[copy] = 1;
         if (source != nullptr) copy_within(*k.context, address_of(k, s, r, b), source, k.page_bytes);

@@ -40,6 +40,11 @@ inline void download_from(const nkv_context& c, void* host_destination, const vo
   }
 }
 
+// Waits for the work queued on the context's stream (nothing to wait for on the CPU backend).
+inline void synchronize_on(const nkv_context& c) {
+  if (c.backend == NKV_BACKEND_CUDA) cuda::synchronize(c.device_ordinal, c.stream);
+}
+
 // Within the context's memory; on CUDA asynchronous on the context's stream.
 inline void copy_within(const nkv_context& c, void* destination, const void* source, uint64_t bytes) {
   if (c.backend == NKV_BACKEND_CUDA) {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <initializer_list>
 #include <vector>
 
 #include "core/handles.h"
@@ -32,7 +33,6 @@ struct nkv_paged_kv_cache {
   std::vector<int32_t> block_table;     // as device_block_table
   std::vector<int32_t> lengths;         // tokens per sequence id
   std::vector<uint8_t> alive;           // per sequence id
-  std::vector<int32_t> free_ids;        // sequence ids to hand out, the lowest last
   std::vector<int32_t> free_pages;      // a stack
   std::vector<int32_t> page_references; // sequences holding each page
   std::vector<int32_t> step_slots;      // the last append's slots
@@ -62,6 +62,10 @@ struct PagedKvWriteArgs {
 void write_step(const nkv_context& context, nkv_dtype dtype, int64_t tokens, int32_t num_heads_kv, int32_t head_dim,
                 const nkv_tensor* k, const nkv_tensor* v, void* k_pool, void* v_pool, const int32_t* slots,
                 int64_t slot_stride);
+
+// The product of `factors`, or NKV_STATUS_NOT_SUPPORTED naming `what` when it does not fit 64 bits (a cache's
+// sizes from its options; api/kvcache.cpp).
+uint64_t checked_product(std::initializer_list<uint64_t> factors, const char* what);
 
 // Makes the device array of a step's slots (or rows) hold at least `count` entries: it only grows, and an
 // outgrown array is released after the work queued on it (api/kvcache.cpp).

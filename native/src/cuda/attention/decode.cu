@@ -485,10 +485,13 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
   NKV_CUDA_CHECK(cudaGetLastError());
 }
 
+// Blocks of the contiguous or the paged instantiation (same shared memory, not the same registers) that fit
+// on one SM.
 template <typename T, int kHeadDim, int kMTiles, int kStages>
-int resident_blocks() {  // the paged instantiation uses the same shared memory and launch bounds
+int resident_blocks(bool paged) {
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
-  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages, false>;
+  auto split_kernel = paged ? decode_split_kernel<T, kHeadDim, kMTiles, kStages, true>
+                            : decode_split_kernel<T, kHeadDim, kMTiles, kStages, false>;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
   int blocks = 0;
@@ -555,11 +558,11 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const DecodeKernelParams&
 // b8 x L32768 with 2 splits) than two co-resident blocks per SM over half the keys each (4.32 TB/s),
 // and deeper pipelines (4 or 6 stages) did not help (bench/NOTES.md, a5).
 template <int kHeadDim, int kMTiles, int kStages>
-int blocks_per_sm(size_t in_flight_bytes) {
+int blocks_per_sm(size_t in_flight_bytes, bool paged) {
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
   constexpr size_t kPerBlock = (kStages - 1) * Tiles::kStageBytes;
   const int wanted = static_cast<int>((in_flight_bytes + kPerBlock - 1) / kPerBlock);
-  return std::max(1, std::min(wanted, resident_blocks<__half, kHeadDim, kMTiles, kStages>()));
+  return std::max(1, std::min(wanted, resident_blocks<__half, kHeadDim, kMTiles, kStages>(paged)));
 }
 
 // Blocks over distinct keys that run at once on the GPU, shared among the row blocks.
@@ -570,16 +573,17 @@ int64_t block_slots_for(const nkv_attention_plan& plan) {
   // time with one block per SM vs two: page 16 0.932 vs 0.958, page 64 0.964 vs 0.971, but page 256
   // 0.985 vs 0.973 (bench/NOTES.md p3).
   const size_t in_flight_bytes = plan.kv_page_size > 0 && plan.kv_page_size < 256 ? 128 * 1024 : 64 * 1024;
+  const bool paged = plan.kv_page_size > 0;  // such a plan runs only the paged instantiation
   const DecodeConfig c = decode_config<kHeadDim>(plan);
   int per_sm = 0;
   if constexpr (kHeadDim == 256) {
-    per_sm = blocks_per_sm<kHeadDim, 1, 2>(in_flight_bytes);
+    per_sm = blocks_per_sm<kHeadDim, 1, 2>(in_flight_bytes, paged);
   } else if (c.m_tiles == 1) {
-    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 1, kDeepStages>(in_flight_bytes)
-                                     : blocks_per_sm<kHeadDim, 1, 2>(in_flight_bytes);
+    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 1, kDeepStages>(in_flight_bytes, paged)
+                                     : blocks_per_sm<kHeadDim, 1, 2>(in_flight_bytes, paged);
   } else {
-    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 2, kDeepStages>(in_flight_bytes)
-                                     : blocks_per_sm<kHeadDim, 2, 2>(in_flight_bytes);
+    per_sm = c.stages == kDeepStages ? blocks_per_sm<kHeadDim, 2, kDeepStages>(in_flight_bytes, paged)
+                                     : blocks_per_sm<kHeadDim, 2, 2>(in_flight_bytes, paged);
   }
   const int64_t rows = static_cast<int64_t>(plan.q_len) * (plan.num_heads_q / plan.num_heads_kv);
   const int64_t row_blocks = (rows + 16 * c.m_tiles - 1) / (16 * c.m_tiles);

@@ -138,7 +138,7 @@ struct TileLoader {
   }
 
   // The same through a page table, reading the rows `physical_rows` (this thread's rows of the tile, from
-  // rows_in_pool) of `base`. The row offsets are 32-bit (the caller checks that the pool's elements fit), so
+  // rows_in_pool) of `base`. The row indices are 32-bit (the API checks that a pool has fewer than 2^31 rows), so
   // a pass costs one wide multiply-add more than the contiguous load.
   template <bool kWithPolicy = false, typename T>
   __device__ __forceinline__ void load_paged(const T* base, int32_t row_stride, const int32_t (&physical_rows)[kPasses],

@@ -117,12 +117,13 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   // key tile, so the table read right before the copies is not worth a lookahead's registers here (reading
   // the pages a tile ahead made the kernel 2% slower on an H100; bench/NOTES.md p6). A tile within one page
   // (pages of kBlockN tokens or more) is a contiguous run of rows: one table read and the contiguous copies.
+  const bool tile_in_one_page = kPaged && (1 << args.page_shift) >= kBlockN;
   auto load_keys = [&](const Loader& loader, const T* base, int64_t row_stride, int n0, uint32_t stage) {
     if constexpr (kPaged) {
-      if ((1 << args.page_shift) >= kBlockN) {  // n0 < lk, so the table row has the tile's page
-        const int page_first_row = __ldg(page_row + (n0 >> args.page_shift)) << args.page_shift;
-        const int64_t shift_rows = page_first_row - (n0 & ~((1 << args.page_shift) - 1));
-        loader.load(base + shift_rows * row_stride, row_stride, n0, lk, stage);
+      if (tile_in_one_page) {  // n0 < lk, so the table row has the tile's page
+        const int page_mask = (1 << args.page_shift) - 1;
+        const int64_t page_first_row = static_cast<int64_t>(__ldg(page_row + (n0 >> args.page_shift))) << args.page_shift;
+        loader.load(base + page_first_row * row_stride, row_stride, n0 & page_mask, lk - (n0 & ~page_mask), stage);
         return;
       }
       int32_t pages[Loader::kPasses], rows_in_pool[Loader::kPasses];

@@ -10,8 +10,10 @@ public enum VirtualKvLayout
     LayerMajor = 0,
 
     /// <summary>
-    /// One region: [slot][token][layer][K|V][head][d]. A page holds every layer of page bytes / (NumLayers · 2 · NumHeadsKv ·
-    /// HeadDim · 2) tokens (16 for 32 layers of 8 × 128 float16), so a slot wastes less than a page, as in a paged cache.
+    /// One region: [slot][block][layer][K|V][token][head][d], a block being one page that holds every layer of page bytes /
+    /// (NumLayers · 2 · NumHeadsKv · HeadDim · 2) whole tokens (16 for 32 layers of 8 × 128 float16), so a slot wastes less
+    /// than a page, as in a paged cache. One layer's K and V rows of a page's tokens lie together, so decode streams them as
+    /// fast as from a contiguous tensor. A token of every layer must fit in a page.
     /// </summary>
     TokenMajor = 1,
 }

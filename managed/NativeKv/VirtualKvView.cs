@@ -4,8 +4,9 @@ namespace NativeKv;
 public enum VirtualKvView
 {
     /// <summary>
-    /// [max_slots, max_tokens, num_heads_kv, head_dim] of one layer's K, strided: the layout of a contiguous decode's k with
-    /// batch entry b = slot b. Only mapped tokens may be read.
+    /// One layer's K, strided: [max_slots, max_tokens, num_heads_kv, head_dim] (layer-major) or [max_slots, blocks per slot,
+    /// tokens per block, num_heads_kv, head_dim] (token-major, token t of a slot in block t / tokens per block): the layouts
+    /// of a decode's k with batch entry b = slot b. Only mapped tokens may be read.
     /// </summary>
     K = 0,
 
@@ -16,8 +17,10 @@ public enum VirtualKvView
     SlotLengths = 2,
 
     /// <summary>
-    /// int32 [tokens of the last append]: each token's row (slot × rows_per_slot + token) in the K/V views seen as
-    /// [max_slots × rows_per_slot, num_heads_kv, head_dim] rows, in the append's order.
+    /// int32 [tokens of the last append]: each token's row, slot × rows_per_slot + token, in the append's order: the row of
+    /// the K/V views seen as [max_slots × rows_per_slot, num_heads_kv, head_dim] (layer-major), or token row % tokens per
+    /// block of block row / tokens per block of the views seen as [blocks, tokens per block, num_heads_kv, head_dim]
+    /// (token-major).
     /// </summary>
     StepRows = 3,
 }

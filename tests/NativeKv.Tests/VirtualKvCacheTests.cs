@@ -34,12 +34,17 @@ public sealed unsafe class VirtualKvCacheTests
         }
     }
 
-    /// <summary>The last element of token t's row of a slot in a layer's K or V, read through the strided view.</summary>
+    /// <summary>
+    /// The last element of token t's row of a slot in a layer's K or V, read through the strided view: [slot, token, head, d],
+    /// or token-major's [slot, block, token in block, head, d].
+    /// </summary>
     private static Half Read(VirtualKvCache cache, VirtualKvView which, int slot, int layer, int token)
     {
         TensorView view = cache.View(which, layer);
-        ReadOnlySpan<long> strides = view.Strides;
-        long index = slot * strides[0] + token * strides[1] + (view.Shape[2] - 1) * strides[2] + (view.Shape[3] - 1) * strides[3];
+        ReadOnlySpan<long> shape = view.Shape, strides = view.Strides;
+        int rank = shape.Length;
+        long tokenOffset = rank == 5 ? token / shape[2] * strides[1] + token % shape[2] * strides[2] : token * strides[1];
+        long index = slot * strides[0] + tokenOffset + (shape[rank - 2] - 1) * strides[rank - 2] + (shape[rank - 1] - 1) * strides[rank - 1];
         return ((Half*)view.Data)[index];
     }
 
@@ -84,7 +89,8 @@ public sealed unsafe class VirtualKvCacheTests
         Assert.Equal(2, stats.BlocksMappedInline);
 
         TensorView k = cache.View(VirtualKvView.K, 1);
-        Assert.Equal(new long[] { 4, MaxTokens, 2, 64 }, k.Shape.ToArray());
+        long[] kShape = layout == VirtualKvLayout.LayerMajor ? [4, MaxTokens, 2, 64] : [4, 1, tokensPerBlock, 2, 64];
+        Assert.Equal(kShape, k.Shape.ToArray());
         TensorView lengths = cache.View(VirtualKvView.SlotLengths);
         Assert.Equal(new[] { 10, 4, 0, 0 }, new ReadOnlySpan<int>((int*)lengths.Data, 4).ToArray());
         TensorView rows = cache.View(VirtualKvView.StepRows);

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "core/attention.h"
 #include "core/float_bits.h"
 #include "test_support.h"
 
@@ -985,10 +986,11 @@ void expect_pointer_table_matches_batch_layout(nkv_backend backend) {
   nkv_attention_plan_destroy(plan);
 }
 
-// Varlen over batched K/V ([batch, capacity, heads, d], a virtual-memory cache's views) against varlen over
-// the same keys packed: sequences in entries with a wide token stride (layers interleaved), poison past each
-// sequence's keys. The SM80 family runs both on CUDA, so the bits must match.
-void expect_batched_kv_matches_packed(nkv_backend backend) {
+// Varlen over batched K/V ([batch, capacity, heads, d], a virtual-memory cache's views; with block_tokens > 0
+// [batch, blocks, block_tokens, heads, d], the token-major cache's) against varlen over the same keys packed:
+// sequences in entries with a wide token stride (layers interleaved), poison past each sequence's keys and
+// between blocks. The SM80 family runs both on CUDA, so the bits must match.
+void expect_batched_kv_matches_packed(nkv_backend backend, int64_t block_tokens = 0) {
   ContextPtr context = make_context(backend);
   const nkv_device_type device = device_of(context.get());
   VarlenCase c;
@@ -1003,14 +1005,18 @@ void expect_batched_kv_matches_packed(nkv_backend backend) {
   const Outputs expected = run_varlen(context.get(), c, in);
 
   const int64_t batch = static_cast<int64_t>(c.lk.size()), capacity = 1000 + 70, row = c.heads_kv * c.head_dim;
-  const int64_t token_stride = 3 * row, batch_stride = capacity * token_stride + 64;
+  const int64_t token_stride = 3 * row;
+  const int64_t blocks = block_tokens > 0 ? (capacity + block_tokens - 1) / block_tokens : 0;
+  const int64_t block_stride = block_tokens * token_stride + 24;
+  const int64_t batch_stride = (block_tokens > 0 ? blocks * block_stride : capacity * token_stride) + 64;
+  auto token_at = [&](int64_t t) { return block_tokens > 0 ? t / block_tokens * block_stride + t % block_tokens * token_stride : t * token_stride; };
   std::vector<uint16_t> k(static_cast<size_t>(batch * batch_stride), 0x7E00), v(k.size(), 0x7C00);  // NaN, +Inf past the keys
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t t = 0; t < c.lk[b]; ++t)
       for (int64_t h = 0; h < c.heads_kv; ++h)
         for (int64_t x = 0; x < c.head_dim; ++x) {
-          k[b * batch_stride + t * token_stride + h * c.head_dim + x] = in.k.at(in.cu_k[b] + t, h, x);
-          v[b * batch_stride + t * token_stride + h * c.head_dim + x] = in.v.at(in.cu_k[b] + t, h, x);
+          k[b * batch_stride + token_at(t) + h * c.head_dim + x] = in.k.at(in.cu_k[b] + t, h, x);
+          v[b * batch_stride + token_at(t) + h * c.head_dim + x] = in.v.at(in.cu_k[b] + t, h, x);
         }
   Placed pk(context.get(), k.data(), k.size() * 2), pv(context.get(), v.data(), v.size() * 2);
   Outputs got;
@@ -1025,10 +1031,12 @@ void expect_batched_kv_matches_packed(nkv_backend backend) {
   const nkv_tensor tq = in.q.view_at(q.data(), c.dtype, device);
   const nkv_tensor to = got.o.view_at(o.data(), c.dtype, device);
   const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {c.heads_q, in.q.rows});
-  const nkv_tensor tk = view(pk.data(), c.dtype, device, {batch, capacity, c.heads_kv, c.head_dim},
-                             {batch_stride, token_stride, c.head_dim, 1});
-  const nkv_tensor tv = view(pv.data(), c.dtype, device, {batch, capacity, c.heads_kv, c.head_dim},
-                             {batch_stride, token_stride, c.head_dim, 1});
+  const nkv_tensor tk = block_tokens > 0 ? view(pk.data(), c.dtype, device, {batch, blocks, block_tokens, c.heads_kv, c.head_dim},
+                                                 {batch_stride, block_stride, token_stride, c.head_dim, 1})
+                                          : view(pk.data(), c.dtype, device, {batch, capacity, c.heads_kv, c.head_dim},
+                                                 {batch_stride, token_stride, c.head_dim, 1});
+  nkv_tensor tv = tk;
+  tv.data = pv.data();
   NKV_ASSERT_OK(nkv_attention_varlen(plan, &tq, &tk, &tv, &to, &tl));
   const std::vector<uint16_t> got_o = o.read<uint16_t>();
   for (int64_t r = 0; r < in.cu_q.back(); ++r)
@@ -1045,11 +1053,17 @@ void expect_batched_kv_matches_packed(nkv_backend backend) {
 
   // Shapes that do not fit the plan: status, message, output untouched.
   nkv_tensor short_capacity = tk;
-  short_capacity.shape[1] = 999;
+  short_capacity.shape[1] = block_tokens > 0 ? 999 / block_tokens : 999;
   nkv_tensor v_short = tv;
-  v_short.shape[1] = 999;
+  v_short.shape[1] = short_capacity.shape[1];
   NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &short_capacity, &v_short, &to, &tl), NKV_STATUS_INVALID_ARGUMENT,
-                    "capacity of 999");
+                    "capacity of " + std::to_string(block_tokens > 0 ? 999 / block_tokens * block_tokens : 999));
+  if (block_tokens > 0) {
+    nkv_tensor v_other_blocks = tv;
+    v_other_blocks.shape[1] = blocks * 2;
+    v_other_blocks.shape[2] = (block_tokens + 1) / 2;
+    NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &tk, &v_other_blocks, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'v'");
+  }
   nkv_tensor wrong_batch = tk;
   wrong_batch.shape[0] = batch - 1;
   NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &wrong_batch, &tv, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'k'");
@@ -1070,6 +1084,100 @@ TEST(Attention, CpuVarlenOverBatchedKvMatchesPackedKv) { expect_batched_kv_match
 TEST(AttentionCuda, VarlenOverBatchedKvMatchesPackedKv) {
   NKV_REQUIRE_CUDA();
   expect_batched_kv_matches_packed(NKV_BACKEND_CUDA);
+}
+
+// Blocks of 16 tokens (the token-major cache's, a power of two) and of 7 and 1 (the division by multiply).
+TEST(Attention, CpuVarlenOverKeyBlocksMatchesPackedKv) {
+  for (int64_t tokens : {16, 7, 1}) expect_batched_kv_matches_packed(NKV_BACKEND_CPU, tokens);
+}
+
+TEST(AttentionCuda, VarlenOverKeyBlocksMatchesPackedKv) {
+  NKV_REQUIRE_CUDA();
+  for (int64_t tokens : {16, 7, 1}) expect_batched_kv_matches_packed(NKV_BACKEND_CUDA, tokens);
+}
+
+// Decode over K/V in blocks, [batch, blocks, tokens, heads, d] with poison between the blocks, equals decode
+// over the batch layout bit for bit (the same kernel with the row arithmetic of KeyBlocks).
+void expect_key_blocks_match_the_batch_layout(nkv_backend backend, int64_t block_tokens) {
+  ContextPtr context = make_context(backend);
+  const nkv_device_type device = device_of(context.get());
+  DecodeCase c;
+  c.heads_q = 8;
+  c.heads_kv = 2;
+  c.head_dim = 64;
+  c.q_len = 2;
+  c.seqlens = {70, 1, 300, 0, 129};
+  c.capacity = 300;
+  c.options.causal = true;
+  c.options.num_splits = 3;
+  const DecodeInputs in = make_decode_inputs(c);
+  const DecodeRun expected = run_decode(context.get(), c, in);
+
+  const int64_t batch = static_cast<int64_t>(c.seqlens.size());
+  const int64_t blocks = (c.capacity + block_tokens - 1) / block_tokens;
+  const int64_t block_stride = block_tokens * in.token_stride + 40, batch_stride = blocks * block_stride + 8;
+  std::vector<uint16_t> k(static_cast<size_t>(batch * batch_stride), kPoison), v(k.size(), kPoison);
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t j = 0; j < c.seqlens[b]; ++j)
+      for (int64_t x = 0; x < c.heads_kv * c.head_dim; ++x) {
+        const int64_t at = b * batch_stride + j / block_tokens * block_stride + j % block_tokens * in.token_stride + x;
+        k[at] = in.k[b * in.batch_stride + j * in.token_stride + x];
+        v[at] = in.v[b * in.batch_stride + j * in.token_stride + x];
+      }
+  Placed pk(context.get(), k.data(), k.size() * 2), pv(context.get(), v.data(), v.size() * 2);
+  DecodeRun got;
+  got.o.assign(in.q.size(), kPoison);
+  got.lse.assign(expected.lse.size(), std::numeric_limits<float>::quiet_NaN());
+  Placed q(context.get(), in.q.data(), in.q.size() * 2), o(context.get(), got.o.data(), got.o.size() * 2),
+      lse(context.get(), got.lse.data(), got.lse.size() * 4);
+  const nkv_attention_options options = c.options.c();
+  nkv_attention_plan* plan = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &options, c.heads_q, c.heads_kv, c.head_dim,
+                                          static_cast<int32_t>(batch), c.q_len, c.seqlens.data(), &plan));
+  const nkv_tensor tq = view(q.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+  const nkv_tensor to = view(o.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
+  const nkv_tensor tk = view(pk.data(), c.dtype, device, {batch, blocks, block_tokens, c.heads_kv, c.head_dim},
+                             {batch_stride, block_stride, in.token_stride, c.head_dim, 1});
+  nkv_tensor tv = tk;
+  tv.data = pv.data();
+  NKV_ASSERT_OK(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl));
+  got.o = o.read<uint16_t>();
+  got.lse = lse.read<float>();
+  EXPECT_EQ(got.o, expected.o) << block_tokens << " tokens per block";
+  EXPECT_EQ(0, std::memcmp(got.lse.data(), expected.lse.data(), got.lse.size() * 4));
+
+  // K and V cut differently, or too few tokens per entry: status, message, outputs untouched.
+  nkv_tensor v_other_blocks = tv;
+  v_other_blocks.shape[1] = blocks + 1;
+  NKV_EXPECT_STATUS(nkv_attention_decode(plan, &tq, &tk, &v_other_blocks, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "'v'");
+  nkv_tensor k_short = tk, v_short = tv;
+  k_short.shape[1] = v_short.shape[1] = 299 / block_tokens;
+  NKV_EXPECT_STATUS(nkv_attention_decode(plan, &tq, &k_short, &v_short, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "capacity");
+  EXPECT_EQ(o.read<uint16_t>(), got.o);
+  nkv_attention_plan_destroy(plan);
+}
+
+TEST(Attention, CpuDecodeOverKeyBlocksMatchesTheBatchLayout) {
+  for (int64_t tokens : {16, 7, 1}) expect_key_blocks_match_the_batch_layout(NKV_BACKEND_CPU, tokens);
+}
+
+TEST(AttentionCuda, DecodeOverKeyBlocksMatchesTheBatchLayout) {
+  NKV_REQUIRE_CUDA();
+  for (int64_t tokens : {16, 7, 1, 64}) expect_key_blocks_match_the_batch_layout(NKV_BACKEND_CUDA, tokens);
+}
+
+// The division by multiply-high of KeyBlocks against integer division, over every dividend a sequence can
+// have near the block boundaries and the ends of the int32 range.
+TEST(Attention, KeyBlocksDivideExactly) {
+  for (int32_t tokens = 1; tokens <= 4096; tokens = tokens < 64 ? tokens + 1 : tokens * 3 / 2) {
+    const nkv::KeyBlocks blocks = nkv::key_blocks(tokens, 0, 0);
+    for (int64_t base : {int64_t{0}, int64_t{tokens} * 1000, int64_t{1} << 30, (int64_t{1} << 31) - 3 * int64_t{tokens}}) {
+      for (int64_t t = std::max<int64_t>(0, base - tokens); t < std::min<int64_t>(int64_t{1} << 31, base + 2 * tokens); ++t) {
+        ASSERT_EQ(blocks.block_of(static_cast<int32_t>(t)), t / tokens) << t << " / " << tokens;
+      }
+    }
+  }
 }
 
 TEST(Attention, CpuDecodeThroughAPointerTableMatchesTheBatchLayout) {

@@ -103,25 +103,36 @@ nkv_status append_step(nkv_context* context, nkv_virtual_kv_cache* cache, Model&
   return NKV_STATUS_SUCCESS;
 }
 
-// Rows [0, length) of one slot of a K or V view, on the host: the rows as a strided matrix, gathered by an
-// identity pack plan into a buffer of the test's own (the view is the cache's memory, maybe a device's).
+// Rows [0, length) of one slot of a K or V view, on the host: each run of rows (the whole slot of a 4-D
+// view, a block of a 5-D one) as a strided matrix, gathered by an identity pack plan into a buffer of the
+// test's own (the view is the cache's memory, maybe a device's).
 std::vector<uint16_t> read_rows(nkv_context* context, const nkv_tensor& kv, int32_t slot, int32_t length) {
-  const int64_t width = kv.shape[2] * kv.shape[3];
+  const bool blocked = kv.ndim == 5;
+  const int64_t width = kv.shape[kv.ndim - 2] * kv.shape[kv.ndim - 1];
+  const int64_t row_stride = kv.strides[kv.ndim - 3];
+  const int32_t run = blocked ? static_cast<int32_t>(kv.shape[2]) : std::max(length, 1);
   std::vector<uint16_t> out(static_cast<size_t>(length * width));
-  if (length == 0) return out;
-  const uint16_t* first = static_cast<const uint16_t*>(kv.data) + slot * kv.strides[0];
-  if (device_of(context) == NKV_DEVICE_HOST) {
-    for (int32_t t = 0; t < length; ++t) std::memcpy(out.data() + t * width, first + t * kv.strides[1], width * 2);
-    return out;
+  for (int32_t first_row = 0; first_row < length; first_row += run) {
+    const int32_t rows = std::min(run, length - first_row);
+    const uint16_t* first = static_cast<const uint16_t*>(kv.data) + slot * kv.strides[0] +
+                            (blocked ? first_row / run * kv.strides[1] : first_row * row_stride);
+    uint16_t* to_host = out.data() + first_row * width;
+    if (device_of(context) == NKV_DEVICE_HOST) {
+      for (int32_t t = 0; t < rows; ++t) std::memcpy(to_host + t * width, first + t * row_stride, width * 2);
+      continue;
+    }
+    nkv_pack_plan* plan = nullptr;
+    int32_t count = rows;
+    EXPECT_EQ(nkv_pack_plan_create(context, &count, 1, 0, &plan), NKV_STATUS_SUCCESS) << nkv_last_error();
+    Memory copy(context, static_cast<size_t>(rows * width) * 2);
+    const nkv_tensor in = view(const_cast<uint16_t*>(first), NKV_DTYPE_FLOAT16, NKV_DEVICE_CUDA, {rows, width}, {row_stride, 1});
+    const nkv_tensor to = view(copy.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_CUDA, {rows, width});
+    EXPECT_EQ(nkv_pack_gather(plan, &in, &to), NKV_STATUS_SUCCESS) << nkv_last_error();
+    nkv_pack_plan_destroy(plan);
+    const std::vector<uint16_t> rows_back = copy.download<uint16_t>(static_cast<size_t>(rows * width));
+    std::copy(rows_back.begin(), rows_back.end(), to_host);
   }
-  nkv_pack_plan* plan = nullptr;
-  EXPECT_EQ(nkv_pack_plan_create(context, &length, 1, 0, &plan), NKV_STATUS_SUCCESS) << nkv_last_error();
-  Memory copy(context, out.size() * 2);
-  const nkv_tensor in = view(const_cast<uint16_t*>(first), NKV_DTYPE_FLOAT16, NKV_DEVICE_CUDA, {length, width}, {kv.strides[1], 1});
-  const nkv_tensor to = view(copy.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_CUDA, {length, width});
-  EXPECT_EQ(nkv_pack_gather(plan, &in, &to), NKV_STATUS_SUCCESS) << nkv_last_error();
-  nkv_pack_plan_destroy(plan);
-  return copy.download<uint16_t>(out.size());
+  return out;
 }
 
 void expect_contents(nkv_context* context, nkv_virtual_kv_cache* cache, const Model& model) {

@@ -347,7 +347,9 @@ NKV_API nkv_status nkv_attention_plan_get_info(const nkv_attention_plan* plan, n
  * k,v: [rows_k, num_heads_kv, head_dim]   rows_k >= total_k; likewise
  *   or [batch, capacity, num_heads_kv, head_dim] (batched, as nkv_attention_decode takes them and a virtual-
  *      memory cache's views are): sequence b's cu_seqlens_k[b + 1] - cu_seqlens_k[b] keys are the first tokens
- *      of entry b, capacity >= each; any batch, token and head strides. Batched K/V run on the SM80 kernel
+ *      of entry b, capacity >= each; any batch, token and head strides; or in blocks, [batch, blocks,
+ *      block_tokens, num_heads_kv, head_dim] (capacity blocks x block_tokens, token t of an entry being token
+ *      t % block_tokens of its block t / block_tokens; any block stride). Batched K/V run on the SM80 kernel
  *      family (a plan made with NKV_ATTENTION_KERNEL_SM90 is refused): the Hopper kernel's tensor-map loads
  *      read whole tiles past a sequence's last key, which a cache may not have mapped.
  * o:   [rows_q, num_heads_q, head_dim]    rows past total_q are left untouched
@@ -361,7 +363,9 @@ NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tens
  * q:   [batch, q_len, num_heads_q, head_dim]
  * k,v: [batch, capacity, num_heads_kv, head_dim] with capacity >= every seqlens_k[b]; any batch, token and
  *      head strides (the token stride may exceed num_heads_kv * head_dim, e.g. layers interleaved), unit
- *      last stride
+ *      last stride; or in blocks of tokens, [batch, blocks, block_tokens, num_heads_kv, head_dim] with
+ *      capacity = blocks x block_tokens: token t is token t % block_tokens of block t / block_tokens (the
+ *      token-major virtual cache's views: a block per page)
  * o:   [batch, q_len, num_heads_q, head_dim]
  * lse: [batch, num_heads_q, q_len] float32, unit last stride; may be NULL
  * Query t of sequence b is query row t of lq = q_len over lk = seqlens_k[b] keys in the formulas above.
@@ -582,9 +586,12 @@ NKV_API nkv_status nkv_paged_kv_cache_sequence(const nkv_paged_kv_cache* cache, 
  * Layouts:
  *   LAYER_MAJOR  one region per layer and K/V (vAttention's): [layer][K|V][slot][token][head][d]; a page
  *                holds page_bytes / (num_heads_kv * head_dim * 2) tokens of one layer's K or V.
- *   TOKEN_MAJOR  one region: [slot][token][layer][K|V][head][d]; a page holds page_bytes / (num_layers *
- *                2 * num_heads_kv * head_dim * 2) tokens of every layer (16 for 32 layers of 8 x 128 fp16),
- *                so a slot wastes less than a small page, as a paged cache does.
+ *   TOKEN_MAJOR  one region: [slot][block][layer][K|V][token][head][d], a block being one page that holds
+ *                page_bytes / (num_layers * 2 * num_heads_kv * head_dim * 2) whole tokens of every layer (16
+ *                for 32 layers of 8 x 128 fp16), so a slot wastes less than a small page, as a paged cache
+ *                does. Within a page one layer's K (and V) rows of its tokens are one run: decode reads 16
+ *                tokens' K and V as 64 KiB, not as 16 rows 128 KiB apart (2-3% slower from HBM). A token of
+ *                every layer must fit a page (else NKV_STATUS_NOT_SUPPORTED).
  * A "block" is page i of every region of a slot: slots grow and shrink by whole blocks.
  * Physical pages are recycled: a freed slot keeps its blocks mapped for the next slot handed out
  * (deferred reclamation) until nkv_virtual_kv_cache_trim or memory pressure (a step that needs pages
@@ -661,14 +668,18 @@ NKV_API nkv_status nkv_virtual_kv_cache_write(nkv_virtual_kv_cache* cache, int32
                                               const nkv_tensor* v);
 
 typedef enum nkv_virtual_kv_view {
-  NKV_VIRTUAL_KV_K = 0,          /* [max_slots, max_tokens, num_heads_kv, head_dim] of `layer`, strided: the
-                                    layout of nkv_attention_decode's k and nkv_attention_varlen's batched k,
-                                    batch entry b = slot b (narrow dimension 0 to the plan's batch) */
+  NKV_VIRTUAL_KV_K = 0,          /* [max_slots, max_tokens, num_heads_kv, head_dim] of `layer`, strided
+                                    (layer-major), or [max_slots, max_blocks_per_slot, tokens_per_block,
+                                    num_heads_kv, head_dim] (token-major): the layouts of nkv_attention_decode's k
+                                    and nkv_attention_varlen's batched k, batch entry b = slot b (narrow
+                                    dimension 0 to the plan's batch) */
   NKV_VIRTUAL_KV_V = 1,          /* the same for V */
   NKV_VIRTUAL_KV_SLOT_LENGTHS = 2, /* int32 [max_slots]: 0 for slots not alive */
-  NKV_VIRTUAL_KV_STEP_ROWS = 3   /* int32 [last step's tokens]: each token's row in the K/V views seen as
-                                    [max_slots * rows_per_slot, num_heads_kv, head_dim] rows (slot *
-                                    rows_per_slot + token), in the step's order */
+  NKV_VIRTUAL_KV_STEP_ROWS = 3   /* int32 [last step's tokens]: each token's row, slot * rows_per_slot + token,
+                                    in the step's order. Layer-major: the row of the K/V views seen as
+                                    [max_slots * rows_per_slot, num_heads_kv, head_dim]; token-major: row r is
+                                    token r % tokens_per_block of block r / tokens_per_block of those views seen
+                                    as [max_slots * max_blocks_per_slot, tokens_per_block, heads, d] */
 } nkv_virtual_kv_view;
 
 /* A view of the cache's memory, valid until the cache is destroyed. Only mapped tokens may be read. */

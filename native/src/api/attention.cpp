@@ -474,17 +474,37 @@ PagedKv check_paged_kv(const nkv_attention_plan& p, const nkv_tensor& tq, const 
 
 // Batched K/V, as decode takes them and a virtual-memory cache's views are: k and v [batch, capacity,
 // num_heads_kv, head_dim] of q's dtype, sequence b's keys at the first tokens of entry b. Returns v.
-const nkv_tensor& check_batched_kv(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor& tk, const nkv_tensor* v) {
+// Batched K and V, [batch, capacity, heads, head_dim], or with the token dimension split in blocks,
+// [batch, blocks, tokens, heads, head_dim] (KeyBlocks); returns V (and the blocks in `blocks`).
+const nkv_tensor& check_batched_kv(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor& tk, const nkv_tensor* v,
+                                   KeyBlocks& blocks) {
   const nkv_context& c = *p.context;
   const int64_t b = p.batch, hkv = p.num_heads_kv, d = p.head_dim;
-  check_attention_tensor("k", tk, {b, -1, hkv, d}, c);
+  const bool split = tk.ndim == 5;
+  if (split) {
+    check_attention_tensor("k", tk, {b, -1, -1, hkv, d}, c);
+  } else {
+    check_attention_tensor("k", tk, {b, -1, hkv, d}, c);
+  }
   check_same_dtype("k", tk, "q", tq);
   const nkv_tensor& tv = check_tensor("v", v, c);
-  check_attention_tensor("v", tv, {b, tk.shape[1], hkv, d}, c);
+  if (split) {
+    check_attention_tensor("v", tv, {b, tk.shape[1], tk.shape[2], hkv, d}, c);
+  } else {
+    check_attention_tensor("v", tv, {b, tk.shape[1], hkv, d}, c);
+  }
   check_same_dtype("v", tv, "q", tq);
-  if (tk.shape[1] < p.max_seqlen_k) {
-    fail_argument("arguments 'k' and 'v': capacity of " + std::to_string(tk.shape[1]) +
+  const int64_t capacity = split ? tk.shape[1] * tk.shape[2] : tk.shape[1];
+  if (capacity < p.max_seqlen_k) {
+    fail_argument("arguments 'k' and 'v': capacity of " + std::to_string(capacity) +
                   " tokens per sequence, but the plan's longest sequence has " + std::to_string(p.max_seqlen_k) + " keys");
+  }
+  blocks = KeyBlocks{};
+  if (split) {
+    if (tk.shape[2] < 1 || tk.shape[2] > std::numeric_limits<int32_t>::max()) {
+      fail_argument("arguments 'k' and 'v': expected 1 .. 2^31 - 1 tokens per block (dimension 2), got " + std::to_string(tk.shape[2]));
+    }
+    blocks = key_blocks(static_cast<int32_t>(tk.shape[2]), tk.strides[1], tv.strides[1]);
   }
   return tv;
 }
@@ -504,10 +524,10 @@ const nkv_tensor& check_varlen_q(const nkv_attention_plan& p, const nkv_tensor* 
 }
 
 // The rest of a varlen call once Q, K and V are checked: O and LSE, then the kernel. `paged`: K and V are
-// pools read through its block table (rows of tk and tv: tokens within a page). Otherwise 4-D K and V are
-// batched (check_batched_kv), 3-D ones packed rows.
+// pools read through its block table (rows of tk and tv: tokens within a page). Otherwise 4-D and 5-D K and
+// V are batched (check_batched_kv, which gave `blocks`), 3-D ones packed rows.
 void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor& tk, const nkv_tensor& tv,
-                const nkv_tensor* o, const nkv_tensor* lse, const PagedKv* paged) {
+                const nkv_tensor* o, const nkv_tensor* lse, const PagedKv* paged, const KeyBlocks* blocks = nullptr) {
   const nkv_context& c = *p.context;
   const int64_t hq = p.num_heads_q, d = p.head_dim;
   const nkv_tensor& to = check_tensor("o", o, c);
@@ -532,7 +552,7 @@ void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_ten
   a.dtype = static_cast<nkv_dtype>(tq.dtype);
   a.q = tq.data;
   a.q_strides = strides_of(tq, 0);
-  const int key_row_dim = tk.ndim == 4 ? 1 : 0;  // pools and batched K/V: dimension 0 is the page or the sequence
+  const int key_row_dim = tk.ndim - 3;  // [.., rows, heads, d]: rows of pages, sequences or blocks of sequences
   a.k = tk.data;
   a.k_strides = strides_of(tk, key_row_dim);
   a.v = tv.data;
@@ -543,10 +563,11 @@ void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_ten
     a.lse = static_cast<float*>(lse->data);
     a.lse_head_stride = lse->strides[0];
   }
-  if (paged == nullptr && tk.ndim == 4) {
+  if (paged == nullptr && tk.ndim >= 4) {
     a.batched_kv = true;
     a.k_batch_stride = tk.strides[0];
     a.v_batch_stride = tv.strides[0];
+    a.key_blocks = *blocks;
   }
   if (paged != nullptr) {
     a.block_table = static_cast<const int32_t*>(paged->table->data);
@@ -672,13 +693,14 @@ NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tens
     const int64_t hkv = p.num_heads_kv, d = p.head_dim;
     const nkv_tensor& tq = check_varlen_q(p, q);
     const nkv_tensor& tk = check_tensor("k", k, c);
-    if (tk.ndim == 4) {  // batched: [batch, capacity, num_heads_kv, head_dim]
+    if (tk.ndim >= 4) {  // batched: [batch, capacity, num_heads_kv, head_dim], or in blocks of tokens
       if (p.kernel == NKV_ATTENTION_KERNEL_SM90) {
         fail(NKV_STATUS_NOT_SUPPORTED, "argument 'plan': batched K/V ([batch, capacity, num_heads_kv, head_dim]) run on "
                                        "the SM80 kernel family; make the plan with NKV_ATTENTION_KERNEL_AUTO or _SM80");
       }
-      const nkv_tensor& tv = check_batched_kv(p, tq, tk, v);
-      return run_varlen(p, tq, tk, tv, o, lse, nullptr);
+      KeyBlocks blocks;
+      const nkv_tensor& tv = check_batched_kv(p, tq, tk, v, blocks);
+      return run_varlen(p, tq, tk, tv, o, lse, nullptr, &blocks);
     }
     check_attention_tensor("k", tk, {-1, hkv, d}, c);
     check_same_dtype("k", tk, "q", tq);
@@ -713,17 +735,17 @@ NKV_API nkv_status nkv_attention_decode(nkv_attention_plan* plan, const nkv_tens
     check_kv_layout(p, 0);
     const nkv_tensor& tq = check_decode_q(p, q);
     const nkv_tensor& tk = check_tensor("k", k, *p.context);
-    const nkv_tensor& tv = check_batched_kv(p, tq, tk, v);
+    DecodeAttentionArgs a;
+    const nkv_tensor& tv = check_batched_kv(p, tq, tk, v, a.key_blocks);
     const nkv_tensor& to = check_decode_outputs(p, tq, o, lse);
     check_outputs_disjoint(to, lse, tq, tk, tv);
 
-    DecodeAttentionArgs a;
     a.k = tk.data;
     a.k_batch_stride = tk.strides[0];
-    a.k_strides = strides_of(tk, 1);
+    a.k_strides = strides_of(tk, tk.ndim - 3);
     a.v = tv.data;
     a.v_batch_stride = tv.strides[0];
-    a.v_strides = strides_of(tv, 1);
+    a.v_strides = strides_of(tv, tv.ndim - 3);
     run_decode(p, a, tq, to, lse);
   });
 }

@@ -123,7 +123,7 @@ void reserve_step_array(const nkv_context& c, int32_t*& array, int64_t& capacity
 
 void write_step(const nkv_context& c, nkv_dtype dtype, int64_t tokens, int32_t num_heads_kv, int32_t head_dim,
                 const nkv_tensor* k, const nkv_tensor* v, void* k_pool, void* v_pool, const int32_t* slots,
-                int64_t slot_stride) {
+                int64_t slot_stride, int32_t block_slots, int64_t block_stride) {
   for (const auto& [name, t] : {std::pair<const char*, const nkv_tensor*>{"k", k}, {"v", v}}) {
     const nkv_tensor& x = check_tensor(name, t, c);
     check_dtype(name, x, {dtype});
@@ -143,6 +143,8 @@ void write_step(const nkv_context& c, nkv_dtype dtype, int64_t tokens, int32_t n
   a.v_pool = v_pool;
   a.slots = slots;
   a.slot_stride = slot_stride;
+  a.block_slots = block_slots;
+  a.block_stride = block_stride;
   a.tokens = tokens;
   a.num_heads_kv = num_heads_kv;
   a.head_dim = head_dim;

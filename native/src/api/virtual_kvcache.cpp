@@ -44,12 +44,18 @@ void check_tokens(const Cache& cache, int64_t tokens, const char* name) {
 }
 
 int32_t blocks_for(const Cache& cache, int64_t tokens) {
-  return static_cast<int32_t>((static_cast<uint64_t>(tokens) * cache.token_bytes + cache.page_bytes - 1) / cache.page_bytes);
+  return static_cast<int32_t>((static_cast<uint64_t>(tokens) * cache.token_bytes + cache.block_payload - 1) / cache.block_payload);
 }
 
 // Whole tokens the first `blocks` blocks hold.
 int64_t tokens_in(const Cache& cache, int32_t blocks) {
-  return std::min<int64_t>(cache.max_tokens, static_cast<int64_t>(static_cast<uint64_t>(blocks) * cache.page_bytes / cache.token_bytes));
+  return std::min<int64_t>(cache.max_tokens, static_cast<int64_t>(static_cast<uint64_t>(blocks) * cache.block_payload / cache.token_bytes));
+}
+
+// Where one layer's K (kv 0) or V (kv 1) of slot 0's token 0 lies.
+char* layer_base(const Cache& cache, int32_t layer, int32_t kv) {
+  if (cache.layout == NKV_VIRTUAL_KV_LAYER_MAJOR) return cache.base + static_cast<uint64_t>(2 * layer + kv) * cache.max_slots * cache.slot_extent;
+  return cache.base + static_cast<uint64_t>(2 * layer + kv) * cache.tokens_per_page * cache.num_heads_kv * cache.head_dim * 2;
 }
 
 char* address_of(const Cache& cache, int32_t slot, int32_t region, int32_t block) {
@@ -413,11 +419,27 @@ NKV_API nkv_status nkv_virtual_kv_cache_create(nkv_context* context, const nkv_v
     const bool layer_major = o.layout == NKV_VIRTUAL_KV_LAYER_MAJOR;
     cache->regions = layer_major ? 2 * o.num_layers : 1;
     cache->token_bytes = layer_major ? row_bytes : checked_product({row_bytes, 2, static_cast<uint64_t>(o.num_layers)}, "a token's bytes");
-    // Slots start on whole pages and whole tokens, so that a slot's rows continue the previous slot's.
-    const uint64_t align = std::lcm(cache->page_bytes, cache->token_bytes);
-    const uint64_t slot_bytes = checked_product({static_cast<uint64_t>(o.max_tokens), cache->token_bytes}, "a slot's bytes");
-    cache->slot_extent = (slot_bytes + align - 1) / align * align;
-    cache->rows_per_slot = static_cast<int64_t>(cache->slot_extent / cache->token_bytes);
+    if (layer_major) {
+      cache->block_payload = cache->page_bytes;
+      // Slots start on whole pages and whole tokens, so that a slot's rows continue the previous slot's.
+      const uint64_t align = std::lcm(cache->page_bytes, cache->token_bytes);
+      const uint64_t slot_bytes = checked_product({static_cast<uint64_t>(o.max_tokens), cache->token_bytes}, "a slot's bytes");
+      cache->slot_extent = (slot_bytes + align - 1) / align * align;
+      cache->rows_per_slot = static_cast<int64_t>(cache->slot_extent / cache->token_bytes);
+    } else {
+      // Whole tokens per page, each layer's rows of them together: decode reads one layer's K and V of 16
+      // tokens (32 layers of 8 x 128 fp16) as one 64 KiB run instead of 16 runs of 4 KiB 128 KiB apart, which
+      // HBM serves 2-3% slower (bench/NOTES.md p7).
+      if (cache->token_bytes > cache->page_bytes) {
+        fail(NKV_STATUS_NOT_SUPPORTED, "token-major layout: one token of every layer takes " + std::to_string(cache->token_bytes) +
+                                           " bytes, more than a page (" + std::to_string(cache->page_bytes) + "); use NKV_VIRTUAL_KV_LAYER_MAJOR");
+      }
+      cache->tokens_per_page = static_cast<int32_t>(cache->page_bytes / cache->token_bytes);
+      cache->block_payload = static_cast<uint64_t>(cache->tokens_per_page) * cache->token_bytes;
+      const uint64_t blocks = (static_cast<uint64_t>(o.max_tokens) + cache->tokens_per_page - 1) / cache->tokens_per_page;
+      cache->slot_extent = checked_product({blocks, cache->page_bytes}, "a slot's bytes");
+      cache->rows_per_slot = static_cast<int64_t>(blocks) * cache->tokens_per_page;
+    }
     if (cache->rows_per_slot * o.max_slots > std::numeric_limits<int32_t>::max()) {
       fail(NKV_STATUS_NOT_SUPPORTED, "max_slots x " + std::to_string(cache->rows_per_slot) +
                                          " rows per slot exceed the 2^31 rows a step may address");
@@ -476,8 +498,8 @@ NKV_API nkv_status nkv_virtual_kv_cache_fork(nkv_virtual_kv_cache* cache, int32_
     if (target < 0) fail(NKV_STATUS_OUT_OF_MEMORY, "all " + std::to_string(k.max_slots) + " slots are alive");
     const int32_t length = k.slots[parent].length;
     const uint64_t used_bytes = static_cast<uint64_t>(length) * k.token_bytes;
-    const int32_t full = static_cast<int32_t>(used_bytes / k.page_bytes);
-    const bool partial = used_bytes % k.page_bytes != 0;
+    const int32_t full = static_cast<int32_t>(used_bytes / k.block_payload);
+    const bool partial = used_bytes % k.block_payload != 0;
     Cache::Slot& from = k.slots[parent];
     Cache::Slot& to = k.slots[target];
     if (to.mapped_blocks > 0) {
@@ -634,7 +656,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
       const Cache::Slot& slot = k.slots[s];
       const int32_t needed = blocks_for(k, length + n);
       new_pages += static_cast<int64_t>(std::max(0, needed - slot.mapped_blocks)) * k.regions;
-      const int32_t first = static_cast<int32_t>(static_cast<uint64_t>(length) * k.token_bytes / k.page_bytes);
+      const int32_t first = static_cast<int32_t>(static_cast<uint64_t>(length) * k.token_bytes / k.block_payload);
       for (int32_t b = first; b < std::min(needed, slot.mapped_blocks); ++b) {
         for (int32_t r = 0; r < k.regions; ++r) {
           if (k.page_references[slot.pages[static_cast<size_t>(b) * k.regions + r]] > 1) {
@@ -734,12 +756,11 @@ NKV_API nkv_status nkv_virtual_kv_cache_write(nkv_virtual_kv_cache* cache, int32
     }
     Lock lock(x.mutex);
     const nkv_context& c = *x.context;
-    char* k_base = x.layout == NKV_VIRTUAL_KV_LAYER_MAJOR ? address_of(x, 0, 2 * layer, 0)
-                                                          : x.base + static_cast<uint64_t>(2 * layer) * x.num_heads_kv * x.head_dim * 2;
-    char* v_base = x.layout == NKV_VIRTUAL_KV_LAYER_MAJOR ? address_of(x, 0, 2 * layer + 1, 0)
-                                                          : k_base + static_cast<uint64_t>(x.num_heads_kv) * x.head_dim * 2;
-    write_step(c, x.dtype, static_cast<int64_t>(x.step_rows.size()), x.num_heads_kv, x.head_dim, k, v, k_base, v_base,
-               c.backend == NKV_BACKEND_CUDA ? x.device_step_rows : x.step_rows.data(), static_cast<int64_t>(x.token_bytes / 2));
+    const bool layer_major = x.layout == NKV_VIRTUAL_KV_LAYER_MAJOR;
+    write_step(c, x.dtype, static_cast<int64_t>(x.step_rows.size()), x.num_heads_kv, x.head_dim, k, v, layer_base(x, layer, 0),
+               layer_base(x, layer, 1), c.backend == NKV_BACKEND_CUDA ? x.device_step_rows : x.step_rows.data(),
+               layer_major ? static_cast<int64_t>(x.token_bytes / 2) : static_cast<int64_t>(x.num_heads_kv) * x.head_dim,
+               x.tokens_per_page, static_cast<int64_t>(x.page_bytes / 2));
   });
 }
 
@@ -756,16 +777,23 @@ NKV_API nkv_status nkv_virtual_kv_cache_view(const nkv_virtual_kv_cache* cache, 
         if (layer < 0 || layer >= k.num_layers) {
           fail_argument("argument 'layer': expected 0.." + std::to_string(k.num_layers - 1) + ", got " + std::to_string(layer));
         }
-        const int32_t kv = which == NKV_VIRTUAL_KV_K ? 0 : 1;
-        t.data = k.layout == NKV_VIRTUAL_KV_LAYER_MAJOR
-                     ? address_of(k, 0, 2 * layer + kv, 0)
-                     : k.base + static_cast<uint64_t>(2 * layer + kv) * k.num_heads_kv * k.head_dim * 2;
+        t.data = layer_base(k, layer, which == NKV_VIRTUAL_KV_K ? 0 : 1);
         t.dtype = k.dtype;
-        t.ndim = 4;
-        const int64_t shape[4] = {k.max_slots, k.max_tokens, k.num_heads_kv, k.head_dim};
-        const int64_t strides[4] = {static_cast<int64_t>(k.slot_extent / 2), static_cast<int64_t>(k.token_bytes / 2), k.head_dim, 1};
-        std::copy(shape, shape + 4, t.shape);
-        std::copy(strides, strides + 4, t.strides);
+        const int64_t slot_stride = static_cast<int64_t>(k.slot_extent / 2);
+        if (k.layout == NKV_VIRTUAL_KV_LAYER_MAJOR) {
+          t.ndim = 4;
+          const int64_t shape[4] = {k.max_slots, k.max_tokens, k.num_heads_kv, k.head_dim};
+          const int64_t strides[4] = {slot_stride, static_cast<int64_t>(k.token_bytes / 2), k.head_dim, 1};
+          std::copy(shape, shape + 4, t.shape);
+          std::copy(strides, strides + 4, t.strides);
+        } else {
+          t.ndim = 5;
+          const int64_t shape[5] = {k.max_slots, k.max_blocks, k.tokens_per_page, k.num_heads_kv, k.head_dim};
+          const int64_t strides[5] = {slot_stride, static_cast<int64_t>(k.page_bytes / 2),
+                                      static_cast<int64_t>(k.num_heads_kv) * k.head_dim, k.head_dim, 1};
+          std::copy(shape, shape + 5, t.shape);
+          std::copy(strides, strides + 5, t.strides);
+        }
         break;
       }
       case NKV_VIRTUAL_KV_SLOT_LENGTHS:
@@ -799,7 +827,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_get_info(const nkv_virtual_kv_cache* cac
     nkv_virtual_kv_cache_info info{};
     info.layout = k.layout;
     info.max_slots = k.max_slots;
-    info.tokens_per_block = static_cast<int32_t>(k.page_bytes / k.token_bytes);
+    info.tokens_per_block = static_cast<int32_t>(k.block_payload / k.token_bytes);
     info.max_blocks_per_slot = k.max_blocks;
     info.page_bytes = k.page_bytes;
     info.bytes_per_block = k.page_bytes * static_cast<uint64_t>(k.regions);

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/handles.h"
+#include "core/host_device.h"
 
 namespace nkv {
 
@@ -92,6 +93,43 @@ struct HeadMajorStrides {
   int64_t head = 0;
 };
 
+// Batched K/V whose token dimension is split in blocks, [batch, blocks, tokens, heads, head_dim] (the
+// token-major virtual cache: one block per physical page, one layer's rows of its tokens together): key t
+// is row t % tokens of block t / tokens. The division is a multiply-high, exact for t < 2^31:
+// t / tokens = umulhi(t, magic) >> shift, magic 0 meaning tokens is 1.
+struct KeyBlocks {
+  int32_t tokens = 0;  // 0: the keys are not split
+  uint32_t magic = 0;
+  uint32_t shift = 0;
+  int64_t k_stride = 0;  // elements from one block to the next
+  int64_t v_stride = 0;
+
+  NKV_HOST_DEVICE int32_t block_of(int32_t t) const {
+    if (magic == 0) return t;
+#if defined(__CUDA_ARCH__)
+    return static_cast<int32_t>(__umulhi(static_cast<uint32_t>(t), magic) >> shift);
+#else
+    return static_cast<int32_t>((static_cast<uint64_t>(static_cast<uint32_t>(t)) * magic) >> 32 >> shift);
+#endif
+  }
+};
+
+// Blocks of `tokens` >= 1 rows: with l = ceil(log2(tokens)), magic = ceil(2^(31 + l) / tokens) < 2^32 and
+// shift = l - 1 (the round-up error stays below one for dividends under 2^31).
+inline KeyBlocks key_blocks(int32_t tokens, int64_t k_stride, int64_t v_stride) {
+  KeyBlocks b;
+  b.tokens = tokens;
+  b.k_stride = k_stride;
+  b.v_stride = v_stride;
+  if (tokens > 1) {
+    uint32_t l = 0;
+    while ((int64_t{1} << l) < tokens) ++l;
+    b.magic = static_cast<uint32_t>(((uint64_t{1} << (31 + l)) + static_cast<uint64_t>(tokens) - 1) / static_cast<uint64_t>(tokens));
+    b.shift = l - 1;
+  }
+  return b;
+}
+
 struct VarlenAttentionArgs {
   nkv_dtype dtype = NKV_DTYPE_FLOAT16;
   const void* q = nullptr;
@@ -111,10 +149,12 @@ struct VarlenAttentionArgs {
   int64_t block_table_stride = 0;
   int32_t page_shift = 0;
   // When set (batched K/V, [batch, capacity, heads, d], as decode takes them and a virtual-memory cache's
-  // views are), key t of sequence b is row t of batch entry b (cu_seqlens_k then gives only the lengths).
+  // views are), key t of sequence b is row t of batch entry b (cu_seqlens_k then gives only the lengths),
+  // or with key_blocks.tokens > 0 row t % tokens of block t / tokens of it.
   bool batched_kv = false;
   int64_t k_batch_stride = 0;
   int64_t v_batch_stride = 0;
+  KeyBlocks key_blocks;
 };
 
 struct DecodeAttentionArgs {
@@ -143,6 +183,8 @@ struct DecodeAttentionArgs {
   const int32_t* block_table = nullptr;
   int64_t block_table_stride = 0;
   int32_t page_shift = 0;
+  // With tokens > 0: key t of sequence b is row t % tokens of block t / tokens of k and v's batch entry b.
+  KeyBlocks key_blocks;
 };
 
 namespace cpu {

@@ -42,8 +42,9 @@ namespace nkv {
 
 // Stores `tokens` rows of K and V ([token][head][d], rows `*_row_stride` elements apart, heads
 // `*_head_stride` apart) into the slots `slots` of one layer's pools: slot s is the [head][d] row at
-// element s * slot_stride (the paged pools: num_heads_kv * head_dim; the virtual cache's token stride).
-// fp16 and bf16 alike: the write moves 2-byte elements without looking at them.
+// element s * slot_stride (the paged pools: num_heads_kv * head_dim; the virtual cache's token stride), or
+// with block_slots > 0 at (s / block_slots) * block_stride + (s % block_slots) * slot_stride (the token-major
+// virtual cache's blocks). fp16 and bf16 alike: the write moves 2-byte elements without looking at them.
 struct PagedKvWriteArgs {
   const void* k;
   const void* v;
@@ -52,6 +53,8 @@ struct PagedKvWriteArgs {
   void* v_pool;
   const int32_t* slots;
   int64_t slot_stride;
+  int32_t block_slots;
+  int64_t block_stride;
   int64_t tokens;
   int32_t num_heads_kv;
   int32_t head_dim;
@@ -61,7 +64,7 @@ struct PagedKvWriteArgs {
 // in the context's memory) and stores them through `slots` with the backend's kernel (api/kvcache.cpp).
 void write_step(const nkv_context& context, nkv_dtype dtype, int64_t tokens, int32_t num_heads_kv, int32_t head_dim,
                 const nkv_tensor* k, const nkv_tensor* v, void* k_pool, void* v_pool, const int32_t* slots,
-                int64_t slot_stride);
+                int64_t slot_stride, int32_t block_slots = 0, int64_t block_stride = 0);
 
 // The product of `factors`, or NKV_STATUS_NOT_SUPPORTED naming `what` when it does not fit 64 bits (a cache's
 // sizes from its options; api/kvcache.cpp).

@@ -7,13 +7,7 @@
 #include <vector>
 
 #include "core/handles.h"
-
-// The row arithmetic below runs on the host (CPU backend) and in CUDA kernels alike.
-#if defined(__CUDACC__)
-#define NKV_HOST_DEVICE __host__ __device__
-#else
-#define NKV_HOST_DEVICE
-#endif
+#include "core/host_device.h"  // the row arithmetic below runs on the host (CPU backend) and in CUDA kernels alike
 
 namespace nkv {
 

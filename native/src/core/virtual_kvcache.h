@@ -30,8 +30,12 @@ struct nkv_virtual_kv_cache {
   uint64_t page_bytes = 0;   // one physical page, the mapping granularity
   int32_t regions = 0;       // pages per block: 2 x layers (layer-major) or 1 (token-major)
   uint64_t token_bytes = 0;  // one token in one region
+  // Token-major: the whole tokens one page holds, [layer][K|V][token][head][d] within it (so one layer's
+  // rows of them are one run); 0 for layer-major, where tokens follow each other across pages.
+  int32_t tokens_per_page = 0;
+  uint64_t block_payload = 0;  // bytes of tokens a page of a region holds (page_bytes for layer-major)
   uint64_t slot_extent = 0;  // a slot's share of a region: whole pages and whole tokens
-  int64_t rows_per_slot = 0; // slot_extent / token_bytes
+  int64_t rows_per_slot = 0; // tokens a slot's extent holds; step rows count in them
   int32_t max_blocks = 0;    // blocks a slot of max_tokens needs
   int64_t budget_pages = 0;
   char* base = nullptr;      // the reservation: region r, slot s at base + (r * max_slots + s) * slot_extent

@@ -26,14 +26,18 @@ void store(void* base, nkv_dtype dtype, int64_t index, double value) {
   static_cast<uint16_t*>(base)[index] = dtype == NKV_DTYPE_BFLOAT16 ? float_to_bfloat16(f) : float_to_half(f);
 }
 
-// Where one head's rows live: element (row, d) is at base + offset(row) + d: row * row_stride, or through
-// a page table (row r is row pages[r >> page_shift] << page_shift | r % page size).
+// Where one head's rows live: element (row, d) is at base + offset(row) + d: row * row_stride, through a
+// page table (row r is row pages[r >> page_shift] << page_shift | r % page size), or in blocks of
+// block_tokens rows block_stride apart.
 struct RowsOfHead {
   const void* base = nullptr;
   int64_t row_stride = 0;
   const int32_t* pages = nullptr;
   int32_t page_shift = 0;
+  int64_t block_tokens = 0;
+  int64_t block_stride = 0;
   int64_t offset(int64_t row) const {
+    if (block_tokens > 0) return row / block_tokens * block_stride + row % block_tokens * row_stride;
     if (pages == nullptr) return row * row_stride;
     const int64_t page = pages[row >> page_shift];
     return ((page << page_shift) | (row & ((int64_t{1} << page_shift) - 1))) * row_stride;
@@ -140,9 +144,9 @@ void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs&
     // Paged: the sequence's keys start on its first page. Batched: at row 0 of its batch entry.
     const int64_t k_row0 = pages != nullptr || a.batched_kv ? 0 : k0;
     RowsOfHead k{at(a.k, b * a.k_batch_stride + k_row0 * a.k_strides.row + hk * a.k_strides.head), a.k_strides.row, pages,
-                 a.page_shift};
+                 a.page_shift, a.key_blocks.tokens, a.key_blocks.k_stride};
     RowsOfHead v{at(a.v, b * a.v_batch_stride + k_row0 * a.v_strides.row + hk * a.v_strides.head), a.v_strides.row, pages,
-                 a.page_shift};
+                 a.page_shift, a.key_blocks.tokens, a.key_blocks.v_stride};
     OutputRowsOfHead o{at(a.o, q0 * a.o_strides.row + h * a.o_strides.head), a.o_strides.row,
                        a.lse != nullptr ? a.lse + h * a.lse_head_stride + q0 : nullptr, 1};
     attend(plan.mask, a.dtype, plan.head_dim, lq, lk, q, k, v, o);
@@ -159,8 +163,10 @@ void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs&
     const void* k_base = a.k_pointers != nullptr ? reinterpret_cast<const void*>(a.k_pointers[b]) : at(a.k, b * a.k_batch_stride);
     const void* v_base = a.v_pointers != nullptr ? reinterpret_cast<const void*>(a.v_pointers[b]) : at(a.v, b * a.v_batch_stride);
     const int32_t* pages = a.block_table != nullptr ? a.block_table + b * a.block_table_stride : nullptr;
-    RowsOfHead k{at(k_base, hk * a.k_strides.head), a.k_strides.row, pages, a.page_shift};
-    RowsOfHead v{at(v_base, hk * a.v_strides.head), a.v_strides.row, pages, a.page_shift};
+    RowsOfHead k{at(k_base, hk * a.k_strides.head), a.k_strides.row, pages, a.page_shift, a.key_blocks.tokens,
+                 a.key_blocks.k_stride};
+    RowsOfHead v{at(v_base, hk * a.v_strides.head), a.v_strides.row, pages, a.page_shift, a.key_blocks.tokens,
+                 a.key_blocks.v_stride};
     OutputRowsOfHead o{at(a.o, b * a.o_batch_stride + h * a.o_strides.head), a.o_strides.row,
                        a.lse != nullptr ? a.lse + b * a.lse_batch_stride + h * a.lse_head_stride : nullptr, 1};
     attend(plan.mask, a.dtype, plan.head_dim, plan.q_len, plan.seqlens_k[b], q, k, v, o);

@@ -195,9 +195,8 @@ __device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int se
 
 // One piece (blockIdx.x): the keys [key_begin, key_end) of one (sequence, KV head) pair, for the packed
 // query rows of row block blockIdx.z.
-// kPaged: keys and values are read through args.block_table (its own instantiation, so the contiguous
-// kernel carries neither the table lookups nor their registers).
-template <typename T, int kHeadDim, int kMTiles, int kStages_, bool kPaged>
+// kKeys: where key t lies (KeyAddressing): row t, in blocks (args.key_blocks) or through args.block_table.
+template <typename T, int kHeadDim, int kMTiles, int kStages_, KeyAddressing kKeys>
 __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const DecodeKernelParams p) {
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   const int piece = blockIdx.x;
@@ -246,6 +245,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
                     kv_head * args.v_strides.head;
 
   // Paged: this sequence's row of the block table (k_base and v_base are then the pools' first page).
+  constexpr bool kPaged = kKeys == KeyAddressing::kPages;
   const int32_t* page_row = kPaged ? args.block_table + sequence * args.block_table_stride : nullptr;
   load_packed_q_tile<Tiles::kPitch, kRows, kChunks, kDecodeThreads>(q_tile, q_base, args.q_strides, row0, rows, group,
                                                                     kv_head);
@@ -279,6 +279,10 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
       k_loader.load_paged<kStreamHint>(k_base, static_cast<int32_t>(args.k_strides.row), rows_in_pool, n0, key_end, stage_bytes, stream_policy);
       v_loader.load_paged<kStreamHint>(v_base, static_cast<int32_t>(args.v_strides.row), rows_in_pool, n0, key_end, stage_bytes, stream_policy);
       lookup_pages(tile + 1);
+    } else if constexpr (kKeys == KeyAddressing::kBlocks) {
+      const KeyBlocks& blocks = args.key_blocks;
+      k_loader.load_blocked<kStreamHint>(k_base, args.k_strides.row, blocks, blocks.k_stride, n0, key_end, stage_bytes, stream_policy);
+      v_loader.load_blocked<kStreamHint>(v_base, args.v_strides.row, blocks, blocks.v_stride, n0, key_end, stage_bytes, stream_policy);
     } else {
       k_loader.load<kStreamHint>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
       v_loader.load<kStreamHint>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);
@@ -470,8 +474,12 @@ template <typename T, int kHeadDim, int kMTiles, int kStages>
 void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& params) {
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
   const cudaStream_t stream = static_cast<cudaStream_t>(plan.context->stream);
-  auto split_kernel = params.args.block_table != nullptr ? decode_split_kernel<T, kHeadDim, kMTiles, kStages, true>
-                                                         : decode_split_kernel<T, kHeadDim, kMTiles, kStages, false>;
+  auto split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages, KeyAddressing::kRows>;
+  if (params.args.block_table != nullptr) {
+    split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages, KeyAddressing::kPages>;
+  } else if (params.args.key_blocks.tokens > 0) {
+    split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages, KeyAddressing::kBlocks>;
+  }
   NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
   const int rows = plan.q_len * params.mask.group;
@@ -486,12 +494,13 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
 }
 
 // Blocks of the contiguous or the paged instantiation (same shared memory, not the same registers) that fit
-// on one SM.
+// on one SM. Plans do not know whether their keys will come in blocks (KeyAddressing::kBlocks): they are sized
+// by the contiguous instantiation.
 template <typename T, int kHeadDim, int kMTiles, int kStages>
 int resident_blocks(bool paged) {
   using Tiles = DecodeTiles<kHeadDim, kMTiles, kStages>;
-  auto split_kernel = paged ? decode_split_kernel<T, kHeadDim, kMTiles, kStages, true>
-                            : decode_split_kernel<T, kHeadDim, kMTiles, kStages, false>;
+  auto split_kernel = paged ? decode_split_kernel<T, kHeadDim, kMTiles, kStages, KeyAddressing::kPages>
+                            : decode_split_kernel<T, kHeadDim, kMTiles, kStages, KeyAddressing::kRows>;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
   int blocks = 0;

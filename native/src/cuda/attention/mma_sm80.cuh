@@ -89,6 +89,11 @@ __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
   return policy;
 }
+// Where a kernel finds key t: row t of its K/V (kRows), row t % tokens of block t / tokens (kBlocks,
+// KeyBlocks), or through a block table (kPages). Each is its own instantiation, so the plain kernel carries
+// neither the divisions nor the table lookups and their registers.
+enum class KeyAddressing { kRows, kBlocks, kPages };
+
 // Copies a tile of kRows rows x kPitch elements from global memory (rows `row_stride` elements apart)
 // into a SwizzledTile with kThreads threads. Each thread owns one 16-byte chunk column of the tile and
 // rows first_row + i * kRowsPerPass; everything that does not change from tile to tile (the swizzled
@@ -149,6 +154,23 @@ struct TileLoader {
     for (int i = 0; i < kPasses; ++i) {
       const bool valid = data_chunk && row0 + first_row + i * kRowsPerPass < valid_rows;
       copy_pass<kWithPolicy>(i, chunk_base + static_cast<int64_t>(physical_rows[i]) * row_stride, valid, extra_bytes, policy);
+    }
+  }
+
+  // The same over keys split in blocks (KeyBlocks): row r at (r / tokens) x block_stride + (r % tokens) x
+  // row_stride. A division by multiply-high and two wide multiply-adds per pass; no loads.
+  template <bool kWithPolicy = false, typename T>
+  __device__ __forceinline__ void load_blocked(const T* base, int64_t row_stride, const KeyBlocks& blocks, int64_t block_stride,
+                                               int row0, int valid_rows, uint32_t extra_bytes = 0, uint64_t policy = 0) const {
+    const bool data_chunk = chunk < kDataChunks;
+    const T* chunk_base = base + chunk * 8;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int row = row0 + first_row + i * kRowsPerPass;
+      const bool valid = data_chunk && row < valid_rows;
+      const int block = blocks.block_of(row);
+      const T* src = chunk_base + static_cast<int64_t>(block) * block_stride + static_cast<int64_t>(row - block * blocks.tokens) * row_stride;
+      copy_pass<kWithPolicy>(i, valid ? src : base, valid, extra_bytes, policy);
     }
   }
 

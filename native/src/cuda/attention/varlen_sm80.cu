@@ -59,8 +59,8 @@ struct VarlenTiles {
   static constexpr size_t kSharedBytes = static_cast<size_t>(kBlockM + 3 * kBlockN) * kPitch * 2;  // Q, 2 K, V
 };
 
-// kPaged: keys and values are read through args.block_table (its own instantiation).
-template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters, bool kPaged>
+// kKeys: where key t lies (KeyAddressing): row t, in blocks (args.key_blocks) or through args.block_table.
+template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters, KeyAddressing kKeys>
 __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const VarlenKernelParams p) {
   const VarlenAttentionArgs& args = p.args;
   using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
@@ -103,6 +103,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
 
   const T* q_base = static_cast<const T*>(args.q) + static_cast<int64_t>(q_begin) * args.q_strides.row;
   // Paged: the pools' first rows, and this sequence's row of the block table. Batched: its batch entry.
+  constexpr bool kPaged = kKeys == KeyAddressing::kPages;
   const int64_t k_row0 = kPaged || args.batched_kv ? 0 : k_begin;
   const T* k_base = static_cast<const T*>(args.k) + sequence * args.k_batch_stride + k_row0 * args.k_strides.row +
                     kv_head * args.k_strides.head;
@@ -118,8 +119,10 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   // the pages a tile ahead made the kernel 2% slower on an H100; bench/NOTES.md p6). A tile within one page
   // (pages of kBlockN tokens or more) is a contiguous run of rows: one table read and the contiguous copies.
   const bool tile_in_one_page = kPaged && (1 << args.page_shift) >= kBlockN;
-  auto load_keys = [&](const Loader& loader, const T* base, int64_t row_stride, int n0, uint32_t stage) {
-    if constexpr (kPaged) {
+  auto load_keys = [&](const Loader& loader, const T* base, int64_t row_stride, int64_t block_stride, int n0, uint32_t stage) {
+    if constexpr (kKeys == KeyAddressing::kBlocks) {
+      loader.load_blocked(base, row_stride, args.key_blocks, block_stride, n0, lk, stage);
+    } else if constexpr (kPaged) {
       if (tile_in_one_page) {  // n0 < lk, so the table row has the tile's page
         const int page_mask = (1 << args.page_shift) - 1;
         const int64_t page_first_row = static_cast<int64_t>(__ldg(page_row + (n0 >> args.page_shift))) << args.page_shift;
@@ -138,7 +141,7 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   load_packed_q_tile<Tiles::kPitch, kBlockM, kChunks, kThreads>(q_tile, q_base, args.q_strides, row0, rows, group, kv_head);
   const auto k_stage = [](int tile) { return static_cast<uint32_t>(tile & 1) * Tiles::kKStageBytes; };
   if (tile_end > tile_begin) {
-    load_keys(k_loader, k_base, args.k_strides.row, (tile_end - 1) * kBlockN, k_stage(tile_end - 1));
+    load_keys(k_loader, k_base, args.k_strides.row, args.key_blocks.k_stride, (tile_end - 1) * kBlockN, k_stage(tile_end - 1));
   }
   copy_async_commit();
 
@@ -170,9 +173,9 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
     const int n0 = tile * kBlockN;
     // V of this tile and K of the next one (into the stage the previous QK^T read; the last barrier
     // saw every warp finish it).
-    load_keys(v_loader, v_base, args.v_strides.row, n0, 0);
+    load_keys(v_loader, v_base, args.v_strides.row, args.key_blocks.v_stride, n0, 0);
     copy_async_commit();
-    if (tile > tile_begin) load_keys(k_loader, k_base, args.k_strides.row, n0 - kBlockN, k_stage(tile - 1));
+    if (tile > tile_begin) load_keys(k_loader, k_base, args.k_strides.row, args.key_blocks.k_stride, n0 - kBlockN, k_stage(tile - 1));
     copy_async_commit();
     const uint32_t k_offset = k_stage(tile);
 
@@ -284,8 +287,12 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
 template <typename T, int kHeadDim, int kWarps, int kMTiles, int kBlockN, bool kQInRegisters>
 void launch_varlen(const nkv_attention_plan& plan, const VarlenKernelParams& params) {
   using Tiles = VarlenTiles<kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters>;
-  auto kernel = params.args.block_table != nullptr ? varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, true>
-                                                   : varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, false>;
+  auto kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, KeyAddressing::kRows>;
+  if (params.args.block_table != nullptr) {
+    kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, KeyAddressing::kPages>;
+  } else if (params.args.key_blocks.tokens > 0) {
+    kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, KeyAddressing::kBlocks>;
+  }
   const nkv_context& c = *plan.context;
   if (static_cast<int64_t>(Tiles::kSharedBytes) > c.shared_memory_per_block) {
     fail(NKV_STATUS_NOT_SUPPORTED, "varlen attention with head_dim " + std::to_string(kHeadDim) + " needs " +

@@ -19,6 +19,8 @@ struct WriteParams {
   uint4* v_pool;
   const int32_t* slots;
   int64_t slot_stride;  // in 16-byte chunks
+  int32_t block_slots;  // > 0: slots in blocks of this many, block_stride chunks apart
+  int64_t block_stride;
   int64_t tokens;
   int32_t num_heads_kv;
   int32_t chunks;  // per head row
@@ -33,7 +35,10 @@ __global__ void paged_kv_write_kernel(const WriteParams p) {
     const int64_t within = i - token * per_token;
     const int64_t head = within / p.chunks;
     const int64_t chunk = within - head * p.chunks;
-    const int64_t destination = static_cast<int64_t>(p.slots[token]) * p.slot_stride + within;
+    const int32_t slot = p.slots[token];
+    const int64_t row = p.block_slots > 0 ? static_cast<int64_t>(slot / p.block_slots) * p.block_stride + (slot % p.block_slots) * p.slot_stride
+                                          : static_cast<int64_t>(slot) * p.slot_stride;
+    const int64_t destination = row + within;
     p.k_pool[destination] = p.k[token * p.k_row_stride + head * p.k_head_stride + chunk];
     p.v_pool[destination] = p.v[token * p.v_row_stride + head * p.v_head_stride + chunk];
   }
@@ -55,6 +60,8 @@ void paged_kv_write(const PagedKvWriteArgs& a, const nkv_context& context) {
   p.v_pool = static_cast<uint4*>(a.v_pool);
   p.slots = a.slots;
   p.slot_stride = a.slot_stride / 8;
+  p.block_slots = a.block_slots;
+  p.block_stride = a.block_stride / 8;
   p.tokens = a.tokens;
   p.num_heads_kv = a.num_heads_kv;
   p.chunks = a.head_dim / 8;

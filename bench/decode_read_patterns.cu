@@ -93,11 +93,11 @@ __global__ void __launch_bounds__(kThreads) stream_kernel(const char* kv, Patter
   if (acc == 0x9e3779b9u) *sink = acc;
 }
 
-float median_us(const Pattern& p, const char* kv, unsigned* sink, cudaEvent_t start, cudaEvent_t stop) {
+float median_us(const Pattern& p, int shared_bytes, const char* kv, unsigned* sink, cudaEvent_t start, cudaEvent_t stop) {
   std::vector<float> samples;
   for (int r = 0; r < 25; ++r) {
     cudaEventRecord(start);
-    stream_kernel<<<p.n0 * p.n1 * p.n2, kThreads, kStages * 2 * kTileBytes>>>(kv, p, sink);
+    stream_kernel<<<p.n0 * p.n1 * p.n2, kThreads, shared_bytes>>>(kv, p, sink);
     cudaEventRecord(stop);
     cudaEventSynchronize(stop);
     float ms = 0;
@@ -110,6 +110,7 @@ float median_us(const Pattern& p, const char* kv, unsigned* sink, cudaEvent_t st
 
 struct Shape {
   int batch, length, pieces;  // pieces per sequence, as the decode plan cuts b8 x L32768
+  int shared_bytes;           // per block: more than half an SM's leaves one block per SM, as decode runs b8 x L32768
 };
 
 // Token rows of K and V at token_stride with V right after K (the token-major cache: a row holds every
@@ -156,12 +157,13 @@ int main(int argc, char** argv) {
     return 1;
   }
   cudaMemset(kv, 1, bytes);
-  cudaFuncSetAttribute(stream_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kStages * 2 * kTileBytes);
+  constexpr int kPipelineBytes = kStages * 2 * kTileBytes, kOneBlockPerSm = 120 * 1024;
+  cudaFuncSetAttribute(stream_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kOneBlockPerSm);
   cudaEvent_t start, stop;
   cudaEventCreate(&start);
   cudaEventCreate(&stop);
   const long long k_bytes = tokens * token;  // contiguous: V right after the whole K tensor
-  for (const Shape shape : {Shape{64, 4096, 1}, Shape{8, 32768, 8}}) {
+  for (const Shape shape : {Shape{64, 4096, 1, kPipelineBytes}, Shape{8, 32768, 8, kPipelineBytes}, Shape{8, 32768, 2, kOneBlockPerSm}}) {
     const int per_piece = shape.length / shape.pieces;
     std::vector<Pattern> patterns;
     // [b, L, Hkv, d] K and V tensors: 256 B per key, 2 KiB apart (the contiguous decode's layout)
@@ -193,12 +195,13 @@ int main(int argc, char** argv) {
     patterns.push_back(per_head_groups(shape, 16, 2048 * 1024));   // pages of 128 KiB stride, one run per page
     patterns.push_back(per_head_groups(shape, 64, 8192 * 1024));   // a whole tile per run, 4 pages apart
     // all heads of a key range per block: 8 whole rows of K (2 KiB, V after it) per tile
-    patterns.push_back({"all-heads, K|V rows every 128 KiB", 8, 2048, widest, 1, widest, 2048, 8, shape.pieces, shape.batch,
+    if (per_piece == 4096) patterns.push_back({"all-heads, K|V rows every 128 KiB", 8, 2048, widest, 1, widest, 2048, 8, shape.pieces, shape.batch,
                         per_piece / 8 * widest, per_piece * widest, shape.length * widest, 64});
-    std::printf("\nb%d x L%d, %d pieces per sequence\n", shape.batch, shape.length, shape.pieces);
+    std::printf("\nb%d x L%d, %d pieces per sequence, %d KiB of shared memory per block\n", shape.batch, shape.length,
+                shape.pieces, shape.shared_bytes / 1024);
     std::vector<std::vector<float>> times(patterns.size());
     for (int round = 0; round < 3; ++round) {
-      for (size_t i = 0; i < patterns.size(); ++i) times[i].push_back(median_us(patterns[i], kv, sink, start, stop));
+      for (size_t i = 0; i < patterns.size(); ++i) times[i].push_back(median_us(patterns[i], shape.shared_bytes, kv, sink, start, stop));
     }
     const float base = times[0][0] + times[0][1] + times[0][2];
     for (size_t i = 0; i < patterns.size(); ++i) {

@@ -1171,7 +1171,7 @@ TEST(AttentionCuda, DecodeOverKeyBlocksMatchesTheBatchLayout) {
 // have near the block boundaries and the ends of the int32 range.
 TEST(Attention, KeyBlocksDivideExactly) {
   for (int32_t tokens = 1; tokens <= 4096; tokens = tokens < 64 ? tokens + 1 : tokens * 3 / 2) {
-    const nkv::KeyBlocks blocks = nkv::key_blocks(tokens, 0, 0);
+    const nkv::KeyBlocks blocks = nkv::key_blocks(tokens, 0, 0, 0, 0);
     for (int64_t base : {int64_t{0}, int64_t{tokens} * 1000, int64_t{1} << 30, (int64_t{1} << 31) - 3 * int64_t{tokens}}) {
       for (int64_t t = std::max<int64_t>(0, base - tokens); t < std::min<int64_t>(int64_t{1} << 31, base + 2 * tokens); ++t) {
         ASSERT_EQ(blocks.block_of(static_cast<int32_t>(t)), t / tokens) << t << " / " << tokens;

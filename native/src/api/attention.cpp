@@ -504,7 +504,7 @@ const nkv_tensor& check_batched_kv(const nkv_attention_plan& p, const nkv_tensor
     if (tk.shape[2] < 1 || tk.shape[2] > std::numeric_limits<int32_t>::max()) {
       fail_argument("arguments 'k' and 'v': expected 1 .. 2^31 - 1 tokens per block (dimension 2), got " + std::to_string(tk.shape[2]));
     }
-    blocks = key_blocks(static_cast<int32_t>(tk.shape[2]), tk.strides[1], tv.strides[1]);
+    blocks = key_blocks(static_cast<int32_t>(tk.shape[2]), tk.strides[1], tv.strides[1], tk.strides[2], tv.strides[2]);
   }
   return tv;
 }

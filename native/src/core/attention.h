@@ -103,6 +103,11 @@ struct KeyBlocks {
   uint32_t shift = 0;
   int64_t k_stride = 0;  // elements from one block to the next
   int64_t v_stride = 0;
+  // K and V have the same row and block strides, and the offset of any of the first 128 rows of a block from
+  // the block's first row fits int32: kernels whose tiles lie alike on blocks (tiles of n rows starting at
+  // multiples of n, with tokens dividing n or n dividing tokens) then compute each thread's row offsets
+  // within a tile once, not per tile.
+  bool uniform = false;
 
   NKV_HOST_DEVICE int32_t block_of(int32_t t) const {
     if (magic == 0) return t;
@@ -116,11 +121,14 @@ struct KeyBlocks {
 
 // Blocks of `tokens` >= 1 rows: with l = ceil(log2(tokens)), magic = ceil(2^(31 + l) / tokens) < 2^32 and
 // shift = l - 1 (the round-up error stays below one for dividends under 2^31).
-inline KeyBlocks key_blocks(int32_t tokens, int64_t k_stride, int64_t v_stride) {
+inline KeyBlocks key_blocks(int32_t tokens, int64_t k_stride, int64_t v_stride, int64_t k_row_stride, int64_t v_row_stride) {
   KeyBlocks b;
   b.tokens = tokens;
   b.k_stride = k_stride;
   b.v_stride = v_stride;
+  constexpr int64_t kInt32Limit = int64_t{1} << 31;
+  b.uniform = k_stride == v_stride && k_row_stride == v_row_stride && k_stride >= 0 && k_row_stride >= 0 &&
+              k_stride < kInt32Limit / 512 && k_row_stride < kInt32Limit / 512;
   if (tokens > 1) {
     uint32_t l = 0;
     while ((int64_t{1} << l) < tokens) ++l;

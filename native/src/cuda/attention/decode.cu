@@ -267,6 +267,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   // the row arithmetic before them) waited for stalled the block by an L2 round trip per tile; with one
   // block per SM that cost b8 x L32768 at page 16 up to 1.28x the contiguous time (bench/NOTES.md p3).
   int32_t next_pages[Loader::kPasses];
+  // Keys in blocks: tiles start at multiples of kDecodeBlockN (pieces and windows cut at tiles), so where
+  // blocks and tiles nest, a thread's rows lie at the same offsets from every tile's first row: a tile's
+  // loads then cost one division and the contiguous kernel's adds, not a division per row (which made the
+  // token-major cache's decode 3% slower at one block per SM; bench/NOTES.md p7).
+  const bool uniform_tiles = kKeys == KeyAddressing::kBlocks && args.key_blocks.uniform &&
+                             (kDecodeBlockN % args.key_blocks.tokens == 0 || args.key_blocks.tokens % kDecodeBlockN == 0);
+  int32_t row_offsets[Loader::kPasses];
+  if (uniform_tiles) k_loader.tile_offsets(args.key_blocks, args.k_strides.row, args.key_blocks.k_stride, row_offsets);
   auto lookup_pages = [&](int tile) {
     if constexpr (kPaged) k_loader.lookup_pages(page_row, args.page_shift, key_begin + tile * kDecodeBlockN, key_end, next_pages);
   };
@@ -281,8 +289,15 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
       lookup_pages(tile + 1);
     } else if constexpr (kKeys == KeyAddressing::kBlocks) {
       const KeyBlocks& blocks = args.key_blocks;
-      k_loader.load_blocked<kStreamHint>(k_base, args.k_strides.row, blocks, blocks.k_stride, n0, key_end, stage_bytes, stream_policy);
-      v_loader.load_blocked<kStreamHint>(v_base, args.v_strides.row, blocks, blocks.v_stride, n0, key_end, stage_bytes, stream_policy);
+      if (uniform_tiles) {
+        const int block = blocks.block_of(n0);
+        const int64_t first_row = block * blocks.k_stride + (n0 - block * blocks.tokens) * args.k_strides.row;
+        k_loader.load_at_offsets<kStreamHint>(k_base + first_row, row_offsets, n0, key_end, stage_bytes, stream_policy);
+        v_loader.load_at_offsets<kStreamHint>(v_base + first_row, row_offsets, n0, key_end, stage_bytes, stream_policy);
+      } else {
+        k_loader.load_blocked<kStreamHint>(k_base, args.k_strides.row, blocks, blocks.k_stride, n0, key_end, stage_bytes, stream_policy);
+        v_loader.load_blocked<kStreamHint>(v_base, args.v_strides.row, blocks, blocks.v_stride, n0, key_end, stage_bytes, stream_policy);
+      }
     } else {
       k_loader.load<kStreamHint>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
       v_loader.load<kStreamHint>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);

@@ -174,6 +174,32 @@ struct TileLoader {
     }
   }
 
+  // Keys in blocks whose tiles all lie alike on them (KeyBlocks::uniform, kRows % tokens == 0 or tokens %
+  // kRows == 0; tiles start at multiples of kRows): this thread's rows' offsets from a tile's first row, the
+  // same for every tile. Divides once per block, so that a tile then costs what a contiguous one does.
+  __device__ __forceinline__ void tile_offsets(const KeyBlocks& blocks, int64_t row_stride, int64_t block_stride,
+                                               int32_t (&offsets)[kPasses]) const {
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const int row = first_row + i * kRowsPerPass;
+      const int block = row / blocks.tokens;
+      offsets[i] = static_cast<int32_t>(block * block_stride + (row - block * blocks.tokens) * row_stride);
+    }
+  }
+
+  // Rows [row0, row0 + kRows) whose first row is at `tile`, this thread's rows at the offsets from tile_offsets.
+  template <bool kWithPolicy = false, typename T>
+  __device__ __forceinline__ void load_at_offsets(const T* tile, const int32_t (&offsets)[kPasses], int row0, int valid_rows,
+                                                  uint32_t extra_bytes = 0, uint64_t policy = 0) const {
+    const bool data_chunk = chunk < kDataChunks;
+    const T* chunk_base = tile + chunk * 8;
+#pragma unroll
+    for (int i = 0; i < kPasses; ++i) {
+      const bool valid = data_chunk && row0 + first_row + i * kRowsPerPass < valid_rows;
+      copy_pass<kWithPolicy>(i, valid ? chunk_base + offsets[i] : tile, valid, extra_bytes, policy);
+    }
+  }
+
   // The pages holding this thread's rows of the tile at row0 (page 0 for rows at or past valid_rows: a table
   // row need not have entries past a sequence's last page). Only loads: whatever uses a page stalls until
   // the read returns, so the caller looks a tile ahead and computes rows_in_pool when the tile is loaded.

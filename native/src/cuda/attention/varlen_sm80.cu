@@ -119,9 +119,20 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   // the pages a tile ahead made the kernel 2% slower on an H100; bench/NOTES.md p6). A tile within one page
   // (pages of kBlockN tokens or more) is a contiguous run of rows: one table read and the contiguous copies.
   const bool tile_in_one_page = kPaged && (1 << args.page_shift) >= kBlockN;
+  // Keys in blocks: where blocks and tiles nest, a thread's rows lie at the same offsets from every tile's
+  // first row (computed once), else each row divides (decode.cu has the measurements).
+  const bool uniform_tiles = kKeys == KeyAddressing::kBlocks && args.key_blocks.uniform &&
+                             (kBlockN % args.key_blocks.tokens == 0 || args.key_blocks.tokens % kBlockN == 0);
+  int32_t row_offsets[Loader::kPasses];
+  if (uniform_tiles) k_loader.tile_offsets(args.key_blocks, args.k_strides.row, args.key_blocks.k_stride, row_offsets);
   auto load_keys = [&](const Loader& loader, const T* base, int64_t row_stride, int64_t block_stride, int n0, uint32_t stage) {
     if constexpr (kKeys == KeyAddressing::kBlocks) {
-      loader.load_blocked(base, row_stride, args.key_blocks, block_stride, n0, lk, stage);
+      if (uniform_tiles) {
+        const int block = args.key_blocks.block_of(n0);
+        loader.load_at_offsets(base + block * block_stride + (n0 - block * args.key_blocks.tokens) * row_stride, row_offsets, n0, lk, stage);
+      } else {
+        loader.load_blocked(base, row_stride, args.key_blocks, block_stride, n0, lk, stage);
+      }
     } else if constexpr (kPaged) {
       if (tile_in_one_page) {  // n0 < lk, so the table row has the tile's page
         const int page_mask = (1 << args.page_shift) - 1;

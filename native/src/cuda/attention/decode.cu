@@ -271,10 +271,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   // blocks and tiles nest, a thread's rows lie at the same offsets from every tile's first row: a tile's
   // loads then cost one division and the contiguous kernel's adds, not a division per row (which made the
   // token-major cache's decode 3% slower at one block per SM; bench/NOTES.md p7).
-  const bool uniform_tiles = kKeys == KeyAddressing::kBlocks && args.key_blocks.uniform &&
-                             (kDecodeBlockN % args.key_blocks.tokens == 0 || args.key_blocks.tokens % kDecodeBlockN == 0);
   int32_t row_offsets[Loader::kPasses];
-  if (uniform_tiles) k_loader.tile_offsets(args.key_blocks, args.k_strides.row, args.key_blocks.k_stride, row_offsets);
+  if constexpr (kKeys == KeyAddressing::kBlocks) k_loader.tile_offsets(args.key_blocks, args.k_strides.row, args.key_blocks.k_stride, row_offsets);
   auto lookup_pages = [&](int tile) {
     if constexpr (kPaged) k_loader.lookup_pages(page_row, args.page_shift, key_begin + tile * kDecodeBlockN, key_end, next_pages);
   };
@@ -289,15 +287,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
       lookup_pages(tile + 1);
     } else if constexpr (kKeys == KeyAddressing::kBlocks) {
       const KeyBlocks& blocks = args.key_blocks;
-      if (uniform_tiles) {
-        const int block = blocks.block_of(n0);
-        const int64_t first_row = block * blocks.k_stride + (n0 - block * blocks.tokens) * args.k_strides.row;
-        k_loader.load_at_offsets<kStreamHint>(k_base + first_row, row_offsets, n0, key_end, stage_bytes, stream_policy);
-        v_loader.load_at_offsets<kStreamHint>(v_base + first_row, row_offsets, n0, key_end, stage_bytes, stream_policy);
-      } else {
-        k_loader.load_blocked<kStreamHint>(k_base, args.k_strides.row, blocks, blocks.k_stride, n0, key_end, stage_bytes, stream_policy);
-        v_loader.load_blocked<kStreamHint>(v_base, args.v_strides.row, blocks, blocks.v_stride, n0, key_end, stage_bytes, stream_policy);
-      }
+      const int block = blocks.block_of(n0);
+      const int64_t first_row = block * blocks.k_stride + (n0 - block * blocks.tokens) * args.k_strides.row;
+      k_loader.load_at_offsets<kStreamHint>(k_base + first_row, row_offsets, n0, key_end, stage_bytes, stream_policy);
+      v_loader.load_at_offsets<kStreamHint>(v_base + first_row, row_offsets, n0, key_end, stage_bytes, stream_policy);
+    } else if constexpr (kKeys == KeyAddressing::kAnyBlocks) {
+      const KeyBlocks& blocks = args.key_blocks;
+      k_loader.load_blocked<kStreamHint>(k_base, args.k_strides.row, blocks, blocks.k_stride, n0, key_end, stage_bytes, stream_policy);
+      v_loader.load_blocked<kStreamHint>(v_base, args.v_strides.row, blocks, blocks.v_stride, n0, key_end, stage_bytes, stream_policy);
     } else {
       k_loader.load<kStreamHint>(k_base, args.k_strides.row, n0, key_end, stage_bytes, stream_policy);
       v_loader.load<kStreamHint>(v_base, args.v_strides.row, n0, key_end, stage_bytes, stream_policy);
@@ -493,7 +490,9 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
   if (params.args.block_table != nullptr) {
     split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages, KeyAddressing::kPages>;
   } else if (params.args.key_blocks.tokens > 0) {
-    split_kernel = decode_split_kernel<T, kHeadDim, kMTiles, kStages, KeyAddressing::kBlocks>;
+    split_kernel = nests_in_tiles<kDecodeBlockN>(params.args.key_blocks)
+                       ? decode_split_kernel<T, kHeadDim, kMTiles, kStages, KeyAddressing::kBlocks>
+                       : decode_split_kernel<T, kHeadDim, kMTiles, kStages, KeyAddressing::kAnyBlocks>;
   }
   NKV_CUDA_CHECK(cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                       static_cast<int>(Tiles::kSharedBytes)));
@@ -509,7 +508,7 @@ void launch_decode(const nkv_attention_plan& plan, const DecodeKernelParams& par
 }
 
 // Blocks of the contiguous or the paged instantiation (same shared memory, not the same registers) that fit
-// on one SM. Plans do not know whether their keys will come in blocks (KeyAddressing::kBlocks): they are sized
+// on one SM. Plans do not know whether their keys will come in blocks (KeyBlocks): they are sized
 // by the contiguous instantiation.
 template <typename T, int kHeadDim, int kMTiles, int kStages>
 int resident_blocks(bool paged) {

@@ -89,10 +89,17 @@ __device__ __forceinline__ uint64_t l2_evict_first_policy() {
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;\n" : "=l"(policy));
   return policy;
 }
-// Where a kernel finds key t: row t of its K/V (kRows), row t % tokens of block t / tokens (kBlocks,
-// KeyBlocks), or through a block table (kPages). Each is its own instantiation, so the plain kernel carries
-// neither the divisions nor the table lookups and their registers.
-enum class KeyAddressing { kRows, kBlocks, kPages };
+// Where a kernel finds key t: row t of its K/V (kRows); row t % tokens of block t / tokens (KeyBlocks),
+// where blocks and tiles nest (kBlocks: each thread's row offsets within a tile computed once, see
+// nests_in_tiles) or not (kAnyBlocks: a division per row); or through a block table (kPages). Each is its
+// own instantiation, so the plain kernel carries neither the divisions nor the table lookups and their registers.
+enum class KeyAddressing { kRows, kBlocks, kAnyBlocks, kPages };
+
+// Tiles of kTileRows keys starting at multiples of kTileRows lie alike on the blocks (KeyAddressing::kBlocks).
+template <int kTileRows>
+bool nests_in_tiles(const KeyBlocks& blocks) {
+  return blocks.uniform && (kTileRows % blocks.tokens == 0 || blocks.tokens % kTileRows == 0);
+}
 
 // Copies a tile of kRows rows x kPitch elements from global memory (rows `row_stride` elements apart)
 // into a SwizzledTile with kThreads threads. Each thread owns one 16-byte chunk column of the tile and
@@ -174,8 +181,7 @@ struct TileLoader {
     }
   }
 
-  // Keys in blocks whose tiles all lie alike on them (KeyBlocks::uniform, kRows % tokens == 0 or tokens %
-  // kRows == 0; tiles start at multiples of kRows): this thread's rows' offsets from a tile's first row, the
+  // Keys in blocks whose tiles all lie alike on them (nests_in_tiles<kRows>; tiles start at multiples of kRows): this thread's rows' offsets from a tile's first row, the
   // same for every tile. Divides once per block, so that a tile then costs what a contiguous one does.
   __device__ __forceinline__ void tile_offsets(const KeyBlocks& blocks, int64_t row_stride, int64_t block_stride,
                                                int32_t (&offsets)[kPasses]) const {

@@ -121,18 +121,14 @@ __global__ void __launch_bounds__(kWarps * 32) varlen_forward_kernel(const Varle
   const bool tile_in_one_page = kPaged && (1 << args.page_shift) >= kBlockN;
   // Keys in blocks: where blocks and tiles nest, a thread's rows lie at the same offsets from every tile's
   // first row (computed once), else each row divides (decode.cu has the measurements).
-  const bool uniform_tiles = kKeys == KeyAddressing::kBlocks && args.key_blocks.uniform &&
-                             (kBlockN % args.key_blocks.tokens == 0 || args.key_blocks.tokens % kBlockN == 0);
   int32_t row_offsets[Loader::kPasses];
-  if (uniform_tiles) k_loader.tile_offsets(args.key_blocks, args.k_strides.row, args.key_blocks.k_stride, row_offsets);
+  if constexpr (kKeys == KeyAddressing::kBlocks) k_loader.tile_offsets(args.key_blocks, args.k_strides.row, args.key_blocks.k_stride, row_offsets);
   auto load_keys = [&](const Loader& loader, const T* base, int64_t row_stride, int64_t block_stride, int n0, uint32_t stage) {
     if constexpr (kKeys == KeyAddressing::kBlocks) {
-      if (uniform_tiles) {
-        const int block = args.key_blocks.block_of(n0);
-        loader.load_at_offsets(base + block * block_stride + (n0 - block * args.key_blocks.tokens) * row_stride, row_offsets, n0, lk, stage);
-      } else {
-        loader.load_blocked(base, row_stride, args.key_blocks, block_stride, n0, lk, stage);
-      }
+      const int block = args.key_blocks.block_of(n0);
+      loader.load_at_offsets(base + block * block_stride + (n0 - block * args.key_blocks.tokens) * row_stride, row_offsets, n0, lk, stage);
+    } else if constexpr (kKeys == KeyAddressing::kAnyBlocks) {
+      loader.load_blocked(base, row_stride, args.key_blocks, block_stride, n0, lk, stage);
     } else if constexpr (kPaged) {
       if (tile_in_one_page) {  // n0 < lk, so the table row has the tile's page
         const int page_mask = (1 << args.page_shift) - 1;
@@ -302,7 +298,9 @@ void launch_varlen(const nkv_attention_plan& plan, const VarlenKernelParams& par
   if (params.args.block_table != nullptr) {
     kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, KeyAddressing::kPages>;
   } else if (params.args.key_blocks.tokens > 0) {
-    kernel = varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, KeyAddressing::kBlocks>;
+    kernel = nests_in_tiles<kBlockN>(params.args.key_blocks)
+                 ? varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, KeyAddressing::kBlocks>
+                 : varlen_forward_kernel<T, kHeadDim, kWarps, kMTiles, kBlockN, kQInRegisters, KeyAddressing::kAnyBlocks>;
   }
   const nkv_context& c = *plan.context;
   if (static_cast<int64_t>(Tiles::kSharedBytes) > c.shared_memory_per_block) {

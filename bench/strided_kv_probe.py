@@ -2,6 +2,8 @@
 
   STRIDES_KIB=4,8,...   token strides in PyTorch (cudaMalloc) memory, K then V at OFFSET_KIB in each token's row
   LAYERS=32,8           token-major virtual caches of that many layers (view of layer 0), at each of SPLITS
+  PAGE_LAYOUTS=1        the token-major cache's page layout in PyTorch memory (32 layers, 16 tokens per 2 MiB page, read
+                        through 5-D views): each layer's K rows then its V rows (the cache's), or K|V rows per token
 """
 import os, sys, torch
 sys.path.insert(0, "bench/peers"); sys.path.insert(0, "tests/peer")
@@ -15,6 +17,7 @@ STRIDES = [float(x) for x in env("STRIDES_KIB", "4,8,32,128,132,136")]
 OFFSET_KIB = float(os.environ.get("OFFSET_KIB", "0"))
 LAYERS = [int(x) for x in env("LAYERS", "32,8")]
 SPLITS = [int(x) for x in env("SPLITS", "0,1,2,4,8")]
+PAGE_LAYOUTS = os.environ.get("PAGE_LAYOUTS", "0") == "1"
 
 
 def compare(label, plan_run, contiguous, reference, out):
@@ -44,6 +47,16 @@ with torch.cuda.stream(stream):
             compare(f"b{b} L{L} token stride {kib:6.1f} KiB (cudaMalloc, offset {OFFSET_KIB} KiB)",
                     plan.bind(q, ks, vs, out), contiguous, reference, out)
             del buf, ks, vs; ab.free_memory()
+        if PAGE_LAYOUTS:
+            pages = b * L // 16
+            for name, dims, pick in (("K rows then V rows", (pages, 32, 2, 16, 8, 128), lambda x, i: x[:, 0, i]),
+                                     ("K|V rows per token", (pages, 32, 16, 2, 8, 128), lambda x, i: x[:, 0, :, i])):
+                buf = torch.empty(dims, device="cuda", dtype=ab.FP16)
+                ks, vs = (pick(buf, i).unflatten(0, (b, L // 16)) for i in (0, 1))
+                ks.copy_(k.view(b, L // 16, 16, 8, 128)); vs.copy_(v.view(b, L // 16, 16, 8, 128))
+                out = torch.empty_like(q)
+                compare(f"b{b} L{L} pages of 16 tokens x 32 layers, {name}", plan.bind(q, ks, vs, out), contiguous, reference, out)
+                del buf, ks, vs; ab.free_memory()
         for layers in LAYERS:
             with nkv.VirtualKvCache(side.ctx, layout=nkv.VirtualKvCache.TOKEN_MAJOR, num_layers=layers, num_heads_kv=8,
                                     head_dim=128, max_slots=b, max_tokens=L) as cache:

@@ -591,11 +591,12 @@ int blocks_per_sm(size_t in_flight_bytes, bool paged) {
 // Blocks over distinct keys that run at once on the GPU, shared among the row blocks.
 template <int kHeadDim>
 int64_t block_slots_for(const nkv_attention_plan& plan) {
-  // Small pages scattered over a pool miss the address-translation caches, so each load waits longer and
-  // twice the bytes must be in flight. H100, b8 x L32768, pages in random order, contiguous time / paged
-  // time with one block per SM vs two: page 16 0.932 vs 0.958, page 64 0.964 vs 0.971, but page 256
-  // 0.985 vs 0.973 (bench/NOTES.md p3).
-  const size_t in_flight_bytes = plan.kv_page_size > 0 && plan.kv_page_size < 256 ? 128 * 1024 : 64 * 1024;
+  // Pages scattered over a pool miss the address-translation caches, so each load waits longer and twice
+  // the bytes must be in flight. H100, b8 x L32768, pages in random order, contiguous time / paged time
+  // with one block per SM vs two: page 16 0.932 vs 0.958, page 64 0.964 vs 0.971, page 256 0.985 vs 0.973
+  // (bench/NOTES.md p3); but on an H200 page 256 with one block per SM (2 pieces) ran at 0.86-0.88 where
+  // pages 16 and 64 with two ran at 0.96-0.98 (p7), so every page size gets two.
+  const size_t in_flight_bytes = plan.kv_page_size > 0 ? 128 * 1024 : 64 * 1024;
   const bool paged = plan.kv_page_size > 0;  // such a plan runs only the paged instantiation
   const DecodeConfig c = decode_config<kHeadDim>(plan);
   int per_sm = 0;

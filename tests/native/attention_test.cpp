@@ -911,6 +911,34 @@ TEST(AttentionCuda, DecodeOneSequenceOf256KTokens) {
   expect_decode_matches_cpu(c);
 }
 
+// A decode plan for case c with Q, O (poisoned) and LSE (NaN) placed on the context and viewed: what a test
+// needs around a decode call over K/V laid out its own way. plan is null when planning failed.
+struct DecodeCall {
+  Placed q, o, lse;
+  nkv_attention_plan* plan = nullptr;
+  nkv_tensor tq{}, to{}, tl{};
+  DecodeCall(nkv_context* context, const DecodeCase& c, const DecodeInputs& in)
+      : q(context, in.q.data(), in.q.size() * 2),
+        o(context, std::vector<uint16_t>(in.q.size(), kPoison).data(), in.q.size() * 2),
+        lse(context, std::vector<float>(c.seqlens.size() * c.heads_q * c.q_len, std::numeric_limits<float>::quiet_NaN()).data(),
+            c.seqlens.size() * c.heads_q * c.q_len * 4) {
+    const int64_t batch = static_cast<int64_t>(c.seqlens.size());
+    const nkv_device_type device = device_of(context);
+    const nkv_attention_options options = c.options.c();
+    EXPECT_EQ(nkv_attention_plan_decode(context, &options, c.heads_q, c.heads_kv, c.head_dim, static_cast<int32_t>(batch), c.q_len,
+                                        c.seqlens.data(), &plan),
+              NKV_STATUS_SUCCESS)
+        << nkv_last_error();
+    tq = view(q.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+    to = view(o.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
+    tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
+  }
+  ~DecodeCall() { nkv_attention_plan_destroy(plan); }
+  DecodeCall(const DecodeCall&) = delete;
+  DecodeCall& operator=(const DecodeCall&) = delete;
+  DecodeRun read() const { return {o.read<uint16_t>(), lse.read<float>()}; }
+};
+
 // Decode through a base-pointer table against decode over the batch layout, on the same values: sequences
 // stored apart, in reverse order, with a token stride larger than heads x head_dim. Both must give the same bits.
 void expect_pointer_table_matches_batch_layout(nkv_backend backend) {
@@ -949,23 +977,14 @@ void expect_pointer_table_matches_batch_layout(nkv_backend backend) {
     v_table[b] = reinterpret_cast<int64_t>(static_cast<char*>(pv.data()) + offsets[b] * 2);
   }
   Placed tk(context.get(), k_table.data(), k_table.size() * 8), tv(context.get(), v_table.data(), v_table.size() * 8);
-  DecodeRun got;
-  got.o.assign(in.q.size(), kPoison);
-  got.lse.assign(expected.lse.size(), std::numeric_limits<float>::quiet_NaN());
-  Placed q(context.get(), in.q.data(), in.q.size() * 2), o(context.get(), got.o.data(), got.o.size() * 2),
-      lse(context.get(), got.lse.data(), got.lse.size() * 4);
-  const nkv_attention_options options = c.options.c();
-  nkv_attention_plan* plan = nullptr;
-  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &options, c.heads_q, c.heads_kv, c.head_dim,
-                                          static_cast<int32_t>(batch), c.q_len, c.seqlens.data(), &plan));
-  const nkv_tensor tq = view(q.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
-  const nkv_tensor to = view(o.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
-  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
+  DecodeCall call(context.get(), c, in);
+  ASSERT_NE(call.plan, nullptr);
+  nkv_attention_plan* plan = call.plan;
+  const nkv_tensor &tq = call.tq, &to = call.to, &tl = call.tl;
   const nkv_tensor k_pointers = view(tk.data(), NKV_DTYPE_INT64, device, {batch});
   const nkv_tensor v_pointers = view(tv.data(), NKV_DTYPE_INT64, device, {batch});
   NKV_ASSERT_OK(nkv_attention_decode_kv_pointers(plan, &tq, &k_pointers, &v_pointers, token_stride, c.head_dim, &to, &tl));
-  got.o = o.read<uint16_t>();
-  got.lse = lse.read<float>();
+  const DecodeRun got = call.read();
   EXPECT_EQ(got.o, expected.o);
   EXPECT_EQ(0, std::memcmp(got.lse.data(), expected.lse.data(), got.lse.size() * 4));
 
@@ -982,8 +1001,7 @@ void expect_pointer_table_matches_batch_layout(nkv_backend backend) {
                     NKV_STATUS_INVALID_ARGUMENT, "token_stride");
   NKV_EXPECT_STATUS(nkv_attention_decode_kv_pointers(plan, &tq, &k_pointers, &v_pointers, token_stride, c.head_dim, &to, &to),
                     NKV_STATUS_INVALID_ARGUMENT, "'lse'");
-  EXPECT_EQ(o.read<uint16_t>(), got.o);
-  nkv_attention_plan_destroy(plan);
+  EXPECT_EQ(call.read().o, got.o);
 }
 
 // Varlen over batched K/V ([batch, capacity, heads, d], a virtual-memory cache's views; with block_tokens > 0
@@ -1125,25 +1143,16 @@ void expect_key_blocks_match_the_batch_layout(nkv_backend backend, int64_t block
         v[at] = in.v[b * in.batch_stride + j * in.token_stride + x];
       }
   Placed pk(context.get(), k.data(), k.size() * 2), pv(context.get(), v.data(), v.size() * 2);
-  DecodeRun got;
-  got.o.assign(in.q.size(), kPoison);
-  got.lse.assign(expected.lse.size(), std::numeric_limits<float>::quiet_NaN());
-  Placed q(context.get(), in.q.data(), in.q.size() * 2), o(context.get(), got.o.data(), got.o.size() * 2),
-      lse(context.get(), got.lse.data(), got.lse.size() * 4);
-  const nkv_attention_options options = c.options.c();
-  nkv_attention_plan* plan = nullptr;
-  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &options, c.heads_q, c.heads_kv, c.head_dim,
-                                          static_cast<int32_t>(batch), c.q_len, c.seqlens.data(), &plan));
-  const nkv_tensor tq = view(q.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
-  const nkv_tensor to = view(o.data(), c.dtype, device, {batch, c.q_len, c.heads_q, c.head_dim});
-  const nkv_tensor tl = view(lse.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
+  DecodeCall call(context.get(), c, in);
+  ASSERT_NE(call.plan, nullptr);
+  nkv_attention_plan* plan = call.plan;
+  const nkv_tensor &tq = call.tq, &to = call.to, &tl = call.tl;
   const nkv_tensor tk = view(pk.data(), c.dtype, device, {batch, blocks, block_tokens, c.heads_kv, c.head_dim},
                              {batch_stride, block_stride, in.token_stride, c.head_dim, 1});
   nkv_tensor tv = tk;
   tv.data = pv.data();
   NKV_ASSERT_OK(nkv_attention_decode(plan, &tq, &tk, &tv, &to, &tl));
-  got.o = o.read<uint16_t>();
-  got.lse = lse.read<float>();
+  const DecodeRun got = call.read();
   EXPECT_EQ(got.o, expected.o) << block_tokens << " tokens per block";
   EXPECT_EQ(0, std::memcmp(got.lse.data(), expected.lse.data(), got.lse.size() * 4));
 
@@ -1154,8 +1163,7 @@ void expect_key_blocks_match_the_batch_layout(nkv_backend backend, int64_t block
   nkv_tensor k_short = tk, v_short = tv;
   k_short.shape[1] = v_short.shape[1] = 299 / block_tokens;
   NKV_EXPECT_STATUS(nkv_attention_decode(plan, &tq, &k_short, &v_short, &to, &tl), NKV_STATUS_INVALID_ARGUMENT, "capacity");
-  EXPECT_EQ(o.read<uint16_t>(), got.o);
-  nkv_attention_plan_destroy(plan);
+  EXPECT_EQ(call.read().o, got.o);
 }
 
 TEST(Attention, CpuDecodeOverKeyBlocksMatchesTheBatchLayout) {

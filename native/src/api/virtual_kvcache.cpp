@@ -429,7 +429,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_create(nkv_context* context, const nkv_v
     } else {
       // Whole tokens per page, each layer's rows of them together: decode reads one layer's K and V of 16
       // tokens (32 layers of 8 x 128 fp16) as one 64 KiB run instead of 16 runs of 4 KiB 128 KiB apart, which
-      // HBM serves 2-3% slower (bench/NOTES.md p7).
+      // an H200 serves 3% slower (an H100 loses as much to the page count either way; bench/NOTES.md p7).
       if (cache->token_bytes > cache->page_bytes) {
         fail(NKV_STATUS_NOT_SUPPORTED, "token-major layout: one token of every layer takes " + std::to_string(cache->token_bytes) +
                                            " bytes, more than a page (" + std::to_string(cache->page_bytes) + "); use NKV_VIRTUAL_KV_LAYER_MAJOR");

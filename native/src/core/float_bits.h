@@ -1,19 +1,22 @@
-// Host-side float16 / bfloat16 conversions (round to nearest even), matching the CUDA intrinsics
-// __float2half_rn / __float2bfloat16_rn for every finite value and infinity; NaN maps to a quiet NaN.
+// float16 / bfloat16 conversions (round to nearest even), matching the CUDA intrinsics __float2half_rn /
+// __float2bfloat16_rn for every finite value and infinity; NaN maps to a quiet NaN. Plain integer code, so
+// the same functions also run in kernels that must agree with the CPU reference bit for bit.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
 
+#include "core/host_device.h"
+
 namespace nkv {
 
-inline uint32_t float_bits(float value) {
+NKV_HOST_DEVICE inline uint32_t float_bits(float value) {
   uint32_t bits;
   std::memcpy(&bits, &value, sizeof bits);
   return bits;
 }
 
-inline float bits_float(uint32_t bits) {
+NKV_HOST_DEVICE inline float bits_float(uint32_t bits) {
   float value;
   std::memcpy(&value, &bits, sizeof value);
   return value;
@@ -21,18 +24,18 @@ inline float bits_float(uint32_t bits) {
 
 // |x| as an unsigned bit pattern: ordering these compares magnitudes, and every NaN sorts above +inf,
 // so a max over them propagates NaN without a branch.
-inline uint32_t magnitude_bits(float value) { return float_bits(value) & 0x7fffffffu; }
+NKV_HOST_DEVICE inline uint32_t magnitude_bits(float value) { return float_bits(value) & 0x7fffffffu; }
 
-inline float bfloat16_to_float(uint16_t bits) { return bits_float(static_cast<uint32_t>(bits) << 16); }
+NKV_HOST_DEVICE inline float bfloat16_to_float(uint16_t bits) { return bits_float(static_cast<uint32_t>(bits) << 16); }
 
-inline uint16_t float_to_bfloat16(float value) {
+NKV_HOST_DEVICE inline uint16_t float_to_bfloat16(float value) {
   uint32_t bits = float_bits(value);
   if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x0040u);  // quiet NaN
   bits += 0x7fffu + ((bits >> 16) & 1u);
   return static_cast<uint16_t>(bits >> 16);
 }
 
-inline float half_to_float(uint16_t h) {
+NKV_HOST_DEVICE inline float half_to_float(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exponent = (h >> 10) & 0x1fu;
   uint32_t mantissa = h & 0x3ffu;
@@ -44,7 +47,7 @@ inline float half_to_float(uint16_t h) {
   return sign ? -magnitude : magnitude;
 }
 
-inline uint16_t float_to_half(float value) {
+NKV_HOST_DEVICE inline uint16_t float_to_half(float value) {
   const uint32_t bits = float_bits(value);
   const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
   const uint32_t abs = bits & 0x7fffffffu;

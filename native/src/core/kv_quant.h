@@ -1,0 +1,109 @@
+// KV-cache quantization formats: the arithmetic of one KIVI group and of one block-floating-point block.
+// The CPU reference and the CUDA kernels both call these functions, so that they produce the same codes and
+// the same dequantized values bit for bit: divisions are correctly rounded and products fused explicitly
+// (no dependence on the compiler's contraction or fast-math choices).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+
+#include "core/float_bits.h"
+#include "core/host_device.h"
+
+namespace nkv {
+
+NKV_HOST_DEVICE inline float divide_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fdiv_rn(a, b);
+#else
+  return a / b;
+#endif
+}
+
+// b-bit codes, 32 / b to a 32-bit word, the first in the least significant bits.
+NKV_HOST_DEVICE inline uint32_t codes_per_word(int bits) { return 32u / static_cast<uint32_t>(bits); }
+NKV_HOST_DEVICE inline uint32_t pack_code(uint32_t word, uint32_t code, int index, int bits) {
+  return word | code << (index * bits);
+}
+NKV_HOST_DEVICE inline uint32_t unpack_code(uint32_t word, int index, int bits) {
+  return (word >> (index * bits)) & ((1u << bits) - 1u);
+}
+
+namespace kivi {
+
+// KIVI's asymmetric min/max quantization of one group (G values: G tokens of one key channel, or G channels
+// of one value token) to b bits, b in {2, 4, 8}. The group's minimum and scale are stored as fp16 bits.
+struct Group {
+  uint16_t scale = 0;  // fp16: (max - min) / (2^b - 1), rounded
+  uint16_t min = 0;    // fp16: the group's minimum, rounded
+};
+
+NKV_HOST_DEVICE inline uint32_t largest_code(int bits) { return (1u << bits) - 1u; }
+
+// The stored parameters of a group whose values (as float) lie in [lo, hi]. The scale comes from the stored
+// (rounded) minimum, so that the group's maximum maps to the largest code. A group whose rounded scale is 0
+// (constant, or a range below fp16's resolution) keeps scale 0: every code is 0 and every value its minimum
+// (KIVI's reference divides by 0 there and produces NaN). Values must lie within fp16's range.
+NKV_HOST_DEVICE inline Group group_of(float lo, float hi, int bits) {
+  Group g;
+  g.min = float_to_half(lo);
+  const float range = hi - half_to_float(g.min);
+  g.scale = range > 0.0f ? float_to_half(divide_rn(range, static_cast<float>(largest_code(bits)))) : uint16_t{0};
+  return g;
+}
+
+// The code of x: round((x - min) / scale) to nearest even, clamped to [0, 2^b - 1]; 0 when the scale is 0
+// and for NaN.
+NKV_HOST_DEVICE inline uint32_t code_of(float x, Group g, int bits) {
+  const float scale = half_to_float(g.scale);
+  if (!(scale > 0.0f)) return 0;
+  const float q = rintf(divide_rn(x - half_to_float(g.min), scale));
+  if (!(q > 0.0f)) return 0;  // negative, or NaN
+  const float top = static_cast<float>(largest_code(bits));
+  return static_cast<uint32_t>(q < top ? q : top);
+}
+
+// The dequantized value of a code: code * scale + min as one fused multiply-add.
+NKV_HOST_DEVICE inline float value_of(uint32_t code, Group g) {
+  return fmaf(static_cast<float>(code), half_to_float(g.scale), half_to_float(g.min));
+}
+
+}  // namespace kivi
+
+namespace bfp {
+
+// Block floating point: a block of n values (n in {16, 32, 64}, along the channels) shares the exponent
+// E = floor(log2(max |x|)) (int8) and keeps m-bit signed mantissas (m = 4: BFP12, m = 8: BFP16) in steps of
+// 2^(E + 2 - m), rounded to nearest even and clipped to +-(2^(m-1) - 1). A block of zeros stores kZeroBlock.
+constexpr int kZeroBlock = -128;
+
+// E for a block whose largest magnitude is `largest` (kZeroBlock for 0; NaN and inf are the caller's to
+// avoid). Exponents below -127 (bfloat16 subnormals) are raised to -127: those values then round to 0.
+NKV_HOST_DEVICE inline int exponent_of(float largest) {
+  if (!(largest > 0.0f)) return kZeroBlock;
+  int e = 0;
+  frexpf(largest, &e);  // largest = f * 2^e, f in [0.5, 1)
+  const int exponent = e - 1;
+  return exponent < -127 ? -127 : exponent;
+}
+
+NKV_HOST_DEVICE inline int largest_mantissa(int mantissa_bits) { return (1 << (mantissa_bits - 1)) - 1; }
+
+// The mantissa of x in a block of exponent E: x / 2^(E + 2 - m) (exact: a power of two), rounded to nearest
+// even and clipped symmetrically.
+NKV_HOST_DEVICE inline int mantissa_of(float x, int exponent, int mantissa_bits) {
+  if (exponent == kZeroBlock) return 0;
+  const float q = rintf(ldexpf(x, mantissa_bits - 2 - exponent));
+  const float top = static_cast<float>(largest_mantissa(mantissa_bits));
+  if (!(q == q)) return 0;
+  return static_cast<int>(q > top ? top : (q < -top ? -top : q));
+}
+
+NKV_HOST_DEVICE inline float value_of(int mantissa, int exponent, int mantissa_bits) {
+  if (exponent == kZeroBlock) return 0.0f;
+  return ldexpf(static_cast<float>(mantissa), exponent + 2 - mantissa_bits);
+}
+
+}  // namespace bfp
+
+}  // namespace nkv

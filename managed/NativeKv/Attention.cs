@@ -98,7 +98,9 @@ public static unsafe class Attention
     /// <param name="k">[rowsK &gt;= TotalK, numHeadsKv, headDim] (packed: sequence b's keys are rows cuSeqlensK[b] ..
     /// cuSeqlensK[b + 1] - 1), or [batch, capacity, numHeadsKv, headDim] (batched, as <see cref="Decode(AttentionPlan,
     /// TensorView, TensorView, TensorView, TensorView, TensorView?)"/> takes them: sequence b's keys are the first tokens of
-    /// entry b; any batch, token and head strides; runs the SM80 kernel family); the dtype of <paramref name="q"/>.</param>
+    /// entry b; any batch, token and head strides; runs the SM80 kernel family), or batched in blocks of tokens, [batch,
+    /// blocks, blockTokens, numHeadsKv, headDim] (token t in block t / blockTokens; a token-major
+    /// <see cref="VirtualKvCache"/>'s views); the dtype of <paramref name="q"/>.</param>
     /// <param name="v">Shaped like <paramref name="k"/>.</param>
     /// <param name="o">[rowsQ, numHeadsQ, headDim]: receives the output; rows past TotalQ are left untouched.</param>
     /// <param name="lse">[numHeadsQ, rowsQ] float32 with unit last stride: receives the log-sum-exp; or null.</param>
@@ -158,7 +160,9 @@ public static unsafe class Attention
     /// <param name="plan">A plan from <see cref="PlanDecode"/>.</param>
     /// <param name="q">[batch, qLen, numHeadsQ, headDim] float16/bfloat16, unit last stride.</param>
     /// <param name="k">[batch, capacity, numHeadsKv, headDim] with capacity &gt;= every seqlensK[b]; any batch, token and
-    /// head strides (layers may be interleaved), unit last stride.</param>
+    /// head strides (layers may be interleaved), unit last stride; or in blocks of tokens, [batch, blocks, blockTokens,
+    /// numHeadsKv, headDim] with capacity blocks · blockTokens (token t in block t / blockTokens; a token-major
+    /// <see cref="VirtualKvCache"/>'s views).</param>
     /// <param name="v">Shaped like <paramref name="k"/>.</param>
     /// <param name="o">[batch, qLen, numHeadsQ, headDim]: receives the output.</param>
     /// <param name="lse">[batch, numHeadsQ, qLen] float32 with unit last stride: receives the log-sum-exp; or null.</param>

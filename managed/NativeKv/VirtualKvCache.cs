@@ -25,7 +25,7 @@ public readonly record struct VirtualKvCacheOptions(
 /// <summary>A snapshot of a <see cref="VirtualKvCache"/>'s occupancy (<c>nkv_virtual_kv_cache_info</c>).</summary>
 /// <param name="Slots">Slots alive.</param>
 /// <param name="Tokens">The sum of their lengths (a forked prefix counts once per slot).</param>
-/// <param name="TokensPerBlock">Whole tokens one block holds (a token may straddle two blocks).</param>
+/// <param name="TokensPerBlock">Whole tokens one block holds (layer-major: a token may straddle two blocks; token-major: blocks hold whole tokens).</param>
 /// <param name="PageBytes">One physical page, the mapping granularity (2 MiB on CUDA GPUs and the CPU backend).</param>
 /// <param name="BytesPerBlock">One block: a page of every region (2 × layers pages in layer-major, 1 in token-major).</param>
 /// <param name="BudgetPages">Physical pages the cache may hold.</param>
@@ -115,12 +115,14 @@ public sealed unsafe class VirtualKvCache : IDisposable, IDeviceMemoryOwner
     public VirtualKvCacheOptions Options { get; }
 
     /// <summary>
-    /// Rows between consecutive slots in the K/V views seen as [MaxSlots · RowsPerSlot, NumHeadsKv, HeadDim] rows (at least
-    /// MaxTokens: slots start on whole pages); the rows of <see cref="VirtualKvView.StepRows"/> count in them.
+    /// Rows per slot (at least MaxTokens: slots start on whole pages); the rows of <see cref="VirtualKvView.StepRows"/> count
+    /// in them, slot · RowsPerSlot + token. Layer-major: rows of the K/V views seen as [MaxSlots · RowsPerSlot, NumHeadsKv,
+    /// HeadDim]; token-major: row r is token r % TokensPerBlock of block r / TokensPerBlock of the views seen as [blocks,
+    /// TokensPerBlock, NumHeadsKv, HeadDim].
     /// </summary>
     public long RowsPerSlot { get; }
 
-    /// <summary>Whole tokens one block holds (a token may straddle two blocks).</summary>
+    /// <summary>Whole tokens one block holds (layer-major: a token may straddle two blocks; token-major: blocks hold whole tokens).</summary>
     public int TokensPerBlock { get; }
 
     /// <summary>The current occupancy.</summary>

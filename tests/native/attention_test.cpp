@@ -1115,8 +1115,9 @@ TEST(AttentionCuda, VarlenOverKeyBlocksMatchesPackedKv) {
 }
 
 // Decode over K/V in blocks, [batch, blocks, tokens, heads, d] with poison between the blocks, equals decode
-// over the batch layout bit for bit (the same kernel with the row arithmetic of KeyBlocks).
-void expect_key_blocks_match_the_batch_layout(nkv_backend backend, int64_t block_tokens) {
+// over the batch layout bit for bit (the same kernel with the row arithmetic of KeyBlocks), causal or with a
+// sliding window (whose first tile starts inside a piece).
+void expect_key_blocks_match_the_batch_layout(nkv_backend backend, int64_t block_tokens, int32_t window_left = -1) {
   ContextPtr context = make_context(backend);
   const nkv_device_type device = device_of(context.get());
   DecodeCase c;
@@ -1128,6 +1129,7 @@ void expect_key_blocks_match_the_batch_layout(nkv_backend backend, int64_t block
   c.capacity = 300;
   c.options.causal = true;
   c.options.num_splits = 3;
+  c.options.window_left = window_left;
   const DecodeInputs in = make_decode_inputs(c);
   const DecodeRun expected = run_decode(context.get(), c, in);
 
@@ -1166,13 +1168,16 @@ void expect_key_blocks_match_the_batch_layout(nkv_backend backend, int64_t block
   EXPECT_EQ(call.read().o, got.o);
 }
 
+// Blocks that nest in the 64-key tiles (16, 1), hold whole tiles (64, 128) or neither (7).
 TEST(Attention, CpuDecodeOverKeyBlocksMatchesTheBatchLayout) {
-  for (int64_t tokens : {16, 7, 1}) expect_key_blocks_match_the_batch_layout(NKV_BACKEND_CPU, tokens);
+  for (int64_t tokens : {16, 7, 1, 128}) expect_key_blocks_match_the_batch_layout(NKV_BACKEND_CPU, tokens);
+  expect_key_blocks_match_the_batch_layout(NKV_BACKEND_CPU, 16, 90);
 }
 
 TEST(AttentionCuda, DecodeOverKeyBlocksMatchesTheBatchLayout) {
   NKV_REQUIRE_CUDA();
-  for (int64_t tokens : {16, 7, 1, 64}) expect_key_blocks_match_the_batch_layout(NKV_BACKEND_CUDA, tokens);
+  for (int64_t tokens : {16, 7, 1, 64, 128}) expect_key_blocks_match_the_batch_layout(NKV_BACKEND_CUDA, tokens);
+  for (int64_t tokens : {16, 7}) expect_key_blocks_match_the_batch_layout(NKV_BACKEND_CUDA, tokens, 90);
 }
 
 // The division by multiply-high of KeyBlocks against integer division, over every dividend a sequence can

@@ -691,7 +691,8 @@ typedef struct nkv_virtual_kv_cache_info {
   int32_t layout;
   int32_t max_slots;
   int32_t slots;                /* alive now */
-  int32_t tokens_per_block;     /* tokens one block holds (whole tokens; a token may straddle two blocks) */
+  int32_t tokens_per_block;     /* whole tokens one block holds (layer-major: a token may straddle two blocks;
+                                   token-major: blocks hold whole tokens) */
   int32_t max_blocks_per_slot;
   uint64_t page_bytes;          /* one physical page (the mapping granularity) */
   uint64_t bytes_per_block;     /* page_bytes x pages per block (2 x layers, or 1) */

@@ -494,16 +494,17 @@ const nkv_tensor& check_batched_kv(const nkv_attention_plan& p, const nkv_tensor
     check_attention_tensor("v", tv, {b, tk.shape[1], hkv, d}, c);
   }
   check_same_dtype("v", tv, "q", tq);
-  const int64_t capacity = split ? tk.shape[1] * tk.shape[2] : tk.shape[1];
+  if (split && (tk.shape[2] < 1 || tk.shape[2] > std::numeric_limits<int32_t>::max())) {
+    fail_argument("arguments 'k' and 'v': expected 1 .. 2^31 - 1 tokens per block (dimension 2), got " + std::to_string(tk.shape[2]));
+  }
+  // Blocks beyond what any sequence may hold change nothing: capped, the product cannot overflow.
+  const int64_t capacity = split ? std::min<int64_t>(tk.shape[1], kMaxSequenceLength) * tk.shape[2] : tk.shape[1];
   if (capacity < p.max_seqlen_k) {
     fail_argument("arguments 'k' and 'v': capacity of " + std::to_string(capacity) +
                   " tokens per sequence, but the plan's longest sequence has " + std::to_string(p.max_seqlen_k) + " keys");
   }
   blocks = KeyBlocks{};
   if (split) {
-    if (tk.shape[2] < 1 || tk.shape[2] > std::numeric_limits<int32_t>::max()) {
-      fail_argument("arguments 'k' and 'v': expected 1 .. 2^31 - 1 tokens per block (dimension 2), got " + std::to_string(tk.shape[2]));
-    }
     blocks = key_blocks(static_cast<int32_t>(tk.shape[2]), tk.strides[1], tv.strides[1], tk.strides[2], tv.strides[2]);
   }
   return tv;

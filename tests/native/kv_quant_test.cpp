@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "core/float_bits.h"
@@ -94,6 +95,114 @@ TEST(Kivi, ConstantGroupGivesZerosAndItsValue) {
   const nkv::kivi::Group tiny = nkv::kivi::group_of(1.0f, 1.0f + 1e-9f, 8);
   EXPECT_EQ(tiny.scale, 0u);
   EXPECT_EQ(nkv::kivi::value_of(nkv::kivi::code_of(1.0f, tiny, 8), tiny), 1.0f);
+}
+
+// One sequence's KIVI store kept as a cache keeps it: quantized keys and values in the layouts of
+// core/kv_quant.h, fp16 residuals of keys (flushed R at a time) and values (a window of R).
+struct KiviSequence {
+  int bits, group, residual;
+  int64_t channels;
+  std::vector<float> keys, values;  // every token so far, [T][C]
+  std::vector<uint32_t> key_words, value_words;
+  std::vector<uint16_t> key_scales, key_mins, value_scales, value_mins;
+  int64_t quantized_keys = 0, quantized_values = 0;
+
+  int64_t tokens() const { return static_cast<int64_t>(keys.size()) / channels; }
+  void quantize_keys_up_to(int64_t end) {
+    const int64_t per_word = nkv::codes_per_word(bits);
+    key_words.resize(static_cast<size_t>(end / per_word * channels));
+    key_scales.resize(static_cast<size_t>(end / group * channels));
+    key_mins.resize(key_scales.size());
+    for (; quantized_keys < end; quantized_keys += group) {
+      nkv::kivi::quantize_key_group(bits, group, channels, quantized_keys,
+                                    [&](int64_t t, int64_t c) { return keys[static_cast<size_t>(t * channels + c)]; },
+                                    key_words.data(), key_scales.data(), key_mins.data());
+    }
+  }
+  void quantize_values_up_to(int64_t end) {
+    const int64_t per_word = nkv::codes_per_word(bits);
+    for (; quantized_values < end; ++quantized_values) {
+      const int64_t t = quantized_values;
+      value_words.resize(static_cast<size_t>((t + 1) * channels / per_word));
+      value_scales.resize(static_cast<size_t>((t + 1) * channels / group));
+      value_mins.resize(value_scales.size());
+      nkv::kivi::quantize_value_token(bits, group, channels, [&](int64_t c) { return values[static_cast<size_t>(t * channels + c)]; },
+                                      value_words.data() + t * channels / per_word, value_scales.data() + t * channels / group,
+                                      value_mins.data() + t * channels / group);
+    }
+  }
+  // A prefill: the tokens' split straight from the bookkeeping functions.
+  void prefill(const std::vector<float>& k, const std::vector<float>& v) {
+    keys.insert(keys.end(), k.begin(), k.end());
+    values.insert(values.end(), v.begin(), v.end());
+    quantize_keys_up_to(nkv::kivi::quantized_keys(tokens(), residual));
+    quantize_values_up_to(nkv::kivi::quantized_values(tokens(), residual));
+  }
+  // A decode step of one token, by KIVI's flush rules.
+  void step(const std::vector<float>& k, const std::vector<float>& v) {
+    keys.insert(keys.end(), k.begin(), k.end());
+    values.insert(values.end(), v.begin(), v.end());
+    if (tokens() - quantized_keys == residual) quantize_keys_up_to(tokens());
+    if (tokens() - quantized_values > residual) quantize_values_up_to(quantized_values + 1);
+  }
+};
+
+// Prefill then single-token steps, over thousands of steps with random prompt lengths, ends with the same codes,
+// scales and minimums as one prefill of all the tokens, and with the split the bookkeeping functions give.
+TEST(Kivi, PrefillThenDecodeStepsEqualOneShotQuantization) {
+  std::mt19937 rng(5);
+  const int64_t channels = 2 * 64;
+  int64_t steps = 0;
+  for (int bits : {2, 4, 8}) {
+    for (int group : {32, 64, 128}) {
+      for (int residual : {group, 2 * group}) {
+        for (int trial = 0; trial < 3; ++trial) {
+          KiviSequence streamed{bits, group, residual, channels, {}, {}, {}, {}, {}, {}, {}, {}};
+          KiviSequence one_shot = streamed;
+          const int64_t prompt = static_cast<int64_t>(rng() % 700), total = prompt + 1 + static_cast<int64_t>(rng() % 400);
+          const std::vector<float> k = random_halves(rng, static_cast<size_t>(total * channels), 2.0f);
+          const std::vector<float> v = random_halves(rng, k.size(), 1.0f);
+          auto rows = [&](const std::vector<float>& x, int64_t from, int64_t to) {
+            return std::vector<float>(x.begin() + from * channels, x.begin() + to * channels);
+          };
+          streamed.prefill(rows(k, 0, prompt), rows(v, 0, prompt));
+          for (int64_t t = prompt; t < total; ++t, ++steps) streamed.step(rows(k, t, t + 1), rows(v, t, t + 1));
+          one_shot.prefill(k, v);
+          const std::string where = "bits " + std::to_string(bits) + " G " + std::to_string(group) + " R " +
+                                    std::to_string(residual) + " prompt " + std::to_string(prompt) + " total " + std::to_string(total);
+          ASSERT_EQ(streamed.quantized_keys, nkv::kivi::quantized_keys(total, residual)) << where;
+          ASSERT_EQ(streamed.quantized_values, nkv::kivi::quantized_values(total, residual)) << where;
+          ASSERT_LT(total - streamed.quantized_keys, residual) << where;  // never a full residual left unflushed
+          ASSERT_EQ(total - streamed.quantized_values, std::min<int64_t>(total, residual)) << where;
+          ASSERT_EQ(streamed.key_words, one_shot.key_words) << where;
+          ASSERT_EQ(streamed.key_scales, one_shot.key_scales) << where;
+          ASSERT_EQ(streamed.key_mins, one_shot.key_mins) << where;
+          ASSERT_EQ(streamed.value_words, one_shot.value_words) << where;
+          ASSERT_EQ(streamed.value_scales, one_shot.value_scales) << where;
+          ASSERT_EQ(streamed.value_mins, one_shot.value_mins) << where;
+          // The layouts: key code (t, c) in word t / (32 / b) of channel c, value code (t, c) in word c / (32 / b) of token t.
+          const int64_t per_word = nkv::codes_per_word(bits);
+          for (int64_t probe = 0; probe < 64 && streamed.quantized_values > 0; ++probe) {
+            const int64_t t = static_cast<int64_t>(rng()) % std::max<int64_t>(1, streamed.quantized_keys);
+            const int64_t c = static_cast<int64_t>(rng()) % channels;
+            if (streamed.quantized_keys > 0) {
+              const size_t at = static_cast<size_t>(t / group * channels + c);
+              const nkv::kivi::Group g{streamed.key_scales[at], streamed.key_mins[at]};
+              ASSERT_EQ(nkv::unpack_code(streamed.key_words[static_cast<size_t>(t / per_word * channels + c)], static_cast<int>(t % per_word), bits),
+                        nkv::kivi::code_of(k[static_cast<size_t>(t * channels + c)], g, bits));
+            }
+            const int64_t tv = static_cast<int64_t>(rng()) % streamed.quantized_values;
+            const size_t vat = static_cast<size_t>(tv * channels / group + c / group);
+            const nkv::kivi::Group gv{streamed.value_scales[vat], streamed.value_mins[vat]};
+            ASSERT_EQ(nkv::unpack_code(streamed.value_words[static_cast<size_t>(tv * channels / per_word + c / per_word)],
+                                       static_cast<int>(c % per_word), bits),
+                      nkv::kivi::code_of(v[static_cast<size_t>(tv * channels + c)], gv, bits));
+          }
+        }
+      }
+    }
+  }
+  EXPECT_GT(steps, 5000);
 }
 
 TEST(Bfp, SharedExponentIsTheLargestMagnitudesFloorLog2) {

@@ -68,6 +68,68 @@ NKV_HOST_DEVICE inline float value_of(uint32_t code, Group g) {
   return fmaf(static_cast<float>(code), half_to_float(g.scale), half_to_float(g.min));
 }
 
+// Where a sequence's T tokens are (KIVI's bookkeeping, residual window R a multiple of G): keys [0, T - T % R)
+// quantized in groups of G tokens per channel, the rest (fewer than R) in the fp16 residual; values [0, T - R)
+// quantized one token at a time, the last min(T, R) in the residual. A prefill of T tokens and T single-token
+// steps end in the same split: keys flush R at a time when their residual fills (never a group of one token),
+// values flush their oldest token when the window passes R.
+NKV_HOST_DEVICE inline int64_t quantized_keys(int64_t tokens, int32_t residual) { return tokens - tokens % residual; }
+NKV_HOST_DEVICE inline int64_t quantized_values(int64_t tokens, int32_t residual) {
+  return tokens > residual ? tokens - residual : 0;
+}
+
+// The layouts of one sequence's quantized keys and values over C channels (heads x head_dim), b bits, groups of G:
+//   key codes    [T / (32 / b), C] words: word w of channel c holds tokens w * (32 / b) .. in its low bits first
+//   key groups   [T / G, C] scale and minimum
+//   value codes  [T, C / (32 / b)] words: word w of token t holds channels w * (32 / b) ..
+//   value groups [T, C / G] scale and minimum
+// A word of key codes is 16 tokens (2-bit) of one channel, so a warp over channels loads 32 words together.
+
+// Quantizes keys [t0, t0 + G) (t0 a multiple of G) of every channel: key(t, c) returns them as floats.
+template <typename KeyAt>
+void quantize_key_group(int bits, int group, int64_t channels, int64_t t0, KeyAt key, uint32_t* words, uint16_t* scales,
+                        uint16_t* mins) {
+  const int64_t per_word = codes_per_word(bits);
+  for (int64_t c = 0; c < channels; ++c) {
+    float lo = key(t0, c), hi = lo;
+    for (int64_t t = t0 + 1; t < t0 + group; ++t) {
+      lo = fminf(lo, key(t, c));
+      hi = fmaxf(hi, key(t, c));
+    }
+    const Group g = group_of(lo, hi, bits);
+    scales[t0 / group * channels + c] = g.scale;
+    mins[t0 / group * channels + c] = g.min;
+    for (int64_t t = t0; t < t0 + group; t += per_word) {
+      uint32_t word = 0;
+      for (int64_t i = 0; i < per_word; ++i) word = pack_code(word, code_of(key(t + i, c), g, bits), static_cast<int>(i), bits);
+      words[t / per_word * channels + c] = word;
+    }
+  }
+}
+
+// Quantizes one value token (C channels, C a multiple of G): value(c) returns them as floats; words, scales
+// and mins point at the token's row.
+template <typename ValueAt>
+void quantize_value_token(int bits, int group, int64_t channels, ValueAt value, uint32_t* words, uint16_t* scales,
+                          uint16_t* mins) {
+  const int64_t per_word = codes_per_word(bits);
+  for (int64_t c0 = 0; c0 < channels; c0 += group) {
+    float lo = value(c0), hi = lo;
+    for (int64_t c = c0 + 1; c < c0 + group; ++c) {
+      lo = fminf(lo, value(c));
+      hi = fmaxf(hi, value(c));
+    }
+    const Group g = group_of(lo, hi, bits);
+    scales[c0 / group] = g.scale;
+    mins[c0 / group] = g.min;
+    for (int64_t c = c0; c < c0 + group; c += per_word) {
+      uint32_t word = 0;
+      for (int64_t i = 0; i < per_word; ++i) word = pack_code(word, code_of(value(c + i), g, bits), static_cast<int>(i), bits);
+      words[c / per_word] = word;
+    }
+  }
+}
+
 }  // namespace kivi
 
 namespace bfp {

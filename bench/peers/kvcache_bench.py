@@ -275,28 +275,26 @@ def bench_prefill(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | Non
             outputs[name] = torch.empty_like(q)
             runs[name] = plan.bind(q, k, v, outputs[name])
         caches = {}
+
+        def add_cache(name, cache, ids, bind):
+            """Fills the cache with the prompts' K/V and registers its SM80 run (bind(output) -> run)."""
+            cache.append(ids, [length] * prompts)
+            cache.write(0, k, v)
+            caches[name] = (cache, ids)
+            outputs[name] = torch.empty_like(q)
+            runs[name] = bind(outputs[name])
+
         for page in PAGE_SIZES:
             cache = stack.enter_context(nkv.PagedKvCache(side.ctx, num_layers=1, num_heads_kv=hkv, head_dim=d, page_size=page,
                                                          max_sequences=prompts, max_sequence_length=length,
                                                          num_pages=prompts * length // page))
-            ids = [cache.add_sequence() for _ in range(prompts)]
-            cache.append(ids, [length] * prompts)
-            cache.write(0, k, v)
-            name = f"paged {page}"
-            caches[name] = (cache, ids)
-            outputs[name] = torch.empty_like(q)
-            runs[name] = sm80.bind_paged(q, cache.view(cache.K_POOL), cache.view(cache.V_POOL), cache.view(cache.BLOCK_TABLE),
-                                         outputs[name])
+            add_cache(f"paged {page}", cache, [cache.add_sequence() for _ in range(prompts)],
+                      lambda out, c=cache: sm80.bind_paged(q, c.view(c.K_POOL), c.view(c.V_POOL), c.view(c.BLOCK_TABLE), out))
         for layout, layout_name in ((nkv.VirtualKvCache.LAYER_MAJOR, "layer-major"), (nkv.VirtualKvCache.TOKEN_MAJOR, "token-major")):
             cache = stack.enter_context(nkv.VirtualKvCache(side.ctx, layout=layout, num_layers=VIRTUAL_LAYERS, num_heads_kv=hkv,
                                                            head_dim=d, max_slots=prompts, max_tokens=length))
-            slots = [cache.add_slot() for _ in range(prompts)]
-            cache.append(slots, [length] * prompts)
-            cache.write(0, k, v)
-            name = f"virtual, {layout_name}"
-            caches[name] = (cache, slots)
-            outputs[name] = torch.empty_like(q)
-            runs[name] = sm80.bind(q, cache.view(cache.K, 0), cache.view(cache.V, 0), outputs[name])
+            add_cache(f"virtual, {layout_name}", cache, [cache.add_slot() for _ in range(prompts)],
+                      lambda out, c=cache: sm80.bind(q, c.view(c.K, 0), c.view(c.V, 0), out))
         for run in runs.values():
             run()
         torch.cuda.synchronize()

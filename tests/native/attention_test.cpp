@@ -7,6 +7,7 @@
 #include <limits>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/attention.h"
@@ -939,19 +940,26 @@ struct DecodeCall {
   DecodeRun read() const { return {o.read<uint16_t>(), lse.read<float>()}; }
 };
 
-// Decode through a base-pointer table against decode over the batch layout, on the same values: sequences
-// stored apart, in reverse order, with a token stride larger than heads x head_dim. Both must give the same bits.
-void expect_pointer_table_matches_batch_layout(nkv_backend backend) {
-  ContextPtr context = make_context(backend);
-  const nkv_device_type device = device_of(context.get());
+// Two speculative queries of 8 heads over 2 KV heads of 64, causal, over up to 300 keys: the decode of the tests
+// that lay the same keys out their own ways.
+DecodeCase small_causal_decode(std::vector<int32_t> seqlens) {
   DecodeCase c;
   c.heads_q = 8;
   c.heads_kv = 2;
   c.head_dim = 64;
   c.q_len = 2;
-  c.seqlens = {70, 1, 300, 0};
+  c.seqlens = std::move(seqlens);
   c.capacity = 300;
   c.options.causal = true;
+  return c;
+}
+
+// Decode through a base-pointer table against decode over the batch layout, on the same values: sequences
+// stored apart, in reverse order, with a token stride larger than heads x head_dim. Both must give the same bits.
+void expect_pointer_table_matches_batch_layout(nkv_backend backend) {
+  ContextPtr context = make_context(backend);
+  const nkv_device_type device = device_of(context.get());
+  const DecodeCase c = small_causal_decode({70, 1, 300, 0});
   const DecodeInputs in = make_decode_inputs(c);
   const DecodeRun expected = run_decode(context.get(), c, in);
 
@@ -1120,14 +1128,7 @@ TEST(AttentionCuda, VarlenOverKeyBlocksMatchesPackedKv) {
 void expect_key_blocks_match_the_batch_layout(nkv_backend backend, int64_t block_tokens, int32_t window_left = -1) {
   ContextPtr context = make_context(backend);
   const nkv_device_type device = device_of(context.get());
-  DecodeCase c;
-  c.heads_q = 8;
-  c.heads_kv = 2;
-  c.head_dim = 64;
-  c.q_len = 2;
-  c.seqlens = {70, 1, 300, 0, 129};
-  c.capacity = 300;
-  c.options.causal = true;
+  DecodeCase c = small_causal_decode({70, 1, 300, 0, 129});
   c.options.num_splits = 3;
   c.options.window_left = window_left;
   const DecodeInputs in = make_decode_inputs(c);

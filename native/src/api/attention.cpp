@@ -472,10 +472,9 @@ PagedKv check_paged_kv(const nkv_attention_plan& p, const nkv_tensor& tq, const 
   return {&tk, &tv, &table, shift};
 }
 
-// Batched K/V, as decode takes them and a virtual-memory cache's views are: k and v [batch, capacity,
-// num_heads_kv, head_dim] of q's dtype, sequence b's keys at the first tokens of entry b. Returns v.
-// Batched K and V, [batch, capacity, heads, head_dim], or with the token dimension split in blocks,
-// [batch, blocks, tokens, heads, head_dim] (KeyBlocks); returns V (and the blocks in `blocks`).
+// Batched K and V of q's dtype, as decode takes them and a virtual-memory cache's views are: [batch, capacity,
+// heads, head_dim], or with the token dimension split in blocks, [batch, blocks, tokens, heads, head_dim]
+// (KeyBlocks); sequence b's keys are the first tokens of entry b. Returns V (and the blocks in `blocks`).
 const nkv_tensor& check_batched_kv(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor& tk, const nkv_tensor* v,
                                    KeyBlocks& blocks) {
   const nkv_context& c = *p.context;
@@ -528,7 +527,7 @@ const nkv_tensor& check_varlen_q(const nkv_attention_plan& p, const nkv_tensor* 
 // pools read through its block table (rows of tk and tv: tokens within a page). Otherwise 4-D and 5-D K and
 // V are batched (check_batched_kv, which gave `blocks`), 3-D ones packed rows.
 void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_tensor& tk, const nkv_tensor& tv,
-                const nkv_tensor* o, const nkv_tensor* lse, const PagedKv* paged, const KeyBlocks* blocks = nullptr) {
+                const nkv_tensor* o, const nkv_tensor* lse, const PagedKv* paged, const KeyBlocks& blocks = KeyBlocks{}) {
   const nkv_context& c = *p.context;
   const int64_t hq = p.num_heads_q, d = p.head_dim;
   const nkv_tensor& to = check_tensor("o", o, c);
@@ -568,7 +567,7 @@ void run_varlen(const nkv_attention_plan& p, const nkv_tensor& tq, const nkv_ten
     a.batched_kv = true;
     a.k_batch_stride = tk.strides[0];
     a.v_batch_stride = tv.strides[0];
-    a.key_blocks = *blocks;
+    a.key_blocks = blocks;
   }
   if (paged != nullptr) {
     a.block_table = static_cast<const int32_t*>(paged->table->data);
@@ -701,7 +700,7 @@ NKV_API nkv_status nkv_attention_varlen(nkv_attention_plan* plan, const nkv_tens
       }
       KeyBlocks blocks;
       const nkv_tensor& tv = check_batched_kv(p, tq, tk, v, blocks);
-      return run_varlen(p, tq, tk, tv, o, lse, nullptr, &blocks);
+      return run_varlen(p, tq, tk, tv, o, lse, nullptr, blocks);
     }
     check_attention_tensor("k", tk, {-1, hkv, d}, c);
     check_same_dtype("k", tk, "q", tq);

@@ -11,8 +11,11 @@
 
 #include "core/float_bits.h"
 #include "core/kv_quant.h"
+#include "test_support.h"
 
 namespace {
+
+using namespace nkv_test;
 
 using nkv::float_to_half;
 using nkv::half_to_float;
@@ -104,19 +107,18 @@ struct KiviSequence {
   int64_t channels;
   std::vector<float> keys, values;  // every token so far, [T][C]
   std::vector<uint32_t> key_words, value_words;
-  std::vector<uint16_t> key_scales, key_mins, value_scales, value_mins;
+  std::vector<uint32_t> key_groups, value_groups;
   int64_t quantized_keys = 0, quantized_values = 0;
 
   int64_t tokens() const { return static_cast<int64_t>(keys.size()) / channels; }
   void quantize_keys_up_to(int64_t end) {
     const int64_t per_word = nkv::codes_per_word(bits);
     key_words.resize(static_cast<size_t>(end / per_word * channels));
-    key_scales.resize(static_cast<size_t>(end / group * channels));
-    key_mins.resize(key_scales.size());
+    key_groups.resize(static_cast<size_t>(end / group * channels));
     for (; quantized_keys < end; quantized_keys += group) {
       nkv::kivi::quantize_key_group(bits, group, channels, quantized_keys,
                                     [&](int64_t t, int64_t c) { return keys[static_cast<size_t>(t * channels + c)]; },
-                                    key_words.data(), key_scales.data(), key_mins.data());
+                                    key_words.data(), key_groups.data());
     }
   }
   void quantize_values_up_to(int64_t end) {
@@ -124,11 +126,9 @@ struct KiviSequence {
     for (; quantized_values < end; ++quantized_values) {
       const int64_t t = quantized_values;
       value_words.resize(static_cast<size_t>((t + 1) * channels / per_word));
-      value_scales.resize(static_cast<size_t>((t + 1) * channels / group));
-      value_mins.resize(value_scales.size());
+      value_groups.resize(static_cast<size_t>((t + 1) * channels / group));
       nkv::kivi::quantize_value_token(bits, group, channels, [&](int64_t c) { return values[static_cast<size_t>(t * channels + c)]; },
-                                      value_words.data() + t * channels / per_word, value_scales.data() + t * channels / group,
-                                      value_mins.data() + t * channels / group);
+                                      value_words.data() + t * channels / per_word, value_groups.data() + t * channels / group);
     }
   }
   // A prefill: the tokens' split straight from the bookkeeping functions.
@@ -157,7 +157,7 @@ TEST(Kivi, PrefillThenDecodeStepsEqualOneShotQuantization) {
     for (int group : {32, 64, 128}) {
       for (int residual : {group, 2 * group}) {
         for (int trial = 0; trial < 3; ++trial) {
-          KiviSequence streamed{bits, group, residual, channels, {}, {}, {}, {}, {}, {}, {}, {}};
+          KiviSequence streamed{bits, group, residual, channels, {}, {}, {}, {}, {}, {}};
           KiviSequence one_shot = streamed;
           const int64_t prompt = static_cast<int64_t>(rng() % 700), total = prompt + 1 + static_cast<int64_t>(rng() % 400);
           const std::vector<float> k = random_halves(rng, static_cast<size_t>(total * channels), 2.0f);
@@ -175,11 +175,9 @@ TEST(Kivi, PrefillThenDecodeStepsEqualOneShotQuantization) {
           ASSERT_LT(total - streamed.quantized_keys, residual) << where;  // never a full residual left unflushed
           ASSERT_EQ(total - streamed.quantized_values, std::min<int64_t>(total, residual)) << where;
           ASSERT_EQ(streamed.key_words, one_shot.key_words) << where;
-          ASSERT_EQ(streamed.key_scales, one_shot.key_scales) << where;
-          ASSERT_EQ(streamed.key_mins, one_shot.key_mins) << where;
+          ASSERT_EQ(streamed.key_groups, one_shot.key_groups) << where;
           ASSERT_EQ(streamed.value_words, one_shot.value_words) << where;
-          ASSERT_EQ(streamed.value_scales, one_shot.value_scales) << where;
-          ASSERT_EQ(streamed.value_mins, one_shot.value_mins) << where;
+          ASSERT_EQ(streamed.value_groups, one_shot.value_groups) << where;
           // The layouts: key code (t, c) in word t / (32 / b) of channel c, value code (t, c) in word c / (32 / b) of token t.
           const int64_t per_word = nkv::codes_per_word(bits);
           for (int64_t probe = 0; probe < 64 && streamed.quantized_values > 0; ++probe) {
@@ -187,13 +185,13 @@ TEST(Kivi, PrefillThenDecodeStepsEqualOneShotQuantization) {
             const int64_t c = static_cast<int64_t>(rng()) % channels;
             if (streamed.quantized_keys > 0) {
               const size_t at = static_cast<size_t>(t / group * channels + c);
-              const nkv::kivi::Group g{streamed.key_scales[at], streamed.key_mins[at]};
+              const nkv::kivi::Group g = nkv::kivi::unpack_group(streamed.key_groups[at]);
               ASSERT_EQ(nkv::unpack_code(streamed.key_words[static_cast<size_t>(t / per_word * channels + c)], static_cast<int>(t % per_word), bits),
                         nkv::kivi::code_of(k[static_cast<size_t>(t * channels + c)], g, bits));
             }
             const int64_t tv = static_cast<int64_t>(rng()) % streamed.quantized_values;
             const size_t vat = static_cast<size_t>(tv * channels / group + c / group);
-            const nkv::kivi::Group gv{streamed.value_scales[vat], streamed.value_mins[vat]};
+            const nkv::kivi::Group gv = nkv::kivi::unpack_group(streamed.value_groups[vat]);
             ASSERT_EQ(nkv::unpack_code(streamed.value_words[static_cast<size_t>(tv * channels / per_word + c / per_word)],
                                        static_cast<int>(c % per_word), bits),
                       nkv::kivi::code_of(v[static_cast<size_t>(tv * channels + c)], gv, bits));
@@ -250,6 +248,499 @@ TEST(Bfp, BlockErrorsStayWithinHalfAStepUnlessClipped) {
             ASSERT_LE(std::fabs(back - v), 0.5f * step) << "m " << m << " n " << n << " value " << v;
           }
         }
+      }
+    }
+  }
+}
+
+// ---- the quantized KV cache (nkv_quantized_kv_cache_*) and decode over it ----------------------------
+
+struct CacheDeleter {
+  void operator()(nkv_quantized_kv_cache* c) const { nkv_quantized_kv_cache_destroy(c); }
+};
+using CachePtr = std::unique_ptr<nkv_quantized_kv_cache, CacheDeleter>;
+
+struct PlanDeleter {
+  void operator()(nkv_attention_plan* p) const { nkv_attention_plan_destroy(p); }
+};
+using PlanPtr = std::unique_ptr<nkv_attention_plan, PlanDeleter>;
+
+struct CacheShape {
+  int bits = 2, group = 32, residual = 64, layers = 2, heads = 2, head_dim = 64, slots = 3, max_tokens = 3000;
+};
+
+CachePtr make_cache(nkv_context* context, const CacheShape& s) {
+  nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_KIVI, s.bits, s.group, s.residual,
+                                   s.layers, s.heads, s.head_dim, s.slots, s.max_tokens, 0};
+  nkv_quantized_kv_cache* cache = nullptr;
+  EXPECT_EQ(nkv_quantized_kv_cache_create(context, &o, &cache), NKV_STATUS_SUCCESS) << nkv_last_error();
+  return CachePtr(cache);
+}
+
+// A whole view of the cache's memory on the host (the view is the cache's memory, maybe a device's): as
+// [rows, last two dimensions] gathered by an identity pack plan into a buffer of the test's own.
+template <typename T>
+std::vector<T> read_view(nkv_context* context, const nkv_tensor& v) {
+  int64_t count = 1;  // of the view's elements
+  for (int i = 0; i < v.ndim; ++i) count *= v.shape[i];
+  const size_t bytes = static_cast<size_t>(count) * nkv_dtype_size(v.dtype);
+  std::vector<T> out(bytes / sizeof(T));
+  if (device_of(context) == NKV_DEVICE_HOST) {
+    std::memcpy(out.data(), v.data, bytes);
+    return out;
+  }
+  const int64_t width = v.shape[v.ndim - 1] * (v.ndim >= 2 ? v.shape[v.ndim - 2] : 1);
+  int32_t rows = static_cast<int32_t>(count / width);
+  nkv_pack_plan* plan = nullptr;
+  EXPECT_EQ(nkv_pack_plan_create(context, &rows, 1, 0, &plan), NKV_STATUS_SUCCESS) << nkv_last_error();
+  Memory copy(context, bytes);
+  const nkv_tensor in = view(v.data, static_cast<nkv_dtype>(v.dtype), NKV_DEVICE_CUDA, {rows, width});
+  const nkv_tensor to = view(copy.data(), static_cast<nkv_dtype>(v.dtype), NKV_DEVICE_CUDA, {rows, width});
+  EXPECT_EQ(nkv_pack_gather(plan, &in, &to), NKV_STATUS_SUCCESS) << nkv_last_error();
+  nkv_pack_plan_destroy(plan);
+  return copy.download<T>(out.size());
+}
+
+nkv_tensor cache_view(nkv_quantized_kv_cache* cache, nkv_quantized_kv_view which, int32_t layer) {
+  nkv_tensor v{};
+  EXPECT_EQ(nkv_quantized_kv_cache_view(cache, which, layer, &v), NKV_STATUS_SUCCESS) << nkv_last_error();
+  return v;
+}
+
+// What a slot of one layer holds that its length defines: codes and groups of the quantized tokens, the
+// residual rows of the rest (other entries are unspecified and not compared).
+struct SlotContents {
+  std::vector<uint32_t> key_codes, key_groups, value_codes, value_groups;
+  std::vector<uint16_t> key_residual, value_residual;
+  bool operator==(const SlotContents& o) const {
+    return key_codes == o.key_codes && key_groups == o.key_groups && value_codes == o.value_codes &&
+           value_groups == o.value_groups && key_residual == o.key_residual && value_residual == o.value_residual;
+  }
+};
+
+SlotContents slot_contents(nkv_context* context, nkv_quantized_kv_cache* cache, const CacheShape& s, int32_t layer, int32_t slot) {
+  int32_t length = 0;
+  EXPECT_EQ(nkv_quantized_kv_cache_slot(cache, slot, &length), NKV_STATUS_SUCCESS) << nkv_last_error();
+  const int64_t channels = static_cast<int64_t>(s.heads) * s.head_dim, per_word = nkv::codes_per_word(s.bits);
+  const int64_t keys = nkv::kivi::quantized_keys(length, s.residual), values = nkv::kivi::quantized_values(length, s.residual);
+  auto rows_of = [&](nkv_quantized_kv_view which, int64_t row_width, int64_t from, int64_t to, auto element) {
+    const nkv_tensor v = cache_view(cache, which, layer);
+    const auto all = read_view<decltype(element)>(context, v);
+    // The group views are fp16 pairs, read here as one 32-bit word each.
+    const int64_t slot_elements = v.strides[0] * static_cast<int64_t>(nkv_dtype_size(v.dtype)) / static_cast<int64_t>(sizeof(element));
+    return std::vector<decltype(element)>(all.begin() + slot * slot_elements + from * row_width,
+                                          all.begin() + slot * slot_elements + to * row_width);
+  };
+  SlotContents c;
+  c.key_codes = rows_of(NKV_QUANTIZED_KV_KEY_CODES, channels, 0, keys / per_word, uint32_t{});
+  c.key_groups = rows_of(NKV_QUANTIZED_KV_KEY_GROUPS, channels, 0, keys / s.group, uint32_t{});
+  c.key_residual = rows_of(NKV_QUANTIZED_KV_KEY_RESIDUAL, channels, 0, length - keys, uint16_t{});
+  c.value_codes = rows_of(NKV_QUANTIZED_KV_VALUE_CODES, channels / per_word, 0, values, uint32_t{});
+  c.value_groups = rows_of(NKV_QUANTIZED_KV_VALUE_GROUPS, channels / s.group, 0, values, uint32_t{});
+  const auto ring = rows_of(NKV_QUANTIZED_KV_VALUE_RESIDUAL, channels, 0, s.residual, uint16_t{});
+  for (int64_t t = values; t < length; ++t) {  // the window in token order
+    c.value_residual.insert(c.value_residual.end(), ring.begin() + t % s.residual * channels, ring.begin() + (t % s.residual + 1) * channels);
+  }
+  return c;
+}
+
+// A model of the steps a test makes: every slot's K and V (fp16 bits, [token][head][d]) per layer.
+struct Steps {
+  nkv_context* context;
+  nkv_quantized_kv_cache* cache;
+  CacheShape shape;
+  std::vector<std::vector<std::vector<uint16_t>>> k, v;  // [layer][slot]
+  std::mt19937 rng{7};
+
+  Steps(nkv_context* c, nkv_quantized_kv_cache* q, const CacheShape& s) : context(c), cache(q), shape(s) {
+    k.assign(static_cast<size_t>(s.layers), std::vector<std::vector<uint16_t>>(static_cast<size_t>(s.slots)));
+    v = k;
+  }
+  int64_t channels() const { return static_cast<int64_t>(shape.heads) * shape.head_dim; }
+  // Appends counts[i] tokens to slots[i] with the given K/V source (random when `source` < 0, else a copy of
+  // slot `source`'s tokens at the same positions), and writes every layer.
+  void step(const std::vector<int32_t>& slots, const std::vector<int32_t>& counts, int32_t source = -1,
+            float spread = 1.0f) {
+    ASSERT_EQ(nkv_quantized_kv_cache_append(cache, slots.data(), counts.data(), static_cast<int32_t>(slots.size())),
+              NKV_STATUS_SUCCESS) << nkv_last_error();
+    int64_t tokens = 0;
+    for (int32_t n : counts) tokens += n;
+    for (int32_t layer = 0; layer < shape.layers; ++layer) {
+      std::vector<uint16_t> ks, vs;
+      for (size_t i = 0; i < slots.size(); ++i) {
+        auto& kh = k[layer][slots[i]];
+        auto& vh = v[layer][slots[i]];
+        const size_t from = kh.size(), n = static_cast<size_t>(counts[i] * channels());
+        for (size_t e = 0; e < n; ++e) {
+          if (source >= 0) {
+            kh.push_back(k[layer][source][from + e]);
+            vh.push_back(v[layer][source][from + e]);
+          } else {
+            std::normal_distribution<float> normal(0.0f, spread);
+            kh.push_back(float_to_half(normal(rng) + (e % 7 == 3 ? 4.0f : 0.0f)));  // an outlier channel
+            vh.push_back(float_to_half(normal(rng)));
+          }
+        }
+        ks.insert(ks.end(), kh.end() - static_cast<std::ptrdiff_t>(n), kh.end());
+        vs.insert(vs.end(), vh.end() - static_cast<std::ptrdiff_t>(n), vh.end());
+      }
+      Memory km(context, std::max<size_t>(2, ks.size() * 2)), vm(context, std::max<size_t>(2, vs.size() * 2));
+      if (!ks.empty()) {
+        km.upload(ks);
+        vm.upload(vs);
+      }
+      const nkv_tensor kt = view(km.data(), NKV_DTYPE_FLOAT16, device_of(context), {tokens, shape.heads, shape.head_dim});
+      const nkv_tensor vt = view(vm.data(), NKV_DTYPE_FLOAT16, device_of(context), {tokens, shape.heads, shape.head_dim});
+      ASSERT_EQ(nkv_quantized_kv_cache_write(cache, layer, &kt, &vt), NKV_STATUS_SUCCESS) << nkv_last_error();
+      ASSERT_EQ(nkv_context_synchronize(context), NKV_STATUS_SUCCESS) << nkv_last_error();
+    }
+  }
+};
+
+// The one-shot KIVI store of a token history (the KiviSequence model above), as the cache lays a slot out.
+SlotContents one_shot(const CacheShape& s, const std::vector<uint16_t>& k, const std::vector<uint16_t>& v) {
+  const int64_t channels = static_cast<int64_t>(s.heads) * s.head_dim;
+  KiviSequence seq{s.bits, s.group, s.residual, channels, {}, {}, {}, {}, {}, {}};
+  std::vector<float> kf(k.size()), vf(v.size());
+  for (size_t i = 0; i < k.size(); ++i) kf[i] = half_to_float(k[i]);
+  for (size_t i = 0; i < v.size(); ++i) vf[i] = half_to_float(v[i]);
+  seq.prefill(kf, vf);
+  SlotContents c;
+  c.key_codes = seq.key_words;
+  c.key_groups = seq.key_groups;
+  c.value_codes = seq.value_words;
+  c.value_groups = seq.value_groups;
+  c.key_residual.assign(k.begin() + seq.quantized_keys * channels, k.end());
+  c.value_residual.assign(v.begin() + seq.quantized_values * channels, v.end());
+  return c;
+}
+
+// Slot 0 gets a prompt and then thousands of steps of random lengths (mostly single tokens), slot 1 the same
+// tokens in a few large appends, slot 2 the same tokens at once at the end: all three hold what one-shot
+// quantization of the history gives, bit for bit, for every layer.
+void check_streaming_equals_one_shot(nkv_context* context, const CacheShape& shape, int steps) {
+  CachePtr cache = make_cache(context, shape);
+  int32_t a = -1, b = -1, c = -1;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &a));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &b));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &c));
+  Steps model(context, cache.get(), shape);
+  std::mt19937 rng(static_cast<unsigned>(shape.bits * 1000 + shape.group + shape.residual));
+  int32_t total = static_cast<int32_t>(rng() % 300);
+  model.step({a}, {total});
+  for (int i = 0; i < steps && total < shape.max_tokens - 2 * shape.residual; ++i) {
+    const int32_t n = rng() % 10 == 0 ? static_cast<int32_t>(rng() % (shape.residual + 9)) : 1;
+    model.step({a}, {n});
+    total += n;
+    if (rng() % 400 == 0) {  // slot 1 catches up in one append of random size
+      int32_t length_b = 0;
+      NKV_ASSERT_OK(nkv_quantized_kv_cache_slot(cache.get(), b, &length_b));
+      model.step({b}, {total - length_b}, a);
+    }
+  }
+  int32_t length_b = 0;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_slot(cache.get(), b, &length_b));
+  model.step({b, c}, {total - length_b, 0}, a);
+  model.step({c}, {total}, a);
+  for (int32_t layer = 0; layer < shape.layers; ++layer) {
+    const SlotContents expected = one_shot(shape, model.k[layer][a], model.v[layer][a]);
+    for (int32_t slot : {a, b, c}) {
+      const SlotContents got = slot_contents(context, cache.get(), shape, layer, slot);
+      EXPECT_TRUE(got == expected) << (got.key_codes == expected.key_codes) << (got.key_groups == expected.key_groups)
+                                   << (got.value_codes == expected.value_codes) << (got.value_groups == expected.value_groups)
+                                   << (got.key_residual == expected.key_residual) << (got.value_residual == expected.value_residual) << " "
+          << "bits " << shape.bits << " G " << shape.group << " R " << shape.residual << " layer " << layer << " slot " << slot
+          << " of " << total << " tokens";
+    }
+  }
+}
+
+TEST(QuantizedKvCache, StepsOfRandomLengthsGiveOneShotCodes) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  for (int bits : {2, 4, 8}) {
+    for (int group : {32, 64}) {
+      CacheShape shape;
+      shape.bits = bits;
+      shape.group = group;
+      shape.residual = 2 * group;
+      check_streaming_equals_one_shot(context.get(), shape, bits == 2 ? 2500 : 400);
+    }
+  }
+}
+
+TEST(QuantizedKvCacheCuda, StepsOfRandomLengthsGiveOneShotCodes) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr context = make_context(NKV_BACKEND_CUDA);
+  for (int bits : {2, 4, 8}) {
+    for (int group : {32, 128}) {
+      CacheShape shape;
+      shape.bits = bits;
+      shape.group = group;
+      shape.residual = group == 32 ? 64 : 128;
+      shape.head_dim = 128;
+      check_streaming_equals_one_shot(context.get(), shape, bits == 2 ? 2500 : 300);
+    }
+  }
+}
+
+TEST(QuantizedKvCache, RejectsBadOptionsAndSecondWrites) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  nkv_quantized_kv_cache* cache = nullptr;
+  nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_KIVI, 2, 32, 0, 1, 2, 64, 2, 100, 0};
+  auto expect = [&](nkv_quantized_kv_cache_options bad, const char* needle) {
+    NKV_EXPECT_STATUS(nkv_quantized_kv_cache_create(context.get(), &bad, &cache), NKV_STATUS_INVALID_ARGUMENT, needle);
+    EXPECT_EQ(cache, nullptr);
+  };
+  auto bad = o;
+  bad.format = 7;
+  expect(bad, "options.format");
+  bad = o;
+  bad.bits = 3;
+  expect(bad, "options.bits");
+  bad = o;
+  bad.group_size = 128;
+  expect(bad, "at most head_dim");
+  bad = o;
+  bad.residual = 48;
+  expect(bad, "options.residual");
+  bad = o;
+  bad.head_dim = 96;
+  expect(bad, "options.head_dim");
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_create(context.get(), &o, &cache));
+  CachePtr owned(cache);
+  nkv_quantized_kv_cache_info info{};
+  info.struct_size = sizeof(info);
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(cache, &info));
+  EXPECT_EQ(info.residual, 128);  // the default
+  EXPECT_EQ(info.capacity, 128);
+  int32_t slot = -1;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache, &slot));
+  const int32_t count = 3;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_append(cache, &slot, &count, 1));
+  std::vector<uint16_t> rows(3 * 2 * 64, float_to_half(0.5f));
+  const nkv_tensor kv = view(rows.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {3, 2, 64});
+  const nkv_tensor short_kv = view(rows.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 2, 64});
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_write(cache, 0, &short_kv, &kv), NKV_STATUS_INVALID_ARGUMENT, "'k'");
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_write(cache, 0, &kv, &kv));
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_write(cache, 0, &kv, &kv), NKV_STATUS_INVALID_ARGUMENT, "already written");
+  const int32_t too_many = 126;
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_append(cache, &slot, &too_many, 1), NKV_STATUS_INVALID_ARGUMENT, "max_tokens");
+  int32_t length = 0;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_slot(cache, slot, &length));
+  EXPECT_EQ(length, 3);
+  int32_t other = -1;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache, &other));
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_add_slot(cache, &other), NKV_STATUS_OUT_OF_MEMORY, "max_slots");
+}
+
+// ---- decode over the cache ----
+
+struct DecodeCase {
+  int32_t heads_q = 8, q_len = 1, num_splits = 0, window_left = -1;
+  bool causal = false;
+  std::vector<int32_t> lengths;
+};
+
+// q [batch, q_len, heads_q, d] random; runs nkv_attention_decode_quantized for layer 1 and returns O and LSE.
+struct DecodeResult {
+  std::vector<uint16_t> o;
+  std::vector<float> lse;
+};
+
+DecodeResult run_quantized_decode(nkv_context* context, nkv_quantized_kv_cache* cache, const CacheShape& shape,
+                                  const DecodeCase& c, const std::vector<uint16_t>& q) {
+  nkv_attention_options options{sizeof(nkv_attention_options), c.causal ? 1 : 0, 0.0f, 0.0f, c.window_left, c.num_splits, 0, 0};
+  nkv_attention_plan* raw = nullptr;
+  const int32_t batch = static_cast<int32_t>(c.lengths.size());
+  EXPECT_EQ(nkv_attention_plan_decode(context, &options, c.heads_q, shape.heads, shape.head_dim, batch, c.q_len, c.lengths.data(), &raw),
+            NKV_STATUS_SUCCESS) << nkv_last_error();
+  PlanPtr plan(raw);
+  const size_t out_elements = q.size();
+  Memory qm(context, q.size() * 2), om(context, out_elements * 2), lm(context, static_cast<size_t>(batch) * c.heads_q * c.q_len * 4);
+  qm.upload(q);
+  om.fill(0xff, out_elements * 2);  // NaN poison: every element must be written
+  lm.fill(0xff, static_cast<size_t>(batch) * c.heads_q * c.q_len * 4);
+  const nkv_device_type device = device_of(context);
+  const nkv_tensor qt = view(qm.data(), NKV_DTYPE_FLOAT16, device, {batch, c.q_len, c.heads_q, shape.head_dim});
+  const nkv_tensor ot = view(om.data(), NKV_DTYPE_FLOAT16, device, {batch, c.q_len, c.heads_q, shape.head_dim});
+  const nkv_tensor lt = view(lm.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
+  EXPECT_EQ(nkv_attention_decode_quantized(plan.get(), &qt, cache, 1, &ot, &lt), NKV_STATUS_SUCCESS) << nkv_last_error();
+  return {om.download<uint16_t>(out_elements), lm.download<float>(static_cast<size_t>(batch) * c.heads_q * c.q_len)};
+}
+
+// Fills slots 0 .. n - 1 with c.lengths tokens (a prompt, then single steps) from `model`'s generator.
+void fill_slots(Steps& model, const DecodeCase& c) {
+  std::vector<int32_t> slots;
+  for (size_t i = 0; i < c.lengths.size(); ++i) {
+    int32_t s = -1;
+    NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(model.cache, &s));
+    slots.push_back(s);
+  }
+  std::vector<int32_t> prompt(c.lengths.size());
+  for (size_t i = 0; i < c.lengths.size(); ++i) prompt[i] = std::max(0, c.lengths[i] - 3);
+  model.step(slots, prompt);
+  for (int i = 0; i < 3; ++i) {
+    std::vector<int32_t> one(c.lengths.size());
+    for (size_t j = 0; j < c.lengths.size(); ++j) one[j] = c.lengths[j] >= 3 ? 1 : (i < c.lengths[j] ? 1 : 0);
+    model.step(slots, one);
+  }
+}
+
+double relative_error(const std::vector<uint16_t>& x, const std::vector<uint16_t>& reference) {
+  double diff = 0.0, norm = 0.0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double a = half_to_float(x[i]), b = half_to_float(reference[i]);
+    diff += (a - b) * (a - b);
+    norm += b * b;
+  }
+  return std::sqrt(diff / std::max(norm, 1e-30));
+}
+
+// K and V that KIVI stores exactly (each group is mn + code x 1/8 and holds codes 0 and 2^b - 1): decode over
+// the quantized cache then equals nkv_attention_decode over the same K/V, bit for bit (both references
+// compute in float64 from the same values).
+TEST(QuantizedKvCache, DecodeOverExactlyQuantizableKeysEqualsPlainDecode) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  for (int bits : {2, 4}) {
+    CacheShape shape;
+    shape.bits = bits;
+    shape.layers = 2;
+    shape.max_tokens = 600;
+    CachePtr cache = make_cache(context.get(), shape);
+    const int64_t channels = static_cast<int64_t>(shape.heads) * shape.head_dim;
+    const int32_t length = 517, top = (1 << bits) - 1;
+    std::mt19937 rng(3);
+    std::vector<uint16_t> k(static_cast<size_t>(length * channels)), v(k.size());
+    for (int64_t t = 0; t < length; ++t) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const int key_code = t % shape.group == 0 ? 0 : t % shape.group == 1 ? top : static_cast<int>(rng() % (top + 1));
+        const int value_code = c % shape.group == 0 ? 0 : c % shape.group == 1 ? top : static_cast<int>(rng() % (top + 1));
+        const float key_min = static_cast<float>(static_cast<int>((c * 7 + t / shape.group * 3) % 11) - 5) * 0.25f;
+        const float value_min = static_cast<float>(static_cast<int>((t * 5 + c / shape.group) % 9) - 4) * 0.25f;
+        k[static_cast<size_t>(t * channels + c)] = float_to_half(key_min + static_cast<float>(key_code) * 0.125f);
+        v[static_cast<size_t>(t * channels + c)] = float_to_half(value_min + static_cast<float>(value_code) * 0.125f);
+      }
+    }
+    int32_t slot = -1;
+    NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &slot));
+    NKV_ASSERT_OK(nkv_quantized_kv_cache_append(cache.get(), &slot, &length, 1));
+    const nkv_tensor kt = view(k.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {length, shape.heads, shape.head_dim});
+    const nkv_tensor vt = view(v.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {length, shape.heads, shape.head_dim});
+    for (int32_t layer = 0; layer < shape.layers; ++layer) NKV_ASSERT_OK(nkv_quantized_kv_cache_write(cache.get(), layer, &kt, &vt));
+    DecodeCase c;
+    c.q_len = 2;
+    c.causal = true;
+    c.lengths = {length};
+    std::vector<uint16_t> q(static_cast<size_t>(c.q_len * c.heads_q * shape.head_dim));
+    for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.3f)(rng));
+    const DecodeResult quantized = run_quantized_decode(context.get(), cache.get(), shape, c, q);
+
+    nkv_attention_options options{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, 0, 0};
+    nkv_attention_plan* raw = nullptr;
+    NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &options, c.heads_q, shape.heads, shape.head_dim, 1, c.q_len, &length, &raw));
+    PlanPtr plan(raw);
+    std::vector<uint16_t> o(q.size());
+    std::vector<float> lse(static_cast<size_t>(c.heads_q * c.q_len));
+    const nkv_tensor qt = view(q.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, shape.head_dim});
+    const nkv_tensor k4 = view(k.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, length, shape.heads, shape.head_dim});
+    const nkv_tensor v4 = view(v.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, length, shape.heads, shape.head_dim});
+    const nkv_tensor ot = view(o.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, shape.head_dim});
+    const nkv_tensor lt = view(lse.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {1, c.heads_q, c.q_len});
+    NKV_ASSERT_OK(nkv_attention_decode(plan.get(), &qt, &k4, &v4, &ot, &lt));
+    EXPECT_EQ(quantized.o, o) << "bits " << bits;
+    EXPECT_EQ(quantized.lse, lse) << "bits " << bits;
+  }
+}
+
+TEST(QuantizedKvCache, DecodeRejectsPlansThatDoNotMatchTheCache) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  CacheShape shape;
+  CachePtr cache = make_cache(context.get(), shape);
+  Steps model(context.get(), cache.get(), shape);
+  DecodeCase c;
+  c.lengths = {40, 7};
+  fill_slots(model, c);
+  std::vector<int32_t> wrong = {40, 8};
+  nkv_attention_plan* raw = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), nullptr, 8, shape.heads, shape.head_dim, 2, 1, wrong.data(), &raw));
+  PlanPtr plan(raw);
+  std::vector<uint16_t> q(2 * 8 * 64), o(q.size());
+  const nkv_tensor qt = view(q.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 1, 8, 64});
+  const nkv_tensor ot = view(o.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 1, 8, 64});
+  NKV_EXPECT_STATUS(nkv_attention_decode_quantized(plan.get(), &qt, cache.get(), 0, &ot, nullptr), NKV_STATUS_INVALID_ARGUMENT,
+                    "seqlens_k[1]");
+  NKV_EXPECT_STATUS(nkv_attention_decode_quantized(plan.get(), &qt, cache.get(), 2, &ot, nullptr), NKV_STATUS_INVALID_ARGUMENT,
+                    "'layer'");
+  NKV_EXPECT_STATUS(nkv_attention_decode_quantized(plan.get(), &qt, nullptr, 0, &ot, nullptr), NKV_STATUS_INVALID_ARGUMENT, "'cache'");
+  nkv_attention_plan* other = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), nullptr, 8, 4, shape.head_dim, 2, 1, c.lengths.data(), &other));
+  PlanPtr other_plan(other);
+  NKV_EXPECT_STATUS(nkv_attention_decode_quantized(other_plan.get(), &qt, cache.get(), 0, &ot, nullptr), NKV_STATUS_INVALID_ARGUMENT,
+                    "KV heads");
+}
+
+// The CUDA kernel against the CPU reference on the same codes: fresh random K/V (with outlier channels), lengths
+// that are not multiples of the tiles (all-residual, partly quantized, long), GQA 1..8, q_len 1..16,
+// causal and windowed, fixed and automatic splits.
+TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  struct Config {
+    int bits, group, residual, head_dim, heads_kv;
+    DecodeCase c;
+  };
+  std::vector<Config> configs;
+  auto add = [&](int bits, int group, int residual, int head_dim, int heads_kv, int heads_q, int q_len, bool causal, int window,
+                 int splits, std::vector<int32_t> lengths) {
+    DecodeCase c;
+    c.heads_q = heads_q;
+    c.q_len = q_len;
+    c.causal = causal;
+    c.window_left = window;
+    c.num_splits = splits;
+    c.lengths = std::move(lengths);
+    configs.push_back({bits, group, residual, head_dim, heads_kv, c});
+  };
+  add(2, 32, 128, 128, 8, 32, 1, false, -1, 0, {4000, 37, 300, 129, 1000});
+  add(4, 32, 128, 128, 8, 32, 1, false, -1, 3, {3001, 250, 5, 800});
+  add(8, 32, 64, 128, 2, 16, 1, false, -1, 0, {1500, 700});
+  add(2, 64, 128, 64, 4, 4, 3, true, -1, 0, {2049, 64, 17});
+  add(4, 128, 128, 128, 1, 8, 16, true, -1, 2, {1300, 900});
+  add(2, 32, 32, 64, 2, 12, 2, true, 100, 0, {2500, 300});
+  add(4, 64, 64, 64, 3, 3, 1, false, 500, 4, {1800, 1, 0, 65});
+  for (const Config& config : configs) {
+    CacheShape shape;
+    shape.bits = config.bits;
+    shape.group = config.group;
+    shape.residual = config.residual;
+    shape.head_dim = config.head_dim;
+    shape.heads = config.heads_kv;
+    shape.slots = static_cast<int>(config.c.lengths.size());
+    shape.max_tokens = 4100;
+    CachePtr gpu_cache = make_cache(gpu.get(), shape);
+    CachePtr cpu_cache = make_cache(cpu.get(), shape);
+    Steps gpu_model(gpu.get(), gpu_cache.get(), shape);
+    Steps cpu_model(cpu.get(), cpu_cache.get(), shape);  // the same generator seed: the same K/V
+    fill_slots(gpu_model, config.c);
+    fill_slots(cpu_model, config.c);
+    std::mt19937 rng(static_cast<unsigned>(config.bits + 10 * config.group));
+    const size_t q_elements = config.c.lengths.size() * static_cast<size_t>(config.c.q_len * config.c.heads_q * shape.head_dim);
+    std::vector<uint16_t> q(q_elements);
+    for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.5f)(rng));
+    const DecodeResult on_gpu = run_quantized_decode(gpu.get(), gpu_cache.get(), shape, config.c, q);
+    const DecodeResult reference = run_quantized_decode(cpu.get(), cpu_cache.get(), shape, config.c, q);
+    const std::string where = "bits " + std::to_string(config.bits) + " G " + std::to_string(config.group) + " R " +
+                              std::to_string(config.residual) + " d " + std::to_string(config.head_dim) + " heads " +
+                              std::to_string(config.c.heads_q) + "/" + std::to_string(config.heads_kv) + " q_len " +
+                              std::to_string(config.c.q_len);
+    for (uint16_t x : on_gpu.o) ASSERT_FALSE(std::isnan(half_to_float(x))) << where << ": an output element was not written";
+    EXPECT_LE(relative_error(on_gpu.o, reference.o), 1e-3) << where;
+    for (size_t i = 0; i < reference.lse.size(); ++i) {
+      if (std::isinf(reference.lse[i])) {
+        EXPECT_EQ(on_gpu.lse[i], reference.lse[i]) << where << " lse " << i;
+      } else {
+        EXPECT_NEAR(on_gpu.lse[i], reference.lse[i], 2e-3 * std::max(1.0f, std::fabs(reference.lse[i]))) << where << " lse " << i;
       }
     }
   }

@@ -49,6 +49,7 @@ ENUMS = {
     "NKV_PACK_CU_SEQLENS": PACK_CU_SEQLENS, "NKV_PACK_POSITION_IDS": PACK_POSITION_IDS,
     "NKV_PACK_GATHER_INDEX": PACK_GATHER_INDEX, "NKV_PACK_SCATTER_INDEX": PACK_SCATTER_INDEX,
     "NKV_PACK_PROMPT_ORDER": PACK_PROMPT_ORDER, "NKV_PACK_ROW_STARTS": PACK_ROW_STARTS,
+    "NKV_KV_FORMAT_KIVI": 1,
 }
 
 # torch dtype (by its str(), so that this module does not need torch) -> nkv_dtype
@@ -180,6 +181,19 @@ class NkvVirtualKvCacheInfo(ctypes.Structure):
             "empty_token_slots", "step_tokens", "blocks_mapped_ahead", "blocks_mapped_inline", "pages_created")]
 
 
+class NkvQuantizedKvCacheOptions(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_uint32 if name == "struct_size" else ctypes.c_int32) for name in (
+        "struct_size", "format", "bits", "group_size", "residual", "num_layers", "num_heads_kv", "head_dim", "max_slots",
+        "max_tokens", "reserved")]
+
+
+class NkvQuantizedKvCacheInfo(ctypes.Structure):
+    _fields_ = [("struct_size", ctypes.c_uint32), ("format", ctypes.c_int32), ("bits", ctypes.c_int32),
+                ("group_size", ctypes.c_int32), ("residual", ctypes.c_int32), ("max_slots", ctypes.c_int32),
+                ("slots", ctypes.c_int32), ("capacity", ctypes.c_int32), ("tokens", ctypes.c_int64),
+                ("step_tokens", ctypes.c_int64), ("bytes", ctypes.c_uint64)]
+
+
 STRUCTS = {
     "nkv_tensor": NkvTensor,
     "nkv_device_properties": NkvDeviceProperties,
@@ -190,6 +204,8 @@ STRUCTS = {
     "nkv_paged_kv_cache_options": NkvPagedKvCacheOptions,
     "nkv_virtual_kv_cache_options": NkvVirtualKvCacheOptions,
     "nkv_virtual_kv_cache_info": NkvVirtualKvCacheInfo,
+    "nkv_quantized_kv_cache_options": NkvQuantizedKvCacheOptions,
+    "nkv_quantized_kv_cache_info": NkvQuantizedKvCacheInfo,
 }
 
 
@@ -285,6 +301,15 @@ _SIGNATURES: dict[str, tuple[Any, list[Any]]] = {
     "nkv_virtual_kv_cache_view": (_S, [_P, ctypes.c_int32, ctypes.c_int32, _T]),
     "nkv_virtual_kv_cache_get_info": (_S, [_P, ctypes.POINTER(NkvVirtualKvCacheInfo)]),
     "nkv_virtual_kv_cache_slot": (_S, [_P, ctypes.c_int32, _I32P, ctypes.POINTER(ctypes.c_int64)]),
+    "nkv_quantized_kv_cache_create": (_S, [_P, ctypes.POINTER(NkvQuantizedKvCacheOptions), ctypes.POINTER(_P)]),
+    "nkv_quantized_kv_cache_destroy": (_S, [_P]),
+    "nkv_quantized_kv_cache_add_slot": (_S, [_P, _I32P]),
+    "nkv_quantized_kv_cache_free_slot": (_S, [_P, ctypes.c_int32]),
+    "nkv_quantized_kv_cache_append": (_S, [_P, _I32P, _I32P, ctypes.c_int32]),
+    "nkv_quantized_kv_cache_write": (_S, [_P, ctypes.c_int32, _T, _T]),
+    "nkv_quantized_kv_cache_view": (_S, [_P, ctypes.c_int32, ctypes.c_int32, _T]),
+    "nkv_quantized_kv_cache_get_info": (_S, [_P, ctypes.POINTER(NkvQuantizedKvCacheInfo)]),
+    "nkv_attention_decode_quantized": (_S, [_P, _T, _P, ctypes.c_int32, _T, _T]),
 }
 
 
@@ -565,6 +590,50 @@ class PagedKvCache:
         self.close()
 
 
+class QuantizedKvCache:
+    """nkv_quantized_kv_cache on a context (KIVI codes with fp16 residuals): slots, appends, writes, info."""
+
+    KIVI = 1
+
+    def __init__(self, context: "Context", *, bits: int, group_size: int = 32, residual: int = 128, num_layers: int,
+                 num_heads_kv: int, head_dim: int, max_slots: int, max_tokens: int):
+        self.context, self.lib = context, context.lib
+        self.handle = _P()
+        options = NkvQuantizedKvCacheOptions(struct_size=ctypes.sizeof(NkvQuantizedKvCacheOptions), format=self.KIVI, bits=bits,
+                                             group_size=group_size, residual=residual, num_layers=num_layers,
+                                             num_heads_kv=num_heads_kv, head_dim=head_dim, max_slots=max_slots,
+                                             max_tokens=max_tokens, reserved=0)
+        self.lib.call("nkv_quantized_kv_cache_create", context.handle, ctypes.byref(options), ctypes.byref(self.handle))
+
+    def add_slot(self) -> int:
+        slot = ctypes.c_int32()
+        self.lib.call("nkv_quantized_kv_cache_add_slot", self.handle, ctypes.byref(slot))
+        return slot.value
+
+    def append(self, slots: Sequence[int], counts: Sequence[int]) -> None:
+        self.lib.call("nkv_quantized_kv_cache_append", self.handle, _int32_array(slots), _int32_array(counts), len(slots))
+
+    def write(self, layer: int, k, v) -> None:
+        kt, vt = tensor(k), tensor(v)
+        self.lib.call("nkv_quantized_kv_cache_write", self.handle, layer, ctypes.byref(kt), ctypes.byref(vt))
+
+    def info(self) -> dict[str, Any]:
+        info = NkvQuantizedKvCacheInfo(struct_size=ctypes.sizeof(NkvQuantizedKvCacheInfo))
+        self.lib.call("nkv_quantized_kv_cache_get_info", self.handle, ctypes.byref(info))
+        return _struct_to_dict(info)
+
+    def close(self) -> None:
+        if self.handle:
+            self.lib.call("nkv_quantized_kv_cache_destroy", self.handle)
+            self.handle = _P()
+
+    def __enter__(self) -> "QuantizedKvCache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class VirtualKvCache:
     """nkv_virtual_kv_cache on a context: slots in contiguous virtual memory, pages mapped on demand."""
 
@@ -667,6 +736,19 @@ class AttentionPlan:
         sequence] (nkv_attention_decode_paged, nkv_attention_varlen_paged)."""
         fn_name = "nkv_attention_varlen_paged" if self.kind == ATTENTION_VARLEN else "nkv_attention_decode_paged"
         return self._bind(fn_name, (q, k_pool, v_pool, block_table, o, lse))
+
+    def bind_quantized(self, q, cache: "QuantizedKvCache", layer: int, o, lse=None) -> Callable[[], None]:
+        """As bind, over one layer of a quantized cache (nkv_attention_decode_quantized; sequence b is slot b)."""
+        views = [tensor(t) for t in (q, o, lse)]
+        args = [self.handle, _ptr(views[0]), cache.handle, layer, _ptr(views[1]), _ptr(views[2])]
+        keep_alive = ((q, o, lse), views, cache)
+        call = self.lib.call
+
+        def run() -> None:
+            _ = keep_alive
+            call("nkv_attention_decode_quantized", *args)
+
+        return run
 
     def _bind(self, fn_name: str, tensors: tuple) -> Callable[[], None]:
         views = [tensor(t) for t in tensors]

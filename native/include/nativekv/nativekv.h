@@ -716,6 +716,123 @@ NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, 
                                              int64_t* out_mapped_tokens);
 
 /* ---------------------------------------------------------------------------------------------------
+ * Quantized KV cache (KIVI: "A Tuning-Free Asymmetric 2bit Quantization for KV Cache", Liu et al.)
+ *
+ * Slots of up to max_tokens tokens, each layer's K and V kept as b-bit codes of groups with an fp16 scale
+ * and minimum, in the context's memory. A group is G values: G consecutive tokens of one key channel (keys
+ * per channel), or G consecutive channels of one value token (values per token, within one head):
+ *   mn = fp16(min),  s = fp16((max - mn) / (2^b - 1)),  q = round_half_even((x - mn) / s) clamped to
+ *   [0, 2^b - 1],  x^ = q * s + mn (one float32 fused multiply-add).
+ * A group whose scale rounds to 0 (constant) gets codes 0 and x^ = mn. K and V must be finite and within
+ * fp16's range. Each slot keeps its newest tokens in fp16, a residual window of R tokens (R a multiple of G):
+ * of a slot's T tokens, keys 0 .. T - T % R - 1 are quantized (a key waits in the residual until R keys are
+ * there, so no group is quantized from fewer than G tokens) and values 0 .. T - R - 1 (a value is
+ * quantized once R newer tokens follow it). Whether a slot's tokens came in one append or in many, its codes
+ * are the same bit for bit.
+ * Layouts of one layer (views below), channel c = head * head_dim + d, codes packed 32 / b to an int32 word
+ * with the first in the least significant bits, capacity = max_tokens rounded up to a multiple of R:
+ *   KEY_CODES      int32 [max_slots, capacity / (32 / b), num_heads_kv, head_dim]: word w of a channel holds
+ *                  its tokens w * (32 / b) .. w * (32 / b) + 32 / b - 1
+ *   KEY_GROUPS     fp16 [max_slots, capacity / G, num_heads_kv, head_dim, 2]: {scale, minimum} of tokens
+ *                  g * G .. g * G + G - 1 of a channel
+ *   KEY_RESIDUAL   fp16 [max_slots, R, num_heads_kv, head_dim]: row i holds token T - T % R + i
+ *   VALUE_CODES    int32 [max_slots, capacity, num_heads_kv, head_dim / (32 / b)]: word w of a token's head
+ *                  holds its channels w * (32 / b) ..
+ *   VALUE_GROUPS   fp16 [max_slots, capacity, num_heads_kv, head_dim / G, 2]: {scale, minimum}
+ *   VALUE_RESIDUAL fp16 [max_slots, R, num_heads_kv, head_dim]: token t (T - R <= t < T) at row t % R
+ * Steps work as in the other caches: nkv_quantized_kv_cache_append grows slots, then
+ * nkv_quantized_kv_cache_write stores (and quantizes) the step's K and V, once per layer.
+ * ------------------------------------------------------------------------------------------------- */
+
+typedef struct nkv_quantized_kv_cache nkv_quantized_kv_cache;
+
+typedef enum nkv_kv_format {
+  NKV_KV_FORMAT_KIVI = 1 /* KIVI asymmetric min/max groups: keys per channel, values per token */
+} nkv_kv_format;
+
+typedef struct nkv_quantized_kv_cache_options {
+  uint32_t struct_size;
+  int32_t format;       /* nkv_kv_format */
+  int32_t bits;         /* code bits: 2 or 4 (8 for testing) */
+  int32_t group_size;   /* G: 32, 64 or 128, at most head_dim */
+  int32_t residual;     /* R: a positive multiple of G, or 0 for 128 */
+  int32_t num_layers;   /* >= 1 */
+  int32_t num_heads_kv; /* >= 1 */
+  int32_t head_dim;     /* 64 or 128 */
+  int32_t max_slots;    /* slots alive at once: ids 0 .. max_slots - 1 */
+  int32_t max_tokens;   /* tokens per slot, >= 1 */
+  int32_t reserved;     /* must be 0 */
+} nkv_quantized_kv_cache_options;
+
+/* Allocates every layer's codes, groups and residuals (uninitialized) in the context's memory. K and V are
+ * float16. Destroy every cache before its context. */
+NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv_quantized_kv_cache_options* options,
+                                                 nkv_quantized_kv_cache** out_cache);
+/* NULL is accepted and does nothing. Waits for the context's outstanding work first. */
+NKV_API nkv_status nkv_quantized_kv_cache_destroy(nkv_quantized_kv_cache* cache);
+/* A new, empty slot (the lowest free id); NKV_STATUS_OUT_OF_MEMORY when max_slots are alive. */
+NKV_API nkv_status nkv_quantized_kv_cache_add_slot(nkv_quantized_kv_cache* cache, int32_t* out_slot);
+/* Releases a slot; forgets the last step if the slot was in it. */
+NKV_API nkv_status nkv_quantized_kv_cache_free_slot(nkv_quantized_kv_cache* cache, int32_t slot);
+/* One step: slots[i] (HOST, distinct, alive) grows by token_counts[i] >= 0 tokens. Every argument error
+ * leaves every slot and the last step as they were. */
+NKV_API nkv_status nkv_quantized_kv_cache_append(nkv_quantized_kv_cache* cache, const int32_t* slots,
+                                                 const int32_t* token_counts, int32_t count);
+/* Stores the last step's K and V of one layer: k and v are float16 [step tokens, num_heads_kv, head_dim] in
+ * the context's memory, unit last stride (16-byte aligned rows on CUDA), the step's tokens in argument order.
+ * Keys whose residual fills and values that leave the window are quantized now. Once per layer and step:
+ * a second write of the same layer in one step is NKV_STATUS_INVALID_ARGUMENT (the first has already moved
+ * its tokens). A layer not written in a step holds unspecified values for that step's tokens. */
+NKV_API nkv_status nkv_quantized_kv_cache_write(nkv_quantized_kv_cache* cache, int32_t layer, const nkv_tensor* k,
+                                                const nkv_tensor* v);
+
+typedef enum nkv_quantized_kv_view {
+  NKV_QUANTIZED_KV_KEY_CODES = 0,      /* the layouts above, of `layer` */
+  NKV_QUANTIZED_KV_KEY_GROUPS = 1,
+  NKV_QUANTIZED_KV_KEY_RESIDUAL = 2,
+  NKV_QUANTIZED_KV_VALUE_CODES = 3,
+  NKV_QUANTIZED_KV_VALUE_GROUPS = 4,
+  NKV_QUANTIZED_KV_VALUE_RESIDUAL = 5,
+  NKV_QUANTIZED_KV_SLOT_LENGTHS = 6    /* int32 [max_slots]: 0 for slots not alive; `layer` is ignored */
+} nkv_quantized_kv_view;
+
+/* A view of the cache's memory, valid until the cache is destroyed; read it, never write it. */
+NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cache, int32_t which, int32_t layer,
+                                               nkv_tensor* out_view);
+
+typedef struct nkv_quantized_kv_cache_info {
+  uint32_t struct_size;
+  int32_t format;
+  int32_t bits;
+  int32_t group_size;
+  int32_t residual;
+  int32_t max_slots;
+  int32_t slots;          /* alive now */
+  int32_t capacity;       /* tokens the layout of a slot holds (max_tokens rounded up to R) */
+  int64_t tokens;         /* sum of the alive slots' lengths */
+  int64_t step_tokens;    /* tokens of the last append */
+  uint64_t bytes;         /* the cache's memory, every layer and slot */
+} nkv_quantized_kv_cache_info;
+
+NKV_API nkv_status nkv_quantized_kv_cache_get_info(const nkv_quantized_kv_cache* cache,
+                                                   nkv_quantized_kv_cache_info* out_info);
+/* A slot's length in tokens. */
+NKV_API nkv_status nkv_quantized_kv_cache_slot(const nkv_quantized_kv_cache* cache, int32_t slot, int32_t* out_length);
+
+/*
+ * Decode attention over one layer of a quantized cache, read in place (nothing dequantized to memory):
+ * logits over the quantized keys and the fp16 residual, one softmax, and P.V over the quantized and fp16
+ * values. The plan's sequence b is slot b (plan batch <= max_slots), and seqlens_k[b] must equal slot b's
+ * length now. q, o: float16 [batch, q_len, num_heads_q, head_dim] as in nkv_attention_decode (head_dim and
+ * num_heads_kv those of the cache); lse as there. The plan must have kv_page_size 0 and kernel AUTO or SM80.
+ * The result is that of nkv_attention_decode over the dequantized keys and values (float32 q * s + mn),
+ * to float16-operand rounding.
+ */
+NKV_API nkv_status nkv_attention_decode_quantized(nkv_attention_plan* plan, const nkv_tensor* q,
+                                                  const nkv_quantized_kv_cache* cache, int32_t layer,
+                                                  const nkv_tensor* o, const nkv_tensor* lse);
+
+/* ---------------------------------------------------------------------------------------------------
  * Introspection, for binding generators and the managed conformance test
  * ------------------------------------------------------------------------------------------------- */
 

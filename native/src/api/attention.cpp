@@ -10,6 +10,7 @@
 #include "core/attention.h"
 #include "core/backends.h"
 #include "core/context_memory.h"
+#include "core/quantized_kvcache.h"
 #include "core/tensor_checks.h"
 
 using namespace nkv;
@@ -811,6 +812,67 @@ NKV_API nkv_status nkv_attention_decode_paged(nkv_attention_plan* plan, const nk
     a.block_table_stride = table.strides[0];
     a.page_shift = kv.page_shift;
     run_decode(p, a, tq, to, lse);
+  });
+}
+
+NKV_API nkv_status nkv_attention_decode_quantized(nkv_attention_plan* plan, const nkv_tensor* q,
+                                                  const nkv_quantized_kv_cache* cache, int32_t layer, const nkv_tensor* o,
+                                                  const nkv_tensor* lse) {
+  return guard("nkv_attention_decode_quantized", [&] {
+    const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
+    check_kv_layout(p, 0);
+    if (cache == nullptr) fail_argument("argument 'cache' must not be NULL");
+    const nkv_quantized_kv_cache& x = *cache;
+    if (x.context != p.context) fail_argument("argument 'cache': made on another context than the plan");
+    if (layer < 0 || layer >= x.num_layers) {
+      fail_argument("argument 'layer': expected 0.." + std::to_string(x.num_layers - 1) + ", got " + std::to_string(layer));
+    }
+    if (p.num_heads_kv != x.num_heads_kv || p.head_dim != x.head_dim) {
+      fail_argument("argument 'plan': made for " + std::to_string(p.num_heads_kv) + " KV heads of head_dim " + std::to_string(p.head_dim) +
+                    ", the cache holds " + std::to_string(x.num_heads_kv) + " of " + std::to_string(x.head_dim));
+    }
+    if (p.batch > x.max_slots) {
+      fail_argument("argument 'plan': batch " + std::to_string(p.batch) + " exceeds the cache's max_slots (" + std::to_string(x.max_slots) + ")");
+    }
+    for (int32_t b = 0; b < p.batch; ++b) {
+      const int32_t length = x.alive[b] ? x.lengths[b] : 0;
+      if (p.seqlens_k[b] != length) {
+        fail_argument("argument 'plan': seqlens_k[" + std::to_string(b) + "] is " + std::to_string(p.seqlens_k[b]) + " but slot " +
+                      std::to_string(b) + " holds " + std::to_string(length) + " tokens" + (x.alive[b] ? "" : " (not alive)"));
+      }
+    }
+    const nkv_tensor& tq = check_decode_q(p, q);
+    check_dtype("q", tq, {NKV_DTYPE_FLOAT16});
+    const nkv_tensor& to = check_decode_outputs(p, tq, o, lse);
+    const QuantizedKvLayer l = quantized_kv_layer(x, layer);
+    nkv_tensor cache_memory{};
+    cache_memory.data = x.memory;
+    cache_memory.dtype = NKV_DTYPE_UINT8;
+    cache_memory.device = device_type_of(*x.context);
+    cache_memory.ndim = 1;
+    cache_memory.shape[0] = static_cast<int64_t>(x.bytes);
+    cache_memory.strides[0] = 1;
+    check_outputs_disjoint(to, lse, tq, cache_memory, cache_memory, "cache", "cache");
+
+    QuantizedDecodeArgs a;
+    a.q = tq.data;
+    a.q_batch_stride = tq.strides[0];
+    a.q_strides = strides_of(tq, 1);
+    a.o = to.data;
+    a.o_batch_stride = to.strides[0];
+    a.o_strides = strides_of(to, 1);
+    if (lse != nullptr) {
+      a.lse = static_cast<float*>(lse->data);
+      a.lse_batch_stride = lse->strides[0];
+      a.lse_head_stride = lse->strides[1];
+    }
+    a.kv = l;
+    if (p.batch == 0) return;
+    if (p.context->backend == NKV_BACKEND_CUDA) {
+      cuda::attention_decode_quantized(p, a);
+    } else {
+      cpu::attention_decode_quantized(p, a);
+    }
   });
 }
 

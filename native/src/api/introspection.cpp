@@ -128,6 +128,28 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_virtual_kv_cache_info, blocks_mapped_ahead),
     NKV_FIELD(nkv_virtual_kv_cache_info, blocks_mapped_inline),
     NKV_FIELD(nkv_virtual_kv_cache_info, pages_created),
+    NKV_FIELD(nkv_quantized_kv_cache_options, struct_size),
+    NKV_FIELD(nkv_quantized_kv_cache_options, format),
+    NKV_FIELD(nkv_quantized_kv_cache_options, bits),
+    NKV_FIELD(nkv_quantized_kv_cache_options, group_size),
+    NKV_FIELD(nkv_quantized_kv_cache_options, residual),
+    NKV_FIELD(nkv_quantized_kv_cache_options, num_layers),
+    NKV_FIELD(nkv_quantized_kv_cache_options, num_heads_kv),
+    NKV_FIELD(nkv_quantized_kv_cache_options, head_dim),
+    NKV_FIELD(nkv_quantized_kv_cache_options, max_slots),
+    NKV_FIELD(nkv_quantized_kv_cache_options, max_tokens),
+    NKV_FIELD(nkv_quantized_kv_cache_options, reserved),
+    NKV_FIELD(nkv_quantized_kv_cache_info, struct_size),
+    NKV_FIELD(nkv_quantized_kv_cache_info, format),
+    NKV_FIELD(nkv_quantized_kv_cache_info, bits),
+    NKV_FIELD(nkv_quantized_kv_cache_info, group_size),
+    NKV_FIELD(nkv_quantized_kv_cache_info, residual),
+    NKV_FIELD(nkv_quantized_kv_cache_info, max_slots),
+    NKV_FIELD(nkv_quantized_kv_cache_info, slots),
+    NKV_FIELD(nkv_quantized_kv_cache_info, capacity),
+    NKV_FIELD(nkv_quantized_kv_cache_info, tokens),
+    NKV_FIELD(nkv_quantized_kv_cache_info, step_tokens),
+    NKV_FIELD(nkv_quantized_kv_cache_info, bytes),
 };
 #undef NKV_FIELD
 
@@ -147,6 +169,8 @@ constexpr StructInfo kStructs[] = {
     {"nkv_paged_kv_cache_info", sizeof(nkv_paged_kv_cache_info)},
     {"nkv_virtual_kv_cache_options", sizeof(nkv_virtual_kv_cache_options)},
     {"nkv_virtual_kv_cache_info", sizeof(nkv_virtual_kv_cache_info)},
+    {"nkv_quantized_kv_cache_options", sizeof(nkv_quantized_kv_cache_options)},
+    {"nkv_quantized_kv_cache_info", sizeof(nkv_quantized_kv_cache_info)},
 };
 
 struct EnumInfo {
@@ -171,6 +195,9 @@ constexpr EnumInfo kEnums[] = {
     NKV_ENUM(NKV_PAGED_KV_SEQUENCE_LENGTHS), NKV_ENUM(NKV_PAGED_KV_STEP_SLOTS),
     NKV_ENUM(NKV_VIRTUAL_KV_LAYER_MAJOR), NKV_ENUM(NKV_VIRTUAL_KV_TOKEN_MAJOR), NKV_ENUM(NKV_VIRTUAL_KV_K),
     NKV_ENUM(NKV_VIRTUAL_KV_V),        NKV_ENUM(NKV_VIRTUAL_KV_SLOT_LENGTHS), NKV_ENUM(NKV_VIRTUAL_KV_STEP_ROWS),
+    NKV_ENUM(NKV_KV_FORMAT_KIVI),      NKV_ENUM(NKV_QUANTIZED_KV_KEY_CODES),  NKV_ENUM(NKV_QUANTIZED_KV_KEY_GROUPS),
+    NKV_ENUM(NKV_QUANTIZED_KV_KEY_RESIDUAL), NKV_ENUM(NKV_QUANTIZED_KV_VALUE_CODES), NKV_ENUM(NKV_QUANTIZED_KV_VALUE_GROUPS),
+    NKV_ENUM(NKV_QUANTIZED_KV_VALUE_RESIDUAL), NKV_ENUM(NKV_QUANTIZED_KV_SLOT_LENGTHS),
 };
 #undef NKV_ENUM
 
@@ -244,6 +271,16 @@ constexpr const char* kExportedFunctions[] = {
     "nkv_virtual_kv_cache_view",
     "nkv_virtual_kv_cache_get_info",
     "nkv_virtual_kv_cache_slot",
+    "nkv_quantized_kv_cache_create",
+    "nkv_quantized_kv_cache_destroy",
+    "nkv_quantized_kv_cache_add_slot",
+    "nkv_quantized_kv_cache_free_slot",
+    "nkv_quantized_kv_cache_append",
+    "nkv_quantized_kv_cache_write",
+    "nkv_quantized_kv_cache_view",
+    "nkv_quantized_kv_cache_get_info",
+    "nkv_quantized_kv_cache_slot",
+    "nkv_attention_decode_quantized",
     "nkv_struct_size",
     "nkv_struct_field_offset",
     "nkv_enum_value",

@@ -40,6 +40,13 @@ struct Group {
 
 NKV_HOST_DEVICE inline uint32_t largest_code(int bits) { return (1u << bits) - 1u; }
 
+// A group as stored: one 32-bit word, the scale in the low half and the minimum in the high half (an fp16
+// pair {scale, minimum} in memory).
+NKV_HOST_DEVICE inline uint32_t pack_group(Group g) { return g.scale | static_cast<uint32_t>(g.min) << 16; }
+NKV_HOST_DEVICE inline Group unpack_group(uint32_t word) {
+  return {static_cast<uint16_t>(word & 0xffffu), static_cast<uint16_t>(word >> 16)};
+}
+
 // The stored parameters of a group whose values (as float) lie in [lo, hi]. The scale comes from the stored
 // (rounded) minimum, so that the group's maximum maps to the largest code. A group whose rounded scale is 0
 // (constant, or a range below fp16's resolution) keeps scale 0: every code is 0 and every value its minimum
@@ -80,15 +87,14 @@ NKV_HOST_DEVICE inline int64_t quantized_values(int64_t tokens, int32_t residual
 
 // The layouts of one sequence's quantized keys and values over C channels (heads x head_dim), b bits, groups of G:
 //   key codes    [T / (32 / b), C] words: word w of channel c holds tokens w * (32 / b) .. in its low bits first
-//   key groups   [T / G, C] scale and minimum
+//   key groups   [T / G, C] packed groups (scale and minimum)
 //   value codes  [T, C / (32 / b)] words: word w of token t holds channels w * (32 / b) ..
-//   value groups [T, C / G] scale and minimum
+//   value groups [T, C / G] packed groups
 // A word of key codes is 16 tokens (2-bit) of one channel, so a warp over channels loads 32 words together.
 
 // Quantizes keys [t0, t0 + G) (t0 a multiple of G) of every channel: key(t, c) returns them as floats.
 template <typename KeyAt>
-void quantize_key_group(int bits, int group, int64_t channels, int64_t t0, KeyAt key, uint32_t* words, uint16_t* scales,
-                        uint16_t* mins) {
+void quantize_key_group(int bits, int group, int64_t channels, int64_t t0, KeyAt key, uint32_t* words, uint32_t* groups) {
   const int64_t per_word = codes_per_word(bits);
   for (int64_t c = 0; c < channels; ++c) {
     float lo = key(t0, c), hi = lo;
@@ -97,8 +103,7 @@ void quantize_key_group(int bits, int group, int64_t channels, int64_t t0, KeyAt
       hi = fmaxf(hi, key(t, c));
     }
     const Group g = group_of(lo, hi, bits);
-    scales[t0 / group * channels + c] = g.scale;
-    mins[t0 / group * channels + c] = g.min;
+    groups[t0 / group * channels + c] = pack_group(g);
     for (int64_t t = t0; t < t0 + group; t += per_word) {
       uint32_t word = 0;
       for (int64_t i = 0; i < per_word; ++i) word = pack_code(word, code_of(key(t + i, c), g, bits), static_cast<int>(i), bits);
@@ -107,11 +112,10 @@ void quantize_key_group(int bits, int group, int64_t channels, int64_t t0, KeyAt
   }
 }
 
-// Quantizes one value token (C channels, C a multiple of G): value(c) returns them as floats; words, scales
-// and mins point at the token's row.
+// Quantizes one value token (C channels, C a multiple of G): value(c) returns them as floats; words and
+// groups point at the token's row.
 template <typename ValueAt>
-void quantize_value_token(int bits, int group, int64_t channels, ValueAt value, uint32_t* words, uint16_t* scales,
-                          uint16_t* mins) {
+void quantize_value_token(int bits, int group, int64_t channels, ValueAt value, uint32_t* words, uint32_t* groups) {
   const int64_t per_word = codes_per_word(bits);
   for (int64_t c0 = 0; c0 < channels; c0 += group) {
     float lo = value(c0), hi = lo;
@@ -119,9 +123,8 @@ void quantize_value_token(int bits, int group, int64_t channels, ValueAt value, 
       lo = fminf(lo, value(c));
       hi = fmaxf(hi, value(c));
     }
-    const Group g = group_of(lo, hi, bits);
-    scales[c0 / group] = g.scale;
-    mins[c0 / group] = g.min;
+    groups[c0 / group] = pack_group(group_of(lo, hi, bits));
+    const Group g = unpack_group(groups[c0 / group]);
     for (int64_t c = c0; c < c0 + group; c += per_word) {
       uint32_t word = 0;
       for (int64_t i = 0; i < per_word; ++i) word = pack_code(word, code_of(value(c + i), g, bits), static_cast<int>(i), bits);

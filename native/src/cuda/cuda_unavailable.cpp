@@ -5,6 +5,7 @@
 #include "core/kvcache.h"
 #include "core/pack.h"
 #include "core/quant.h"
+#include "core/quantized_kvcache.h"
 #include "core/virtual_memory.h"
 
 namespace nkv::cuda {
@@ -37,5 +38,7 @@ void attention_decode(const nkv_attention_plan&, const DecodeAttentionArgs&) { u
 void gather_rows(const GatherRowsArgs&, const nkv_context&) { unavailable(); }
 void paged_kv_write(const PagedKvWriteArgs&, const nkv_context&) { unavailable(); }
 std::unique_ptr<VirtualMemory> virtual_memory(int32_t) { unavailable(); }
+void quantized_kv_write(int32_t, void*, const QuantizedKvLayer&, const QuantizedKvStep&, const QuantizedKvInput&) { unavailable(); }
+void attention_decode_quantized(const nkv_attention_plan&, const QuantizedDecodeArgs&) { unavailable(); }
 
 }  // namespace nkv::cuda

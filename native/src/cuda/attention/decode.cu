@@ -14,6 +14,7 @@
 
 #include "core/attention.h"
 #include "core/error.h"
+#include "cuda/attention/decode_merge.cuh"
 #include "cuda/attention/mma_sm80.cuh"
 #include "cuda/common/cuda_check.h"
 
@@ -21,8 +22,6 @@ namespace nkv::cuda {
 namespace attention {
 namespace {
 
-constexpr int kDecodeWarps = 4;
-constexpr int kDecodeThreads = kDecodeWarps * 32;
 constexpr int kDecodeBlockN = 64;  // keys per tile: 16 per warp; must match kDecodeKeyTile in api/attention.cpp
 // Pipeline stages where the GPU's shared memory allows them (else 2). Overridable at configure time
 // for tuning experiments (bench/NOTES.md records what each choice measured).
@@ -32,18 +31,6 @@ constexpr int kDecodeBlockN = 64;  // keys per tile: 16 per warp; must match kDe
 constexpr int kDeepStages = NKV_DECODE_STAGES;
 static_assert(kDeepStages >= 2, "the pipeline keeps one tile in flight while computing another");
 
-struct DecodeKernelParams {
-  DecodeAttentionArgs args;
-  const DecodeSplit* splits;
-  int32_t* merge_counters;     // [pair, counter_stride]: pieces finished in this run, per row block
-  int counter_stride;
-  float* partial_o;    // [piece, q_len x G, head_dim]
-  float* partial_lse;  // [piece, q_len x G]
-  int q_len;
-  int num_heads_q;
-  int num_heads_kv;
-  KernelMask mask;
-};
 
 // kStages: kDeepStages where the GPU's shared memory allows (more bytes in flight), else 2.
 template <int kHeadDim, int kMTiles, int kStages_>
@@ -58,140 +45,6 @@ struct DecodeTiles {
   static constexpr size_t kMergeBytes = static_cast<size_t>(kDecodeWarps) * kRows * (kHeadDim + 2) * 4;
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
-
-// The last block to finish a piece of a split pair (for its row block) merges the pair's partial
-// results. It sums them in piece order whichever block that is, so the output does not depend on timing.
-// Partials written by other blocks in this kernel are read through L2 (__ldcg), never a stale L1.
-// The merge starts after the pair's other pieces have finished, so its L2 round trips are the tail of
-// the kernel: the pieces' weights exp(LSE - max) / sum are staged in shared memory kMergeChunk pieces at
-// a time (one round trip), then each thread has kInFlight pieces' 4-element vectors in flight at once.
-// `scratch` is shared memory for kMergeScratchFloats floats.
-constexpr int kMergeChunk = 64;
-template <int kRows>
-constexpr int kMergeScratchFloats = kRows * (kMergeChunk + 2) + 1;
-
-template <typename T, int kHeadDim, int kRows>
-__device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int sequence, int kv_head, int first,
-                             int count, int row0, int rows) {
-  constexpr int kInFlight = 16;
-  constexpr int kVectors = kHeadDim / 4;
-  constexpr int kItems = (kRows * kVectors + kDecodeThreads - 1) / kDecodeThreads;  // vectors per thread
-  float* row_base = scratch;                 // [row]: the largest LSE
-  float* row_inverse = scratch + kRows;      // [row]: 1 / sum of exp(LSE - largest)
-  float* weights = scratch + 2 * kRows;      // [row][kMergeChunk]
-  int& is_last = *reinterpret_cast<int*>(weights + kRows * kMergeChunk);  // whether this block merges
-  __threadfence();  // this block's partials are visible before its count is
-  __syncthreads();
-  const int pair = sequence * p.num_heads_kv + kv_head;
-  if (threadIdx.x == 0) {
-    int* counter = p.merge_counters + static_cast<int64_t>(pair) * p.counter_stride + blockIdx.z;
-    is_last = atomicAdd(counter, 1) == count - 1;
-    if (is_last) *counter = 0;  // every piece of this run has counted: ready for the next run
-  }
-  __syncthreads();
-  if (!is_last) return;
-  __threadfence();
-  const int valid_rows = min(kRows, rows - row0);
-  // Piece i of this pair is block first + i x num_heads_kv (pieces in (sequence, piece, KV head) order).
-  auto partial_row = [&](int i, int r) { return static_cast<int64_t>(first + i * p.num_heads_kv) * rows + row0 + r; };
-  const DecodeAttentionArgs& args = p.args;
-  const int group = p.mask.group;
-  // Per row, one warp each: the largest LSE, the sum, the row's LSE output. Up to kMergeChunk (= 64)
-  // pieces the LSEs are read once: lane i holds piece i's and writes its weight.
-  const int warp = threadIdx.x / 32;
-  const int lane = threadIdx.x % 32;
-  for (int r = warp; r < valid_rows; r += kDecodeWarps) {
-    float mine[kMergeChunk / 32];
-#pragma unroll
-    for (int u = 0; u < kMergeChunk / 32; ++u) {
-      mine[u] = lane + 32 * u < count ? __ldcg(p.partial_lse + partial_row(lane + 32 * u, r)) : -INFINITY;
-    }
-    float best = mine[0];
-#pragma unroll
-    for (int u = 1; u < kMergeChunk / 32; ++u) best = fmaxf(best, mine[u]);
-    for (int i = lane + kMergeChunk; i < count; i += 32) best = fmaxf(best, __ldcg(p.partial_lse + partial_row(i, r)));
-#pragma unroll
-    for (int m = 16; m > 0; m /= 2) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, m));
-    const float base = best == -INFINITY ? 0.0f : best;
-    float own[kMergeChunk / 32];
-    float sum = 0.0f;
-#pragma unroll
-    for (int u = 0; u < kMergeChunk / 32; ++u) {
-      own[u] = lane + 32 * u < count ? __expf(mine[u] - base) : 0.0f;
-      sum += own[u];
-    }
-    for (int i = lane + kMergeChunk; i < count; i += 32) sum += __expf(__ldcg(p.partial_lse + partial_row(i, r)) - base);
-#pragma unroll
-    for (int m = 16; m > 0; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-#pragma unroll
-    for (int u = 0; u < kMergeChunk / 32; ++u) weights[r * kMergeChunk + lane + 32 * u] = own[u] * inverse;
-    if (lane == 0) {
-      row_base[r] = base;
-      row_inverse[r] = inverse;
-      const int row = row0 + r;
-      const int token = row / group;
-      const int head = kv_head * group + (row - token * group);
-      if (args.lse != nullptr) {
-        args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = sum > 0.0f ? base + __logf(sum) : -INFINITY;
-      }
-    }
-  }
-  float4 acc[kItems];
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) acc[j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-  for (int chunk = 0; chunk < count; chunk += kMergeChunk) {
-    __syncthreads();  // the weights of the chunk before are used up (or, for the first, written)
-    if (chunk > 0) {
-      for (int e = threadIdx.x; e < valid_rows * kMergeChunk; e += kDecodeThreads) {
-        const int r = e / kMergeChunk;
-        const int i = chunk + e % kMergeChunk;
-        weights[e] = i < count ? __expf(__ldcg(p.partial_lse + partial_row(i, r)) - row_base[r]) * row_inverse[r] : 0.0f;
-      }
-      __syncthreads();
-    }
-    const int in_chunk = min(kMergeChunk, count - chunk);
-#pragma unroll
-    for (int j = 0; j < kItems; ++j) {
-      const int item = threadIdx.x + j * kDecodeThreads;
-      if (item < valid_rows * kVectors) {
-        const int r = item / kVectors;
-        const int v = item % kVectors;
-        for (int i0 = 0; i0 < in_chunk; i0 += kInFlight) {
-          float4 value[kInFlight];
-#pragma unroll
-          for (int u = 0; u < kInFlight; ++u) {
-            const int i = chunk + min(i0 + u, in_chunk - 1);  // a dead slot rereads a live row, weight 0
-            value[u] = __ldcg(reinterpret_cast<const float4*>(p.partial_o + partial_row(i, r) * kHeadDim) + v);
-          }
-#pragma unroll
-          for (int u = 0; u < kInFlight; ++u) {
-            const float w = i0 + u < in_chunk ? weights[r * kMergeChunk + i0 + u] : 0.0f;
-            acc[j].x += w * value[u].x;
-            acc[j].y += w * value[u].y;
-            acc[j].z += w * value[u].z;
-            acc[j].w += w * value[u].w;
-          }
-        }
-      }
-    }
-  }
-#pragma unroll
-  for (int j = 0; j < kItems; ++j) {
-    const int item = threadIdx.x + j * kDecodeThreads;
-    if (item < valid_rows * kVectors) {
-      const int row = row0 + item / kVectors;
-      const int d = item % kVectors * 4;
-      const int token = row / group;
-      const int head = kv_head * group + (row - token * group);
-      T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head + d;
-      out[0] = MmaType<T>::from_float(acc[j].x);
-      out[1] = MmaType<T>::from_float(acc[j].y);
-      out[2] = MmaType<T>::from_float(acc[j].z);
-      out[3] = MmaType<T>::from_float(acc[j].w);
-    }
-  }
-}
 
 // One piece (blockIdx.x): the keys [key_begin, key_end) of one (sequence, KV head) pair, for the packed
 // query rows of row block blockIdx.z.
@@ -433,53 +286,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   }
   __syncthreads();
 
-  const bool final_output = split.pair_pieces == 1;
-  // One thread per 4 consecutive output elements of a valid row.
-  constexpr int kVectors = kHeadDim / 4;
-  const int valid_rows = min(kRows, rows - row0);
-  for (int item = threadIdx.x; item < valid_rows * kVectors; item += kDecodeThreads) {
-    const int r = item / kVectors;
-    const int d = item % kVectors * 4;
-    float best = kNegInf;
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) best = fmaxf(best, merge_max[w * kRows + r]);
-    const float base = best == kNegInf ? 0.0f : best;
-    float sum = 0.0f;
-    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll
-    for (int w = 0; w < kDecodeWarps; ++w) {
-      const float weight = exp2f(merge_max[w * kRows + r] - base);
-      sum += merge_sum[w * kRows + r] * weight;
-      const float4 part = *reinterpret_cast<const float4*>(merge_o + (w * kRows + r) * kHeadDim + d);
-      acc.x += part.x * weight;
-      acc.y += part.y * weight;
-      acc.z += part.z * weight;
-      acc.w += part.w * weight;
-    }
-    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
-    const float4 value = make_float4(acc.x * inverse, acc.y * inverse, acc.z * inverse, acc.w * inverse);
-    const float lse = sum > 0.0f ? (best + log2f(sum)) * 0.69314718055994531f : kNegInf;
-    const int row = row0 + r;
-    const int token = row / group;
-    const int head = kv_head * group + (row - token * group);
-    if (final_output) {
-      T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head + d;
-      out[0] = MmaType<T>::from_float(value.x);
-      out[1] = MmaType<T>::from_float(value.y);
-      out[2] = MmaType<T>::from_float(value.z);
-      out[3] = MmaType<T>::from_float(value.w);
-      if (d == 0 && args.lse != nullptr) args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = lse;
-    } else {
-      const int64_t partial_row = static_cast<int64_t>(piece) * rows + row;
-      *reinterpret_cast<float4*>(p.partial_o + partial_row * kHeadDim + d) = value;
-      if (d == 0) p.partial_lse[partial_row] = lse;
-    }
-  }
-  if (!final_output) {
-    // The warps' merge area is free once every thread is past the loop above (merge_pieces syncs first).
-    static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
-    merge_pieces<T, kHeadDim, kRows>(p, merge_o, sequence, kv_head, split.pair_first, split.pair_pieces, row0, rows);
-  }
+  static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
+  finish_decode_block<T, kHeadDim, kRows>(p, merge_o, piece, split, row0, rows);
 }
 
 template <typename T, int kHeadDim, int kMTiles, int kStages>

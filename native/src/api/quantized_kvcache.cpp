@@ -1,0 +1,388 @@
+// Quantized KV cache (KIVI): validation, the slots' bookkeeping, the last step and its device copy.
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string>
+
+#include "core/api_guard.h"
+#include "core/context_memory.h"
+#include "core/kv_quant.h"
+#include "core/kvcache.h"
+#include "core/quantized_kvcache.h"
+#include "core/tensor_checks.h"
+
+using namespace nkv;
+using Cache = nkv_quantized_kv_cache;
+
+namespace {
+
+constexpr int32_t kDefaultResidual = 128;
+
+struct CacheDeleter {
+  void operator()(Cache* cache) const noexcept {
+    const nkv_context& c = *cache->context;
+    release_on(c, cache->memory);
+    release_on(c, cache->device_lengths);
+    release_on(c, cache->device_step);
+    delete cache;
+  }
+};
+using CachePtr = std::unique_ptr<Cache, CacheDeleter>;
+
+template <typename C>  // Cache, const or not
+C& check_cache(C* cache) {
+  if (cache == nullptr) fail_argument("argument 'cache' must not be NULL");
+  return *cache;
+}
+
+int32_t check_alive(const Cache& cache, int32_t slot, const char* name) {
+  if (slot < 0 || slot >= cache.max_slots) {
+    fail_argument(std::string("argument '") + name + "': expected a slot in 0.." + std::to_string(cache.max_slots - 1) +
+                  ", got " + std::to_string(slot));
+  }
+  if (!cache.alive[slot]) {
+    fail_argument(std::string("argument '") + name + "': slot " + std::to_string(slot) + " is not alive (never added, or already freed)");
+  }
+  return slot;
+}
+
+void check_layer(const Cache& cache, int32_t layer) {
+  if (layer < 0 || layer >= cache.num_layers) {
+    fail_argument("argument 'layer': expected 0.." + std::to_string(cache.num_layers - 1) + ", got " + std::to_string(layer));
+  }
+}
+
+uint64_t round_up(uint64_t bytes, uint64_t alignment) { return (bytes + alignment - 1) / alignment * alignment; }
+
+// The per-slot element counts of the six arrays, in their order: key codes (words), key groups (pairs), key
+// residual (halves), value codes, value groups, value residual.
+struct SlotExtents {
+  int64_t key_codes, key_groups, residual, value_codes, value_groups;
+};
+
+SlotExtents slot_extents(const Cache& k) {
+  const int64_t channels = static_cast<int64_t>(k.num_heads_kv) * k.head_dim;
+  const int64_t per_word = codes_per_word(k.bits);
+  return {k.capacity / per_word * channels, k.capacity / k.group * channels, static_cast<int64_t>(k.residual) * channels,
+          k.capacity * (channels / per_word), k.capacity * (channels / k.group)};
+}
+
+void publish_lengths(Cache& k) {
+  upload_to(*k.context, k.device_lengths, k.lengths.data(), k.lengths.size() * sizeof(int32_t));
+}
+
+void forget_step(Cache& k) {
+  k.step.clear();
+  k.step_key_groups = k.step_value_tokens = k.step_tokens = 0;
+  std::fill(k.written.begin(), k.written.end(), uint8_t{0});
+}
+
+}  // namespace
+
+namespace nkv {
+
+QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t layer) {
+  char* base = static_cast<char*>(k.memory) + static_cast<uint64_t>(layer) * k.layer_bytes;
+  const SlotExtents e = slot_extents(k);
+  QuantizedKvLayer l;
+  l.bits = k.bits;
+  l.group = k.group;
+  l.residual = k.residual;
+  l.heads = k.num_heads_kv;
+  l.head_dim = k.head_dim;
+  l.capacity = k.capacity;
+  l.key_codes = reinterpret_cast<uint32_t*>(base + k.offsets[0]);
+  l.key_groups = reinterpret_cast<uint32_t*>(base + k.offsets[1]);
+  l.key_residual = reinterpret_cast<uint16_t*>(base + k.offsets[2]);
+  l.value_codes = reinterpret_cast<uint32_t*>(base + k.offsets[3]);
+  l.value_groups = reinterpret_cast<uint32_t*>(base + k.offsets[4]);
+  l.value_residual = reinterpret_cast<uint16_t*>(base + k.offsets[5]);
+  l.key_codes_slot = e.key_codes;
+  l.key_groups_slot = e.key_groups;
+  l.residual_slot = e.residual;
+  l.value_codes_slot = e.value_codes;
+  l.value_groups_slot = e.value_groups;
+  return l;
+}
+
+}  // namespace nkv
+
+extern "C" {
+
+NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv_quantized_kv_cache_options* options,
+                                                 nkv_quantized_kv_cache** out_cache) {
+  return guard("nkv_quantized_kv_cache_create", [&] {
+    const nkv_context& c = check_context(context);
+    require_out(out_cache, "out_cache");
+    if (options == nullptr) fail_argument("argument 'options' must not be NULL");
+    check_struct_size("options", options->struct_size, sizeof(nkv_quantized_kv_cache_options), "nkv_quantized_kv_cache_options");
+    const nkv_quantized_kv_cache_options& o = *options;
+    if (o.format != NKV_KV_FORMAT_KIVI) {
+      fail_argument("argument 'options.format': expected NKV_KV_FORMAT_KIVI (1), got " + std::to_string(o.format));
+    }
+    if (o.bits != 2 && o.bits != 4 && o.bits != 8) fail_argument("argument 'options.bits': expected 2, 4 or 8, got " + std::to_string(o.bits));
+    if (o.group_size != 32 && o.group_size != 64 && o.group_size != 128) {
+      fail_argument("argument 'options.group_size': expected 32, 64 or 128, got " + std::to_string(o.group_size));
+    }
+    for (const auto& [name, value] : {std::pair<const char*, int32_t>{"num_layers", o.num_layers}, {"num_heads_kv", o.num_heads_kv},
+                                      {"max_slots", o.max_slots}, {"max_tokens", o.max_tokens}}) {
+      if (value < 1) fail_argument(std::string("argument 'options.") + name + "': expected >= 1, got " + std::to_string(value));
+    }
+    if (o.head_dim != 64 && o.head_dim != 128) fail_argument("argument 'options.head_dim': expected 64 or 128, got " + std::to_string(o.head_dim));
+    if (o.group_size > o.head_dim) {
+      fail_argument("argument 'options.group_size': value groups lie within one head, so G must be at most head_dim (" +
+                    std::to_string(o.head_dim) + "), got " + std::to_string(o.group_size));
+    }
+    const int32_t residual = o.residual == 0 ? kDefaultResidual : o.residual;
+    if (residual < 0 || residual % o.group_size != 0) {
+      fail_argument("argument 'options.residual': expected 0 or a positive multiple of group_size (" + std::to_string(o.group_size) +
+                    "), got " + std::to_string(o.residual));
+    }
+    if (o.reserved != 0) fail_argument("argument 'options.reserved': expected 0, got " + std::to_string(o.reserved));
+    const int64_t capacity = (static_cast<int64_t>(o.max_tokens) + residual - 1) / residual * residual;
+    if (capacity > std::numeric_limits<int32_t>::max() - 128) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "max_tokens rounded up to the residual window (" + std::to_string(capacity) + ") exceeds 2^31 - 129");
+    }
+    CachePtr cache(new Cache());
+    cache->context = context;
+    cache->format = NKV_KV_FORMAT_KIVI;
+    cache->bits = o.bits;
+    cache->group = o.group_size;
+    cache->residual = residual;
+    cache->num_layers = o.num_layers;
+    cache->num_heads_kv = o.num_heads_kv;
+    cache->head_dim = o.head_dim;
+    cache->max_slots = o.max_slots;
+    cache->max_tokens = o.max_tokens;
+    cache->capacity = static_cast<int32_t>(capacity);
+    const SlotExtents e = slot_extents(*cache);
+    const uint64_t slots = static_cast<uint64_t>(o.max_slots);
+    const uint64_t array_bytes[6] = {
+        checked_product({slots, static_cast<uint64_t>(e.key_codes), 4}, "the key codes' bytes"),
+        checked_product({slots, static_cast<uint64_t>(e.key_groups), 4}, "the key groups' bytes"),
+        checked_product({slots, static_cast<uint64_t>(e.residual), 2}, "the key residual's bytes"),
+        checked_product({slots, static_cast<uint64_t>(e.value_codes), 4}, "the value codes' bytes"),
+        checked_product({slots, static_cast<uint64_t>(e.value_groups), 4}, "the value groups' bytes"),
+        checked_product({slots, static_cast<uint64_t>(e.residual), 2}, "the value residual's bytes")};
+    uint64_t offset = 0;
+    for (int i = 0; i < 6; ++i) {
+      cache->offsets[i] = offset;
+      offset = round_up(offset + array_bytes[i], 256);
+      if (offset < array_bytes[i]) fail(NKV_STATUS_NOT_SUPPORTED, "a layer's bytes overflow 64 bits");
+    }
+    cache->layer_bytes = offset;
+    cache->bytes = checked_product({offset, static_cast<uint64_t>(o.num_layers)}, "the cache's bytes");
+    cache->memory = allocate_on(c, cache->bytes);
+    cache->lengths.assign(slots, 0);
+    cache->alive.assign(slots, 0);
+    cache->written.assign(static_cast<size_t>(o.num_layers), 0);
+    cache->device_lengths = static_cast<int32_t*>(allocate_on(c, slots * sizeof(int32_t)));
+    cache->device_step = static_cast<QuantizedKvStepEntry*>(allocate_on(c, slots * sizeof(QuantizedKvStepEntry)));
+    publish_lengths(*cache);
+    *out_cache = cache.release();
+  });
+}
+
+NKV_API nkv_status nkv_quantized_kv_cache_destroy(nkv_quantized_kv_cache* cache) {
+  return guard("nkv_quantized_kv_cache_destroy", [&] {
+    if (cache == nullptr) return;
+    CachePtr owned(cache);
+    synchronize_on(*cache->context);
+  });
+}
+
+NKV_API nkv_status nkv_quantized_kv_cache_add_slot(nkv_quantized_kv_cache* cache, int32_t* out_slot) {
+  return guard("nkv_quantized_kv_cache_add_slot", [&] {
+    Cache& k = check_cache(cache);
+    require_out(out_slot, "out_slot");
+    const auto free = std::find(k.alive.begin(), k.alive.end(), 0);
+    if (free == k.alive.end()) {
+      fail(NKV_STATUS_OUT_OF_MEMORY, "all " + std::to_string(k.max_slots) + " slots (options.max_slots) are alive");
+    }
+    const int32_t slot = static_cast<int32_t>(free - k.alive.begin());
+    k.alive[slot] = 1;
+    k.lengths[slot] = 0;
+    *out_slot = slot;
+  });
+}
+
+NKV_API nkv_status nkv_quantized_kv_cache_free_slot(nkv_quantized_kv_cache* cache, int32_t slot) {
+  return guard("nkv_quantized_kv_cache_free_slot", [&] {
+    Cache& k = check_cache(cache);
+    check_alive(k, slot, "slot");
+    if (std::any_of(k.step.begin(), k.step.end(), [&](const QuantizedKvStepEntry& e) { return e.slot == slot; })) forget_step(k);
+    k.alive[slot] = 0;
+    k.lengths[slot] = 0;
+    publish_lengths(k);
+  });
+}
+
+NKV_API nkv_status nkv_quantized_kv_cache_append(nkv_quantized_kv_cache* cache, const int32_t* slots, const int32_t* token_counts,
+                                                 int32_t count) {
+  return guard("nkv_quantized_kv_cache_append", [&] {
+    Cache& k = check_cache(cache);
+    if (count < 0) fail_argument("argument 'count': expected >= 0, got " + std::to_string(count));
+    if (count > 0 && slots == nullptr) fail_argument("argument 'slots' must not be NULL");
+    if (count > 0 && token_counts == nullptr) fail_argument("argument 'token_counts' must not be NULL");
+    std::vector<uint8_t> seen(static_cast<size_t>(k.max_slots), 0);
+    std::vector<QuantizedKvStepEntry> step;
+    int64_t key_groups = 0, value_tokens = 0, tokens = 0;
+    for (int32_t i = 0; i < count; ++i) {
+      const std::string name = "slots[" + std::to_string(i) + "]";
+      const int32_t s = check_alive(k, slots[i], name.c_str());
+      if (seen[s]) fail_argument("argument 'slots': slot " + std::to_string(s) + " appears twice");
+      seen[s] = 1;
+      const int32_t n = token_counts[i];
+      if (n < 0) fail_argument("argument 'token_counts[" + std::to_string(i) + "]': expected >= 0, got " + std::to_string(n));
+      const int64_t length = k.lengths[s];
+      if (length + n > k.max_tokens) {
+        fail_argument("argument 'token_counts[" + std::to_string(i) + "]': slot " + std::to_string(s) + " has " +
+                      std::to_string(length) + " tokens; " + std::to_string(n) + " more exceed options.max_tokens (" +
+                      std::to_string(k.max_tokens) + ")");
+      }
+      if (n == 0) continue;
+      QuantizedKvStepEntry e;
+      e.slot = s;
+      e.old_length = static_cast<int32_t>(length);
+      e.count = n;
+      e.input_row = static_cast<int32_t>(tokens);
+      e.key_groups_before = static_cast<int32_t>(key_groups);
+      e.value_tokens_before = static_cast<int32_t>(value_tokens);
+      e.new_tokens_before = static_cast<int32_t>(tokens);
+      step.push_back(e);
+      key_groups += (kivi::quantized_keys(length + n, k.residual) - kivi::quantized_keys(length, k.residual)) / k.group;
+      value_tokens += kivi::quantized_values(length + n, k.residual) - kivi::quantized_values(length, k.residual);
+      tokens += n;
+      if (tokens > std::numeric_limits<int32_t>::max()) fail(NKV_STATUS_NOT_SUPPORTED, "a step of more than 2^31 - 1 tokens");
+    }
+    const nkv_context& c = *k.context;
+    // Ordered on the stream after the writes queued for the last step, which read the entries it replaces.
+    if (c.backend == NKV_BACKEND_CUDA && !step.empty()) {
+      upload_to(c, k.device_step, step.data(), step.size() * sizeof(QuantizedKvStepEntry));
+    }
+    for (const QuantizedKvStepEntry& e : step) k.lengths[e.slot] += e.count;
+    k.step = std::move(step);
+    k.step_key_groups = key_groups;
+    k.step_value_tokens = value_tokens;
+    k.step_tokens = tokens;
+    std::fill(k.written.begin(), k.written.end(), uint8_t{0});
+    publish_lengths(k);
+  });
+}
+
+NKV_API nkv_status nkv_quantized_kv_cache_write(nkv_quantized_kv_cache* cache, int32_t layer, const nkv_tensor* k,
+                                                const nkv_tensor* v) {
+  return guard("nkv_quantized_kv_cache_write", [&] {
+    Cache& x = check_cache(cache);
+    check_layer(x, layer);
+    const nkv_context& c = *x.context;
+    for (const auto& [name, t] : {std::pair<const char*, const nkv_tensor*>{"k", k}, {"v", v}}) {
+      const nkv_tensor& tensor = check_tensor(name, t, c);
+      check_dtype(name, tensor, {NKV_DTYPE_FLOAT16});
+      check_shape(name, tensor, {x.step_tokens, x.num_heads_kv, x.head_dim});
+      check_unit_inner_stride(name, tensor);
+      if (c.backend == NKV_BACKEND_CUDA) check_vector_aligned(name, tensor, 8);
+    }
+    if (x.written[layer]) {
+      fail_argument("argument 'layer': layer " + std::to_string(layer) + " was already written in this step (its residual has moved on)");
+    }
+    if (x.step_tokens == 0) return;
+    const QuantizedKvLayer l = quantized_kv_layer(x, layer);
+    QuantizedKvInput input;
+    input.k = static_cast<const uint16_t*>(k->data);
+    input.v = static_cast<const uint16_t*>(v->data);
+    input.k_row_stride = k->strides[0];
+    input.k_head_stride = k->strides[1];
+    input.v_row_stride = v->strides[0];
+    input.v_head_stride = v->strides[1];
+    QuantizedKvStep step;
+    step.entries = c.backend == NKV_BACKEND_CUDA ? x.device_step : x.step.data();
+    step.count = static_cast<int32_t>(x.step.size());
+    step.key_groups = x.step_key_groups;
+    step.value_tokens = x.step_value_tokens;
+    step.new_tokens = x.step_tokens;
+    if (c.backend == NKV_BACKEND_CUDA) {
+      cuda::quantized_kv_write(c.device_ordinal, c.stream, l, step, input);
+    } else {
+      cpu::quantized_kv_write(l, step, input);
+    }
+    x.written[layer] = 1;
+  });
+}
+
+NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cache, int32_t which, int32_t layer,
+                                               nkv_tensor* out_view) {
+  return guard("nkv_quantized_kv_cache_view", [&] {
+    require_out(out_view, "out_view");
+    const Cache& k = check_cache(cache);
+    if (which < NKV_QUANTIZED_KV_KEY_CODES || which > NKV_QUANTIZED_KV_SLOT_LENGTHS) {
+      fail_argument("argument 'which': expected an nkv_quantized_kv_view value (NKV_QUANTIZED_KV_KEY_CODES (0) .. "
+                    "NKV_QUANTIZED_KV_SLOT_LENGTHS (6)), got " + std::to_string(which));
+    }
+    nkv_tensor t{};
+    t.device = device_type_of(*k.context);
+    auto set = [&](void* data, int32_t dtype, std::initializer_list<int64_t> shape) {
+      t.data = data;
+      t.dtype = dtype;
+      t.ndim = static_cast<int32_t>(shape.size());
+      int i = 0;
+      for (int64_t extent : shape) t.shape[i++] = extent;
+      int64_t stride = 1;
+      for (int d = t.ndim - 1; d >= 0; --d) {
+        t.strides[d] = stride;
+        stride *= t.shape[d];
+      }
+    };
+    if (which == NKV_QUANTIZED_KV_SLOT_LENGTHS) {
+      set(k.device_lengths, NKV_DTYPE_INT32, {k.max_slots});
+    } else {
+      check_layer(k, layer);
+      const QuantizedKvLayer l = quantized_kv_layer(k, layer);
+      const int64_t per_word = codes_per_word(k.bits);
+      const int64_t s = k.max_slots, h = k.num_heads_kv, d = k.head_dim;
+      switch (which) {
+        case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, k.capacity / per_word, h, d}); break;
+        case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_FLOAT16, {s, k.capacity / k.group, h, d, 2}); break;
+        case NKV_QUANTIZED_KV_KEY_RESIDUAL: set(l.key_residual, NKV_DTYPE_FLOAT16, {s, k.residual, h, d}); break;
+        case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, k.capacity, h, d / per_word}); break;
+        case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_FLOAT16, {s, k.capacity, h, d / k.group, 2}); break;
+        default: set(l.value_residual, NKV_DTYPE_FLOAT16, {s, k.residual, h, d}); break;
+      }
+    }
+    *out_view = t;
+  });
+}
+
+NKV_API nkv_status nkv_quantized_kv_cache_get_info(const nkv_quantized_kv_cache* cache, nkv_quantized_kv_cache_info* out_info) {
+  return guard("nkv_quantized_kv_cache_get_info", [&] {
+    require_out(out_info, "out_info");
+    const Cache& k = check_cache(cache);
+    nkv_quantized_kv_cache_info info{};
+    info.format = k.format;
+    info.bits = k.bits;
+    info.group_size = k.group;
+    info.residual = k.residual;
+    info.max_slots = k.max_slots;
+    info.capacity = k.capacity;
+    for (int32_t s = 0; s < k.max_slots; ++s) {
+      if (!k.alive[s]) continue;
+      ++info.slots;
+      info.tokens += k.lengths[s];
+    }
+    info.step_tokens = k.step_tokens;
+    info.bytes = k.bytes;
+    write_sized_struct(out_info, info, "out_info", sizeof(nkv_quantized_kv_cache_info), "sizeof(nkv_quantized_kv_cache_info)");
+  });
+}
+
+NKV_API nkv_status nkv_quantized_kv_cache_slot(const nkv_quantized_kv_cache* cache, int32_t slot, int32_t* out_length) {
+  return guard("nkv_quantized_kv_cache_slot", [&] {
+    const Cache& k = check_cache(cache);
+    require_out(out_length, "out_length");
+    check_alive(k, slot, "slot");
+    *out_length = k.lengths[slot];
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,129 @@
+// The quantized KV cache behind nkv_quantized_kv_cache (KIVI): host bookkeeping of the slots and the last
+// step, the memory of every layer's codes, groups and residuals, and what the backends' write and decode
+// receive. The arithmetic of one group and the residual split are in core/kv_quant.h.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/attention.h"
+#include "core/handles.h"
+#include "nativekv/nativekv.h"
+
+namespace nkv {
+
+// One slot's part of a step: its tokens [old_length, old_length + count) are rows input_row .. of the
+// step's K and V. key_groups_before / value_tokens_before: key groups and value tokens the entries before
+// this one quantize, so a kernel finds the entry of its work item by a search over these prefixes.
+struct QuantizedKvStepEntry {
+  int32_t slot = 0;
+  int32_t old_length = 0;
+  int32_t count = 0;
+  int32_t input_row = 0;
+  int32_t key_groups_before = 0;
+  int32_t value_tokens_before = 0;
+  int32_t new_tokens_before = 0;
+  int32_t reserved = 0;
+};
+
+// One layer of the cache as the kernels address it (element strides; codes in int32 words, groups in
+// half2 {scale, minimum} pairs, residuals in halves).
+struct QuantizedKvLayer {
+  int32_t bits = 0;
+  int32_t group = 0;     // G
+  int32_t residual = 0;  // R
+  int32_t heads = 0;
+  int32_t head_dim = 0;
+  int32_t capacity = 0;  // tokens per slot
+  uint32_t* key_codes = nullptr;     // [slot][word row][head][d]
+  uint32_t* key_groups = nullptr;    // [slot][group][head][d]
+  uint16_t* key_residual = nullptr;  // [slot][row][head][d]
+  uint32_t* value_codes = nullptr;   // [slot][token][head][word]
+  uint32_t* value_groups = nullptr;  // [slot][token][head][group]
+  uint16_t* value_residual = nullptr;
+  int64_t key_codes_slot = 0;  // per-slot strides
+  int64_t key_groups_slot = 0;
+  int64_t residual_slot = 0;
+  int64_t value_codes_slot = 0;
+  int64_t value_groups_slot = 0;
+
+  int32_t codes_per_word() const { return 32 / bits; }
+};
+
+// The step's K and V of one write: [step tokens, heads, d] halves.
+struct QuantizedKvInput {
+  const uint16_t* k = nullptr;
+  const uint16_t* v = nullptr;
+  int64_t k_row_stride = 0, k_head_stride = 0, v_row_stride = 0, v_head_stride = 0;
+};
+
+struct QuantizedKvStep {
+  const QuantizedKvStepEntry* entries = nullptr;  // host or device copy
+  int32_t count = 0;
+  int64_t key_groups = 0;     // key groups the step quantizes, all entries
+  int64_t value_tokens = 0;   // value tokens it quantizes
+  int64_t new_tokens = 0;     // the step's tokens
+};
+
+struct QuantizedDecodeArgs {
+  const void* q = nullptr;  // [batch, q_len, heads, d] halves
+  int64_t q_batch_stride = 0;
+  HeadMajorStrides q_strides;
+  void* o = nullptr;
+  int64_t o_batch_stride = 0;
+  HeadMajorStrides o_strides;
+  float* lse = nullptr;
+  int64_t lse_batch_stride = 0;
+  int64_t lse_head_stride = 0;
+  QuantizedKvLayer kv;  // sequence b is slot b
+};
+
+namespace cpu {
+void quantized_kv_write(const QuantizedKvLayer& layer, const QuantizedKvStep& step, const QuantizedKvInput& input);
+void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedDecodeArgs& args);
+}  // namespace cpu
+
+namespace cuda {
+void quantized_kv_write(int32_t device_ordinal, void* stream, const QuantizedKvLayer& layer, const QuantizedKvStep& step,
+                        const QuantizedKvInput& input);
+void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedDecodeArgs& args);
+}  // namespace cuda
+
+}  // namespace nkv
+
+struct nkv_quantized_kv_cache {
+  nkv_context* context = nullptr;
+  nkv_kv_format format = NKV_KV_FORMAT_KIVI;
+  int32_t bits = 0;
+  int32_t group = 0;
+  int32_t residual = 0;
+  int32_t num_layers = 0;
+  int32_t num_heads_kv = 0;
+  int32_t head_dim = 0;
+  int32_t max_slots = 0;
+  int32_t max_tokens = 0;
+  int32_t capacity = 0;  // max_tokens rounded up to a multiple of R
+
+  // Context memory: per layer the six arrays of every slot, each starting on a 256-byte boundary, then the
+  // device mirrors.
+  void* memory = nullptr;
+  uint64_t bytes = 0;
+  uint64_t layer_bytes = 0;
+  uint64_t offsets[6] = {};  // of each array within a layer
+  int32_t* device_lengths = nullptr;
+  nkv::QuantizedKvStepEntry* device_step = nullptr;  // [max_slots]
+
+  // Host bookkeeping.
+  std::vector<int32_t> lengths;
+  std::vector<uint8_t> alive;
+  std::vector<nkv::QuantizedKvStepEntry> step;  // the last append's entries (slots with tokens)
+  int64_t step_key_groups = 0;
+  int64_t step_value_tokens = 0;
+  int64_t step_tokens = 0;
+  std::vector<uint8_t> written;  // per layer: written in the current step
+};
+
+namespace nkv {
+// Where layer `layer` of the cache lies (api/quantized_kvcache.cpp).
+QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& cache, int32_t layer);
+}  // namespace nkv

@@ -279,6 +279,47 @@ public static unsafe class Attention
         Varlen(plan, q, k, v, o, lse);
     }
 
+    /// <summary>
+    /// Runs a decode plan over one layer of a <see cref="QuantizedKvCache"/>, batch entry b being slot b, read in place
+    /// (nothing dequantized to memory): logits over the quantized keys and the float16 residual, one softmax, and P·V over the
+    /// quantized and float16 values. The result is that of
+    /// <see cref="Decode(AttentionPlan, TensorView, TensorView, TensorView, TensorView, TensorView?)"/> over the dequantized
+    /// keys and values (float32 <c>q · s + mn</c>), to float16-operand rounding. Float16 only; asynchronous on the plan's
+    /// context's stream.
+    /// </summary>
+    /// <param name="plan">A plan from <see cref="PlanDecode"/> on the cache's context, with the cache's NumHeadsKv and HeadDim,
+    /// batch &lt;= its MaxSlots, seqlensK[b] equal to slot b's length now (0 for a slot not alive), and no
+    /// <see cref="AttentionOptions.KvPageSize"/>.</param>
+    /// <param name="q">float16 [batch, qLen, numHeadsQ, headDim], unit last stride.</param>
+    /// <param name="cache">The cache.</param>
+    /// <param name="layer">The layer read, 0 .. NumLayers - 1.</param>
+    /// <param name="o">float16 [batch, qLen, numHeadsQ, headDim]: receives the output.</param>
+    /// <param name="lse">[batch, numHeadsQ, qLen] float32 with unit last stride: receives the log-sum-exp; or null.</param>
+    /// <exception cref="ObjectDisposedException">The plan, the cache, or the memory behind a view was disposed.</exception>
+    /// <exception cref="ArgumentException">A view's memory belongs to another context than the plan's.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">A tensor or the layer is malformed, the plan is a varlen plan or does not
+    /// fit the cache (heads, head dimension, batch, a seqlensK[b] other than slot b's length, a page size), or the cache is on
+    /// another context.</exception>
+    public static void Decode(AttentionPlan plan, TensorView q, QuantizedKvCache cache, int layer, TensorView o, TensorView? lse = null)
+    {
+        ArgumentNullException.ThrowIfNull(plan);
+        ArgumentNullException.ThrowIfNull(q);
+        ArgumentNullException.ThrowIfNull(cache);
+        ArgumentNullException.ThrowIfNull(o);
+        AttentionPlanHandle handle = plan.LiveHandle;
+        QuantizedKvCacheHandle cacheHandle = cache.LiveHandle;
+        q.RequireContext(plan.Context, nameof(q));
+        o.RequireContext(plan.Context, nameof(o));
+        lse?.RequireContext(plan.Context, nameof(lse));
+        using MemoryLease leaseQ = q.Lease(), leaseO = o.Lease(), leaseLse = lse?.Lease() ?? default;
+        NkvTensor nativeQ = q.ToNative(), nativeO = o.ToNative(), nativeLse = lse?.ToNative() ?? default;
+        NativeStatus.Check(NativeMethods.nkv_attention_decode_quantized(handle, &nativeQ, cacheHandle, layer, &nativeO,
+            lse is null ? null : &nativeLse));
+        GC.KeepAlive(q);
+        GC.KeepAlive(o);
+        GC.KeepAlive(lse);
+    }
+
     /// <summary>A layer's K and V views of a virtual-memory cache, narrowed to the plan's batch (entry b = slot b).</summary>
     private static (TensorView K, TensorView V) SlotViews(AttentionPlan plan, VirtualKvCache cache, int layer)
     {

@@ -3,9 +3,9 @@ using NativeKv.Interop;
 namespace NativeKv;
 
 /// <summary>
-/// What the step calls of <see cref="PagedKvCache"/> and <see cref="VirtualKvCache"/> share: their C functions differ only in
-/// the cache type, so the managed checks, pinning and leases live here and the native function comes in as a pointer
-/// (nothing is allocated per call).
+/// What the step calls of <see cref="PagedKvCache"/>, <see cref="VirtualKvCache"/> and <see cref="QuantizedKvCache"/> share:
+/// their C functions differ only in the cache type, so the managed checks, pinning and leases live here and the native
+/// function comes in as a pointer (nothing is allocated per call).
 /// </summary>
 internal static unsafe class KvCacheSteps
 {

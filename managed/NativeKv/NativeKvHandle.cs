@@ -114,3 +114,14 @@ public sealed class VirtualKvCacheHandle : ContextChildHandle
 
     private protected override bool Destroy(nint cache) => NativeMethods.nkv_virtual_kv_cache_destroy(cache) == NkvStatus.Success;
 }
+
+/// <summary>An <c>nkv_quantized_kv_cache*</c>; destroyed (after the context's outstanding work) before its context.</summary>
+public sealed class QuantizedKvCacheHandle : ContextChildHandle
+{
+    internal QuantizedKvCacheHandle(nint cache, ContextHandle context)
+        : base(cache, context)
+    {
+    }
+
+    private protected override bool Destroy(nint cache) => NativeMethods.nkv_quantized_kv_cache_destroy(cache) == NkvStatus.Success;
+}

@@ -14,6 +14,7 @@ public sealed unsafe class AbiConformanceTests
         typeof(NkvTensor), typeof(NkvDeviceProperties), typeof(NkvContextOptions), typeof(NkvInt8QuantParams),
         typeof(NkvAttentionOptions), typeof(NkvAttentionPlanInfo), typeof(NkvPackPlanInfo), typeof(NkvPagedKvCacheOptions),
         typeof(NkvPagedKvCacheInfo), typeof(NkvVirtualKvCacheOptions), typeof(NkvVirtualKvCacheInfo),
+        typeof(NkvQuantizedKvCacheOptions), typeof(NkvQuantizedKvCacheInfo),
     ];
 
     /// <summary>Each managed enum with the prefix of its C constants; members map by name (InvalidArgument → INVALID_ARGUMENT).</summary>
@@ -23,7 +24,8 @@ public sealed unsafe class AbiConformanceTests
         (typeof(Backend), "NKV_BACKEND_"), (typeof(QuantAxis), "NKV_QUANT_AXIS_"), (typeof(AttentionKind), "NKV_ATTENTION_"),
         (typeof(PackArray), "NKV_PACK_"), (typeof(AttentionKernel), "NKV_ATTENTION_KERNEL_"),
         (typeof(PagedKvView), "NKV_PAGED_KV_"), (typeof(VirtualKvLayout), "NKV_VIRTUAL_KV_"),
-        (typeof(VirtualKvView), "NKV_VIRTUAL_KV_"),
+        (typeof(VirtualKvView), "NKV_VIRTUAL_KV_"), (typeof(KvFormat), "NKV_KV_FORMAT_"),
+        (typeof(QuantizedKvView), "NKV_QUANTIZED_KV_"),
     ];
 
     /// <summary>Names whose C spelling is not the snake case of the C# one.</summary>
@@ -46,7 +48,7 @@ public sealed unsafe class AbiConformanceTests
 
         Assert.Empty(exported.Except(declared));
         Assert.Empty(declared.Except(exported));
-        Assert.Equal(71, declared.Count); // every NKV_API function in nativekv.h today
+        Assert.Equal(81, declared.Count); // every NKV_API function in nativekv.h today
     }
 
     [Fact]

@@ -1,0 +1,389 @@
+namespace NativeKv.Tests;
+
+/// <summary>The quantized (KIVI) KV cache on the CPU backend: steps quantize keys per channel and values per token as the
+/// header's formulas say (checked against a C# reference through the views), one append or many give the same codes, decode
+/// over the cache equals decode over the dequantized keys and values, and bad options and repeated writes are refused.</summary>
+public sealed unsafe class QuantizedKvCacheTests
+{
+    private const int Group = 32, Window = 64, Layers = 2, HeadsKv = 2, HeadDim = 64, MaxSlots = 2, MaxTokens = 300;
+    private const int Tokens = 200, Row = HeadsKv * HeadDim, HeadsQ = 4;
+
+    /// <summary>KIVI-2, G 32, R 64, 2 layers of 2 x 64, 2 slots of 300 tokens (capacity 320).</summary>
+    private static QuantizedKvCacheOptions Small(int bits = 2) =>
+        new(KvFormat.Kivi, bits, Group, Window, Layers, HeadsKv, HeadDim, MaxSlots, MaxTokens);
+
+    /// <summary>Gaussian K and V of every layer, [Tokens, HeadsKv, HeadDim] float16.</summary>
+    private static (Half[][] K, Half[][] V) RandomKv(Random random)
+    {
+        var k = new Half[Layers][];
+        var v = new Half[Layers][];
+        for (int layer = 0; layer < Layers; layer++)
+        {
+            k[layer] = TestSupport.ToHalves(TestSupport.RandomFloats(random, Tokens * Row));
+            v[layer] = TestSupport.ToHalves(TestSupport.RandomFloats(random, Tokens * Row));
+        }
+        return (k, v);
+    }
+
+    /// <summary>A cache with slot 0 holding the 200 tokens of one append: layer 0 written from host spans, layer 1 from host
+    /// tensor views.</summary>
+    private static QuantizedKvCache Filled(Context context, Half[][] k, Half[][] v, int bits = 2)
+    {
+        var cache = new QuantizedKvCache(context, Small(bits));
+        try
+        {
+            Assert.Equal(0, cache.AddSlot());
+            cache.Append([0], [Tokens]);
+            cache.Write(0, k[0], v[0]);
+            fixed (Half* pk = k[1])
+            fixed (Half* pv = v[1])
+            {
+                cache.Write(1, Host(pk, Tokens, HeadsKv, HeadDim), Host(pv, Tokens, HeadsKv, HeadDim));
+            }
+            return cache;
+        }
+        catch
+        {
+            cache.Dispose();
+            throw;
+        }
+    }
+
+    private static TensorView Host(Half* data, params long[] shape) => TensorView.FromPointer((nint)data, DType.Float16, DeviceType.Host, shape);
+
+    /// <summary>The header's group: mn = fp16(min), s = fp16((max - mn) / (2^b - 1)) (0 for no range), and the codes
+    /// round_half_even((x - mn) / s) clamped to [0, 2^b - 1] (0 with scale 0).</summary>
+    private static (Half Scale, Half Min, int[] Codes) Quantize(float[] x, int bits = 2)
+    {
+        float lo = x.Min(), hi = x.Max();
+        Half min = (Half)lo;
+        float range = hi - (float)min;
+        Half scale = range > 0 ? (Half)(range / ((1 << bits) - 1)) : Half.Zero;
+        var codes = new int[x.Length];
+        for (int i = 0; i < x.Length && (float)scale > 0; i++)
+        {
+            float q = MathF.Round((x[i] - (float)min) / (float)scale, MidpointRounding.ToEven);
+            codes[i] = (int)Math.Clamp(q, 0, (1 << bits) - 1);
+        }
+        return (scale, min, codes);
+    }
+
+    /// <summary>x^ = code · s + mn, one float32 fused multiply-add.</summary>
+    private static float Dequantize(int code, Half scale, Half min) => MathF.FusedMultiplyAdd(code, (float)scale, (float)min);
+
+    /// <summary>K and V of one layer as the cache holds them after the 200 tokens: keys 0 .. 191 and values 0 .. 135
+    /// dequantized (rounded to float16 for the reference decode), the rest as they were.</summary>
+    private static (Half[] K, Half[] V) Dequantized(Half[] k, Half[] v, int bits)
+    {
+        var kOut = (Half[])k.Clone();
+        var vOut = (Half[])v.Clone();
+        int keys = Tokens - Tokens % Window, values = Tokens - Window;
+        for (int c = 0; c < Row; c++)
+        {
+            for (int t0 = 0; t0 < keys; t0 += Group)
+            {
+                float[] x = Enumerable.Range(t0, Group).Select(t => (float)k[t * Row + c]).ToArray();
+                (Half s, Half mn, int[] codes) = Quantize(x, bits);
+                for (int i = 0; i < Group; i++)
+                {
+                    kOut[(t0 + i) * Row + c] = (Half)Dequantize(codes[i], s, mn);
+                }
+            }
+        }
+        for (int t = 0; t < values; t++)
+        {
+            for (int c0 = 0; c0 < Row; c0 += Group)
+            {
+                float[] x = Enumerable.Range(c0, Group).Select(c => (float)v[t * Row + c]).ToArray();
+                (Half s, Half mn, int[] codes) = Quantize(x, bits);
+                for (int i = 0; i < Group; i++)
+                {
+                    vOut[t * Row + c0 + i] = (Half)Dequantize(codes[i], s, mn);
+                }
+            }
+        }
+        return (kOut, vOut);
+    }
+
+    private static double RelativeFrobenius(Half[] expected, Half[] actual)
+    {
+        double error = 0, norm = 0;
+        for (int i = 0; i < expected.Length; i++)
+        {
+            double e = (double)expected[i], a = (double)actual[i];
+            error += (a - e) * (a - e);
+            norm += e * e;
+        }
+        return Math.Sqrt(error / norm);
+    }
+
+    private static T At<T>(TensorView view, params long[] index) where T : unmanaged
+    {
+        long offset = 0;
+        for (int i = 0; i < index.Length; i++)
+        {
+            offset += index[i] * view.Strides[i];
+        }
+        return ((T*)view.Data)[offset];
+    }
+
+    /// <summary>Code <paramref name="index"/> of a 2-bit word.</summary>
+    private static int Code(TensorView codes, long slot, long word, long head, long d, int index) =>
+        (int)((uint)At<int>(codes, slot, word, head, d) >> (index * 2)) & 3;
+
+    [Fact]
+    public void A_step_quantizes_keys_per_channel_and_values_per_token()
+    {
+        using var context = Context.Cpu();
+        Random random = TestSupport.NewRandom(out int seed);
+        (Half[][] k, Half[][] v) = RandomKv(random);
+        using QuantizedKvCache cache = Filled(context, k, v);
+
+        Assert.Equal((64, 320), (cache.Residual, cache.Capacity));
+        Assert.Equal(Tokens, cache.SlotLength(0));
+        QuantizedKvCacheInfo info = cache.Info;
+        Assert.Equal((KvFormat.Kivi, 2, 32, 64), (info.Format, info.Bits, info.GroupSize, info.Residual));
+        Assert.Equal((2, 1, 320), (info.MaxSlots, info.Slots, info.Capacity));
+        Assert.Equal((200L, 200L), (info.Tokens, info.StepTokens));
+        // Per layer and slot: 20 x 128 key words, 10 x 128 key groups, 320 x 8 value words, 320 x 4 value groups (4 bytes
+        // each), two residuals of 64 x 128 halves.
+        Assert.True(info.Bytes >= 2UL * 2 * (4 * (20 * 128 + 10 * 128 + 320 * 8 + 320 * 4) + 2 * 2 * 64 * 128), $"{info.Bytes} bytes");
+
+        Assert.Equal(new long[] { 2, 20, 2, 64 }, cache.View(QuantizedKvView.KeyCodes, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 10, 2, 64, 2 }, cache.View(QuantizedKvView.KeyGroups, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 64, 2, 64 }, cache.View(QuantizedKvView.KeyResidual, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 320, 2, 4 }, cache.View(QuantizedKvView.ValueCodes, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 320, 2, 2, 2 }, cache.View(QuantizedKvView.ValueGroups, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 64, 2, 64 }, cache.View(QuantizedKvView.ValueResidual, 1).Shape.ToArray());
+        TensorView lengths = cache.View(QuantizedKvView.SlotLengths, layer: 99); // the layer is ignored
+        Assert.Equal(DType.Int32, lengths.DType);
+        Assert.Equal(new[] { 200, 0 }, new ReadOnlySpan<int>((int*)lengths.Data, 2).ToArray());
+
+        for (int layer = 0; layer < Layers; layer++)
+        {
+            TensorView keyCodes = cache.View(QuantizedKvView.KeyCodes, layer), keyGroups = cache.View(QuantizedKvView.KeyGroups, layer);
+            TensorView keyResidual = cache.View(QuantizedKvView.KeyResidual, layer);
+            TensorView valueCodes = cache.View(QuantizedKvView.ValueCodes, layer), valueGroups = cache.View(QuantizedKvView.ValueGroups, layer);
+            TensorView valueResidual = cache.View(QuantizedKvView.ValueResidual, layer);
+            for (int h = 0; h < HeadsKv; h++)
+            {
+                for (int d = 0; d < HeadDim; d++)
+                {
+                    int c = h * HeadDim + d;
+                    for (int g = 0; g < 192 / Group; g++) // keys 0 .. 191 quantized, per channel
+                    {
+                        (Half s, Half mn, int[] codes) = Quantize(Enumerable.Range(g * Group, Group).Select(t => (float)k[layer][t * Row + c]).ToArray());
+                        Assert.True(s.Equals(At<Half>(keyGroups, 0, g, h, d, 0)) && mn.Equals(At<Half>(keyGroups, 0, g, h, d, 1)),
+                            $"key group {g} of layer {layer}, channel {c}, seed {seed}");
+                        for (int i = 0; i < Group; i++)
+                        {
+                            int t = g * Group + i;
+                            Assert.True(codes[i] == Code(keyCodes, 0, t / 16, h, d, t % 16), $"key code of token {t}, layer {layer}, channel {c}, seed {seed}");
+                        }
+                    }
+                    for (int t = 192; t < Tokens; t++) // row i of the key residual is token 192 + i
+                    {
+                        Assert.Equal(k[layer][t * Row + c], At<Half>(keyResidual, 0, t - 192, h, d));
+                    }
+                    for (int t = Tokens - Window; t < Tokens; t++) // the newest 64 values at rows t % 64
+                    {
+                        Assert.Equal(v[layer][t * Row + c], At<Half>(valueResidual, 0, t % Window, h, d));
+                    }
+                }
+                for (int t = 0; t < Tokens - Window; t++) // values 0 .. 135 quantized, per token and 32 channels of a head
+                {
+                    for (int g = 0; g < HeadDim / Group; g++)
+                    {
+                        int c0 = h * HeadDim + g * Group;
+                        (Half s, Half mn, int[] codes) = Quantize(Enumerable.Range(c0, Group).Select(c => (float)v[layer][t * Row + c]).ToArray());
+                        Assert.True(s.Equals(At<Half>(valueGroups, 0, t, h, g, 0)) && mn.Equals(At<Half>(valueGroups, 0, t, h, g, 1)),
+                            $"value group {g} of token {t}, layer {layer}, head {h}, seed {seed}");
+                        for (int i = 0; i < Group; i++)
+                        {
+                            int d = g * Group + i;
+                            Assert.True(codes[i] == Code(valueCodes, 0, t, h, d / 16, d % 16), $"value code of token {t}, layer {layer}, channel {d}, seed {seed}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    [Fact]
+    public void One_append_or_many_give_the_same_codes()
+    {
+        using var context = Context.Cpu();
+        Random random = TestSupport.NewRandom(out int seed);
+        (Half[][] k, Half[][] v) = RandomKv(random);
+        using var cache = new QuantizedKvCache(context, Small());
+        int a = cache.AddSlot(), b = cache.AddSlot();
+        int[] steps = [1, 63, 7, 57, 1, 71]; // 200 tokens for b, in steps across the window and group boundaries
+        int done = 0;
+        foreach (int count in steps)
+        {
+            int[] slots = done == 0 ? [a, b] : [b];
+            int[] counts = done == 0 ? [Tokens, count] : [count];
+            cache.Append(slots, counts);
+            for (int layer = 0; layer < Layers; layer++)
+            {
+                Half[] stepK = done == 0 ? [.. k[layer], .. k[layer].AsSpan(0, count * Row)] : k[layer].AsSpan(done * Row, count * Row).ToArray();
+                Half[] stepV = done == 0 ? [.. v[layer], .. v[layer].AsSpan(0, count * Row)] : v[layer].AsSpan(done * Row, count * Row).ToArray();
+                cache.Write(layer, stepK, stepV);
+            }
+            done += count;
+        }
+        Assert.Equal((Tokens, Tokens), (cache.SlotLength(a), cache.SlotLength(b)));
+        Assert.Equal(71, cache.Info.StepTokens);
+        foreach (QuantizedKvView which in new[] { QuantizedKvView.KeyCodes, QuantizedKvView.KeyGroups, QuantizedKvView.KeyResidual,
+                     QuantizedKvView.ValueCodes, QuantizedKvView.ValueGroups, QuantizedKvView.ValueResidual })
+        {
+            for (int layer = 0; layer < Layers; layer++)
+            {
+                TensorView view = cache.View(which, layer);
+                long slotBytes = view.Strides[0] * DTypes.SizeOf(view.DType);
+                // Only the filled part of a slot is defined: the first 200 tokens (or the 200 % 64 + 64 residual rows).
+                long used = which switch
+                {
+                    QuantizedKvView.KeyCodes => 192 / 16 * view.Strides[1],
+                    QuantizedKvView.KeyGroups => 192 / Group * view.Strides[1],
+                    QuantizedKvView.KeyResidual => 8 * view.Strides[1],
+                    QuantizedKvView.ValueResidual => Window * view.Strides[1],
+                    _ => (Tokens - Window) * view.Strides[1],
+                } * DTypes.SizeOf(view.DType);
+                var slotA = new ReadOnlySpan<byte>((byte*)view.Data + a * slotBytes, (int)used);
+                var slotB = new ReadOnlySpan<byte>((byte*)view.Data + b * slotBytes, (int)used);
+                Assert.True(slotA.SequenceEqual(slotB), $"{which} of layer {layer}, seed {seed}");
+            }
+        }
+    }
+
+    /// <summary>
+    /// The cache's decode must equal decode over the dequantized K/V to float16-operand rounding (measured ~4e-4). Against
+    /// decode over the float16 K/V the error is the format's own: on i.i.d. Gaussian data (no outlier channels, KIVI's case)
+    /// a 2-bit group's step is ~1.4σ, so the output is off by 0.43 .. 0.68 relative (15 seeds), 4-bit by 0.09 .. 0.12 and
+    /// 8-bit by 0.005 .. 0.007; the bounds leave room above those.
+    /// </summary>
+    [Theory]
+    [InlineData(2, 0.8)]
+    [InlineData(4, 0.2)]
+    [InlineData(8, 0.015)]
+    public void Decode_over_the_cache_equals_decode_over_the_dequantized_keys_and_values(int bits, double fp16Tolerance)
+    {
+        using var context = Context.Cpu();
+        Random random = TestSupport.NewRandom(out int seed);
+        (Half[][] k, Half[][] v) = RandomKv(random);
+        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, HeadsQ * HeadDim));
+        using QuantizedKvCache cache = Filled(context, k, v, bits);
+        using AttentionPlan plan = Attention.PlanDecode(context, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens]);
+        for (int layer = 0; layer < Layers; layer++)
+        {
+            var actual = new Half[q.Length];
+            var lse = new float[HeadsQ];
+            fixed (Half* pq = q)
+            fixed (Half* po = actual)
+            fixed (float* pl = lse)
+            {
+                TensorView lseView = TensorView.FromPointer((nint)pl, DType.Float32, DeviceType.Host, [1, HeadsQ, 1]);
+                Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), cache, layer, Host(po, 1, 1, HeadsQ, HeadDim), lseView);
+            }
+            Assert.All(actual, x => Assert.True(Half.IsFinite(x), $"layer {layer}, seed {seed}"));
+            Assert.All(lse, x => Assert.True(float.IsFinite(x), $"layer {layer}, seed {seed}"));
+
+            (Half[] kHat, Half[] vHat) = Dequantized(k[layer], v[layer], bits);
+            var reference = new Half[q.Length];
+            var referenceLse = new float[HeadsQ];
+            Attention.Decode(plan, q, kHat, vHat, reference, referenceLse);
+            double error = RelativeFrobenius(reference, actual);
+            TestContext.Current.TestOutputHelper?.WriteLine($"layer {layer}: vs dequantized K/V {error:E2}");
+            Assert.True(error < 2e-3, $"layer {layer}: relative error {error} against decode over the dequantized K/V, seed {seed}");
+            for (int h = 0; h < HeadsQ; h++)
+            {
+                Assert.True(Math.Abs(lse[h] - referenceLse[h]) < 1e-2, $"lse[{h}] {lse[h]} vs {referenceLse[h]}, seed {seed}");
+            }
+
+            var plain = new Half[q.Length];
+            Attention.Decode(plan, q, k[layer], v[layer], plain);
+            double quantizationError = RelativeFrobenius(plain, actual);
+            TestContext.Current.TestOutputHelper?.WriteLine($"layer {layer}: vs float16 K/V {quantizationError:E2}");
+            Assert.True(quantizationError < fp16Tolerance, $"layer {layer}: relative error {quantizationError} against float16 decode, seed {seed}");
+        }
+    }
+
+    [Fact]
+    public void Bad_options_are_invalid_arguments_naming_the_option()
+    {
+        using var context = Context.Cpu();
+        foreach ((QuantizedKvCacheOptions options, string name) in new[]
+                 {
+                     (Small() with { Bits = 3 }, "bits"),
+                     (Small() with { HeadDim = 96 }, "head_dim"),
+                     (Small() with { GroupSize = 16 }, "group_size"),
+                     (Small() with { Residual = 48 }, "residual"),
+                     (Small() with { Format = (KvFormat)0 }, "format"),
+                     (Small() with { MaxSlots = 0 }, "max_slots"),
+                 })
+        {
+            var error = Assert.Throws<NativeKvInvalidArgumentException>(() => new QuantizedKvCache(context, options));
+            Assert.Equal(NkvStatus.InvalidArgument, error.Status);
+            Assert.Contains("options." + name, error.Message);
+        }
+        using var defaults = new QuantizedKvCache(context, Small() with { Residual = 0 });
+        Assert.Equal((128, 384), (defaults.Residual, defaults.Capacity));
+    }
+
+    [Fact]
+    public void Misuse_is_reported_and_changes_nothing()
+    {
+        using var context = Context.Cpu();
+        using var other = Context.Cpu();
+        Random random = TestSupport.NewRandom(out _);
+        (Half[][] k, Half[][] v) = RandomKv(random);
+        var cache = Filled(context, k, v);
+
+        // The same layer twice in one step: the first write has moved its residual on.
+        cache.Append([0], [1]);
+        Half[] row = k[0].AsSpan(0, Row).ToArray();
+        cache.Write(0, row, row);
+        var twice = Assert.Throws<NativeKvInvalidArgumentException>(() => cache.Write(0, row, row));
+        Assert.Contains("already written", twice.Message);
+        cache.Write(1, row, row);
+        Assert.Throws<NativeKvInvalidArgumentException>(() => cache.Write(2, row, row));                      // no such layer
+        Assert.Throws<NativeKvInvalidArgumentException>(() => cache.Write(1, [.. row, .. row], [.. row, .. row])); // not the step's tokens
+        Assert.Throws<ArgumentException>(() => cache.Write(1, row.AsSpan(1), row.AsSpan(1)));
+
+        Assert.Throws<NativeKvOutOfMemoryException>(() => { cache.AddSlot(); cache.AddSlot(); });
+        Assert.Throws<NativeKvInvalidArgumentException>(() => cache.Append([0], [MaxTokens]));
+        Assert.Throws<NativeKvInvalidArgumentException>(() => cache.Append([0, 0], [1, 1]));
+        Assert.Throws<ArgumentException>(() => cache.Append([0], [1, 2]));
+        Assert.Equal((201, 1L), (cache.SlotLength(0), cache.Info.StepTokens));
+        cache.Free(1);
+        Assert.Throws<NativeKvInvalidArgumentException>(() => cache.Free(1));
+        Assert.Throws<NativeKvInvalidArgumentException>(() => cache.SlotLength(1));
+        Assert.Throws<NativeKvInvalidArgumentException>(() => cache.View(QuantizedKvView.KeyCodes, 2));
+        Assert.Throws<NativeKvInvalidArgumentException>(() => cache.View((QuantizedKvView)7));
+
+        // Decode wants seqlens_k equal to the slots' lengths, and plans and caches of one context.
+        var q = new Half[HeadsQ * HeadDim];
+        var o = new Half[HeadsQ * HeadDim];
+        fixed (Half* pq = q)
+        fixed (Half* po = o)
+        {
+            TensorView qView = Host(pq, 1, 1, HeadsQ, HeadDim), view = Host(po, 1, 1, HeadsQ, HeadDim);
+            using (AttentionPlan stale = Attention.PlanDecode(context, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens]))
+            {
+                Assert.Contains("seqlens_k[0]", Assert.Throws<NativeKvInvalidArgumentException>(() => Attention.Decode(stale, qView, cache, 0, view)).Message);
+            }
+            using (AttentionPlan foreign = Attention.PlanDecode(other, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens + 1]))
+            {
+                Assert.Throws<NativeKvInvalidArgumentException>(() => Attention.Decode(foreign, qView, cache, 0, view));
+            }
+            using AttentionPlan plan = Attention.PlanDecode(context, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens + 1]);
+            Assert.Throws<NativeKvInvalidArgumentException>(() => Attention.Decode(plan, qView, cache, Layers, view));
+            Assert.Contains("QuantizedKvCache(Kivi-2, G 32, R 64", cache.ToString());
+            cache.Dispose();
+            Assert.Throws<ObjectDisposedException>(() => Attention.Decode(plan, qView, cache, 0, view));
+        }
+        Assert.Throws<ObjectDisposedException>(() => cache.AddSlot());
+        Assert.Throws<ObjectDisposedException>(() => cache.Info);
+    }
+}

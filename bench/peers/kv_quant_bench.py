@@ -5,7 +5,8 @@ Shapes (issue 5): fp16 queries, d128, 32 query heads over 8 KV heads, q_len 1, b
   fp16     nkv_attention_decode over contiguous K/V [b, L, 8, 128]
   KIVI-4   nkv_attention_decode_quantized over an nkv_quantized_kv_cache of 4-bit codes, G 32, R 128, holding
   KIVI-2   the same keys and values (2-bit codes)
-All three run the same plan (the same pieces) and are timed interleaved, call by call (attention_bench.Timer),
+Each runs a plan made for it (options.kv_code_bits: the quantized kernel's pieces are sized for its own
+occupancy), and all are timed interleaved, call by call (attention_bench.Timer),
 so clock and temperature drift reach them alike. Each row also gives the bytes each variant reads (codes,
 scales and minimums, fp16 residual), the effective bandwidth over them next to a device-to-device copy's,
 and the relative difference of its output from the fp16 decode's over the unquantized K/V (quantization
@@ -43,7 +44,7 @@ def quantized_bytes(b: int, seqlen: int, channels: int, bits: int) -> int:
 
 
 def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None, b: int, seqlen: int, hq: int = 32,
-                 hkv: int = 8, d: int = 128) -> dict:
+                 hkv: int = 8, d: int = 128, splits: tuple[int, ...] = ()) -> dict:
     fp16_bytes = 2 * b * seqlen * hkv * d * 2
     row: dict[str, Any] = {"op": "kv_quant_decode", "shape": f"b{b} L{seqlen} Hq{hq} Hkv{hkv} d{d} q_len1",
                            "copy_tbps": copy_tbps, "variants": {}}
@@ -58,7 +59,7 @@ def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None
     outputs = {"fp16": torch.full_like(q, float("nan"))}
     runs = {"fp16": plan.bind(q, k, v, outputs["fp16"])}
     sizes = {"fp16": fp16_bytes}
-    caches = []
+    caches, plans = [], []
     try:
         for name, bits in FORMATS:
             cache = nkv.QuantizedKvCache(side.ctx, bits=bits, group_size=GROUP, residual=RESIDUAL, num_layers=1,
@@ -67,10 +68,21 @@ def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None
             slots = [cache.add_slot() for _ in range(b)]
             cache.append(slots, [seqlen] * b)
             cache.write(0, k.reshape(b * seqlen, hkv, d), v.reshape(b * seqlen, hkv, d))
+            # A plan made for the cache's bits: pieces sized for the quantized kernel.
+            own = side.ctx.plan_decode(hq, hkv, d, 1, [seqlen] * b, kv_code_bits=bits)
+            plans.append(own)
             outputs[name] = torch.full_like(q, float("nan"))
-            runs[name] = plan.bind_quantized(q, cache, 0, outputs[name])
+            runs[name] = own.bind_quantized(q, cache, 0, outputs[name])
             sizes[name] = quantized_bytes(b, seqlen, hkv * d, bits)
-            row["variants"][name] = {"cache_bytes": cache.info()["bytes"]}
+            row["variants"][name] = {"cache_bytes": cache.info()["bytes"], "pieces": own.info()["num_splits"]}
+            for n in splits:  # the same cache under plans of a fixed piece count (tuning sweeps)
+                fixed = side.ctx.plan_decode(hq, hkv, d, 1, [seqlen] * b, num_splits=n, kv_code_bits=bits)
+                plans.append(fixed)
+                variant = f"{name}, {n} pieces"
+                outputs[variant] = torch.full_like(q, float("nan"))
+                runs[variant] = fixed.bind_quantized(q, cache, 0, outputs[variant])
+                sizes[variant] = sizes[name]
+                row["variants"][variant] = {}
         row["variants"]["fp16"] = {}
         for run in runs.values():
             run()
@@ -89,6 +101,8 @@ def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None
     finally:
         for cache in caches:
             cache.close()
+        for p in plans:
+            p.close()
         plan.close()
     del q, k, v, outputs, runs
     ab.free_memory()
@@ -97,7 +111,7 @@ def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None
 
 def markdown(rows: list[dict], device: str) -> str:
     lines = [f"### Decode over quantized KV caches ({device})", "",
-             "fp16 d128, 32 query heads over 8 KV heads, q_len 1; KIVI G 32, R 128; one plan, timed interleaved "
+             "fp16 d128, 32 query heads over 8 KV heads, q_len 1; KIVI G 32, R 128; each with its own plan, timed interleaved "
              "(median of the calls). Effective bandwidth = bytes read / time; copy = device-to-device copy (read + "
              "write) in the same run.", "",
              "| shape | variant | bits / element | µs | speedup vs fp16 | TB/s over its bytes | of copy | rel. diff vs fp16 |",
@@ -121,15 +135,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short sequences and few repetitions")
     parser.add_argument("--markdown", type=Path, help="append the Markdown section to this file (else stderr)")
+    parser.add_argument("--splits", type=int, nargs="*", default=[], help="also time plans of these fixed piece counts")
+    parser.add_argument("--shape", action="append", default=[], help="BxL (e.g. 8x32768) instead of the issue's two shapes")
+    parser.add_argument("--reps", type=int, default=0, help="timed repetitions (default 30, --quick 5)")
     args = parser.parse_args()
-    timer = ab.Timer(reps=5 if args.quick else 30, warmup=2 if args.quick else 5)
+    torch.cuda.set_stream(torch.cuda.Stream())  # NativeKv's context runs on torch's stream, which must be named
+    timer = ab.Timer(reps=args.reps or (5 if args.quick else 30), warmup=2 if args.quick else 5)
     side = ab.NativeKvSide()
     copy_tbps = ab.copy_bandwidth(timer)["tbps"]
     shapes = [(2, 4096)] if args.quick else [(8, 32768), (1, 131072)]
+    if args.shape:
+        shapes = [tuple(int(x) for x in shape.split("x")) for shape in args.shape]
     rows = []
     for b, seqlen in shapes:
         try:
-            rows.append(bench_decode(timer, side, copy_tbps, b, seqlen))
+            rows.append(bench_decode(timer, side, copy_tbps, b, seqlen, splits=tuple(args.splits)))
         except Exception as e:
             traceback.print_exc()
             rows.append({"op": "kv_quant_decode", "shape": f"b{b} L{seqlen}", "error": ab.short_error(e)})

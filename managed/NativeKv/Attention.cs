@@ -559,6 +559,14 @@ public readonly record struct AttentionOptions
     /// </summary>
     public int KvPageSize { get; init; }
 
+    /// <summary>
+    /// Decode plans: 0, or the code bits (2, 4, 8) of the <see cref="QuantizedKvCache"/> the plan reads: that kernel does
+    /// more arithmetic per byte than the fp16 decode, so its plan cuts the keys into pieces for as many blocks as fit the
+    /// GPU at once. A plan with code bits runs only decode over quantized caches of those bits; one with 0 runs every
+    /// decode call. Varlen plans: must be 0.
+    /// </summary>
+    public int KvCodeBits { get; init; }
+
     internal unsafe NkvAttentionOptions ToNative() => new()
     {
         StructSize = (uint)sizeof(NkvAttentionOptions),
@@ -569,6 +577,7 @@ public readonly record struct AttentionOptions
         NumSplits = NumSplits,
         Kernel = (int)Kernel,
         KvPageSize = KvPageSize,
+        KvCodeBits = KvCodeBits,
     };
 }
 

@@ -40,7 +40,7 @@ struct Options {
 
   nkv_attention_options c() const {
     return nkv_attention_options{sizeof(nkv_attention_options), causal ? 1 : 0, scale, softcap, window_left, num_splits,
-                                 kernel, 0};
+                                 kernel, 0, 0};
   }
 };
 
@@ -1097,7 +1097,7 @@ void expect_batched_kv_matches_packed(nkv_backend backend, int64_t block_tokens 
   EXPECT_EQ(o.read<uint16_t>(), got_o);
   nkv_attention_plan_destroy(plan);
   if (backend == NKV_BACKEND_CUDA && sm90_kernels_available(context.get())) {
-    const nkv_attention_options sm90{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, NKV_ATTENTION_KERNEL_SM90, 0};
+    const nkv_attention_options sm90{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, NKV_ATTENTION_KERNEL_SM90, 0, 0};
     NKV_ASSERT_OK(nkv_attention_plan_varlen(context.get(), &sm90, c.heads_q, c.heads_kv, c.head_dim,
                                             static_cast<int32_t>(batch), in.cu_q.data(), in.cu_k.data(), &plan));
     NKV_EXPECT_STATUS(nkv_attention_varlen(plan, &tq, &tk, &tv, &to, &tl), NKV_STATUS_NOT_SUPPORTED, "SM80");

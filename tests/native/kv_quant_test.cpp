@@ -538,6 +538,7 @@ TEST(QuantizedKvCache, RejectsBadOptionsAndSecondWrites) {
 struct DecodeCase {
   int32_t heads_q = 8, q_len = 1, num_splits = 0, window_left = -1;
   bool causal = false;
+  bool any_kv_plan = false;  // options.kv_code_bits 0 instead of the cache's bits
   std::vector<int32_t> lengths;
 };
 
@@ -549,7 +550,9 @@ struct DecodeResult {
 
 DecodeResult run_quantized_decode(nkv_context* context, nkv_quantized_kv_cache* cache, const CacheShape& shape,
                                   const DecodeCase& c, const std::vector<uint16_t>& q) {
-  nkv_attention_options options{sizeof(nkv_attention_options), c.causal ? 1 : 0, 0.0f, 0.0f, c.window_left, c.num_splits, 0, 0};
+  // Plans made for the cache's bits (pieces sized for the quantized kernel) and plans for any K/V alike.
+  nkv_attention_options options{sizeof(nkv_attention_options), c.causal ? 1 : 0, 0.0f, 0.0f, c.window_left, c.num_splits, 0, 0,
+                                c.any_kv_plan ? 0 : shape.bits};
   nkv_attention_plan* raw = nullptr;
   const int32_t batch = static_cast<int32_t>(c.lengths.size());
   EXPECT_EQ(nkv_attention_plan_decode(context, &options, c.heads_q, shape.heads, shape.head_dim, batch, c.q_len, c.lengths.data(), &raw),
@@ -635,7 +638,7 @@ TEST(QuantizedKvCache, DecodeOverExactlyQuantizableKeysEqualsPlainDecode) {
     for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.3f)(rng));
     const DecodeResult quantized = run_quantized_decode(context.get(), cache.get(), shape, c, q);
 
-    nkv_attention_options options{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, 0, 0};
+    nkv_attention_options options{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, 0, 0, 0};
     nkv_attention_plan* raw = nullptr;
     NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &options, c.heads_q, shape.heads, shape.head_dim, 1, c.q_len, &length, &raw));
     PlanPtr plan(raw);
@@ -677,6 +680,21 @@ TEST(QuantizedKvCache, DecodeRejectsPlansThatDoNotMatchTheCache) {
   PlanPtr other_plan(other);
   NKV_EXPECT_STATUS(nkv_attention_decode_quantized(other_plan.get(), &qt, cache.get(), 0, &ot, nullptr), NKV_STATUS_INVALID_ARGUMENT,
                     "KV heads");
+  // A plan made for other code bits, and a plan made for quantized caches over plain K/V.
+  nkv_attention_options four_bits{sizeof(nkv_attention_options), 0, 0.0f, 0.0f, -1, 0, 0, 0, 4};
+  nkv_attention_plan* four = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &four_bits, 8, shape.heads, shape.head_dim, 2, 1, c.lengths.data(), &four));
+  PlanPtr four_plan(four);
+  NKV_EXPECT_STATUS(nkv_attention_decode_quantized(four_plan.get(), &qt, cache.get(), 0, &ot, nullptr), NKV_STATUS_INVALID_ARGUMENT,
+                    "4-bit codes");
+  std::vector<uint16_t> kv(2 * 40 * shape.heads * 64);
+  const nkv_tensor k4 = view(kv.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 40, shape.heads, 64});
+  NKV_EXPECT_STATUS(nkv_attention_decode(four_plan.get(), &qt, &k4, &k4, &ot, nullptr), NKV_STATUS_INVALID_ARGUMENT,
+                    "nkv_attention_decode_quantized");
+  nkv_attention_options three_bits = four_bits;
+  three_bits.kv_code_bits = 3;
+  NKV_EXPECT_STATUS(nkv_attention_plan_decode(context.get(), &three_bits, 8, shape.heads, shape.head_dim, 2, 1, c.lengths.data(), &four),
+                    NKV_STATUS_INVALID_ARGUMENT, "kv_code_bits");
 }
 
 // The CUDA kernel against the CPU reference on the same codes: fresh random K/V (with outlier channels), lengths
@@ -699,6 +717,7 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
     c.causal = causal;
     c.window_left = window;
     c.num_splits = splits;
+    c.any_kv_plan = configs.size() % 2 == 1;
     c.lengths = std::move(lengths);
     configs.push_back({bits, group, residual, head_dim, heads_kv, c});
   };
@@ -709,6 +728,8 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
   add(4, 128, 128, 128, 1, 8, 16, true, -1, 2, {1300, 900});
   add(2, 32, 32, 64, 2, 12, 2, true, 100, 0, {2500, 300});
   add(4, 64, 64, 64, 3, 3, 1, false, 500, 4, {1800, 1, 0, 65});
+  add(4, 32, 128, 128, 8, 32, 1, false, -1, 48, {4000, 3100});  // pieces of 64 to 128 keys
+  add(2, 32, 128, 128, 8, 32, 1, false, -1, 60, {4000, 2100});
   for (const Config& config : configs) {
     CacheShape shape;
     shape.bits = config.bits;

@@ -450,7 +450,7 @@ void expect_paged_decode_matches_contiguous(nkv_backend backend) {
     qm.upload(q);
     km.upload(k);
     vm.upload(v);
-    nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 3, NKV_ATTENTION_KERNEL_AUTO, 0};
+    nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 3, NKV_ATTENTION_KERNEL_AUTO, 0, 0};
     nkv_attention_plan* plan = nullptr;
     NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &opts, hq, hkv, d, batch, q_len, lengths.data(), &plan));
     const nkv_tensor qt = view(qm.data(), NKV_DTYPE_FLOAT16, device, {batch, q_len, hq, d});
@@ -532,7 +532,7 @@ void expect_paged_varlen_matches_contiguous(nkv_backend backend) {
   const nkv_tensor lt1 = view(l1.data(), NKV_DTYPE_FLOAT32, device, {hq, cu_q.back()});
   const nkv_tensor lt2 = view(l2.data(), NKV_DTYPE_FLOAT32, device, {hq, cu_q.back()});
   const nkv_attention_kernel kernel = backend == NKV_BACKEND_CUDA ? NKV_ATTENTION_KERNEL_SM80 : NKV_ATTENTION_KERNEL_AUTO;
-  const nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, kernel, 0};
+  const nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, kernel, 0, 0};
   nkv_attention_plan* plan = nullptr;
   NKV_ASSERT_OK(nkv_attention_plan_varlen(context.get(), &opts, hq, hkv, d, batch, cu_q.data(), cu_k.data(), &plan));
   NKV_ASSERT_OK(nkv_attention_varlen(plan, &qt, &kt, &vt, &ot1, &lt1));

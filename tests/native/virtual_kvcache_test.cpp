@@ -357,7 +357,7 @@ void expect_prefill_through_views(nkv_backend backend, nkv_virtual_kv_layout lay
   const nkv_tensor ot1 = view(o1.data(), NKV_DTYPE_FLOAT16, device, {cu_q.back(), hq, d});
   const nkv_tensor ot2 = view(o2.data(), NKV_DTYPE_FLOAT16, device, {cu_q.back(), hq, d});
   const nkv_attention_kernel kernel = backend == NKV_BACKEND_CUDA ? NKV_ATTENTION_KERNEL_SM80 : NKV_ATTENTION_KERNEL_AUTO;
-  const nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, kernel, 0};
+  const nkv_attention_options opts{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, kernel, 0, 0};
   nkv_attention_plan* plan = nullptr;
   NKV_ASSERT_OK(nkv_attention_plan_varlen(context.get(), &opts, hq, hkv, d, 3, cu_q.data(), cu_k.data(), &plan));
   NKV_ASSERT_OK(nkv_attention_varlen(plan, &qt, &kt, &vt, &ot1, nullptr));

@@ -117,6 +117,7 @@ class NkvAttentionOptions(ctypes.Structure):
         ("num_splits", ctypes.c_int32),
         ("kernel", ctypes.c_int32),  # nkv_attention_kernel: 0 auto, 1 sm80, 2 sm90
         ("kv_page_size", ctypes.c_int32),  # decode: the page size of the pools it reads, 0 for any K/V
+        ("kv_code_bits", ctypes.c_int32),  # decode: the code bits of the quantized caches it reads, 0 for any K/V
     ]
 
 
@@ -527,8 +528,9 @@ class Context:
 
     def plan_decode(self, num_heads_q: int, num_heads_kv: int, head_dim: int, q_len: int, seqlens_k: Sequence[int],
                     *, causal: bool = False, softmax_scale: float = 0.0, softcap: float = 0.0,
-                    window_left: int = -1, num_splits: int = 0, kv_page_size: int = 0) -> "AttentionPlan":
-        options = attention_options(causal, softmax_scale, softcap, window_left, num_splits, kv_page_size=kv_page_size)
+                    window_left: int = -1, num_splits: int = 0, kv_page_size: int = 0, kv_code_bits: int = 0) -> "AttentionPlan":
+        options = attention_options(causal, softmax_scale, softcap, window_left, num_splits, kv_page_size=kv_page_size,
+                                    kv_code_bits=kv_code_bits)
         handle = _P()
         self.lib.call("nkv_attention_plan_decode", self.handle, ctypes.byref(options), num_heads_q, num_heads_kv,
                       head_dim, len(seqlens_k), q_len, _int32_array(seqlens_k), ctypes.byref(handle))
@@ -705,10 +707,10 @@ class VirtualKvCache:
 
 def attention_options(causal: bool = False, softmax_scale: float = 0.0, softcap: float = 0.0,
                       window_left: int = -1, num_splits: int = 0,
-                      kernel: int = ATTENTION_KERNEL_AUTO, kv_page_size: int = 0) -> NkvAttentionOptions:
+                      kernel: int = ATTENTION_KERNEL_AUTO, kv_page_size: int = 0, kv_code_bits: int = 0) -> NkvAttentionOptions:
     return NkvAttentionOptions(struct_size=ctypes.sizeof(NkvAttentionOptions), causal=int(bool(causal)),
                                softmax_scale=softmax_scale, softcap=softcap, window_left=window_left,
-                               num_splits=num_splits, kernel=kernel, kv_page_size=kv_page_size)
+                               num_splits=num_splits, kernel=kernel, kv_page_size=kv_page_size, kv_code_bits=kv_code_bits)
 
 
 class AttentionPlan:

@@ -14,6 +14,7 @@ internal struct NkvAttentionOptions
     public int NumSplits;
     public int Kernel;
     public int KvPageSize;
+    public int KvCodeBits;
 }
 
 /// <summary>Mirror of <c>nkv_attention_plan_info</c>.</summary>

@@ -285,6 +285,12 @@ typedef struct nkv_attention_options {
                             kv_page_size > 0 runs only nkv_attention_decode_paged over pools of that page size; one
                             with 0 runs every decode entry point. Varlen: must be 0. (This field was `reserved`,
                             which had to be 0.) */
+  int32_t kv_code_bits;  /* decode: 0, or the code bits (2, 4, 8) of the quantized caches this plan reads with
+                            nkv_attention_decode_quantized: that kernel does more arithmetic per byte than the fp16
+                            decode, so its plan cuts the keys into pieces for as many blocks as fit the GPU at once.
+                            A plan with kv_code_bits > 0 runs only nkv_attention_decode_quantized over caches of those
+                            bits; one with 0 runs every decode entry point. Varlen: must be 0. Callers built against a
+                            header without this field (struct_size 36) get 0. */
 } nkv_attention_options;
 
 typedef struct nkv_attention_plan nkv_attention_plan;
@@ -824,7 +830,8 @@ NKV_API nkv_status nkv_quantized_kv_cache_slot(const nkv_quantized_kv_cache* cac
  * logits over the quantized keys and the fp16 residual, one softmax, and P.V over the quantized and fp16
  * values. The plan's sequence b is slot b (plan batch <= max_slots), and seqlens_k[b] must equal slot b's
  * length now. q, o: float16 [batch, q_len, num_heads_q, head_dim] as in nkv_attention_decode (head_dim and
- * num_heads_kv those of the cache); lse as there. The plan must have kv_page_size 0 and kernel AUTO or SM80.
+ * num_heads_kv those of the cache); lse as there. The plan must have kv_page_size 0, and kv_code_bits 0 or the
+ * cache's bits (the latter sizes its pieces for this kernel).
  * The result is that of nkv_attention_decode over the dequantized keys and values (float32 q * s + mn),
  * to float16-operand rounding.
  */

@@ -33,8 +33,18 @@ constexpr int64_t kPieceOverheadKeys = 256;
 // caller's struct_size covers them.
 constexpr size_t kOptionsFirstSize = offsetof(nkv_attention_options, kernel);
 
-// A decode plan made for paged K/V (options.kv_page_size) runs only over pools of that page size.
+// Whether the caller's options struct (struct_size) includes the field at `offset`: fields added later read as 0.
+bool has_field(const nkv_attention_options* options, size_t offset) {
+  return options != nullptr && options->struct_size >= offset + sizeof(int32_t);
+}
+
+// A decode plan made for paged K/V (options.kv_page_size) runs only over pools of that page size, one made for
+// quantized caches (options.kv_code_bits) only over those.
 void check_kv_layout(const nkv_attention_plan& plan, int64_t page_size) {
+  if (plan.kv_code_bits != 0) {
+    fail_argument("argument 'plan': made for quantized caches of " + std::to_string(plan.kv_code_bits) +
+                  "-bit codes (options.kv_code_bits); it runs only nkv_attention_decode_quantized");
+  }
   if (plan.kv_page_size == 0 || plan.kv_page_size == page_size) return;
   fail_argument("argument 'plan': made for K/V pools of page size " + std::to_string(plan.kv_page_size) +
                 " (options.kv_page_size), but the call reads " +
@@ -46,7 +56,7 @@ bool is_page_size(int64_t page_size) { return page_size >= 1 && page_size <= 256
 
 // The page size a decode plan is made for (0: any K/V).
 int32_t check_kv_page_size(const nkv_attention_options* options, bool decode) {
-  if (options == nullptr || options->struct_size < sizeof(nkv_attention_options)) return 0;
+  if (!has_field(options, offsetof(nkv_attention_options, kv_page_size))) return 0;
   const int32_t page_size = options->kv_page_size;
   if (page_size == 0) return 0;
   if (!decode) fail_argument("argument 'options.kv_page_size': must be 0 for varlen plans, got " + std::to_string(page_size));
@@ -57,8 +67,19 @@ int32_t check_kv_page_size(const nkv_attention_options* options, bool decode) {
 }
 
 // The requested kernel family, after checking that the context can have it at all.
+// The code bits of the quantized caches a decode plan is made for (0: any K/V).
+int32_t check_kv_code_bits(const nkv_attention_options* options, bool decode, int32_t page_size) {
+  if (!has_field(options, offsetof(nkv_attention_options, kv_code_bits))) return 0;
+  const int32_t bits = options->kv_code_bits;
+  if (bits == 0) return 0;
+  if (!decode) fail_argument("argument 'options.kv_code_bits': must be 0 for varlen plans, got " + std::to_string(bits));
+  if (bits != 2 && bits != 4 && bits != 8) fail_argument("argument 'options.kv_code_bits': expected 0, 2, 4 or 8, got " + std::to_string(bits));
+  if (page_size != 0) fail_argument("argument 'options.kv_code_bits': a plan is made for paged or for quantized K/V, not both");
+  return bits;
+}
+
 nkv_attention_kernel check_kernel(const nkv_attention_options* options, const nkv_context& context, bool decode) {
-  if (options == nullptr || options->struct_size < sizeof(nkv_attention_options)) return NKV_ATTENTION_KERNEL_AUTO;
+  if (!has_field(options, offsetof(nkv_attention_options, kernel))) return NKV_ATTENTION_KERNEL_AUTO;
   const int32_t kernel = options->kernel;
   if (kernel != NKV_ATTENTION_KERNEL_AUTO && kernel != NKV_ATTENTION_KERNEL_SM80 && kernel != NKV_ATTENTION_KERNEL_SM90) {
     fail_argument("argument 'options.kernel': expected NKV_ATTENTION_KERNEL_AUTO (0), _SM80 (1) or _SM90 (2), got " +
@@ -405,6 +426,7 @@ PlanPtr new_plan(nkv_context* context, nkv_attention_plan** out_plan, const nkv_
   const AttentionMask mask = check_options(options, head_dim, decode);
   const nkv_attention_kernel kernel = check_kernel(options, c, decode);
   const int32_t kv_page_size = check_kv_page_size(options, decode);
+  const int32_t kv_code_bits = check_kv_code_bits(options, decode, kv_page_size);
   check_device(c);
   if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
   check_cuda_limits(c, batch, num_heads_kv);
@@ -413,6 +435,7 @@ PlanPtr new_plan(nkv_context* context, nkv_attention_plan** out_plan, const nkv_
   plan->kind = kind;
   plan->kernel = kernel;
   plan->kv_page_size = kv_page_size;
+  plan->kv_code_bits = kv_code_bits;
   plan->batch = batch;
   plan->num_heads_q = num_heads_q;
   plan->num_heads_kv = num_heads_kv;
@@ -647,7 +670,8 @@ NKV_API nkv_status nkv_attention_plan_decode(nkv_context* context, const nkv_att
     plan->total_q = static_cast<int64_t>(batch) * q_len;
     plan->total_k = total_k;
     plan->max_seqlen_q = batch > 0 ? q_len : 0;
-    const int64_t slots = c.backend == NKV_BACKEND_CUDA ? cuda::decode_block_slots(*plan) : 0;
+    int64_t slots = 0;
+    if (c.backend == NKV_BACKEND_CUDA) slots = plan->kv_code_bits > 0 ? cuda::quantized_decode_block_slots(*plan) : cuda::decode_block_slots(*plan);
     plan_decode_splits(*plan, options != nullptr ? options->num_splits : 0, slots);
     place_plan(*plan);
     *out_plan = plan.release();
@@ -820,9 +844,15 @@ NKV_API nkv_status nkv_attention_decode_quantized(nkv_attention_plan* plan, cons
                                                   const nkv_tensor* lse) {
   return guard("nkv_attention_decode_quantized", [&] {
     const nkv_attention_plan& p = check_plan(plan, NKV_ATTENTION_DECODE);
-    check_kv_layout(p, 0);
+    if (p.kv_page_size != 0) {
+      fail_argument("argument 'plan': made for K/V pools of page size " + std::to_string(p.kv_page_size) + " (options.kv_page_size)");
+    }
     if (cache == nullptr) fail_argument("argument 'cache' must not be NULL");
     const nkv_quantized_kv_cache& x = *cache;
+    if (p.kv_code_bits != 0 && p.kv_code_bits != x.bits) {
+      fail_argument("argument 'plan': made for " + std::to_string(p.kv_code_bits) + "-bit codes (options.kv_code_bits), the cache holds " +
+                    std::to_string(x.bits) + "-bit codes");
+    }
     if (x.context != p.context) fail_argument("argument 'cache': made on another context than the plan");
     if (layer < 0 || layer >= x.num_layers) {
       fail_argument("argument 'layer': expected 0.." + std::to_string(x.num_layers - 1) + ", got " + std::to_string(layer));

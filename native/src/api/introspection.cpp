@@ -53,6 +53,7 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_attention_options, num_splits),
     NKV_FIELD(nkv_attention_options, kernel),
     NKV_FIELD(nkv_attention_options, kv_page_size),
+    NKV_FIELD(nkv_attention_options, kv_code_bits),
     NKV_FIELD(nkv_attention_plan_info, struct_size),
     NKV_FIELD(nkv_attention_plan_info, kind),
     NKV_FIELD(nkv_attention_plan_info, batch),

@@ -88,6 +88,7 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
   QuantizedKvLayer l;
   l.bits = k.bits;
   l.group = k.group;
+  while ((1 << l.group_shift) < k.group) ++l.group_shift;
   l.residual = k.residual;
   l.heads = k.num_heads_kv;
   l.head_dim = k.head_dim;

@@ -50,6 +50,7 @@ struct nkv_attention_plan {
   nkv::AttentionMask mask;
   nkv_attention_kernel kernel = NKV_ATTENTION_KERNEL_AUTO;  // as requested; CUDA dispatch resolves AUTO
   int32_t kv_page_size = 0;  // decode: the page size of the pools it is made for, 0 for any K/V
+  int32_t kv_code_bits = 0;  // decode: the code bits of the quantized caches it is made for, 0 for any K/V
   int64_t total_q = 0;
   int64_t total_k = 0;
   int64_t max_seqlen_q = 0;
@@ -205,6 +206,8 @@ namespace cuda {
 // for this plan (SMs x the blocks per SM that keep enough loads in flight, divided among the plan's
 // row blocks).
 int64_t decode_block_slots(const nkv_attention_plan& plan);
+// The same for nkv_attention_decode_quantized's kernel (cuda/kv_quant/decode_kivi.cu).
+int64_t quantized_decode_block_slots(const nkv_attention_plan& plan);
 void attention_varlen(const nkv_attention_plan& plan, const VarlenAttentionArgs& args);
 void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& args);
 }  // namespace cuda

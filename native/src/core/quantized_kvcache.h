@@ -31,6 +31,7 @@ struct QuantizedKvStepEntry {
 struct QuantizedKvLayer {
   int32_t bits = 0;
   int32_t group = 0;     // G
+  int32_t group_shift = 0;  // log2(G)
   int32_t residual = 0;  // R
   int32_t heads = 0;
   int32_t head_dim = 0;

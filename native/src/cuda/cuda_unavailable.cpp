@@ -33,6 +33,7 @@ bool hopper_kernels_available(int32_t) { unavailable(); }
 void int8_quantize(const Int8QuantizeArgs&, const nkv_context&) { unavailable(); }
 void int8_dequantize(const Int8DequantizeArgs&, const nkv_context&) { unavailable(); }
 int64_t decode_block_slots(const nkv_attention_plan&) { unavailable(); }
+int64_t quantized_decode_block_slots(const nkv_attention_plan&) { unavailable(); }
 void attention_varlen(const nkv_attention_plan&, const VarlenAttentionArgs&) { unavailable(); }
 void attention_decode(const nkv_attention_plan&, const DecodeAttentionArgs&) { unavailable(); }
 void gather_rows(const GatherRowsArgs&, const nkv_context&) { unavailable(); }

@@ -12,9 +12,9 @@
 // multiply per element at the end. Which keys a tile's rows are follows KIVI's packing (a key code word is
 // 32 / b tokens of one channel, a value code word 32 / b channels of one token); the reduction dimension
 // of the key MMA takes channels 4t .. 4t + 3 for lane t, so a lane's four are one 16-byte load.
-// Tiles whose values are not all quantized yet (the last R + 15 keys or fewer: the fp16 residuals) are
-// dequantized into a warp's scratch and multiplied as plain fp16; a warp's O is brought to true units once,
-// before its first such tile (tiles run in key order, the quantized ones first).
+// A tile whose keys or values are not all coded (the last R + 15 tokens or fewer: the fp16 residuals) has
+// those rows brought into its warp's scratch as fp16 and multiplied as they are; a warp's O is brought to
+// true units once, before its first tile of plain values (tiles run in key order, the coded ones first).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -54,7 +54,7 @@ struct KiviTiles {
   static constexpr int kValueCodeWords = kChunk * kValueWordsPerToken;      // [token][word]
   static constexpr int kValueGroupWords = kChunk * kValueGroupsPerToken;    // [token][group]
   static constexpr int kStageWords = kKeyCodeWords + kKeyGroupWords + kValueCodeWords + kValueGroupWords;
-  static constexpr int kScratchHalves = 2 * 16 * kHeadDim;  // per warp: K [16][d] and V^T [d][16]
+  static constexpr int kScratchHalves = 2 * 16 * kHeadDim;  // per warp: K and V [16][d]
   static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4 + static_cast<size_t>(kDecodeWarps) * kScratchHalves * 2;
   static constexpr size_t kMergeBytes = static_cast<size_t>(kDecodeWarps) * kRows * (kHeadDim + 2) * 4;
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
@@ -142,10 +142,9 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kivi_kernel(const KiviD
   const int lq = p.base.q_len;
   const int offset = lk - lq;
   const int residual = kv.residual;
-  const int key_group = kv.group;
+  const int group_shift = kv.group_shift;  // G = 2^group_shift: no divisions by a run-time G in the loop
   const int quantized_keys = static_cast<int>(kivi::quantized_keys(lk, residual));
   const int quantized_values = static_cast<int>(kivi::quantized_values(lk, residual));
-  const int fast_end = quantized_values / 16 * 16;  // tiles below it have codes for all their keys and values
   const int first_token = row0 / group;
   const int last_token = (min(rows, row0 + kRows) - 1) / group;
   int key_end = split.key_end;
@@ -160,46 +159,67 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kivi_kernel(const KiviD
   const uint32_t* key_groups = kv.key_groups + sequence * kv.key_groups_slot + kv_head * kHeadDim;
   const uint16_t* key_residual = kv.key_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
   const uint32_t* value_codes = kv.value_codes + sequence * kv.value_codes_slot + kv_head * Tiles::kValueWordsPerToken;
-  const int value_groups_per_token = kHeadDim / key_group;
+  const int value_groups_per_token = kHeadDim >> group_shift;
   const uint32_t* value_groups = kv.value_groups + sequence * kv.value_groups_slot + kv_head * value_groups_per_token;
   const uint16_t* value_residual = kv.value_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
   const int64_t value_word_stride = channels / kCpw;        // words from one token to the next
-  const int64_t value_group_stride = channels / key_group;
+  const int64_t value_group_stride = channels >> group_shift;
 
   // One chunk of codes and groups into stage `chunk % kStages` (nothing for chunks past the quantized
-  // tiles). Rows past the slot's capacity are zero-filled, never read from past the arrays.
+  // keys, which hold no codes at all). Rows past the slot's capacity are zero-filled, never read from past
+  // the arrays.
+  // Each thread's pieces of a stage are the same in every chunk: their offsets are computed once.
+  constexpr int kRowPieces = kHeadDim / 4;  // 16-byte pieces of a row of kHeadDim words
+  constexpr int kTokenPieces = Tiles::kValueWordsPerToken / 4;
+  constexpr int kKeyCodePieces = (Tiles::kKeyCodeWords / 4 + kDecodeThreads - 1) / kDecodeThreads;
+  constexpr int kKeyGroupPieces = (Tiles::kKeyGroupWords / 4 + kDecodeThreads - 1) / kDecodeThreads;
+  constexpr int kValueCodePieces = (Tiles::kValueCodeWords / 4 + kDecodeThreads - 1) / kDecodeThreads;
+  constexpr int kValueGroupItems = (Tiles::kValueGroupWords + kDecodeThreads - 1) / kDecodeThreads;
+  const int value_group_items = kChunk * value_groups_per_token;
+  const int value_group_token_shift = 31 - __clz(value_groups_per_token);
   auto load_chunk = [&](int chunk) {
     const int c0 = key_begin + chunk * kChunk;
-    if (c0 >= fast_end) return;
-    uint32_t* stage = stages + (chunk % kStages) * Tiles::kStageWords;
-    const uint32_t base = shared_address(stage);
-    constexpr int kRowPieces = kHeadDim / 4;  // 16-byte pieces of a row of kHeadDim words
-    for (int i = threadIdx.x; i < Tiles::kKeyCodeWords / 4; i += kDecodeThreads) {
-      const int r = i / kRowPieces, piece4 = i % kRowPieces;
-      const int word_row = c0 / kCpw + r;
-      const bool valid = word_row * kCpw < kv.capacity;
-      copy_async_16(base + 16u * i, key_codes + (valid ? word_row : 0) * channels + 4 * piece4, valid);
+    if (c0 >= quantized_keys) return;
+    const uint32_t base = shared_address(stages + (chunk % kStages) * Tiles::kStageWords);
+#pragma unroll
+    for (int j = 0; j < kKeyCodePieces; ++j) {
+      const int i = threadIdx.x + j * kDecodeThreads;
+      if (i < Tiles::kKeyCodeWords / 4) {
+        const int word_row = c0 / kCpw + i / kRowPieces;
+        const bool valid = word_row * kCpw < kv.capacity;
+        copy_async_16(base + 16u * i, key_codes + (valid ? word_row : 0) * channels + 4 * (i % kRowPieces), valid);
+      }
     }
     const uint32_t group_base = base + 4u * Tiles::kKeyCodeWords;
-    for (int i = threadIdx.x; i < Tiles::kKeyGroupWords / 4; i += kDecodeThreads) {
-      const int r = i / kRowPieces, piece4 = i % kRowPieces;
-      const int key_group_index = c0 / key_group + r;
-      const bool valid = key_group_index * key_group < min(kv.capacity, c0 + kChunk);
-      copy_async_16(group_base + 16u * i, key_groups + (valid ? key_group_index : 0) * channels + 4 * piece4, valid);
+#pragma unroll
+    for (int j = 0; j < kKeyGroupPieces; ++j) {
+      const int i = threadIdx.x + j * kDecodeThreads;
+      if (i < Tiles::kKeyGroupWords / 4) {
+        const int index = (c0 >> group_shift) + i / kRowPieces;
+        const bool valid = (index << group_shift) < min(kv.capacity, c0 + kChunk);  // only groups the chunk has
+        copy_async_16(group_base + 16u * i, key_groups + (valid ? index : 0) * channels + 4 * (i % kRowPieces), valid);
+      }
     }
     const uint32_t value_base = group_base + 4u * Tiles::kKeyGroupWords;
-    constexpr int kTokenPieces = Tiles::kValueWordsPerToken / 4;
-    for (int i = threadIdx.x; i < Tiles::kValueCodeWords / 4; i += kDecodeThreads) {
-      const int r = i / kTokenPieces, piece4 = i % kTokenPieces;
-      const bool valid = c0 + r < kv.capacity;
-      copy_async_16(value_base + 16u * i, value_codes + (valid ? c0 + r : 0) * value_word_stride + 4 * piece4, valid);
+#pragma unroll
+    for (int j = 0; j < kValueCodePieces; ++j) {
+      const int i = threadIdx.x + j * kDecodeThreads;
+      if (i < Tiles::kValueCodeWords / 4) {
+        const int token = c0 + i / kTokenPieces;
+        const bool valid = token < kv.capacity;
+        copy_async_16(value_base + 16u * i, value_codes + (valid ? token : 0) * value_word_stride + 4 * (i % kTokenPieces), valid);
+      }
     }
     const uint32_t value_group_base = value_base + 4u * Tiles::kValueCodeWords;
-    for (int i = threadIdx.x; i < kChunk * value_groups_per_token; i += kDecodeThreads) {
-      const int r = i / value_groups_per_token, j = i % value_groups_per_token;
-      const bool valid = c0 + r < kv.capacity;
-      copy_async_4(value_group_base + 4u * (r * Tiles::kValueGroupsPerToken + j),
-                   value_groups + (valid ? c0 + r : 0) * value_group_stride + j, valid);
+#pragma unroll
+    for (int j = 0; j < kValueGroupItems; ++j) {
+      const int i = threadIdx.x + j * kDecodeThreads;
+      if (i < value_group_items) {
+        const int r = i >> value_group_token_shift, w = i & (value_groups_per_token - 1);
+        const bool valid = c0 + r < kv.capacity;
+        copy_async_4(value_group_base + 4u * (r * Tiles::kValueGroupsPerToken + w),
+                     value_groups + (valid ? c0 + r : 0) * value_group_stride + w, valid);
+      }
     }
   };
 #pragma unroll
@@ -258,7 +278,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kivi_kernel(const KiviD
   auto to_plain = [&] {
 #pragma unroll
     for (int i = 0; i < kVTiles; ++i) {
-      const int source = (16 * i / key_group) * 4 + t;  // the lane holding this tile's group row of o_min
+      const int source = ((16 * i) >> group_shift) * 4 + t;  // the lane holding this tile's group row of o_min
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
         const float m0 = __shfl_sync(0xffffffffu, o_min[nt][0], source);
@@ -274,7 +294,65 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kivi_kernel(const KiviD
 
   __half* scratch_k = reinterpret_cast<__half*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4) +
                       warp * Tiles::kScratchHalves;  // [16][kHeadDim]
-  __half* scratch_vt = scratch_k + 16 * kHeadDim;    // [kHeadDim][16]
+  __half* scratch_v = scratch_k + 16 * kHeadDim;     // [16][kHeadDim]
+  // A tile's fp16 rows into the warp's scratch: residual keys (when its keys are not coded), and values from
+  // the residual ring or, below T - R, dequantized from the stage's codes; zeros past the sequence. The
+  // residual rows come as independent 16-byte loads, all in flight together.
+  auto fill_scratch = [&](const uint32_t* stage, int c0, int t0, bool keys_coded, bool values_coded) {
+    constexpr int kChunksPerRow = kHeadDim / 8;
+    constexpr int kPerLane = 16 * kChunksPerRow / 32;
+    if (!keys_coded) {
+      uint4 rows[kPerLane];
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int item = lane + 32 * j;
+        const int token = t0 + item / kChunksPerRow, c = item % kChunksPerRow * 8;
+        rows[j] = token < lk ? *reinterpret_cast<const uint4*>(key_residual + (token - quantized_keys) * channels + c)
+                             : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int item = lane + 32 * j;
+        *reinterpret_cast<uint4*>(scratch_k + item / kChunksPerRow * kHeadDim + item % kChunksPerRow * 8) = rows[j];
+      }
+    }
+    if (!values_coded) {
+      uint4 rows[kPerLane];
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int item = lane + 32 * j;
+        const int token = t0 + item / kChunksPerRow, c = item % kChunksPerRow * 8;
+        rows[j] = token >= quantized_values && token < lk
+                      ? *reinterpret_cast<const uint4*>(value_residual + token % residual * channels + c)
+                      : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int j = 0; j < kPerLane; ++j) {
+        const int item = lane + 32 * j;
+        const int r = item / kChunksPerRow, c = item % kChunksPerRow * 8;
+        const int token = t0 + r;
+        if (token < quantized_values) {  // the one tile across T - R: its first tokens are coded
+          const int local = token - c0;
+          const uint32_t* words = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + local * Tiles::kValueWordsPerToken;
+          const uint32_t* groups = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords +
+                                   local * Tiles::kValueGroupsPerToken;
+          uint32_t halves[4];
+          for (int e = 0; e < 8; e += 2) {
+            float pair[2];
+            for (int u = 0; u < 2; ++u) {
+              const int channel = c + e + u;
+              const kivi::Group vg = kivi::unpack_group(groups[channel >> group_shift]);
+              pair[u] = kivi::value_of(unpack_code(words[channel / kCpw], channel % kCpw, kBits), vg);
+            }
+            halves[e / 2] = pack_halves(pair[0], pair[1]);
+          }
+          rows[j] = make_uint4(halves[0], halves[1], halves[2], halves[3]);
+        }
+        *reinterpret_cast<uint4*>(scratch_v + r * kHeadDim + c) = rows[j];
+      }
+    }
+    __syncwarp();
+  };
 
   for (int chunk = 0; chunk < chunks; ++chunk) {
     copy_async_wait<kStages - 2>();
@@ -286,15 +364,20 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kivi_kernel(const KiviD
     const int t0 = c0 + warp * 16;
     if (t0 >= key_end) continue;
     const uint32_t* stage = stages + (chunk % kStages) * Tiles::kStageWords;
-    const bool fast = t0 + 16 <= fast_end;
+    // Keys come in whole tiles of codes or of residual rows (the split point T - T % R is a multiple of 32);
+    // values change over once, at T - R, possibly within a tile.
+    const bool keys_coded = t0 + 16 <= quantized_keys;
+    const bool values_coded = t0 + 16 <= quantized_values;
+    if (!values_coded && !plain) to_plain();
+    if (!keys_coded || !values_coded) fill_scratch(stage, c0, t0, keys_coded, values_coded);
     float s[kNTiles][4];
 
-    if (fast) {
+    if (keys_coded) {
       // ---- logits from the key codes of this tile (tokens t0 .. t0 + 15, one key group) ----
       const uint32_t* codes = stage + (t0 - c0) / kCpw * kHeadDim;
       const int low_row = g / kCpw * kHeadDim;          // word rows of rows g and g + 8 past the tile's first
       const int high_row = (g + 8) / kCpw * kHeadDim;
-      const uint32_t* groups = stage + Tiles::kKeyCodeWords + (t0 / key_group - c0 / key_group) * kHeadDim;
+      const uint32_t* groups = stage + Tiles::kKeyCodeWords + ((t0 >> group_shift) - (c0 >> group_shift)) * kHeadDim;
       float acc[kNTiles][4], bias[kNTiles][4];
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
@@ -324,30 +407,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kivi_kernel(const KiviD
         for (int e = 0; e < 4; ++e) s[nt][e] = fmaf(acc[nt][e], lanes.scale, bias[nt][e]);
       }
     } else {
-      if (!plain) to_plain();
-      // ---- a tile with fp16 residual keys or values: dequantized into the warp's scratch ----
-      for (int e = lane; e < 16 * kHeadDim; e += 32) {
-        const int r = e / kHeadDim, d = e % kHeadDim;
-        const int token = t0 + r;
-        float key = 0.0f, value = 0.0f;
-        if (token < lk) {
-          if (token < quantized_keys) {
-            const kivi::Group kg = kivi::unpack_group(key_groups[token / key_group * channels + d]);
-            key = kivi::value_of(unpack_code(key_codes[token / kCpw * channels + d], token % kCpw, kBits), kg);
-          } else {
-            key = half_to_float(key_residual[(token - quantized_keys) * channels + d]);
-          }
-          if (token < quantized_values) {
-            const kivi::Group vg = kivi::unpack_group(value_groups[token * value_group_stride + d / key_group]);
-            value = kivi::value_of(unpack_code(value_codes[token * value_word_stride + d / kCpw], d % kCpw, kBits), vg);
-          } else {
-            value = half_to_float(value_residual[token % residual * channels + d]);
-          }
-        }
-        scratch_k[r * kHeadDim + d] = __float2half_rn(key);
-        scratch_vt[d * 16 + r] = __float2half_rn(value);
-      }
-      __syncwarp();
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
@@ -407,13 +466,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kivi_kernel(const KiviD
       probabilities[nt][1] = transpose_8x8(pack_halves(s[nt][2], s[nt][3]));
     }
 
-    if (fast) {
+    if (values_coded) {
       // ---- P.V from the value codes: tokens 2t, 2t + 1 (and + 8) of the tile ----
       const int local = t0 - c0;
       const uint32_t* words = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + local * Tiles::kValueWordsPerToken;
       const uint32_t* groups = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords +
                                local * Tiles::kValueGroupsPerToken;
-      auto word = [&](int token, int w) { return words[token * Tiles::kValueWordsPerToken + w]; };
       auto value_group = [&](int token, int j) { return groups[token * Tiles::kValueGroupsPerToken + j]; };
       {
         // Rows of the minimum MMA are channel groups: row g holds group g's minimums of the four tokens.
@@ -425,38 +483,66 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_kivi_kernel(const KiviD
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o_min[nt], a_min, probabilities[nt][0], probabilities[nt][1], __half());
       }
+      // Code words four at a time per token (16 bytes: 64 channels at 2 bits, 32 at 4, 16 at 8).
+      constexpr int kQuadChannels = 4 * kCpw;
+      constexpr int kTilesPerQuad = kQuadChannels / 16;
+      const int tokens[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
       uint32_t scaled[kNTiles][2];
 #pragma unroll
-      for (int i = 0; i < kVTiles; ++i) {
-        if (i % 2 == 0) {  // two 16-channel tiles per group at least (G >= 32)
-          const int j = 16 * i / key_group;
-          const uint32_t scale01 = byte_permute(value_group(2 * t, j), value_group(2 * t + 1, j), 0x5410);
-          const uint32_t scale89 = byte_permute(value_group(2 * t + 8, j), value_group(2 * t + 9, j), 0x5410);
+      for (int quad = 0; quad < Tiles::kValueWordsPerToken / 4; ++quad) {
+        uint4 w[4];
 #pragma unroll
-          for (int nt = 0; nt < kNTiles; ++nt) {
-            scaled[nt][0] = multiply_halves(probabilities[nt][0], scale01);
-            scaled[nt][1] = multiply_halves(probabilities[nt][1], scale89);
+        for (int u = 0; u < 4; ++u) w[u] = *reinterpret_cast<const uint4*>(words + tokens[u] * Tiles::kValueWordsPerToken + 4 * quad);
+#pragma unroll
+        for (int in_quad = 0; in_quad < kTilesPerQuad; ++in_quad) {
+          const int i = quad * kTilesPerQuad + in_quad;
+          if (i % 2 == 0) {  // two 16-channel tiles per group at least (G >= 32)
+            const int j = (16 * i) >> group_shift;
+            const uint32_t scale01 = byte_permute(value_group(2 * t, j), value_group(2 * t + 1, j), 0x5410);
+            const uint32_t scale89 = byte_permute(value_group(2 * t + 8, j), value_group(2 * t + 9, j), 0x5410);
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt) {
+              scaled[nt][0] = multiply_halves(probabilities[nt][0], scale01);
+              scaled[nt][1] = multiply_halves(probabilities[nt][1], scale89);
+            }
           }
-        }
-        const int low = (16 * i + g) / kCpw, high = (16 * i + g + 8) / kCpw;
-        const uint32_t a[4] = {lanes.operand(word(2 * t, low), word(2 * t + 1, low), false),
-                               lanes.operand(word(2 * t, high), word(2 * t + 1, high), true),
-                               lanes.operand(word(2 * t + 8, low), word(2 * t + 9, low), false),
-                               lanes.operand(word(2 * t + 8, high), word(2 * t + 9, high), true)};
+          // The words of rows g and g + 8 (channels 16 i + g, + 8) within the quad: fixed at 2 and 4 bits,
+          // by lane at 8 (rows g and g + 8 are then words g / 4 and 2 + g / 4 of a 4-word tile).
+          auto pick = [&](const uint4& x, bool high) -> uint32_t {
+            int index = 0;
+            if constexpr (kBits == 2) {
+              index = in_quad;  // one word is a whole 16-channel tile
+            } else if constexpr (kBits == 4) {
+              index = 2 * in_quad + (high ? 1 : 0);
+            } else {
+              const bool second = g >= 4;
+              return high ? (second ? x.w : x.z) : (second ? x.y : x.x);
+            }
+            return index == 0 ? x.x : index == 1 ? x.y : index == 2 ? x.z : x.w;
+          };
+          const uint32_t a[4] = {lanes.operand(pick(w[0], false), pick(w[1], false), false),
+                                 lanes.operand(pick(w[0], true), pick(w[1], true), true),
+                                 lanes.operand(pick(w[2], false), pick(w[3], false), false),
+                                 lanes.operand(pick(w[2], true), pick(w[3], true), true)};
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, scaled[nt][0], scaled[nt][1], __half());
+          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, scaled[nt][0], scaled[nt][1], __half());
+        }
       }
     } else {
+      // V^T from the scratch's rows: (channel, tokens 2t and 2t + 1) as one fp16 pair.
+      const uint16_t* v = reinterpret_cast<const uint16_t*>(scratch_v);
+      auto pair = [&](int token, int channel) {
+        return static_cast<uint32_t>(v[token * kHeadDim + channel]) | static_cast<uint32_t>(v[(token + 1) * kHeadDim + channel]) << 16;
+      };
 #pragma unroll
       for (int i = 0; i < kVTiles; ++i) {
-        const __half* v = scratch_vt + (16 * i + g) * 16 + 2 * t;
-        const uint32_t a[4] = {*reinterpret_cast<const uint32_t*>(v), *reinterpret_cast<const uint32_t*>(v + 8 * 16),
-                               *reinterpret_cast<const uint32_t*>(v + 8), *reinterpret_cast<const uint32_t*>(v + 8 * 16 + 8)};
+        const int channel = 16 * i + g;
+        const uint32_t a[4] = {pair(2 * t, channel), pair(2 * t, channel + 8), pair(2 * t + 8, channel), pair(2 * t + 8, channel + 8)};
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, probabilities[nt][0], probabilities[nt][1], __half());
       }
-      __syncwarp();  // the scratch is read before the next tile overwrites it
     }
+    if (!keys_coded || !values_coded) __syncwarp();  // the scratch is read before the next tile overwrites it
   }
   if (!plain) to_plain();
   copy_async_wait<0>();
@@ -519,8 +605,43 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const KiviDecodeParams& p
   return dispatch_rows<kBits, 128>(plan, params);
 }
 
+// Blocks of the kernel a plan runs (by its bits, head_dim and rows) that fit one SM.
+template <int kBits, int kHeadDim, int kNTiles>
+int resident_blocks() {
+  using Tiles = KiviTiles<kBits, kHeadDim, kNTiles>;
+  auto kernel = decode_kivi_kernel<kBits, kHeadDim, kNTiles>;
+  NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Tiles::kSharedBytes)));
+  int blocks = 0;
+  NKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kDecodeThreads, Tiles::kSharedBytes));
+  return std::max(1, blocks);
+}
+
+template <int kBits>
+int resident_blocks_for(int head_dim, bool two_tiles) {
+  if (head_dim == 64) return two_tiles ? resident_blocks<kBits, 64, 2>() : resident_blocks<kBits, 64, 1>();
+  return two_tiles ? resident_blocks<kBits, 128, 2>() : resident_blocks<kBits, 128, 1>();
+}
+
 }  // namespace
 }  // namespace kv_quant
+
+// A quantized cache's bytes take a fraction of the fp16 decode's time to stream, and its arithmetic per byte is
+// higher: a plan for it keeps every block slot of the GPU busy (all resident blocks, not just enough for the
+// bytes in flight that the fp16 decode sizes for).
+int64_t quantized_decode_block_slots(const nkv_attention_plan& plan) {
+  using namespace kv_quant;
+  DeviceScope scope(plan.context->device_ordinal);
+  const int64_t rows = static_cast<int64_t>(plan.q_len) * (plan.num_heads_q / plan.num_heads_kv);
+  const bool two_tiles = rows > 8;
+  const int64_t row_blocks = (rows + (two_tiles ? 16 : 8) - 1) / (two_tiles ? 16 : 8);
+  int per_sm = 1;
+  switch (plan.kv_code_bits) {
+    case 2: per_sm = resident_blocks_for<2>(plan.head_dim, two_tiles); break;
+    case 4: per_sm = resident_blocks_for<4>(plan.head_dim, two_tiles); break;
+    default: per_sm = resident_blocks_for<8>(plan.head_dim, two_tiles); break;
+  }
+  return std::max<int64_t>(1, static_cast<int64_t>(plan.context->multiprocessor_count) * per_sm / row_blocks);
+}
 
 void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedDecodeArgs& a) {
   using namespace kv_quant;

@@ -36,7 +36,17 @@ namespace {
 using namespace attention;
 
 constexpr int kChunk = 64;   // keys per pipeline stage: 16 per warp; the plan cuts pieces at multiples of it
-constexpr int kStages = 4;
+// Pipeline stages and the blocks per SM the registers are capped for (128 registers: 4 blocks of 4 warps),
+// overridable at configure time for tuning runs. On an H200, 3 stages and 4 blocks ran KIVI-2 at b8 x L32768
+// in 181 us where 4 stages and 3 blocks (159 registers) took 195 us in the same run (bench/NOTES.md q3).
+#ifndef NKV_KIVI_STAGES
+#define NKV_KIVI_STAGES 3
+#endif
+#ifndef NKV_KIVI_MIN_BLOCKS
+#define NKV_KIVI_MIN_BLOCKS 4
+#endif
+constexpr int kStages = NKV_KIVI_STAGES;
+constexpr int kMinBlocksPerSm = NKV_KIVI_MIN_BLOCKS;
 
 struct KiviDecodeParams {
   DecodeKernelParams base;  // q, o, lse, the plan's pieces and partials (base.args.k/v unused)
@@ -116,7 +126,7 @@ struct CodeLanes {
 };
 
 template <int kBits, int kHeadDim, int kNTiles>
-__global__ void __launch_bounds__(kDecodeThreads) decode_kivi_kernel(const KiviDecodeParams p) {
+__global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_kernel(const KiviDecodeParams p) {
   using Tiles = KiviTiles<kBits, kHeadDim, kNTiles>;
   constexpr int kCpw = Tiles::kCodesPerWord;
   constexpr int kRows = Tiles::kRows;

@@ -47,7 +47,8 @@ set -f  # the gtest filters below are patterns for gtest, not for the shell
 # The 256K-token decode and the 4097-token prefill run for minutes under memcheck; the other shapes
 # cover the same code paths (partial tiles, splits, every head dim).
 for run in "nkv_api_tests *Cuda*" "nkv_quant_tests *Cuda*" "nkv_attention_tests *Cuda*:-*256K*:*LongSequence*" \
-           "nkv_pack_tests *Cuda*" "nkv_kvcache_tests *Cuda*" "nkv_virtual_kvcache_tests *Cuda*:-*Destroy*"; do
+           "nkv_pack_tests *Cuda*" "nkv_kvcache_tests *Cuda*" "nkv_virtual_kvcache_tests *Cuda*:-*Destroy*" \
+           "nkv_kv_quant_tests *Cuda*"; do
   set -- $run
   suite=$1
   compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
@@ -56,7 +57,8 @@ for run in "nkv_api_tests *Cuda*" "nkv_quant_tests *Cuda*" "nkv_attention_tests 
 done
 record memcheck $san
 race=0
-for run in "nkv_quant_tests QuantCuda.NonFinite*" "nkv_attention_tests AttentionCuda.VarlenGqa*:AttentionCuda.DecodeWindow*"; do
+for run in "nkv_quant_tests QuantCuda.NonFinite*" "nkv_attention_tests AttentionCuda.VarlenGqa*:AttentionCuda.DecodeWindow*" \
+           "nkv_kv_quant_tests QuantizedKvCacheCuda.DecodeMatches*"; do
   set -- $run
   compute-sanitizer --tool racecheck --error-exitcode 9 "$BUILD/bin/$1" --gtest_filter="$2" >>"$STEPS/racecheck.log" 2>&1
   r=$?; tail -n 2 "$STEPS/racecheck.log"; [[ $r -eq 0 ]] || race=$r

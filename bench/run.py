@@ -196,11 +196,19 @@ def run_attention(a, base):
     print(f"[bench] {' '.join(cmd)}", file=sys.stderr, flush=True)
     with open(base + "-attention.jsonl", "a") as out:
         kvcache = subprocess.run(cmd, stdout=out, env=env)
+    # Decode over quantized caches next to the fp16 decode, likewise.
+    script = os.path.join(a.repo, "bench", "peers", "kv_quant_bench.py")
+    cmd = [sys.executable, script, "--markdown", base + "-attention.md"] + (["--quick"] if a.quick else [])
+    print(f"[bench] {' '.join(cmd)}", file=sys.stderr, flush=True)
+    with open(base + "-attention.jsonl", "a") as out:
+        kv_quant = subprocess.run(cmd, stdout=out, env=env)
     with open(base + "-attention.md") as f:
         print("\n" + f.read())
     print(f"[bench] wrote {base}-attention.md, -attention.jsonl", file=sys.stderr)
     if kvcache.returncode != 0:
         sys.exit(f"[bench] the KV-cache benchmark failed with exit code {kvcache.returncode}")
+    if kv_quant.returncode != 0:
+        sys.exit(f"[bench] the quantized KV-cache benchmark failed with exit code {kv_quant.returncode}")
 
 
 if __name__ == "__main__":

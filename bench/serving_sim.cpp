@@ -71,10 +71,12 @@ struct Result {
   double mean_ahead_tokens = -1.0; // virtual memory: mapped past the slot's last block, reclaimable (-1: n/a)
 };
 
-Result simulate_static(const std::vector<Request>& requests) {
+// Every admitted request holds a slot of kMaxLength tokens of slot_bytes.
+Result simulate_static(const std::vector<Request>& requests, uint64_t slot_bytes = static_cast<uint64_t>(kBytesPerToken) * kMaxLength,
+                       const std::string& policy = "static max-length reservation") {
   Result r;
-  r.policy = "static max-length reservation";
-  const int64_t slots = static_cast<int64_t>(kBudgetBytes / kBytesPerToken) / kMaxLength;
+  r.policy = policy;
+  const int64_t slots = static_cast<int64_t>(kBudgetBytes / slot_bytes);
   struct Running {
     int length, remaining;
   };
@@ -320,6 +322,73 @@ class VirtualCache final : public SimulatedCache {
   std::vector<int32_t> ones_;
 };
 
+// KV formats (issue 5): the bytes of one slot of kMaxLength tokens of the modelled LLM in an
+// nkv_quantized_kv_cache (its real layout: codes, groups, the fp16 residuals, alignment).
+uint64_t quantized_slot_bytes(nkv_context* context, int bits) {
+  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_KIVI, bits, 32, 128, 32, 8, 128, 1, kMaxLength, 0};
+  nkv_quantized_kv_cache* cache = nullptr;
+  check(nkv_quantized_kv_cache_create(context, &o, &cache), "nkv_quantized_kv_cache_create");
+  nkv_quantized_kv_cache_info info{};
+  info.struct_size = sizeof(info);
+  check(nkv_quantized_kv_cache_get_info(cache, &info), "nkv_quantized_kv_cache_get_info");
+  check(nkv_quantized_kv_cache_destroy(cache), "nkv_quantized_kv_cache_destroy");
+  return info.bytes;
+}
+
+// A projection, not a cache of the library: KIVI codes in pages of 32 tokens (a multiple of G), as a paged
+// quantized cache would hold them, each sequence's newest R = 128 tokens in fp16 (the residual windows).
+// A sequence of L tokens holds ceil(max(0, L - R) / 32) code pages and R fp16 tokens, rounded up to pages.
+class ProjectedQuantizedPaged final : public SimulatedCache {
+ public:
+  explicit ProjectedQuantizedPaged(int bits) : bits_(bits) {
+    const double code_bytes = static_cast<double>(kBytesPerToken) / 16.0 * (bits + 32.0 / 32.0);  // b bits + 32 per group of 32
+    page_bytes_ = static_cast<int64_t>(std::ceil(code_bytes * kPage));
+    residual_pages_ = (kResidual * kBytesPerToken + page_bytes_ - 1) / page_bytes_;
+    budget_pages_ = static_cast<int64_t>(kBudgetBytes) / page_bytes_;
+  }
+  std::string policy() const override { return "KIVI-" + std::to_string(bits_) + ", paged (projection)"; }
+  int tokens_per_unit() const override { return kPage; }
+  int64_t units_for(int64_t tokens) const override {
+    return (std::max<int64_t>(0, tokens - kResidual) + kPage - 1) / kPage + residual_pages_;
+  }
+  int64_t free_units(const std::vector<int32_t>& live) override {
+    int64_t used = 0;
+    for (int32_t id : live) used += units_for(lengths_[static_cast<size_t>(id)]);
+    return budget_pages_ - used;
+  }
+  int32_t add(int32_t prompt) override {
+    lengths_.push_back(prompt);
+    alive_.push_back(true);
+    return static_cast<int32_t>(lengths_.size() - 1);
+  }
+  nkv_status step(const std::vector<int32_t>& ids) override {
+    int64_t used = 0, more = 0;
+    for (int32_t id : ids) {
+      used += units_for(lengths_[static_cast<size_t>(id)]);
+      more += units_for(lengths_[static_cast<size_t>(id)] + 1) - units_for(lengths_[static_cast<size_t>(id)]);
+    }
+    if (used + more > budget_pages_) return NKV_STATUS_OUT_OF_MEMORY;
+    for (int32_t id : ids) ++lengths_[static_cast<size_t>(id)];
+    return NKV_STATUS_SUCCESS;
+  }
+  void free(int32_t id) override { alive_[static_cast<size_t>(id)] = false; }
+  // Empty token places: those of the last code page (the residual window is always full once L >= R).
+  Occupancy occupancy(int32_t id) override {
+    const int64_t length = lengths_[static_cast<size_t>(id)];
+    const int64_t coded = std::max<int64_t>(0, length - kResidual);
+    const int64_t held = (coded + kPage - 1) / kPage * kPage + std::min<int64_t>(length, kResidual);
+    return {length, held, held};
+  }
+
+ private:
+  static constexpr int kPage = 32;
+  static constexpr int64_t kResidual = 128;
+  int bits_;
+  int64_t page_bytes_ = 0, residual_pages_ = 0, budget_pages_ = 0;
+  std::vector<int64_t> lengths_;
+  std::vector<bool> alive_;
+};
+
 }  // namespace
 
 int main() {
@@ -338,6 +407,16 @@ int main() {
     VirtualCache cache(context, layout);
     results.push_back(run_engine(requests, cache));
   }
+  // Formats: the quantized cache as it is (slots of kMaxLength tokens), and the projected paged one.
+  for (int bits : {4, 2}) {
+    results.push_back(simulate_static(requests, quantized_slot_bytes(context, bits),
+                                      "KIVI-" + std::to_string(bits) + ", nkv_quantized_kv_cache (max-length slots)"));
+  }
+  for (int bits : {4, 2}) {
+    std::fprintf(stderr, "nkv_serving_sim: KIVI-%d, paged (projection)\n", bits);
+    ProjectedQuantizedPaged cache(bits);
+    results.push_back(run_engine(requests, cache));
+  }
   check(nkv_context_destroy(context), "nkv_context_destroy");
 
   std::printf("# KV-cache serving simulation (NativeKv %s)\n\n", nkv_version());
@@ -349,6 +428,7 @@ int main() {
               "empty slots per sequence, mean / max | budget holding tokens (mean) | mapped ahead, reclaimable (mean tokens per sequence) |\n");
   std::printf("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
   const double baseline = results.front().mean_concurrent;
+  // Printed after the table: the KIVI rows' notes.
   for (const Result& r : results) {
     const std::string ahead = r.mean_ahead_tokens < 0 ? "—" : std::to_string(static_cast<long long>(std::lround(r.mean_ahead_tokens)));
     std::printf("| %s | %s | %d | %.1f | %.2fx | %lld | %lld | %.1f / %lld | %.1f%% | %s |\n", r.policy.c_str(),
@@ -356,5 +436,10 @@ int main() {
                 r.mean_concurrent / baseline, static_cast<long long>(r.steps), static_cast<long long>(r.preemptions),
                 r.mean_waste_tokens, static_cast<long long>(r.max_waste_tokens), 100.0 * r.mean_used_fraction, ahead.c_str());
   }
+  std::printf("\nKIVI rows (issue 5; G 32, R 128): \"budget holding tokens\" counts their tokens at fp16 size, so it passes 100%% "
+              "where the format holds more tokens than fp16 could. The nkv_quantized_kv_cache rows use its real bytes per "
+              "slot (codes, groups, both fp16 residuals, alignment) with max-length slots; the paged rows are a projection "
+              "(there is no paged quantized cache yet): code pages of 32 tokens, the newest 128 tokens of a sequence in "
+              "fp16.\n");
   return 0;
 }

@@ -7,9 +7,11 @@
 // Queries N(0, 1), softmax scale 1/sqrt(d), one sequence of T tokens, q_len 1, GQA 8 / 2, d 128, seed 0.
 // Formats: KIVI-2 and KIVI-4 (G 32, R 128: keys per channel, values per token) as nkv_quantized_kv_cache stores
 // them, and the same bits with keys quantized per token (groups of 32 channels, like the values) for
-// comparison, which KIVI reports to be worse on keys with outlier channels. The quantized keys and values
-// are dequantized with core/kv_quant.h (the arithmetic the library runs) and attention is evaluated in
-// float64; the library's own decode over its cache (CPU backend) is checked against this to 1e-6.
+// comparison, which KIVI reports to be worse on keys with outlier channels; BFP12 and BFP16 (blocks of 32
+// channels, keys and values), with and without K-sort (the order from nkv_ksort_calibrate over the first 512
+// keys). The quantized keys and values are dequantized with core/kv_quant.h (the arithmetic the library runs)
+// and attention is evaluated in float64; the library's own decode over its KIVI cache (CPU backend) is
+// checked against this.
 //
 // Output: a Markdown table on stdout.
 #include <algorithm>
@@ -109,6 +111,26 @@ std::vector<float> dequantized_values(const Data& x, int bits) {
     for (int c = 0; c < kChannels; ++c) {
       out[static_cast<size_t>(t * kChannels + c)] = nkv::kivi::value_of(
           nkv::unpack_code(words[static_cast<size_t>(c / per_word)], c % per_word, bits), nkv::kivi::unpack_group(groups[static_cast<size_t>(c / kGroup)]));
+    }
+  }
+  return out;
+}
+
+// BFP keys or values per token in blocks of 32 channels, dequantized; order (K-sort, [heads][d]) or null.
+std::vector<float> dequantized_bfp(const Data& x, const std::vector<float>& in, int mantissa_bits, const int32_t* order) {
+  constexpr int kBlock = 32;
+  std::vector<float> out(in.size());
+  const int per_word = static_cast<int>(nkv::codes_per_word(mantissa_bits));
+  std::vector<uint32_t> words(kChannels / per_word);
+  std::vector<int8_t> exponents(kChannels / kBlock);
+  auto source = [&](int64_t c) { return order == nullptr ? c : c / kHeadDim * kHeadDim + order[c]; };
+  for (int64_t t = 0; t < x.tokens; ++t) {
+    nkv::bfp::quantize_token(mantissa_bits, kBlock, kChannels, [&](int64_t c) { return in[static_cast<size_t>(t * kChannels + source(c))]; },
+                             words.data(), exponents.data());
+    for (int64_t c = 0; c < kChannels; ++c) {
+      const int mantissa = nkv::bfp::mantissa_from_field(
+          nkv::unpack_code(words[static_cast<size_t>(c / per_word)], static_cast<int>(c % per_word), mantissa_bits), mantissa_bits);
+      out[static_cast<size_t>(t * kChannels + source(c))] = nkv::bfp::value_of(mantissa, exponents[static_cast<size_t>(c / kBlock)], mantissa_bits);
     }
   }
   return out;
@@ -223,8 +245,26 @@ int main(int argc, char** argv) {
                     relative(a.out, reference.out), relative(a.logits, reference.logits), mean_absolute(a.logits, reference.logits));
       }
     }
+    // K-sort's order from a calibration sample: the first 512 tokens' keys.
+    std::vector<int32_t> order(kChannels);
+    nkv_tensor sample{};
+    sample.data = const_cast<float*>(x.k.data());
+    sample.dtype = NKV_DTYPE_FLOAT32;
+    sample.device = NKV_DEVICE_HOST;
+    sample.ndim = 3;
+    const int64_t shape[3] = {std::min(512, x.tokens), kHeadsKv, kHeadDim}, strides[3] = {kChannels, kHeadDim, 1};
+    for (int i = 0; i < 3; ++i) sample.shape[i] = shape[i], sample.strides[i] = strides[i];
+    check(nkv_ksort_calibrate(&sample, NKV_ROTARY_NONE, order.data()), "nkv_ksort_calibrate");
+    for (int m : {4, 8}) {
+      for (bool sorted : {false, true}) {
+        const Attention a = attend(x, dequantized_bfp(x, x.k, m, sorted ? order.data() : nullptr), dequantized_bfp(x, x.v, m, nullptr));
+        std::printf("| %s | BFP%d, n 32 | %s | %.2f | %.3e | %.3e | %.3e |\n", outliers ? "(a) keys with outlier channels" : "(b) i.i.d.",
+                    m + 8, sorted ? "K-sort" : "channel order", m + 8.0 / 32, relative(a.out, reference.out),
+                    relative(a.logits, reference.logits), mean_absolute(a.logits, reference.logits));
+      }
+    }
   }
   std::printf("\nT = %d tokens, d = %d, %d query heads over %d KV heads, q_len 1; errors against fp16 K/V, float64 attention. "
-              "Bits per element exclude the fp16 residual (the last %d tokens).\n", tokens, kHeadDim, kHeadsQ, kHeadsKv, kResidual);
+              "KIVI's bits per element exclude its fp16 residual (the last %d tokens).\n", tokens, kHeadDim, kHeadsQ, kHeadsKv, kResidual);
   return 0;
 }

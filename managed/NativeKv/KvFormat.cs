@@ -11,4 +11,13 @@ public enum KvFormat
     /// fused multiply-add). A group whose scale rounds to 0 gets codes 0 and <c>x^ = mn</c>.
     /// </summary>
     Kivi = 1,
+
+    /// <summary>
+    /// Block floating point ("Accurate Block Quantization in LLMs with Outliers"): each token's keys and values (per head) are
+    /// blocks of n consecutive channels sharing an exponent <c>E = floor(log2(max |x|))</c> and keeping m-bit signed mantissas
+    /// <c>round_half_even(x / 2^(E + 2 - m))</c> clipped to ±(2^(m-1) - 1): m = 4 is BFP12, m = 8 BFP16 (m + 8 / n bits per
+    /// element). Tokens are quantized as they are written (no residual window). With <see cref="KSort"/> the keys' channels
+    /// are ordered so that channels of similar magnitude share blocks. CPU backend only so far.
+    /// </summary>
+    Bfp = 2,
 }

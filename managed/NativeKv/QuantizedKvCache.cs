@@ -3,17 +3,19 @@ using NativeKv.Interop;
 namespace NativeKv;
 
 /// <summary>The encoding, shape and capacity of a <see cref="QuantizedKvCache"/> (<c>nkv_quantized_kv_cache_options</c>).</summary>
-/// <param name="Format">The encoding: <see cref="KvFormat.Kivi"/>.</param>
-/// <param name="Bits">Code bits b: 2 or 4 (8 for testing).</param>
-/// <param name="GroupSize">Values per group G: 32, 64 or 128, at most <paramref name="HeadDim"/> (a value group lies within one
-/// head).</param>
-/// <param name="Residual">Newest tokens each slot keeps in float16, the residual window R: a positive multiple of
-/// <paramref name="GroupSize"/>, or 0 for 128.</param>
+/// <param name="Format">The encoding: <see cref="KvFormat.Kivi"/> or <see cref="KvFormat.Bfp"/> (CPU backend only so far).</param>
+/// <param name="Bits">KIVI: code bits b, 2 or 4 (8 for testing). BFP: mantissa bits m, 4 (BFP12) or 8 (BFP16).</param>
+/// <param name="GroupSize">KIVI: values per group G, 32, 64 or 128, at most <paramref name="HeadDim"/> (a value group lies within
+/// one head). BFP: channels per block n, 16, 32 or 64, at most <paramref name="HeadDim"/>.</param>
+/// <param name="Residual">KIVI: newest tokens each slot keeps in float16, the residual window R: a positive multiple of
+/// <paramref name="GroupSize"/>, or 0 for 128. BFP: 0 (no residual window).</param>
 /// <param name="NumLayers">Layers, &gt;= 1; one cache covers them all.</param>
 /// <param name="NumHeadsKv">KV heads per layer, &gt;= 1.</param>
 /// <param name="HeadDim">Elements per head row: 64 or 128.</param>
 /// <param name="MaxSlots">Slots alive at once (ids 0 .. MaxSlots - 1), &gt;= 1.</param>
 /// <param name="MaxTokens">Tokens per slot at most, &gt;= 1; memory for them is allocated up front.</param>
+/// <param name="ValueFormat">BFP: <see cref="KvValueFormat.Fp16"/> keeps the values as written; otherwise (and for KIVI)
+/// <see cref="KvValueFormat.LikeKeys"/>.</param>
 public readonly record struct QuantizedKvCacheOptions(
     KvFormat Format,
     int Bits,
@@ -23,7 +25,8 @@ public readonly record struct QuantizedKvCacheOptions(
     int NumHeadsKv,
     int HeadDim,
     int MaxSlots,
-    int MaxTokens);
+    int MaxTokens,
+    KvValueFormat ValueFormat = KvValueFormat.LikeKeys);
 
 /// <summary>A snapshot of a <see cref="QuantizedKvCache"/>'s encoding and occupancy (<c>nkv_quantized_kv_cache_info</c>).</summary>
 /// <param name="Format">The encoding.</param>
@@ -76,7 +79,7 @@ public sealed unsafe class QuantizedKvCache : IDisposable, IDeviceMemoryOwner
             HeadDim = options.HeadDim,
             MaxSlots = options.MaxSlots,
             MaxTokens = options.MaxTokens,
-            Reserved = 0,
+            ValueFormat = (int)options.ValueFormat,
         };
         NativeStatus.Check(NativeMethods.nkv_quantized_kv_cache_create(context.Handle, &native, out nint raw));
         Context = context;
@@ -193,6 +196,27 @@ public sealed unsafe class QuantizedKvCache : IDisposable, IDeviceMemoryOwner
         NkvTensor view;
         NativeStatus.Check(NativeMethods.nkv_quantized_kv_cache_view(LiveHandle, (int)which, layer, &view));
         return TensorView.FromNative(view, this);
+    }
+
+    /// <summary>
+    /// Stores <paramref name="layer"/>'s keys with their channels in this order from now on (<see cref="KSort.Calibrate(ReadOnlySpan{float}, int, int, RotaryPairs)"/>):
+    /// position j of head h holds written channel permutation[h * HeadDim + j]; decode orders the queries alike. Only while the
+    /// cache holds no tokens. CPU backend only so far.
+    /// </summary>
+    /// <exception cref="NativeKvInvalidArgumentException">The layer is out of range, a head's entries are not a permutation, or
+    /// the cache holds tokens.</exception>
+    /// <exception cref="NativeKvNotSupportedException">The cache is on a CUDA context.</exception>
+    public void SetKeyPermutation(int layer, ReadOnlySpan<int> permutation)
+    {
+        if (permutation.Length != Options.NumHeadsKv * Options.HeadDim)
+        {
+            throw new ArgumentException($"expected {Options.NumHeadsKv * Options.HeadDim} entries (NumHeadsKv x HeadDim), got {permutation.Length}",
+                nameof(permutation));
+        }
+        fixed (int* p = permutation)
+        {
+            NativeStatus.Check(NativeMethods.nkv_quantized_kv_cache_set_key_permutation(LiveHandle, layer, p));
+        }
     }
 
     /// <summary>A slot's length in tokens.</summary>

@@ -386,4 +386,47 @@ public sealed unsafe class QuantizedKvCacheTests
         Assert.Throws<ObjectDisposedException>(() => cache.AddSlot());
         Assert.Throws<ObjectDisposedException>(() => cache.Info);
     }
+
+    /// <summary>K-sort orders a head's channels by RMS (an outlier channel first) and keeps rotary pairs together; a BFP16 cache
+    /// with that order decodes to within BFP16's error of the float16 decode, and the order cannot change once tokens are in.</summary>
+    [Fact]
+    public void KSort_orders_channels_and_a_bfp_cache_uses_the_order()
+    {
+        using var context = Context.Cpu();
+        Random random = TestSupport.NewRandom(out int seed);
+        Half[] k = TestSupport.ToHalves(TestSupport.RandomFloats(random, Tokens * Row));
+        Half[] v = TestSupport.ToHalves(TestSupport.RandomFloats(random, Tokens * Row));
+        for (int t = 0; t < Tokens; t++) k[t * Row + 7] = (Half)((float)k[t * Row + 7] + 20f);  // head 0, channel 7
+        int[] order = KSort.Calibrate(k, HeadsKv, HeadDim, RotaryPairs.Halves);
+        Assert.Equal(Row, order.Length);
+        Assert.True(order[0] == 7 || order[HeadDim / 2] == 7, $"the outlier's pair first, seed {seed}");
+        for (int h = 0; h < HeadsKv; h++)
+        {
+            Assert.Equal(Enumerable.Range(0, HeadDim), order.Skip(h * HeadDim).Take(HeadDim).Order());
+            for (int j = 0; j < HeadDim / 2; j++) Assert.Equal(order[h * HeadDim + j] + HeadDim / 2, order[h * HeadDim + j + HeadDim / 2]);
+        }
+
+        using var cache = new QuantizedKvCache(context, new QuantizedKvCacheOptions(KvFormat.Bfp, 8, 32, 0, 1, HeadsKv, HeadDim, 1, Tokens));
+        cache.SetKeyPermutation(0, order);
+        Assert.Equal(0, cache.AddSlot());
+        cache.Append([0], [Tokens]);
+        cache.Write(0, k, v);
+        Assert.Throws<NativeKvInvalidArgumentException>(() => cache.SetKeyPermutation(0, order));
+        Assert.Equal(Tokens, cache.Capacity);
+        Assert.Equal(DType.Int8, cache.View(QuantizedKvView.KeyGroups).DType);
+
+        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, HeadsQ * HeadDim));
+        using AttentionPlan plan = Attention.PlanDecode(context, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens]);
+        var actual = new Half[q.Length];
+        fixed (Half* pq = q)
+        fixed (Half* po = actual)
+        {
+            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), cache, 0, Host(po, 1, 1, HeadsQ, HeadDim));
+        }
+        var plain = new Half[q.Length];
+        Attention.Decode(plan, q, k, v, plain);
+        double error = RelativeFrobenius(plain, actual);
+        TestContext.Current.TestOutputHelper?.WriteLine($"BFP16 vs float16 decode {error:E2}");
+        Assert.True(error < 0.1, $"BFP16 decode off by {error} relative from float16 decode, seed {seed}");
+    }
 }

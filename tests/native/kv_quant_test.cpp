@@ -768,3 +768,239 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
 }
 
 }  // namespace
+
+// ---- block floating point and K-sort (CPU backend) ------------------------------------------------------
+
+namespace {
+
+// Keys whose channel c has RMS about scale(c): the calibration must order channels by it.
+TEST(KSort, CalibrationOrdersChannelsByRmsAndKeepsRotaryPairs) {
+  const int tokens = 64, heads = 2, d = 16;
+  std::mt19937 rng(2);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> keys(static_cast<size_t>(tokens * heads * d));
+  auto scale = [](int h, int c) { return 1.0f + static_cast<float>((c * 7 + h * 3) % d); };  // distinct per channel
+  for (int t = 0; t < tokens; ++t) {
+    for (int h = 0; h < heads; ++h) {
+      for (int c = 0; c < d; ++c) keys[static_cast<size_t>((t * heads + h) * d + c)] = scale(h, c) * (normal(rng) > 0 ? 1.0f : -1.0f);
+    }
+  }
+  const nkv_tensor sample = view(keys.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {tokens, heads, d});
+  std::vector<int32_t> order(static_cast<size_t>(heads * d));
+  NKV_ASSERT_OK(nkv_ksort_calibrate(&sample, NKV_ROTARY_NONE, order.data()));
+  for (int h = 0; h < heads; ++h) {
+    for (int j = 1; j < d; ++j) EXPECT_GT(scale(h, order[h * d + j - 1]), scale(h, order[h * d + j])) << "head " << h << " position " << j;
+  }
+  for (int pairs : {NKV_ROTARY_HALVES, NKV_ROTARY_ADJACENT}) {
+    NKV_ASSERT_OK(nkv_ksort_calibrate(&sample, pairs, order.data()));
+    for (int h = 0; h < heads; ++h) {
+      std::vector<int> seen(d, 0);
+      for (int j = 0; j < d; ++j) ++seen[order[h * d + j]];
+      EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), d) << "a permutation";
+      for (int k = 0; k < d / 2; ++k) {
+        const int a = pairs == NKV_ROTARY_HALVES ? order[h * d + k] : order[h * d + 2 * k];
+        const int b = pairs == NKV_ROTARY_HALVES ? order[h * d + k + d / 2] : order[h * d + 2 * k + 1];
+        if (pairs == NKV_ROTARY_HALVES) EXPECT_EQ(b, a + d / 2); else EXPECT_EQ(b, a + 1);
+        if (k > 0) {  // pairs by their RMS, largest first
+          const int p = pairs == NKV_ROTARY_HALVES ? order[h * d + k - 1] : order[h * d + 2 * k - 2];
+          const int q = pairs == NKV_ROTARY_HALVES ? p + d / 2 : p + 1;
+          EXPECT_GE(scale(h, p) * scale(h, p) + scale(h, q) * scale(h, q), scale(h, a) * scale(h, a) + scale(h, b) * scale(h, b));
+        }
+      }
+    }
+  }
+  NKV_EXPECT_STATUS(nkv_ksort_calibrate(&sample, 3, order.data()), NKV_STATUS_INVALID_ARGUMENT, "rotary_pairs");
+  NKV_EXPECT_STATUS(nkv_ksort_calibrate(nullptr, 0, order.data()), NKV_STATUS_INVALID_ARGUMENT, "'keys'");
+}
+
+// Without quantization, logits over permuted queries and keys equal the originals to float32 rounding (the same
+// products, summed in another order).
+TEST(KSort, PermutedLogitsEqualTheOriginals) {
+  const int tokens = 200, d = 128;
+  std::mt19937 rng(4);
+  std::vector<float> keys = random_halves(rng, static_cast<size_t>(tokens * d), 1.0f), query = random_halves(rng, d, 1.0f);
+  for (int t = 0; t < tokens; ++t) keys[static_cast<size_t>(t * d + 5)] *= 30.0f;  // an outlier channel
+  const nkv_tensor sample = view(keys.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {tokens, 1, d});
+  std::vector<int32_t> order(d);
+  NKV_ASSERT_OK(nkv_ksort_calibrate(&sample, NKV_ROTARY_HALVES, order.data()));
+  EXPECT_TRUE(order[0] == 5 || order[d / 2] == 5) << "the outlier channel's pair comes first";
+  for (int t = 0; t < tokens; ++t) {
+    float plain = 0.0f, permuted = 0.0f, magnitude = 0.0f;
+    for (int j = 0; j < d; ++j) {
+      plain += query[j] * keys[static_cast<size_t>(t * d + j)];
+      permuted += query[order[j]] * keys[static_cast<size_t>(t * d + order[j])];
+      magnitude += std::fabs(query[j] * keys[static_cast<size_t>(t * d + j)]);
+    }
+    EXPECT_NEAR(permuted, plain, 1e-6f * 2 * d * magnitude / d + 1e-6f) << "token " << t;
+  }
+}
+
+CachePtr make_bfp_cache(nkv_context* context, int mantissa_bits, int block, int value_format, int max_tokens = 300) {
+  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_BFP, mantissa_bits, block, 0, 2, 2, 64, 2, max_tokens, value_format};
+  nkv_quantized_kv_cache* cache = nullptr;
+  EXPECT_EQ(nkv_quantized_kv_cache_create(context, &o, &cache), NKV_STATUS_SUCCESS) << nkv_last_error();
+  return CachePtr(cache);
+}
+
+// A BFP cache with a K-sort order stores each token's permuted keys and its values as core/kv_quant.h's blocks,
+// bit for bit; with fp16 values, the values as written.
+TEST(QuantizedKvCache, BfpStoresEveryTokenInBlocks) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  const int heads = 2, d = 64, channels = heads * d, tokens = 70;
+  for (int bits : {4, 8}) {
+    for (int block : {16, 32, 64}) {
+      for (int value_format : {NKV_KV_VALUES_LIKE_KEYS, NKV_KV_VALUES_FP16}) {
+        CachePtr cache = make_bfp_cache(context.get(), bits, block, value_format);
+        std::vector<int32_t> order(static_cast<size_t>(channels));
+        for (int h = 0; h < heads; ++h) {
+          for (int j = 0; j < d; ++j) order[static_cast<size_t>(h * d + j)] = (j * 5 + h) % d;  // a permutation (5 is odd)
+        }
+        NKV_ASSERT_OK(nkv_quantized_kv_cache_set_key_permutation(cache.get(), 1, order.data()));
+        int32_t slot = -1;
+        NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &slot));
+        std::mt19937 rng(static_cast<unsigned>(bits + block));
+        std::vector<float> k = random_halves(rng, static_cast<size_t>(tokens * channels), 2.0f), v = random_halves(rng, k.size(), 1.0f);
+        std::vector<uint16_t> kh(k.size()), vh(v.size());
+        for (size_t i = 0; i < k.size(); ++i) kh[i] = float_to_half(k[i]), vh[i] = float_to_half(v[i]);
+        for (int first = 0; first < tokens;) {  // steps of 1 .. 20 tokens
+          const int n = std::min(tokens - first, 1 + first % 20);
+          NKV_ASSERT_OK(nkv_quantized_kv_cache_append(cache.get(), &slot, &n, 1));
+          for (int layer = 0; layer < 2; ++layer) {
+            const nkv_tensor kt = view(kh.data() + first * channels, NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {n, heads, d});
+            const nkv_tensor vt = view(vh.data() + first * channels, NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {n, heads, d});
+            NKV_ASSERT_OK(nkv_quantized_kv_cache_write(cache.get(), layer, &kt, &vt));
+          }
+          first += n;
+        }
+        const int per_word = static_cast<int>(nkv::codes_per_word(bits));
+        std::vector<uint32_t> words(static_cast<size_t>(channels / per_word));
+        std::vector<int8_t> exponents(static_cast<size_t>(channels / block));
+        const nkv_tensor key_codes = cache_view(cache.get(), NKV_QUANTIZED_KV_KEY_CODES, 1);
+        const nkv_tensor key_exponents = cache_view(cache.get(), NKV_QUANTIZED_KV_KEY_GROUPS, 1);
+        EXPECT_EQ(key_exponents.dtype, NKV_DTYPE_INT8);
+        for (int t = 0; t < tokens; ++t) {
+          nkv::bfp::quantize_token(bits, block, channels, [&](int64_t c) {
+            return k[static_cast<size_t>(t * channels + c / d * d + order[static_cast<size_t>(c)])];
+          }, words.data(), exponents.data());
+          const uint32_t* stored = static_cast<const uint32_t*>(key_codes.data) + t * key_codes.strides[1];
+          const int8_t* stored_exponents = static_cast<const int8_t*>(key_exponents.data) + t * key_exponents.strides[1];
+          ASSERT_TRUE(std::equal(words.begin(), words.end(), stored)) << "bits " << bits << " block " << block << " token " << t;
+          ASSERT_TRUE(std::equal(exponents.begin(), exponents.end(), stored_exponents)) << "token " << t;
+          if (value_format == NKV_KV_VALUES_FP16) {
+            const nkv_tensor values = cache_view(cache.get(), NKV_QUANTIZED_KV_VALUE_RESIDUAL, 1);
+            ASSERT_TRUE(std::equal(vh.begin() + t * channels, vh.begin() + (t + 1) * channels,
+                                   static_cast<const uint16_t*>(values.data) + t * values.strides[1]));
+          } else {
+            nkv::bfp::quantize_token(bits, block, channels, [&](int64_t c) { return v[static_cast<size_t>(t * channels + c)]; },
+                                     words.data(), exponents.data());
+            const nkv_tensor value_codes = cache_view(cache.get(), NKV_QUANTIZED_KV_VALUE_CODES, 1);
+            ASSERT_TRUE(std::equal(words.begin(), words.end(), static_cast<const uint32_t*>(value_codes.data) + t * value_codes.strides[1]));
+          }
+        }
+      }
+    }
+  }
+}
+
+// Decode over a BFP cache with a K-sort order equals nkv_attention_decode over the dequantized K/V in the written
+// channel order (BFP values are exact in fp16), bit for bit.
+TEST(QuantizedKvCache, BfpDecodeEqualsPlainDecodeOverTheDequantizedKeys) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  const int heads = 2, d = 64, channels = heads * d, length = 250, bits = 4, block = 32;
+  CachePtr cache = make_bfp_cache(context.get(), bits, block, NKV_KV_VALUES_LIKE_KEYS);
+  std::mt19937 rng(9);
+  std::vector<float> k = random_halves(rng, static_cast<size_t>(length * channels), 1.0f), v = random_halves(rng, k.size(), 1.0f);
+  for (int t = 0; t < length; ++t) {  // an outlier channel in head 0 (kept an fp16 number: the cache stores fp16 input)
+    float& x = k[static_cast<size_t>(t * channels + 3)];
+    x = half_to_float(float_to_half(x + 12.0f));
+  }
+  const nkv_tensor sample = view(k.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {length, heads, d});
+  std::vector<int32_t> order(static_cast<size_t>(channels));
+  NKV_ASSERT_OK(nkv_ksort_calibrate(&sample, NKV_ROTARY_HALVES, order.data()));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_set_key_permutation(cache.get(), 0, order.data()));
+  int32_t slot = -1;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &slot));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_append(cache.get(), &slot, &length, 1));
+  std::vector<uint16_t> kh(k.size()), vh(v.size());
+  for (size_t i = 0; i < k.size(); ++i) kh[i] = float_to_half(k[i]), vh[i] = float_to_half(v[i]);
+  const nkv_tensor kt = view(kh.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {length, heads, d});
+  const nkv_tensor vt = view(vh.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {length, heads, d});
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_write(cache.get(), 0, &kt, &vt));
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_set_key_permutation(cache.get(), 1, order.data()), NKV_STATUS_INVALID_ARGUMENT, "holds tokens");
+  // The dequantized keys, back in the written order, and values.
+  std::vector<uint16_t> kd(k.size()), vd(v.size());
+  const int per_word = static_cast<int>(nkv::codes_per_word(bits));
+  std::vector<uint32_t> words(static_cast<size_t>(channels / per_word));
+  std::vector<int8_t> exponents(static_cast<size_t>(channels / block));
+  auto dequantize = [&](int t, auto value_at, std::vector<uint16_t>& out, bool permuted) {
+    nkv::bfp::quantize_token(bits, block, channels, value_at, words.data(), exponents.data());
+    for (int c = 0; c < channels; ++c) {
+      const int mantissa = nkv::bfp::mantissa_from_field(nkv::unpack_code(words[static_cast<size_t>(c / per_word)], c % per_word, bits), bits);
+      const float x = nkv::bfp::value_of(mantissa, exponents[static_cast<size_t>(c / block)], bits);
+      ASSERT_EQ(half_to_float(float_to_half(x)), x) << "BFP values are fp16 numbers";
+      const int written = permuted ? c / d * d + order[static_cast<size_t>(c)] : c;
+      out[static_cast<size_t>(t * channels + written)] = float_to_half(x);
+    }
+  };
+  for (int t = 0; t < length; ++t) {
+    dequantize(t, [&](int64_t c) { return k[static_cast<size_t>(t * channels + c / d * d + order[static_cast<size_t>(c)])]; }, kd, true);
+    dequantize(t, [&](int64_t c) { return v[static_cast<size_t>(t * channels + c)]; }, vd, false);
+  }
+  DecodeCase c;
+  c.q_len = 3;
+  c.causal = true;
+  c.lengths = {length};
+  CacheShape shape;
+  shape.heads = heads;
+  shape.head_dim = d;
+  shape.bits = bits;
+  std::vector<uint16_t> q(static_cast<size_t>(c.q_len * c.heads_q * d));
+  for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.3f)(rng));
+  // run_quantized_decode reads layer 1; this cache's tokens are in layer 0, so decode here directly.
+  nkv_attention_options options{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, 0, 0, 0};
+  nkv_attention_plan* raw = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &options, c.heads_q, heads, d, 1, c.q_len, &length, &raw));
+  PlanPtr plan(raw);
+  std::vector<uint16_t> o1(q.size()), o2(q.size());
+  const nkv_tensor qt = view(q.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, d});
+  const nkv_tensor ot1 = view(o1.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, d});
+  const nkv_tensor ot2 = view(o2.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, d});
+  NKV_ASSERT_OK(nkv_attention_decode_quantized(plan.get(), &qt, cache.get(), 0, &ot1, nullptr));
+  const nkv_tensor k4 = view(kd.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, length, heads, d});
+  const nkv_tensor v4 = view(vd.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, length, heads, d});
+  NKV_ASSERT_OK(nkv_attention_decode(plan.get(), &qt, &k4, &v4, &ot2, nullptr));
+  EXPECT_EQ(o1, o2);
+}
+
+TEST(QuantizedKvCache, BfpRejectsBadOptions) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  nkv_quantized_kv_cache* cache = nullptr;
+  const nkv_quantized_kv_cache_options good{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_BFP, 4, 32, 0, 1, 2, 64, 2, 100, 0};
+  auto expect = [&](nkv_quantized_kv_cache_options bad, const char* needle) {
+    NKV_EXPECT_STATUS(nkv_quantized_kv_cache_create(context.get(), &bad, &cache), NKV_STATUS_INVALID_ARGUMENT, needle);
+    EXPECT_EQ(cache, nullptr);
+  };
+  auto bad = good;
+  bad.bits = 2;
+  expect(bad, "BFP mantissas");
+  bad = good;
+  bad.group_size = 128;
+  expect(bad, "BFP blocks");
+  bad = good;
+  bad.residual = 128;
+  expect(bad, "no residual");
+  bad = good;
+  bad.value_format = 2;
+  expect(bad, "value_format");
+  bad = good;
+  bad.format = NKV_KV_FORMAT_KIVI;
+  bad.value_format = NKV_KV_VALUES_FP16;
+  expect(bad, "KIVI caches keep their values");
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_create(context.get(), &good, &cache));
+  CachePtr owned(cache);
+  std::vector<int32_t> not_a_permutation(2 * 64, 0);
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_set_key_permutation(cache, 0, not_a_permutation.data()), NKV_STATUS_INVALID_ARGUMENT,
+                    "not a permutation");
+}
+
+}  // namespace

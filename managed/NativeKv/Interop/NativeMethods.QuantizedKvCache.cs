@@ -16,7 +16,7 @@ internal struct NkvQuantizedKvCacheOptions
     public int HeadDim;
     public int MaxSlots;
     public int MaxTokens;
-    public int Reserved;
+    public int ValueFormat;
 }
 
 /// <summary>Mirror of <c>nkv_quantized_kv_cache_info</c>.</summary>
@@ -38,6 +38,14 @@ internal struct NkvQuantizedKvCacheInfo
 
 internal static unsafe partial class NativeMethods
 {
+    /// <summary><c>nkv_status nkv_ksort_calibrate(const nkv_tensor* keys, int32_t rotary_pairs, int32_t* permutation)</c></summary>
+    [LibraryImport(LibraryName)]
+    internal static partial NkvStatus nkv_ksort_calibrate(NkvTensor* keys, int rotaryPairs, int* permutation);
+
+    /// <summary><c>nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_cache*, int32_t layer, const int32_t* permutation)</c></summary>
+    [LibraryImport(LibraryName)]
+    internal static partial NkvStatus nkv_quantized_kv_cache_set_key_permutation(QuantizedKvCacheHandle cache, int layer, int* permutation);
+
     /// <summary><c>nkv_status nkv_quantized_kv_cache_create(nkv_context*, const nkv_quantized_kv_cache_options*, nkv_quantized_kv_cache** out_cache)</c></summary>
     [LibraryImport(LibraryName)]
     internal static partial NkvStatus nkv_quantized_kv_cache_create(ContextHandle context, NkvQuantizedKvCacheOptions* options, out nint cache);

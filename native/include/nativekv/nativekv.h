@@ -746,6 +746,19 @@ NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, 
  *                  holds its channels w * (32 / b) ..
  *   VALUE_GROUPS   fp16 [max_slots, capacity, num_heads_kv, head_dim / G, 2]: {scale, minimum}
  *   VALUE_RESIDUAL fp16 [max_slots, R, num_heads_kv, head_dim]: token t (T - R <= t < T) at row t % R
+ * Block floating point (BFP; "Accurate Block Quantization in LLMs with Outliers"): each token's keys and values
+ * (per head) are blocks of n consecutive channels sharing an exponent E = floor(log2(max |x|)) (int8; -128 for a
+ * block of zeros) and keeping m-bit signed mantissas round_half_even(x / 2^(E + 2 - m)) clipped to
+ * +-(2^(m-1) - 1); x^ = mantissa * 2^(E + 2 - m). m + 8 / n bits per element (BFP12, n = 32: 4.25). Tokens are
+ * quantized as they are written (no residual window); capacity = max_tokens. Layouts of a BFP layer:
+ *   KEY_CODES      int32 [max_slots, capacity, num_heads_kv, head_dim / (32 / m)]: m-bit two's complement
+ *                  mantissas, the first in the least significant bits, channels in the layer's key order (K-sort)
+ *   KEY_GROUPS     int8 [max_slots, capacity, num_heads_kv, head_dim / n]: the blocks' exponents
+ *   KEY_RESIDUAL   fp16 [max_slots, 0, num_heads_kv, head_dim]
+ *   VALUE_CODES, VALUE_GROUPS as the keys' (channels in their own order), or with NKV_KV_VALUES_FP16 of extent 0,
+ *   VALUE_RESIDUAL then fp16 [max_slots, capacity, num_heads_kv, head_dim] holding every value.
+ * K-sort (nkv_ksort_calibrate, nkv_quantized_kv_cache_set_key_permutation) orders each head's key channels so
+ * that channels of similar magnitude share blocks.
  * Steps work as in the other caches: nkv_quantized_kv_cache_append grows slots, then
  * nkv_quantized_kv_cache_write stores (and quantizes) the step's K and V, once per layer.
  * ------------------------------------------------------------------------------------------------- */
@@ -753,21 +766,28 @@ NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, 
 typedef struct nkv_quantized_kv_cache nkv_quantized_kv_cache;
 
 typedef enum nkv_kv_format {
-  NKV_KV_FORMAT_KIVI = 1 /* KIVI asymmetric min/max groups: keys per channel, values per token */
+  NKV_KV_FORMAT_KIVI = 1, /* KIVI asymmetric min/max groups: keys per channel, values per token */
+  NKV_KV_FORMAT_BFP = 2   /* block floating point, keys and values per token (below); CPU backend only so far */
 } nkv_kv_format;
+
+/* What a block-floating-point cache keeps its values in. */
+typedef enum nkv_kv_value_format {
+  NKV_KV_VALUES_LIKE_KEYS = 0, /* the cache's format (the only choice for KIVI) */
+  NKV_KV_VALUES_FP16 = 1       /* float16, as written (BFP caches) */
+} nkv_kv_value_format;
 
 typedef struct nkv_quantized_kv_cache_options {
   uint32_t struct_size;
   int32_t format;       /* nkv_kv_format */
-  int32_t bits;         /* code bits: 2 or 4 (8 for testing) */
-  int32_t group_size;   /* G: 32, 64 or 128, at most head_dim */
-  int32_t residual;     /* R: a positive multiple of G, or 0 for 128 */
+  int32_t bits;         /* KIVI: code bits 2 or 4 (8 for testing); BFP: mantissa bits m, 4 (BFP12) or 8 (BFP16) */
+  int32_t group_size;   /* KIVI: G, 32, 64 or 128, at most head_dim; BFP: block n, 16, 32 or 64, at most head_dim */
+  int32_t residual;     /* KIVI: R, a positive multiple of G, or 0 for 128; BFP: must be 0 (no residual) */
   int32_t num_layers;   /* >= 1 */
   int32_t num_heads_kv; /* >= 1 */
   int32_t head_dim;     /* 64 or 128 */
   int32_t max_slots;    /* slots alive at once: ids 0 .. max_slots - 1 */
   int32_t max_tokens;   /* tokens per slot, >= 1 */
-  int32_t reserved;     /* must be 0 */
+  int32_t value_format; /* nkv_kv_value_format: 0, or NKV_KV_VALUES_FP16 for BFP caches (this field was `reserved`, 0) */
 } nkv_quantized_kv_cache_options;
 
 /* Allocates every layer's codes, groups and residuals (uninitialized) in the context's memory. K and V are
@@ -824,6 +844,32 @@ NKV_API nkv_status nkv_quantized_kv_cache_get_info(const nkv_quantized_kv_cache*
                                                    nkv_quantized_kv_cache_info* out_info);
 /* A slot's length in tokens. */
 NKV_API nkv_status nkv_quantized_kv_cache_slot(const nkv_quantized_kv_cache* cache, int32_t slot, int32_t* out_length);
+
+/* The rotary-embedding pairs of a head's channels that K-sort keeps together. */
+typedef enum nkv_rotary_pairs {
+  NKV_ROTARY_NONE = 0,     /* no pairs: channels move one by one */
+  NKV_ROTARY_HALVES = 1,   /* (i, i + head_dim / 2), GPT-NeoX / Llama */
+  NKV_ROTARY_ADJACENT = 2  /* (2i, 2i + 1), GPT-J */
+} nkv_rotary_pairs;
+
+/*
+ * K-sort calibration: from a sample of one layer's keys (HOST float16 or float32 [tokens >= 1, num_heads_kv,
+ * head_dim], unit last stride; head_dim even with rotary pairs), per KV head the order of its channels by their
+ * root-mean-square over the sample, largest first, so that channels of similar magnitude share BFP blocks.
+ * With rotary pairs, pairs move as wholes, ordered by the pair's RMS, and keep their rotary layout: pair k of
+ * the order takes positions (k, k + head_dim / 2) (HALVES) or (2k, 2k + 1) (ADJACENT). permutation: HOST int32
+ * [num_heads_kv * head_dim]; entry h * head_dim + j is the channel of head h that goes to position j.
+ * Contract: keys are permuted after rotary embedding (as written to the cache) and queries likewise at attention
+ * time; q.k is then the same sum of the same products (exact up to the order of float additions).
+ */
+NKV_API nkv_status nkv_ksort_calibrate(const nkv_tensor* keys, int32_t rotary_pairs, int32_t* permutation);
+
+/* Stores `layer`'s keys with their channels in this order from now on: position j of head h holds written channel
+ * permutation[h * head_dim + j] (HOST int32 [num_heads_kv * head_dim], a permutation of 0 .. head_dim - 1 per head);
+ * nkv_attention_decode_quantized orders the queries alike. Only while the cache holds no tokens (set it before the
+ * first append). The identity until set. CPU backend only so far (NKV_STATUS_NOT_SUPPORTED on CUDA). */
+NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_cache* cache, int32_t layer,
+                                                              const int32_t* permutation);
 
 /*
  * Decode attention over one layer of a quantized cache, read in place (nothing dequantized to memory):

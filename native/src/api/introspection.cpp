@@ -139,7 +139,7 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_quantized_kv_cache_options, head_dim),
     NKV_FIELD(nkv_quantized_kv_cache_options, max_slots),
     NKV_FIELD(nkv_quantized_kv_cache_options, max_tokens),
-    NKV_FIELD(nkv_quantized_kv_cache_options, reserved),
+    NKV_FIELD(nkv_quantized_kv_cache_options, value_format),
     NKV_FIELD(nkv_quantized_kv_cache_info, struct_size),
     NKV_FIELD(nkv_quantized_kv_cache_info, format),
     NKV_FIELD(nkv_quantized_kv_cache_info, bits),
@@ -199,6 +199,8 @@ constexpr EnumInfo kEnums[] = {
     NKV_ENUM(NKV_KV_FORMAT_KIVI),      NKV_ENUM(NKV_QUANTIZED_KV_KEY_CODES),  NKV_ENUM(NKV_QUANTIZED_KV_KEY_GROUPS),
     NKV_ENUM(NKV_QUANTIZED_KV_KEY_RESIDUAL), NKV_ENUM(NKV_QUANTIZED_KV_VALUE_CODES), NKV_ENUM(NKV_QUANTIZED_KV_VALUE_GROUPS),
     NKV_ENUM(NKV_QUANTIZED_KV_VALUE_RESIDUAL), NKV_ENUM(NKV_QUANTIZED_KV_SLOT_LENGTHS),
+    NKV_ENUM(NKV_KV_FORMAT_BFP),       NKV_ENUM(NKV_KV_VALUES_LIKE_KEYS),     NKV_ENUM(NKV_KV_VALUES_FP16),
+    NKV_ENUM(NKV_ROTARY_NONE),         NKV_ENUM(NKV_ROTARY_HALVES),           NKV_ENUM(NKV_ROTARY_ADJACENT),
 };
 #undef NKV_ENUM
 
@@ -282,6 +284,8 @@ constexpr const char* kExportedFunctions[] = {
     "nkv_quantized_kv_cache_get_info",
     "nkv_quantized_kv_cache_slot",
     "nkv_attention_decode_quantized",
+    "nkv_ksort_calibrate",
+    "nkv_quantized_kv_cache_set_key_permutation",
     "nkv_struct_size",
     "nkv_struct_field_offset",
     "nkv_enum_value",

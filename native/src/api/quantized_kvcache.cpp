@@ -55,18 +55,27 @@ void check_layer(const Cache& cache, int32_t layer) {
 
 uint64_t round_up(uint64_t bytes, uint64_t alignment) { return (bytes + alignment - 1) / alignment * alignment; }
 
-// The per-slot element counts of the six arrays, in their order: key codes (words), key groups (pairs), key
-// residual (halves), value codes, value groups, value residual.
+// The per-slot element counts of the six arrays, in their order: key codes (words), key groups (KIVI: scale and
+// minimum pairs; BFP: int8 exponents), key residual (halves), value codes, value groups, value residual.
 struct SlotExtents {
-  int64_t key_codes, key_groups, residual, value_codes, value_groups;
+  int64_t key_codes, key_groups, key_residual, value_codes, value_groups, value_residual;
 };
 
 SlotExtents slot_extents(const Cache& k) {
   const int64_t channels = static_cast<int64_t>(k.num_heads_kv) * k.head_dim;
   const int64_t per_word = codes_per_word(k.bits);
+  if (k.format == NKV_KV_FORMAT_BFP) {  // per token along the channels, no residual window
+    const bool coded_values = k.value_format == NKV_KV_VALUES_LIKE_KEYS;
+    const int64_t codes = k.capacity * (channels / per_word), exponents = k.capacity * (channels / k.group);
+    return {codes, exponents, 0, coded_values ? codes : 0, coded_values ? exponents : 0, coded_values ? 0 : k.capacity * channels};
+  }
   return {k.capacity / per_word * channels, k.capacity / k.group * channels, static_cast<int64_t>(k.residual) * channels,
-          k.capacity * (channels / per_word), k.capacity * (channels / k.group)};
+          k.capacity * (channels / per_word), k.capacity * (channels / k.group), static_cast<int64_t>(k.residual) * channels};
 }
+
+// Bytes of one element of each array.
+constexpr uint64_t kElementBytes[2][6] = {{4, 4, 2, 4, 4, 2},   // KIVI
+                                          {4, 1, 2, 4, 1, 2}};  // BFP
 
 void publish_lengths(Cache& k) {
   upload_to(*k.context, k.device_lengths, k.lengths.data(), k.lengths.size() * sizeof(int32_t));
@@ -86,7 +95,10 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
   char* base = static_cast<char*>(k.memory) + static_cast<uint64_t>(layer) * k.layer_bytes;
   const SlotExtents e = slot_extents(k);
   QuantizedKvLayer l;
+  l.format = k.format;
+  l.value_format = k.value_format;
   l.bits = k.bits;
+  l.key_permutation = k.key_permutations.empty() ? nullptr : k.key_permutations.data() + static_cast<size_t>(layer) * k.num_heads_kv * k.head_dim;
   l.group = k.group;
   while ((1 << l.group_shift) < k.group) ++l.group_shift;
   l.residual = k.residual;
@@ -101,7 +113,8 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
   l.value_residual = reinterpret_cast<uint16_t*>(base + k.offsets[5]);
   l.key_codes_slot = e.key_codes;
   l.key_groups_slot = e.key_groups;
-  l.residual_slot = e.residual;
+  l.residual_slot = e.key_residual;
+  l.value_residual_slot = e.value_residual;
   l.value_codes_slot = e.value_codes;
   l.value_groups_slot = e.value_groups;
   return l;
@@ -119,12 +132,32 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     if (options == nullptr) fail_argument("argument 'options' must not be NULL");
     check_struct_size("options", options->struct_size, sizeof(nkv_quantized_kv_cache_options), "nkv_quantized_kv_cache_options");
     const nkv_quantized_kv_cache_options& o = *options;
-    if (o.format != NKV_KV_FORMAT_KIVI) {
-      fail_argument("argument 'options.format': expected NKV_KV_FORMAT_KIVI (1), got " + std::to_string(o.format));
+    if (o.format != NKV_KV_FORMAT_KIVI && o.format != NKV_KV_FORMAT_BFP) {
+      fail_argument("argument 'options.format': expected NKV_KV_FORMAT_KIVI (1) or NKV_KV_FORMAT_BFP (2), got " + std::to_string(o.format));
     }
-    if (o.bits != 2 && o.bits != 4 && o.bits != 8) fail_argument("argument 'options.bits': expected 2, 4 or 8, got " + std::to_string(o.bits));
-    if (o.group_size != 32 && o.group_size != 64 && o.group_size != 128) {
-      fail_argument("argument 'options.group_size': expected 32, 64 or 128, got " + std::to_string(o.group_size));
+    const bool bfp = o.format == NKV_KV_FORMAT_BFP;
+    if (bfp) {
+      if (o.bits != 4 && o.bits != 8) fail_argument("argument 'options.bits': BFP mantissas of 4 (BFP12) or 8 (BFP16) bits, got " + std::to_string(o.bits));
+      if (o.group_size != 16 && o.group_size != 32 && o.group_size != 64) {
+        fail_argument("argument 'options.group_size': BFP blocks of 16, 32 or 64 channels, got " + std::to_string(o.group_size));
+      }
+      if (o.residual != 0) fail_argument("argument 'options.residual': BFP caches have no residual window (0), got " + std::to_string(o.residual));
+      if (o.value_format != NKV_KV_VALUES_LIKE_KEYS && o.value_format != NKV_KV_VALUES_FP16) {
+        fail_argument("argument 'options.value_format': expected NKV_KV_VALUES_LIKE_KEYS (0) or NKV_KV_VALUES_FP16 (1), got " +
+                      std::to_string(o.value_format));
+      }
+      if (c.backend == NKV_BACKEND_CUDA) {
+        fail(NKV_STATUS_NOT_SUPPORTED, "block-floating-point caches run on the CPU backend only so far (the CUDA write and decode "
+                                       "kernels are KIVI's)");
+      }
+    } else {
+      if (o.bits != 2 && o.bits != 4 && o.bits != 8) fail_argument("argument 'options.bits': expected 2, 4 or 8, got " + std::to_string(o.bits));
+      if (o.group_size != 32 && o.group_size != 64 && o.group_size != 128) {
+        fail_argument("argument 'options.group_size': expected 32, 64 or 128, got " + std::to_string(o.group_size));
+      }
+      if (o.value_format != NKV_KV_VALUES_LIKE_KEYS) {
+        fail_argument("argument 'options.value_format': KIVI caches keep their values as KIVI codes (0), got " + std::to_string(o.value_format));
+      }
     }
     for (const auto& [name, value] : {std::pair<const char*, int32_t>{"num_layers", o.num_layers}, {"num_heads_kv", o.num_heads_kv},
                                       {"max_slots", o.max_slots}, {"max_tokens", o.max_tokens}}) {
@@ -135,22 +168,22 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
       fail_argument("argument 'options.group_size': value groups lie within one head, so G must be at most head_dim (" +
                     std::to_string(o.head_dim) + "), got " + std::to_string(o.group_size));
     }
-    const int32_t residual = o.residual == 0 ? kDefaultResidual : o.residual;
-    if (residual < 0 || residual % o.group_size != 0) {
+    const int32_t residual = bfp ? 1 : o.residual == 0 ? kDefaultResidual : o.residual;  // BFP: capacity = max_tokens
+    if (!bfp && (residual < 0 || residual % o.group_size != 0)) {
       fail_argument("argument 'options.residual': expected 0 or a positive multiple of group_size (" + std::to_string(o.group_size) +
                     "), got " + std::to_string(o.residual));
     }
-    if (o.reserved != 0) fail_argument("argument 'options.reserved': expected 0, got " + std::to_string(o.reserved));
     const int64_t capacity = (static_cast<int64_t>(o.max_tokens) + residual - 1) / residual * residual;
     if (capacity > std::numeric_limits<int32_t>::max() - 128) {
       fail(NKV_STATUS_NOT_SUPPORTED, "max_tokens rounded up to the residual window (" + std::to_string(capacity) + ") exceeds 2^31 - 129");
     }
     CachePtr cache(new Cache());
     cache->context = context;
-    cache->format = NKV_KV_FORMAT_KIVI;
+    cache->format = static_cast<nkv_kv_format>(o.format);
+    cache->value_format = static_cast<nkv_kv_value_format>(o.value_format);
     cache->bits = o.bits;
     cache->group = o.group_size;
-    cache->residual = residual;
+    cache->residual = bfp ? 0 : residual;
     cache->num_layers = o.num_layers;
     cache->num_heads_kv = o.num_heads_kv;
     cache->head_dim = o.head_dim;
@@ -159,13 +192,11 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     cache->capacity = static_cast<int32_t>(capacity);
     const SlotExtents e = slot_extents(*cache);
     const uint64_t slots = static_cast<uint64_t>(o.max_slots);
-    const uint64_t array_bytes[6] = {
-        checked_product({slots, static_cast<uint64_t>(e.key_codes), 4}, "the key codes' bytes"),
-        checked_product({slots, static_cast<uint64_t>(e.key_groups), 4}, "the key groups' bytes"),
-        checked_product({slots, static_cast<uint64_t>(e.residual), 2}, "the key residual's bytes"),
-        checked_product({slots, static_cast<uint64_t>(e.value_codes), 4}, "the value codes' bytes"),
-        checked_product({slots, static_cast<uint64_t>(e.value_groups), 4}, "the value groups' bytes"),
-        checked_product({slots, static_cast<uint64_t>(e.residual), 2}, "the value residual's bytes")};
+    const int64_t extents[6] = {e.key_codes, e.key_groups, e.key_residual, e.value_codes, e.value_groups, e.value_residual};
+    uint64_t array_bytes[6];
+    for (int i = 0; i < 6; ++i) {
+      array_bytes[i] = checked_product({slots, static_cast<uint64_t>(extents[i]), kElementBytes[bfp ? 1 : 0][i]}, "an array's bytes");
+    }
     uint64_t offset = 0;
     for (int i = 0; i < 6; ++i) {
       cache->offsets[i] = offset;
@@ -252,8 +283,10 @@ NKV_API nkv_status nkv_quantized_kv_cache_append(nkv_quantized_kv_cache* cache, 
       e.value_tokens_before = static_cast<int32_t>(value_tokens);
       e.new_tokens_before = static_cast<int32_t>(tokens);
       step.push_back(e);
-      key_groups += (kivi::quantized_keys(length + n, k.residual) - kivi::quantized_keys(length, k.residual)) / k.group;
-      value_tokens += kivi::quantized_values(length + n, k.residual) - kivi::quantized_values(length, k.residual);
+      if (k.format == NKV_KV_FORMAT_KIVI) {
+        key_groups += (kivi::quantized_keys(length + n, k.residual) - kivi::quantized_keys(length, k.residual)) / k.group;
+        value_tokens += kivi::quantized_values(length + n, k.residual) - kivi::quantized_values(length, k.residual);
+      }
       tokens += n;
       if (tokens > std::numeric_limits<int32_t>::max()) fail(NKV_STATUS_NOT_SUPPORTED, "a step of more than 2^31 - 1 tokens");
     }
@@ -342,6 +375,19 @@ NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cac
       const QuantizedKvLayer l = quantized_kv_layer(k, layer);
       const int64_t per_word = codes_per_word(k.bits);
       const int64_t s = k.max_slots, h = k.num_heads_kv, d = k.head_dim;
+      if (k.format == NKV_KV_FORMAT_BFP) {
+        const int64_t coded = k.value_format == NKV_KV_VALUES_LIKE_KEYS ? k.capacity : 0;
+        switch (which) {
+          case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, k.capacity, h, d / per_word}); break;
+          case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_INT8, {s, k.capacity, h, d / k.group}); break;
+          case NKV_QUANTIZED_KV_KEY_RESIDUAL: set(l.key_residual, NKV_DTYPE_FLOAT16, {s, 0, h, d}); break;
+          case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, coded, h, d / per_word}); break;
+          case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_INT8, {s, coded, h, d / k.group}); break;
+          default: set(l.value_residual, NKV_DTYPE_FLOAT16, {s, k.capacity - coded, h, d}); break;
+        }
+        *out_view = t;
+        return;
+      }
       switch (which) {
         case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, k.capacity / per_word, h, d}); break;
         case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_FLOAT16, {s, k.capacity / k.group, h, d, 2}); break;
@@ -383,6 +429,60 @@ NKV_API nkv_status nkv_quantized_kv_cache_slot(const nkv_quantized_kv_cache* cac
     require_out(out_length, "out_length");
     check_alive(k, slot, "slot");
     *out_length = k.lengths[slot];
+  });
+}
+
+NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_cache* cache, int32_t layer,
+                                                              const int32_t* permutation) {
+  return guard("nkv_quantized_kv_cache_set_key_permutation", [&] {
+    Cache& k = check_cache(cache);
+    check_layer(k, layer);
+    if (permutation == nullptr) fail_argument("argument 'permutation' must not be NULL");
+    if (k.context->backend == NKV_BACKEND_CUDA) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "key permutations (K-sort) run on the CPU backend only so far");
+    }
+    for (int32_t s = 0; s < k.max_slots; ++s) {
+      if (k.alive[s] && k.lengths[s] > 0) {
+        fail_argument("argument 'cache': slot " + std::to_string(s) + " holds tokens; set key permutations before the first append");
+      }
+    }
+    for (int32_t h = 0; h < k.num_heads_kv; ++h) {
+      std::vector<uint8_t> seen(static_cast<size_t>(k.head_dim), 0);
+      for (int32_t j = 0; j < k.head_dim; ++j) {
+        const int32_t c = permutation[h * k.head_dim + j];
+        if (c < 0 || c >= k.head_dim || seen[c]) {
+          fail_argument("argument 'permutation': head " + std::to_string(h) + " is not a permutation of 0.." + std::to_string(k.head_dim - 1) +
+                        " (entry " + std::to_string(j) + " is " + std::to_string(c) + ")");
+        }
+        seen[c] = 1;
+      }
+    }
+    const size_t per_layer = static_cast<size_t>(k.num_heads_kv) * k.head_dim;
+    if (k.key_permutations.empty()) {
+      k.key_permutations.resize(per_layer * k.num_layers);
+      for (size_t i = 0; i < k.key_permutations.size(); ++i) k.key_permutations[i] = static_cast<int32_t>(i % k.head_dim);
+    }
+    std::copy(permutation, permutation + per_layer, k.key_permutations.begin() + static_cast<std::ptrdiff_t>(per_layer * layer));
+  });
+}
+
+NKV_API nkv_status nkv_ksort_calibrate(const nkv_tensor* keys, int32_t rotary_pairs, int32_t* permutation) {
+  return guard("nkv_ksort_calibrate", [&] {
+    if (keys == nullptr) fail_argument("argument 'keys' must not be NULL");
+    if (permutation == nullptr) fail_argument("argument 'permutation' must not be NULL");
+    const nkv_tensor& x = *keys;
+    if (x.device != NKV_DEVICE_HOST) fail_argument("argument 'keys': expected host memory (NKV_DEVICE_HOST), got device " + std::to_string(x.device));
+    check_dtype("keys", x, {NKV_DTYPE_FLOAT16, NKV_DTYPE_FLOAT32});
+    if (x.ndim != 3) fail_argument("argument 'keys': expected [tokens, num_heads_kv, head_dim], got " + std::to_string(x.ndim) + " dimensions");
+    check_unit_inner_stride("keys", x);
+    if (x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] < 1) fail_argument("argument 'keys': expected every extent >= 1, got " + shape_string(x));
+    if (x.data == nullptr) fail_argument("argument 'keys': data must not be NULL");
+    if (rotary_pairs < NKV_ROTARY_NONE || rotary_pairs > NKV_ROTARY_ADJACENT) {
+      fail_argument("argument 'rotary_pairs': expected an nkv_rotary_pairs value (0 .. 2), got " + std::to_string(rotary_pairs));
+    }
+    const int64_t d = x.shape[2];
+    if (rotary_pairs != NKV_ROTARY_NONE && d % 2 != 0) fail_argument("argument 'keys': rotary pairs need an even head_dim, got " + std::to_string(d));
+    cpu::ksort_order(x, static_cast<nkv_rotary_pairs>(rotary_pairs), permutation);
   });
 }
 

@@ -169,6 +169,35 @@ NKV_HOST_DEVICE inline float value_of(int mantissa, int exponent, int mantissa_b
   return ldexpf(static_cast<float>(mantissa), exponent + 2 - mantissa_bits);
 }
 
+// A mantissa as its m-bit two's complement field (packed 32 / m to a word like KIVI's codes), and back.
+NKV_HOST_DEVICE inline uint32_t mantissa_field(int mantissa, int mantissa_bits) {
+  return static_cast<uint32_t>(mantissa) & ((1u << mantissa_bits) - 1u);
+}
+NKV_HOST_DEVICE inline int mantissa_from_field(uint32_t field, int mantissa_bits) {
+  const int shift = 32 - mantissa_bits;
+  return static_cast<int32_t>(field << shift) >> shift;
+}
+
+// Quantizes one token's channels (a multiple of n) in blocks of n: value(c) returns them as floats (finite);
+// words [channels / (32 / m)] and exponents [channels / n] point at the token's row.
+template <typename ValueAt>
+void quantize_token(int mantissa_bits, int block, int64_t channels, ValueAt value, uint32_t* words, int8_t* exponents) {
+  const int64_t per_word = codes_per_word(mantissa_bits);
+  for (int64_t c0 = 0; c0 < channels; c0 += block) {
+    float largest = 0.0f;
+    for (int64_t c = c0; c < c0 + block; ++c) largest = fmaxf(largest, fabsf(value(c)));
+    const int e = exponent_of(largest);
+    exponents[c0 / block] = static_cast<int8_t>(e);
+    for (int64_t c = c0; c < c0 + block; c += per_word) {
+      uint32_t word = 0;
+      for (int64_t i = 0; i < per_word; ++i) {
+        word = pack_code(word, mantissa_field(mantissa_of(value(c + i), e, mantissa_bits), mantissa_bits), static_cast<int>(i), mantissa_bits);
+      }
+      words[c / per_word] = word;
+    }
+  }
+}
+
 }  // namespace bfp
 
 }  // namespace nkv

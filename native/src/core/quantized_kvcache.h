@@ -29,6 +29,9 @@ struct QuantizedKvStepEntry {
 // One layer of the cache as the kernels address it (element strides; codes in int32 words, groups in
 // half2 {scale, minimum} pairs, residuals in halves).
 struct QuantizedKvLayer {
+  nkv_kv_format format = NKV_KV_FORMAT_KIVI;
+  nkv_kv_value_format value_format = NKV_KV_VALUES_LIKE_KEYS;
+  const int32_t* key_permutation = nullptr;  // HOST [heads][d]: stored channel j is written channel [j]; null: identity
   int32_t bits = 0;
   int32_t group = 0;     // G
   int32_t group_shift = 0;  // log2(G)
@@ -37,14 +40,15 @@ struct QuantizedKvLayer {
   int32_t head_dim = 0;
   int32_t capacity = 0;  // tokens per slot
   uint32_t* key_codes = nullptr;     // [slot][word row][head][d]
-  uint32_t* key_groups = nullptr;    // [slot][group][head][d]
+  uint32_t* key_groups = nullptr;    // KIVI [slot][group][head][d] pairs; BFP [slot][token][head][block] int8 exponents
   uint16_t* key_residual = nullptr;  // [slot][row][head][d]
   uint32_t* value_codes = nullptr;   // [slot][token][head][word]
   uint32_t* value_groups = nullptr;  // [slot][token][head][group]
   uint16_t* value_residual = nullptr;
   int64_t key_codes_slot = 0;  // per-slot strides
   int64_t key_groups_slot = 0;
-  int64_t residual_slot = 0;
+  int64_t residual_slot = 0;        // the key residual's; KIVI's value residual has the same
+  int64_t value_residual_slot = 0;
   int64_t value_codes_slot = 0;
   int64_t value_groups_slot = 0;
 
@@ -80,6 +84,8 @@ struct QuantizedDecodeArgs {
 };
 
 namespace cpu {
+// K-sort: per head the channels ordered by RMS over the sample (api/quantized_kvcache.cpp checked the arguments).
+void ksort_order(const nkv_tensor& keys, nkv_rotary_pairs pairs, int32_t* permutation);
 void quantized_kv_write(const QuantizedKvLayer& layer, const QuantizedKvStep& step, const QuantizedKvInput& input);
 void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedDecodeArgs& args);
 }  // namespace cpu
@@ -95,6 +101,7 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
 struct nkv_quantized_kv_cache {
   nkv_context* context = nullptr;
   nkv_kv_format format = NKV_KV_FORMAT_KIVI;
+  nkv_kv_value_format value_format = NKV_KV_VALUES_LIKE_KEYS;
   int32_t bits = 0;
   int32_t group = 0;
   int32_t residual = 0;
@@ -122,6 +129,7 @@ struct nkv_quantized_kv_cache {
   int64_t step_value_tokens = 0;
   int64_t step_tokens = 0;
   std::vector<uint8_t> written;  // per layer: written in the current step
+  std::vector<int32_t> key_permutations;  // [layer][head][d] (K-sort); empty: the identity everywhere
 };
 
 namespace nkv {

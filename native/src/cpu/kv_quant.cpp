@@ -2,6 +2,7 @@
 // core/kv_quant.h) and decode attention over the dequantized keys and values (float32 q * s + mn, then
 // the float64 reference attention). The CUDA kernels are tested against both.
 #include <algorithm>
+#include <numeric>
 
 #include "core/kv_quant.h"
 #include "core/quantized_kvcache.h"
@@ -22,16 +23,93 @@ struct SlotArrays {
   uint16_t* key_residual() const { return l.key_residual + slot * l.residual_slot; }
   uint32_t* value_codes() const { return l.value_codes + slot * l.value_codes_slot; }
   uint32_t* value_groups() const { return l.value_groups + slot * l.value_groups_slot; }
-  uint16_t* value_residual() const { return l.value_residual + slot * l.residual_slot; }
+  uint16_t* value_residual() const {
+    return l.value_residual + slot * (l.format == NKV_KV_FORMAT_BFP ? l.value_residual_slot : l.residual_slot);
+  }
+  int8_t* exponents(uint32_t* base, int64_t per_slot) const { return reinterpret_cast<int8_t*>(base) + slot * per_slot; }
+  // The written channel that stored key channel c holds (K-sort).
+  int64_t key_source(int64_t c) const {
+    if (l.key_permutation == nullptr) return c;
+    return c / l.head_dim * l.head_dim + l.key_permutation[c];
+  }
 };
 
 float input_at(const uint16_t* base, int64_t row_stride, int64_t head_stride, int32_t head_dim, int64_t row, int64_t c) {
   return half_to_float(base[row * row_stride + c / head_dim * head_stride + c % head_dim]);
 }
 
+// Block floating point: every new token's keys (in the layer's key order) and values, as they are written.
+void bfp_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, const QuantizedKvInput& in) {
+  const int64_t per_word = codes_per_word(l.bits);
+  for (int32_t i = 0; i < step.count; ++i) {
+    const QuantizedKvStepEntry& e = step.entries[i];
+    const SlotArrays slot{l, e.slot};
+    const int64_t channels = slot.channels();
+    for (int64_t t = e.old_length; t < e.old_length + e.count; ++t) {
+      const int64_t row = e.input_row + t - e.old_length;
+      bfp::quantize_token(l.bits, l.group, channels,
+                          [&](int64_t c) { return input_at(in.k, in.k_row_stride, in.k_head_stride, l.head_dim, row, slot.key_source(c)); },
+                          slot.key_codes() + t * (channels / per_word), slot.exponents(l.key_groups, l.key_groups_slot) + t * (channels / l.group));
+      if (l.value_format == NKV_KV_VALUES_FP16) {
+        for (int64_t c = 0; c < channels; ++c) {
+          slot.value_residual()[t * channels + c] = float_to_half(input_at(in.v, in.v_row_stride, in.v_head_stride, l.head_dim, row, c));
+        }
+      } else {
+        bfp::quantize_token(l.bits, l.group, channels,
+                            [&](int64_t c) { return input_at(in.v, in.v_row_stride, in.v_head_stride, l.head_dim, row, c); },
+                            slot.value_codes() + t * (channels / per_word), slot.exponents(l.value_groups, l.value_groups_slot) + t * (channels / l.group));
+      }
+    }
+  }
+}
+
 }  // namespace
 
+void ksort_order(const nkv_tensor& keys, nkv_rotary_pairs pairs, int32_t* permutation) {
+  const int64_t tokens = keys.shape[0], heads = keys.shape[1], d = keys.shape[2];
+  auto at = [&](int64_t t, int64_t h, int64_t c) -> double {
+    const int64_t index = t * keys.strides[0] + h * keys.strides[1] + c;
+    if (keys.dtype == NKV_DTYPE_FLOAT32) return static_cast<const float*>(keys.data)[index];
+    return half_to_float(static_cast<const uint16_t*>(keys.data)[index]);
+  };
+  for (int64_t h = 0; h < heads; ++h) {
+    std::vector<double> energy(static_cast<size_t>(d), 0.0);  // sum of squares per channel
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t c = 0; c < d; ++c) energy[static_cast<size_t>(c)] += at(t, h, c) * at(t, h, c);
+    }
+    // Units that move as wholes: single channels, or rotary pairs (listed by their first channel).
+    const int64_t units = pairs == NKV_ROTARY_NONE ? d : d / 2;
+    auto members = [&](int64_t u) -> std::pair<int64_t, int64_t> {
+      if (pairs == NKV_ROTARY_HALVES) return {u, u + d / 2};
+      if (pairs == NKV_ROTARY_ADJACENT) return {2 * u, 2 * u + 1};
+      return {u, -1};
+    };
+    auto unit_energy = [&](int64_t u) {
+      const auto [a, b] = members(u);
+      return energy[static_cast<size_t>(a)] + (b >= 0 ? energy[static_cast<size_t>(b)] : 0.0);
+    };
+    std::vector<int64_t> order(static_cast<size_t>(units));
+    std::iota(order.begin(), order.end(), 0);
+    // Largest first; ties keep the channel order (a stable sort), so the result is deterministic.
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return unit_energy(x) > unit_energy(y); });
+    int32_t* out = permutation + h * d;
+    for (int64_t k = 0; k < units; ++k) {
+      const auto [a, b] = members(order[static_cast<size_t>(k)]);
+      if (pairs == NKV_ROTARY_NONE) {
+        out[k] = static_cast<int32_t>(a);
+      } else if (pairs == NKV_ROTARY_HALVES) {
+        out[k] = static_cast<int32_t>(a);
+        out[k + d / 2] = static_cast<int32_t>(b);
+      } else {
+        out[2 * k] = static_cast<int32_t>(a);
+        out[2 * k + 1] = static_cast<int32_t>(b);
+      }
+    }
+  }
+}
+
 void quantized_kv_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, const QuantizedKvInput& in) {
+  if (l.format == NKV_KV_FORMAT_BFP) return bfp_write(l, step, in);
   const int32_t r = l.residual;
   for (int32_t i = 0; i < step.count; ++i) {
     const QuantizedKvStepEntry& e = step.entries[i];
@@ -42,7 +120,7 @@ void quantized_kv_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, 
     // Old tokens come from the residuals, new ones from the step's rows.
     auto key = [&](int64_t t, int64_t c) {
       if (t < t0) return half_to_float(slot.key_residual()[(t - keys_before) * channels + c]);
-      return input_at(in.k, in.k_row_stride, in.k_head_stride, l.head_dim, e.input_row + t - t0, c);
+      return input_at(in.k, in.k_row_stride, in.k_head_stride, l.head_dim, e.input_row + t - t0, slot.key_source(c));
     };
     auto value = [&](int64_t t, int64_t c) {
       if (t < t0) return half_to_float(slot.value_residual()[t % r * channels + c]);
@@ -81,24 +159,38 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
     const SlotArrays slot{l, b};
     const int64_t channels = slot.channels();
     const int64_t length = plan.seqlens_k[b];
-    const int64_t quantized_keys = kivi::quantized_keys(length, l.residual);
-    const int64_t quantized_values = kivi::quantized_values(length, l.residual);
+    const bool bfp = l.format == NKV_KV_FORMAT_BFP;
+    const int64_t quantized_keys = bfp ? length : kivi::quantized_keys(length, l.residual);
+    const int64_t quantized_values = bfp ? (l.value_format == NKV_KV_VALUES_FP16 ? 0 : length) : kivi::quantized_values(length, l.residual);
+    // One stored value of a BFP row: the block's exponent and the channel's mantissa.
+    auto bfp_value = [&](const uint32_t* words, const int8_t* exponents, int64_t t, int64_t c) {
+      const uint32_t word = words[t * (channels / per_word) + c / per_word];
+      const int mantissa = bfp::mantissa_from_field(unpack_code(word, static_cast<int>(c % per_word), l.bits), l.bits);
+      return bfp::value_of(mantissa, exponents[t * (channels / l.group) + c / l.group], l.bits);
+    };
+    // Keys come back in the written channel order: stored channel d of the head is written channel source(d).
     auto key_rows = [&](int64_t t, int32_t head_dim, double* out) {
       for (int32_t d = 0; d < head_dim; ++d) {
         const int64_t c = static_cast<int64_t>(hk) * head_dim + d;
-        if (t < quantized_keys) {
+        double& x = out[slot.key_source(c) - static_cast<int64_t>(hk) * head_dim];
+        if (bfp) {
+          x = bfp_value(slot.key_codes(), slot.exponents(l.key_groups, l.key_groups_slot), t, c);
+        } else if (t < quantized_keys) {
           const uint32_t word = slot.key_codes()[t / per_word * channels + c];
           const kivi::Group g = kivi::unpack_group(slot.key_groups()[t / l.group * channels + c]);
-          out[d] = kivi::value_of(unpack_code(word, static_cast<int>(t % per_word), l.bits), g);
+          x = kivi::value_of(unpack_code(word, static_cast<int>(t % per_word), l.bits), g);
         } else {
-          out[d] = half_to_float(slot.key_residual()[(t - quantized_keys) * channels + c]);
+          x = half_to_float(slot.key_residual()[(t - quantized_keys) * channels + c]);
         }
       }
     };
     auto value_rows = [&](int64_t t, int32_t head_dim, double* out) {
       for (int32_t d = 0; d < head_dim; ++d) {
         const int64_t c = static_cast<int64_t>(hk) * head_dim + d;
-        if (t < quantized_values) {
+        if (bfp) {
+          out[d] = quantized_values > 0 ? bfp_value(slot.value_codes(), slot.exponents(l.value_groups, l.value_groups_slot), t, c)
+                                        : half_to_float(slot.value_residual()[t * channels + c]);
+        } else if (t < quantized_values) {
           const uint32_t word = slot.value_codes()[t * (channels / per_word) + c / per_word];
           const kivi::Group g = kivi::unpack_group(slot.value_groups()[t * (channels / l.group) + c / l.group]);
           out[d] = kivi::value_of(unpack_code(word, static_cast<int>(c % per_word), l.bits), g);

@@ -394,9 +394,9 @@ const nkv_tensor& check_decode_outputs(const nkv_attention_plan& p, const nkv_te
   return to;
 }
 
-void run_decode(const nkv_attention_plan& p, DecodeAttentionArgs& a, const nkv_tensor& q, const nkv_tensor& o,
-                const nkv_tensor* lse) {
-  a.dtype = static_cast<nkv_dtype>(q.dtype);
+// Q, O and LSE of a decode call into its backend arguments (DecodeAttentionArgs, QuantizedDecodeArgs).
+template <typename Args>
+void set_decode_tensors(Args& a, const nkv_tensor& q, const nkv_tensor& o, const nkv_tensor* lse) {
   a.q = q.data;
   a.q_batch_stride = q.strides[0];
   a.q_strides = strides_of(q, 1);
@@ -408,6 +408,12 @@ void run_decode(const nkv_attention_plan& p, DecodeAttentionArgs& a, const nkv_t
     a.lse_batch_stride = lse->strides[0];
     a.lse_head_stride = lse->strides[1];
   }
+}
+
+void run_decode(const nkv_attention_plan& p, DecodeAttentionArgs& a, const nkv_tensor& q, const nkv_tensor& o,
+                const nkv_tensor* lse) {
+  a.dtype = static_cast<nkv_dtype>(q.dtype);
+  set_decode_tensors(a, q, o, lse);
   if (p.batch == 0) return;
   if (p.context->backend == NKV_BACKEND_CUDA) {
     cuda::attention_decode(p, a);
@@ -885,17 +891,7 @@ NKV_API nkv_status nkv_attention_decode_quantized(nkv_attention_plan* plan, cons
     check_outputs_disjoint(to, lse, tq, cache_memory, cache_memory, "cache", "cache");
 
     QuantizedDecodeArgs a;
-    a.q = tq.data;
-    a.q_batch_stride = tq.strides[0];
-    a.q_strides = strides_of(tq, 1);
-    a.o = to.data;
-    a.o_batch_stride = to.strides[0];
-    a.o_strides = strides_of(to, 1);
-    if (lse != nullptr) {
-      a.lse = static_cast<float*>(lse->data);
-      a.lse_batch_stride = lse->strides[0];
-      a.lse_head_stride = lse->strides[1];
-    }
+    set_decode_tensors(a, tq, to, lse);
     a.kv = l;
     if (p.batch == 0) return;
     if (p.context->backend == NKV_BACKEND_CUDA) {

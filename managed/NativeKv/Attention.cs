@@ -284,12 +284,14 @@ public static unsafe class Attention
     /// (nothing dequantized to memory): logits over the quantized keys and the float16 residual, one softmax, and P·V over the
     /// quantized and float16 values. The result is that of
     /// <see cref="Decode(AttentionPlan, TensorView, TensorView, TensorView, TensorView, TensorView?)"/> over the dequantized
-    /// keys and values (float32 <c>q · s + mn</c>), to float16-operand rounding. Float16 only; asynchronous on the plan's
-    /// context's stream.
+    /// keys and values (float32 <c>q · s + mn</c>): exactly on the CPU backend; the CUDA kernel forms q · s and P · s as float16
+    /// products, so groups of very small scale lose precision there. Float16 only; asynchronous on the plan's context's
+    /// stream. After an <see cref="QuantizedKvCache.Append"/> the layer must have been written.
     /// </summary>
     /// <param name="plan">A plan from <see cref="PlanDecode"/> on the cache's context, with the cache's NumHeadsKv and HeadDim,
-    /// batch &lt;= its MaxSlots, seqlensK[b] equal to slot b's length now (0 for a slot not alive), and no
-    /// <see cref="AttentionOptions.KvPageSize"/>.</param>
+    /// batch &lt;= its MaxSlots, seqlensK[b] equal to slot b's length now (0 for a slot not alive), no
+    /// <see cref="AttentionOptions.KvPageSize"/>, and <see cref="AttentionOptions.KvCodeBits"/> 0 or the cache's bits (which
+    /// sizes the plan's pieces for the quantized kernel).</param>
     /// <param name="q">float16 [batch, qLen, numHeadsQ, headDim], unit last stride.</param>
     /// <param name="cache">The cache.</param>
     /// <param name="layer">The layer read, 0 .. NumLayers - 1.</param>
@@ -298,8 +300,8 @@ public static unsafe class Attention
     /// <exception cref="ObjectDisposedException">The plan, the cache, or the memory behind a view was disposed.</exception>
     /// <exception cref="ArgumentException">A view's memory belongs to another context than the plan's.</exception>
     /// <exception cref="NativeKvInvalidArgumentException">A tensor or the layer is malformed, the plan is a varlen plan or does not
-    /// fit the cache (heads, head dimension, batch, a seqlensK[b] other than slot b's length, a page size), or the cache is on
-    /// another context.</exception>
+    /// fit the cache (heads, head dimension, batch, a seqlensK[b] other than slot b's length, a page size, other code bits), the
+    /// layer is not written since the last append, or the cache is on another context.</exception>
     public static void Decode(AttentionPlan plan, TensorView q, QuantizedKvCache cache, int layer, TensorView o, TensorView? lse = null)
     {
         ArgumentNullException.ThrowIfNull(plan);

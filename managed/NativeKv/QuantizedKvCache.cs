@@ -139,8 +139,10 @@ public sealed unsafe class QuantizedKvCache : IDisposable, IDeviceMemoryOwner
     }
 
     /// <summary>Releases a slot; its id may be handed out again. If the slot was in the last <see cref="Append"/>, that step is
-    /// forgotten (<see cref="Write(int, TensorView, TensorView)"/> then expects 0 tokens).</summary>
-    /// <exception cref="NativeKvInvalidArgumentException">The slot is not alive (never added, or freed already).</exception>
+    /// forgotten (<see cref="Write(int, TensorView, TensorView)"/> then expects 0 tokens), which needs every layer of the step
+    /// written first: the step's other slots would otherwise keep tokens that were never stored.</summary>
+    /// <exception cref="NativeKvInvalidArgumentException">The slot is not alive (never added, or freed already), or it is in a
+    /// step with layers not yet written.</exception>
     public void Free(int slot) => NativeStatus.Check(NativeMethods.nkv_quantized_kv_cache_free_slot(LiveHandle, slot));
 
     /// <summary>

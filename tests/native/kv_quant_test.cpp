@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -571,8 +572,9 @@ DecodeResult run_quantized_decode(nkv_context* context, nkv_quantized_kv_cache* 
   return {om.download<uint16_t>(out_elements), lm.download<float>(static_cast<size_t>(batch) * c.heads_q * c.q_len)};
 }
 
-// Fills slots 0 .. n - 1 with c.lengths tokens (a prompt, then single steps) from `model`'s generator.
-void fill_slots(Steps& model, const DecodeCase& c) {
+// Fills slots 0 .. n - 1 with c.lengths tokens (a prompt, then single steps) from `model`'s generator, K and V of
+// standard deviation `spread`.
+void fill_slots(Steps& model, const DecodeCase& c, float spread = 1.0f) {
   std::vector<int32_t> slots;
   for (size_t i = 0; i < c.lengths.size(); ++i) {
     int32_t s = -1;
@@ -581,11 +583,11 @@ void fill_slots(Steps& model, const DecodeCase& c) {
   }
   std::vector<int32_t> prompt(c.lengths.size());
   for (size_t i = 0; i < c.lengths.size(); ++i) prompt[i] = std::max(0, c.lengths[i] - 3);
-  model.step(slots, prompt);
+  model.step(slots, prompt, -1, spread);
   for (int i = 0; i < 3; ++i) {
     std::vector<int32_t> one(c.lengths.size());
     for (size_t j = 0; j < c.lengths.size(); ++j) one[j] = c.lengths[j] >= 3 ? 1 : (i < c.lengths[j] ? 1 : 0);
-    model.step(slots, one);
+    model.step(slots, one, -1, spread);
   }
 }
 
@@ -707,6 +709,7 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
   struct Config {
     int bits, group, residual, head_dim, heads_kv;
     DecodeCase c;
+    float spread = 1.0f;  // of K and V: small ones give groups of small scale
   };
   std::vector<Config> configs;
   auto add = [&](int bits, int group, int residual, int head_dim, int heads_kv, int heads_q, int q_len, bool causal, int window,
@@ -730,6 +733,11 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
   add(4, 64, 64, 64, 3, 3, 1, false, 500, 4, {1800, 1, 0, 65});
   add(4, 32, 128, 128, 8, 32, 1, false, -1, 48, {4000, 3100});  // pieces of 64 to 128 keys
   add(2, 32, 128, 128, 8, 32, 1, false, -1, 60, {4000, 2100});
+  // Groups of small scale (values N(0, 0.02)): the kernel's float16 products q x s and P x s get small.
+  add(8, 32, 128, 128, 8, 32, 1, false, -1, 0, {3000, 1000});
+  configs.back().spread = 0.02f;
+  add(2, 32, 96, 64, 2, 8, 1, false, -1, 0, {4100, 700});  // R not a multiple of 64; the capacity's last chunk
+  configs.back().spread = 0.02f;
   for (const Config& config : configs) {
     CacheShape shape;
     shape.bits = config.bits;
@@ -743,8 +751,8 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
     CachePtr cpu_cache = make_cache(cpu.get(), shape);
     Steps gpu_model(gpu.get(), gpu_cache.get(), shape);
     Steps cpu_model(cpu.get(), cpu_cache.get(), shape);  // the same generator seed: the same K/V
-    fill_slots(gpu_model, config.c);
-    fill_slots(cpu_model, config.c);
+    fill_slots(gpu_model, config.c, config.spread);
+    fill_slots(cpu_model, config.c, config.spread);
     std::mt19937 rng(static_cast<unsigned>(config.bits + 10 * config.group));
     const size_t q_elements = config.c.lengths.size() * static_cast<size_t>(config.c.q_len * config.c.heads_q * shape.head_dim);
     std::vector<uint16_t> q(q_elements);
@@ -1001,6 +1009,49 @@ TEST(QuantizedKvCache, BfpRejectsBadOptions) {
   std::vector<int32_t> not_a_permutation(2 * 64, 0);
   NKV_EXPECT_STATUS(nkv_quantized_kv_cache_set_key_permutation(cache, 0, not_a_permutation.data()), NKV_STATUS_INVALID_ARGUMENT,
                     "not a permutation");
+}
+
+}  // namespace
+
+namespace {
+
+// A slot in a step whose layers are not all written cannot be freed (its step-mates would keep unwritten tokens);
+// decode refuses a layer not written since the last append; a plan for quantized caches must have their head_dim;
+// K-sort refuses non-finite keys.
+TEST(QuantizedKvCache, RefusesStepsLeftHalfWritten) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  CacheShape shape;
+  CachePtr cache = make_cache(context.get(), shape);
+  int32_t a = -1, b = -1;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &a));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &b));
+  const std::vector<int32_t> slots = {a, b}, counts = {1, 1};
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_append(cache.get(), slots.data(), counts.data(), 2));
+  std::vector<uint16_t> rows(2 * 2 * 64, float_to_half(0.25f));
+  const nkv_tensor kv = view(rows.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 2, 64});
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_write(cache.get(), 0, &kv, &kv));
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_free_slot(cache.get(), a), NKV_STATUS_INVALID_ARGUMENT, "layer 1 is not written");
+  const int32_t lengths[2] = {1, 1};
+  nkv_attention_plan* raw = nullptr;
+  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), nullptr, 4, 2, 64, 2, 1, lengths, &raw));
+  PlanPtr plan(raw);
+  std::vector<uint16_t> q(2 * 4 * 64, float_to_half(0.5f)), o(q.size());
+  const nkv_tensor qt = view(q.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 1, 4, 64});
+  const nkv_tensor ot = view(o.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {2, 1, 4, 64});
+  NKV_EXPECT_STATUS(nkv_attention_decode_quantized(plan.get(), &qt, cache.get(), 1, &ot, nullptr), NKV_STATUS_INVALID_ARGUMENT,
+                    "not written since the last append");
+  NKV_ASSERT_OK(nkv_attention_decode_quantized(plan.get(), &qt, cache.get(), 0, &ot, nullptr));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_write(cache.get(), 1, &kv, &kv));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_free_slot(cache.get(), a));
+
+  nkv_attention_options for_codes{sizeof(nkv_attention_options), 0, 0.0f, 0.0f, -1, 0, 0, 0, 2};
+  NKV_EXPECT_STATUS(nkv_attention_plan_decode(context.get(), &for_codes, 4, 2, 96, 2, 1, lengths, &raw), NKV_STATUS_INVALID_ARGUMENT,
+                    "head_dim 64 or 128");
+  std::vector<float> keys(4 * 64, 1.0f);
+  keys[70] = std::numeric_limits<float>::infinity();
+  const nkv_tensor sample = view(keys.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {4, 1, 64});
+  std::vector<int32_t> order(64);
+  NKV_EXPECT_STATUS(nkv_ksort_calibrate(&sample, NKV_ROTARY_NONE, order.data()), NKV_STATUS_INVALID_ARGUMENT, "non-finite");
 }
 
 }  // namespace

@@ -290,7 +290,7 @@ typedef struct nkv_attention_options {
                             decode, so its plan cuts the keys into pieces for as many blocks as fit the GPU at once.
                             A plan with kv_code_bits > 0 runs only nkv_attention_decode_quantized over caches of those
                             bits; one with 0 runs every decode entry point. Varlen: must be 0. Callers built against a
-                            header without this field (struct_size 36) get 0. */
+                            header without this field (struct_size 32) get 0. */
 } nkv_attention_options;
 
 typedef struct nkv_attention_plan nkv_attention_plan;
@@ -798,7 +798,8 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
 NKV_API nkv_status nkv_quantized_kv_cache_destroy(nkv_quantized_kv_cache* cache);
 /* A new, empty slot (the lowest free id); NKV_STATUS_OUT_OF_MEMORY when max_slots are alive. */
 NKV_API nkv_status nkv_quantized_kv_cache_add_slot(nkv_quantized_kv_cache* cache, int32_t* out_slot);
-/* Releases a slot; forgets the last step if the slot was in it. */
+/* Releases a slot; forgets the last step if the slot was in it, which needs every layer of that step written
+ * first (NKV_STATUS_INVALID_ARGUMENT otherwise: the step's other slots would keep unwritten tokens). */
 NKV_API nkv_status nkv_quantized_kv_cache_free_slot(nkv_quantized_kv_cache* cache, int32_t slot);
 /* One step: slots[i] (HOST, distinct, alive) grows by token_counts[i] >= 0 tokens. Every argument error
  * leaves every slot and the last step as they were. */
@@ -875,11 +876,14 @@ NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_c
  * Decode attention over one layer of a quantized cache, read in place (nothing dequantized to memory):
  * logits over the quantized keys and the fp16 residual, one softmax, and P.V over the quantized and fp16
  * values. The plan's sequence b is slot b (plan batch <= max_slots), and seqlens_k[b] must equal slot b's
- * length now. q, o: float16 [batch, q_len, num_heads_q, head_dim] as in nkv_attention_decode (head_dim and
- * num_heads_kv those of the cache); lse as there. The plan must have kv_page_size 0, and kv_code_bits 0 or the
- * cache's bits (the latter sizes its pieces for this kernel).
- * The result is that of nkv_attention_decode over the dequantized keys and values (float32 q * s + mn),
- * to float16-operand rounding.
+ * length now (0 for a slot not alive). After an append, `layer` must have been written (its new tokens).
+ * q, o: float16 [batch, q_len, num_heads_q, head_dim] as in nkv_attention_decode (head_dim and num_heads_kv those
+ * of the cache); lse as there. The plan must have kv_page_size 0, and kv_code_bits 0 or the cache's bits (the
+ * latter sizes its pieces for this kernel).
+ * The result is that of nkv_attention_decode over the dequantized keys and values (float32 q * s + mn). The CPU
+ * backend computes exactly that (float64); the CUDA kernel forms q * s (keys) and P * s (values) as float16
+ * products before its float32 MMAs, so groups of very small scale (below about 2^-14 / |q| or 2^-14 / P) lose
+ * precision there, as the probabilities' own float16 rounding does in nkv_attention_decode.
  */
 NKV_API nkv_status nkv_attention_decode_quantized(nkv_attention_plan* plan, const nkv_tensor* q,
                                                   const nkv_quantized_kv_cache* cache, int32_t layer,

@@ -66,7 +66,6 @@ int32_t check_kv_page_size(const nkv_attention_options* options, bool decode) {
   return page_size;
 }
 
-// The requested kernel family, after checking that the context can have it at all.
 // The code bits of the quantized caches a decode plan is made for (0: any K/V).
 int32_t check_kv_code_bits(const nkv_attention_options* options, bool decode, int32_t page_size) {
   if (!has_field(options, offsetof(nkv_attention_options, kv_code_bits))) return 0;
@@ -78,6 +77,8 @@ int32_t check_kv_code_bits(const nkv_attention_options* options, bool decode, in
   return bits;
 }
 
+
+// The requested kernel family, after checking that the context can have it at all.
 nkv_attention_kernel check_kernel(const nkv_attention_options* options, const nkv_context& context, bool decode) {
   if (!has_field(options, offsetof(nkv_attention_options, kernel))) return NKV_ATTENTION_KERNEL_AUTO;
   const int32_t kernel = options->kernel;
@@ -433,6 +434,9 @@ PlanPtr new_plan(nkv_context* context, nkv_attention_plan** out_plan, const nkv_
   const nkv_attention_kernel kernel = check_kernel(options, c, decode);
   const int32_t kv_page_size = check_kv_page_size(options, decode);
   const int32_t kv_code_bits = check_kv_code_bits(options, decode, kv_page_size);
+  if (kv_code_bits != 0 && head_dim != 64 && head_dim != 128) {
+    fail_argument("argument 'options.kv_code_bits': quantized caches hold head_dim 64 or 128, the plan's is " + std::to_string(head_dim));
+  }
   check_device(c);
   if (batch < 0) fail_argument("argument 'batch': expected >= 0, got " + std::to_string(batch));
   check_cuda_limits(c, batch, num_heads_kv);
@@ -862,6 +866,9 @@ NKV_API nkv_status nkv_attention_decode_quantized(nkv_attention_plan* plan, cons
     if (x.context != p.context) fail_argument("argument 'cache': made on another context than the plan");
     if (layer < 0 || layer >= x.num_layers) {
       fail_argument("argument 'layer': expected 0.." + std::to_string(x.num_layers - 1) + ", got " + std::to_string(layer));
+    }
+    if (x.step_tokens > 0 && !x.written[layer]) {
+      fail_argument("argument 'layer': layer " + std::to_string(layer) + " is not written since the last append (its new tokens' K/V are missing)");
     }
     if (p.num_heads_kv != x.num_heads_kv || p.head_dim != x.head_dim) {
       fail_argument("argument 'plan': made for " + std::to_string(p.num_heads_kv) + " KV heads of head_dim " + std::to_string(p.head_dim) +

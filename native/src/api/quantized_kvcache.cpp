@@ -147,7 +147,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
                       std::to_string(o.value_format));
       }
       if (c.backend == NKV_BACKEND_CUDA) {
-        fail(NKV_STATUS_NOT_SUPPORTED, "block-floating-point caches run on the CPU backend only so far (the CUDA write and decode "
+        fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.format': block-floating-point caches run on the CPU backend only so far (the CUDA write and decode "
                                        "kernels are KIVI's)");
       }
     } else {
@@ -175,7 +175,8 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     }
     const int64_t capacity = (static_cast<int64_t>(o.max_tokens) + residual - 1) / residual * residual;
     if (capacity > std::numeric_limits<int32_t>::max() - 128) {
-      fail(NKV_STATUS_NOT_SUPPORTED, "max_tokens rounded up to the residual window (" + std::to_string(capacity) + ") exceeds 2^31 - 129");
+      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.max_tokens': rounded up to the residual window, " + std::to_string(capacity) +
+                                         " exceeds 2^31 - 129");
     }
     CachePtr cache(new Cache());
     cache->context = context;
@@ -195,7 +196,8 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     const int64_t extents[6] = {e.key_codes, e.key_groups, e.key_residual, e.value_codes, e.value_groups, e.value_residual};
     uint64_t array_bytes[6];
     for (int i = 0; i < 6; ++i) {
-      array_bytes[i] = checked_product({slots, static_cast<uint64_t>(extents[i]), kElementBytes[bfp ? 1 : 0][i]}, "an array's bytes");
+      array_bytes[i] = checked_product({slots, static_cast<uint64_t>(extents[i]), kElementBytes[bfp ? 1 : 0][i]},
+                                       "argument 'options' (max_slots x max_tokens x num_heads_kv x head_dim): an array's bytes");
     }
     uint64_t offset = 0;
     for (int i = 0; i < 6; ++i) {
@@ -204,7 +206,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
       if (offset < array_bytes[i]) fail(NKV_STATUS_NOT_SUPPORTED, "a layer's bytes overflow 64 bits");
     }
     cache->layer_bytes = offset;
-    cache->bytes = checked_product({offset, static_cast<uint64_t>(o.num_layers)}, "the cache's bytes");
+    cache->bytes = checked_product({offset, static_cast<uint64_t>(o.num_layers)}, "argument 'options.num_layers': the cache's bytes");
     cache->memory = allocate_on(c, cache->bytes);
     cache->lengths.assign(slots, 0);
     cache->alive.assign(slots, 0);
@@ -243,7 +245,16 @@ NKV_API nkv_status nkv_quantized_kv_cache_free_slot(nkv_quantized_kv_cache* cach
   return guard("nkv_quantized_kv_cache_free_slot", [&] {
     Cache& k = check_cache(cache);
     check_alive(k, slot, "slot");
-    if (std::any_of(k.step.begin(), k.step.end(), [&](const QuantizedKvStepEntry& e) { return e.slot == slot; })) forget_step(k);
+    if (std::any_of(k.step.begin(), k.step.end(), [&](const QuantizedKvStepEntry& e) { return e.slot == slot; })) {
+      // The step's other slots have grown: forgetting it before every layer holds their tokens would leave
+      // unwritten residual rows to be quantized later.
+      const auto unwritten = std::find(k.written.begin(), k.written.end(), 0);
+      if (unwritten != k.written.end()) {
+        fail_argument("argument 'slot': slot " + std::to_string(slot) + " is in the last step, whose layer " +
+                      std::to_string(unwritten - k.written.begin()) + " is not written yet; write every layer first");
+      }
+      forget_step(k);
+    }
     k.alive[slot] = 0;
     k.lengths[slot] = 0;
     publish_lengths(k);
@@ -288,7 +299,9 @@ NKV_API nkv_status nkv_quantized_kv_cache_append(nkv_quantized_kv_cache* cache, 
         value_tokens += kivi::quantized_values(length + n, k.residual) - kivi::quantized_values(length, k.residual);
       }
       tokens += n;
-      if (tokens > std::numeric_limits<int32_t>::max()) fail(NKV_STATUS_NOT_SUPPORTED, "a step of more than 2^31 - 1 tokens");
+      if (tokens > std::numeric_limits<int32_t>::max()) {
+        fail(NKV_STATUS_NOT_SUPPORTED, "argument 'token_counts': a step of more than 2^31 - 1 tokens");
+      }
     }
     const nkv_context& c = *k.context;
     // Ordered on the stream after the writes queued for the last step, which read the entries it replaces.
@@ -439,7 +452,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_c
     check_layer(k, layer);
     if (permutation == nullptr) fail_argument("argument 'permutation' must not be NULL");
     if (k.context->backend == NKV_BACKEND_CUDA) {
-      fail(NKV_STATUS_NOT_SUPPORTED, "key permutations (K-sort) run on the CPU backend only so far");
+      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'cache': key permutations (K-sort) run on the CPU backend only so far");
     }
     for (int32_t s = 0; s < k.max_slots; ++s) {
       if (k.alive[s] && k.lengths[s] > 0) {
@@ -477,6 +490,9 @@ NKV_API nkv_status nkv_ksort_calibrate(const nkv_tensor* keys, int32_t rotary_pa
     check_unit_inner_stride("keys", x);
     if (x.shape[0] < 1 || x.shape[1] < 1 || x.shape[2] < 1) fail_argument("argument 'keys': expected every extent >= 1, got " + shape_string(x));
     if (x.data == nullptr) fail_argument("argument 'keys': data must not be NULL");
+    if (x.reserved != 0) fail_argument("argument 'keys': reserved must be 0, got " + std::to_string(x.reserved));
+    if (x.strides[0] < 0 || x.strides[1] < 0) fail(NKV_STATUS_NOT_SUPPORTED, "argument 'keys': negative strides");
+    if (reinterpret_cast<uintptr_t>(x.data) % nkv_dtype_size(x.dtype) != 0) fail_argument("argument 'keys': data is not aligned to its element size");
     if (rotary_pairs < NKV_ROTARY_NONE || rotary_pairs > NKV_ROTARY_ADJACENT) {
       fail_argument("argument 'rotary_pairs': expected an nkv_rotary_pairs value (0 .. 2), got " + std::to_string(rotary_pairs));
     }

@@ -2,8 +2,11 @@
 // core/kv_quant.h) and decode attention over the dequantized keys and values (float32 q * s + mn, then
 // the float64 reference attention). The CUDA kernels are tested against both.
 #include <algorithm>
+#include <cmath>
 #include <numeric>
+#include <string>
 
+#include "core/error.h"
 #include "core/kv_quant.h"
 #include "core/quantized_kvcache.h"
 #include "cpu/attention_reference.h"
@@ -76,6 +79,11 @@ void ksort_order(const nkv_tensor& keys, nkv_rotary_pairs pairs, int32_t* permut
     std::vector<double> energy(static_cast<size_t>(d), 0.0);  // sum of squares per channel
     for (int64_t t = 0; t < tokens; ++t) {
       for (int64_t c = 0; c < d; ++c) energy[static_cast<size_t>(c)] += at(t, h, c) * at(t, h, c);
+    }
+    for (int64_t c = 0; c < d; ++c) {
+      if (!std::isfinite(energy[static_cast<size_t>(c)])) {
+        fail_argument("argument 'keys': head " + std::to_string(h) + ", channel " + std::to_string(c) + " has a non-finite value");
+      }
     }
     // Units that move as wholes: single channels, or rotary pairs (listed by their first channel).
     const int64_t units = pairs == NKV_ROTARY_NONE ? d : d / 2;

@@ -325,7 +325,7 @@ class VirtualCache final : public SimulatedCache {
 // KV formats (issue 5): the bytes of one slot of kMaxLength tokens of the modelled LLM in an
 // nkv_quantized_kv_cache (its real layout: codes, groups, the fp16 residuals, alignment).
 uint64_t quantized_slot_bytes(nkv_context* context, int bits) {
-  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_KIVI, bits, 32, 128, 32, 8, 128, 1, kMaxLength, 0};
+  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_KIVI, bits, 32, 128, 32, 8, 128, 1, kMaxLength, 0, 0};
   nkv_quantized_kv_cache* cache = nullptr;
   check(nkv_quantized_kv_cache_create(context, &o, &cache), "nkv_quantized_kv_cache_create");
   nkv_quantized_kv_cache_info info{};

@@ -16,6 +16,8 @@ namespace NativeKv;
 /// <param name="MaxTokens">Tokens per slot at most, &gt;= 1; memory for them is allocated up front.</param>
 /// <param name="ValueFormat">BFP: <see cref="KvValueFormat.Fp16"/> keeps the values as written; otherwise (and for KIVI)
 /// <see cref="KvValueFormat.LikeKeys"/>.</param>
+/// <param name="Memory"><see cref="KvMemory.Virtual"/> maps pages as slots grow (an append that finds no memory changes
+/// nothing) and returns them when slots are freed; <see cref="KvMemory.Allocated"/> allocates everything up front.</param>
 public readonly record struct QuantizedKvCacheOptions(
     KvFormat Format,
     int Bits,
@@ -26,7 +28,8 @@ public readonly record struct QuantizedKvCacheOptions(
     int HeadDim,
     int MaxSlots,
     int MaxTokens,
-    KvValueFormat ValueFormat = KvValueFormat.LikeKeys);
+    KvValueFormat ValueFormat = KvValueFormat.LikeKeys,
+    KvMemory Memory = KvMemory.Allocated);
 
 /// <summary>A snapshot of a <see cref="QuantizedKvCache"/>'s encoding and occupancy (<c>nkv_quantized_kv_cache_info</c>).</summary>
 /// <param name="Format">The encoding.</param>
@@ -38,9 +41,12 @@ public readonly record struct QuantizedKvCacheOptions(
 /// <param name="Capacity">Tokens the layout of a slot holds: MaxTokens rounded up to a multiple of R.</param>
 /// <param name="Tokens">The sum of the alive slots' lengths.</param>
 /// <param name="StepTokens">Tokens of the last <see cref="QuantizedKvCache.Append"/>.</param>
-/// <param name="Bytes">The cache's memory, every layer and slot (codes, groups and residuals).</param>
+/// <param name="Bytes">The cache's layout, every layer and slot (codes, groups and residuals); with
+/// <see cref="KvMemory.Virtual"/> its address space.</param>
+/// <param name="MappedBytes">Physical memory held: <paramref name="Bytes"/> when allocated, the mapped pages with
+/// <see cref="KvMemory.Virtual"/>.</param>
 public readonly record struct QuantizedKvCacheInfo(KvFormat Format, int Bits, int GroupSize, int Residual, int MaxSlots, int Slots,
-    int Capacity, long Tokens, long StepTokens, ulong Bytes);
+    int Capacity, long Tokens, long StepTokens, ulong Bytes, ulong MappedBytes);
 
 /// <summary>
 /// A quantized KV cache (KIVI, <c>nkv_quantized_kv_cache</c>): slots of up to MaxTokens tokens whose K and V are kept, in the
@@ -80,6 +86,7 @@ public sealed unsafe class QuantizedKvCache : IDisposable, IDeviceMemoryOwner
             MaxSlots = options.MaxSlots,
             MaxTokens = options.MaxTokens,
             ValueFormat = (int)options.ValueFormat,
+            Memory = (int)options.Memory,
         };
         NativeStatus.Check(NativeMethods.nkv_quantized_kv_cache_create(context.Handle, &native, out nint raw));
         Context = context;
@@ -124,7 +131,7 @@ public sealed unsafe class QuantizedKvCache : IDisposable, IDeviceMemoryOwner
         {
             NkvQuantizedKvCacheInfo info = NativeInfo();
             return new QuantizedKvCacheInfo((KvFormat)info.Format, info.Bits, info.GroupSize, info.Residual, info.MaxSlots, info.Slots,
-                info.Capacity, info.Tokens, info.StepTokens, info.Bytes);
+                info.Capacity, info.Tokens, info.StepTokens, info.Bytes, info.MappedBytes);
         }
     }
 

@@ -25,7 +25,7 @@ public sealed unsafe class AbiConformanceTests
         (typeof(PackArray), "NKV_PACK_"), (typeof(AttentionKernel), "NKV_ATTENTION_KERNEL_"),
         (typeof(PagedKvView), "NKV_PAGED_KV_"), (typeof(VirtualKvLayout), "NKV_VIRTUAL_KV_"),
         (typeof(VirtualKvView), "NKV_VIRTUAL_KV_"), (typeof(KvFormat), "NKV_KV_FORMAT_"),
-        (typeof(QuantizedKvView), "NKV_QUANTIZED_KV_"), (typeof(KvValueFormat), "NKV_KV_VALUES_"), (typeof(RotaryPairs), "NKV_ROTARY_"),
+        (typeof(QuantizedKvView), "NKV_QUANTIZED_KV_"), (typeof(KvValueFormat), "NKV_KV_VALUES_"), (typeof(RotaryPairs), "NKV_ROTARY_"), (typeof(KvMemory), "NKV_KV_MEMORY_"),
     ];
 
     /// <summary>Names whose C spelling is not the snake case of the C# one.</summary>

@@ -429,4 +429,36 @@ public sealed unsafe class QuantizedKvCacheTests
         TestContext.Current.TestOutputHelper?.WriteLine($"BFP16 vs float16 decode {error:E2}");
         Assert.True(error < 0.1, $"BFP16 decode off by {error} relative from float16 decode, seed {seed}");
     }
+
+    /// <summary>A virtual-memory cache maps pages as its slot grows and returns them when it is freed; its decode equals the
+    /// allocated cache's.</summary>
+    [Fact]
+    public void A_virtual_memory_cache_maps_as_it_grows_and_decodes_alike()
+    {
+        using var context = Context.Cpu();
+        Random random = TestSupport.NewRandom(out int seed);
+        (Half[][] k, Half[][] v) = RandomKv(random);
+        using QuantizedKvCache allocated = Filled(context, k, v);
+        using var paged = new QuantizedKvCache(context, Small() with { Memory = KvMemory.Virtual });
+        Assert.Equal(0UL, paged.Info.MappedBytes);
+        Assert.Equal(0, paged.AddSlot());
+        paged.Append([0], [Tokens]);
+        paged.Write(0, k[0], v[0]);
+        paged.Write(1, k[1], v[1]);
+        Assert.InRange(paged.Info.MappedBytes, 1UL, paged.Info.Bytes);
+        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, HeadsQ * HeadDim));
+        using AttentionPlan plan = Attention.PlanDecode(context, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens]);
+        var fromAllocated = new Half[q.Length];
+        var fromPages = new Half[q.Length];
+        fixed (Half* pq = q)
+        fixed (Half* pa = fromAllocated)
+        fixed (Half* pp = fromPages)
+        {
+            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), allocated, 1, Host(pa, 1, 1, HeadsQ, HeadDim));
+            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), paged, 1, Host(pp, 1, 1, HeadsQ, HeadDim));
+        }
+        Assert.True(fromAllocated.SequenceEqual(fromPages), $"seed {seed}");
+        paged.Free(0);
+        Assert.Equal(0UL, paged.Info.MappedBytes);
+    }
 }

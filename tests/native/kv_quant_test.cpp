@@ -268,38 +268,39 @@ using PlanPtr = std::unique_ptr<nkv_attention_plan, PlanDeleter>;
 
 struct CacheShape {
   int bits = 2, group = 32, residual = 64, layers = 2, heads = 2, head_dim = 64, slots = 3, max_tokens = 3000;
+  int memory = NKV_KV_MEMORY_ALLOCATED;
 };
 
 CachePtr make_cache(nkv_context* context, const CacheShape& s) {
   nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_KIVI, s.bits, s.group, s.residual,
-                                   s.layers, s.heads, s.head_dim, s.slots, s.max_tokens, 0};
+                                   s.layers, s.heads, s.head_dim, s.slots, s.max_tokens, 0, s.memory};
   nkv_quantized_kv_cache* cache = nullptr;
   EXPECT_EQ(nkv_quantized_kv_cache_create(context, &o, &cache), NKV_STATUS_SUCCESS) << nkv_last_error();
   return CachePtr(cache);
 }
 
-// A whole view of the cache's memory on the host (the view is the cache's memory, maybe a device's): as
-// [rows, last two dimensions] gathered by an identity pack plan into a buffer of the test's own.
+// `count` elements of T at `address` in the cache's memory (maybe a device's), on the host: gathered on CUDA as one
+// row of 32-bit words by an identity pack plan into a buffer of the test's own.
 template <typename T>
-std::vector<T> read_view(nkv_context* context, const nkv_tensor& v) {
-  int64_t count = 1;  // of the view's elements
-  for (int i = 0; i < v.ndim; ++i) count *= v.shape[i];
-  const size_t bytes = static_cast<size_t>(count) * nkv_dtype_size(v.dtype);
-  std::vector<T> out(bytes / sizeof(T));
+std::vector<T> read_elements(nkv_context* context, const void* address, size_t count) {
+  std::vector<T> out(count);
+  const size_t bytes = count * sizeof(T);
+  if (bytes == 0) return out;
   if (device_of(context) == NKV_DEVICE_HOST) {
-    std::memcpy(out.data(), v.data, bytes);
+    std::memcpy(out.data(), address, bytes);
     return out;
   }
-  const int64_t width = v.shape[v.ndim - 1] * (v.ndim >= 2 ? v.shape[v.ndim - 2] : 1);
-  int32_t rows = static_cast<int32_t>(count / width);
+  EXPECT_EQ(bytes % 4, 0u);
+  int32_t one = 1;
   nkv_pack_plan* plan = nullptr;
-  EXPECT_EQ(nkv_pack_plan_create(context, &rows, 1, 0, &plan), NKV_STATUS_SUCCESS) << nkv_last_error();
+  EXPECT_EQ(nkv_pack_plan_create(context, &one, 1, 0, &plan), NKV_STATUS_SUCCESS) << nkv_last_error();
   Memory copy(context, bytes);
-  const nkv_tensor in = view(v.data, static_cast<nkv_dtype>(v.dtype), NKV_DEVICE_CUDA, {rows, width});
-  const nkv_tensor to = view(copy.data(), static_cast<nkv_dtype>(v.dtype), NKV_DEVICE_CUDA, {rows, width});
+  const int64_t words = static_cast<int64_t>(bytes / 4);
+  const nkv_tensor in = view(const_cast<void*>(address), NKV_DTYPE_INT32, NKV_DEVICE_CUDA, {1, words});
+  const nkv_tensor to = view(copy.data(), NKV_DTYPE_INT32, NKV_DEVICE_CUDA, {1, words});
   EXPECT_EQ(nkv_pack_gather(plan, &in, &to), NKV_STATUS_SUCCESS) << nkv_last_error();
   nkv_pack_plan_destroy(plan);
-  return copy.download<T>(out.size());
+  return copy.download<T>(count);
 }
 
 nkv_tensor cache_view(nkv_quantized_kv_cache* cache, nkv_quantized_kv_view which, int32_t layer) {
@@ -324,13 +325,13 @@ SlotContents slot_contents(nkv_context* context, nkv_quantized_kv_cache* cache, 
   EXPECT_EQ(nkv_quantized_kv_cache_slot(cache, slot, &length), NKV_STATUS_SUCCESS) << nkv_last_error();
   const int64_t channels = static_cast<int64_t>(s.heads) * s.head_dim, per_word = nkv::codes_per_word(s.bits);
   const int64_t keys = nkv::kivi::quantized_keys(length, s.residual), values = nkv::kivi::quantized_values(length, s.residual);
+  // Rows [from, to) of the slot's share of a view (only those: with virtual memory the rest may not be mapped). The
+  // group views are fp16 pairs, read here as one 32-bit word each.
   auto rows_of = [&](nkv_quantized_kv_view which, int64_t row_width, int64_t from, int64_t to, auto element) {
     const nkv_tensor v = cache_view(cache, which, layer);
-    const auto all = read_view<decltype(element)>(context, v);
-    // The group views are fp16 pairs, read here as one 32-bit word each.
-    const int64_t slot_elements = v.strides[0] * static_cast<int64_t>(nkv_dtype_size(v.dtype)) / static_cast<int64_t>(sizeof(element));
-    return std::vector<decltype(element)>(all.begin() + slot * slot_elements + from * row_width,
-                                          all.begin() + slot * slot_elements + to * row_width);
+    const char* first = static_cast<const char*>(v.data) + (slot * v.strides[0]) * static_cast<int64_t>(nkv_dtype_size(v.dtype)) +
+                        from * row_width * static_cast<int64_t>(sizeof(element));
+    return read_elements<decltype(element)>(context, first, static_cast<size_t>(std::max<int64_t>(0, to - from) * row_width));
   };
   SlotContents c;
   c.key_codes = rows_of(NKV_QUANTIZED_KV_KEY_CODES, channels, 0, keys / per_word, uint32_t{});
@@ -469,6 +470,18 @@ TEST(QuantizedKvCache, StepsOfRandomLengthsGiveOneShotCodes) {
   }
 }
 
+// The same in virtual memory: pages mapped as the slots grow hold the same codes.
+TEST(QuantizedKvCache, VirtualMemoryStepsGiveOneShotCodes) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  for (int bits : {2, 4}) {
+    CacheShape shape;
+    shape.bits = bits;
+    shape.residual = 128;
+    shape.memory = NKV_KV_MEMORY_VIRTUAL;
+    check_streaming_equals_one_shot(context.get(), shape, 600);
+  }
+}
+
 TEST(QuantizedKvCacheCuda, StepsOfRandomLengthsGiveOneShotCodes) {
   NKV_REQUIRE_CUDA();
   ContextPtr context = make_context(NKV_BACKEND_CUDA);
@@ -487,7 +500,7 @@ TEST(QuantizedKvCacheCuda, StepsOfRandomLengthsGiveOneShotCodes) {
 TEST(QuantizedKvCache, RejectsBadOptionsAndSecondWrites) {
   ContextPtr context = make_context(NKV_BACKEND_CPU);
   nkv_quantized_kv_cache* cache = nullptr;
-  nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_KIVI, 2, 32, 0, 1, 2, 64, 2, 100, 0};
+  nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_KIVI, 2, 32, 0, 1, 2, 64, 2, 100, 0, 0};
   auto expect = [&](nkv_quantized_kv_cache_options bad, const char* needle) {
     NKV_EXPECT_STATUS(nkv_quantized_kv_cache_create(context.get(), &bad, &cache), NKV_STATUS_INVALID_ARGUMENT, needle);
     EXPECT_EQ(cache, nullptr);
@@ -844,7 +857,7 @@ TEST(KSort, PermutedLogitsEqualTheOriginals) {
 }
 
 CachePtr make_bfp_cache(nkv_context* context, int mantissa_bits, int block, int value_format, int max_tokens = 300) {
-  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_BFP, mantissa_bits, block, 0, 2, 2, 64, 2, max_tokens, value_format};
+  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_BFP, mantissa_bits, block, 0, 2, 2, 64, 2, max_tokens, value_format, 0};
   nkv_quantized_kv_cache* cache = nullptr;
   EXPECT_EQ(nkv_quantized_kv_cache_create(context, &o, &cache), NKV_STATUS_SUCCESS) << nkv_last_error();
   return CachePtr(cache);
@@ -983,7 +996,7 @@ TEST(QuantizedKvCache, BfpDecodeEqualsPlainDecodeOverTheDequantizedKeys) {
 TEST(QuantizedKvCache, BfpRejectsBadOptions) {
   ContextPtr context = make_context(NKV_BACKEND_CPU);
   nkv_quantized_kv_cache* cache = nullptr;
-  const nkv_quantized_kv_cache_options good{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_BFP, 4, 32, 0, 1, 2, 64, 2, 100, 0};
+  const nkv_quantized_kv_cache_options good{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_BFP, 4, 32, 0, 1, 2, 64, 2, 100, 0, 0};
   auto expect = [&](nkv_quantized_kv_cache_options bad, const char* needle) {
     NKV_EXPECT_STATUS(nkv_quantized_kv_cache_create(context.get(), &bad, &cache), NKV_STATUS_INVALID_ARGUMENT, needle);
     EXPECT_EQ(cache, nullptr);
@@ -1052,6 +1065,59 @@ TEST(QuantizedKvCache, RefusesStepsLeftHalfWritten) {
   const nkv_tensor sample = view(keys.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {4, 1, 64});
   std::vector<int32_t> order(64);
   NKV_EXPECT_STATUS(nkv_ksort_calibrate(&sample, NKV_ROTARY_NONE, order.data()), NKV_STATUS_INVALID_ARGUMENT, "non-finite");
+}
+
+}  // namespace
+
+namespace {
+
+// A virtual-memory cache maps pages as slots grow and returns them when slots are freed; decode over it equals decode
+// over the same tokens in an allocated cache, bit for bit.
+void check_virtual_memory_decode(nkv_backend backend) {
+  ContextPtr context = make_context(backend);
+  CacheShape shape;
+  shape.bits = 4;
+  shape.residual = 128;
+  shape.head_dim = 128;
+  shape.max_tokens = 40000;  // 2 MiB pages: several per slot and array at this length
+  CacheShape virtual_shape = shape;
+  virtual_shape.memory = NKV_KV_MEMORY_VIRTUAL;
+  CachePtr allocated = make_cache(context.get(), shape);
+  CachePtr in_pages = make_cache(context.get(), virtual_shape);
+  nkv_quantized_kv_cache_info info{};
+  info.struct_size = sizeof(info);
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(in_pages.get(), &info));
+  EXPECT_EQ(info.mapped_bytes, 0u);
+  Steps a(context.get(), allocated.get(), shape), b(context.get(), in_pages.get(), virtual_shape);
+  DecodeCase c;
+  c.lengths = {30000, 900, 5};
+  fill_slots(a, c);
+  fill_slots(b, c);
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(in_pages.get(), &info));
+  EXPECT_GT(info.mapped_bytes, 0u);
+  EXPECT_LT(info.mapped_bytes, info.bytes);
+  const uint64_t mapped = info.mapped_bytes;
+  std::mt19937 rng(12);
+  std::vector<uint16_t> q(c.lengths.size() * static_cast<size_t>(c.heads_q * shape.head_dim));
+  for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.5f)(rng));
+  const DecodeResult x = run_quantized_decode(context.get(), allocated.get(), shape, c, q);
+  const DecodeResult y = run_quantized_decode(context.get(), in_pages.get(), virtual_shape, c, q);
+  EXPECT_EQ(x.o, y.o);
+  EXPECT_EQ(x.lse, y.lse);
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_free_slot(in_pages.get(), 0));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(in_pages.get(), &info));
+  EXPECT_LT(info.mapped_bytes, mapped) << "the long slot's pages are returned";
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_free_slot(in_pages.get(), 1));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_free_slot(in_pages.get(), 2));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(in_pages.get(), &info));
+  EXPECT_EQ(info.mapped_bytes, 0u);
+}
+
+TEST(QuantizedKvCache, VirtualMemoryDecodeEqualsAllocated) { check_virtual_memory_decode(NKV_BACKEND_CPU); }
+
+TEST(QuantizedKvCacheCuda, VirtualMemoryDecodeEqualsAllocated) {
+  NKV_REQUIRE_CUDA();
+  check_virtual_memory_decode(NKV_BACKEND_CUDA);
 }
 
 }  // namespace

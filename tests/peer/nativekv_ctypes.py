@@ -185,14 +185,14 @@ class NkvVirtualKvCacheInfo(ctypes.Structure):
 class NkvQuantizedKvCacheOptions(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint32 if name == "struct_size" else ctypes.c_int32) for name in (
         "struct_size", "format", "bits", "group_size", "residual", "num_layers", "num_heads_kv", "head_dim", "max_slots",
-        "max_tokens", "value_format")]
+        "max_tokens", "value_format", "memory")]
 
 
 class NkvQuantizedKvCacheInfo(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("format", ctypes.c_int32), ("bits", ctypes.c_int32),
                 ("group_size", ctypes.c_int32), ("residual", ctypes.c_int32), ("max_slots", ctypes.c_int32),
                 ("slots", ctypes.c_int32), ("capacity", ctypes.c_int32), ("tokens", ctypes.c_int64),
-                ("step_tokens", ctypes.c_int64), ("bytes", ctypes.c_uint64)]
+                ("step_tokens", ctypes.c_int64), ("bytes", ctypes.c_uint64), ("mapped_bytes", ctypes.c_uint64)]
 
 
 STRUCTS = {
@@ -604,7 +604,7 @@ class QuantizedKvCache:
         options = NkvQuantizedKvCacheOptions(struct_size=ctypes.sizeof(NkvQuantizedKvCacheOptions), format=self.KIVI, bits=bits,
                                              group_size=group_size, residual=residual, num_layers=num_layers,
                                              num_heads_kv=num_heads_kv, head_dim=head_dim, max_slots=max_slots,
-                                             max_tokens=max_tokens, value_format=0)
+                                             max_tokens=max_tokens, value_format=0, memory=0)
         self.lib.call("nkv_quantized_kv_cache_create", context.handle, ctypes.byref(options), ctypes.byref(self.handle))
 
     def add_slot(self) -> int:

@@ -17,6 +17,7 @@ internal struct NkvQuantizedKvCacheOptions
     public int MaxSlots;
     public int MaxTokens;
     public int ValueFormat;
+    public int Memory;
 }
 
 /// <summary>Mirror of <c>nkv_quantized_kv_cache_info</c>.</summary>
@@ -34,6 +35,7 @@ internal struct NkvQuantizedKvCacheInfo
     public long Tokens;
     public long StepTokens;
     public ulong Bytes;
+    public ulong MappedBytes;
 }
 
 internal static unsafe partial class NativeMethods

@@ -770,6 +770,14 @@ typedef enum nkv_kv_format {
   NKV_KV_FORMAT_BFP = 2   /* block floating point, keys and values per token (below); CPU backend only so far */
 } nkv_kv_format;
 
+/* Where a quantized cache's memory comes from. */
+typedef enum nkv_kv_memory {
+  NKV_KV_MEMORY_ALLOCATED = 0, /* every slot's memory allocated at creation */
+  NKV_KV_MEMORY_VIRTUAL = 1    /* vAttention's design: address space reserved for every slot, physical pages (2 MiB on
+                                  CUDA GPUs; CUDA's virtual memory management, a memory file on the CPU backend) mapped as
+                                  slots grow and returned when they are freed; the layouts and kernels are the same */
+} nkv_kv_memory;
+
 /* What a block-floating-point cache keeps its values in. */
 typedef enum nkv_kv_value_format {
   NKV_KV_VALUES_LIKE_KEYS = 0, /* the cache's format (the only choice for KIVI) */
@@ -788,10 +796,13 @@ typedef struct nkv_quantized_kv_cache_options {
   int32_t max_slots;    /* slots alive at once: ids 0 .. max_slots - 1 */
   int32_t max_tokens;   /* tokens per slot, >= 1 */
   int32_t value_format; /* nkv_kv_value_format: 0, or NKV_KV_VALUES_FP16 for BFP caches (this field was `reserved`, 0) */
+  int32_t memory;       /* nkv_kv_memory */
 } nkv_quantized_kv_cache_options;
 
-/* Allocates every layer's codes, groups and residuals (uninitialized) in the context's memory. K and V are
- * float16. Destroy every cache before its context. */
+/* Allocates (or, with NKV_KV_MEMORY_VIRTUAL, reserves) every layer's codes, groups and residuals (uninitialized) in
+ * the context's memory. K and V are float16. Destroy every cache before its context. With virtual memory, an append
+ * maps the pages its slots' new tokens need, all or nothing (NKV_STATUS_OUT_OF_MEMORY leaves every slot as it was),
+ * and freeing a slot waits for the context's stream, then unmaps and returns its pages. */
 NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv_quantized_kv_cache_options* options,
                                                  nkv_quantized_kv_cache** out_cache);
 /* NULL is accepted and does nothing. Waits for the context's outstanding work first. */
@@ -838,7 +849,8 @@ typedef struct nkv_quantized_kv_cache_info {
   int32_t capacity;       /* tokens the layout of a slot holds (max_tokens rounded up to R) */
   int64_t tokens;         /* sum of the alive slots' lengths */
   int64_t step_tokens;    /* tokens of the last append */
-  uint64_t bytes;         /* the cache's memory, every layer and slot */
+  uint64_t bytes;         /* the cache's layout, every layer and slot (with virtual memory: its address space) */
+  uint64_t mapped_bytes;  /* physical memory held: `bytes` when allocated, the mapped pages with virtual memory */
 } nkv_quantized_kv_cache_info;
 
 NKV_API nkv_status nkv_quantized_kv_cache_get_info(const nkv_quantized_kv_cache* cache,

@@ -140,6 +140,7 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_quantized_kv_cache_options, max_slots),
     NKV_FIELD(nkv_quantized_kv_cache_options, max_tokens),
     NKV_FIELD(nkv_quantized_kv_cache_options, value_format),
+    NKV_FIELD(nkv_quantized_kv_cache_options, memory),
     NKV_FIELD(nkv_quantized_kv_cache_info, struct_size),
     NKV_FIELD(nkv_quantized_kv_cache_info, format),
     NKV_FIELD(nkv_quantized_kv_cache_info, bits),
@@ -151,6 +152,7 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_quantized_kv_cache_info, tokens),
     NKV_FIELD(nkv_quantized_kv_cache_info, step_tokens),
     NKV_FIELD(nkv_quantized_kv_cache_info, bytes),
+    NKV_FIELD(nkv_quantized_kv_cache_info, mapped_bytes),
 };
 #undef NKV_FIELD
 
@@ -201,6 +203,7 @@ constexpr EnumInfo kEnums[] = {
     NKV_ENUM(NKV_QUANTIZED_KV_VALUE_RESIDUAL), NKV_ENUM(NKV_QUANTIZED_KV_SLOT_LENGTHS),
     NKV_ENUM(NKV_KV_FORMAT_BFP),       NKV_ENUM(NKV_KV_VALUES_LIKE_KEYS),     NKV_ENUM(NKV_KV_VALUES_FP16),
     NKV_ENUM(NKV_ROTARY_NONE),         NKV_ENUM(NKV_ROTARY_HALVES),           NKV_ENUM(NKV_ROTARY_ADJACENT),
+    NKV_ENUM(NKV_KV_MEMORY_ALLOCATED), NKV_ENUM(NKV_KV_MEMORY_VIRTUAL),
 };
 #undef NKV_ENUM
 

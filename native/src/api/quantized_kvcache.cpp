@@ -11,6 +11,7 @@
 #include "core/kvcache.h"
 #include "core/quantized_kvcache.h"
 #include "core/tensor_checks.h"
+#include "core/virtual_memory.h"
 
 using namespace nkv;
 using Cache = nkv_quantized_kv_cache;
@@ -19,10 +20,37 @@ namespace {
 
 constexpr int32_t kDefaultResidual = 128;
 
+// Unmaps and returns the pages of one slot (virtual memory); the caller has waited for the stream.
+void release_slot_pages(Cache& k, int32_t slot) noexcept {
+  char* base = static_cast<char*>(k.memory);
+  for (size_t region = 0; region < k.pages[slot].size(); ++region) {
+    std::vector<uint64_t>& mapped = k.pages[slot][region];
+    const uint64_t layer = region / 6, array = region % 6;
+    char* first = base + layer * k.layer_bytes + k.offsets[array] + static_cast<uint64_t>(slot) * k.slot_bytes[array];
+    for (size_t p = 0; p < mapped.size(); ++p) {
+      try {
+        k.virtual_memory->unmap(first + p * k.page_bytes);
+      } catch (...) {  // a failed unmap leaves the page mapped; it is not returned
+        continue;
+      }
+      k.virtual_memory->release_page(mapped[p]);
+      --k.mapped_pages;
+    }
+    mapped.clear();
+  }
+}
+
 struct CacheDeleter {
   void operator()(Cache* cache) const noexcept {
     const nkv_context& c = *cache->context;
-    release_on(c, cache->memory);
+    if (cache->memory_kind == NKV_KV_MEMORY_VIRTUAL) {
+      if (cache->memory != nullptr) {
+        for (int32_t s = 0; s < static_cast<int32_t>(cache->pages.size()); ++s) release_slot_pages(*cache, s);
+        cache->virtual_memory->free_reservation(cache->memory, cache->bytes);
+      }
+    } else {
+      release_on(c, cache->memory);
+    }
     release_on(c, cache->device_lengths);
     release_on(c, cache->device_step);
     delete cache;
@@ -77,6 +105,72 @@ SlotExtents slot_extents(const Cache& k) {
 constexpr uint64_t kElementBytes[2][6] = {{4, 4, 2, 4, 4, 2},   // KIVI
                                           {4, 1, 2, 4, 1, 2}};  // BFP
 
+// Bytes of a slot's share of each array that `tokens` tokens use, kernels' reads included: a decode stage reads up
+// to 64 tokens past the coded ones and KIVI's keys flush up to the next multiple of R, so the mapping covers tokens
+// rounded up to 64, plus R and 64 more, within the capacity; residual windows whole.
+uint64_t bytes_used(const Cache& k, int array, int64_t tokens) {
+  const int64_t channels = static_cast<int64_t>(k.num_heads_kv) * k.head_dim;
+  const int64_t per_word = codes_per_word(k.bits);
+  const int64_t t = std::min<int64_t>(k.capacity, (tokens + 63) / 64 * 64 + k.residual + 64);
+  const SlotExtents e = slot_extents(k);
+  const bool bfp = k.format == NKV_KV_FORMAT_BFP;
+  int64_t elements = 0;
+  switch (array) {
+    case 0: elements = bfp ? t * (channels / per_word) : (t + per_word - 1) / per_word * channels; break;
+    case 1: elements = bfp ? t * (channels / k.group) : (t + k.group - 1) / k.group * channels; break;
+    case 2: elements = e.key_residual; break;
+    case 3: elements = e.value_codes == 0 ? 0 : t * (channels / per_word); break;
+    case 4: elements = e.value_groups == 0 ? 0 : t * (channels / k.group); break;
+    default: elements = bfp ? (e.value_residual == 0 ? 0 : t * channels) : e.value_residual; break;
+  }
+  return std::min<uint64_t>(k.slot_bytes[array], static_cast<uint64_t>(elements) * kElementBytes[bfp ? 1 : 0][array]);
+}
+
+// Maps the pages `tokens` tokens of each slot need (virtual memory), all or nothing: on failure the pages mapped
+// here are unmapped and returned, and the failure is rethrown.
+void map_for(Cache& k, const std::vector<std::pair<int32_t, int64_t>>& slot_tokens) {
+  struct Mapped {
+    char* address;
+    int32_t slot;
+    size_t region;
+  };
+  std::vector<Mapped> mapped;
+  char* base = static_cast<char*>(k.memory);
+  try {
+    for (const auto& [slot, tokens] : slot_tokens) {
+      for (int32_t layer = 0; layer < k.num_layers; ++layer) {
+        for (int array = 0; array < 6; ++array) {
+          const size_t region = static_cast<size_t>(layer) * 6 + array;
+          std::vector<uint64_t>& pages = k.pages[slot][region];
+          const uint64_t needed = (bytes_used(k, array, tokens) + k.page_bytes - 1) / k.page_bytes;
+          char* first = base + static_cast<uint64_t>(layer) * k.layer_bytes + k.offsets[array] + static_cast<uint64_t>(slot) * k.slot_bytes[array];
+          while (pages.size() < needed) {
+            const uint64_t page = k.virtual_memory->create_page();
+            try {
+              k.virtual_memory->map(first + pages.size() * k.page_bytes, &page, 1);
+            } catch (...) {
+              k.virtual_memory->release_page(page);
+              throw;
+            }
+            mapped.push_back({first + pages.size() * k.page_bytes, slot, region});
+            pages.push_back(page);
+            ++k.mapped_pages;
+          }
+        }
+      }
+    }
+  } catch (...) {
+    for (auto it = mapped.rbegin(); it != mapped.rend(); ++it) {
+      std::vector<uint64_t>& pages = k.pages[it->slot][it->region];
+      k.virtual_memory->unmap(it->address);
+      k.virtual_memory->release_page(pages.back());
+      pages.pop_back();
+      --k.mapped_pages;
+    }
+    throw;
+  }
+}
+
 void publish_lengths(Cache& k) {
   upload_to(*k.context, k.device_lengths, k.lengths.data(), k.lengths.size() * sizeof(int32_t));
 }
@@ -93,7 +187,6 @@ namespace nkv {
 
 QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t layer) {
   char* base = static_cast<char*>(k.memory) + static_cast<uint64_t>(layer) * k.layer_bytes;
-  const SlotExtents e = slot_extents(k);
   QuantizedKvLayer l;
   l.format = k.format;
   l.value_format = k.value_format;
@@ -111,12 +204,15 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
   l.value_codes = reinterpret_cast<uint32_t*>(base + k.offsets[3]);
   l.value_groups = reinterpret_cast<uint32_t*>(base + k.offsets[4]);
   l.value_residual = reinterpret_cast<uint16_t*>(base + k.offsets[5]);
-  l.key_codes_slot = e.key_codes;
-  l.key_groups_slot = e.key_groups;
-  l.residual_slot = e.key_residual;
-  l.value_residual_slot = e.value_residual;
-  l.value_codes_slot = e.value_codes;
-  l.value_groups_slot = e.value_groups;
+  // Per-slot strides in elements: the arrays' extents, or whole pages of them with virtual memory.
+  const uint64_t* element = kElementBytes[k.format == NKV_KV_FORMAT_BFP ? 1 : 0];
+  l.key_codes_slot = static_cast<int64_t>(k.slot_bytes[0] / element[0]);
+  l.key_groups_slot = static_cast<int64_t>(k.slot_bytes[1] / element[1]);
+  l.residual_slot = static_cast<int64_t>(k.slot_bytes[2] / element[2]);
+  l.value_codes_slot = static_cast<int64_t>(k.slot_bytes[3] / element[3]);
+  l.value_groups_slot = static_cast<int64_t>(k.slot_bytes[4] / element[4]);
+  l.value_residual_slot = static_cast<int64_t>(k.slot_bytes[5] / element[5]);
+  if (k.format == NKV_KV_FORMAT_KIVI) l.residual_slot = l.value_residual_slot;  // the kernels take one residual stride
   return l;
 }
 
@@ -173,6 +269,9 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
       fail_argument("argument 'options.residual': expected 0 or a positive multiple of group_size (" + std::to_string(o.group_size) +
                     "), got " + std::to_string(o.residual));
     }
+    if (o.memory != NKV_KV_MEMORY_ALLOCATED && o.memory != NKV_KV_MEMORY_VIRTUAL) {
+      fail_argument("argument 'options.memory': expected NKV_KV_MEMORY_ALLOCATED (0) or NKV_KV_MEMORY_VIRTUAL (1), got " + std::to_string(o.memory));
+    }
     const int64_t capacity = (static_cast<int64_t>(o.max_tokens) + residual - 1) / residual * residual;
     if (capacity > std::numeric_limits<int32_t>::max() - 128) {
       fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.max_tokens': rounded up to the residual window, " + std::to_string(capacity) +
@@ -194,20 +293,31 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     const SlotExtents e = slot_extents(*cache);
     const uint64_t slots = static_cast<uint64_t>(o.max_slots);
     const int64_t extents[6] = {e.key_codes, e.key_groups, e.key_residual, e.value_codes, e.value_groups, e.value_residual};
+    // Each array holds every slot's share; with virtual memory a share is whole pages, so that each slot's pages
+    // map and unmap on their own.
+    const bool virtual_memory = o.memory == NKV_KV_MEMORY_VIRTUAL;
+    if (virtual_memory) {
+      cache->memory_kind = NKV_KV_MEMORY_VIRTUAL;
+      cache->virtual_memory = c.backend == NKV_BACKEND_CUDA ? cuda::virtual_memory(c.device_ordinal) : cpu::virtual_memory();
+      cache->page_bytes = cache->virtual_memory->page_bytes();
+      cache->pages.assign(slots, std::vector<std::vector<uint64_t>>(static_cast<size_t>(o.num_layers) * 6));
+    }
     uint64_t array_bytes[6];
     for (int i = 0; i < 6; ++i) {
-      array_bytes[i] = checked_product({slots, static_cast<uint64_t>(extents[i]), kElementBytes[bfp ? 1 : 0][i]},
-                                       "argument 'options' (max_slots x max_tokens x num_heads_kv x head_dim): an array's bytes");
+      const uint64_t share = checked_product({static_cast<uint64_t>(extents[i]), kElementBytes[bfp ? 1 : 0][i]},
+                                             "argument 'options' (max_tokens x num_heads_kv x head_dim): a slot's bytes");
+      cache->slot_bytes[i] = virtual_memory ? round_up(share, cache->page_bytes) : share;
+      array_bytes[i] = checked_product({slots, cache->slot_bytes[i]}, "argument 'options.max_slots': an array's bytes");
     }
     uint64_t offset = 0;
     for (int i = 0; i < 6; ++i) {
       cache->offsets[i] = offset;
-      offset = round_up(offset + array_bytes[i], 256);
-      if (offset < array_bytes[i]) fail(NKV_STATUS_NOT_SUPPORTED, "a layer's bytes overflow 64 bits");
+      offset = round_up(offset + array_bytes[i], virtual_memory ? cache->page_bytes : 256);
+      if (offset < array_bytes[i]) fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options': a layer's bytes overflow 64 bits");
     }
     cache->layer_bytes = offset;
     cache->bytes = checked_product({offset, static_cast<uint64_t>(o.num_layers)}, "argument 'options.num_layers': the cache's bytes");
-    cache->memory = allocate_on(c, cache->bytes);
+    cache->memory = virtual_memory ? cache->virtual_memory->reserve(cache->bytes) : allocate_on(c, cache->bytes);
     cache->lengths.assign(slots, 0);
     cache->alive.assign(slots, 0);
     cache->written.assign(static_cast<size_t>(o.num_layers), 0);
@@ -254,6 +364,10 @@ NKV_API nkv_status nkv_quantized_kv_cache_free_slot(nkv_quantized_kv_cache* cach
                       std::to_string(unwritten - k.written.begin()) + " is not written yet; write every layer first");
       }
       forget_step(k);
+    }
+    if (k.memory_kind == NKV_KV_MEMORY_VIRTUAL) {
+      synchronize_on(*k.context);  // queued kernels may still read the slot's pages
+      release_slot_pages(k, slot);
     }
     k.alive[slot] = 0;
     k.lengths[slot] = 0;
@@ -304,6 +418,11 @@ NKV_API nkv_status nkv_quantized_kv_cache_append(nkv_quantized_kv_cache* cache, 
       }
     }
     const nkv_context& c = *k.context;
+    if (k.memory_kind == NKV_KV_MEMORY_VIRTUAL && !step.empty()) {
+      std::vector<std::pair<int32_t, int64_t>> grown;
+      for (const QuantizedKvStepEntry& e : step) grown.emplace_back(e.slot, static_cast<int64_t>(e.old_length) + e.count);
+      map_for(k, grown);  // all or nothing; before anything below changes
+    }
     // Ordered on the stream after the writes queued for the last step, which read the entries it replaces.
     if (c.backend == NKV_BACKEND_CUDA && !step.empty()) {
       upload_to(c, k.device_step, step.data(), step.size() * sizeof(QuantizedKvStepEntry));
@@ -398,6 +517,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cac
           case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_INT8, {s, coded, h, d / k.group}); break;
           default: set(l.value_residual, NKV_DTYPE_FLOAT16, {s, k.capacity - coded, h, d}); break;
         }
+        t.strides[0] = static_cast<int64_t>(k.slot_bytes[which] / nkv_dtype_size(t.dtype));
         *out_view = t;
         return;
       }
@@ -409,6 +529,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cac
         case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_FLOAT16, {s, k.capacity, h, d / k.group, 2}); break;
         default: set(l.value_residual, NKV_DTYPE_FLOAT16, {s, k.residual, h, d}); break;
       }
+      t.strides[0] = static_cast<int64_t>(k.slot_bytes[which] / nkv_dtype_size(t.dtype));  // whole pages with virtual memory
     }
     *out_view = t;
   });
@@ -432,6 +553,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_get_info(const nkv_quantized_kv_cache*
     }
     info.step_tokens = k.step_tokens;
     info.bytes = k.bytes;
+    info.mapped_bytes = k.memory_kind == NKV_KV_MEMORY_VIRTUAL ? k.mapped_pages * k.page_bytes : k.bytes;
     write_sized_struct(out_info, info, "out_info", sizeof(nkv_quantized_kv_cache_info), "sizeof(nkv_quantized_kv_cache_info)");
   });
 }

@@ -4,10 +4,12 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/attention.h"
 #include "core/handles.h"
+#include "core/virtual_memory.h"
 #include "nativekv/nativekv.h"
 
 namespace nkv {
@@ -117,7 +119,16 @@ struct nkv_quantized_kv_cache {
   void* memory = nullptr;
   uint64_t bytes = 0;
   uint64_t layer_bytes = 0;
-  uint64_t offsets[6] = {};  // of each array within a layer
+  uint64_t offsets[6] = {};     // of each array within a layer
+  uint64_t slot_bytes[6] = {};  // one slot's share of each array (whole pages with virtual memory)
+
+  // NKV_KV_MEMORY_VIRTUAL: `memory` is a reservation of `bytes`; pages[slot][layer * 6 + array] are the
+  // physical pages mapped from the start of the slot's share of that array.
+  nkv_kv_memory memory_kind = NKV_KV_MEMORY_ALLOCATED;
+  std::unique_ptr<nkv::VirtualMemory> virtual_memory;
+  uint64_t page_bytes = 0;
+  std::vector<std::vector<std::vector<uint64_t>>> pages;
+  uint64_t mapped_pages = 0;
   int32_t* device_lengths = nullptr;
   nkv::QuantizedKvStepEntry* device_step = nullptr;  // [max_slots]
 

@@ -563,7 +563,7 @@ struct DecodeResult {
 };
 
 DecodeResult run_quantized_decode(nkv_context* context, nkv_quantized_kv_cache* cache, const CacheShape& shape,
-                                  const DecodeCase& c, const std::vector<uint16_t>& q) {
+                                  const DecodeCase& c, const std::vector<uint16_t>& q, int32_t layer = 1) {
   // Plans made for the cache's bits (pieces sized for the quantized kernel) and plans for any K/V alike.
   nkv_attention_options options{sizeof(nkv_attention_options), c.causal ? 1 : 0, 0.0f, 0.0f, c.window_left, c.num_splits, 0, 0,
                                 c.any_kv_plan ? 0 : shape.bits};
@@ -581,8 +581,30 @@ DecodeResult run_quantized_decode(nkv_context* context, nkv_quantized_kv_cache* 
   const nkv_tensor qt = view(qm.data(), NKV_DTYPE_FLOAT16, device, {batch, c.q_len, c.heads_q, shape.head_dim});
   const nkv_tensor ot = view(om.data(), NKV_DTYPE_FLOAT16, device, {batch, c.q_len, c.heads_q, shape.head_dim});
   const nkv_tensor lt = view(lm.data(), NKV_DTYPE_FLOAT32, device, {batch, c.heads_q, c.q_len});
-  EXPECT_EQ(nkv_attention_decode_quantized(plan.get(), &qt, cache, 1, &ot, &lt), NKV_STATUS_SUCCESS) << nkv_last_error();
+  EXPECT_EQ(nkv_attention_decode_quantized(plan.get(), &qt, cache, layer, &ot, &lt), NKV_STATUS_SUCCESS) << nkv_last_error();
   return {om.download<uint16_t>(out_elements), lm.download<float>(static_cast<size_t>(batch) * c.heads_q * c.q_len)};
+}
+
+// nkv_attention_decode (CPU backend) of one sequence over host fp16 K/V [c.lengths[0], heads, head_dim].
+DecodeResult run_plain_decode(nkv_context* context, const CacheShape& shape, const DecodeCase& c, const std::vector<uint16_t>& q,
+                              const std::vector<uint16_t>& k, const std::vector<uint16_t>& v) {
+  nkv_attention_options options{sizeof(nkv_attention_options), c.causal ? 1 : 0, 0.0f, 0.0f, c.window_left, c.num_splits, 0, 0, 0};
+  nkv_attention_plan* raw = nullptr;
+  const int32_t length = c.lengths[0];
+  EXPECT_EQ(nkv_attention_plan_decode(context, &options, c.heads_q, shape.heads, shape.head_dim, 1, c.q_len, &length, &raw),
+            NKV_STATUS_SUCCESS) << nkv_last_error();
+  PlanPtr plan(raw);
+  DecodeResult r{std::vector<uint16_t>(q.size()), std::vector<float>(static_cast<size_t>(c.heads_q * c.q_len))};
+  auto host = [](const std::vector<uint16_t>& x, std::vector<int64_t> shape_of) {
+    return view(const_cast<uint16_t*>(x.data()), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, std::move(shape_of));
+  };
+  const nkv_tensor qt = host(q, {1, c.q_len, c.heads_q, shape.head_dim});
+  const nkv_tensor k4 = host(k, {1, length, shape.heads, shape.head_dim});
+  const nkv_tensor v4 = host(v, {1, length, shape.heads, shape.head_dim});
+  const nkv_tensor ot = host(r.o, {1, c.q_len, c.heads_q, shape.head_dim});
+  const nkv_tensor lt = view(r.lse.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {1, c.heads_q, c.q_len});
+  EXPECT_EQ(nkv_attention_decode(plan.get(), &qt, &k4, &v4, &ot, &lt), NKV_STATUS_SUCCESS) << nkv_last_error();
+  return r;
 }
 
 // Fills slots 0 .. n - 1 with c.lengths tokens (a prompt, then single steps) from `model`'s generator, K and V of
@@ -652,21 +674,9 @@ TEST(QuantizedKvCache, DecodeOverExactlyQuantizableKeysEqualsPlainDecode) {
     std::vector<uint16_t> q(static_cast<size_t>(c.q_len * c.heads_q * shape.head_dim));
     for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.3f)(rng));
     const DecodeResult quantized = run_quantized_decode(context.get(), cache.get(), shape, c, q);
-
-    nkv_attention_options options{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, 0, 0, 0};
-    nkv_attention_plan* raw = nullptr;
-    NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &options, c.heads_q, shape.heads, shape.head_dim, 1, c.q_len, &length, &raw));
-    PlanPtr plan(raw);
-    std::vector<uint16_t> o(q.size());
-    std::vector<float> lse(static_cast<size_t>(c.heads_q * c.q_len));
-    const nkv_tensor qt = view(q.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, shape.head_dim});
-    const nkv_tensor k4 = view(k.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, length, shape.heads, shape.head_dim});
-    const nkv_tensor v4 = view(v.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, length, shape.heads, shape.head_dim});
-    const nkv_tensor ot = view(o.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, shape.head_dim});
-    const nkv_tensor lt = view(lse.data(), NKV_DTYPE_FLOAT32, NKV_DEVICE_HOST, {1, c.heads_q, c.q_len});
-    NKV_ASSERT_OK(nkv_attention_decode(plan.get(), &qt, &k4, &v4, &ot, &lt));
-    EXPECT_EQ(quantized.o, o) << "bits " << bits;
-    EXPECT_EQ(quantized.lse, lse) << "bits " << bits;
+    const DecodeResult plain = run_plain_decode(context.get(), shape, c, q, k, v);
+    EXPECT_EQ(quantized.o, plain.o) << "bits " << bits;
+    EXPECT_EQ(quantized.lse, plain.lse) << "bits " << bits;
   }
 }
 
@@ -977,20 +987,8 @@ TEST(QuantizedKvCache, BfpDecodeEqualsPlainDecodeOverTheDequantizedKeys) {
   shape.bits = bits;
   std::vector<uint16_t> q(static_cast<size_t>(c.q_len * c.heads_q * d));
   for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.3f)(rng));
-  // run_quantized_decode reads layer 1; this cache's tokens are in layer 0, so decode here directly.
-  nkv_attention_options options{sizeof(nkv_attention_options), 1, 0.0f, 0.0f, -1, 0, 0, 0, 0};
-  nkv_attention_plan* raw = nullptr;
-  NKV_ASSERT_OK(nkv_attention_plan_decode(context.get(), &options, c.heads_q, heads, d, 1, c.q_len, &length, &raw));
-  PlanPtr plan(raw);
-  std::vector<uint16_t> o1(q.size()), o2(q.size());
-  const nkv_tensor qt = view(q.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, d});
-  const nkv_tensor ot1 = view(o1.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, d});
-  const nkv_tensor ot2 = view(o2.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, c.q_len, c.heads_q, d});
-  NKV_ASSERT_OK(nkv_attention_decode_quantized(plan.get(), &qt, cache.get(), 0, &ot1, nullptr));
-  const nkv_tensor k4 = view(kd.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, length, heads, d});
-  const nkv_tensor v4 = view(vd.data(), NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, {1, length, heads, d});
-  NKV_ASSERT_OK(nkv_attention_decode(plan.get(), &qt, &k4, &v4, &ot2, nullptr));
-  EXPECT_EQ(o1, o2);
+  const DecodeResult quantized = run_quantized_decode(context.get(), cache.get(), shape, c, q, 0);
+  EXPECT_EQ(quantized.o, run_plain_decode(context.get(), shape, c, q, kd, vd).o);
 }
 
 TEST(QuantizedKvCache, BfpRejectsBadOptions) {

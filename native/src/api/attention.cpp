@@ -857,8 +857,7 @@ NKV_API nkv_status nkv_attention_decode_quantized(nkv_attention_plan* plan, cons
     if (p.kv_page_size != 0) {
       fail_argument("argument 'plan': made for K/V pools of page size " + std::to_string(p.kv_page_size) + " (options.kv_page_size)");
     }
-    if (cache == nullptr) fail_argument("argument 'cache' must not be NULL");
-    const nkv_quantized_kv_cache& x = *cache;
+    const nkv_quantized_kv_cache& x = require_handle(cache, "cache");
     if (p.kv_code_bits != 0 && p.kv_code_bits != x.bits) {
       fail_argument("argument 'plan': made for " + std::to_string(p.kv_code_bits) + "-bit codes (options.kv_code_bits), the cache holds " +
                     std::to_string(x.bits) + "-bit codes");

@@ -28,12 +28,6 @@ struct CacheDeleter {
 };
 using CachePtr = std::unique_ptr<nkv_paged_kv_cache, CacheDeleter>;
 
-template <typename Cache>  // nkv_paged_kv_cache, const or not
-Cache& check_cache(Cache* cache) {
-  if (cache == nullptr) fail_argument("argument 'cache' must not be NULL");
-  return *cache;
-}
-
 int32_t check_alive(const nkv_paged_kv_cache& cache, int32_t sequence, const char* name) {
   if (sequence < 0 || sequence >= cache.max_sequences) {
     fail_argument(std::string("argument '") + name + "': expected a sequence id in 0.." +
@@ -101,6 +95,22 @@ uint8_t* page_of(const nkv_paged_kv_cache& cache, int32_t layer, int32_t pool, i
 }  // namespace
 
 namespace nkv {
+
+nkv_tensor contiguous_view(void* data, int32_t dtype, nkv_device_type device, std::initializer_list<int64_t> shape) {
+  nkv_tensor t{};
+  t.data = data;
+  t.dtype = dtype;
+  t.device = device;
+  t.ndim = static_cast<int32_t>(shape.size());
+  int i = 0;
+  for (int64_t extent : shape) t.shape[i++] = extent;
+  int64_t stride = 1;
+  for (int d = t.ndim - 1; d >= 0; --d) {
+    t.strides[d] = stride;
+    stride *= t.shape[d];
+  }
+  return t;
+}
 
 uint64_t checked_product(std::initializer_list<uint64_t> factors, const char* what) {
   uint64_t product = 1;
@@ -242,7 +252,7 @@ NKV_API nkv_status nkv_paged_kv_cache_destroy(nkv_paged_kv_cache* cache) {
 NKV_API nkv_status nkv_paged_kv_cache_add_sequence(nkv_paged_kv_cache* cache, int32_t* out_sequence) {
   return guard("nkv_paged_kv_cache_add_sequence", [&] {
     require_out(out_sequence, "out_sequence");
-    nkv_paged_kv_cache& k = check_cache(cache);
+    nkv_paged_kv_cache& k = require_handle(cache, "cache");
     const int32_t sequence = lowest_free_id(k);
     k.alive[sequence] = 1;
     k.lengths[sequence] = 0;
@@ -254,7 +264,7 @@ NKV_API nkv_status nkv_paged_kv_cache_add_sequence(nkv_paged_kv_cache* cache, in
 NKV_API nkv_status nkv_paged_kv_cache_fork(nkv_paged_kv_cache* cache, int32_t parent, int32_t* out_sequence) {
   return guard("nkv_paged_kv_cache_fork", [&] {
     require_out(out_sequence, "out_sequence");
-    nkv_paged_kv_cache& k = check_cache(cache);
+    nkv_paged_kv_cache& k = require_handle(cache, "cache");
     check_alive(k, parent, "parent");
     const int32_t child = lowest_free_id(k);
     k.alive[child] = 1;
@@ -272,7 +282,7 @@ NKV_API nkv_status nkv_paged_kv_cache_fork(nkv_paged_kv_cache* cache, int32_t pa
 
 NKV_API nkv_status nkv_paged_kv_cache_truncate(nkv_paged_kv_cache* cache, int32_t sequence, int32_t length) {
   return guard("nkv_paged_kv_cache_truncate", [&] {
-    nkv_paged_kv_cache& k = check_cache(cache);
+    nkv_paged_kv_cache& k = require_handle(cache, "cache");
     check_alive(k, sequence, "sequence");
     if (length < 0 || length > k.lengths[sequence]) {
       fail_argument("argument 'length': expected 0.." + std::to_string(k.lengths[sequence]) + " (sequence " +
@@ -287,7 +297,7 @@ NKV_API nkv_status nkv_paged_kv_cache_truncate(nkv_paged_kv_cache* cache, int32_
 
 NKV_API nkv_status nkv_paged_kv_cache_free_sequence(nkv_paged_kv_cache* cache, int32_t sequence) {
   return guard("nkv_paged_kv_cache_free_sequence", [&] {
-    nkv_paged_kv_cache& k = check_cache(cache);
+    nkv_paged_kv_cache& k = require_handle(cache, "cache");
     check_alive(k, sequence, "sequence");
     release_pages(k, sequence, 0);
     forget_stale_step(k);
@@ -300,7 +310,7 @@ NKV_API nkv_status nkv_paged_kv_cache_free_sequence(nkv_paged_kv_cache* cache, i
 NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const int32_t* sequences,
                                              const int32_t* token_counts, int32_t count) {
   return guard("nkv_paged_kv_cache_append", [&] {
-    nkv_paged_kv_cache& k = check_cache(cache);
+    nkv_paged_kv_cache& k = require_handle(cache, "cache");
     if (count < 0) fail_argument("argument 'count': expected >= 0, got " + std::to_string(count));
     if (count > 0 && sequences == nullptr) fail_argument("argument 'sequences' must not be NULL");
     if (count > 0 && token_counts == nullptr) fail_argument("argument 'token_counts' must not be NULL");
@@ -378,7 +388,7 @@ NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const in
 NKV_API nkv_status nkv_paged_kv_cache_write(nkv_paged_kv_cache* cache, int32_t layer, const nkv_tensor* k,
                                             const nkv_tensor* v) {
   return guard("nkv_paged_kv_cache_write", [&] {
-    nkv_paged_kv_cache& cache_ = check_cache(cache);
+    nkv_paged_kv_cache& cache_ = require_handle(cache, "cache");
     if (layer < 0 || layer >= cache_.num_layers) {
       fail_argument("argument 'layer': expected 0.." + std::to_string(cache_.num_layers - 1) + ", got " + std::to_string(layer));
     }
@@ -394,20 +404,10 @@ NKV_API nkv_status nkv_paged_kv_cache_view(const nkv_paged_kv_cache* cache, int3
                                            nkv_tensor* out_view) {
   return guard("nkv_paged_kv_cache_view", [&] {
     require_out(out_view, "out_view");
-    const nkv_paged_kv_cache& k = check_cache(cache);
+    const nkv_paged_kv_cache& k = require_handle(cache, "cache");
     nkv_tensor t{};
-    t.device = device_type_of(*k.context);
     auto set = [&](void* data, int32_t dtype, std::initializer_list<int64_t> shape) {
-      t.data = data;
-      t.dtype = dtype;
-      t.ndim = static_cast<int32_t>(shape.size());
-      int i = 0;
-      for (int64_t extent : shape) t.shape[i++] = extent;
-      int64_t stride = 1;
-      for (int d = t.ndim - 1; d >= 0; --d) {
-        t.strides[d] = stride;
-        stride *= t.shape[d];
-      }
+      t = contiguous_view(data, dtype, device_type_of(*k.context), shape);
     };
     switch (which) {
       case NKV_PAGED_KV_K_POOL:
@@ -434,7 +434,7 @@ NKV_API nkv_status nkv_paged_kv_cache_view(const nkv_paged_kv_cache* cache, int3
 NKV_API nkv_status nkv_paged_kv_cache_get_info(const nkv_paged_kv_cache* cache, nkv_paged_kv_cache_info* out_info) {
   return guard("nkv_paged_kv_cache_get_info", [&] {
     require_out(out_info, "out_info");
-    const nkv_paged_kv_cache& k = check_cache(cache);
+    const nkv_paged_kv_cache& k = require_handle(cache, "cache");
     nkv_paged_kv_cache_info info{};
     info.page_size = k.page_size;
     info.max_sequences = k.max_sequences;
@@ -471,7 +471,7 @@ NKV_API nkv_status nkv_paged_kv_cache_sequence(const nkv_paged_kv_cache* cache, 
   return guard("nkv_paged_kv_cache_sequence", [&] {
     require_out(out_length, "out_length");
     require_out(out_page_count, "out_page_count");
-    const nkv_paged_kv_cache& k = check_cache(cache);
+    const nkv_paged_kv_cache& k = require_handle(cache, "cache");
     check_alive(k, sequence, "sequence");
     if (capacity < 0) fail_argument("argument 'capacity': expected >= 0, got " + std::to_string(capacity));
     if (capacity > 0 && pages == nullptr) fail_argument("argument 'pages' must not be NULL when capacity > 0");

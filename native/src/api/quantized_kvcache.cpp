@@ -20,13 +20,16 @@ namespace {
 
 constexpr int32_t kDefaultResidual = 128;
 
+// Where a slot's share of one array of one layer starts.
+char* share_of(const Cache& k, int32_t slot, uint64_t layer, int array) {
+  return static_cast<char*>(k.memory) + layer * k.layer_bytes + k.offsets[array] + static_cast<uint64_t>(slot) * k.slot_bytes[array];
+}
+
 // Unmaps and returns the pages of one slot (virtual memory); the caller has waited for the stream.
 void release_slot_pages(Cache& k, int32_t slot) noexcept {
-  char* base = static_cast<char*>(k.memory);
   for (size_t region = 0; region < k.pages[slot].size(); ++region) {
     std::vector<uint64_t>& mapped = k.pages[slot][region];
-    const uint64_t layer = region / 6, array = region % 6;
-    char* first = base + layer * k.layer_bytes + k.offsets[array] + static_cast<uint64_t>(slot) * k.slot_bytes[array];
+    char* first = share_of(k, slot, region / 6, static_cast<int>(region % 6));
     for (size_t p = 0; p < mapped.size(); ++p) {
       try {
         k.virtual_memory->unmap(first + p * k.page_bytes);
@@ -57,12 +60,6 @@ struct CacheDeleter {
   }
 };
 using CachePtr = std::unique_ptr<Cache, CacheDeleter>;
-
-template <typename C>  // Cache, const or not
-C& check_cache(C* cache) {
-  if (cache == nullptr) fail_argument("argument 'cache' must not be NULL");
-  return *cache;
-}
 
 int32_t check_alive(const Cache& cache, int32_t slot, const char* name) {
   if (slot < 0 || slot >= cache.max_slots) {
@@ -135,7 +132,6 @@ void map_for(Cache& k, const std::vector<std::pair<int32_t, int64_t>>& slot_toke
     size_t region;
   };
   std::vector<Mapped> mapped;
-  char* base = static_cast<char*>(k.memory);
   try {
     for (const auto& [slot, tokens] : slot_tokens) {
       for (int32_t layer = 0; layer < k.num_layers; ++layer) {
@@ -143,7 +139,7 @@ void map_for(Cache& k, const std::vector<std::pair<int32_t, int64_t>>& slot_toke
           const size_t region = static_cast<size_t>(layer) * 6 + array;
           std::vector<uint64_t>& pages = k.pages[slot][region];
           const uint64_t needed = (bytes_used(k, array, tokens) + k.page_bytes - 1) / k.page_bytes;
-          char* first = base + static_cast<uint64_t>(layer) * k.layer_bytes + k.offsets[array] + static_cast<uint64_t>(slot) * k.slot_bytes[array];
+          char* first = share_of(k, slot, static_cast<uint64_t>(layer), array);
           while (pages.size() < needed) {
             const uint64_t page = k.virtual_memory->create_page();
             try {
@@ -186,7 +182,6 @@ void forget_step(Cache& k) {
 namespace nkv {
 
 QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t layer) {
-  char* base = static_cast<char*>(k.memory) + static_cast<uint64_t>(layer) * k.layer_bytes;
   QuantizedKvLayer l;
   l.format = k.format;
   l.value_format = k.value_format;
@@ -198,12 +193,12 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
   l.heads = k.num_heads_kv;
   l.head_dim = k.head_dim;
   l.capacity = k.capacity;
-  l.key_codes = reinterpret_cast<uint32_t*>(base + k.offsets[0]);
-  l.key_groups = reinterpret_cast<uint32_t*>(base + k.offsets[1]);
-  l.key_residual = reinterpret_cast<uint16_t*>(base + k.offsets[2]);
-  l.value_codes = reinterpret_cast<uint32_t*>(base + k.offsets[3]);
-  l.value_groups = reinterpret_cast<uint32_t*>(base + k.offsets[4]);
-  l.value_residual = reinterpret_cast<uint16_t*>(base + k.offsets[5]);
+  l.key_codes = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 0));
+  l.key_groups = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 1));
+  l.key_residual = reinterpret_cast<uint16_t*>(share_of(k, 0, layer, 2));
+  l.value_codes = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 3));
+  l.value_groups = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 4));
+  l.value_residual = reinterpret_cast<uint16_t*>(share_of(k, 0, layer, 5));
   // Per-slot strides in elements: the arrays' extents, or whole pages of them with virtual memory.
   const uint64_t* element = kElementBytes[k.format == NKV_KV_FORMAT_BFP ? 1 : 0];
   l.key_codes_slot = static_cast<int64_t>(k.slot_bytes[0] / element[0]);
@@ -212,7 +207,6 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
   l.value_codes_slot = static_cast<int64_t>(k.slot_bytes[3] / element[3]);
   l.value_groups_slot = static_cast<int64_t>(k.slot_bytes[4] / element[4]);
   l.value_residual_slot = static_cast<int64_t>(k.slot_bytes[5] / element[5]);
-  if (k.format == NKV_KV_FORMAT_KIVI) l.residual_slot = l.value_residual_slot;  // the kernels take one residual stride
   return l;
 }
 
@@ -338,7 +332,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_destroy(nkv_quantized_kv_cache* cache)
 
 NKV_API nkv_status nkv_quantized_kv_cache_add_slot(nkv_quantized_kv_cache* cache, int32_t* out_slot) {
   return guard("nkv_quantized_kv_cache_add_slot", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     require_out(out_slot, "out_slot");
     const auto free = std::find(k.alive.begin(), k.alive.end(), 0);
     if (free == k.alive.end()) {
@@ -353,7 +347,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_add_slot(nkv_quantized_kv_cache* cache
 
 NKV_API nkv_status nkv_quantized_kv_cache_free_slot(nkv_quantized_kv_cache* cache, int32_t slot) {
   return guard("nkv_quantized_kv_cache_free_slot", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     check_alive(k, slot, "slot");
     if (std::any_of(k.step.begin(), k.step.end(), [&](const QuantizedKvStepEntry& e) { return e.slot == slot; })) {
       // The step's other slots have grown: forgetting it before every layer holds their tokens would leave
@@ -378,7 +372,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_free_slot(nkv_quantized_kv_cache* cach
 NKV_API nkv_status nkv_quantized_kv_cache_append(nkv_quantized_kv_cache* cache, const int32_t* slots, const int32_t* token_counts,
                                                  int32_t count) {
   return guard("nkv_quantized_kv_cache_append", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     if (count < 0) fail_argument("argument 'count': expected >= 0, got " + std::to_string(count));
     if (count > 0 && slots == nullptr) fail_argument("argument 'slots' must not be NULL");
     if (count > 0 && token_counts == nullptr) fail_argument("argument 'token_counts' must not be NULL");
@@ -440,7 +434,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_append(nkv_quantized_kv_cache* cache, 
 NKV_API nkv_status nkv_quantized_kv_cache_write(nkv_quantized_kv_cache* cache, int32_t layer, const nkv_tensor* k,
                                                 const nkv_tensor* v) {
   return guard("nkv_quantized_kv_cache_write", [&] {
-    Cache& x = check_cache(cache);
+    Cache& x = require_handle(cache, "cache");
     check_layer(x, layer);
     const nkv_context& c = *x.context;
     for (const auto& [name, t] : {std::pair<const char*, const nkv_tensor*>{"k", k}, {"v", v}}) {
@@ -481,24 +475,14 @@ NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cac
                                                nkv_tensor* out_view) {
   return guard("nkv_quantized_kv_cache_view", [&] {
     require_out(out_view, "out_view");
-    const Cache& k = check_cache(cache);
+    const Cache& k = require_handle(cache, "cache");
     if (which < NKV_QUANTIZED_KV_KEY_CODES || which > NKV_QUANTIZED_KV_SLOT_LENGTHS) {
       fail_argument("argument 'which': expected an nkv_quantized_kv_view value (NKV_QUANTIZED_KV_KEY_CODES (0) .. "
                     "NKV_QUANTIZED_KV_SLOT_LENGTHS (6)), got " + std::to_string(which));
     }
     nkv_tensor t{};
-    t.device = device_type_of(*k.context);
     auto set = [&](void* data, int32_t dtype, std::initializer_list<int64_t> shape) {
-      t.data = data;
-      t.dtype = dtype;
-      t.ndim = static_cast<int32_t>(shape.size());
-      int i = 0;
-      for (int64_t extent : shape) t.shape[i++] = extent;
-      int64_t stride = 1;
-      for (int d = t.ndim - 1; d >= 0; --d) {
-        t.strides[d] = stride;
-        stride *= t.shape[d];
-      }
+      t = contiguous_view(data, dtype, device_type_of(*k.context), shape);
     };
     if (which == NKV_QUANTIZED_KV_SLOT_LENGTHS) {
       set(k.device_lengths, NKV_DTYPE_INT32, {k.max_slots});
@@ -538,7 +522,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cac
 NKV_API nkv_status nkv_quantized_kv_cache_get_info(const nkv_quantized_kv_cache* cache, nkv_quantized_kv_cache_info* out_info) {
   return guard("nkv_quantized_kv_cache_get_info", [&] {
     require_out(out_info, "out_info");
-    const Cache& k = check_cache(cache);
+    const Cache& k = require_handle(cache, "cache");
     nkv_quantized_kv_cache_info info{};
     info.format = k.format;
     info.bits = k.bits;
@@ -560,7 +544,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_get_info(const nkv_quantized_kv_cache*
 
 NKV_API nkv_status nkv_quantized_kv_cache_slot(const nkv_quantized_kv_cache* cache, int32_t slot, int32_t* out_length) {
   return guard("nkv_quantized_kv_cache_slot", [&] {
-    const Cache& k = check_cache(cache);
+    const Cache& k = require_handle(cache, "cache");
     require_out(out_length, "out_length");
     check_alive(k, slot, "slot");
     *out_length = k.lengths[slot];
@@ -570,7 +554,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_slot(const nkv_quantized_kv_cache* cac
 NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_cache* cache, int32_t layer,
                                                               const int32_t* permutation) {
   return guard("nkv_quantized_kv_cache_set_key_permutation", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     check_layer(k, layer);
     if (permutation == nullptr) fail_argument("argument 'permutation' must not be NULL");
     if (k.context->backend == NKV_BACKEND_CUDA) {

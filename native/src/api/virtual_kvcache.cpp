@@ -19,12 +19,6 @@ using Lock = std::unique_lock<std::mutex>;
 
 namespace {
 
-template <typename C>  // Cache, const or not
-C& check_cache(C* cache) {
-  if (cache == nullptr) fail_argument("argument 'cache' must not be NULL");
-  return *cache;
-}
-
 int32_t check_alive(const Cache& cache, int32_t slot, const char* name) {
   if (slot < 0 || slot >= cache.max_slots) {
     fail_argument(std::string("argument '") + name + "': expected a slot in 0.." + std::to_string(cache.max_slots - 1) +
@@ -468,7 +462,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_destroy(nkv_virtual_kv_cache* cache) {
 
 NKV_API nkv_status nkv_virtual_kv_cache_add_slot(nkv_virtual_kv_cache* cache, int32_t* out_slot) {
   return guard("nkv_virtual_kv_cache_add_slot", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     require_out(out_slot, "out_slot");
     Lock lock(k.mutex);
     // The freed slot with the most blocks still mapped: its pages serve the new tokens without a driver call.
@@ -486,7 +480,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_add_slot(nkv_virtual_kv_cache* cache, in
 
 NKV_API nkv_status nkv_virtual_kv_cache_fork(nkv_virtual_kv_cache* cache, int32_t parent, int32_t* out_slot) {
   return guard("nkv_virtual_kv_cache_fork", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     require_out(out_slot, "out_slot");
     Lock lock(k.mutex);
     check_alive(k, parent, "parent");  // read only up to its length: a block being mapped past it does not matter
@@ -541,7 +535,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_fork(nkv_virtual_kv_cache* cache, int32_
 
 NKV_API nkv_status nkv_virtual_kv_cache_truncate(nkv_virtual_kv_cache* cache, int32_t slot, int32_t length) {
   return guard("nkv_virtual_kv_cache_truncate", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     Lock lock(k.mutex);
     check_alive(k, slot, "slot");
     if (length < 0 || length > k.slots[slot].length) {
@@ -556,7 +550,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_truncate(nkv_virtual_kv_cache* cache, in
 
 NKV_API nkv_status nkv_virtual_kv_cache_free_slot(nkv_virtual_kv_cache* cache, int32_t slot) {
   return guard("nkv_virtual_kv_cache_free_slot", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     Lock lock(k.mutex);
     check_alive(k, slot, "slot");
     wait_until_idle(k, lock, slot);
@@ -569,7 +563,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_free_slot(nkv_virtual_kv_cache* cache, i
 
 NKV_API nkv_status nkv_virtual_kv_cache_ensure_capacity(nkv_virtual_kv_cache* cache, int32_t slot, int32_t tokens) {
   return guard("nkv_virtual_kv_cache_ensure_capacity", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     Lock lock(k.mutex);
     check_alive(k, slot, "slot");
     check_tokens(k, tokens, "tokens");
@@ -581,7 +575,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_ensure_capacity(nkv_virtual_kv_cache* ca
 
 NKV_API nkv_status nkv_virtual_kv_cache_reserve_ahead(nkv_virtual_kv_cache* cache, int32_t slot, int32_t tokens) {
   return guard("nkv_virtual_kv_cache_reserve_ahead", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     {
       Lock lock(k.mutex);
       check_alive(k, slot, "slot");
@@ -596,7 +590,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_reserve_ahead(nkv_virtual_kv_cache* cach
 
 NKV_API nkv_status nkv_virtual_kv_cache_trim(nkv_virtual_kv_cache* cache) {
   return guard("nkv_virtual_kv_cache_trim", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     Lock lock(k.mutex);
     k.changed.wait(lock, [&] { return std::none_of(k.slots.begin(), k.slots.end(), [](const Cache::Slot& x) { return x.mapping; }); });
     synchronize_on(*k.context);
@@ -614,7 +608,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_trim(nkv_virtual_kv_cache* cache) {
 NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, const int32_t* slots, const int32_t* token_counts,
                                                int32_t count) {
   return guard("nkv_virtual_kv_cache_append", [&] {
-    Cache& k = check_cache(cache);
+    Cache& k = require_handle(cache, "cache");
     if (count < 0) fail_argument("argument 'count': expected >= 0, got " + std::to_string(count));
     if (count > 0 && slots == nullptr) fail_argument("argument 'slots' must not be NULL");
     if (count > 0 && token_counts == nullptr) fail_argument("argument 'token_counts' must not be NULL");
@@ -750,7 +744,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_append(nkv_virtual_kv_cache* cache, cons
 NKV_API nkv_status nkv_virtual_kv_cache_write(nkv_virtual_kv_cache* cache, int32_t layer, const nkv_tensor* k,
                                               const nkv_tensor* v) {
   return guard("nkv_virtual_kv_cache_write", [&] {
-    Cache& x = check_cache(cache);
+    Cache& x = require_handle(cache, "cache");
     if (layer < 0 || layer >= x.num_layers) {
       fail_argument("argument 'layer': expected 0.." + std::to_string(x.num_layers - 1) + ", got " + std::to_string(layer));
     }
@@ -768,7 +762,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_view(const nkv_virtual_kv_cache* cache, 
                                              nkv_tensor* out_view) {
   return guard("nkv_virtual_kv_cache_view", [&] {
     require_out(out_view, "out_view");
-    const Cache& k = check_cache(cache);
+    const Cache& k = require_handle(cache, "cache");
     nkv_tensor t{};
     t.device = device_type_of(*k.context);
     switch (which) {
@@ -822,7 +816,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_view(const nkv_virtual_kv_cache* cache, 
 NKV_API nkv_status nkv_virtual_kv_cache_get_info(const nkv_virtual_kv_cache* cache, nkv_virtual_kv_cache_info* out_info) {
   return guard("nkv_virtual_kv_cache_get_info", [&] {
     require_out(out_info, "out_info");
-    Cache& k = const_cast<Cache&>(check_cache(cache));  // the lock, not the cache, changes
+    Cache& k = const_cast<Cache&>(require_handle(cache, "cache"));  // the lock, not the cache, changes
     Lock lock(k.mutex);
     nkv_virtual_kv_cache_info info{};
     info.layout = k.layout;
@@ -859,7 +853,7 @@ NKV_API nkv_status nkv_virtual_kv_cache_get_info(const nkv_virtual_kv_cache* cac
 NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, int32_t slot, int32_t* out_length,
                                              int64_t* out_mapped_tokens) {
   return guard("nkv_virtual_kv_cache_slot", [&] {
-    Cache& k = const_cast<Cache&>(check_cache(cache));
+    Cache& k = const_cast<Cache&>(require_handle(cache, "cache"));
     Lock lock(k.mutex);
     check_alive(k, slot, "slot");
     if (out_length != nullptr) *out_length = k.slots[slot].length;

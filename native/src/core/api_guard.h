@@ -40,6 +40,13 @@ void require_out(T* pointer, const char* name) {
   if (pointer == nullptr) fail_argument(std::string("argument '") + name + "' must not be NULL");
 }
 
+// The object behind a handle argument (a cache, a plan), after checking that it is not NULL.
+template <typename T>
+T& require_handle(T* pointer, const char* name) {
+  require_out(pointer, name);
+  return *pointer;
+}
+
 // A parameter or output struct whose size the caller sets: struct_size must cover at least `first_size`
 // bytes (the struct as first published); fields appended later are read or written only when the
 // caller's struct_size covers them.

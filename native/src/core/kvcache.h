@@ -66,6 +66,9 @@ void write_step(const nkv_context& context, nkv_dtype dtype, int64_t tokens, int
                 const nkv_tensor* k, const nkv_tensor* v, void* k_pool, void* v_pool, const int32_t* slots,
                 int64_t slot_stride, int32_t block_slots = 0, int64_t block_stride = 0);
 
+// A view of contiguous memory of the given shape (the caches' views; api/kvcache.cpp).
+nkv_tensor contiguous_view(void* data, int32_t dtype, nkv_device_type device, std::initializer_list<int64_t> shape);
+
 // The product of `factors`, or NKV_STATUS_NOT_SUPPORTED naming `what` when it does not fit 64 bits (a cache's
 // sizes from its options; api/kvcache.cpp).
 uint64_t checked_product(std::initializer_list<uint64_t> factors, const char* what);

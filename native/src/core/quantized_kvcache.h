@@ -49,7 +49,7 @@ struct QuantizedKvLayer {
   uint16_t* value_residual = nullptr;
   int64_t key_codes_slot = 0;  // per-slot strides
   int64_t key_groups_slot = 0;
-  int64_t residual_slot = 0;        // the key residual's; KIVI's value residual has the same
+  int64_t residual_slot = 0;        // the key residual's; KIVI's value residual has the same (the CUDA kernels take it for both)
   int64_t value_residual_slot = 0;
   int64_t value_codes_slot = 0;
   int64_t value_groups_slot = 0;

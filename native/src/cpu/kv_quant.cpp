@@ -26,9 +26,7 @@ struct SlotArrays {
   uint16_t* key_residual() const { return l.key_residual + slot * l.residual_slot; }
   uint32_t* value_codes() const { return l.value_codes + slot * l.value_codes_slot; }
   uint32_t* value_groups() const { return l.value_groups + slot * l.value_groups_slot; }
-  uint16_t* value_residual() const {
-    return l.value_residual + slot * (l.format == NKV_KV_FORMAT_BFP ? l.value_residual_slot : l.residual_slot);
-  }
+  uint16_t* value_residual() const { return l.value_residual + slot * l.value_residual_slot; }
   int8_t* exponents(uint32_t* base, int64_t per_slot) const { return reinterpret_cast<int8_t*>(base) + slot * per_slot; }
   // The written channel that stored key channel c holds (K-sort).
   int64_t key_source(int64_t c) const {

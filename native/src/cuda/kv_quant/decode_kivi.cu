@@ -2,19 +2,20 @@
 // pieces, partial buffers and final merge are the fp16 decode's, cuda/attention/decode_merge.cuh).
 //
 // The MMAs run transposed, S^T = K Q^T and O^T = V^T P^T, so that the 16 rows of each tile are keys or
-// channels (the many) and the 8 columns query rows (q_len x G, few). Codes become MMA operands without
-// arithmetic: a byte permute brings a code of two neighbouring words into the low byte of each 16-bit half,
-// and a mask keeps it there, so each half reads as an fp16 subnormal code x 2^(shift - 24), exact. The
-// group's scale goes into the other operand (keys: q x s per channel, one group per 16-token tile; values:
-// P x s per token, one group per 16-channel tile), its minimum into a second MMA (keys: mn . q, equal for
-// every key of a group; values: P . mn per channel group), and the 2^(24 - shift) into the float32 result:
-// shift is the code's bit offset within its byte, the same for all of a thread's rows, so that is one
-// multiply per element at the end. Which keys a tile's rows are follows KIVI's packing (a key code word is
-// 32 / b tokens of one channel, a value code word 32 / b channels of one token); the reduction dimension
-// of the key MMA takes channels 4t .. 4t + 3 for lane t, so a lane's four are one 16-byte load.
-// A tile whose keys or values are not all coded (the last R + 15 tokens or fewer: the fp16 residuals) has
-// those rows brought into its warp's scratch as fp16 and multiplied as they are; a warp's O is brought to
-// true units once, before its first tile of plain values (tiles run in key order, the coded ones first).
+// channels (the many) and the 8 columns query rows (q_len x G, few). Each warp takes 32 keys of a stage: two
+// 16-key tiles that share their key group (G >= 32), hence the group's q x s, its minimum term and the
+// softmax step. Codes become MMA operands without arithmetic: a byte permute brings one byte of each of two
+// words into the low byte of a 16-bit half, and a mask keeps one code there, so the half reads as an fp16
+// subnormal code x 2^(shift - 24), exact. Which token (or channel) a tile row is follows from that: a lane's
+// rows g and g + 8 (and, at 2 bits, the same rows of the warp's other tile) are the codes of ONE byte, so one
+// permute feeds two operands (four at 2 bits), and each operand costs one mask. The group's scale goes into
+// the other operand (keys: q x s per channel; values: P x s per token), its minimum into a second MMA (keys:
+// mn . q, one per group; values: P . mn per 32-channel block), and 2^(24 - shift) into the float32 result.
+// Keys: the reduction index of the key MMA takes channels 4t .. 4t + 3 for lane t, one 16-byte load.
+// A warp tile whose keys or values are not all coded (the last R + 31 tokens or fewer: the fp16 residuals)
+// reads those operands from global memory as fp16 (residual rows, or values dequantized one pair at a
+// time for the one tile across T - R); a warp's O is brought to true units once, before its first tile of
+// plain values (tiles run in key order, the coded ones first).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -35,18 +36,22 @@ namespace {
 
 using namespace attention;
 
-constexpr int kChunk = 64;   // keys per pipeline stage: 16 per warp; the plan cuts pieces at multiples of it
-// Pipeline stages and the blocks per SM the registers are capped for (128 registers: 4 blocks of 4 warps),
-// overridable at configure time for tuning runs. On an H200, 3 stages and 4 blocks ran KIVI-2 at b8 x L32768
-// in 181 us where 4 stages and 3 blocks (159 registers) took 195 us in the same run (bench/NOTES.md q3).
-#ifndef NKV_KIVI_STAGES
-#define NKV_KIVI_STAGES 3
-#endif
+constexpr int kChunk = 128;    // keys per pipeline stage: 32 per warp (pieces start at multiples of 64)
+constexpr int kWarpKeys = 32;  // two 16-key tiles
+// Pipeline stages (2 at 4 and 8 bits, 3 at 2 bits: ~40 KB per block either way) and the blocks per SM the
+// registers are capped for (128 registers: 4 blocks of 4 warps), overridable at configure time for tuning.
 #ifndef NKV_KIVI_MIN_BLOCKS
 #define NKV_KIVI_MIN_BLOCKS 4
 #endif
-constexpr int kStages = NKV_KIVI_STAGES;
 constexpr int kMinBlocksPerSm = NKV_KIVI_MIN_BLOCKS;
+template <int kBits>
+constexpr int stages_for() {
+#ifdef NKV_KIVI_STAGES
+  return NKV_KIVI_STAGES;
+#else
+  return kBits == 2 ? 3 : 2;
+#endif
+}
 
 struct KiviDecodeParams {
   DecodeKernelParams base;  // q, o, lse, the plan's pieces and partials (base.args.k/v unused)
@@ -55,17 +60,20 @@ struct KiviDecodeParams {
 
 template <int kBits, int kHeadDim, int kNTiles>
 struct KiviTiles {
+  static constexpr int kStages = stages_for<kBits>();
   static constexpr int kCodesPerWord = 32 / kBits;
   static constexpr int kRows = 8 * kNTiles;  // packed query rows per block
-  static constexpr int kKeyCodeWords = kChunk / kCodesPerWord * kHeadDim;  // [word row][d]
-  static constexpr int kKeyGroupWords = 2 * kHeadDim;                       // [group][d]: G >= 32, so at most two
+  static constexpr int kKeyWordRows = kChunk / kCodesPerWord;
+  static constexpr int kKeyPitch = kHeadDim + 4;  // words per key word row: rows g / 4 and 2 + g / 4 in other banks
+  static constexpr int kKeyCodeWords = kKeyWordRows * kKeyPitch;  // [word row][d]
+  static constexpr int kKeyGroupRows = 4;                        // 128 keys from a multiple of 64 span <= 4 groups of >= 32
+  static constexpr int kKeyGroupWords = kKeyGroupRows * kHeadDim;  // [group][d]
   static constexpr int kValueWordsPerToken = kHeadDim / kCodesPerWord;
-  static constexpr int kValueGroupsPerToken = kHeadDim / 32;                // the most (G = 32)
-  static constexpr int kValueCodeWords = kChunk * kValueWordsPerToken;      // [token][word]
-  static constexpr int kValueGroupWords = kChunk * kValueGroupsPerToken;    // [token][group]
+  static constexpr int kValueBlocks = kHeadDim / 32;  // a token's group word per 32 channels (repeated for G > 32)
+  static constexpr int kValueCodeWords = kChunk * kValueWordsPerToken;  // [token][word], 16-byte pieces swizzled
+  static constexpr int kValueGroupWords = kChunk * kValueBlocks;        // [32-channel block][token]
   static constexpr int kStageWords = kKeyCodeWords + kKeyGroupWords + kValueCodeWords + kValueGroupWords;
-  static constexpr int kScratchHalves = 2 * 16 * kHeadDim;  // per warp: K and V [16][d]
-  static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4 + static_cast<size_t>(kDecodeWarps) * kScratchHalves * 2;
+  static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4;
   static constexpr size_t kMergeBytes = static_cast<size_t>(kDecodeWarps) * kRows * (kHeadDim + 2) * 4;
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
@@ -99,39 +107,72 @@ __device__ __forceinline__ void copy_async_4(uint32_t shared, const void* global
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(global), "r"(valid ? 4 : 0));
 }
 
-// How a lane turns two code words into an MMA operand for its tile rows g = lane / 4 and g + 8: the byte of
-// each word that holds the row's code, and the code's bits within that byte.
+// Which codes a warp's tile rows are. Keys: row r (0..15) of the warp's tile m (0, 1) is token
+// tile_token(m, r) of the warp's 32. Values: row r of the 16-channel tile i of O^T is channel
+// value_channel(i, r). Both put rows g and g + 8 of lane g in one byte of a word (at 2 bits, also the same rows
+// of the other tile: tile parity p), so that one byte permute serves them.
 template <int kBits>
-struct CodeLanes {
-  static constexpr int kCodesPerWord = 32 / kBits;
-  uint32_t select_low;   // prmt selector for row g: that byte of word a to byte 0, of word b to byte 2
-  uint32_t select_high;  // for row g + 8
-  uint32_t mask;         // the code's bits in both halves
-  float scale;           // 2^(24 - shift): what an operand code x 2^(shift - 24) is multiplied by
-
-  __device__ static uint32_t selector(int row) {
-    const uint32_t byte = static_cast<uint32_t>(row % kCodesPerWord * kBits / 8);
-    return byte | byte << 4 | (byte + 4) << 8 | (byte + 4) << 12;
+struct CodeLayout {
+  __device__ static constexpr int tile_token(int m, int r) {
+    return kBits == 2 ? 4 * (r % 8) + 2 * m + r / 8 : 16 * m + 2 * (r % 8) + r / 8;
   }
-  __device__ explicit CodeLanes(int g) {
-    select_low = selector(g);
-    select_high = selector(g + 8);
-    const int shift = g % kCodesPerWord * kBits % 8;
-    mask = (((1u << kBits) - 1u) << shift) * 0x00010001u;
-    scale = __int_as_float((127 + 24 - shift) << 23);
+  __device__ static constexpr int value_channel(int i, int g, int half) {
+    return kBits == 2   ? 32 * (i / 2) + 16 * (g / 4) + 4 * (g % 4) + 2 * (i % 2) + half
+           : kBits == 4 ? 32 * (i / 2) + 16 * (g / 4) + 8 * (i % 2) + 2 * (g % 4) + half
+                        : 16 * i + 2 * g + half;
   }
-  __device__ uint32_t operand(uint32_t a, uint32_t b, bool high) const {
-    return byte_permute(a, b, high ? select_high : select_low) & mask;
+  // The index within its word of the code of lane row g + 8 * half, tile parity p.
+  __device__ static constexpr int code_index(int g, int p, int half) {
+    return kBits == 2 ? 4 * (g % 4) + 2 * p + half : kBits == 4 ? 2 * (g % 4) + half : 2 * (g % 2) + half;
   }
 };
+
+// A lane's operand arithmetic: the byte permute (one selector below 8 bits, one per row at 8), the masks and
+// the 2^(24 - shift) that brings a row's results to true units.
+template <int kBits>
+struct CodeLanes {
+  using Layout = CodeLayout<kBits>;
+  uint32_t select[2];     // by half (equal below 8 bits)
+  uint32_t mask[2][2];    // [parity][half]
+  float scale[2][2];      // [parity][half]
+
+  __device__ explicit CodeLanes(int g) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const uint32_t byte = static_cast<uint32_t>(Layout::code_index(g, 0, half) * kBits / 8);
+      select[half] = byte | byte << 4 | (byte + 4) << 8 | (byte + 4) << 12;
+#pragma unroll
+      for (int p = 0; p < 2; ++p) {
+        const int shift = Layout::code_index(g, p, half) * kBits % 8;
+        mask[p][half] = (((1u << kBits) - 1u) << shift) * 0x00010001u;
+        scale[p][half] = __int_as_float((127 + 24 - shift) << 23);
+      }
+    }
+  }
+  // The operand of rows (lane row g + 8 * half, parity p) from the words of two reduction neighbours.
+  __device__ __forceinline__ uint32_t operand(uint32_t a, uint32_t b, int p, int half) const {
+    return byte_permute(a, b, kBits == 8 ? select[half] : select[0]) & mask[p][half];
+  }
+};
+
+// Where piece `piece` (16 bytes) of token `token`'s value code words sits in its stage row: XOR-swizzled by the
+// token bits that tell apart the tokens one load instruction reads for lanes t = 0..3 (tokens 4 apart at 4 and 8
+// bits, 8 apart at 2), so that those land in different banks.
+template <int kBits, int kPieces>
+__device__ __forceinline__ int swizzled_piece(int token, int piece) {
+  return piece ^ ((kBits == 2 ? token >> 3 : token >> 2) & (kPieces - 1));
+}
 
 template <int kBits, int kHeadDim, int kNTiles>
 __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_kernel(const KiviDecodeParams p) {
   using Tiles = KiviTiles<kBits, kHeadDim, kNTiles>;
+  using Layout = CodeLayout<kBits>;
+  constexpr int kStages = Tiles::kStages;
   constexpr int kCpw = Tiles::kCodesPerWord;
   constexpr int kRows = Tiles::kRows;
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kVTiles = kHeadDim / 16;  // 16-channel tiles of O^T
+  constexpr int kBlocks = Tiles::kValueBlocks;
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   uint32_t* stages = reinterpret_cast<uint32_t*>(shared_bytes);
   const int piece = blockIdx.x;
@@ -161,7 +202,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   if (p.base.mask.causal) key_end = min(key_end, last_token + offset + 1);
   const int window_start = p.base.mask.window_left >= 0 ? max(split.key_begin, first_token + offset - p.base.mask.window_left)
                                                         : split.key_begin;
-  const int key_begin = split.key_begin + (window_start - split.key_begin) / kChunk * kChunk;
+  const int key_begin = split.key_begin + (window_start - split.key_begin) / 64 * 64;  // pieces start at multiples of 64
   const int chunks = key_end > key_begin ? (key_end - key_begin + kChunk - 1) / kChunk : 0;
 
   const int64_t channels = static_cast<int64_t>(kv.heads) * kHeadDim;
@@ -172,65 +213,61 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   const int value_groups_per_token = kHeadDim >> group_shift;
   const uint32_t* value_groups = kv.value_groups + sequence * kv.value_groups_slot + kv_head * value_groups_per_token;
   const uint16_t* value_residual = kv.value_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
-  const int64_t value_word_stride = channels / kCpw;        // words from one token to the next
+  const int64_t value_word_stride = channels / kCpw;  // words from one token to the next
   const int64_t value_group_stride = channels >> group_shift;
 
-  // One chunk of codes and groups into stage `chunk % kStages` (nothing for chunks past the quantized
-  // keys, which hold no codes at all). Rows past the slot's capacity are zero-filled, never read from past
-  // the arrays.
-  // Each thread's pieces of a stage are the same in every chunk: their offsets are computed once.
-  constexpr int kRowPieces = kHeadDim / 4;  // 16-byte pieces of a row of kHeadDim words
+  // One chunk of codes and groups into stage `chunk % kStages` (nothing for chunks past the quantized keys:
+  // only coded tiles read the stage). Rows past the slot's capacity are zero-filled, never read. A thread's
+  // pieces of an array are consecutive 16-byte pieces of one row (key word rows; a value token's words), so
+  // that each array costs a thread one address per chunk; the stage keeps the arrays' layouts.
+  constexpr int kRowPieces = kHeadDim / 4;  // 16-byte pieces of a key word row (kHeadDim words)
   constexpr int kTokenPieces = Tiles::kValueWordsPerToken / 4;
-  constexpr int kKeyCodePieces = (Tiles::kKeyCodeWords / 4 + kDecodeThreads - 1) / kDecodeThreads;
-  constexpr int kKeyGroupPieces = (Tiles::kKeyGroupWords / 4 + kDecodeThreads - 1) / kDecodeThreads;
-  constexpr int kValueCodePieces = (Tiles::kValueCodeWords / 4 + kDecodeThreads - 1) / kDecodeThreads;
-  constexpr int kValueGroupItems = (Tiles::kValueGroupWords + kDecodeThreads - 1) / kDecodeThreads;
-  const int value_group_items = kChunk * value_groups_per_token;
-  const int value_group_token_shift = 31 - __clz(value_groups_per_token);
+  constexpr int kKeyCodePieces = Tiles::kKeyWordRows * kHeadDim / 4 / kDecodeThreads;  // per thread
+  constexpr int kKeyRowThreads = kRowPieces / kKeyCodePieces;                 // threads per word row
+  constexpr int kKeyGroupThreads = Tiles::kKeyGroupWords / 4;                 // one piece each
+  static_assert(kKeyCodePieces * 4 * kDecodeThreads == Tiles::kKeyWordRows * kHeadDim && kRowPieces % kKeyCodePieces == 0 &&
+                    kKeyGroupThreads <= kDecodeThreads && kChunk == kDecodeThreads,
+                "a stage is whole pieces of the block; a value token per thread");
+  const int tid = threadIdx.x;
+  const uint32_t row_words = static_cast<uint32_t>(channels);
+  const uint32_t value_row_words = static_cast<uint32_t>(value_word_stride);
+  const uint32_t group_row_words = static_cast<uint32_t>(value_group_stride);
+  const int key_code_row = tid / kKeyRowThreads;
+  const uint32_t key_code_column = 4 * kKeyCodePieces * (tid % kKeyRowThreads);
+  const int key_group_row = tid / kRowPieces;
+  const uint32_t key_group_column = 4 * (tid % kRowPieces);
+  // A value token's group word per 32-channel block (the block's group is block x 32 / G: repeated for G > 32),
+  // stored block-major so that a lane reads its tokens' words of a block at once.
   auto load_chunk = [&](int chunk) {
     const int c0 = key_begin + chunk * kChunk;
     if (c0 >= quantized_keys) return;
     const uint32_t base = shared_address(stages + (chunk % kStages) * Tiles::kStageWords);
+    {
+      const int row = c0 / kCpw + key_code_row;
+      const bool valid = row * kCpw < kv.capacity;
+      const uint32_t* source = key_codes + (valid ? row * row_words + key_code_column : 0u);
+      const uint32_t destination = base + 4u * (key_code_row * Tiles::kKeyPitch + key_code_column);
 #pragma unroll
-    for (int j = 0; j < kKeyCodePieces; ++j) {
-      const int i = threadIdx.x + j * kDecodeThreads;
-      if (i < Tiles::kKeyCodeWords / 4) {
-        const int word_row = c0 / kCpw + i / kRowPieces;
-        const bool valid = word_row * kCpw < kv.capacity;
-        copy_async_16(base + 16u * i, key_codes + (valid ? word_row : 0) * channels + 4 * (i % kRowPieces), valid);
-      }
+      for (int j = 0; j < kKeyCodePieces; ++j) copy_async_16(destination + 16u * j, source + 4 * j, valid);
     }
     const uint32_t group_base = base + 4u * Tiles::kKeyCodeWords;
-#pragma unroll
-    for (int j = 0; j < kKeyGroupPieces; ++j) {
-      const int i = threadIdx.x + j * kDecodeThreads;
-      if (i < Tiles::kKeyGroupWords / 4) {
-        const int index = (c0 >> group_shift) + i / kRowPieces;
-        const bool valid = (index << group_shift) < min(kv.capacity, c0 + kChunk);  // only groups the chunk has
-        copy_async_16(group_base + 16u * i, key_groups + (valid ? index : 0) * channels + 4 * (i % kRowPieces), valid);
-      }
+    if (tid < kKeyGroupThreads) {
+      const int index = (c0 >> group_shift) + key_group_row;
+      const bool valid = (index << group_shift) < min(kv.capacity, c0 + kChunk);  // only groups the chunk has
+      copy_async_16(group_base + 16u * tid, key_groups + (valid ? index * row_words + key_group_column : 0u), valid);
     }
+    const int token = c0 + tid;
+    const bool valid = token < kv.capacity;
     const uint32_t value_base = group_base + 4u * Tiles::kKeyGroupWords;
+    const uint32_t* values = value_codes + (valid ? token * value_row_words : 0u);
 #pragma unroll
-    for (int j = 0; j < kValueCodePieces; ++j) {
-      const int i = threadIdx.x + j * kDecodeThreads;
-      if (i < Tiles::kValueCodeWords / 4) {
-        const int token = c0 + i / kTokenPieces;
-        const bool valid = token < kv.capacity;
-        copy_async_16(value_base + 16u * i, value_codes + (valid ? token : 0) * value_word_stride + 4 * (i % kTokenPieces), valid);
-      }
+    for (int j = 0; j < kTokenPieces; ++j) {
+      copy_async_16(value_base + 16u * (tid * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(tid, j)), values + 4 * j, valid);
     }
-    const uint32_t value_group_base = value_base + 4u * Tiles::kValueCodeWords;
+    const uint32_t value_group_base = value_base + 4u * Tiles::kValueCodeWords + 4u * tid;
+    const uint32_t* groups = value_groups + (valid ? token * group_row_words : 0u);
 #pragma unroll
-    for (int j = 0; j < kValueGroupItems; ++j) {
-      const int i = threadIdx.x + j * kDecodeThreads;
-      if (i < value_group_items) {
-        const int r = i >> value_group_token_shift, w = i & (value_groups_per_token - 1);
-        const bool valid = c0 + r < kv.capacity;
-        copy_async_4(value_group_base + 4u * (r * Tiles::kValueGroupsPerToken + w),
-                     value_groups + (valid ? c0 + r : 0) * value_group_stride + w, valid);
-      }
-    }
+    for (int b = 0; b < kBlocks; ++b) copy_async_4(value_group_base + 4u * kChunk * b, groups + ((32 * b) >> group_shift), valid);
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -242,6 +279,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   // at channel 16 s + 4t + j, k = 2t + 8 + j at 16 s + 4t + 2 + j.
   uint32_t q_frag[kKSteps][kNTiles][2];
   KeyRange visible[kNTiles][2];
+  int all_first = 0, all_last = 0x7fffffff, any_first = 0x7fffffff;  // over the block's query rows
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt) {
     const int row = row0 + nt * 8 + g;
@@ -262,13 +300,22 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       r.first = max(r.first, split.key_begin);
       r.last = min(r.last, split.key_end - 1);
       visible[nt][j] = r;
+      all_first = max(all_first, r.first);
+      all_last = min(all_last, r.last);
+      any_first = min(any_first, r.first);
     }
+  }
+#pragma unroll
+  for (int width = 1; width < 4; width *= 2) {  // the columns are spread over t
+    all_first = max(all_first, __shfl_xor_sync(0xffffffffu, all_first, width));
+    all_last = min(all_last, __shfl_xor_sync(0xffffffffu, all_last, width));
+    any_first = min(any_first, __shfl_xor_sync(0xffffffffu, any_first, width));
   }
 
   const CodeLanes<kBits> lanes(g);
   const float exp_scale = p.base.mask.score.softcap > 0.0f ? 1.0f : p.base.mask.score.scale_log2;
-  // O^T per 16-channel tile (rows: channels 16 i + g, + 8; columns: query rows 2t, 2t + 1), in code units
-  // until `plain` (see the top of the file); the values' minimum term per channel group (rows: groups).
+  // O^T per 16-channel tile (rows: channels value_channel(i, g, 0 / 1); columns: query rows 2t, 2t + 1), in code
+  // units until `plain` (see the top of the file); the values' minimum term per 32-channel block (rows: blocks).
   float o[kVTiles][kNTiles][4];
   float o_min[kNTiles][4];
   float row_max[kNTiles][2];
@@ -288,80 +335,28 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   auto to_plain = [&] {
 #pragma unroll
     for (int i = 0; i < kVTiles; ++i) {
-      const int source = ((16 * i) >> group_shift) * 4 + t;  // the lane holding this tile's group row of o_min
+      const int source = (i / 2) * 4 + t;  // the lane holding this tile's block row of o_min
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
         const float m0 = __shfl_sync(0xffffffffu, o_min[nt][0], source);
         const float m1 = __shfl_sync(0xffffffffu, o_min[nt][1], source);
-        o[i][nt][0] = fmaf(o[i][nt][0], lanes.scale, m0);
-        o[i][nt][1] = fmaf(o[i][nt][1], lanes.scale, m1);
-        o[i][nt][2] = fmaf(o[i][nt][2], lanes.scale, m0);
-        o[i][nt][3] = fmaf(o[i][nt][3], lanes.scale, m1);
+        o[i][nt][0] = fmaf(o[i][nt][0], lanes.scale[i % 2][0], m0);
+        o[i][nt][1] = fmaf(o[i][nt][1], lanes.scale[i % 2][0], m1);
+        o[i][nt][2] = fmaf(o[i][nt][2], lanes.scale[i % 2][1], m0);
+        o[i][nt][3] = fmaf(o[i][nt][3], lanes.scale[i % 2][1], m1);
       }
     }
     plain = true;
   };
 
-  __half* scratch_k = reinterpret_cast<__half*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4) +
-                      warp * Tiles::kScratchHalves;  // [16][kHeadDim]
-  __half* scratch_v = scratch_k + 16 * kHeadDim;     // [16][kHeadDim]
-  // A tile's fp16 rows into the warp's scratch: residual keys (when its keys are not coded), and values from
-  // the residual ring or, below T - R, dequantized from the stage's codes; zeros past the sequence. The
-  // residual rows come as independent 16-byte loads, all in flight together.
-  auto fill_scratch = [&](const uint32_t* stage, int c0, int t0, bool keys_coded, bool values_coded) {
-    constexpr int kChunksPerRow = kHeadDim / 8;
-    constexpr int kPerLane = 16 * kChunksPerRow / 32;
-    if (!keys_coded) {
-      uint4 rows[kPerLane];
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const int item = lane + 32 * j;
-        const int token = t0 + item / kChunksPerRow, c = item % kChunksPerRow * 8;
-        rows[j] = token < lk ? *reinterpret_cast<const uint4*>(key_residual + (token - quantized_keys) * channels + c)
-                             : make_uint4(0u, 0u, 0u, 0u);
-      }
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const int item = lane + 32 * j;
-        *reinterpret_cast<uint4*>(scratch_k + item / kChunksPerRow * kHeadDim + item % kChunksPerRow * 8) = rows[j];
-      }
-    }
-    if (!values_coded) {
-      uint4 rows[kPerLane];
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const int item = lane + 32 * j;
-        const int token = t0 + item / kChunksPerRow, c = item % kChunksPerRow * 8;
-        rows[j] = token >= quantized_values && token < lk
-                      ? *reinterpret_cast<const uint4*>(value_residual + token % residual * channels + c)
-                      : make_uint4(0u, 0u, 0u, 0u);
-      }
-#pragma unroll
-      for (int j = 0; j < kPerLane; ++j) {
-        const int item = lane + 32 * j;
-        const int r = item / kChunksPerRow, c = item % kChunksPerRow * 8;
-        const int token = t0 + r;
-        if (token < quantized_values) {  // the one tile across T - R: its first tokens are coded
-          const int local = token - c0;
-          const uint32_t* words = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + local * Tiles::kValueWordsPerToken;
-          const uint32_t* groups = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords +
-                                   local * Tiles::kValueGroupsPerToken;
-          uint32_t halves[4];
-          for (int e = 0; e < 8; e += 2) {
-            float pair[2];
-            for (int u = 0; u < 2; ++u) {
-              const int channel = c + e + u;
-              const kivi::Group vg = kivi::unpack_group(groups[channel >> group_shift]);
-              pair[u] = kivi::value_of(unpack_code(words[channel / kCpw], channel % kCpw, kBits), vg);
-            }
-            halves[e / 2] = pack_halves(pair[0], pair[1]);
-          }
-          rows[j] = make_uint4(halves[0], halves[1], halves[2], halves[3]);
-        }
-        *reinterpret_cast<uint4*>(scratch_v + r * kHeadDim + c) = rows[j];
-      }
-    }
-    __syncwarp();
+  // One value as stored for a token the stage does not hold coded: the residual ring (from T - R), the
+  // codes dequantized (the one tile across T - R), zero past the sequence. Channels c and c + 1 (c even).
+  auto value_pair = [&](int token, int c) -> uint32_t {
+    if (token >= lk) return 0u;
+    if (token >= quantized_values) return *reinterpret_cast<const uint32_t*>(value_residual + token % residual * channels + c);
+    const uint32_t word = value_codes[token * value_word_stride + c / kCpw];
+    const kivi::Group vg = kivi::unpack_group(value_groups[token * value_group_stride + (c >> group_shift)]);
+    return pack_halves(kivi::value_of(unpack_code(word, c % kCpw, kBits), vg), kivi::value_of(unpack_code(word, c % kCpw + 1, kBits), vg));
   };
 
   for (int chunk = 0; chunk < chunks; ++chunk) {
@@ -371,28 +366,25 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     copy_async_commit();
 
     const int c0 = key_begin + chunk * kChunk;
-    const int t0 = c0 + warp * 16;
-    if (t0 >= key_end) continue;
+    const int t0 = c0 + warp * kWarpKeys;
+    if (t0 >= key_end || t0 + kWarpKeys <= any_first) continue;  // past the piece, or before every row's window
     const uint32_t* stage = stages + (chunk % kStages) * Tiles::kStageWords;
-    // Keys come in whole tiles of codes or of residual rows (the split point T - T % R is a multiple of 32);
-    // values change over once, at T - R, possibly within a tile.
-    const bool keys_coded = t0 + 16 <= quantized_keys;
-    const bool values_coded = t0 + 16 <= quantized_values;
+    // Keys come in whole warp tiles of codes or of residual rows (the split point T - T % R is a multiple of
+    // 32); values change over once, at T - R, possibly within a warp tile.
+    const bool keys_coded = t0 + kWarpKeys <= quantized_keys;
+    const bool values_coded = t0 + kWarpKeys <= quantized_values;
     if (!values_coded && !plain) to_plain();
-    if (!keys_coded || !values_coded) fill_scratch(stage, c0, t0, keys_coded, values_coded);
-    float s[kNTiles][4];
+    float s[2][kNTiles][4];
 
     if (keys_coded) {
-      // ---- logits from the key codes of this tile (tokens t0 .. t0 + 15, one key group) ----
-      const uint32_t* codes = stage + (t0 - c0) / kCpw * kHeadDim;
-      const int low_row = g / kCpw * kHeadDim;          // word rows of rows g and g + 8 past the tile's first
-      const int high_row = (g + 8) / kCpw * kHeadDim;
+      // ---- logits from the key codes of the warp's 32 tokens (one key group) ----
+      const uint32_t* codes = stage + (t0 - c0) / kCpw * Tiles::kKeyPitch;
       const uint32_t* groups = stage + Tiles::kKeyCodeWords + ((t0 >> group_shift) - (c0 >> group_shift)) * kHeadDim;
-      float acc[kNTiles][4], bias[kNTiles][4];
+      float bias[kNTiles][4];
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) acc[nt][e] = bias[nt][e] = 0.0f;
+        for (int e = 0; e < 4; ++e) bias[nt][e] = s[0][nt][e] = s[1][nt][e] = 0.0f;
       }
 #pragma unroll
       for (int ks = 0; ks < kKSteps; ++ks) {
@@ -400,58 +392,93 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         const uint4 gr = *reinterpret_cast<const uint4*>(groups + c);
         const uint32_t scale01 = byte_permute(gr.x, gr.y, 0x5410), scale23 = byte_permute(gr.z, gr.w, 0x5410);
         const uint32_t min01 = byte_permute(gr.x, gr.y, 0x7632), min23 = byte_permute(gr.z, gr.w, 0x7632);
-        const uint4 lo = *reinterpret_cast<const uint4*>(codes + low_row + c);
-        const uint4 hi = kBits == 2 ? lo : *reinterpret_cast<const uint4*>(codes + high_row + c);
-        const uint32_t a[4] = {lanes.operand(lo.x, lo.y, false), lanes.operand(hi.x, hi.y, true),
-                               lanes.operand(lo.z, lo.w, false), lanes.operand(hi.z, hi.w, true)};
         const uint32_t a_min[4] = {min01, min01, min23, min23};
+        uint32_t a[2][4];
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const uint4 w = *reinterpret_cast<const uint4*>(codes + Layout::tile_token(m, g) / kCpw * Tiles::kKeyPitch + c);
+          a[m][0] = lanes.operand(w.x, w.y, m, 0);
+          a[m][1] = lanes.operand(w.x, w.y, m, 1);
+          a[m][2] = lanes.operand(w.z, w.w, m, 0);
+          a[m][3] = lanes.operand(w.z, w.w, m, 1);
+        }
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
-          mma_16816(acc[nt], a, multiply_halves(q_frag[ks][nt][0], scale01), multiply_halves(q_frag[ks][nt][1], scale23), __half());
+          const uint32_t b0 = multiply_halves(q_frag[ks][nt][0], scale01), b1 = multiply_halves(q_frag[ks][nt][1], scale23);
           mma_16816(bias[nt], a_min, q_frag[ks][nt][0], q_frag[ks][nt][1], __half());
+          mma_16816(s[0][nt], a[0], b0, b1, __half());
+          mma_16816(s[1][nt], a[1], b0, b1, __half());
         }
       }
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
+      for (int m = 0; m < 2; ++m) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] = fmaf(acc[nt][e], lanes.scale, bias[nt][e]);
+        for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[m][nt][e] = fmaf(s[m][nt][e], lanes.scale[m][e / 2], bias[nt][e]);
+        }
       }
     } else {
+      // ---- logits from the fp16 residual rows, straight from global memory ----
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
+      for (int m = 0; m < 2; ++m) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) s[nt][e] = 0.0f;
+        for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[m][nt][e] = 0.0f;
+        }
       }
 #pragma unroll
       for (int ks = 0; ks < kKSteps; ++ks) {
-        const int c = 16 * ks + 4 * t;
-        const uint32_t a[4] = {*reinterpret_cast<const uint32_t*>(scratch_k + g * kHeadDim + c),
-                               *reinterpret_cast<const uint32_t*>(scratch_k + (g + 8) * kHeadDim + c),
-                               *reinterpret_cast<const uint32_t*>(scratch_k + g * kHeadDim + c + 2),
-                               *reinterpret_cast<const uint32_t*>(scratch_k + (g + 8) * kHeadDim + c + 2)};
+        uint2 x[2][2];
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) mma_16816(s[nt], a, q_frag[ks][nt][0], q_frag[ks][nt][1], __half());
+        for (int m = 0; m < 2; ++m) {
+#pragma unroll
+          for (int half = 0; half < 2; ++half) {
+            const int token = t0 + Layout::tile_token(m, g + 8 * half);
+            x[m][half] = token < lk ? *reinterpret_cast<const uint2*>(key_residual + (token - quantized_keys) * channels + 16 * ks + 4 * t)
+                                    : make_uint2(0u, 0u);
+          }
+        }
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          const uint32_t a[4] = {x[m][0].x, x[m][1].x, x[m][0].y, x[m][1].y};
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(s[m][nt], a, q_frag[ks][nt][0], q_frag[ks][nt][1], __half());
+        }
       }
     }
 
-    // ---- one online-softmax step over the tile's 16 keys, per query column ----
+    // ---- one online-softmax step over the warp's 32 keys, per query column ----
+    if (p.base.mask.score.softcap > 0.0f) {
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
+      for (int m = 0; m < 2; ++m)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int token = t0 + g + 8 * (e / 2);
-        const KeyRange& r = visible[nt][e % 2];
-        float x = p.base.mask.score.softcap > 0.0f ? p.base.mask.score.capped(s[nt][e]) : s[nt][e];
-        s[nt][e] = token >= r.first && token <= r.last ? x : -INFINITY;
+        for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[m][nt][e] = p.base.mask.score.capped(s[m][nt][e]);
+    }
+    if (t0 < all_first || t0 + kWarpKeys - 1 > all_last) {  // some row does not see all 32 keys
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const int token = t0 + Layout::tile_token(m, g + 8 * (e / 2));
+            const KeyRange& r = visible[nt][e % 2];
+            s[m][nt][e] = token >= r.first && token <= r.last ? s[m][nt][e] : -INFINITY;
+          }
+        }
       }
     }
-    uint32_t probabilities[kNTiles][2];  // P^T as the value MMA's B operand
+    uint32_t probabilities[2][kNTiles][2];  // P^T of each key tile as the value MMA's B operand
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
       float alpha[2];
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        float tile_max = fmaxf(s[nt][j], s[nt][2 + j]) * exp_scale;
+        float tile_max = fmaxf(fmaxf(s[0][nt][j], s[0][nt][2 + j]), fmaxf(s[1][nt][j], s[1][nt][2 + j])) * exp_scale;
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 4));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 8));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
@@ -459,100 +486,127 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         const float base = new_max == -INFINITY ? 0.0f : new_max;
         alpha[j] = fast_exp2(row_max[nt][j] - base);
         row_max[nt][j] = new_max;
-        s[nt][j] = fast_exp2(fmaf(s[nt][j], exp_scale, -base));
-        s[nt][2 + j] = fast_exp2(fmaf(s[nt][2 + j], exp_scale, -base));
-        row_sum[nt][j] = fmaf(row_sum[nt][j], alpha[j], s[nt][j] + s[nt][2 + j]);
+        float sum = 0.0f;
+#pragma unroll
+        for (int m = 0; m < 2; ++m) {
+          s[m][nt][j] = fast_exp2(fmaf(s[m][nt][j], exp_scale, -base));
+          s[m][nt][2 + j] = fast_exp2(fmaf(s[m][nt][2 + j], exp_scale, -base));
+          sum += s[m][nt][j] + s[m][nt][2 + j];
+        }
+        row_sum[nt][j] = fmaf(row_sum[nt][j], alpha[j], sum);
+      }
+      // The running O only changes when a column's maximum grew (rare once the first keys are in).
+      if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+        for (int i = 0; i < kVTiles; ++i) {
+          o[i][nt][0] *= alpha[0];
+          o[i][nt][1] *= alpha[1];
+          o[i][nt][2] *= alpha[0];
+          o[i][nt][3] *= alpha[1];
+        }
+        o_min[nt][0] *= alpha[0];
+        o_min[nt][1] *= alpha[1];
       }
 #pragma unroll
-      for (int i = 0; i < kVTiles; ++i) {
-        o[i][nt][0] *= alpha[0];
-        o[i][nt][1] *= alpha[1];
-        o[i][nt][2] *= alpha[0];
-        o[i][nt][3] *= alpha[1];
+      for (int m = 0; m < 2; ++m) {
+        probabilities[m][nt][0] = transpose_8x8(pack_halves(s[m][nt][0], s[m][nt][1]));
+        probabilities[m][nt][1] = transpose_8x8(pack_halves(s[m][nt][2], s[m][nt][3]));
       }
-      o_min[nt][0] *= alpha[0];
-      o_min[nt][1] *= alpha[1];
-      probabilities[nt][0] = transpose_8x8(pack_halves(s[nt][0], s[nt][1]));
-      probabilities[nt][1] = transpose_8x8(pack_halves(s[nt][2], s[nt][3]));
     }
 
+    // The value MMA of key tile m takes reduction index k = tile row k: lane t's operands hold tokens
+    // tile_token(m, 2t), (m, 2t + 1) (registers 0, 1) and (m, 2t + 8), (m, 2t + 9) (registers 2, 3).
     if (values_coded) {
-      // ---- P.V from the value codes: tokens 2t, 2t + 1 (and + 8) of the tile ----
-      const int local = t0 - c0;
-      const uint32_t* words = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + local * Tiles::kValueWordsPerToken;
-      const uint32_t* groups = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords +
-                               local * Tiles::kValueGroupsPerToken;
-      auto value_group = [&](int token, int j) { return groups[token * Tiles::kValueGroupsPerToken + j]; };
-      {
-        // Rows of the minimum MMA are channel groups: row g holds group g's minimums of the four tokens.
-        uint32_t a_min[4] = {0u, 0u, 0u, 0u};
-        if (g < value_groups_per_token) {
-          a_min[0] = byte_permute(value_group(2 * t, g), value_group(2 * t + 1, g), 0x7632);
-          a_min[2] = byte_permute(value_group(2 * t + 8, g), value_group(2 * t + 9, g), 0x7632);
+      // ---- P.V from the value codes ----
+      const uint32_t* words = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + (t0 - c0) * Tiles::kValueWordsPerToken;
+      const uint32_t* blocks = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + (t0 - c0);
+      constexpr int kTokenPieces = Tiles::kValueWordsPerToken / 4;
+#pragma unroll
+      for (int m = 0; m < 2; ++m) {
+        const int tokens[4] = {Layout::tile_token(m, 2 * t), Layout::tile_token(m, 2 * t + 1), Layout::tile_token(m, 2 * t + 8),
+                               Layout::tile_token(m, 2 * t + 9)};
+        // A block's group words of the four tokens, in operand order: one 16-byte load of tokens 4t .. 4t + 3 at 4
+        // and 8 bits, two 8-byte loads at 2 bits (tokens 8t + 2m + {0, 1} and + {4, 5}).
+        auto token_words = [&](const uint32_t* block) {
+          uint4 x;
+          if constexpr (kBits == 2) {
+            const uint2 a = *reinterpret_cast<const uint2*>(block + tokens[0]);
+            const uint2 b = *reinterpret_cast<const uint2*>(block + tokens[1]);
+            x = make_uint4(a.x, b.x, a.y, b.y);
+          } else {
+            const uint4 a = *reinterpret_cast<const uint4*>(block + tokens[0]);
+            x = make_uint4(a.x, a.z, a.y, a.w);
+          }
+          return x;
+        };
+        {
+          // Rows of the minimum MMA are 32-channel blocks: row g holds block g's minimums of the four tokens.
+          const uint4 x = token_words(blocks + min(g, kBlocks - 1) * kChunk);
+          const uint32_t a_min[4] = {g < kBlocks ? byte_permute(x.x, x.y, 0x7632) : 0u, 0u, g < kBlocks ? byte_permute(x.z, x.w, 0x7632) : 0u,
+                                     0u};
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o_min[nt], a_min, probabilities[m][nt][0], probabilities[m][nt][1], __half());
         }
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o_min[nt], a_min, probabilities[nt][0], probabilities[nt][1], __half());
-      }
-      // Code words four at a time per token (16 bytes: 64 channels at 2 bits, 32 at 4, 16 at 8).
-      constexpr int kQuadChannels = 4 * kCpw;
-      constexpr int kTilesPerQuad = kQuadChannels / 16;
-      const int tokens[4] = {2 * t, 2 * t + 1, 2 * t + 8, 2 * t + 9};
-      uint32_t scaled[kNTiles][2];
+        for (int b = 0; b < kBlocks; ++b) {  // 32 channels: tiles 2b, 2b + 1
+          const uint4 x = token_words(blocks + b * kChunk);
+          const uint32_t scale01 = byte_permute(x.x, x.y, 0x5410);
+          const uint32_t scale89 = byte_permute(x.z, x.w, 0x5410);
+          uint32_t scaled[kNTiles][2];
 #pragma unroll
-      for (int quad = 0; quad < Tiles::kValueWordsPerToken / 4; ++quad) {
-        uint4 w[4];
+          for (int nt = 0; nt < kNTiles; ++nt) {
+            scaled[nt][0] = multiply_halves(probabilities[m][nt][0], scale01);
+            scaled[nt][1] = multiply_halves(probabilities[m][nt][1], scale89);
+          }
+          // The lane's words of tiles 2b and 2b + 1 for each of the four tokens. The tokens differ from tokens[0] by
+          // constants and share its swizzle, so each load is one lane address plus an immediate.
+          uint32_t w[4][2];
+          auto at = [&](int word) {
+            return words + tokens[0] * Tiles::kValueWordsPerToken + 4 * swizzled_piece<kBits, kTokenPieces>(tokens[0], word / 4) + word % 4;
+          };
 #pragma unroll
-        for (int u = 0; u < 4; ++u) w[u] = *reinterpret_cast<const uint4*>(words + tokens[u] * Tiles::kValueWordsPerToken + 4 * quad);
-#pragma unroll
-        for (int in_quad = 0; in_quad < kTilesPerQuad; ++in_quad) {
-          const int i = quad * kTilesPerQuad + in_quad;
-          if (i % 2 == 0) {  // two 16-channel tiles per group at least (G >= 32)
-            const int j = (16 * i) >> group_shift;
-            const uint32_t scale01 = byte_permute(value_group(2 * t, j), value_group(2 * t + 1, j), 0x5410);
-            const uint32_t scale89 = byte_permute(value_group(2 * t + 8, j), value_group(2 * t + 9, j), 0x5410);
-#pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt) {
-              scaled[nt][0] = multiply_halves(probabilities[nt][0], scale01);
-              scaled[nt][1] = multiply_halves(probabilities[nt][1], scale89);
+          for (int u = 0; u < 4; ++u) {
+            const int next = (tokens[u] - tokens[0]) * Tiles::kValueWordsPerToken;
+            if constexpr (kBits == 2) {
+              w[u][0] = w[u][1] = at(2 * b + g / 4)[next];
+            } else if constexpr (kBits == 4) {
+              const uint2 x2 = *reinterpret_cast<const uint2*>(at(4 * b + 2 * (g / 4)) + next);
+              w[u][0] = x2.x;
+              w[u][1] = x2.y;
+            } else {
+              w[u][0] = at(4 * (2 * b) + g / 2)[next];
+              w[u][1] = at(4 * (2 * b + 1) + g / 2)[next];
             }
           }
-          // The words of rows g and g + 8 (channels 16 i + g, + 8) within the quad: fixed at 2 and 4 bits,
-          // by lane at 8 (rows g and g + 8 are then words g / 4 and 2 + g / 4 of a 4-word tile).
-          auto pick = [&](const uint4& x, bool high) -> uint32_t {
-            int index = 0;
-            if constexpr (kBits == 2) {
-              index = in_quad;  // one word is a whole 16-channel tile
-            } else if constexpr (kBits == 4) {
-              index = 2 * in_quad + (high ? 1 : 0);
-            } else {
-              const bool second = g >= 4;
-              return high ? (second ? x.w : x.z) : (second ? x.y : x.x);
-            }
-            return index == 0 ? x.x : index == 1 ? x.y : index == 2 ? x.z : x.w;
-          };
-          const uint32_t a[4] = {lanes.operand(pick(w[0], false), pick(w[1], false), false),
-                                 lanes.operand(pick(w[0], true), pick(w[1], true), true),
-                                 lanes.operand(pick(w[2], false), pick(w[3], false), false),
-                                 lanes.operand(pick(w[2], true), pick(w[3], true), true)};
 #pragma unroll
-          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, scaled[nt][0], scaled[nt][1], __half());
+          for (int q = 0; q < 2; ++q) {
+            const int i = 2 * b + q;
+            const uint32_t a[4] = {lanes.operand(w[0][q], w[1][q], q, 0), lanes.operand(w[0][q], w[1][q], q, 1),
+                                   lanes.operand(w[2][q], w[3][q], q, 0), lanes.operand(w[2][q], w[3][q], q, 1)};
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, scaled[nt][0], scaled[nt][1], __half());
+          }
         }
       }
     } else {
-      // V^T from the scratch's rows: (channel, tokens 2t and 2t + 1) as one fp16 pair.
-      const uint16_t* v = reinterpret_cast<const uint16_t*>(scratch_v);
-      auto pair = [&](int token, int channel) {
-        return static_cast<uint32_t>(v[token * kHeadDim + channel]) | static_cast<uint32_t>(v[(token + 1) * kHeadDim + channel]) << 16;
-      };
+      // ---- P.V from fp16 values (residual, or dequantized here), straight from global memory ----
 #pragma unroll
-      for (int i = 0; i < kVTiles; ++i) {
-        const int channel = 16 * i + g;
-        const uint32_t a[4] = {pair(2 * t, channel), pair(2 * t, channel + 8), pair(2 * t + 8, channel), pair(2 * t + 8, channel + 8)};
+      for (int m = 0; m < 2; ++m) {
+        const int tokens[4] = {t0 + Layout::tile_token(m, 2 * t), t0 + Layout::tile_token(m, 2 * t + 1),
+                               t0 + Layout::tile_token(m, 2 * t + 8), t0 + Layout::tile_token(m, 2 * t + 9)};
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, probabilities[nt][0], probabilities[nt][1], __half());
+        for (int i = 0; i < kVTiles; ++i) {
+          const int c = Layout::value_channel(i, g, 0);
+          uint32_t x[4];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) x[u] = value_pair(tokens[u], c);
+          const uint32_t a[4] = {byte_permute(x[0], x[1], 0x5410), byte_permute(x[0], x[1], 0x7632), byte_permute(x[2], x[3], 0x5410),
+                                 byte_permute(x[2], x[3], 0x7632)};
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, probabilities[m][nt][0], probabilities[m][nt][1], __half());
+        }
       }
     }
-    if (!keys_coded || !values_coded) __syncwarp();  // the scratch is read before the next tile overwrites it
   }
   if (!plain) to_plain();
   copy_async_wait<0>();
@@ -572,8 +626,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       const int r = nt * 8 + 2 * t + j;
 #pragma unroll
       for (int i = 0; i < kVTiles; ++i) {
-        merge_o[(warp * kRows + r) * kHeadDim + 16 * i + g] = o[i][nt][j];
-        merge_o[(warp * kRows + r) * kHeadDim + 16 * i + g + 8] = o[i][nt][2 + j];
+        merge_o[(warp * kRows + r) * kHeadDim + Layout::value_channel(i, g, 0)] = o[i][nt][j];
+        merge_o[(warp * kRows + r) * kHeadDim + Layout::value_channel(i, g, 1)] = o[i][nt][2 + j];
       }
       if (g == 0) {
         merge_max[warp * kRows + r] = row_max[nt][j];
@@ -655,7 +709,7 @@ int64_t quantized_decode_block_slots(const nkv_attention_plan& plan) {
 
 void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedDecodeArgs& a) {
   using namespace kv_quant;
-  static_assert(kChunk == 64, "pieces are cut at the fp16 decode's 64-key tiles");
+  static_assert(kChunk % 64 == 0, "chunks start where pieces do: at multiples of the fp16 decode's 64-key tiles");
   KiviDecodeParams p{};
   p.base.args.dtype = NKV_DTYPE_FLOAT16;
   p.base.args.q = a.q;

@@ -349,11 +349,12 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     plain = true;
   };
 
-  // One value as stored for a token the stage does not hold coded: the residual ring (from T - R), the
-  // codes dequantized (the one tile across T - R), zero past the sequence. Channels c and c + 1 (c even).
-  auto value_pair = [&](int token, int c) -> uint32_t {
+  // One value as stored for a token the stage does not hold coded: the residual ring (from T - R; `ring` is
+  // token % R), the codes dequantized (the one tile across T - R), zero past the sequence. Channels c and c + 1
+  // (c even).
+  auto value_pair = [&](int token, int ring, int c) -> uint32_t {
     if (token >= lk) return 0u;
-    if (token >= quantized_values) return *reinterpret_cast<const uint32_t*>(value_residual + token % residual * channels + c);
+    if (token >= quantized_values) return *reinterpret_cast<const uint32_t*>(value_residual + ring * channels + c);
     const uint32_t word = value_codes[token * value_word_stride + c / kCpw];
     const kivi::Group vg = kivi::unpack_group(value_groups[token * value_group_stride + (c >> group_shift)]);
     return pack_halves(kivi::value_of(unpack_code(word, c % kCpw, kBits), vg), kivi::value_of(unpack_code(word, c % kCpw + 1, kBits), vg));
@@ -590,16 +591,29 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       }
     } else {
       // ---- P.V from fp16 values (residual, or dequantized here), straight from global memory ----
+      const int ring0 = t0 % residual;  // the ring's slot of t0; R >= 32, so a warp tile wraps at most once
 #pragma unroll
       for (int m = 0; m < 2; ++m) {
-        const int tokens[4] = {t0 + Layout::tile_token(m, 2 * t), t0 + Layout::tile_token(m, 2 * t + 1),
-                               t0 + Layout::tile_token(m, 2 * t + 8), t0 + Layout::tile_token(m, 2 * t + 9)};
+        int tokens[4], rings[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int d = Layout::tile_token(m, 2 * t + (u % 2) + 8 * (u / 2));
+          tokens[u] = t0 + d;
+          rings[u] = ring0 + d >= residual ? ring0 + d - residual : ring0 + d;
+        }
 #pragma unroll
         for (int i = 0; i < kVTiles; ++i) {
           const int c = Layout::value_channel(i, g, 0);
           uint32_t x[4];
+          if (t0 >= quantized_values) {  // all residual (the usual tail): predicated loads the compiler batches
 #pragma unroll
-          for (int u = 0; u < 4; ++u) x[u] = value_pair(tokens[u], c);
+            for (int u = 0; u < 4; ++u) {
+              x[u] = tokens[u] < lk ? *reinterpret_cast<const uint32_t*>(value_residual + rings[u] * channels + c) : 0u;
+            }
+          } else {
+#pragma unroll
+            for (int u = 0; u < 4; ++u) x[u] = value_pair(tokens[u], rings[u], c);
+          }
           const uint32_t a[4] = {byte_permute(x[0], x[1], 0x5410), byte_permute(x[0], x[1], 0x7632), byte_permute(x[2], x[3], 0x5410),
                                  byte_permute(x[2], x[3], 0x7632)};
 #pragma unroll

@@ -39,7 +39,9 @@ using namespace attention;
 constexpr int kChunk = 128;    // keys per pipeline stage: 32 per warp (pieces start at multiples of 64)
 constexpr int kWarpKeys = 32;  // two 16-key tiles
 // Pipeline stages (2 at 4 and 8 bits, 3 at 2 bits: ~40 KB per block either way) and the blocks per SM the
-// registers are capped for (128 registers: 4 blocks of 4 warps), overridable at configure time for tuning.
+// registers are capped for (4 blocks of 4 warps: 128 registers), overridable at configure time for tuning. On an
+// H200 (bench/NOTES.md q6), 5 blocks at 96 registers spilled and ran KIVI-2 at b8 x L32768 in 175 us where 4 blocks
+// took 141 us; 3 stages at 4 bits (3 blocks per SM by shared memory) took 204 us where 2 took 178.
 #ifndef NKV_KIVI_MIN_BLOCKS
 #define NKV_KIVI_MIN_BLOCKS 4
 #endif
@@ -73,7 +75,8 @@ struct KiviTiles {
   static constexpr int kValueCodeWords = kChunk * kValueWordsPerToken;  // [token][word], 16-byte pieces swizzled
   static constexpr int kValueGroupWords = kChunk * kValueBlocks;        // [32-channel block][token]
   static constexpr int kStageWords = kKeyCodeWords + kKeyGroupWords + kValueCodeWords + kValueGroupWords;
-  static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4;
+  static constexpr int kQPitch = kHeadDim + 16;  // halves per query row: a lane's rows g fall in other banks
+  static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4 + static_cast<size_t>(kRows) * kQPitch * 2;
   static constexpr size_t kMergeBytes = static_cast<size_t>(kDecodeWarps) * kRows * (kHeadDim + 2) * 4;
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
@@ -127,31 +130,27 @@ struct CodeLayout {
   }
 };
 
-// A lane's operand arithmetic: the byte permute (one selector below 8 bits, one per row at 8), the masks and
-// the 2^(24 - shift) that brings a row's results to true units.
+// A lane's operand arithmetic: the byte permute (one selector below 8 bits, one per row at 8: the byte depends
+// on the lane), then a mask, and the 2^(24 - shift) that brings a row's results to true units. The code's bit
+// offset within its byte depends only on (parity, half), so masks and scales are constants.
 template <int kBits>
 struct CodeLanes {
   using Layout = CodeLayout<kBits>;
-  uint32_t select[2];     // by half (equal below 8 bits)
-  uint32_t mask[2][2];    // [parity][half]
-  float scale[2][2];      // [parity][half]
+  uint32_t select[2];  // by half (equal below 8 bits)
 
   __device__ explicit CodeLanes(int g) {
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const uint32_t byte = static_cast<uint32_t>(Layout::code_index(g, 0, half) * kBits / 8);
       select[half] = byte | byte << 4 | (byte + 4) << 8 | (byte + 4) << 12;
-#pragma unroll
-      for (int p = 0; p < 2; ++p) {
-        const int shift = Layout::code_index(g, p, half) * kBits % 8;
-        mask[p][half] = (((1u << kBits) - 1u) << shift) * 0x00010001u;
-        scale[p][half] = __int_as_float((127 + 24 - shift) << 23);
-      }
     }
   }
+  __device__ static constexpr int shift(int p, int half) { return kBits == 2 ? 2 * (2 * p + half) : kBits == 4 ? 4 * half : 0; }
+  __device__ static constexpr uint32_t mask(int p, int half) { return (((1u << kBits) - 1u) << shift(p, half)) * 0x00010001u; }
+  __device__ static float scale(int p, int half) { return __int_as_float((127 + 24 - shift(p, half)) << 23); }
   // The operand of rows (lane row g + 8 * half, parity p) from the words of two reduction neighbours.
   __device__ __forceinline__ uint32_t operand(uint32_t a, uint32_t b, int p, int half) const {
-    return byte_permute(a, b, kBits == 8 ? select[half] : select[0]) & mask[p][half];
+    return byte_permute(a, b, kBits == 8 ? select[half] : select[0]) & mask(p, half);
   }
 };
 
@@ -275,24 +274,29 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     copy_async_commit();
   }
 
+  // The block's query rows in shared memory (zeros past `rows`; the loop's first barrier publishes them): the
+  // key MMA's B operand is read per k-step, which leaves the compiler 16 registers for the loop's loads.
+  __half* q_rows = reinterpret_cast<__half*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4);
+  for (int item = threadIdx.x; item < kRows * kHeadDim / 8; item += kDecodeThreads) {
+    const int r = item / (kHeadDim / 8), c = item % (kHeadDim / 8) * 8;
+    const int row = row0 + r;
+    const int token = row / group;
+    uint4 x = make_uint4(0u, 0u, 0u, 0u);
+    if (row < rows) {
+      x = *reinterpret_cast<const uint4*>(static_cast<const __half*>(args.q) + sequence * args.q_batch_stride + token * args.q_strides.row +
+                                          (kv_head * group + row - token * group) * args.q_strides.head + c);
+    }
+    *reinterpret_cast<uint4*>(q_rows + r * Tiles::kQPitch + c) = x;
+  }
   // Q as the key MMA's B operand: column n = query row g of each 8-row tile, reduction index k = 2t + j
   // at channel 16 s + 4t + j, k = 2t + 8 + j at 16 s + 4t + 2 + j.
-  uint32_t q_frag[kKSteps][kNTiles][2];
+  auto q_fragment = [&](int ks, int nt) {
+    return *reinterpret_cast<const uint2*>(q_rows + (nt * 8 + g) * Tiles::kQPitch + 16 * ks + 4 * t);
+  };
   KeyRange visible[kNTiles][2];
   int all_first = 0, all_last = 0x7fffffff, any_first = 0x7fffffff;  // over the block's query rows
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt) {
-    const int row = row0 + nt * 8 + g;
-    const int token = row / group;
-    const __half* q = static_cast<const __half*>(args.q) + sequence * args.q_batch_stride + token * args.q_strides.row +
-                      (kv_head * group + row - token * group) * args.q_strides.head;
-#pragma unroll
-    for (int s = 0; s < kKSteps; ++s) {
-      uint2 x = make_uint2(0u, 0u);
-      if (row < rows) x = *reinterpret_cast<const uint2*>(q + 16 * s + 4 * t);
-      q_frag[s][nt][0] = x.x;
-      q_frag[s][nt][1] = x.y;
-    }
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       const int column_row = row0 + nt * 8 + 2 * t + j;
@@ -340,10 +344,10 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       for (int nt = 0; nt < kNTiles; ++nt) {
         const float m0 = __shfl_sync(0xffffffffu, o_min[nt][0], source);
         const float m1 = __shfl_sync(0xffffffffu, o_min[nt][1], source);
-        o[i][nt][0] = fmaf(o[i][nt][0], lanes.scale[i % 2][0], m0);
-        o[i][nt][1] = fmaf(o[i][nt][1], lanes.scale[i % 2][0], m1);
-        o[i][nt][2] = fmaf(o[i][nt][2], lanes.scale[i % 2][1], m0);
-        o[i][nt][3] = fmaf(o[i][nt][3], lanes.scale[i % 2][1], m1);
+        o[i][nt][0] = fmaf(o[i][nt][0], lanes.scale(i % 2, 0), m0);
+        o[i][nt][1] = fmaf(o[i][nt][1], lanes.scale(i % 2, 0), m1);
+        o[i][nt][2] = fmaf(o[i][nt][2], lanes.scale(i % 2, 1), m0);
+        o[i][nt][3] = fmaf(o[i][nt][3], lanes.scale(i % 2, 1), m1);
       }
     }
     plain = true;
@@ -405,8 +409,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         }
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
-          const uint32_t b0 = multiply_halves(q_frag[ks][nt][0], scale01), b1 = multiply_halves(q_frag[ks][nt][1], scale23);
-          mma_16816(bias[nt], a_min, q_frag[ks][nt][0], q_frag[ks][nt][1], __half());
+          const uint2 q = q_fragment(ks, nt);
+          const uint32_t b0 = multiply_halves(q.x, scale01), b1 = multiply_halves(q.y, scale23);
+          mma_16816(bias[nt], a_min, q.x, q.y, __half());
           mma_16816(s[0][nt], a[0], b0, b1, __half());
           mma_16816(s[1][nt], a[1], b0, b1, __half());
         }
@@ -416,7 +421,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[m][nt][e] = fmaf(s[m][nt][e], lanes.scale[m][e / 2], bias[nt][e]);
+          for (int e = 0; e < 4; ++e) s[m][nt][e] = fmaf(s[m][nt][e], lanes.scale(m, e / 2), bias[nt][e]);
         }
       }
     } else {
@@ -445,7 +450,10 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         for (int m = 0; m < 2; ++m) {
           const uint32_t a[4] = {x[m][0].x, x[m][1].x, x[m][0].y, x[m][1].y};
 #pragma unroll
-          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(s[m][nt], a, q_frag[ks][nt][0], q_frag[ks][nt][1], __half());
+          for (int nt = 0; nt < kNTiles; ++nt) {
+            const uint2 q = q_fragment(ks, nt);
+            mma_16816(s[m][nt], a, q.x, q.y, __half());
+          }
         }
       }
     }

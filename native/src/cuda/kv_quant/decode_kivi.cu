@@ -113,7 +113,9 @@ __device__ __forceinline__ void copy_async_4(uint32_t shared, const void* global
 // Which codes a warp's tile rows are. Keys: row r (0..15) of the warp's tile m (0, 1) is token
 // tile_token(m, r) of the warp's 32. Values: row r of the 16-channel tile i of O^T is channel
 // value_channel(i, r). Both put rows g and g + 8 of lane g in one byte of a word (at 2 bits, also the same rows
-// of the other tile: tile parity p), so that one byte permute serves them.
+// of the other tile: tile parity p), so that one byte permute serves them. At 4 bits the values come from
+// ldmatrix.trans instead, which hands lane g half-word g of a 16-byte piece (32 channels) for two tokens: the
+// nibbles of its low byte are rows g and g + 8 of tile 2b, those of its high byte the same rows of tile 2b + 1.
 template <int kBits>
 struct CodeLayout {
   __device__ static constexpr int tile_token(int m, int r) {
@@ -121,7 +123,7 @@ struct CodeLayout {
   }
   __device__ static constexpr int value_channel(int i, int g, int half) {
     return kBits == 2   ? 32 * (i / 2) + 16 * (g / 4) + 4 * (g % 4) + 2 * (i % 2) + half
-           : kBits == 4 ? 32 * (i / 2) + 16 * (g / 4) + 8 * (i % 2) + 2 * (g % 4) + half
+           : kBits == 4 ? 32 * (i / 2) + 4 * g + 2 * (i % 2) + half
                         : 16 * i + 2 * g + half;
   }
   // The index within its word of the code of lane row g + 8 * half, tile parity p.
@@ -160,6 +162,13 @@ struct CodeLanes {
 template <int kBits, int kPieces>
 __device__ __forceinline__ int swizzled_piece(int token, int piece) {
   return piece ^ ((kBits == 2 ? token >> 3 : token >> 2) & (kPieces - 1));
+}
+// The stage row of a value token. At 4 bits an ldmatrix reads the same piece of 8 tokens 2 apart (tile rows
+// 0..7 or 8..15): rows of 64 bytes swapped in pairs by token bit 1 put those in both halves of a 128-byte bank
+// line, and the piece swizzle above spreads them within each half.
+template <int kBits>
+__device__ __forceinline__ int value_row(int token) {
+  return kBits == 4 ? token ^ ((token >> 1) & 1) : token;
 }
 
 template <int kBits, int kHeadDim, int kNTiles>
@@ -261,7 +270,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     const uint32_t* values = value_codes + (valid ? token * value_row_words : 0u);
 #pragma unroll
     for (int j = 0; j < kTokenPieces; ++j) {
-      copy_async_16(value_base + 16u * (tid * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(tid, j)), values + 4 * j, valid);
+      copy_async_16(value_base + 16u * (value_row<kBits>(tid) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(tid, j)), values + 4 * j,
+                    valid);
     }
     const uint32_t value_group_base = value_base + 4u * Tiles::kValueCodeWords + 4u * tid;
     const uint32_t* groups = value_groups + (valid ? token * group_row_words : 0u);
@@ -556,6 +566,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o_min[nt], a_min, probabilities[m][nt][0], probabilities[m][nt][1], __half());
         }
+        uint32_t pieces[4];  // 4 bits: the ldmatrix of blocks b and b + 1
 #pragma unroll
         for (int b = 0; b < kBlocks; ++b) {  // 32 channels: tiles 2b, 2b + 1
           const uint4 x = token_words(blocks + b * kChunk);
@@ -567,33 +578,54 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
             scaled[nt][0] = multiply_halves(probabilities[m][nt][0], scale01);
             scaled[nt][1] = multiply_halves(probabilities[m][nt][1], scale89);
           }
-          // The lane's words of tiles 2b and 2b + 1 for each of the four tokens. The tokens differ from tokens[0] by
-          // constants and share its swizzle, so each load is one lane address plus an immediate.
-          uint32_t w[4][2];
-          auto at = [&](int word) {
-            return words + tokens[0] * Tiles::kValueWordsPerToken + 4 * swizzled_piece<kBits, kTokenPieces>(tokens[0], word / 4) + word % 4;
-          };
+          uint32_t a[2][4];  // tiles 2b and 2b + 1
+          if constexpr (kBits == 4) {
+            // Lane L addresses row L % 8 of matrix L / 8: tile rows 0..7 (tokens of registers 0, 1) or 8..15 (2, 3),
+            // for piece b (matrices 0, 1) and b + 1 (2, 3); one load serves blocks b and b + 1, so odd b reuses it.
+            if (b % 2 == 0) {
+              const int token = Layout::tile_token(m, lane % 8 + 8 * ((lane / 8) % 2));
+              const int piece = swizzled_piece<kBits, kTokenPieces>(token, b + lane / 16);
+              ldmatrix_x4_trans(pieces, shared_address(words + value_row<kBits>(token) * Tiles::kValueWordsPerToken + 4 * piece));
+            }
+            const uint32_t lo = pieces[2 * (b % 2)], hi = pieces[2 * (b % 2) + 1];
+            const uint32_t lo_high_byte = lo >> 8, hi_high_byte = hi >> 8;
+            a[0][0] = lo & lanes.mask(0, 0);
+            a[0][1] = lo & lanes.mask(0, 1);
+            a[0][2] = hi & lanes.mask(0, 0);
+            a[0][3] = hi & lanes.mask(0, 1);
+            a[1][0] = lo_high_byte & lanes.mask(1, 0);
+            a[1][1] = lo_high_byte & lanes.mask(1, 1);
+            a[1][2] = hi_high_byte & lanes.mask(1, 0);
+            a[1][3] = hi_high_byte & lanes.mask(1, 1);
+          } else {
+            // The lane's words of tiles 2b and 2b + 1 for each of the four tokens. The tokens differ from tokens[0]
+            // by constants and share its swizzle, so each load is one lane address plus an immediate.
+            uint32_t w[4][2];
+            auto at = [&](int word) {
+              return words + tokens[0] * Tiles::kValueWordsPerToken + 4 * swizzled_piece<kBits, kTokenPieces>(tokens[0], word / 4) + word % 4;
+            };
 #pragma unroll
-          for (int u = 0; u < 4; ++u) {
-            const int next = (tokens[u] - tokens[0]) * Tiles::kValueWordsPerToken;
-            if constexpr (kBits == 2) {
-              w[u][0] = w[u][1] = at(2 * b + g / 4)[next];
-            } else if constexpr (kBits == 4) {
-              const uint2 x2 = *reinterpret_cast<const uint2*>(at(4 * b + 2 * (g / 4)) + next);
-              w[u][0] = x2.x;
-              w[u][1] = x2.y;
-            } else {
-              w[u][0] = at(4 * (2 * b) + g / 2)[next];
-              w[u][1] = at(4 * (2 * b + 1) + g / 2)[next];
+            for (int u = 0; u < 4; ++u) {
+              const int next = (tokens[u] - tokens[0]) * Tiles::kValueWordsPerToken;
+              if constexpr (kBits == 2) {
+                w[u][0] = w[u][1] = at(2 * b + g / 4)[next];
+              } else {
+                w[u][0] = at(4 * (2 * b) + g / 2)[next];
+                w[u][1] = at(4 * (2 * b + 1) + g / 2)[next];
+              }
+            }
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {
+              a[q][0] = lanes.operand(w[0][q], w[1][q], q, 0);
+              a[q][1] = lanes.operand(w[0][q], w[1][q], q, 1);
+              a[q][2] = lanes.operand(w[2][q], w[3][q], q, 0);
+              a[q][3] = lanes.operand(w[2][q], w[3][q], q, 1);
             }
           }
 #pragma unroll
           for (int q = 0; q < 2; ++q) {
-            const int i = 2 * b + q;
-            const uint32_t a[4] = {lanes.operand(w[0][q], w[1][q], q, 0), lanes.operand(w[0][q], w[1][q], q, 1),
-                                   lanes.operand(w[2][q], w[3][q], q, 0), lanes.operand(w[2][q], w[3][q], q, 1)};
 #pragma unroll
-            for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, scaled[nt][0], scaled[nt][1], __half());
+            for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[2 * b + q][nt], a[q], scaled[nt][0], scaled[nt][1], __half());
           }
         }
       }

@@ -8,7 +8,8 @@
 // words into the low byte of a 16-bit half, and a mask keeps one code there, so the half reads as an fp16
 // subnormal code x 2^(shift - 24), exact. Which token (or channel) a tile row is follows from that: a lane's
 // rows g and g + 8 (and, at 2 bits, the same rows of the warp's other tile) are the codes of ONE byte, so one
-// permute feeds two operands (four at 2 bits), and each operand costs one mask. The group's scale goes into
+// permute feeds two operands (four at 2 bits), and each operand costs one mask (4-bit values come by
+// ldmatrix.trans instead: a lane's half-word of two tokens, see CodeLayout). The group's scale goes into
 // the other operand (keys: q x s per channel; values: P x s per token), its minimum into a second MMA (keys:
 // mn . q, one per group; values: P . mn per 32-channel block), and 2^(24 - shift) into the float32 result.
 // Keys: the reduction index of the key MMA takes channels 4t .. 4t + 3 for lane t, one 16-byte load.

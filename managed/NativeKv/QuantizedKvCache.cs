@@ -29,7 +29,30 @@ public readonly record struct QuantizedKvCacheOptions(
     int MaxSlots,
     int MaxTokens,
     KvValueFormat ValueFormat = KvValueFormat.LikeKeys,
-    KvMemory Memory = KvMemory.Allocated);
+    KvMemory Memory = KvMemory.Allocated)
+{
+    /// <summary>KIVI-2: 2-bit codes, keys per channel and values per token in groups of <paramref name="groupSize"/>, the
+    /// newest <paramref name="residual"/> tokens in float16 (3 bits per element at G = 32, plus the window).</summary>
+    public static QuantizedKvCacheOptions Kivi2(int numLayers, int numHeadsKv, int headDim, int maxSlots, int maxTokens, int groupSize = 32,
+        int residual = 128, KvMemory memory = KvMemory.Allocated) =>
+        new(KvFormat.Kivi, 2, groupSize, residual, numLayers, numHeadsKv, headDim, maxSlots, maxTokens, KvValueFormat.LikeKeys, memory);
+
+    /// <summary>KIVI-4: as <see cref="Kivi2"/> with 4-bit codes (5 bits per element at G = 32, plus the window).</summary>
+    public static QuantizedKvCacheOptions Kivi4(int numLayers, int numHeadsKv, int headDim, int maxSlots, int maxTokens, int groupSize = 32,
+        int residual = 128, KvMemory memory = KvMemory.Allocated) =>
+        new(KvFormat.Kivi, 4, groupSize, residual, numLayers, numHeadsKv, headDim, maxSlots, maxTokens, KvValueFormat.LikeKeys, memory);
+
+    /// <summary>BFP12: 4-bit mantissas with an 8-bit exponent per block of <paramref name="blockSize"/> channels (4.25 bits per
+    /// element at n = 32); values as keys, or float16 with <see cref="KvValueFormat.Fp16"/>. CPU backend only so far.</summary>
+    public static QuantizedKvCacheOptions Bfp12(int numLayers, int numHeadsKv, int headDim, int maxSlots, int maxTokens, int blockSize = 32,
+        KvValueFormat valueFormat = KvValueFormat.LikeKeys, KvMemory memory = KvMemory.Allocated) =>
+        new(KvFormat.Bfp, 4, blockSize, 0, numLayers, numHeadsKv, headDim, maxSlots, maxTokens, valueFormat, memory);
+
+    /// <summary>BFP16: as <see cref="Bfp12"/> with 8-bit mantissas (8.25 bits per element at n = 32).</summary>
+    public static QuantizedKvCacheOptions Bfp16(int numLayers, int numHeadsKv, int headDim, int maxSlots, int maxTokens, int blockSize = 32,
+        KvValueFormat valueFormat = KvValueFormat.LikeKeys, KvMemory memory = KvMemory.Allocated) =>
+        new(KvFormat.Bfp, 8, blockSize, 0, numLayers, numHeadsKv, headDim, maxSlots, maxTokens, valueFormat, memory);
+}
 
 /// <summary>A snapshot of a <see cref="QuantizedKvCache"/>'s encoding and occupancy (<c>nkv_quantized_kv_cache_info</c>).</summary>
 /// <param name="Format">The encoding.</param>

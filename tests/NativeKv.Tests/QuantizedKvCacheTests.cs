@@ -310,6 +310,25 @@ public sealed unsafe class QuantizedKvCacheTests
     }
 
     [Fact]
+    public void Named_formats_make_the_caches_they_name()
+    {
+        using var context = Context.Cpu();
+        foreach ((QuantizedKvCacheOptions options, KvFormat format, int bits, int group, int residual) in new[]
+                 {
+                     (QuantizedKvCacheOptions.Kivi2(Layers, HeadsKv, HeadDim, MaxSlots, MaxTokens), KvFormat.Kivi, 2, 32, 128),
+                     (QuantizedKvCacheOptions.Kivi4(Layers, HeadsKv, HeadDim, MaxSlots, MaxTokens, groupSize: 64, residual: 64), KvFormat.Kivi, 4, 64, 64),
+                     (QuantizedKvCacheOptions.Bfp12(Layers, HeadsKv, HeadDim, MaxSlots, MaxTokens), KvFormat.Bfp, 4, 32, 0),
+                     (QuantizedKvCacheOptions.Bfp16(Layers, HeadsKv, HeadDim, MaxSlots, MaxTokens, blockSize: 16, KvValueFormat.Fp16), KvFormat.Bfp, 8, 16, 0),
+                 })
+        {
+            using var cache = new QuantizedKvCache(context, options);
+            QuantizedKvCacheInfo info = cache.Info;
+            Assert.Equal((format, bits, group, residual), (info.Format, info.Bits, info.GroupSize, info.Residual));
+            Assert.Equal((Layers, HeadsKv, HeadDim, MaxSlots, MaxTokens), (options.NumLayers, options.NumHeadsKv, options.HeadDim, options.MaxSlots, options.MaxTokens));
+        }
+    }
+
+    [Fact]
     public void Bad_options_are_invalid_arguments_naming_the_option()
     {
         using var context = Context.Cpu();

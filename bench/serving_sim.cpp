@@ -18,6 +18,7 @@
 #include <deque>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "nativekv/nativekv.h"
@@ -323,9 +324,11 @@ class VirtualCache final : public SimulatedCache {
 };
 
 // KV formats (issue 5): the bytes of one slot of kMaxLength tokens of the modelled LLM in an
-// nkv_quantized_kv_cache (its real layout: codes, groups, the fp16 residuals, alignment).
-uint64_t quantized_slot_bytes(nkv_context* context, int bits) {
-  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_KIVI, bits, 32, 128, 32, 8, 128, 1, kMaxLength, 0, 0};
+// nkv_quantized_kv_cache (its real layout: codes, groups or exponents, the fp16 residuals, alignment).
+// KIVI: G 32, R 128; BFP: blocks of 32 channels, values like keys, no residual.
+uint64_t quantized_slot_bytes(nkv_context* context, nkv_kv_format format, int bits) {
+  const int residual = format == NKV_KV_FORMAT_KIVI ? 128 : 0;
+  nkv_quantized_kv_cache_options o{sizeof(o), format, bits, 32, residual, 32, 8, 128, 1, kMaxLength, 0, 0};
   nkv_quantized_kv_cache* cache = nullptr;
   check(nkv_quantized_kv_cache_create(context, &o, &cache), "nkv_quantized_kv_cache_create");
   nkv_quantized_kv_cache_info info{};
@@ -335,21 +338,23 @@ uint64_t quantized_slot_bytes(nkv_context* context, int bits) {
   return info.bytes;
 }
 
-// A projection, not a cache of the library: KIVI codes in pages of 32 tokens (a multiple of G), as a paged
-// quantized cache would hold them, each sequence's newest R = 128 tokens in fp16 (the residual windows).
-// A sequence of L tokens holds ceil(max(0, L - R) / 32) code pages and R fp16 tokens, rounded up to pages.
+// A projection, not a cache of the library: codes in pages of 32 tokens (a multiple of KIVI's G), as a paged
+// quantized cache would hold them, each sequence's newest `residual` tokens in fp16 (KIVI's residual windows;
+// none for BFP). A sequence of L tokens holds ceil(max(0, L - R) / 32) code pages and R fp16 tokens, rounded up
+// to pages.
 class ProjectedQuantizedPaged final : public SimulatedCache {
  public:
-  explicit ProjectedQuantizedPaged(int bits) : bits_(bits) {
-    const double code_bytes = static_cast<double>(kBytesPerToken) / 16.0 * (bits + 32.0 / 32.0);  // b bits + 32 per group of 32
+  // bits_per_element: codes plus groups (KIVI-b at G 32: b + 1) or exponents (BFP with 8-bit exponents per 32: m + 0.25).
+  ProjectedQuantizedPaged(std::string name, double bits_per_element, int64_t residual) : name_(std::move(name)), residual_(residual) {
+    const double code_bytes = static_cast<double>(kBytesPerToken) / 16.0 * bits_per_element;
     page_bytes_ = static_cast<int64_t>(std::ceil(code_bytes * kPage));
-    residual_pages_ = (kResidual * kBytesPerToken + page_bytes_ - 1) / page_bytes_;
+    residual_pages_ = (residual_ * kBytesPerToken + page_bytes_ - 1) / page_bytes_;
     budget_pages_ = static_cast<int64_t>(kBudgetBytes) / page_bytes_;
   }
-  std::string policy() const override { return "KIVI-" + std::to_string(bits_) + ", paged (projection)"; }
+  std::string policy() const override { return name_ + ", paged (projection)"; }
   int tokens_per_unit() const override { return kPage; }
   int64_t units_for(int64_t tokens) const override {
-    return (std::max<int64_t>(0, tokens - kResidual) + kPage - 1) / kPage + residual_pages_;
+    return (std::max<int64_t>(0, tokens - residual_) + kPage - 1) / kPage + residual_pages_;
   }
   int64_t free_units(const std::vector<int32_t>& live) override {
     int64_t used = 0;
@@ -375,15 +380,15 @@ class ProjectedQuantizedPaged final : public SimulatedCache {
   // Empty token places: those of the last code page (the residual window is always full once L >= R).
   Occupancy occupancy(int32_t id) override {
     const int64_t length = lengths_[static_cast<size_t>(id)];
-    const int64_t coded = std::max<int64_t>(0, length - kResidual);
-    const int64_t held = (coded + kPage - 1) / kPage * kPage + std::min<int64_t>(length, kResidual);
+    const int64_t coded = std::max<int64_t>(0, length - residual_);
+    const int64_t held = (coded + kPage - 1) / kPage * kPage + std::min<int64_t>(length, residual_);
     return {length, held, held};
   }
 
  private:
   static constexpr int kPage = 32;
-  static constexpr int64_t kResidual = 128;
-  int bits_;
+  std::string name_;
+  int64_t residual_;
   int64_t page_bytes_ = 0, residual_pages_ = 0, budget_pages_ = 0;
   std::vector<int64_t> lengths_;
   std::vector<bool> alive_;
@@ -408,13 +413,24 @@ int main() {
     results.push_back(run_engine(requests, cache));
   }
   // Formats: the quantized cache as it is (slots of kMaxLength tokens), and the projected paged one.
-  for (int bits : {4, 2}) {
-    results.push_back(simulate_static(requests, quantized_slot_bytes(context, bits),
-                                      "KIVI-" + std::to_string(bits) + ", nkv_quantized_kv_cache (max-length slots)"));
+  struct Format {
+    const char* name;
+    nkv_kv_format format;
+    int bits;
+    double bits_per_element;  // of the coded tokens, groups or exponents included
+    int64_t residual;         // newest tokens kept in fp16
+  };
+  const Format formats[] = {{"KIVI-4", NKV_KV_FORMAT_KIVI, 4, 5.0, 128},
+                            {"KIVI-2", NKV_KV_FORMAT_KIVI, 2, 3.0, 128},
+                            {"BFP16", NKV_KV_FORMAT_BFP, 8, 8.25, 0},
+                            {"BFP12", NKV_KV_FORMAT_BFP, 4, 4.25, 0}};
+  for (const Format& f : formats) {
+    results.push_back(simulate_static(requests, quantized_slot_bytes(context, f.format, f.bits),
+                                      std::string(f.name) + ", nkv_quantized_kv_cache (max-length slots)"));
   }
-  for (int bits : {4, 2}) {
-    std::fprintf(stderr, "nkv_serving_sim: KIVI-%d, paged (projection)\n", bits);
-    ProjectedQuantizedPaged cache(bits);
+  for (const Format& f : formats) {
+    std::fprintf(stderr, "nkv_serving_sim: %s, paged (projection)\n", f.name);
+    ProjectedQuantizedPaged cache(f.name, f.bits_per_element, f.residual);
     results.push_back(run_engine(requests, cache));
   }
   check(nkv_context_destroy(context), "nkv_context_destroy");
@@ -436,10 +452,11 @@ int main() {
                 r.mean_concurrent / baseline, static_cast<long long>(r.steps), static_cast<long long>(r.preemptions),
                 r.mean_waste_tokens, static_cast<long long>(r.max_waste_tokens), 100.0 * r.mean_used_fraction, ahead.c_str());
   }
-  std::printf("\nKIVI rows (issue 5; G 32, R 128): \"budget holding tokens\" counts their tokens at fp16 size, so it passes 100%% "
-              "where the format holds more tokens than fp16 could. The nkv_quantized_kv_cache rows use its real bytes per "
-              "slot (codes, groups, both fp16 residuals, alignment) with max-length slots; the paged rows are a projection "
-              "(there is no paged quantized cache yet): code pages of 32 tokens, the newest 128 tokens of a sequence in "
+  std::printf("\nKIVI and BFP rows (issue 5; KIVI G 32, R 128; BFP blocks of 32 channels, values like keys, no residual): "
+              "\"budget holding tokens\" counts their tokens at fp16 size, so it passes 100%% where the format holds more "
+              "tokens than fp16 could. The nkv_quantized_kv_cache rows use its real bytes per slot (codes, groups or "
+              "exponents, KIVI's fp16 residuals, alignment) with max-length slots; the paged rows are a projection (there "
+              "is no paged quantized cache yet): code pages of 32 tokens, KIVI's newest 128 tokens of a sequence in "
               "fp16.\n");
   return 0;
 }

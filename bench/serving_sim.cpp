@@ -424,9 +424,11 @@ int main() {
                             {"KIVI-2", NKV_KV_FORMAT_KIVI, 2, 3.0, 128},
                             {"BFP16", NKV_KV_FORMAT_BFP, 8, 8.25, 0},
                             {"BFP12", NKV_KV_FORMAT_BFP, 4, 4.25, 0}};
+  std::vector<std::pair<std::string, double>> stored_bits;  // bits per cached element, everything a slot holds included
   for (const Format& f : formats) {
-    results.push_back(simulate_static(requests, quantized_slot_bytes(context, f.format, f.bits),
-                                      std::string(f.name) + ", nkv_quantized_kv_cache (max-length slots)"));
+    const uint64_t bytes = quantized_slot_bytes(context, f.format, f.bits);
+    stored_bits.emplace_back(f.name, 8.0 * static_cast<double>(bytes) / (static_cast<double>(kMaxLength) * (kBytesPerToken / 2)));
+    results.push_back(simulate_static(requests, bytes, std::string(f.name) + ", nkv_quantized_kv_cache (max-length slots)"));
   }
   for (const Format& f : formats) {
     std::fprintf(stderr, "nkv_serving_sim: %s, paged (projection)\n", f.name);
@@ -458,5 +460,10 @@ int main() {
               "exponents, KIVI's fp16 residuals, alignment) with max-length slots; the paged rows are a projection (there "
               "is no paged quantized cache yet): code pages of 32 tokens, KIVI's newest 128 tokens of a sequence in "
               "fp16.\n");
+  std::printf("\nBits per cached element of a full slot (%d tokens; the codes, the groups or exponents, KIVI's fp16 residual "
+              "windows and the layout's alignment, from nkv_quantized_kv_cache_get_info's bytes): fp16 16",
+              kMaxLength);
+  for (const auto& [name, bits] : stored_bits) std::printf(", %s %.2f", name.c_str(), bits);
+  std::printf(".\n");
   return 0;
 }

@@ -102,9 +102,10 @@ SlotExtents slot_extents(const Cache& k) {
 constexpr uint64_t kElementBytes[2][6] = {{4, 4, 2, 4, 4, 2},   // KIVI
                                           {4, 1, 2, 4, 1, 2}};  // BFP
 
-// Bytes of a slot's share of each array that `tokens` tokens use, kernels' reads included: a decode stage reads up
-// to 64 tokens past the coded ones and KIVI's keys flush up to the next multiple of R, so the mapping covers tokens
-// rounded up to 64, plus R and 64 more, within the capacity; residual windows whole.
+// Bytes of a slot's share of each array that `tokens` tokens use, kernels' reads included: a decode stage reads the
+// 128 tokens of a chunk that starts below the coded ones at a multiple of 64 (so up to T rounded up to 64, plus 63)
+// and KIVI's keys flush up to the next multiple of R, so the mapping covers tokens rounded up to 64, plus R and 64
+// more, within the capacity; residual windows whole.
 uint64_t bytes_used(const Cache& k, int array, int64_t tokens) {
   const int64_t channels = static_cast<int64_t>(k.num_heads_kv) * k.head_dim;
   const int64_t per_word = codes_per_word(k.bits);
@@ -270,6 +271,12 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     if (capacity > std::numeric_limits<int32_t>::max() - 128) {
       fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.max_tokens': rounded up to the residual window, " + std::to_string(capacity) +
                                          " exceeds 2^31 - 129");
+    }
+    // The CUDA decode addresses a slot's share of an array (from its head) with 32-bit word offsets.
+    const double slot_code_words = static_cast<double>(capacity) * o.num_heads_kv * o.head_dim / (32 / o.bits);  // no overflow
+    if (c.backend == NKV_BACKEND_CUDA && slot_code_words > static_cast<double>(std::numeric_limits<uint32_t>::max())) {
+      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.max_tokens': a slot's code words (max_tokens x num_heads_kv x head_dim / " +
+                                         std::to_string(32 / o.bits) + ") exceed 2^32 - 1, the CUDA kernels' 32-bit offsets");
     }
     CachePtr cache(new Cache());
     cache->context = context;

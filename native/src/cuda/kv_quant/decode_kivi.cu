@@ -7,8 +7,8 @@
 // softmax step. Codes become MMA operands without arithmetic: a byte permute brings one byte of each of two
 // words into the low byte of a 16-bit half, and a mask keeps one code there, so the half reads as an fp16
 // subnormal code x 2^(shift - 24), exact. Which token (or channel) a tile row is follows from that: a lane's
-// rows g and g + 8 (and, at 2 bits, the same rows of the warp's other tile) are the codes of ONE byte, so one
-// permute feeds two operands (four at 2 bits), and each operand costs one mask (4-bit values come by
+// rows g and g + 8 (and, at 2 bits, the same rows of the warp's other tile) are the codes of ONE byte (at 8 bits,
+// of two neighbouring bytes), so one permute feeds two operands (four at 2 bits), and each operand costs one mask (4-bit values come by
 // ldmatrix.trans instead: a lane's half-word of two tokens, see CodeLayout). The group's scale goes into
 // the other operand (keys: q x s per channel; values: P x s per token), its minimum into a second MMA (keys:
 // mn . q, one per group; values: P . mn per 32-channel block), and 2^(24 - shift) into the float32 result.
@@ -39,7 +39,8 @@ using namespace attention;
 
 constexpr int kChunk = 128;    // keys per pipeline stage: 32 per warp (pieces start at multiples of 64)
 constexpr int kWarpKeys = 32;  // two 16-key tiles
-// Pipeline stages (2 at 4 and 8 bits, 3 at 2 bits: ~40 KB per block either way) and the blocks per SM the
+// Pipeline stages (2 at 4 and 8 bits, 3 at 2 bits: ~40 KB per block at d128 for 2 and 4 bits; 8 bits, for tests, takes
+// ~78 KB) and the blocks per SM the
 // registers are capped for (4 blocks of 4 warps: 128 registers), overridable at configure time for tuning. On an
 // H200 (bench/NOTES.md q6), 5 blocks at 96 registers spilled and ran KIVI-2 at b8 x L32768 in 175 us where 4 blocks
 // took 141 us; 3 stages at 4 bits (3 blocks per SM by shared memory) took 204 us where 2 took 178.
@@ -67,7 +68,7 @@ struct KiviTiles {
   static constexpr int kCodesPerWord = 32 / kBits;
   static constexpr int kRows = 8 * kNTiles;  // packed query rows per block
   static constexpr int kKeyWordRows = kChunk / kCodesPerWord;
-  static constexpr int kKeyPitch = kHeadDim + 4;  // words per key word row: rows g / 4 and 2 + g / 4 in other banks
+  static constexpr int kKeyPitch = kHeadDim + 4;  // words per key word row: the two tiles' rows (4 bits: g / 4, 2 + g / 4) in other banks
   static constexpr int kKeyCodeWords = kKeyWordRows * kKeyPitch;  // [word row][d]
   static constexpr int kKeyGroupRows = 4;                        // 128 keys from a multiple of 64 span <= 4 groups of >= 32
   static constexpr int kKeyGroupWords = kKeyGroupRows * kHeadDim;  // [group][d]
@@ -114,7 +115,7 @@ __device__ __forceinline__ void copy_async_4(uint32_t shared, const void* global
 // Which codes a warp's tile rows are. Keys: row r (0..15) of the warp's tile m (0, 1) is token
 // tile_token(m, r) of the warp's 32. Values: row r of the 16-channel tile i of O^T is channel
 // value_channel(i, r). Both put rows g and g + 8 of lane g in one byte of a word (at 2 bits, also the same rows
-// of the other tile: tile parity p), so that one byte permute serves them. At 4 bits the values come from
+// of the other tile: tile parity p; at 8 bits two neighbouring bytes), so that one byte permute serves them. At 4 bits the values come from
 // ldmatrix.trans instead, which hands lane g half-word g of a 16-byte piece (32 channels) for two tokens: the
 // nibbles of its low byte are rows g and g + 8 of tile 2b, those of its high byte the same rows of tile 2b + 1.
 template <int kBits>
@@ -127,7 +128,8 @@ struct CodeLayout {
            : kBits == 4 ? 32 * (i / 2) + 4 * g + 2 * (i % 2) + half
                         : 16 * i + 2 * g + half;
   }
-  // The index within its word of the code of lane row g + 8 * half, tile parity p.
+  // The index within its word of the code of lane row g + 8 * half, tile parity p (keys, and values at 2 and 8 bits;
+  // 4-bit values are read by ldmatrix, see above).
   __device__ static constexpr int code_index(int g, int p, int half) {
     return kBits == 2 ? 4 * (g % 4) + 2 * p + half : kBits == 4 ? 2 * (g % 4) + half : 2 * (g % 2) + half;
   }
@@ -165,8 +167,8 @@ __device__ __forceinline__ int swizzled_piece(int token, int piece) {
   return piece ^ ((kBits == 2 ? token >> 3 : token >> 2) & (kPieces - 1));
 }
 // The stage row of a value token. At 4 bits an ldmatrix reads the same piece of 8 tokens 2 apart (tile rows
-// 0..7 or 8..15): rows of 64 bytes swapped in pairs by token bit 1 put those in both halves of a 128-byte bank
-// line, and the piece swizzle above spreads them within each half.
+// 0..7 or 8..15): rows (64 bytes at d128) swapped in pairs by token bit 1 put those in both halves of a 128-byte
+// bank line, and the piece swizzle above spreads them within each half (at d64, 32-byte rows, some conflicts remain).
 template <int kBits>
 __device__ __forceinline__ int value_row(int token) {
   return kBits == 4 ? token ^ ((token >> 1) & 1) : token;
@@ -285,7 +287,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     copy_async_commit();
   }
 
-  // The block's query rows in shared memory (zeros past `rows`; the loop's first barrier publishes them): the
+  // The block's query rows in shared memory (zeros past `rows`; the loop's first barrier publishes them, and without
+  // chunks nothing reads them): the
   // key MMA's B operand is read per k-step, which leaves the compiler 16 registers for the loop's loads.
   __half* q_rows = reinterpret_cast<__half*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4);
   for (int item = threadIdx.x; item < kRows * kHeadDim / 8; item += kDecodeThreads) {
@@ -545,7 +548,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       for (int m = 0; m < 2; ++m) {
         const int tokens[4] = {Layout::tile_token(m, 2 * t), Layout::tile_token(m, 2 * t + 1), Layout::tile_token(m, 2 * t + 8),
                                Layout::tile_token(m, 2 * t + 9)};
-        // A block's group words of the four tokens, in operand order: one 16-byte load of tokens 4t .. 4t + 3 at 4
+        // A block's group words of the four tokens, in operand order: one 16-byte load of tokens 16m + 4t .. + 3 at 4
         // and 8 bits, two 8-byte loads at 2 bits (tokens 8t + 2m + {0, 1} and + {4, 5}).
         auto token_words = [&](const uint32_t* block) {
           uint4 x;

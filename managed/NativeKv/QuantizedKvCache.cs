@@ -13,7 +13,8 @@ namespace NativeKv;
 /// <param name="NumHeadsKv">KV heads per layer, &gt;= 1.</param>
 /// <param name="HeadDim">Elements per head row: 64 or 128.</param>
 /// <param name="MaxSlots">Slots alive at once (ids 0 .. MaxSlots - 1), &gt;= 1.</param>
-/// <param name="MaxTokens">Tokens per slot at most, &gt;= 1; memory for them is allocated up front.</param>
+/// <param name="MaxTokens">Tokens per slot at most, &gt;= 1; memory for them is allocated up front. On CUDA a slot's code words
+/// (capacity x NumHeadsKv x HeadDim x Bits / 32) must stay below 2^32.</param>
 /// <param name="ValueFormat">BFP: <see cref="KvValueFormat.Fp16"/> keeps the values as written; otherwise (and for KIVI)
 /// <see cref="KvValueFormat.LikeKeys"/>.</param>
 /// <param name="Memory"><see cref="KvMemory.Virtual"/> maps pages as slots grow (an append that finds no memory changes

@@ -552,6 +552,7 @@ TEST(QuantizedKvCache, RejectsBadOptionsAndSecondWrites) {
 struct DecodeCase {
   int32_t heads_q = 8, q_len = 1, num_splits = 0, window_left = -1;
   bool causal = false;
+  float softcap = 0.0f;
   bool any_kv_plan = false;  // options.kv_code_bits 0 instead of the cache's bits
   std::vector<int32_t> lengths;
 };
@@ -565,7 +566,7 @@ struct DecodeResult {
 DecodeResult run_quantized_decode(nkv_context* context, nkv_quantized_kv_cache* cache, const CacheShape& shape,
                                   const DecodeCase& c, const std::vector<uint16_t>& q, int32_t layer = 1) {
   // Plans made for the cache's bits (pieces sized for the quantized kernel) and plans for any K/V alike.
-  nkv_attention_options options{sizeof(nkv_attention_options), c.causal ? 1 : 0, 0.0f, 0.0f, c.window_left, c.num_splits, 0, 0,
+  nkv_attention_options options{sizeof(nkv_attention_options), c.causal ? 1 : 0, 0.0f, c.softcap, c.window_left, c.num_splits, 0, 0,
                                 c.any_kv_plan ? 0 : shape.bits};
   nkv_attention_plan* raw = nullptr;
   const int32_t batch = static_cast<int32_t>(c.lengths.size());
@@ -733,6 +734,7 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
     int bits, group, residual, head_dim, heads_kv;
     DecodeCase c;
     float spread = 1.0f;  // of K and V: small ones give groups of small scale
+    int32_t max_tokens = 4100;
   };
   std::vector<Config> configs;
   auto add = [&](int bits, int group, int residual, int head_dim, int heads_kv, int heads_q, int q_len, bool causal, int window,
@@ -761,6 +763,15 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
   configs.back().spread = 0.02f;
   add(2, 32, 96, 64, 2, 8, 1, false, -1, 0, {4100, 700});  // R not a multiple of 64; the capacity's last chunk
   configs.back().spread = 0.02f;
+  // Soft-capped scores; 8-bit codes at d64 in blocks of two row tiles (q_len 3 x 8); 2 bits in groups of 128 at
+  // d128 with a window; a slot filled to its capacity (T % R = 0, pieces of 64 mod 128 keys, so a chunk passes the
+  // capacity and is zero-filled).
+  add(4, 32, 128, 128, 8, 32, 1, false, -1, 0, {3000, 900});
+  configs.back().c.softcap = 30.0f;
+  add(8, 64, 128, 64, 2, 16, 3, true, -1, 0, {2000, 333});
+  add(2, 128, 128, 128, 4, 16, 1, false, 300, 0, {3500, 1200});
+  add(4, 32, 128, 128, 8, 32, 1, false, -1, 3, {4096, 4095});
+  configs.back().max_tokens = 4096;
   for (const Config& config : configs) {
     CacheShape shape;
     shape.bits = config.bits;
@@ -769,7 +780,7 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
     shape.head_dim = config.head_dim;
     shape.heads = config.heads_kv;
     shape.slots = static_cast<int>(config.c.lengths.size());
-    shape.max_tokens = 4100;
+    shape.max_tokens = config.max_tokens;
     CachePtr gpu_cache = make_cache(gpu.get(), shape);
     CachePtr cpu_cache = make_cache(cpu.get(), shape);
     Steps gpu_model(gpu.get(), gpu_cache.get(), shape);

@@ -20,8 +20,10 @@
 #include <cstdlib>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "bench_tensor.h"
 #include "core/float_bits.h"
 #include "core/kv_quant.h"
 #include "nativekv/nativekv.h"
@@ -194,20 +196,7 @@ std::vector<double> library_decode(const Data& x, int bits) {
   for (size_t i = 0; i < k.size(); ++i) k[i] = nkv::float_to_half(x.k[i]);
   for (size_t i = 0; i < v.size(); ++i) v[i] = nkv::float_to_half(x.v[i]);
   for (size_t i = 0; i < q.size(); ++i) q[i] = nkv::float_to_half(x.q[i]);
-  auto view = [](void* data, std::vector<int64_t> shape) {
-    nkv_tensor t{};
-    t.data = data;
-    t.dtype = NKV_DTYPE_FLOAT16;
-    t.device = NKV_DEVICE_HOST;
-    t.ndim = static_cast<int32_t>(shape.size());
-    int64_t stride = 1;
-    for (int i = t.ndim - 1; i >= 0; --i) {
-      t.shape[i] = shape[static_cast<size_t>(i)];
-      t.strides[i] = stride;
-      stride *= t.shape[i];
-    }
-    return t;
-  };
+  auto view = [](void* data, std::vector<int64_t> shape) { return ::view(data, NKV_DTYPE_FLOAT16, NKV_DEVICE_HOST, std::move(shape)); };
   const nkv_tensor kt = view(k.data(), {tokens, kHeadsKv, kHeadDim}), vt = view(v.data(), {tokens, kHeadsKv, kHeadDim});
   check(nkv_quantized_kv_cache_write(cache, 0, &kt, &vt), "write");
   nkv_attention_plan* plan = nullptr;

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_tensor.h"
 #include "core/float_bits.h"
 #include "nativekv/nativekv.h"
 
@@ -84,21 +85,6 @@ std::vector<uint8_t> random_input(nkv_dtype dtype, int64_t count, int64_t cols, 
     }
   }
   return bytes;
-}
-
-nkv_tensor view(void* data, nkv_dtype dtype, nkv_device_type device, std::vector<int64_t> shape) {
-  nkv_tensor t{};
-  t.data = data;
-  t.dtype = dtype;
-  t.device = device;
-  t.ndim = static_cast<int32_t>(shape.size());
-  int64_t stride = 1;
-  for (int i = t.ndim - 1; i >= 0; --i) {
-    t.shape[i] = shape[static_cast<size_t>(i)];
-    t.strides[i] = stride;
-    stride *= t.shape[i];
-  }
-  return t;
 }
 
 struct Buffer {

@@ -96,6 +96,18 @@ uint8_t* page_of(const nkv_paged_kv_cache& cache, int32_t layer, int32_t pool, i
 
 namespace nkv {
 
+void check_step_entry(std::vector<uint8_t>& seen, int32_t index, int32_t id, int32_t count, int64_t length, int64_t limit,
+                      const char* ids, const char* noun, const char* limit_option) {
+  if (seen[static_cast<size_t>(id)]) fail_argument(std::string("argument '") + ids + "': " + noun + " " + std::to_string(id) + " appears twice");
+  seen[static_cast<size_t>(id)] = 1;
+  const std::string counts = "argument 'token_counts[" + std::to_string(index) + "]': ";
+  if (count < 0) fail_argument(counts + "expected >= 0, got " + std::to_string(count));
+  if (length + count > limit) {
+    fail_argument(counts + noun + " " + std::to_string(id) + " has " + std::to_string(length) + " tokens; " + std::to_string(count) +
+                  " more exceed options." + limit_option + " (" + std::to_string(limit) + ")");
+  }
+}
+
 nkv_tensor contiguous_view(void* data, int32_t dtype, nkv_device_type device, std::initializer_list<int64_t> shape) {
   nkv_tensor t{};
   t.data = data;
@@ -321,16 +333,9 @@ NKV_API nkv_status nkv_paged_kv_cache_append(nkv_paged_kv_cache* cache, const in
     for (int32_t i = 0; i < count; ++i) {
       const std::string name = "sequences[" + std::to_string(i) + "]";
       const int32_t s = check_alive(k, sequences[i], name.c_str());
-      if (seen[s]) fail_argument("argument 'sequences': sequence " + std::to_string(s) + " appears twice");
-      seen[s] = 1;
       const int32_t n = token_counts[i];
-      if (n < 0) fail_argument("argument 'token_counts[" + std::to_string(i) + "]': expected >= 0, got " + std::to_string(n));
       const int64_t length = k.lengths[s];
-      if (length + n > k.max_sequence_length) {
-        fail_argument("argument 'token_counts[" + std::to_string(i) + "]': sequence " + std::to_string(s) + " has " +
-                      std::to_string(length) + " tokens; " + std::to_string(n) + " more exceed options.max_sequence_length (" +
-                      std::to_string(k.max_sequence_length) + ")");
-      }
+      check_step_entry(seen, i, s, n, length, k.max_sequence_length, "sequences", "sequence", "max_sequence_length");
       if (n == 0) continue;
       pages_needed += pages_for(k, length + n) - pages_for(k, length);
       // A partly filled last page held by another sequence too is copied before this one writes into it.

@@ -389,16 +389,9 @@ NKV_API nkv_status nkv_quantized_kv_cache_append(nkv_quantized_kv_cache* cache, 
     for (int32_t i = 0; i < count; ++i) {
       const std::string name = "slots[" + std::to_string(i) + "]";
       const int32_t s = check_alive(k, slots[i], name.c_str());
-      if (seen[s]) fail_argument("argument 'slots': slot " + std::to_string(s) + " appears twice");
-      seen[s] = 1;
       const int32_t n = token_counts[i];
-      if (n < 0) fail_argument("argument 'token_counts[" + std::to_string(i) + "]': expected >= 0, got " + std::to_string(n));
       const int64_t length = k.lengths[s];
-      if (length + n > k.max_tokens) {
-        fail_argument("argument 'token_counts[" + std::to_string(i) + "]': slot " + std::to_string(s) + " has " +
-                      std::to_string(length) + " tokens; " + std::to_string(n) + " more exceed options.max_tokens (" +
-                      std::to_string(k.max_tokens) + ")");
-      }
+      check_step_entry(seen, i, s, n, length, k.max_tokens, "slots", "slot", "max_tokens");
       if (n == 0) continue;
       QuantizedKvStepEntry e;
       e.slot = s;

@@ -66,6 +66,12 @@ void write_step(const nkv_context& context, nkv_dtype dtype, int64_t tokens, int
                 const nkv_tensor* k, const nkv_tensor* v, void* k_pool, void* v_pool, const int32_t* slots,
                 int64_t slot_stride, int32_t block_slots = 0, int64_t block_stride = 0);
 
+// The checks every cache's append makes of entry `index` of a step, once the caller has found the id `id` alive:
+// each id at most once (`seen`, one flag per id), a token count >= 0, and the id's `length` plus `count` within
+// `limit`. Messages name the ids' argument and noun ("slots", "slot") and the limit's option (api/kvcache.cpp).
+void check_step_entry(std::vector<uint8_t>& seen, int32_t index, int32_t id, int32_t count, int64_t length, int64_t limit,
+                      const char* ids, const char* noun, const char* limit_option);
+
 // A view of contiguous memory of the given shape (the caches' views; api/kvcache.cpp).
 nkv_tensor contiguous_view(void* data, int32_t dtype, nkv_device_type device, std::initializer_list<int64_t> shape);
 

@@ -260,11 +260,12 @@ public sealed unsafe class QuantizedKvCacheTests
     /// <summary>
     /// The cache's decode must equal decode over the dequantized K/V to float16-operand rounding (measured ~4e-4). Against
     /// decode over the float16 K/V the error is the format's own: on i.i.d. Gaussian data (no outlier channels, KIVI's case)
-    /// a 2-bit group's step is ~1.4σ, so the output is off by 0.43 .. 0.68 relative (15 seeds), 4-bit by 0.09 .. 0.12 and
-    /// 8-bit by 0.005 .. 0.007; the bounds leave room above those.
+    /// a 2-bit group's step is ~1.4σ, so the output is off by 0.43 .. 0.85 relative (median 0.52 over 80 seeds; one CI seed,
+    /// 156839616, gave 0.99: the tail is long), 4-bit by 0.08 .. 0.12 and 8-bit by 0.005 .. 0.007. The bounds leave room above
+    /// those and stay below the ~1.4 of an output unrelated to the reference.
     /// </summary>
     [Theory]
-    [InlineData(2, 0.8)]
+    [InlineData(2, 1.2)]
     [InlineData(4, 0.2)]
     [InlineData(8, 0.015)]
     public void Decode_over_the_cache_equals_decode_over_the_dequantized_keys_and_values(int bits, double fp16Tolerance)

@@ -5,6 +5,7 @@ Shapes (issue 5): fp16 queries, d128, 32 query heads over 8 KV heads, q_len 1, b
   fp16     nkv_attention_decode over contiguous K/V [b, L, 8, 128]
   KIVI-4   nkv_attention_decode_quantized over an nkv_quantized_kv_cache of 4-bit codes, G 32, R 128, holding
   KIVI-2   the same keys and values (2-bit codes)
+  BFP12    the same over a block-floating-point cache: 4-bit mantissas, one exponent per 32 channels, keys and values
 Each runs a plan made for it (options.kv_code_bits: the quantized kernel's pieces are sized for its own
 occupancy), and all are timed interleaved, call by call (attention_bench.Timer),
 so clock and temperature drift reach them alike. Each row also gives the bytes each variant reads (codes,
@@ -29,13 +30,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import attention_bench as ab  # noqa: E402
 import nativekv_ctypes as nkv  # noqa: E402
 
-GROUP, RESIDUAL = 32, 128
-FORMATS = (("KIVI-4", 4), ("KIVI-2", 2))
+GROUP, RESIDUAL, BLOCK = 32, 128, 32
+FORMATS = (("KIVI-4", "kivi", 4), ("KIVI-2", "kivi", 2), ("BFP12", "bfp", 4))
 
 
-def quantized_bytes(b: int, seqlen: int, channels: int, bits: int) -> int:
-    """Bytes a decode over one layer reads: codes plus an fp16 scale and minimum per group of the quantized
-    tokens, fp16 rows of the residual ones (keys T - T % R quantized, values T - R)."""
+def quantized_bytes(b: int, seqlen: int, channels: int, bits: int, fmt: str = "kivi") -> int:
+    """Bytes a decode over one layer reads. KIVI: codes plus an fp16 scale and minimum per group of the quantized
+    tokens, fp16 rows of the residual ones (keys T - T % R quantized, values T - R). BFP: m-bit mantissas and an
+    8-bit exponent per block of every token's keys and values."""
+    if fmt == "bfp":
+        return int(b * 2 * seqlen * channels * (bits / 8 + 1 / BLOCK))
     keys_q = seqlen - seqlen % RESIDUAL
     values_q = max(0, seqlen - RESIDUAL)
     per_quantized = channels * (bits / 8 + 4 / GROUP)
@@ -61,9 +65,13 @@ def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None
     sizes = {"fp16": fp16_bytes}
     caches, plans = [], []
     try:
-        for name, bits in FORMATS:
-            cache = nkv.QuantizedKvCache(side.ctx, bits=bits, group_size=GROUP, residual=RESIDUAL, num_layers=1,
-                                         num_heads_kv=hkv, head_dim=d, max_slots=b, max_tokens=seqlen)
+        for name, fmt, bits in FORMATS:
+            if fmt == "bfp":
+                cache = nkv.QuantizedKvCache(side.ctx, bits=bits, group_size=BLOCK, residual=0, num_layers=1, num_heads_kv=hkv,
+                                             head_dim=d, max_slots=b, max_tokens=seqlen, format=nkv.QuantizedKvCache.BFP)
+            else:
+                cache = nkv.QuantizedKvCache(side.ctx, bits=bits, group_size=GROUP, residual=RESIDUAL, num_layers=1,
+                                             num_heads_kv=hkv, head_dim=d, max_slots=b, max_tokens=seqlen)
             caches.append(cache)
             slots = [cache.add_slot() for _ in range(b)]
             cache.append(slots, [seqlen] * b)
@@ -73,7 +81,7 @@ def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None
             plans.append(own)
             outputs[name] = torch.full_like(q, float("nan"))
             runs[name] = own.bind_quantized(q, cache, 0, outputs[name])
-            sizes[name] = quantized_bytes(b, seqlen, hkv * d, bits)
+            sizes[name] = quantized_bytes(b, seqlen, hkv * d, bits, fmt)
             row["variants"][name] = {"cache_bytes": cache.info()["bytes"], "pieces": own.info()["num_splits"]}
             for n in splits:  # the same cache under plans of a fixed piece count (tuning sweeps)
                 fixed = side.ctx.plan_decode(hq, hkv, d, 1, [seqlen] * b, num_splits=n, kv_code_bits=bits)
@@ -111,7 +119,8 @@ def bench_decode(timer: ab.Timer, side: ab.NativeKvSide, copy_tbps: float | None
 
 def markdown(rows: list[dict], device: str) -> str:
     lines = [f"### Decode over quantized KV caches ({device})", "",
-             "fp16 d128, 32 query heads over 8 KV heads, q_len 1; KIVI G 32, R 128; each with its own plan, timed interleaved "
+             "fp16 d128, 32 query heads over 8 KV heads, q_len 1; KIVI G 32, R 128; BFP12 blocks of 32 (keys and values); "
+             "each with its own plan, timed interleaved "
              "(median of the calls). Effective bandwidth = bytes read / time; copy = device-to-device copy (read + "
              "write) in the same run.", "",
              "| shape | variant | bits / element | µs | speedup vs fp16 | TB/s over its bytes | of copy | rel. diff vs fp16 |",

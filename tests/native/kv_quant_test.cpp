@@ -269,11 +269,12 @@ using PlanPtr = std::unique_ptr<nkv_attention_plan, PlanDeleter>;
 struct CacheShape {
   int bits = 2, group = 32, residual = 64, layers = 2, heads = 2, head_dim = 64, slots = 3, max_tokens = 3000;
   int memory = NKV_KV_MEMORY_ALLOCATED;
+  int format = NKV_KV_FORMAT_KIVI, value_format = NKV_KV_VALUES_LIKE_KEYS;  // BFP: group is the block, residual 0
 };
 
 CachePtr make_cache(nkv_context* context, const CacheShape& s) {
-  nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_KIVI, s.bits, s.group, s.residual,
-                                   s.layers, s.heads, s.head_dim, s.slots, s.max_tokens, 0, s.memory};
+  nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), s.format, s.bits, s.group, s.residual,
+                                   s.layers, s.heads, s.head_dim, s.slots, s.max_tokens, s.value_format, s.memory};
   nkv_quantized_kv_cache* cache = nullptr;
   EXPECT_EQ(nkv_quantized_kv_cache_create(context, &o, &cache), NKV_STATUS_SUCCESS) << nkv_last_error();
   return CachePtr(cache);
@@ -1000,6 +1001,107 @@ TEST(QuantizedKvCache, BfpDecodeEqualsPlainDecodeOverTheDequantizedKeys) {
   for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.3f)(rng));
   const DecodeResult quantized = run_quantized_decode(context.get(), cache.get(), shape, c, q, 0);
   EXPECT_EQ(quantized.o, run_plain_decode(context.get(), shape, c, q, kd, vd).o);
+}
+
+// The CUDA write and decode of BFP caches against the CPU backend on the same steps: every slot's code words and
+// exponents (or fp16 values) bit for bit, with and without a K-sort order, and decode within 1e-3 (both decode the
+// same stored values, exact in fp16, in float32 MMAs vs float64). Shapes as the KIVI test's above: lengths that are
+// not multiples of the 64-key stages, GQA 1..8, q_len 1..16 (two row tiles), causal, windowed, soft-capped, splits.
+TEST(QuantizedKvCacheCuda, BfpMatchesTheCpuReference) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr gpu = make_context(NKV_BACKEND_CUDA);
+  ContextPtr cpu = make_context(NKV_BACKEND_CPU);
+  struct Config {
+    int bits, block, value_format, head_dim, heads_kv;
+    bool permuted;
+    DecodeCase c;
+  };
+  std::vector<Config> configs;
+  auto add = [&](int bits, int block, int value_format, int head_dim, int heads_kv, bool permuted, int heads_q, int q_len, bool causal,
+                 int window, int splits, std::vector<int32_t> lengths) {
+    DecodeCase c;
+    c.heads_q = heads_q;
+    c.q_len = q_len;
+    c.causal = causal;
+    c.window_left = window;
+    c.num_splits = splits;
+    c.any_kv_plan = configs.size() % 2 == 1;
+    c.lengths = std::move(lengths);
+    configs.push_back({bits, block, value_format, head_dim, heads_kv, permuted, c});
+  };
+  add(4, 32, NKV_KV_VALUES_LIKE_KEYS, 128, 8, false, 32, 1, false, -1, 0, {4000, 37, 300, 129});
+  add(8, 32, NKV_KV_VALUES_LIKE_KEYS, 128, 8, true, 32, 1, false, -1, 3, {3001, 250, 5});
+  add(4, 16, NKV_KV_VALUES_FP16, 64, 4, true, 4, 3, true, -1, 0, {2049, 64, 17});
+  add(8, 64, NKV_KV_VALUES_FP16, 128, 2, false, 16, 1, false, 500, 4, {1800, 1, 0, 65});
+  add(4, 64, NKV_KV_VALUES_LIKE_KEYS, 64, 1, true, 8, 16, true, -1, 2, {1300, 900});
+  add(8, 16, NKV_KV_VALUES_LIKE_KEYS, 64, 3, false, 3, 2, true, 100, 0, {2500, 300});
+  add(4, 32, NKV_KV_VALUES_LIKE_KEYS, 128, 8, true, 32, 1, false, -1, 48, {4000, 3100});  // pieces of 64 to 128 keys
+  add(4, 32, NKV_KV_VALUES_FP16, 128, 8, false, 32, 1, false, -1, 0, {3000, 900});
+  configs.back().c.softcap = 30.0f;
+  for (const Config& config : configs) {
+    CacheShape shape;
+    shape.format = NKV_KV_FORMAT_BFP;
+    shape.value_format = config.value_format;
+    shape.bits = config.bits;
+    shape.group = config.block;
+    shape.residual = 0;
+    shape.head_dim = config.head_dim;
+    shape.heads = config.heads_kv;
+    shape.slots = static_cast<int>(config.c.lengths.size());
+    shape.max_tokens = 4100;
+    const std::string where = "bits " + std::to_string(config.bits) + " n " + std::to_string(config.block) + " values " +
+                              std::to_string(config.value_format) + " d " + std::to_string(config.head_dim) + " heads " +
+                              std::to_string(config.c.heads_q) + "/" + std::to_string(config.heads_kv) + " q_len " +
+                              std::to_string(config.c.q_len) + (config.permuted ? " K-sort" : "");
+    CachePtr gpu_cache = make_cache(gpu.get(), shape);
+    CachePtr cpu_cache = make_cache(cpu.get(), shape);
+    if (config.permuted) {  // layer 1 (the decoded one) in a per-head order
+      std::vector<int32_t> order(static_cast<size_t>(shape.heads * shape.head_dim));
+      for (int h = 0; h < shape.heads; ++h) {
+        for (int j = 0; j < shape.head_dim; ++j) order[static_cast<size_t>(h * shape.head_dim + j)] = (j * 7 + 3 * h) % shape.head_dim;
+      }
+      NKV_ASSERT_OK(nkv_quantized_kv_cache_set_key_permutation(gpu_cache.get(), 1, order.data()));
+      NKV_ASSERT_OK(nkv_quantized_kv_cache_set_key_permutation(cpu_cache.get(), 1, order.data()));
+    }
+    Steps gpu_model(gpu.get(), gpu_cache.get(), shape);
+    Steps cpu_model(cpu.get(), cpu_cache.get(), shape);  // the same generator seed: the same K/V
+    fill_slots(gpu_model, config.c);
+    fill_slots(cpu_model, config.c);
+    // A slot's first `length` rows of a view, as bytes (rows past the length are unspecified).
+    auto stored = [&](nkv_context* context, nkv_quantized_kv_cache* cache, nkv_quantized_kv_view which, int32_t layer, int32_t slot) {
+      const nkv_tensor v = cache_view(cache, which, layer);
+      if (v.shape[1] == 0) return std::vector<uint8_t>();  // an array this value format does not have
+      const int64_t element = static_cast<int64_t>(nkv_dtype_size(v.dtype));
+      const int64_t bytes = static_cast<int64_t>(config.c.lengths[static_cast<size_t>(slot)]) * v.strides[1] * element;
+      const char* first = static_cast<const char*>(v.data) + slot * v.strides[0] * element;
+      std::vector<uint8_t> out = read_elements<uint8_t>(context, first, static_cast<size_t>((bytes + 3) / 4 * 4));
+      out.resize(static_cast<size_t>(bytes));
+      return out;
+    };
+    for (int32_t layer = 0; layer < shape.layers; ++layer) {
+      for (int32_t slot = 0; slot < shape.slots; ++slot) {
+        for (nkv_quantized_kv_view which : {NKV_QUANTIZED_KV_KEY_CODES, NKV_QUANTIZED_KV_KEY_GROUPS, NKV_QUANTIZED_KV_VALUE_CODES,
+                                            NKV_QUANTIZED_KV_VALUE_GROUPS, NKV_QUANTIZED_KV_VALUE_RESIDUAL}) {
+          EXPECT_EQ(stored(gpu.get(), gpu_cache.get(), which, layer, slot), stored(cpu.get(), cpu_cache.get(), which, layer, slot))
+              << where << ": view " << which << " of layer " << layer << ", slot " << slot;
+        }
+      }
+    }
+    std::mt19937 rng(static_cast<unsigned>(config.bits + 10 * config.block));
+    std::vector<uint16_t> q(config.c.lengths.size() * static_cast<size_t>(config.c.q_len * config.c.heads_q * shape.head_dim));
+    for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.5f)(rng));
+    const DecodeResult on_gpu = run_quantized_decode(gpu.get(), gpu_cache.get(), shape, config.c, q);
+    const DecodeResult reference = run_quantized_decode(cpu.get(), cpu_cache.get(), shape, config.c, q);
+    for (uint16_t x : on_gpu.o) ASSERT_FALSE(std::isnan(half_to_float(x))) << where << ": an output element was not written";
+    EXPECT_LE(relative_error(on_gpu.o, reference.o), 1e-3) << where;
+    for (size_t i = 0; i < reference.lse.size(); ++i) {
+      if (std::isinf(reference.lse[i])) {
+        EXPECT_EQ(on_gpu.lse[i], reference.lse[i]) << where << " lse " << i;
+      } else {
+        EXPECT_NEAR(on_gpu.lse[i], reference.lse[i], 2e-3 * std::max(1.0f, std::fabs(reference.lse[i]))) << where << " lse " << i;
+      }
+    }
+  }
 }
 
 TEST(QuantizedKvCache, BfpRejectsBadOptions) {

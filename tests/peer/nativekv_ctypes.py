@@ -593,18 +593,21 @@ class PagedKvCache:
 
 
 class QuantizedKvCache:
-    """nkv_quantized_kv_cache on a context (KIVI codes with fp16 residuals): slots, appends, writes, info."""
+    """nkv_quantized_kv_cache on a context (KIVI codes with fp16 residuals, or block floating point): slots, appends,
+    writes, info. BFP: bits are the mantissa bits (4: BFP12, 8: BFP16), group_size the block, residual 0."""
 
-    KIVI = 1
+    KIVI, BFP = 1, 2
+    VALUES_LIKE_KEYS, VALUES_FP16 = 0, 1
 
     def __init__(self, context: "Context", *, bits: int, group_size: int = 32, residual: int = 128, num_layers: int,
-                 num_heads_kv: int, head_dim: int, max_slots: int, max_tokens: int):
+                 num_heads_kv: int, head_dim: int, max_slots: int, max_tokens: int, format: int = KIVI,
+                 value_format: int = VALUES_LIKE_KEYS):
         self.context, self.lib = context, context.lib
         self.handle = _P()
-        options = NkvQuantizedKvCacheOptions(struct_size=ctypes.sizeof(NkvQuantizedKvCacheOptions), format=self.KIVI, bits=bits,
+        options = NkvQuantizedKvCacheOptions(struct_size=ctypes.sizeof(NkvQuantizedKvCacheOptions), format=format, bits=bits,
                                              group_size=group_size, residual=residual, num_layers=num_layers,
                                              num_heads_kv=num_heads_kv, head_dim=head_dim, max_slots=max_slots,
-                                             max_tokens=max_tokens, value_format=0, memory=0)
+                                             max_tokens=max_tokens, value_format=value_format, memory=0)
         self.lib.call("nkv_quantized_kv_cache_create", context.handle, ctypes.byref(options), ctypes.byref(self.handle))
 
     def add_slot(self) -> int:

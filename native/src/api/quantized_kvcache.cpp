@@ -56,6 +56,7 @@ struct CacheDeleter {
     }
     release_on(c, cache->device_lengths);
     release_on(c, cache->device_step);
+    if (cache->device_key_permutations != nullptr) release_on(c, cache->device_key_permutations);
     delete cache;
   }
 };
@@ -187,7 +188,10 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
   l.format = k.format;
   l.value_format = k.value_format;
   l.bits = k.bits;
-  l.key_permutation = k.key_permutations.empty() ? nullptr : k.key_permutations.data() + static_cast<size_t>(layer) * k.num_heads_kv * k.head_dim;
+  const size_t permutation_offset = static_cast<size_t>(layer) * k.num_heads_kv * k.head_dim;
+  if (!k.key_permutations.empty()) {
+    l.key_permutation = k.device_key_permutations != nullptr ? k.device_key_permutations + permutation_offset : k.key_permutations.data() + permutation_offset;
+  }
   l.group = k.group;
   while ((1 << l.group_shift) < k.group) ++l.group_shift;
   l.residual = k.residual;
@@ -236,10 +240,6 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
       if (o.value_format != NKV_KV_VALUES_LIKE_KEYS && o.value_format != NKV_KV_VALUES_FP16) {
         fail_argument("argument 'options.value_format': expected NKV_KV_VALUES_LIKE_KEYS (0) or NKV_KV_VALUES_FP16 (1), got " +
                       std::to_string(o.value_format));
-      }
-      if (c.backend == NKV_BACKEND_CUDA) {
-        fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.format': block-floating-point caches run on the CPU backend only so far (the CUDA write and decode "
-                                       "kernels are KIVI's)");
       }
     } else {
       if (o.bits != 2 && o.bits != 4 && o.bits != 8) fail_argument("argument 'options.bits': expected 2, 4 or 8, got " + std::to_string(o.bits));
@@ -307,7 +307,9 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     for (int i = 0; i < 6; ++i) {
       const uint64_t share = checked_product({static_cast<uint64_t>(extents[i]), kElementBytes[bfp ? 1 : 0][i]},
                                              "argument 'options' (max_tokens x num_heads_kv x head_dim): a slot's bytes");
-      cache->slot_bytes[i] = virtual_memory ? round_up(share, cache->page_bytes) : share;
+      // Shares start on 16-byte boundaries: the BFP decode copies a token's exponents as the aligned 8 bytes that
+      // hold them (every other array's share is a multiple of 16 bytes already).
+      cache->slot_bytes[i] = virtual_memory ? round_up(share, cache->page_bytes) : round_up(share, 16);
       array_bytes[i] = checked_product({slots, cache->slot_bytes[i]}, "argument 'options.max_slots': an array's bytes");
     }
     uint64_t offset = 0;
@@ -557,9 +559,6 @@ NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_c
     Cache& k = require_handle(cache, "cache");
     check_layer(k, layer);
     if (permutation == nullptr) fail_argument("argument 'permutation' must not be NULL");
-    if (k.context->backend == NKV_BACKEND_CUDA) {
-      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'cache': key permutations (K-sort) run on the CPU backend only so far");
-    }
     for (int32_t s = 0; s < k.max_slots; ++s) {
       if (k.alive[s] && k.lengths[s] > 0) {
         fail_argument("argument 'cache': slot " + std::to_string(s) + " holds tokens; set key permutations before the first append");
@@ -581,7 +580,14 @@ NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_c
       k.key_permutations.resize(per_layer * k.num_layers);
       for (size_t i = 0; i < k.key_permutations.size(); ++i) k.key_permutations[i] = static_cast<int32_t>(i % k.head_dim);
     }
+    if (k.context->backend == NKV_BACKEND_CUDA && k.device_key_permutations == nullptr) {
+      k.device_key_permutations = static_cast<int32_t*>(allocate_on(*k.context, k.key_permutations.size() * sizeof(int32_t)));
+      upload_to(*k.context, k.device_key_permutations, k.key_permutations.data(), k.key_permutations.size() * sizeof(int32_t));
+    }
     std::copy(permutation, permutation + per_layer, k.key_permutations.begin() + static_cast<std::ptrdiff_t>(per_layer * layer));
+    if (k.device_key_permutations != nullptr) {
+      upload_to(*k.context, k.device_key_permutations + per_layer * layer, permutation, per_layer * sizeof(int32_t));
+    }
   });
 }
 

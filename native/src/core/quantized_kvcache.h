@@ -33,7 +33,7 @@ struct QuantizedKvStepEntry {
 struct QuantizedKvLayer {
   nkv_kv_format format = NKV_KV_FORMAT_KIVI;
   nkv_kv_value_format value_format = NKV_KV_VALUES_LIKE_KEYS;
-  const int32_t* key_permutation = nullptr;  // HOST [heads][d]: stored channel j is written channel [j]; null: identity
+  const int32_t* key_permutation = nullptr;  // [heads][d] in the backend's memory: stored channel j is written channel [j]; null: identity
   int32_t bits = 0;
   int32_t group = 0;     // G
   int32_t group_shift = 0;  // log2(G)
@@ -141,6 +141,7 @@ struct nkv_quantized_kv_cache {
   int64_t step_tokens = 0;
   std::vector<uint8_t> written;  // per layer: written in the current step
   std::vector<int32_t> key_permutations;  // [layer][head][d] (K-sort); empty: the identity everywhere
+  int32_t* device_key_permutations = nullptr;  // CUDA: their copy on the device (made at the first set)
 };
 
 namespace nkv {

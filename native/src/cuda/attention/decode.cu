@@ -61,7 +61,6 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kDTiles = kHeadDim / 8;
   constexpr int kTileElements = kDecodeBlockN * Tiles::kPitch;
-  constexpr float kNegInf = -INFINITY;
 
   T* q_tile = reinterpret_cast<T*>(shared_bytes);
   T* stages = q_tile + kRows * Tiles::kPitch;  // stage s: K at 2s, V at 2s + 1
@@ -225,25 +224,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
 
     // As in the varlen kernel: whole loops behind block-uniform branches, the scale folded into exp2.
     if (p.mask.score.softcap > 0.0f) cap_scores(s, p.mask.score);
-    if (n0 + kDecodeBlockN > split.key_end || causal_edge_possible) {
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const KeyRange& r = visible[mt][half];
-          const int first = r.first - n0 - warp_key0 - (lane % 4) * 2;
-          const int last = r.last - n0 - warp_key0 - (lane % 4) * 2;
-#pragma unroll
-          for (int nt = 0; nt < 2; ++nt) {
-#pragma unroll
-            for (int j = 0; j < 2; ++j) {
-              const int column = nt * 8 + j;
-              if (column < first || column > last) s[mt][nt][2 * half + j] = kNegInf;
-            }
-          }
-        }
-      }
-    }
+    if (n0 + kDecodeBlockN > split.key_end || causal_edge_possible) mask_warp_keys(s, visible, n0 + warp_key0);
 
     online_softmax_step(s, row_max, row_sum, o, exp_scale);
     uint32_t a[kMTiles][4];
@@ -263,27 +244,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   __syncthreads();  // the pipeline's shared memory becomes the merge area
 
   // Each warp saw different keys: merge the four (max, sum, O) states through shared memory.
-  float* merge_o = reinterpret_cast<float*>(shared_bytes);             // [warp][row][d]
-  float* merge_max = merge_o + kDecodeWarps * kRows * kHeadDim;        // [warp][row]
-  float* merge_sum = merge_max + kDecodeWarps * kRows;                 // [warp][row]
-#pragma unroll
-  for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int r = mt * 16 + lane / 4 + 8 * half;
-      const float sum = quad_sum(row_sum[mt][half]);  // the whole warp shuffles, padding rows too
-      if (row0 + r >= rows) continue;  // padding rows of the MMA tile (q_len x G < 16): nothing to merge
-      float* out = merge_o + (warp * kRows + r) * kHeadDim + (lane % 4) * 2;
-#pragma unroll
-      for (int dt = 0; dt < kDTiles; ++dt) {
-        *reinterpret_cast<float2*>(out + dt * 8) = make_float2(o[mt][dt][2 * half], o[mt][dt][2 * half + 1]);
-      }
-      if (lane % 4 == 0) {
-        merge_max[warp * kRows + r] = row_max[mt][half];
-        merge_sum[warp * kRows + r] = sum;
-      }
-    }
-  }
+  float* merge_o = reinterpret_cast<float*>(shared_bytes);
+  leave_warp_state<kHeadDim, kRows>(merge_o, o, row_max, row_sum, row0, rows);
   __syncthreads();
 
   static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
@@ -438,17 +400,8 @@ int64_t decode_block_slots(const nkv_attention_plan& plan) {
 
 void attention_decode(const nkv_attention_plan& plan, const DecodeAttentionArgs& a) {
   using namespace attention;
-  DecodeKernelParams p{};
+  DecodeKernelParams p = decode_params_of(plan);
   p.args = a;
-  p.splits = plan.device_splits;
-  p.merge_counters = plan.merge_counters;
-  p.counter_stride = decode_merge_counters_per_pair(plan);
-  p.partial_o = plan.partial_o;
-  p.partial_lse = plan.partial_lse;
-  p.q_len = plan.q_len;
-  p.num_heads_q = plan.num_heads_q;
-  p.num_heads_kv = plan.num_heads_kv;
-  p.mask = make_kernel_mask(plan);
   DeviceScope scope(plan.context->device_ordinal);
   if (a.dtype == NKV_DTYPE_BFLOAT16) {
     dispatch_head_dim<__nv_bfloat16>(plan, p);

@@ -2,7 +2,7 @@
 // partial softmax state (O, row maximum in the log2 domain, row sum) in shared memory; the block combines
 // them, writes its output (a pair cut in one piece) or its partial result, and the block that finishes a
 // pair's last piece merges the pieces (no second kernel). Used by the fp16 decode (decode.cu) and the
-// quantized-cache decode (cuda/kv_quant/decode_kivi.cu), which share the plan's pieces and buffers.
+// quantized-cache decodes (cuda/kv_quant/decode_kivi.cu, decode_bfp.cu), which share the plan's pieces and buffers.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -27,6 +27,22 @@ struct DecodeKernelParams {
   int num_heads_kv;
   KernelMask mask;
 };
+
+// The plan's part of a decode kernel's parameters (pieces, merge counters, partial buffers, mask); the caller
+// sets args.
+inline DecodeKernelParams decode_params_of(const nkv_attention_plan& plan) {
+  DecodeKernelParams p{};
+  p.splits = plan.device_splits;
+  p.merge_counters = plan.merge_counters;
+  p.counter_stride = decode_merge_counters_per_pair(plan);
+  p.partial_o = plan.partial_o;
+  p.partial_lse = plan.partial_lse;
+  p.q_len = plan.q_len;
+  p.num_heads_q = plan.num_heads_q;
+  p.num_heads_kv = plan.num_heads_kv;
+  p.mask = make_kernel_mask(plan);
+  return p;
+}
 
 // The last block to finish a piece of a split pair (for its row block) merges the pair's partial
 // results. It sums them in piece order whichever block that is, so the output does not depend on timing.
@@ -158,6 +174,35 @@ __device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int se
       out[1] = MmaType<T>::from_float(acc[j].y);
       out[2] = MmaType<T>::from_float(acc[j].z);
       out[3] = MmaType<T>::from_float(acc[j].w);
+    }
+  }
+}
+
+// A warp's softmax state (rows in the m16n8 accumulator layout of kMTiles 16-row tiles: O over head_dim, row
+// maximum and sum) into the merge area: merge_o [warp][row][kHeadDim], then merge_max and merge_sum [warp][row].
+// Padding rows (at or past `rows`) are left out. The caller synchronizes the block before and after.
+template <int kHeadDim, int kRows, int kMTiles, int kDTiles>
+__device__ __forceinline__ void leave_warp_state(float* merge_o, const float (&o)[kMTiles][kDTiles][4], const float (&row_max)[kMTiles][2],
+                                                 const float (&row_sum)[kMTiles][2], int row0, int rows) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* merge_max = merge_o + kDecodeWarps * kRows * kHeadDim;
+  float* merge_sum = merge_max + kDecodeWarps * kRows;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int r = mt * 16 + lane / 4 + 8 * half;
+      const float sum = quad_sum(row_sum[mt][half]);  // the whole warp shuffles, padding rows too
+      if (row0 + r >= rows) continue;                  // padding rows of the MMA tile (q_len x G < 16): nothing to merge
+      float* out = merge_o + (warp * kRows + r) * kHeadDim + (lane % 4) * 2;
+#pragma unroll
+      for (int dt = 0; dt < kDTiles; ++dt) {
+        *reinterpret_cast<float2*>(out + dt * 8) = make_float2(o[mt][dt][2 * half], o[mt][dt][2 * half + 1]);
+      }
+      if (lane % 4 == 0) {
+        merge_max[warp * kRows + r] = row_max[mt][half];
+        merge_sum[warp * kRows + r] = sum;
+      }
     }
   }
 }

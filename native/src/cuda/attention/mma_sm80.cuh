@@ -78,6 +78,13 @@ __device__ __forceinline__ void copy_async_16(void* shared, const void* global, 
   copy_async_16(shared_address(shared), global, valid);
 }
 // The same with an L2 eviction policy (createpolicy), for data a kernel reads exactly once.
+// Smaller copies (both addresses aligned to the size), for arrays whose rows are not whole 16-byte pieces.
+__device__ __forceinline__ void copy_async_4(uint32_t shared, const void* global, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(global), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void copy_async_8(uint32_t shared, const void* global, bool valid) {
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(shared), "l"(global), "r"(valid ? 8 : 0));
+}
 __device__ __forceinline__ void copy_async_16(uint32_t shared, const void* global, bool valid, uint64_t policy) {
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(shared), "l"(global),
                "r"(valid ? 16 : 0), "l"(policy));
@@ -389,6 +396,30 @@ __device__ __forceinline__ void cap_scores(float (&s)[kMTiles][kNTiles][4], cons
     for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
       for (int i = 0; i < 4; ++i) s[mt][nt][i] = score.capped(s[mt][nt][i]);
+}
+
+// Masks the scores of one warp's 16 keys (key0 = the first, kNTiles = 2) for rows whose visible range does not
+// hold them all: visible[mt][half] is row lane / 4 + 8 * half of tile mt.
+template <int kMTiles>
+__device__ __forceinline__ void mask_warp_keys(float (&s)[kMTiles][2][4], const KeyRange (&visible)[kMTiles][2], int key0) {
+  const int lane = threadIdx.x % 32;
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const KeyRange& r = visible[mt][half];
+      const int first = r.first - key0 - (lane % 4) * 2;
+      const int last = r.last - key0 - (lane % 4) * 2;
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int column = nt * 8 + j;
+          if (column < first || column > last) s[mt][nt][2 * half + j] = -INFINITY;
+        }
+      }
+    }
+  }
 }
 
 // Folds one tile of (masked) scores into the running state: s becomes this tile's exponentials

@@ -30,6 +30,7 @@
 #include "cuda/attention/decode_merge.cuh"
 #include "cuda/attention/mma_sm80.cuh"
 #include "cuda/common/cuda_check.h"
+#include "cuda/kv_quant/decode_bfp.h"
 
 namespace nkv::cuda {
 namespace kv_quant {
@@ -106,10 +107,6 @@ __device__ __forceinline__ uint32_t transpose_8x8(uint32_t x) {
   uint32_t d;
   asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;" : "=r"(d) : "r"(x));
   return d;
-}
-
-__device__ __forceinline__ void copy_async_4(uint32_t shared, const void* global, bool valid) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(global), "r"(valid ? 4 : 0));
 }
 
 // Which codes a warp's tile rows are. Keys: row r (0..15) of the warp's tile m (0, 1) is token
@@ -769,6 +766,7 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
   using namespace kv_quant;
   static_assert(kChunk % 64 == 0, "chunks start where pieces do: at multiples of the fp16 decode's 64-key tiles");
   KiviDecodeParams p{};
+  p.base = attention::decode_params_of(plan);
   p.base.args.dtype = NKV_DTYPE_FLOAT16;
   p.base.args.q = a.q;
   p.base.args.q_batch_stride = a.q_batch_stride;
@@ -779,20 +777,12 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
   p.base.args.lse = a.lse;
   p.base.args.lse_batch_stride = a.lse_batch_stride;
   p.base.args.lse_head_stride = a.lse_head_stride;
-  p.base.splits = plan.device_splits;
-  p.base.merge_counters = plan.merge_counters;
-  p.base.counter_stride = decode_merge_counters_per_pair(plan);
-  p.base.partial_o = plan.partial_o;
-  p.base.partial_lse = plan.partial_lse;
-  p.base.q_len = plan.q_len;
-  p.base.num_heads_q = plan.num_heads_q;
-  p.base.num_heads_kv = plan.num_heads_kv;
-  p.base.mask = attention::make_kernel_mask(plan);
   p.kv = a.kv;
   DeviceScope scope(plan.context->device_ordinal);
   if (plan.head_dim != 64 && plan.head_dim != 128) {
     fail(NKV_STATUS_INTERNAL, "quantized decode: head_dim " + std::to_string(plan.head_dim) + " reached the kernel");
   }
+  if (a.kv.format == NKV_KV_FORMAT_BFP) return attention_decode_bfp(plan, p.base, a.kv);
   switch (a.kv.bits) {
     case 2: return dispatch_head_dim<2>(plan, p);
     case 4: return dispatch_head_dim<4>(plan, p);

@@ -1,43 +1,26 @@
 // The quantized KV cache's write of one layer: keys whose residual filled are quantized a group of G tokens
 // per channel, values that left the window a token at a time, then the step's new tokens go to the fp16
 // residuals. Two launches in stream order, because a residual row written by the second may be one the
-// first reads. The group arithmetic is core/kv_quant.h's, as on the CPU, so the codes match bit for bit.
+// first reads. The group arithmetic is core/kv_quant.h's, as on the CPU, so the codes match bit for bit. BFP layers
+// go to write_bfp.cu.
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include "core/kv_quant.h"
 #include "core/quantized_kvcache.h"
 #include "cuda/common/cuda_check.h"
+#include "cuda/kv_quant/write_step.cuh"
 
 namespace nkv::cuda {
 namespace {
 
 constexpr int kThreads = 128;
 
-// The entry whose work items [before(i), before(i + 1)) hold `item` (entries in ascending order of before).
-template <typename Before>
-__device__ int entry_of(const QuantizedKvStep& step, int64_t item, Before before) {
-  int lo = 0, hi = step.count - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) / 2;
-    if (before(step.entries[mid]) <= item) {
-      lo = mid;
-    } else {
-      hi = mid - 1;
-    }
-  }
-  return lo;
-}
-
 struct WriteParams {
   QuantizedKvLayer l;
   QuantizedKvStep step;
   QuantizedKvInput in;
 };
-
-__device__ float input_at(const uint16_t* base, int64_t row_stride, int64_t head_stride, int head_dim, int64_t row, int64_t c) {
-  return half_to_float(base[row * row_stride + c / head_dim * head_stride + c % head_dim]);
-}
 
 // A key of the entry's slot: old tokens from the residual (which starts at the old flush point), new
 // ones from the step's rows.
@@ -46,12 +29,12 @@ __device__ float key_at(const WriteParams& p, const QuantizedKvStepEntry& e, int
     const int64_t first = kivi::quantized_keys(e.old_length, p.l.residual);
     return half_to_float(p.l.key_residual[e.slot * p.l.residual_slot + (t - first) * channels + c]);
   }
-  return input_at(p.in.k, p.in.k_row_stride, p.in.k_head_stride, p.l.head_dim, e.input_row + t - e.old_length, c);
+  return step_input(p.in.k, p.in.k_row_stride, p.in.k_head_stride, p.l.head_dim, e.input_row + t - e.old_length, c);
 }
 
 __device__ float value_at(const WriteParams& p, const QuantizedKvStepEntry& e, int64_t t, int64_t c, int64_t channels) {
   if (t < e.old_length) return half_to_float(p.l.value_residual[e.slot * p.l.residual_slot + t % p.l.residual * channels + c]);
-  return input_at(p.in.v, p.in.v_row_stride, p.in.v_head_stride, p.l.head_dim, e.input_row + t - e.old_length, c);
+  return step_input(p.in.v, p.in.v_row_stride, p.in.v_head_stride, p.l.head_dim, e.input_row + t - e.old_length, c);
 }
 
 // blockIdx.x: a key group of the step; one thread per channel.
@@ -60,7 +43,7 @@ __global__ void __launch_bounds__(kThreads) quantize_keys_kernel(const WritePara
   const int64_t c = static_cast<int64_t>(blockIdx.y) * kThreads + threadIdx.x;
   if (c >= channels) return;
   const int64_t item = blockIdx.x;
-  const QuantizedKvStepEntry e = p.step.entries[entry_of(p.step, item, [](const QuantizedKvStepEntry& x) { return x.key_groups_before; })];
+  const QuantizedKvStepEntry e = p.step.entries[step_entry_of(p.step, item, [](const QuantizedKvStepEntry& x) { return x.key_groups_before; })];
   const int bits = p.l.bits, group = p.l.group;
   const int64_t t0 = kivi::quantized_keys(e.old_length, p.l.residual) + (item - e.key_groups_before) * group;
   float lo = key_at(p, e, t0, c, channels), hi = lo;
@@ -85,7 +68,7 @@ __global__ void __launch_bounds__(kThreads) quantize_values_kernel(const WritePa
   const int64_t channels = static_cast<int64_t>(p.l.heads) * p.l.head_dim;
   const int bits = p.l.bits, group = p.l.group;
   const int64_t item = blockIdx.x;
-  const QuantizedKvStepEntry e = p.step.entries[entry_of(p.step, item, [](const QuantizedKvStepEntry& x) { return x.value_tokens_before; })];
+  const QuantizedKvStepEntry e = p.step.entries[step_entry_of(p.step, item, [](const QuantizedKvStepEntry& x) { return x.value_tokens_before; })];
   const int64_t t = kivi::quantized_values(e.old_length, p.l.residual) + (item - e.value_tokens_before);
   const int per_word = static_cast<int>(codes_per_word(bits));
   uint32_t* words = p.l.value_codes + e.slot * p.l.value_codes_slot + t * (channels / per_word);
@@ -111,7 +94,7 @@ __global__ void __launch_bounds__(kThreads) quantize_values_kernel(const WritePa
 __global__ void __launch_bounds__(kThreads) store_residuals_kernel(const WriteParams p) {
   const int64_t channels = static_cast<int64_t>(p.l.heads) * p.l.head_dim;
   const int64_t item = blockIdx.x;
-  const QuantizedKvStepEntry e = p.step.entries[entry_of(p.step, item, [](const QuantizedKvStepEntry& x) { return x.new_tokens_before; })];
+  const QuantizedKvStepEntry e = p.step.entries[step_entry_of(p.step, item, [](const QuantizedKvStepEntry& x) { return x.new_tokens_before; })];
   const int64_t t = e.old_length + (item - e.new_tokens_before);
   const int64_t end = e.old_length + e.count;
   const int64_t row = e.input_row + (item - e.new_tokens_before);
@@ -140,6 +123,7 @@ void quantized_kv_write(int32_t device_ordinal, void* stream, const QuantizedKvL
                         const QuantizedKvInput& input) {
   DeviceScope scope(device_ordinal);
   const cudaStream_t s = static_cast<cudaStream_t>(stream);
+  if (layer.format == NKV_KV_FORMAT_BFP) return quantized_kv_write_bfp(s, layer, step, input);
   const WriteParams p{layer, step, input};
   const int64_t channels = static_cast<int64_t>(layer.heads) * layer.head_dim;
   if (step.key_groups > 0) {

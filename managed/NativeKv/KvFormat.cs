@@ -17,7 +17,7 @@ public enum KvFormat
     /// blocks of n consecutive channels sharing an exponent <c>E = floor(log2(max |x|))</c> and keeping m-bit signed mantissas
     /// <c>round_half_even(x / 2^(E + 2 - m))</c> clipped to ±(2^(m-1) - 1): m = 4 is BFP12, m = 8 BFP16 (m + 8 / n bits per
     /// element). Tokens are quantized as they are written (no residual window). With <see cref="KSort"/> the keys' channels
-    /// are ordered so that channels of similar magnitude share blocks. CPU backend only so far.
+    /// are ordered so that channels of similar magnitude share blocks.
     /// </summary>
     Bfp = 2,
 }

@@ -3,7 +3,7 @@ using NativeKv.Interop;
 namespace NativeKv;
 
 /// <summary>The encoding, shape and capacity of a <see cref="QuantizedKvCache"/> (<c>nkv_quantized_kv_cache_options</c>).</summary>
-/// <param name="Format">The encoding: <see cref="KvFormat.Kivi"/> or <see cref="KvFormat.Bfp"/> (CPU backend only so far).</param>
+/// <param name="Format">The encoding: <see cref="KvFormat.Kivi"/> or <see cref="KvFormat.Bfp"/>.</param>
 /// <param name="Bits">KIVI: code bits b, 2 or 4 (8 for testing). BFP: mantissa bits m, 4 (BFP12) or 8 (BFP16).</param>
 /// <param name="GroupSize">KIVI: values per group G, 32, 64 or 128, at most <paramref name="HeadDim"/> (a value group lies within
 /// one head). BFP: channels per block n, 16, 32 or 64, at most <paramref name="HeadDim"/>.</param>
@@ -44,7 +44,7 @@ public readonly record struct QuantizedKvCacheOptions(
         new(KvFormat.Kivi, 4, groupSize, residual, numLayers, numHeadsKv, headDim, maxSlots, maxTokens, KvValueFormat.LikeKeys, memory);
 
     /// <summary>BFP12: 4-bit mantissas with an 8-bit exponent per block of <paramref name="blockSize"/> channels (4.25 bits per
-    /// element at n = 32); values as keys, or float16 with <see cref="KvValueFormat.Fp16"/>. CPU backend only so far.</summary>
+    /// element at n = 32); values as keys, or float16 with <see cref="KvValueFormat.Fp16"/>.</summary>
     public static QuantizedKvCacheOptions Bfp12(int numLayers, int numHeadsKv, int headDim, int maxSlots, int maxTokens, int blockSize = 32,
         KvValueFormat valueFormat = KvValueFormat.LikeKeys, KvMemory memory = KvMemory.Allocated) =>
         new(KvFormat.Bfp, 4, blockSize, 0, numLayers, numHeadsKv, headDim, maxSlots, maxTokens, valueFormat, memory);
@@ -234,7 +234,7 @@ public sealed unsafe class QuantizedKvCache : IDisposable, IDeviceMemoryOwner
     /// <summary>
     /// Stores <paramref name="layer"/>'s keys with their channels in this order from now on (<see cref="KSort.Calibrate(ReadOnlySpan{float}, int, int, RotaryPairs)"/>):
     /// position j of head h holds written channel permutation[h * HeadDim + j]; decode orders the queries alike. Only while the
-    /// cache holds no tokens. CPU backend only so far.
+    /// cache holds no tokens.
     /// </summary>
     /// <exception cref="NativeKvInvalidArgumentException">The layer is out of range, a head's entries are not a permutation, or
     /// the cache holds tokens.</exception>

@@ -767,7 +767,7 @@ typedef struct nkv_quantized_kv_cache nkv_quantized_kv_cache;
 
 typedef enum nkv_kv_format {
   NKV_KV_FORMAT_KIVI = 1, /* KIVI asymmetric min/max groups: keys per channel, values per token */
-  NKV_KV_FORMAT_BFP = 2   /* block floating point, keys and values per token (below); CPU backend only so far */
+  NKV_KV_FORMAT_BFP = 2   /* block floating point, keys and values per token (below) */
 } nkv_kv_format;
 
 /* Where a quantized cache's memory comes from. */
@@ -880,7 +880,7 @@ NKV_API nkv_status nkv_ksort_calibrate(const nkv_tensor* keys, int32_t rotary_pa
 /* Stores `layer`'s keys with their channels in this order from now on: position j of head h holds written channel
  * permutation[h * head_dim + j] (HOST int32 [num_heads_kv * head_dim], a permutation of 0 .. head_dim - 1 per head);
  * nkv_attention_decode_quantized orders the queries alike. Only while the cache holds no tokens (set it before the
- * first append). The identity until set. CPU backend only so far (NKV_STATUS_NOT_SUPPORTED on CUDA). */
+ * first append). The identity until set. */
 NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_cache* cache, int32_t layer,
                                                               const int32_t* permutation);
 
@@ -892,10 +892,13 @@ NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_c
  * q, o: float16 [batch, q_len, num_heads_q, head_dim] as in nkv_attention_decode (head_dim and num_heads_kv those
  * of the cache); lse as there. The plan must have kv_page_size 0, and kv_code_bits 0 or the cache's bits (the
  * latter sizes its pieces for this kernel).
- * The result is that of nkv_attention_decode over the dequantized keys and values (float32 q * s + mn). The CPU
- * backend computes exactly that (float64); the CUDA kernel forms q * s (keys) and P * s (values) as float16
+ * The result is that of nkv_attention_decode over the dequantized keys and values (KIVI: float32 q * s + mn; BFP:
+ * mantissa x 2^(E + 2 - m), and under K-sort q.k in the stored channel order, the same products). The CPU
+ * backend computes exactly that (float64). On CUDA, KIVI forms q * s (keys) and P * s (values) as float16
  * products before its float32 MMAs, so groups of very small scale (below about 2^-14 / |q| or 2^-14 / P) lose
- * precision there, as the probabilities' own float16 rounding does in nkv_attention_decode.
+ * precision there, as the probabilities' own float16 rounding does in nkv_attention_decode; BFP values enter the
+ * MMAs as float16 numbers, exact except in blocks whose step 2^(E + 2 - m) is below 2^-24 (largest magnitude under
+ * 2^-17 for BFP16, 2^-21 for BFP12), which round to multiples of 2^-24.
  */
 NKV_API nkv_status nkv_attention_decode_quantized(nkv_attention_plan* plan, const nkv_tensor* q,
                                                   const nkv_quantized_kv_cache* cache, int32_t layer,

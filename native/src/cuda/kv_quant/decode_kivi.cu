@@ -408,7 +408,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         const uint4 gr = *reinterpret_cast<const uint4*>(groups + c);
         const uint32_t scale01 = byte_permute(gr.x, gr.y, 0x5410), scale23 = byte_permute(gr.z, gr.w, 0x5410);
         const uint32_t min01 = byte_permute(gr.x, gr.y, 0x7632), min23 = byte_permute(gr.z, gr.w, 0x7632);
-        const uint32_t a_min[4] = {min01, min01, min23, min23};
+        // Rows g get the minimums (every token of the group has them: Σ mn . q); rows g + 8 the scales, whose
+        // products nothing reads, so that the quad needs no register copies.
+        const uint32_t a_min[4] = {min01, scale01, min23, scale23};
         uint32_t a[2][4];
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
@@ -432,7 +434,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[m][nt][e] = fmaf(s[m][nt][e], lanes.scale(m, e / 2), bias[nt][e]);
+          for (int e = 0; e < 4; ++e) s[m][nt][e] = fmaf(s[m][nt][e], lanes.scale(m, e / 2), bias[nt][e % 2]);
         }
       }
     } else {

@@ -186,7 +186,7 @@ std::vector<double> library_decode(const Data& x, int bits) {
   nkv_context_options co{sizeof(nkv_context_options), NKV_BACKEND_CPU, 0, 0, nullptr};
   nkv_context* context = nullptr;
   check(nkv_context_create(&co, &context), "nkv_context_create");
-  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_KIVI, bits, kGroup, kResidual, 1, kHeadsKv, kHeadDim, 1, x.tokens, 0, 0};
+  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_KIVI, bits, kGroup, kResidual, 1, kHeadsKv, kHeadDim, 1, x.tokens, 0, 0, 0, 0};
   nkv_quantized_kv_cache* cache = nullptr;
   check(nkv_quantized_kv_cache_create(context, &o, &cache), "nkv_quantized_kv_cache_create");
   int32_t slot = 0, tokens = x.tokens;

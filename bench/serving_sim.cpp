@@ -328,7 +328,7 @@ class VirtualCache final : public SimulatedCache {
 // KIVI: G 32, R 128; BFP: blocks of 32 channels, values like keys, no residual.
 uint64_t quantized_slot_bytes(nkv_context* context, nkv_kv_format format, int bits) {
   const int residual = format == NKV_KV_FORMAT_KIVI ? 128 : 0;
-  nkv_quantized_kv_cache_options o{sizeof(o), format, bits, 32, residual, 32, 8, 128, 1, kMaxLength, 0, 0};
+  nkv_quantized_kv_cache_options o{sizeof(o), format, bits, 32, residual, 32, 8, 128, 1, kMaxLength, 0, 0, 0, 0};
   nkv_quantized_kv_cache* cache = nullptr;
   check(nkv_quantized_kv_cache_create(context, &o, &cache), "nkv_quantized_kv_cache_create");
   nkv_quantized_kv_cache_info info{};

@@ -12,4 +12,12 @@ public enum KvMemory
     /// the kernels are the same.
     /// </summary>
     Virtual = 1,
+
+    /// <summary>
+    /// vLLM's design: the codes, groups (and BFP's float16 values) are a pool of pages of
+    /// <see cref="QuantizedKvCacheOptions.PageSize"/> tokens that slots take as they grow and return when they are freed
+    /// (an append that finds the pool short changes nothing); a block table lists each slot's pages. KIVI's residual
+    /// windows stay per slot.
+    /// </summary>
+    Paged = 2,
 }

@@ -18,7 +18,12 @@ namespace NativeKv;
 /// <param name="ValueFormat">BFP: <see cref="KvValueFormat.Fp16"/> keeps the values as written; otherwise (and for KIVI)
 /// <see cref="KvValueFormat.LikeKeys"/>.</param>
 /// <param name="Memory"><see cref="KvMemory.Virtual"/> maps pages as slots grow (an append that finds no memory changes
-/// nothing) and returns them when slots are freed; <see cref="KvMemory.Allocated"/> allocates everything up front.</param>
+/// nothing) and returns them when slots are freed; <see cref="KvMemory.Paged"/> takes pages of <paramref name="PageSize"/>
+/// tokens from a pool; <see cref="KvMemory.Allocated"/> allocates everything up front.</param>
+/// <param name="PageSize"><see cref="KvMemory.Paged"/>: tokens per page, a power of two from 16 to 4096 (KIVI: a multiple of
+/// <paramref name="GroupSize"/>); otherwise 0.</param>
+/// <param name="MaxPages"><see cref="KvMemory.Paged"/>: pages in the pool, or 0 for enough to fill every slot to
+/// <paramref name="MaxTokens"/>; otherwise 0.</param>
 public readonly record struct QuantizedKvCacheOptions(
     KvFormat Format,
     int Bits,
@@ -30,7 +35,9 @@ public readonly record struct QuantizedKvCacheOptions(
     int MaxSlots,
     int MaxTokens,
     KvValueFormat ValueFormat = KvValueFormat.LikeKeys,
-    KvMemory Memory = KvMemory.Allocated)
+    KvMemory Memory = KvMemory.Allocated,
+    int PageSize = 0,
+    int MaxPages = 0)
 {
     /// <summary>KIVI-2: 2-bit codes, keys per channel and values per token in groups of <paramref name="groupSize"/>, the
     /// newest <paramref name="residual"/> tokens in float16 (3 bits per element at G = 32, plus the window).</summary>
@@ -67,10 +74,13 @@ public readonly record struct QuantizedKvCacheOptions(
 /// <param name="StepTokens">Tokens of the last <see cref="QuantizedKvCache.Append"/>.</param>
 /// <param name="Bytes">The cache's layout, every layer and slot (codes, groups and residuals); with
 /// <see cref="KvMemory.Virtual"/> its address space.</param>
-/// <param name="MappedBytes">Physical memory held: <paramref name="Bytes"/> when allocated, the mapped pages with
+/// <param name="MappedBytes">Physical memory held: <paramref name="Bytes"/> when allocated or paged, the mapped pages with
 /// <see cref="KvMemory.Virtual"/>.</param>
+/// <param name="PageSize"><see cref="KvMemory.Paged"/>: tokens per page, else 0.</param>
+/// <param name="MaxPages"><see cref="KvMemory.Paged"/>: pages in the pool, else 0.</param>
+/// <param name="FreePages"><see cref="KvMemory.Paged"/>: pages no slot holds, else 0.</param>
 public readonly record struct QuantizedKvCacheInfo(KvFormat Format, int Bits, int GroupSize, int Residual, int MaxSlots, int Slots,
-    int Capacity, long Tokens, long StepTokens, ulong Bytes, ulong MappedBytes);
+    int Capacity, long Tokens, long StepTokens, ulong Bytes, ulong MappedBytes, int PageSize = 0, int MaxPages = 0, int FreePages = 0);
 
 /// <summary>
 /// A quantized KV cache (KIVI, <c>nkv_quantized_kv_cache</c>): slots of up to MaxTokens tokens whose K and V are kept, in the
@@ -111,6 +121,8 @@ public sealed unsafe class QuantizedKvCache : IDisposable, IDeviceMemoryOwner
             MaxTokens = options.MaxTokens,
             ValueFormat = (int)options.ValueFormat,
             Memory = (int)options.Memory,
+            PageSize = options.PageSize,
+            MaxPages = options.MaxPages,
         };
         NativeStatus.Check(NativeMethods.nkv_quantized_kv_cache_create(context.Handle, &native, out nint raw));
         Context = context;
@@ -155,7 +167,7 @@ public sealed unsafe class QuantizedKvCache : IDisposable, IDeviceMemoryOwner
         {
             NkvQuantizedKvCacheInfo info = NativeInfo();
             return new QuantizedKvCacheInfo((KvFormat)info.Format, info.Bits, info.GroupSize, info.Residual, info.MaxSlots, info.Slots,
-                info.Capacity, info.Tokens, info.StepTokens, info.Bytes, info.MappedBytes);
+                info.Capacity, info.Tokens, info.StepTokens, info.Bytes, info.MappedBytes, info.PageSize, info.MaxPages, info.FreePages);
         }
     }
 

@@ -33,4 +33,9 @@ public enum QuantizedKvView
 
     /// <summary>int32 [max_slots]: each slot's length in tokens, 0 for slots not alive; the layer is ignored.</summary>
     SlotLengths = 6,
+
+    /// <summary><see cref="KvMemory.Paged"/>: int32 [max_slots, pages per slot], the page of each slot's PageSize tokens
+    /// (entries past a slot's length are unspecified); the layer is ignored. Paged caches view the coded arrays with pages in
+    /// place of slots and PageSize tokens in place of the capacity.</summary>
+    BlockTable = 7,
 }

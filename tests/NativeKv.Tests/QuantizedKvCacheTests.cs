@@ -481,4 +481,41 @@ public sealed unsafe class QuantizedKvCacheTests
         paged.Free(0);
         Assert.Equal(0UL, paged.Info.MappedBytes);
     }
+
+    /// <summary>A paged cache takes pages of its pool as a slot grows (the block table lists them) and returns them when the
+    /// slot is freed; its decode equals the allocated cache's; a step the pool cannot hold is refused whole.</summary>
+    [Fact]
+    public void A_paged_cache_takes_pages_from_its_pool_and_decodes_alike()
+    {
+        using var context = Context.Cpu();
+        Random random = TestSupport.NewRandom(out int seed);
+        (Half[][] k, Half[][] v) = RandomKv(random);
+        using QuantizedKvCache allocated = Filled(context, k, v);
+        using var paged = new QuantizedKvCache(context, Small() with { Memory = KvMemory.Paged, PageSize = 64, MaxPages = 5 });
+        Assert.Equal((64, 5, 5), (paged.Info.PageSize, paged.Info.MaxPages, paged.Info.FreePages));
+        Assert.Equal(0, paged.AddSlot());
+        paged.Append([0], [Tokens]);
+        paged.Write(0, k[0], v[0]);
+        paged.Write(1, k[1], v[1]);
+        Assert.Equal(1, paged.Info.FreePages);  // 200 tokens: 4 pages of 64
+        TensorView table = paged.View(QuantizedKvView.BlockTable);
+        Assert.Equal([2, 5], table.Shape.ToArray());
+        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, HeadsQ * HeadDim));
+        using AttentionPlan plan = Attention.PlanDecode(context, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens]);
+        var fromAllocated = new Half[q.Length];
+        var fromPages = new Half[q.Length];
+        fixed (Half* pq = q)
+        fixed (Half* pa = fromAllocated)
+        fixed (Half* pp = fromPages)
+        {
+            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), allocated, 1, Host(pa, 1, 1, HeadsQ, HeadDim));
+            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), paged, 1, Host(pp, 1, 1, HeadsQ, HeadDim));
+        }
+        Assert.True(fromAllocated.SequenceEqual(fromPages), $"seed {seed}");
+        Assert.Equal(1, paged.AddSlot());
+        Assert.Throws<NativeKvOutOfMemoryException>(() => paged.Append([0, 1], [60, 1]));  // 2 more pages, 1 free
+        Assert.Equal(Tokens, paged.Info.Tokens);
+        paged.Free(0);
+        Assert.Equal(5, paged.Info.FreePages);
+    }
 }

@@ -270,11 +270,13 @@ struct CacheShape {
   int bits = 2, group = 32, residual = 64, layers = 2, heads = 2, head_dim = 64, slots = 3, max_tokens = 3000;
   int memory = NKV_KV_MEMORY_ALLOCATED;
   int format = NKV_KV_FORMAT_KIVI, value_format = NKV_KV_VALUES_LIKE_KEYS;  // BFP: group is the block, residual 0
+  int page_size = 0, max_pages = 0;                                           // memory NKV_KV_MEMORY_PAGED
 };
 
 CachePtr make_cache(nkv_context* context, const CacheShape& s) {
   nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), s.format, s.bits, s.group, s.residual,
-                                   s.layers, s.heads, s.head_dim, s.slots, s.max_tokens, s.value_format, s.memory};
+                                   s.layers, s.heads, s.head_dim, s.slots, s.max_tokens, s.value_format, s.memory,
+                                   s.page_size, s.max_pages};
   nkv_quantized_kv_cache* cache = nullptr;
   EXPECT_EQ(nkv_quantized_kv_cache_create(context, &o, &cache), NKV_STATUS_SUCCESS) << nkv_last_error();
   return CachePtr(cache);
@@ -501,7 +503,7 @@ TEST(QuantizedKvCacheCuda, StepsOfRandomLengthsGiveOneShotCodes) {
 TEST(QuantizedKvCache, RejectsBadOptionsAndSecondWrites) {
   ContextPtr context = make_context(NKV_BACKEND_CPU);
   nkv_quantized_kv_cache* cache = nullptr;
-  nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_KIVI, 2, 32, 0, 1, 2, 64, 2, 100, 0, 0};
+  nkv_quantized_kv_cache_options o{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_KIVI, 2, 32, 0, 1, 2, 64, 2, 100, 0, 0, 0, 0};
   auto expect = [&](nkv_quantized_kv_cache_options bad, const char* needle) {
     NKV_EXPECT_STATUS(nkv_quantized_kv_cache_create(context.get(), &bad, &cache), NKV_STATUS_INVALID_ARGUMENT, needle);
     EXPECT_EQ(cache, nullptr);
@@ -879,7 +881,7 @@ TEST(KSort, PermutedLogitsEqualTheOriginals) {
 }
 
 CachePtr make_bfp_cache(nkv_context* context, int mantissa_bits, int block, int value_format, int max_tokens = 300) {
-  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_BFP, mantissa_bits, block, 0, 2, 2, 64, 2, max_tokens, value_format, 0};
+  nkv_quantized_kv_cache_options o{sizeof(o), NKV_KV_FORMAT_BFP, mantissa_bits, block, 0, 2, 2, 64, 2, max_tokens, value_format, 0, 0, 0};
   nkv_quantized_kv_cache* cache = nullptr;
   EXPECT_EQ(nkv_quantized_kv_cache_create(context, &o, &cache), NKV_STATUS_SUCCESS) << nkv_last_error();
   return CachePtr(cache);
@@ -1107,7 +1109,7 @@ TEST(QuantizedKvCacheCuda, BfpMatchesTheCpuReference) {
 TEST(QuantizedKvCache, BfpRejectsBadOptions) {
   ContextPtr context = make_context(NKV_BACKEND_CPU);
   nkv_quantized_kv_cache* cache = nullptr;
-  const nkv_quantized_kv_cache_options good{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_BFP, 4, 32, 0, 1, 2, 64, 2, 100, 0, 0};
+  const nkv_quantized_kv_cache_options good{sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_BFP, 4, 32, 0, 1, 2, 64, 2, 100, 0, 0, 0, 0};
   auto expect = [&](nkv_quantized_kv_cache_options bad, const char* needle) {
     NKV_EXPECT_STATUS(nkv_quantized_kv_cache_create(context.get(), &bad, &cache), NKV_STATUS_INVALID_ARGUMENT, needle);
     EXPECT_EQ(cache, nullptr);
@@ -1229,6 +1231,144 @@ TEST(QuantizedKvCache, VirtualMemoryDecodeEqualsAllocated) { check_virtual_memor
 TEST(QuantizedKvCacheCuda, VirtualMemoryDecodeEqualsAllocated) {
   NKV_REQUIRE_CUDA();
   check_virtual_memory_decode(NKV_BACKEND_CUDA);
+}
+
+}  // namespace
+
+namespace {
+
+// A paged cache (pages of P tokens from a shared pool) holds what an allocated cache holds: over the same steps,
+// with slots growing together (their pages interleave in the pool) and a slot freed and refilled (its pages
+// reused), decode equals decode over the allocated cache bit for bit, for KIVI and BFP; the pool's pages are
+// taken as slots grow and returned when they are freed.
+void check_paged_decode(nkv_backend backend) {
+  ContextPtr context = make_context(backend);
+  struct Config {
+    int format, bits, group, residual, page_size, value_format;
+  };
+  const std::vector<Config> configs = {{NKV_KV_FORMAT_KIVI, 2, 32, 64, 64, 0},   {NKV_KV_FORMAT_KIVI, 4, 64, 128, 128, 0},
+                                       {NKV_KV_FORMAT_KIVI, 4, 32, 128, 32, 0},  {NKV_KV_FORMAT_BFP, 4, 32, 0, 16, 0},
+                                       {NKV_KV_FORMAT_BFP, 8, 16, 0, 256, 0},    {NKV_KV_FORMAT_BFP, 4, 64, 0, 64, NKV_KV_VALUES_FP16}};
+  for (const Config& config : configs) {
+    CacheShape shape;
+    shape.format = config.format;
+    shape.bits = config.bits;
+    shape.group = config.group;
+    shape.residual = config.residual;
+    shape.value_format = config.value_format;
+    shape.head_dim = 128;
+    shape.heads = 2;
+    shape.max_tokens = 2000;
+    CacheShape paged_shape = shape;
+    paged_shape.memory = NKV_KV_MEMORY_PAGED;
+    paged_shape.page_size = config.page_size;
+    const std::string where = "format " + std::to_string(config.format) + " bits " + std::to_string(config.bits) + " page " +
+                              std::to_string(config.page_size);
+    CachePtr allocated = make_cache(context.get(), shape);
+    CachePtr paged = make_cache(context.get(), paged_shape);
+    nkv_quantized_kv_cache_info info{};
+    info.struct_size = sizeof(info);
+    NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(paged.get(), &info));
+    const int pages_per_slot = (2000 + std::max(config.residual, 1) - 1) / std::max(config.residual, 1) * std::max(config.residual, 1);
+    EXPECT_EQ(info.page_size, config.page_size) << where;
+    EXPECT_EQ(info.max_pages, shape.slots * ((pages_per_slot + config.page_size - 1) / config.page_size)) << where;
+    EXPECT_EQ(info.free_pages, info.max_pages) << where;
+    Steps a(context.get(), allocated.get(), shape), b(context.get(), paged.get(), paged_shape);
+    DecodeCase c;
+    c.q_len = 2;
+    c.causal = true;
+    c.lengths = {1500, 333, 0};
+    fill_slots(a, c);
+    fill_slots(b, c);
+    NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(paged.get(), &info));
+    const int held = (1500 + config.page_size - 1) / config.page_size + (333 + config.page_size - 1) / config.page_size;
+    EXPECT_EQ(info.free_pages, info.max_pages - held) << where;
+    // Slot 1 freed, then a new slot (id 1 again) refilled with other tokens: it takes pages slot 1 returned.
+    for (nkv_quantized_kv_cache* cache : {allocated.get(), paged.get()}) {
+      NKV_ASSERT_OK(nkv_quantized_kv_cache_free_slot(cache, 1));
+      int32_t slot = -1;
+      NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache, &slot));
+      ASSERT_EQ(slot, 1);
+    }
+    for (Steps* model : {&a, &b}) {
+      for (auto& layer : model->k) layer[1].clear();
+      for (auto& layer : model->v) layer[1].clear();
+      model->step({1, 0}, {700, 5});
+      for (int i = 0; i < 70; ++i) model->step({0, 1}, {1, 1});  // pages taken one step apart
+    }
+    c.lengths = {1575, 770, 0};
+    std::mt19937 rng(5);
+    std::vector<uint16_t> q(c.lengths.size() * static_cast<size_t>(c.q_len * c.heads_q * shape.head_dim));
+    for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.5f)(rng));
+    const DecodeResult x = run_quantized_decode(context.get(), allocated.get(), shape, c, q);
+    const DecodeResult y = run_quantized_decode(context.get(), paged.get(), paged_shape, c, q);
+    EXPECT_EQ(x.o, y.o) << where;
+    EXPECT_EQ(x.lse, y.lse) << where;
+    const nkv_tensor table = cache_view(paged.get(), NKV_QUANTIZED_KV_BLOCK_TABLE, 0);
+    EXPECT_EQ(table.dtype, NKV_DTYPE_INT32);
+    EXPECT_EQ(table.shape[0], shape.slots);
+    for (int32_t slot : {0, 1}) NKV_ASSERT_OK(nkv_quantized_kv_cache_free_slot(paged.get(), slot));
+    NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(paged.get(), &info));
+    EXPECT_EQ(info.free_pages, info.max_pages) << where << ": every page back in the pool";
+  }
+}
+
+TEST(QuantizedKvCache, PagedDecodeEqualsAllocated) { check_paged_decode(NKV_BACKEND_CPU); }
+
+TEST(QuantizedKvCacheCuda, PagedDecodeEqualsAllocated) {
+  NKV_REQUIRE_CUDA();
+  check_paged_decode(NKV_BACKEND_CUDA);
+}
+
+// A pool that runs out refuses the whole step (every slot keeps its length), and the page options are checked.
+TEST(QuantizedKvCache, PagedPoolRunsOutAllOrNothing) {
+  ContextPtr context = make_context(NKV_BACKEND_CPU);
+  CacheShape shape;
+  shape.memory = NKV_KV_MEMORY_PAGED;
+  shape.page_size = 64;
+  shape.max_pages = 5;
+  CachePtr cache = make_cache(context.get(), shape);
+  int32_t a = -1, b = -1;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &a));
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &b));
+  const std::vector<int32_t> slots = {a, b};
+  std::vector<int32_t> counts = {130, 64};  // 3 + 1 pages
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_append(cache.get(), slots.data(), counts.data(), 2));
+  counts = {70, 1};  // 1 + 1 more pages: 6 > 5
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_append(cache.get(), slots.data(), counts.data(), 2), NKV_STATUS_OUT_OF_MEMORY, "max_pages");
+  int32_t length = 0;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_slot(cache.get(), a, &length));
+  EXPECT_EQ(length, 130);
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_slot(cache.get(), b, &length));
+  EXPECT_EQ(length, 64);
+  nkv_quantized_kv_cache_info info{};
+  info.struct_size = sizeof(info);
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(cache.get(), &info));
+  EXPECT_EQ(info.free_pages, 1);
+
+  auto refused = [&](CacheShape s, const char* needle) {
+    nkv_quantized_kv_cache_options o{sizeof(o), s.format, s.bits, s.group, s.residual, s.layers, s.heads, s.head_dim, s.slots, s.max_tokens,
+                                     s.value_format, s.memory, s.page_size, s.max_pages};
+    nkv_quantized_kv_cache* out = nullptr;
+    NKV_EXPECT_STATUS(nkv_quantized_kv_cache_create(context.get(), &o, &out), NKV_STATUS_INVALID_ARGUMENT, needle);
+    EXPECT_EQ(out, nullptr);
+  };
+  CacheShape bad = shape;
+  bad.page_size = 96;
+  refused(bad, "power of two");
+  bad.page_size = 16;
+  refused(bad, "multiple of group_size");
+  bad = shape;
+  bad.memory = NKV_KV_MEMORY_ALLOCATED;
+  refused(bad, "NKV_KV_MEMORY_PAGED");
+  // A caller built against the header before the page fields (struct_size up to `memory`) gets an allocated cache.
+  nkv_quantized_kv_cache_options old{offsetof(nkv_quantized_kv_cache_options, page_size), NKV_KV_FORMAT_KIVI, 2, 32, 64, 1, 2, 64, 1, 100, 0, 0, 77, 77};
+  nkv_quantized_kv_cache* out = nullptr;
+  NKV_ASSERT_OK(nkv_quantized_kv_cache_create(context.get(), &old, &out));
+  CachePtr owned(out);
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_view(out, NKV_QUANTIZED_KV_BLOCK_TABLE, 0, nullptr), NKV_STATUS_INVALID_ARGUMENT, "out_view");
+  nkv_tensor view{};
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_view(out, NKV_QUANTIZED_KV_BLOCK_TABLE, 0, &view), NKV_STATUS_INVALID_ARGUMENT, "paged");
 }
 
 }  // namespace

@@ -185,14 +185,16 @@ class NkvVirtualKvCacheInfo(ctypes.Structure):
 class NkvQuantizedKvCacheOptions(ctypes.Structure):
     _fields_ = [(name, ctypes.c_uint32 if name == "struct_size" else ctypes.c_int32) for name in (
         "struct_size", "format", "bits", "group_size", "residual", "num_layers", "num_heads_kv", "head_dim", "max_slots",
-        "max_tokens", "value_format", "memory")]
+        "max_tokens", "value_format", "memory", "page_size", "max_pages")]
 
 
 class NkvQuantizedKvCacheInfo(ctypes.Structure):
     _fields_ = [("struct_size", ctypes.c_uint32), ("format", ctypes.c_int32), ("bits", ctypes.c_int32),
                 ("group_size", ctypes.c_int32), ("residual", ctypes.c_int32), ("max_slots", ctypes.c_int32),
                 ("slots", ctypes.c_int32), ("capacity", ctypes.c_int32), ("tokens", ctypes.c_int64),
-                ("step_tokens", ctypes.c_int64), ("bytes", ctypes.c_uint64), ("mapped_bytes", ctypes.c_uint64)]
+                ("step_tokens", ctypes.c_int64), ("bytes", ctypes.c_uint64), ("mapped_bytes", ctypes.c_uint64),
+                ("page_size", ctypes.c_int32), ("max_pages", ctypes.c_int32), ("free_pages", ctypes.c_int32),
+                ("reserved", ctypes.c_int32)]
 
 
 STRUCTS = {

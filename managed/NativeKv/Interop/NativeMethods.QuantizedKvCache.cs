@@ -18,6 +18,8 @@ internal struct NkvQuantizedKvCacheOptions
     public int MaxTokens;
     public int ValueFormat;
     public int Memory;
+    public int PageSize;
+    public int MaxPages;
 }
 
 /// <summary>Mirror of <c>nkv_quantized_kv_cache_info</c>.</summary>
@@ -36,6 +38,10 @@ internal struct NkvQuantizedKvCacheInfo
     public long StepTokens;
     public ulong Bytes;
     public ulong MappedBytes;
+    public int PageSize;
+    public int MaxPages;
+    public int FreePages;
+    public int Reserved;
 }
 
 internal static unsafe partial class NativeMethods

@@ -773,9 +773,14 @@ typedef enum nkv_kv_format {
 /* Where a quantized cache's memory comes from. */
 typedef enum nkv_kv_memory {
   NKV_KV_MEMORY_ALLOCATED = 0, /* every slot's memory allocated at creation */
-  NKV_KV_MEMORY_VIRTUAL = 1    /* vAttention's design: address space reserved for every slot, physical pages (2 MiB on
+  NKV_KV_MEMORY_VIRTUAL = 1,   /* vAttention's design: address space reserved for every slot, physical pages (2 MiB on
                                   CUDA GPUs; CUDA's virtual memory management, a memory file on the CPU backend) mapped as
                                   slots grow and returned when they are freed; the layouts and kernels are the same */
+  NKV_KV_MEMORY_PAGED = 2      /* vLLM's design: the coded arrays (and BFP's fp16 values) are pools of max_pages pages of
+                                  page_size tokens; a slot's token t is token t % page_size of the page that its row of the
+                                  block table lists at t / page_size. Pages come from the pool as slots grow (every layer
+                                  uses the same page ids) and return to it when they are freed. KIVI's residual windows stay
+                                  per slot. */
 } nkv_kv_memory;
 
 /* What a block-floating-point cache keeps its values in. */
@@ -797,12 +802,18 @@ typedef struct nkv_quantized_kv_cache_options {
   int32_t max_tokens;   /* tokens per slot, >= 1; on CUDA, capacity x num_heads_kv x head_dim x bits / 32 < 2^32 */
   int32_t value_format; /* nkv_kv_value_format: 0, or NKV_KV_VALUES_FP16 for BFP caches (this field was `reserved`, 0) */
   int32_t memory;       /* nkv_kv_memory */
+  int32_t page_size;    /* NKV_KV_MEMORY_PAGED: tokens per page, a power of two from 16 to 4096 (KIVI: a multiple of G);
+                           otherwise 0. Callers built against a header without this field get 0. */
+  int32_t max_pages;    /* NKV_KV_MEMORY_PAGED: pages in the pool, or 0 for enough to fill every slot to max_tokens;
+                           otherwise 0 */
 } nkv_quantized_kv_cache_options;
 
 /* Allocates (or, with NKV_KV_MEMORY_VIRTUAL, reserves) every layer's codes, groups and residuals (uninitialized) in
  * the context's memory. K and V are float16. Destroy every cache before its context. With virtual memory, an append
  * maps the pages its slots' new tokens need, all or nothing (NKV_STATUS_OUT_OF_MEMORY leaves every slot as it was),
- * and freeing a slot waits for the context's stream, then unmaps and returns its pages. */
+ * and freeing a slot waits for the context's stream, then unmaps and returns its pages. With NKV_KV_MEMORY_PAGED an
+ * append takes the pages its slots' new tokens need from the pool, all or nothing (NKV_STATUS_OUT_OF_MEMORY when the
+ * pool runs out), and freeing a slot returns its pages (work queued on the stream before is ordered before any reuse). */
 NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv_quantized_kv_cache_options* options,
                                                  nkv_quantized_kv_cache** out_cache);
 /* NULL is accepted and does nothing. Waits for the context's outstanding work first. */
@@ -831,7 +842,11 @@ typedef enum nkv_quantized_kv_view {
   NKV_QUANTIZED_KV_VALUE_CODES = 3,
   NKV_QUANTIZED_KV_VALUE_GROUPS = 4,
   NKV_QUANTIZED_KV_VALUE_RESIDUAL = 5,
-  NKV_QUANTIZED_KV_SLOT_LENGTHS = 6    /* int32 [max_slots]: 0 for slots not alive; `layer` is ignored */
+  NKV_QUANTIZED_KV_SLOT_LENGTHS = 6,   /* int32 [max_slots]: 0 for slots not alive; `layer` is ignored */
+  NKV_QUANTIZED_KV_BLOCK_TABLE = 7     /* NKV_KV_MEMORY_PAGED: int32 [max_slots, pages per slot], the page of each slot's
+                                          page_size tokens (entries past a slot's length are unspecified); `layer` is
+                                          ignored. Paged caches view the coded arrays (and BFP's fp16 values) with
+                                          pages in place of slots and page_size tokens in place of the capacity. */
 } nkv_quantized_kv_view;
 
 /* A view of the cache's memory, valid until the cache is destroyed; read it, never write it. */
@@ -850,7 +865,12 @@ typedef struct nkv_quantized_kv_cache_info {
   int64_t tokens;         /* sum of the alive slots' lengths */
   int64_t step_tokens;    /* tokens of the last append */
   uint64_t bytes;         /* the cache's layout, every layer and slot (with virtual memory: its address space) */
-  uint64_t mapped_bytes;  /* physical memory held: `bytes` when allocated, the mapped pages with virtual memory */
+  uint64_t mapped_bytes;  /* physical memory held: `bytes` when allocated or paged (the pool is allocated at creation),
+                             the mapped pages with virtual memory */
+  int32_t page_size;      /* NKV_KV_MEMORY_PAGED: tokens per page, else 0 */
+  int32_t max_pages;      /* NKV_KV_MEMORY_PAGED: pages in the pool, else 0 */
+  int32_t free_pages;     /* NKV_KV_MEMORY_PAGED: pages no slot holds, else 0 */
+  int32_t reserved;
 } nkv_quantized_kv_cache_info;
 
 NKV_API nkv_status nkv_quantized_kv_cache_get_info(const nkv_quantized_kv_cache* cache,

@@ -141,6 +141,8 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_quantized_kv_cache_options, max_tokens),
     NKV_FIELD(nkv_quantized_kv_cache_options, value_format),
     NKV_FIELD(nkv_quantized_kv_cache_options, memory),
+    NKV_FIELD(nkv_quantized_kv_cache_options, page_size),
+    NKV_FIELD(nkv_quantized_kv_cache_options, max_pages),
     NKV_FIELD(nkv_quantized_kv_cache_info, struct_size),
     NKV_FIELD(nkv_quantized_kv_cache_info, format),
     NKV_FIELD(nkv_quantized_kv_cache_info, bits),
@@ -153,6 +155,10 @@ constexpr FieldInfo kFields[] = {
     NKV_FIELD(nkv_quantized_kv_cache_info, step_tokens),
     NKV_FIELD(nkv_quantized_kv_cache_info, bytes),
     NKV_FIELD(nkv_quantized_kv_cache_info, mapped_bytes),
+    NKV_FIELD(nkv_quantized_kv_cache_info, page_size),
+    NKV_FIELD(nkv_quantized_kv_cache_info, max_pages),
+    NKV_FIELD(nkv_quantized_kv_cache_info, free_pages),
+    NKV_FIELD(nkv_quantized_kv_cache_info, reserved),
 };
 #undef NKV_FIELD
 
@@ -201,9 +207,10 @@ constexpr EnumInfo kEnums[] = {
     NKV_ENUM(NKV_KV_FORMAT_KIVI),      NKV_ENUM(NKV_QUANTIZED_KV_KEY_CODES),  NKV_ENUM(NKV_QUANTIZED_KV_KEY_GROUPS),
     NKV_ENUM(NKV_QUANTIZED_KV_KEY_RESIDUAL), NKV_ENUM(NKV_QUANTIZED_KV_VALUE_CODES), NKV_ENUM(NKV_QUANTIZED_KV_VALUE_GROUPS),
     NKV_ENUM(NKV_QUANTIZED_KV_VALUE_RESIDUAL), NKV_ENUM(NKV_QUANTIZED_KV_SLOT_LENGTHS),
+    NKV_ENUM(NKV_QUANTIZED_KV_BLOCK_TABLE),
     NKV_ENUM(NKV_KV_FORMAT_BFP),       NKV_ENUM(NKV_KV_VALUES_LIKE_KEYS),     NKV_ENUM(NKV_KV_VALUES_FP16),
     NKV_ENUM(NKV_ROTARY_NONE),         NKV_ENUM(NKV_ROTARY_HALVES),           NKV_ENUM(NKV_ROTARY_ADJACENT),
-    NKV_ENUM(NKV_KV_MEMORY_ALLOCATED), NKV_ENUM(NKV_KV_MEMORY_VIRTUAL),
+    NKV_ENUM(NKV_KV_MEMORY_ALLOCATED), NKV_ENUM(NKV_KV_MEMORY_VIRTUAL), NKV_ENUM(NKV_KV_MEMORY_PAGED),
 };
 #undef NKV_ENUM
 

@@ -1,4 +1,5 @@
-// Quantized KV cache (KIVI): validation, the slots' bookkeeping, the last step and its device copy.
+// Quantized KV cache (KIVI, BFP): validation, the slots' bookkeeping (and, paged, their pages), the last step and its
+// device copy.
 #include <algorithm>
 #include <cstring>
 #include <limits>
@@ -20,9 +21,9 @@ namespace {
 
 constexpr int32_t kDefaultResidual = 128;
 
-// Where a slot's share of one array of one layer starts.
-char* share_of(const Cache& k, int32_t slot, uint64_t layer, int array) {
-  return static_cast<char*>(k.memory) + layer * k.layer_bytes + k.offsets[array] + static_cast<uint64_t>(slot) * k.slot_bytes[array];
+// Where share `share` (a slot's, or a page's in a paged cache's token-indexed arrays) of one array of one layer starts.
+char* share_of(const Cache& k, int32_t share, uint64_t layer, int array) {
+  return static_cast<char*>(k.memory) + layer * k.layer_bytes + k.offsets[array] + static_cast<uint64_t>(share) * k.slot_bytes[array];
 }
 
 // Unmaps and returns the pages of one slot (virtual memory); the caller has waited for the stream.
@@ -56,6 +57,7 @@ struct CacheDeleter {
     }
     release_on(c, cache->device_lengths);
     release_on(c, cache->device_step);
+    if (cache->device_block_table != nullptr) release_on(c, cache->device_block_table);
     if (cache->device_key_permutations != nullptr) release_on(c, cache->device_key_permutations);
     delete cache;
   }
@@ -87,16 +89,57 @@ struct SlotExtents {
   int64_t key_codes, key_groups, key_residual, value_codes, value_groups, value_residual;
 };
 
-SlotExtents slot_extents(const Cache& k) {
+// `tokens`: what a share of the token-indexed arrays holds (the capacity, or a page's tokens).
+SlotExtents slot_extents(const Cache& k, int64_t tokens) {
   const int64_t channels = static_cast<int64_t>(k.num_heads_kv) * k.head_dim;
   const int64_t per_word = codes_per_word(k.bits);
   if (k.format == NKV_KV_FORMAT_BFP) {  // per token along the channels, no residual window
     const bool coded_values = k.value_format == NKV_KV_VALUES_LIKE_KEYS;
-    const int64_t codes = k.capacity * (channels / per_word), exponents = k.capacity * (channels / k.group);
-    return {codes, exponents, 0, coded_values ? codes : 0, coded_values ? exponents : 0, coded_values ? 0 : k.capacity * channels};
+    const int64_t codes = tokens * (channels / per_word), exponents = tokens * (channels / k.group);
+    return {codes, exponents, 0, coded_values ? codes : 0, coded_values ? exponents : 0, coded_values ? 0 : tokens * channels};
   }
-  return {k.capacity / per_word * channels, k.capacity / k.group * channels, static_cast<int64_t>(k.residual) * channels,
-          k.capacity * (channels / per_word), k.capacity * (channels / k.group), static_cast<int64_t>(k.residual) * channels};
+  return {tokens / per_word * channels, tokens / k.group * channels, static_cast<int64_t>(k.residual) * channels,
+          tokens * (channels / per_word), tokens * (channels / k.group), static_cast<int64_t>(k.residual) * channels};
+}
+
+// Whether array i holds tokens by their index (codes, groups, BFP's fp16 values), not a per-slot residual window.
+bool token_indexed(const Cache& k, int array) { return array != 2 && (array != 5 || k.format == NKV_KV_FORMAT_BFP); }
+
+void publish_block_table(Cache& k) {
+  if (k.device_block_table != nullptr) upload_to(*k.context, k.device_block_table, k.block_table.data(), k.block_table.size() * sizeof(int32_t));
+}
+
+// Paged: gives every entry's slot the pages its new length needs from the pool, all or nothing.
+void take_pages(Cache& k, const std::vector<QuantizedKvStepEntry>& step) {
+  int64_t wanted = 0;
+  for (const QuantizedKvStepEntry& e : step) {
+    const int64_t needed = (static_cast<int64_t>(e.old_length) + e.count + k.page_size - 1) >> k.page_shift;
+    wanted += std::max<int64_t>(0, needed - k.slot_page_counts[e.slot]);
+  }
+  if (wanted > static_cast<int64_t>(k.free_pages.size())) {
+    fail(NKV_STATUS_OUT_OF_MEMORY, "the step needs " + std::to_string(wanted) + " more pages of " + std::to_string(k.page_size) +
+                                       " tokens; " + std::to_string(k.free_pages.size()) + " of the pool's " + std::to_string(k.max_pages) +
+                                       " (options.max_pages) are free");
+  }
+  if (wanted == 0) return;
+  for (const QuantizedKvStepEntry& e : step) {
+    const int32_t needed = static_cast<int32_t>((static_cast<int64_t>(e.old_length) + e.count + k.page_size - 1) >> k.page_shift);
+    for (int32_t& held = k.slot_page_counts[e.slot]; held < needed; ++held) {
+      k.block_table[static_cast<size_t>(e.slot) * k.pages_per_slot + held] = k.free_pages.back();
+      k.free_pages.pop_back();
+    }
+  }
+  publish_block_table(k);
+}
+
+// Paged: returns a slot's pages to the pool (its row keeps page 0, which nothing reads).
+void return_pages(Cache& k, int32_t slot) {
+  int32_t* row = k.block_table.data() + static_cast<size_t>(slot) * k.pages_per_slot;
+  for (int32_t i = k.slot_page_counts[slot] - 1; i >= 0; --i) {
+    k.free_pages.push_back(row[i]);
+    row[i] = 0;
+  }
+  k.slot_page_counts[slot] = 0;
 }
 
 // Bytes of one element of each array.
@@ -111,7 +154,7 @@ uint64_t bytes_used(const Cache& k, int array, int64_t tokens) {
   const int64_t channels = static_cast<int64_t>(k.num_heads_kv) * k.head_dim;
   const int64_t per_word = codes_per_word(k.bits);
   const int64_t t = std::min<int64_t>(k.capacity, (tokens + 63) / 64 * 64 + k.residual + 64);
-  const SlotExtents e = slot_extents(k);
+  const SlotExtents e = slot_extents(k, k.capacity);
   const bool bfp = k.format == NKV_KV_FORMAT_BFP;
   int64_t elements = 0;
   switch (array) {
@@ -198,13 +241,18 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
   l.heads = k.num_heads_kv;
   l.head_dim = k.head_dim;
   l.capacity = k.capacity;
+  if (k.memory_kind == NKV_KV_MEMORY_PAGED) {
+    l.block_table = k.device_block_table != nullptr ? k.device_block_table : k.block_table.data();
+    l.block_table_stride = k.pages_per_slot;
+    l.page_shift = k.page_shift;
+  }
   l.key_codes = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 0));
   l.key_groups = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 1));
   l.key_residual = reinterpret_cast<uint16_t*>(share_of(k, 0, layer, 2));
   l.value_codes = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 3));
   l.value_groups = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 4));
   l.value_residual = reinterpret_cast<uint16_t*>(share_of(k, 0, layer, 5));
-  // Per-slot strides in elements: the arrays' extents, or whole pages of them with virtual memory.
+  // Per-share strides in elements: the arrays' extents (a slot's, or a page's), whole 2 MiB pages of them with virtual memory.
   const uint64_t* element = kElementBytes[k.format == NKV_KV_FORMAT_BFP ? 1 : 0];
   l.key_codes_slot = static_cast<int64_t>(k.slot_bytes[0] / element[0]);
   l.key_groups_slot = static_cast<int64_t>(k.slot_bytes[1] / element[1]);
@@ -225,8 +273,10 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     const nkv_context& c = check_context(context);
     require_out(out_cache, "out_cache");
     if (options == nullptr) fail_argument("argument 'options' must not be NULL");
-    check_struct_size("options", options->struct_size, sizeof(nkv_quantized_kv_cache_options), "nkv_quantized_kv_cache_options");
-    const nkv_quantized_kv_cache_options& o = *options;
+    check_struct_size("options", options->struct_size, offsetof(nkv_quantized_kv_cache_options, page_size),
+                      "nkv_quantized_kv_cache_options up to memory");
+    nkv_quantized_kv_cache_options o{};  // fields past the caller's struct_size read as 0
+    std::memcpy(&o, options, std::min<size_t>(options->struct_size, sizeof(o)));
     if (o.format != NKV_KV_FORMAT_KIVI && o.format != NKV_KV_FORMAT_BFP) {
       fail_argument("argument 'options.format': expected NKV_KV_FORMAT_KIVI (1) or NKV_KV_FORMAT_BFP (2), got " + std::to_string(o.format));
     }
@@ -264,8 +314,23 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
       fail_argument("argument 'options.residual': expected 0 or a positive multiple of group_size (" + std::to_string(o.group_size) +
                     "), got " + std::to_string(o.residual));
     }
-    if (o.memory != NKV_KV_MEMORY_ALLOCATED && o.memory != NKV_KV_MEMORY_VIRTUAL) {
-      fail_argument("argument 'options.memory': expected NKV_KV_MEMORY_ALLOCATED (0) or NKV_KV_MEMORY_VIRTUAL (1), got " + std::to_string(o.memory));
+    if (o.memory != NKV_KV_MEMORY_ALLOCATED && o.memory != NKV_KV_MEMORY_VIRTUAL && o.memory != NKV_KV_MEMORY_PAGED) {
+      fail_argument("argument 'options.memory': expected NKV_KV_MEMORY_ALLOCATED (0), NKV_KV_MEMORY_VIRTUAL (1) or NKV_KV_MEMORY_PAGED (2), got " +
+                    std::to_string(o.memory));
+    }
+    const bool paged = o.memory == NKV_KV_MEMORY_PAGED;
+    if (paged) {
+      if (o.page_size < 16 || o.page_size > 4096 || (o.page_size & (o.page_size - 1)) != 0) {
+        fail_argument("argument 'options.page_size': expected a power of two from 16 to 4096 tokens, got " + std::to_string(o.page_size));
+      }
+      if (!bfp && o.page_size % o.group_size != 0) {
+        fail_argument("argument 'options.page_size': KIVI key groups lie within one page, so it must be a multiple of group_size (" +
+                      std::to_string(o.group_size) + "), got " + std::to_string(o.page_size));
+      }
+      if (o.max_pages < 0) fail_argument("argument 'options.max_pages': expected >= 0, got " + std::to_string(o.max_pages));
+    } else if (o.page_size != 0 || o.max_pages != 0) {
+      fail_argument("argument 'options.page_size': must be 0 (and max_pages 0) unless memory is NKV_KV_MEMORY_PAGED, got " +
+                    std::to_string(o.page_size) + " and " + std::to_string(o.max_pages));
     }
     const int64_t capacity = (static_cast<int64_t>(o.max_tokens) + residual - 1) / residual * residual;
     if (capacity > std::numeric_limits<int32_t>::max() - 128) {
@@ -291,9 +356,21 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     cache->max_slots = o.max_slots;
     cache->max_tokens = o.max_tokens;
     cache->capacity = static_cast<int32_t>(capacity);
-    const SlotExtents e = slot_extents(*cache);
+    if (paged) {
+      cache->memory_kind = NKV_KV_MEMORY_PAGED;
+      cache->page_size = o.page_size;
+      while ((1 << cache->page_shift) < o.page_size) ++cache->page_shift;
+      cache->pages_per_slot = static_cast<int32_t>((capacity + o.page_size - 1) / o.page_size);
+      const int64_t filled = static_cast<int64_t>(cache->pages_per_slot) * o.max_slots;
+      if (o.max_pages == 0 && filled > std::numeric_limits<int32_t>::max()) {
+        fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.max_pages': 0 asks for " + std::to_string(filled) + " pages, more than 2^31 - 1");
+      }
+      cache->max_pages = o.max_pages == 0 ? static_cast<int32_t>(filled) : o.max_pages;
+    }
+    const SlotExtents e = slot_extents(*cache, paged ? cache->page_size : cache->capacity);
     const uint64_t slots = static_cast<uint64_t>(o.max_slots);
     const int64_t extents[6] = {e.key_codes, e.key_groups, e.key_residual, e.value_codes, e.value_groups, e.value_residual};
+    for (int i = 0; i < 6; ++i) cache->shares[i] = paged && token_indexed(*cache, i) ? static_cast<uint64_t>(cache->max_pages) : slots;
     // Each array holds every slot's share; with virtual memory a share is whole pages, so that each slot's pages
     // map and unmap on their own.
     const bool virtual_memory = o.memory == NKV_KV_MEMORY_VIRTUAL;
@@ -310,7 +387,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
       // Shares start on 16-byte boundaries: the BFP decode copies a token's exponents as the aligned 8 bytes that
       // hold them (every other array's share is a multiple of 16 bytes already).
       cache->slot_bytes[i] = virtual_memory ? round_up(share, cache->page_bytes) : round_up(share, 16);
-      array_bytes[i] = checked_product({slots, cache->slot_bytes[i]}, "argument 'options.max_slots': an array's bytes");
+      array_bytes[i] = checked_product({cache->shares[i], cache->slot_bytes[i]}, "argument 'options.max_slots' (or max_pages): an array's bytes");
     }
     uint64_t offset = 0;
     for (int i = 0; i < 6; ++i) {
@@ -326,6 +403,16 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     cache->written.assign(static_cast<size_t>(o.num_layers), 0);
     cache->device_lengths = static_cast<int32_t*>(allocate_on(c, slots * sizeof(int32_t)));
     cache->device_step = static_cast<QuantizedKvStepEntry*>(allocate_on(c, slots * sizeof(QuantizedKvStepEntry)));
+    if (paged) {
+      cache->block_table.assign(slots * static_cast<size_t>(cache->pages_per_slot), 0);
+      cache->slot_page_counts.assign(slots, 0);
+      cache->free_pages.resize(static_cast<size_t>(cache->max_pages));
+      for (int32_t i = 0; i < cache->max_pages; ++i) cache->free_pages[static_cast<size_t>(i)] = cache->max_pages - 1 - i;  // page 0 first
+      if (c.backend == NKV_BACKEND_CUDA) {
+        cache->device_block_table = static_cast<int32_t*>(allocate_on(c, cache->block_table.size() * sizeof(int32_t)));
+      }
+      publish_block_table(*cache);
+    }
     publish_lengths(*cache);
     *out_cache = cache.release();
   });
@@ -371,6 +458,11 @@ NKV_API nkv_status nkv_quantized_kv_cache_free_slot(nkv_quantized_kv_cache* cach
     if (k.memory_kind == NKV_KV_MEMORY_VIRTUAL) {
       synchronize_on(*k.context);  // queued kernels may still read the slot's pages
       release_slot_pages(k, slot);
+    }
+    if (k.memory_kind == NKV_KV_MEMORY_PAGED) {
+      // Work queued before reads the pages in stream order, ahead of any write that reuses them; the device table
+      // keeps the slot's old row until the next append changes it, and nothing reads a free slot's row.
+      return_pages(k, slot);
     }
     k.alive[slot] = 0;
     k.lengths[slot] = 0;
@@ -419,6 +511,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_append(nkv_quantized_kv_cache* cache, 
       for (const QuantizedKvStepEntry& e : step) grown.emplace_back(e.slot, static_cast<int64_t>(e.old_length) + e.count);
       map_for(k, grown);  // all or nothing; before anything below changes
     }
+    if (k.memory_kind == NKV_KV_MEMORY_PAGED && !step.empty()) take_pages(k, step);  // all or nothing, likewise
     // Ordered on the stream after the writes queued for the last step, which read the entries it replaces.
     if (c.backend == NKV_BACKEND_CUDA && !step.empty()) {
       upload_to(c, k.device_step, step.data(), step.size() * sizeof(QuantizedKvStepEntry));
@@ -478,9 +571,13 @@ NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cac
   return guard("nkv_quantized_kv_cache_view", [&] {
     require_out(out_view, "out_view");
     const Cache& k = require_handle(cache, "cache");
-    if (which < NKV_QUANTIZED_KV_KEY_CODES || which > NKV_QUANTIZED_KV_SLOT_LENGTHS) {
+    if (which < NKV_QUANTIZED_KV_KEY_CODES || which > NKV_QUANTIZED_KV_BLOCK_TABLE) {
       fail_argument("argument 'which': expected an nkv_quantized_kv_view value (NKV_QUANTIZED_KV_KEY_CODES (0) .. "
-                    "NKV_QUANTIZED_KV_SLOT_LENGTHS (6)), got " + std::to_string(which));
+                    "NKV_QUANTIZED_KV_BLOCK_TABLE (7)), got " + std::to_string(which));
+    }
+    const bool paged = k.memory_kind == NKV_KV_MEMORY_PAGED;
+    if (which == NKV_QUANTIZED_KV_BLOCK_TABLE && !paged) {
+      fail_argument("argument 'which': NKV_QUANTIZED_KV_BLOCK_TABLE views a paged cache's table (options.memory NKV_KV_MEMORY_PAGED)");
     }
     nkv_tensor t{};
     auto set = [&](void* data, int32_t dtype, std::initializer_list<int64_t> shape) {
@@ -488,32 +585,37 @@ NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cac
     };
     if (which == NKV_QUANTIZED_KV_SLOT_LENGTHS) {
       set(k.device_lengths, NKV_DTYPE_INT32, {k.max_slots});
+    } else if (which == NKV_QUANTIZED_KV_BLOCK_TABLE) {
+      set(k.device_block_table != nullptr ? k.device_block_table : const_cast<int32_t*>(k.block_table.data()), NKV_DTYPE_INT32,
+          {k.max_slots, k.pages_per_slot});
     } else {
       check_layer(k, layer);
       const QuantizedKvLayer l = quantized_kv_layer(k, layer);
       const int64_t per_word = codes_per_word(k.bits);
-      const int64_t s = k.max_slots, h = k.num_heads_kv, d = k.head_dim;
+      const int64_t h = k.num_heads_kv, d = k.head_dim;
+      // Shares of the token-indexed arrays: slots of `capacity` tokens, or pages of page_size tokens.
+      const int64_t s = paged ? k.max_pages : k.max_slots, tokens = paged ? k.page_size : k.capacity, slots = k.max_slots;
       if (k.format == NKV_KV_FORMAT_BFP) {
-        const int64_t coded = k.value_format == NKV_KV_VALUES_LIKE_KEYS ? k.capacity : 0;
+        const int64_t coded = k.value_format == NKV_KV_VALUES_LIKE_KEYS ? tokens : 0;
         switch (which) {
-          case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, k.capacity, h, d / per_word}); break;
-          case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_INT8, {s, k.capacity, h, d / k.group}); break;
-          case NKV_QUANTIZED_KV_KEY_RESIDUAL: set(l.key_residual, NKV_DTYPE_FLOAT16, {s, 0, h, d}); break;
+          case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, tokens, h, d / per_word}); break;
+          case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_INT8, {s, tokens, h, d / k.group}); break;
+          case NKV_QUANTIZED_KV_KEY_RESIDUAL: set(l.key_residual, NKV_DTYPE_FLOAT16, {slots, 0, h, d}); break;
           case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, coded, h, d / per_word}); break;
           case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_INT8, {s, coded, h, d / k.group}); break;
-          default: set(l.value_residual, NKV_DTYPE_FLOAT16, {s, k.capacity - coded, h, d}); break;
+          default: set(l.value_residual, NKV_DTYPE_FLOAT16, {s, tokens - coded, h, d}); break;
         }
         t.strides[0] = static_cast<int64_t>(k.slot_bytes[which] / nkv_dtype_size(t.dtype));
         *out_view = t;
         return;
       }
       switch (which) {
-        case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, k.capacity / per_word, h, d}); break;
-        case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_FLOAT16, {s, k.capacity / k.group, h, d, 2}); break;
-        case NKV_QUANTIZED_KV_KEY_RESIDUAL: set(l.key_residual, NKV_DTYPE_FLOAT16, {s, k.residual, h, d}); break;
-        case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, k.capacity, h, d / per_word}); break;
-        case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_FLOAT16, {s, k.capacity, h, d / k.group, 2}); break;
-        default: set(l.value_residual, NKV_DTYPE_FLOAT16, {s, k.residual, h, d}); break;
+        case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, tokens / per_word, h, d}); break;
+        case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_FLOAT16, {s, tokens / k.group, h, d, 2}); break;
+        case NKV_QUANTIZED_KV_KEY_RESIDUAL: set(l.key_residual, NKV_DTYPE_FLOAT16, {slots, k.residual, h, d}); break;
+        case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, tokens, h, d / per_word}); break;
+        case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_FLOAT16, {s, tokens, h, d / k.group, 2}); break;
+        default: set(l.value_residual, NKV_DTYPE_FLOAT16, {slots, k.residual, h, d}); break;
       }
       t.strides[0] = static_cast<int64_t>(k.slot_bytes[which] / nkv_dtype_size(t.dtype));  // whole pages with virtual memory
     }
@@ -540,7 +642,13 @@ NKV_API nkv_status nkv_quantized_kv_cache_get_info(const nkv_quantized_kv_cache*
     info.step_tokens = k.step_tokens;
     info.bytes = k.bytes;
     info.mapped_bytes = k.memory_kind == NKV_KV_MEMORY_VIRTUAL ? k.mapped_pages * k.page_bytes : k.bytes;
-    write_sized_struct(out_info, info, "out_info", sizeof(nkv_quantized_kv_cache_info), "sizeof(nkv_quantized_kv_cache_info)");
+    if (k.memory_kind == NKV_KV_MEMORY_PAGED) {
+      info.page_size = k.page_size;
+      info.max_pages = k.max_pages;
+      info.free_pages = static_cast<int32_t>(k.free_pages.size());
+    }
+    write_sized_struct(out_info, info, "out_info", offsetof(nkv_quantized_kv_cache_info, page_size),
+                       "nkv_quantized_kv_cache_info up to mapped_bytes");
   });
 }
 

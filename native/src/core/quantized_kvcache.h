@@ -9,6 +9,7 @@
 
 #include "core/attention.h"
 #include "core/handles.h"
+#include "core/host_device.h"
 #include "core/virtual_memory.h"
 #include "nativekv/nativekv.h"
 
@@ -47,15 +48,34 @@ struct QuantizedKvLayer {
   uint32_t* value_codes = nullptr;   // [slot][token][head][word]
   uint32_t* value_groups = nullptr;  // [slot][token][head][group]
   uint16_t* value_residual = nullptr;
-  int64_t key_codes_slot = 0;  // per-slot strides
+  // Per-share strides: a slot's share of each array, or with pages (block_table set) a page's share of the token-indexed
+  // arrays (codes, groups, BFP's fp16 values); KIVI's residuals are always per slot.
+  int64_t key_codes_slot = 0;
   int64_t key_groups_slot = 0;
   int64_t residual_slot = 0;        // the key residual's; KIVI's value residual has the same (the CUDA kernels take it for both)
   int64_t value_residual_slot = 0;
   int64_t value_codes_slot = 0;
   int64_t value_groups_slot = 0;
+  // Paged (NKV_KV_MEMORY_PAGED): token t of slot s is token t % P of page block_table[s * block_table_stride + t / P]
+  // (P = 2^page_shift tokens, a multiple of G and of the codes per word); null otherwise.
+  const int32_t* block_table = nullptr;  // in the backend's memory
+  int64_t block_table_stride = 0;
+  int32_t page_shift = 0;
 
   int32_t codes_per_word() const { return 32 / bits; }
 };
+
+// Where token t of `slot` lies in a token-indexed array whose shares are `per_share` elements apart: the element
+// offset of the slot's share (or of the page holding t) and t's index within it.
+struct TokenPlace {
+  int64_t share;
+  int64_t token;
+};
+NKV_HOST_DEVICE inline TokenPlace token_place(const QuantizedKvLayer& l, int64_t per_share, int64_t slot, int64_t t) {
+  if (l.block_table == nullptr) return {slot * per_share, t};
+  const int64_t page = l.block_table[slot * l.block_table_stride + (t >> l.page_shift)];
+  return {page * per_share, t & ((int64_t{1} << l.page_shift) - 1)};
+}
 
 // The step's K and V of one write: [step tokens, heads, d] halves.
 struct QuantizedKvInput {
@@ -129,6 +149,18 @@ struct nkv_quantized_kv_cache {
   uint64_t page_bytes = 0;
   std::vector<std::vector<std::vector<uint64_t>>> pages;
   uint64_t mapped_pages = 0;
+  // NKV_KV_MEMORY_PAGED: the token-indexed arrays' shares are max_pages pages of page_size tokens (shares[i] says
+  // which arrays: max_pages shares, else max_slots); block_table[slot * pages_per_slot + i] is the page of the slot's
+  // tokens [i P, (i + 1) P) (0 where the slot holds no page: a valid page that nothing reads); free_pages a stack.
+  int32_t page_size = 0;
+  int32_t page_shift = 0;
+  int32_t max_pages = 0;
+  int32_t pages_per_slot = 0;
+  uint64_t shares[6] = {};
+  std::vector<int32_t> block_table;
+  std::vector<int32_t> slot_page_counts;
+  std::vector<int32_t> free_pages;
+  int32_t* device_block_table = nullptr;  // CUDA: its copy on the device
   int32_t* device_lengths = nullptr;
   nkv::QuantizedKvStepEntry* device_step = nullptr;  // [max_slots]
 

@@ -16,18 +16,29 @@ namespace {
 
 using namespace reference;
 
-// Where a slot's rows lie: channel c of row t of a [rows, heads x d] array.
+// Where a slot's rows lie: channel c of row t of a [rows, heads x d] array. The token-indexed arrays (codes, groups,
+// BFP's fp16 values) are reached through at(), which gives the start of the slot's share, or of the page that holds
+// token t, and turns t into its index there (a KIVI key group or word row never spans two pages: P is a multiple
+// of G and of the codes per word).
 struct SlotArrays {
   const QuantizedKvLayer& l;
   int32_t slot;
   int64_t channels() const { return static_cast<int64_t>(l.heads) * l.head_dim; }
-  uint32_t* key_codes() const { return l.key_codes + slot * l.key_codes_slot; }
-  uint32_t* key_groups() const { return l.key_groups + slot * l.key_groups_slot; }
-  uint16_t* key_residual() const { return l.key_residual + slot * l.residual_slot; }
-  uint32_t* value_codes() const { return l.value_codes + slot * l.value_codes_slot; }
-  uint32_t* value_groups() const { return l.value_groups + slot * l.value_groups_slot; }
-  uint16_t* value_residual() const { return l.value_residual + slot * l.value_residual_slot; }
-  int8_t* exponents(uint32_t* base, int64_t per_slot) const { return reinterpret_cast<int8_t*>(base) + slot * per_slot; }
+  template <typename T>
+  T* at(T* array, int64_t per_share, int64_t& t) const {
+    const TokenPlace p = token_place(l, per_share, slot, t);
+    t = p.token;
+    return array + p.share;
+  }
+  uint32_t* key_codes(int64_t& t) const { return at(l.key_codes, l.key_codes_slot, t); }
+  uint32_t* key_groups(int64_t& t) const { return at(l.key_groups, l.key_groups_slot, t); }
+  uint32_t* value_codes(int64_t& t) const { return at(l.value_codes, l.value_codes_slot, t); }
+  uint32_t* value_groups(int64_t& t) const { return at(l.value_groups, l.value_groups_slot, t); }
+  int8_t* key_exponents(int64_t& t) const { return at(reinterpret_cast<int8_t*>(l.key_groups), l.key_groups_slot, t); }
+  int8_t* value_exponents(int64_t& t) const { return at(reinterpret_cast<int8_t*>(l.value_groups), l.value_groups_slot, t); }
+  uint16_t* fp16_values(int64_t& t) const { return at(l.value_residual, l.value_residual_slot, t); }  // BFP with fp16 values
+  uint16_t* key_residual() const { return l.key_residual + slot * l.residual_slot; }                  // KIVI
+  uint16_t* value_residual() const { return l.value_residual + slot * l.value_residual_slot; }        // KIVI's ring
   // The written channel that stored key channel c holds (K-sort).
   int64_t key_source(int64_t c) const {
     if (l.key_permutation == nullptr) return c;
@@ -48,17 +59,24 @@ void bfp_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, const Qua
     const int64_t channels = slot.channels();
     for (int64_t t = e.old_length; t < e.old_length + e.count; ++t) {
       const int64_t row = e.input_row + t - e.old_length;
+      int64_t u = t, v = t;
+      uint32_t* key_words = slot.key_codes(u);
+      int8_t* key_exponents = slot.key_exponents(v);
       bfp::quantize_token(l.bits, l.group, channels,
                           [&](int64_t c) { return input_at(in.k, in.k_row_stride, in.k_head_stride, l.head_dim, row, slot.key_source(c)); },
-                          slot.key_codes() + t * (channels / per_word), slot.exponents(l.key_groups, l.key_groups_slot) + t * (channels / l.group));
+                          key_words + u * (channels / per_word), key_exponents + v * (channels / l.group));
+      u = v = t;
       if (l.value_format == NKV_KV_VALUES_FP16) {
+        uint16_t* values = slot.fp16_values(u);
         for (int64_t c = 0; c < channels; ++c) {
-          slot.value_residual()[t * channels + c] = float_to_half(input_at(in.v, in.v_row_stride, in.v_head_stride, l.head_dim, row, c));
+          values[u * channels + c] = float_to_half(input_at(in.v, in.v_row_stride, in.v_head_stride, l.head_dim, row, c));
         }
       } else {
+        uint32_t* value_words = slot.value_codes(u);
+        int8_t* value_exponents = slot.value_exponents(v);
         bfp::quantize_token(l.bits, l.group, channels,
                             [&](int64_t c) { return input_at(in.v, in.v_row_stride, in.v_head_stride, l.head_dim, row, c); },
-                            slot.value_codes() + t * (channels / per_word), slot.exponents(l.value_groups, l.value_groups_slot) + t * (channels / l.group));
+                            value_words + u * (channels / per_word), value_exponents + v * (channels / l.group));
       }
     }
   }
@@ -134,12 +152,18 @@ void quantized_kv_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, 
     };
     // Quantize first: the residual rows written below may be the ones read here.
     for (int64_t g = keys_before; g < keys_after; g += l.group) {
-      kivi::quantize_key_group(l.bits, l.group, channels, g, key, slot.key_codes(), slot.key_groups());
+      int64_t u = g, v = g;
+      uint32_t* words = slot.key_codes(u);
+      uint32_t* groups = slot.key_groups(v);
+      kivi::quantize_key_group(l.bits, l.group, channels, u, [&](int64_t t, int64_t c) { return key(t - u + g, c); }, words, groups);
     }
     const int64_t per_word = codes_per_word(l.bits);
     for (int64_t t = kivi::quantized_values(t0, r); t < kivi::quantized_values(t1, r); ++t) {
-      kivi::quantize_value_token(l.bits, l.group, channels, [&](int64_t c) { return value(t, c); },
-                                 slot.value_codes() + t * (channels / per_word), slot.value_groups() + t * (channels / l.group));
+      int64_t u = t, v = t;
+      uint32_t* words = slot.value_codes(u);
+      uint32_t* groups = slot.value_groups(v);
+      kivi::quantize_value_token(l.bits, l.group, channels, [&](int64_t c) { return value(t, c); }, words + u * (channels / per_word),
+                                 groups + v * (channels / l.group));
     }
     // Keys past the last flush wait in the residual (only new tokens move: when a flush happened every old
     // residual key was in it, and otherwise the old ones stay where they are).
@@ -169,10 +193,13 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
     const int64_t quantized_keys = bfp ? length : kivi::quantized_keys(length, l.residual);
     const int64_t quantized_values = bfp ? (l.value_format == NKV_KV_VALUES_FP16 ? 0 : length) : kivi::quantized_values(length, l.residual);
     // One stored value of a BFP row: the block's exponent and the channel's mantissa.
-    auto bfp_value = [&](const uint32_t* words, const int8_t* exponents, int64_t t, int64_t c) {
-      const uint32_t word = words[t * (channels / per_word) + c / per_word];
+    auto bfp_value = [&](bool keys, int64_t t, int64_t c) {
+      int64_t u = t, v = t;
+      const uint32_t* words = keys ? slot.key_codes(u) : slot.value_codes(u);
+      const int8_t* exponents = keys ? slot.key_exponents(v) : slot.value_exponents(v);
+      const uint32_t word = words[u * (channels / per_word) + c / per_word];
       const int mantissa = bfp::mantissa_from_field(unpack_code(word, static_cast<int>(c % per_word), l.bits), l.bits);
-      return bfp::value_of(mantissa, exponents[t * (channels / l.group) + c / l.group], l.bits);
+      return bfp::value_of(mantissa, exponents[v * (channels / l.group) + c / l.group], l.bits);
     };
     // Keys come back in the written channel order: stored channel d of the head is written channel source(d).
     auto key_rows = [&](int64_t t, int32_t head_dim, double* out) {
@@ -180,10 +207,13 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
         const int64_t c = static_cast<int64_t>(hk) * head_dim + d;
         double& x = out[slot.key_source(c) - static_cast<int64_t>(hk) * head_dim];
         if (bfp) {
-          x = bfp_value(slot.key_codes(), slot.exponents(l.key_groups, l.key_groups_slot), t, c);
+          x = bfp_value(true, t, c);
         } else if (t < quantized_keys) {
-          const uint32_t word = slot.key_codes()[t / per_word * channels + c];
-          const kivi::Group g = kivi::unpack_group(slot.key_groups()[t / l.group * channels + c]);
+          int64_t u = t, v = t;
+          const uint32_t* words = slot.key_codes(u);
+          const uint32_t* groups = slot.key_groups(v);
+          const uint32_t word = words[u / per_word * channels + c];
+          const kivi::Group g = kivi::unpack_group(groups[v / l.group * channels + c]);
           x = kivi::value_of(unpack_code(word, static_cast<int>(t % per_word), l.bits), g);
         } else {
           x = half_to_float(slot.key_residual()[(t - quantized_keys) * channels + c]);
@@ -194,11 +224,14 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
       for (int32_t d = 0; d < head_dim; ++d) {
         const int64_t c = static_cast<int64_t>(hk) * head_dim + d;
         if (bfp) {
-          out[d] = quantized_values > 0 ? bfp_value(slot.value_codes(), slot.exponents(l.value_groups, l.value_groups_slot), t, c)
-                                        : half_to_float(slot.value_residual()[t * channels + c]);
+          int64_t u = t;
+          out[d] = quantized_values > 0 ? bfp_value(false, t, c) : half_to_float(slot.fp16_values(u)[u * channels + c]);
         } else if (t < quantized_values) {
-          const uint32_t word = slot.value_codes()[t * (channels / per_word) + c / per_word];
-          const kivi::Group g = kivi::unpack_group(slot.value_groups()[t * (channels / l.group) + c / l.group]);
+          int64_t u = t, v = t;
+          const uint32_t* words = slot.value_codes(u);
+          const uint32_t* groups = slot.value_groups(v);
+          const uint32_t word = words[u * (channels / per_word) + c / per_word];
+          const kivi::Group g = kivi::unpack_group(groups[v * (channels / l.group) + c / l.group]);
           out[d] = kivi::value_of(unpack_code(word, static_cast<int>(c % per_word), l.bits), g);
         } else {
           out[d] = half_to_float(slot.value_residual()[t % l.residual * channels + c]);

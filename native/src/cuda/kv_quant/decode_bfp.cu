@@ -146,47 +146,59 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
   const int key_begin = split.key_begin + (window_start - split.key_begin) / kTileKeys * kTileKeys;
   const int tiles = key_end > key_begin ? (key_end - key_begin + kTileKeys - 1) / kTileKeys : 0;
 
-  // Where the slot's rows are: code words [token][head][kWords]; exponents [token][head][blocks] bytes.
+  // Where a token's rows are: code words [token][head][kWords], exponents [token][head][blocks] bytes, fp16 values
+  // [token][head][d], from the start of the slot's share of each array or, paged, of the page that holds the token.
   const int block_shift = kv.group_shift;  // n = 2^block_shift channels per exponent
   const int head_blocks = kHeadDim >> block_shift;
   const uint32_t token_words = static_cast<uint32_t>(kv.heads * kWords);
   const uint32_t token_exponent_bytes = static_cast<uint32_t>(kv.heads * head_blocks);
   const uint32_t head_exponent_byte = static_cast<uint32_t>(kv_head * head_blocks);
-  const uint32_t* key_codes = kv.key_codes + sequence * kv.key_codes_slot + kv_head * kWords;
-  const unsigned char* key_exponents = reinterpret_cast<const unsigned char*>(kv.key_groups) + sequence * kv.key_groups_slot;
-  const uint32_t* value_codes = kv.value_codes + sequence * kv.value_codes_slot + kv_head * kWords;
-  const unsigned char* value_exponents = reinterpret_cast<const unsigned char*>(kv.value_groups) + sequence * kv.value_groups_slot;
-  const __half* value_rows = reinterpret_cast<const __half*>(kv.value_residual) + sequence * kv.value_residual_slot + kv_head * kHeadDim;
+  const int channels = kv.heads * kHeadDim;
+  const unsigned char* key_exponents = reinterpret_cast<const unsigned char*>(kv.key_groups);
+  const unsigned char* value_exponents = reinterpret_cast<const unsigned char*>(kv.value_groups);
+  const __half* value_rows = reinterpret_cast<const __half*>(kv.value_residual);
+  // The byte of the exponents' 8-byte window where the token's head starts: a share starts 16-byte aligned, so this is
+  // the same whether the token is counted from the slot's start or from its page's.
+  auto exponent_byte = [&](int token) { return (static_cast<uint32_t>(token) * token_exponent_bytes + head_exponent_byte) & 7u; };
 
   // One stage: key words [64][kWords], key exponents [64][8 bytes], then the values alike or as a SwizzledTile of
   // fp16 rows. Tokens at or past key_end are zero-filled (never stale bytes: 0 x NaN would poison the MMA).
   constexpr int kRowPieces = kWords / 4;  // 16-byte pieces of a token's words
   constexpr int kCodePieces = kTileKeys * kRowPieces;
-  using ValueLoader = TileLoader<kTileKeys, kHeadDim, kHeadDim / 8, kDecodeThreads>;
-  const ValueLoader value_loader(stages + Tiles::kCodeBytes + Tiles::kExponentTileBytes, threadIdx.x);
-  auto load_codes = [&](uint32_t words_at, uint32_t exponents_at, const uint32_t* codes, const unsigned char* exponents, int n0) {
+  constexpr int kValuePieces = kTileKeys * kEights;
+  auto load_codes = [&](uint32_t words_at, uint32_t exponents_at, const uint32_t* codes, int64_t codes_share, const unsigned char* exponents,
+                        int64_t exponents_share, int n0) {
 #pragma unroll
     for (int i = threadIdx.x; i < kCodePieces; i += kDecodeThreads) {
       const int row = i / kRowPieces, piece_of_row = i % kRowPieces;
       const bool valid = n0 + row < key_end;
-      copy_async_16(words_at + 16u * i, codes + (valid ? static_cast<uint32_t>(n0 + row) * token_words + 4 * piece_of_row : 0u), valid);
+      const TokenPlace place = token_place(kv, codes_share, sequence, valid ? n0 + row : 0);
+      copy_async_16(words_at + 16u * i, codes + place.share + place.token * token_words + kv_head * kWords + 4 * piece_of_row, valid);
     }
     if (threadIdx.x < kTileKeys) {
       const int row = threadIdx.x;
       const bool valid = n0 + row < key_end;
-      const uint32_t first = static_cast<uint32_t>(n0 + row) * token_exponent_bytes + head_exponent_byte;
-      copy_async_8(exponents_at + kExponentBytes * row, exponents + (valid ? first & ~7u : 0u), valid);
+      const TokenPlace place = token_place(kv, exponents_share, sequence, valid ? n0 + row : 0);
+      const uint32_t first = static_cast<uint32_t>(place.token) * token_exponent_bytes + head_exponent_byte;
+      copy_async_8(exponents_at + kExponentBytes * row, exponents + place.share + (first & ~7u), valid);
     }
   };
   auto load_tile = [&](int tile) {
     const int n0 = key_begin + tile * kTileKeys;
     const uint32_t stage = shared_address(stages) + static_cast<uint32_t>((tile % kStages) * Tiles::kStageBytes);
-    load_codes(stage, stage + Tiles::kCodeBytes, key_codes, key_exponents, n0);
+    load_codes(stage, stage + Tiles::kCodeBytes, kv.key_codes, kv.key_codes_slot, key_exponents, kv.key_groups_slot, n0);
+    const uint32_t values = stage + Tiles::kCodeBytes + Tiles::kExponentTileBytes;
     if constexpr (kCodedValues) {
-      const uint32_t values = stage + Tiles::kCodeBytes + Tiles::kExponentTileBytes;
-      load_codes(values, values + Tiles::kCodeBytes, value_codes, value_exponents, n0);
+      load_codes(values, values + Tiles::kCodeBytes, kv.value_codes, kv.value_codes_slot, value_exponents, kv.value_groups_slot, n0);
     } else {
-      value_loader.load(value_rows, kv.heads * kHeadDim, n0, key_end, static_cast<uint32_t>((tile % kStages) * Tiles::kStageBytes));
+#pragma unroll
+      for (int i = threadIdx.x; i < kValuePieces; i += kDecodeThreads) {
+        const int row = i / kEights, eight = i % kEights;
+        const bool valid = n0 + row < key_end;
+        const TokenPlace place = token_place(kv, kv.value_residual_slot, sequence, valid ? n0 + row : 0);
+        copy_async_16(values + 2u * SwizzledTile<kHeadDim>::offset(row, 8 * eight),
+                      value_rows + place.share + place.token * channels + kv_head * kHeadDim + 8 * eight, valid);
+      }
     }
   };
 #pragma unroll
@@ -254,8 +266,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
 #pragma unroll
     for (int i = lane; i < 16 * kEights; i += 32) {
       const int row = warp_key0 + i / kEights, eight = i % kEights;
-      const uint32_t first = static_cast<uint32_t>(n0 + row) * token_exponent_bytes + head_exponent_byte;
-      const int exponent = static_cast<signed char>(exponents[kExponentBytes * row + (first & 7u) + ((8 * eight) >> block_shift)]);
+      const int exponent = static_cast<signed char>(exponents[kExponentBytes * row + exponent_byte(n0 + row) + ((8 * eight) >> block_shift)]);
       const uint4 x = dequantize_eight<kBits>(words + row * kWords + eight * (kBits / 4), half_power_of_two_pair(exponent + 2 - kBits));
       *reinterpret_cast<uint4*>(plain + SwizzledTile<kHeadDim>::offset(row, 8 * eight)) = x;
     }

@@ -214,12 +214,22 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   const int chunks = key_end > key_begin ? (key_end - key_begin + kChunk - 1) / kChunk : 0;
 
   const int64_t channels = static_cast<int64_t>(kv.heads) * kHeadDim;
-  const uint32_t* key_codes = kv.key_codes + sequence * kv.key_codes_slot + kv_head * kHeadDim;
-  const uint32_t* key_groups = kv.key_groups + sequence * kv.key_groups_slot + kv_head * kHeadDim;
-  const uint16_t* key_residual = kv.key_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
-  const uint32_t* value_codes = kv.value_codes + sequence * kv.value_codes_slot + kv_head * Tiles::kValueWordsPerToken;
+  // The slot's shares of the coded arrays at this head (paged: page 0's, which every load past the slot's pages may
+  // address; in_page gives the page that holds a token).
+  const bool paged = kv.block_table != nullptr;
   const int value_groups_per_token = kHeadDim >> group_shift;
-  const uint32_t* value_groups = kv.value_groups + sequence * kv.value_groups_slot + kv_head * value_groups_per_token;
+  const int64_t share_slot = paged ? 0 : sequence;
+  const uint32_t* key_codes = kv.key_codes + share_slot * kv.key_codes_slot + kv_head * kHeadDim;
+  const uint32_t* key_groups = kv.key_groups + share_slot * kv.key_groups_slot + kv_head * kHeadDim;
+  const uint32_t* value_codes = kv.value_codes + share_slot * kv.value_codes_slot + kv_head * Tiles::kValueWordsPerToken;
+  const uint32_t* value_groups = kv.value_groups + share_slot * kv.value_groups_slot + kv_head * value_groups_per_token;
+  const uint16_t* key_residual = kv.key_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
+  // Paged: the page of `token` in an array (at this head's offset) and, in `local`, the token's index there.
+  auto in_page = [&](const uint32_t* array, int64_t per_share, int head_offset, int token, int& local) {
+    const TokenPlace place = token_place(kv, per_share, sequence, token);
+    local = static_cast<int>(place.token);
+    return array + place.share + head_offset;
+  };
   const uint16_t* value_residual = kv.value_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
   const int64_t value_word_stride = channels / kCpw;  // words from one token to the next
   const int64_t value_group_stride = channels >> group_shift;
@@ -253,7 +263,13 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     {
       const int row = c0 / kCpw + key_code_row;
       const bool valid = row * kCpw < kv.capacity;
-      const uint32_t* source = key_codes + (valid ? row * row_words + key_code_column : 0u);
+      const uint32_t* rows = key_codes;
+      int local = row;
+      if (paged && valid) {
+        rows = in_page(kv.key_codes, kv.key_codes_slot, kv_head * kHeadDim, row * kCpw, local);
+        local /= kCpw;
+      }
+      const uint32_t* source = rows + (valid ? local * row_words + key_code_column : 0u);
       const uint32_t destination = base + 4u * (key_code_row * Tiles::kKeyPitch + key_code_column);
 #pragma unroll
       for (int j = 0; j < kKeyCodePieces; ++j) copy_async_16(destination + 16u * j, source + 4 * j, valid);
@@ -262,19 +278,32 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     if (tid < kKeyGroupThreads) {
       const int index = (c0 >> group_shift) + key_group_row;
       const bool valid = (index << group_shift) < min(kv.capacity, c0 + kChunk);  // only groups the chunk has
-      copy_async_16(group_base + 16u * tid, key_groups + (valid ? index * row_words + key_group_column : 0u), valid);
+      const uint32_t* rows = key_groups;
+      int local = index;
+      if (paged && valid) {
+        rows = in_page(kv.key_groups, kv.key_groups_slot, kv_head * kHeadDim, index << group_shift, local);
+        local >>= group_shift;
+      }
+      copy_async_16(group_base + 16u * tid, rows + (valid ? local * row_words + key_group_column : 0u), valid);
     }
     const int token = c0 + tid;
     const bool valid = token < kv.capacity;
     const uint32_t value_base = group_base + 4u * Tiles::kKeyGroupWords;
-    const uint32_t* values = value_codes + (valid ? token * value_row_words : 0u);
+    const uint32_t* token_words = value_codes;
+    const uint32_t* token_groups = value_groups;
+    int local = token, local_group = token;
+    if (paged && valid) {
+      token_words = in_page(kv.value_codes, kv.value_codes_slot, kv_head * Tiles::kValueWordsPerToken, token, local);
+      token_groups = in_page(kv.value_groups, kv.value_groups_slot, kv_head * value_groups_per_token, token, local_group);
+    }
+    const uint32_t* values = token_words + (valid ? local * value_row_words : 0u);
 #pragma unroll
     for (int j = 0; j < kTokenPieces; ++j) {
       copy_async_16(value_base + 16u * (value_row<kBits>(tid) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(tid, j)), values + 4 * j,
                     valid);
     }
     const uint32_t value_group_base = value_base + 4u * Tiles::kValueCodeWords + 4u * tid;
-    const uint32_t* groups = value_groups + (valid ? token * group_row_words : 0u);
+    const uint32_t* groups = token_groups + (valid ? local_group * group_row_words : 0u);
 #pragma unroll
     for (int b = 0; b < kBlocks; ++b) copy_async_4(value_group_base + 4u * kChunk * b, groups + ((32 * b) >> group_shift), valid);
   };
@@ -370,8 +399,15 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   auto value_pair = [&](int token, int ring, int c) -> uint32_t {
     if (token >= lk) return 0u;
     if (token >= quantized_values) return *reinterpret_cast<const uint32_t*>(value_residual + ring * channels + c);
-    const uint32_t word = value_codes[token * value_word_stride + c / kCpw];
-    const kivi::Group vg = kivi::unpack_group(value_groups[token * value_group_stride + (c >> group_shift)]);
+    const uint32_t* words = value_codes;
+    const uint32_t* groups = value_groups;
+    int local = token, local_group = token;
+    if (paged) {
+      words = in_page(kv.value_codes, kv.value_codes_slot, kv_head * Tiles::kValueWordsPerToken, token, local);
+      groups = in_page(kv.value_groups, kv.value_groups_slot, kv_head * value_groups_per_token, token, local_group);
+    }
+    const uint32_t word = words[local * value_word_stride + c / kCpw];
+    const kivi::Group vg = kivi::unpack_group(groups[local_group * value_group_stride + (c >> group_shift)]);
     return pack_halves(kivi::value_of(unpack_code(word, c % kCpw, kBits), vg), kivi::value_of(unpack_code(word, c % kCpw + 1, kBits), vg));
   };
 

@@ -53,13 +53,16 @@ __global__ void __launch_bounds__(kThreads) quantize_keys_kernel(const WritePara
     hi = fmaxf(hi, x);
   }
   const kivi::Group g = kivi::group_of(lo, hi, bits);
-  p.l.key_groups[e.slot * p.l.key_groups_slot + t0 / group * channels + c] = kivi::pack_group(g);
+  // The group lies in one share (a page is a multiple of G): `local` is t0's index there.
+  const TokenPlace group_place = token_place(p.l, p.l.key_groups_slot, e.slot, t0);
+  p.l.key_groups[group_place.share + group_place.token / group * channels + c] = kivi::pack_group(g);
   const int per_word = static_cast<int>(codes_per_word(bits));
-  uint32_t* words = p.l.key_codes + e.slot * p.l.key_codes_slot;
+  const TokenPlace code_place = token_place(p.l, p.l.key_codes_slot, e.slot, t0);
+  uint32_t* words = p.l.key_codes + code_place.share;
   for (int64_t t = t0; t < t0 + group; t += per_word) {
     uint32_t word = 0;
     for (int i = 0; i < per_word; ++i) word = pack_code(word, kivi::code_of(key_at(p, e, t + i, c, channels), g, bits), i, bits);
-    words[t / per_word * channels + c] = word;
+    words[(code_place.token + t - t0) / per_word * channels + c] = word;
   }
 }
 
@@ -71,8 +74,10 @@ __global__ void __launch_bounds__(kThreads) quantize_values_kernel(const WritePa
   const QuantizedKvStepEntry e = p.step.entries[step_entry_of(p.step, item, [](const QuantizedKvStepEntry& x) { return x.value_tokens_before; })];
   const int64_t t = kivi::quantized_values(e.old_length, p.l.residual) + (item - e.value_tokens_before);
   const int per_word = static_cast<int>(codes_per_word(bits));
-  uint32_t* words = p.l.value_codes + e.slot * p.l.value_codes_slot + t * (channels / per_word);
-  uint32_t* groups = p.l.value_groups + e.slot * p.l.value_groups_slot + t * (channels / group);
+  const TokenPlace code_place = token_place(p.l, p.l.value_codes_slot, e.slot, t);
+  const TokenPlace group_place = token_place(p.l, p.l.value_groups_slot, e.slot, t);
+  uint32_t* words = p.l.value_codes + code_place.share + code_place.token * (channels / per_word);
+  uint32_t* groups = p.l.value_groups + group_place.share + group_place.token * (channels / group);
   for (int64_t c0 = static_cast<int64_t>(threadIdx.x) * group; c0 < channels; c0 += static_cast<int64_t>(kThreads) * group) {
     float lo = value_at(p, e, t, c0, channels), hi = lo;
     for (int64_t c = c0 + 1; c < c0 + group; ++c) {

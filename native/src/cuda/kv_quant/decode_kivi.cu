@@ -112,13 +112,15 @@ __device__ __forceinline__ uint32_t transpose_8x8(uint32_t x) {
 // Which codes a warp's tile rows are. Keys: row r (0..15) of the warp's tile m (0, 1) is token
 // tile_token(m, r) of the warp's 32. Values: row r of the 16-channel tile i of O^T is channel
 // value_channel(i, r). Both put rows g and g + 8 of lane g in one byte of a word (at 2 bits, also the same rows
-// of the other tile: tile parity p; at 8 bits two neighbouring bytes), so that one byte permute serves them. At 4 bits the values come from
+// of the other tile: tile parity p; at 8 bits two neighbouring bytes), so that one byte permute serves them. At 2 and
+// 4 bits a lane's key tokens of both tiles (4g .. 4g + 3) lie in one word row, so one 16-byte load serves both tiles
+// (at 4 bits the tiles' bytes differ: a permute per tile). At 4 bits the values come from
 // ldmatrix.trans instead, which hands lane g half-word g of a 16-byte piece (32 channels) for two tokens: the
 // nibbles of its low byte are rows g and g + 8 of tile 2b, those of its high byte the same rows of tile 2b + 1.
 template <int kBits>
 struct CodeLayout {
   __device__ static constexpr int tile_token(int m, int r) {
-    return kBits == 2 ? 4 * (r % 8) + 2 * m + r / 8 : 16 * m + 2 * (r % 8) + r / 8;
+    return kBits <= 4 ? 4 * (r % 8) + 2 * m + r / 8 : 16 * m + 2 * (r % 8) + r / 8;
   }
   __device__ static constexpr int value_channel(int i, int g, int half) {
     return kBits == 2   ? 32 * (i / 2) + 16 * (g / 4) + 4 * (g % 4) + 2 * (i % 2) + half
@@ -128,7 +130,7 @@ struct CodeLayout {
   // The index within its word of the code of lane row g + 8 * half, tile parity p (keys, and values at 2 and 8 bits;
   // 4-bit values are read by ldmatrix, see above).
   __device__ static constexpr int code_index(int g, int p, int half) {
-    return kBits == 2 ? 4 * (g % 4) + 2 * p + half : kBits == 4 ? 2 * (g % 4) + half : 2 * (g % 2) + half;
+    return kBits == 2 ? 4 * (g % 4) + 2 * p + half : kBits == 4 ? 4 * (g % 2) + 2 * p + half : 2 * (g % 2) + half;
   }
 };
 
@@ -138,13 +140,16 @@ struct CodeLayout {
 template <int kBits>
 struct CodeLanes {
   using Layout = CodeLayout<kBits>;
-  uint32_t select[2];  // by half (equal below 8 bits)
+  uint32_t select[2][2];  // by (parity, half): one value at 2 bits, by parity at 4, by half at 8
 
   __device__ explicit CodeLanes(int g) {
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const uint32_t byte = static_cast<uint32_t>(Layout::code_index(g, 0, half) * kBits / 8);
-      select[half] = byte | byte << 4 | (byte + 4) << 8 | (byte + 4) << 12;
+    for (int p = 0; p < 2; ++p) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const uint32_t byte = static_cast<uint32_t>(Layout::code_index(g, p, half) * kBits / 8);
+        select[p][half] = byte | byte << 4 | (byte + 4) << 8 | (byte + 4) << 12;
+      }
     }
   }
   __device__ static constexpr int shift(int p, int half) { return kBits == 2 ? 2 * (2 * p + half) : kBits == 4 ? 4 * half : 0; }
@@ -152,23 +157,24 @@ struct CodeLanes {
   __device__ static float scale(int p, int half) { return __int_as_float((127 + 24 - shift(p, half)) << 23); }
   // The operand of rows (lane row g + 8 * half, parity p) from the words of two reduction neighbours.
   __device__ __forceinline__ uint32_t operand(uint32_t a, uint32_t b, int p, int half) const {
-    return byte_permute(a, b, kBits == 8 ? select[half] : select[0]) & mask(p, half);
+    return byte_permute(a, b, select[kBits == 8 ? 0 : p][kBits == 4 ? 0 : half]) & mask(p, half);
   }
 };
 
 // Where piece `piece` (16 bytes) of token `token`'s value code words sits in its stage row: XOR-swizzled by the
-// token bits that tell apart the tokens one load instruction reads for lanes t = 0..3 (tokens 4 apart at 4 and 8
-// bits, 8 apart at 2), so that those land in different banks.
+// token bits that tell apart the tokens one load instruction reads for lanes t = 0..3 (tokens 4 apart at 8 bits, 8
+// apart at 2; at 4 bits see value_row), so that those land in different banks.
 template <int kBits, int kPieces>
 __device__ __forceinline__ int swizzled_piece(int token, int piece) {
-  return piece ^ ((kBits == 2 ? token >> 3 : token >> 2) & (kPieces - 1));
+  return piece ^ ((kBits == 8 ? token >> 2 : token >> 3) & (kPieces - 1));
 }
-// The stage row of a value token. At 4 bits an ldmatrix reads the same piece of 8 tokens 2 apart (tile rows
-// 0..7 or 8..15): rows (64 bytes at d128) swapped in pairs by token bit 1 put those in both halves of a 128-byte
-// bank line, and the piece swizzle above spreads them within each half (at d64, 32-byte rows, some conflicts remain).
+// The stage row of a value token. At 4 bits an ldmatrix reads the same piece of 8 tokens 4 apart (tile rows
+// 0..7 or 8..15): rows (64 bytes at d128) swapped in pairs by token bit 2 put those in both halves of a 128-byte
+// bank line, and the piece swizzle above (token bits 3, 4) spreads them within each half (at d64, 32-byte rows, some
+// conflicts remain).
 template <int kBits>
 __device__ __forceinline__ int value_row(int token) {
-  return kBits == 4 ? token ^ ((token >> 1) & 1) : token;
+  return kBits == 4 ? token ^ ((token >> 2) & 1) : token;
 }
 
 template <int kBits, int kHeadDim, int kNTiles>
@@ -583,11 +589,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       for (int m = 0; m < 2; ++m) {
         const int tokens[4] = {Layout::tile_token(m, 2 * t), Layout::tile_token(m, 2 * t + 1), Layout::tile_token(m, 2 * t + 8),
                                Layout::tile_token(m, 2 * t + 9)};
-        // A block's group words of the four tokens, in operand order: one 16-byte load of tokens 16m + 4t .. + 3 at 4
-        // and 8 bits, two 8-byte loads at 2 bits (tokens 8t + 2m + {0, 1} and + {4, 5}).
+        // A block's group words of the four tokens, in operand order: one 16-byte load of tokens 16m + 4t .. + 3 at 8
+        // bits, two 8-byte loads at 2 and 4 bits (tokens 8t + 2m + {0, 1} and + {4, 5}).
         auto token_words = [&](const uint32_t* block) {
           uint4 x;
-          if constexpr (kBits == 2) {
+          if constexpr (kBits <= 4) {
             const uint2 a = *reinterpret_cast<const uint2*>(block + tokens[0]);
             const uint2 b = *reinterpret_cast<const uint2*>(block + tokens[1]);
             x = make_uint4(a.x, b.x, a.y, b.y);

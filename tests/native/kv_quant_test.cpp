@@ -738,6 +738,7 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
     DecodeCase c;
     float spread = 1.0f;  // of K and V: small ones give groups of small scale
     int32_t max_tokens = 4100;
+    bool permuted = false;  // a K-sort order on layer 1: its stored codes must match the CPU's too
   };
   std::vector<Config> configs;
   auto add = [&](int bits, int group, int residual, int head_dim, int heads_kv, int heads_q, int q_len, bool causal, int window,
@@ -760,6 +761,7 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
   add(2, 32, 32, 64, 2, 12, 2, true, 100, 0, {2500, 300});
   add(4, 64, 64, 64, 3, 3, 1, false, 500, 4, {1800, 1, 0, 65});
   add(4, 32, 128, 128, 8, 32, 1, false, -1, 48, {4000, 3100});  // pieces of 64 to 128 keys
+  configs.back().permuted = true;
   add(2, 32, 128, 128, 8, 32, 1, false, -1, 60, {4000, 2100});
   // Groups of small scale (values N(0, 0.02)): the kernel's float16 products q x s and P x s get small.
   add(8, 32, 128, 128, 8, 32, 1, false, -1, 0, {3000, 1000});
@@ -786,10 +788,24 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
     shape.max_tokens = config.max_tokens;
     CachePtr gpu_cache = make_cache(gpu.get(), shape);
     CachePtr cpu_cache = make_cache(cpu.get(), shape);
+    if (config.permuted) {
+      std::vector<int32_t> order(static_cast<size_t>(shape.heads * shape.head_dim));
+      for (int h = 0; h < shape.heads; ++h) {
+        for (int j = 0; j < shape.head_dim; ++j) order[static_cast<size_t>(h * shape.head_dim + j)] = (j * 5 + h) % shape.head_dim;
+      }
+      NKV_ASSERT_OK(nkv_quantized_kv_cache_set_key_permutation(gpu_cache.get(), 1, order.data()));
+      NKV_ASSERT_OK(nkv_quantized_kv_cache_set_key_permutation(cpu_cache.get(), 1, order.data()));
+    }
     Steps gpu_model(gpu.get(), gpu_cache.get(), shape);
     Steps cpu_model(cpu.get(), cpu_cache.get(), shape);  // the same generator seed: the same K/V
     fill_slots(gpu_model, config.c, config.spread);
     fill_slots(cpu_model, config.c, config.spread);
+    if (config.permuted) {
+      for (int32_t slot = 0; slot < shape.slots; ++slot) {
+        EXPECT_TRUE(slot_contents(gpu.get(), gpu_cache.get(), shape, 1, slot) == slot_contents(cpu.get(), cpu_cache.get(), shape, 1, slot))
+            << "K-sort: slot " << slot << " stores other codes or residual rows on CUDA than on the CPU";
+      }
+    }
     std::mt19937 rng(static_cast<unsigned>(config.bits + 10 * config.group));
     const size_t q_elements = config.c.lengths.size() * static_cast<size_t>(config.c.q_len * config.c.heads_q * shape.head_dim);
     std::vector<uint16_t> q(q_elements);

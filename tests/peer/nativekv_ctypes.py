@@ -601,11 +601,13 @@ class QuantizedKvCache:
     KIVI, BFP = 1, 2
     VALUES_LIKE_KEYS, VALUES_FP16 = 0, 1
 
-    def __init__(self, context: "Context", *, bits: int, group_size: int = 32, residual: int = 128, num_layers: int,
+    def __init__(self, context: "Context", *, bits: int, group_size: int = 32, residual: int | None = None, num_layers: int,
                  num_heads_kv: int, head_dim: int, max_slots: int, max_tokens: int, format: int = KIVI,
                  value_format: int = VALUES_LIKE_KEYS):
         self.context, self.lib = context, context.lib
         self.handle = _P()
+        if residual is None:
+            residual = 0 if format == self.BFP else 128
         options = NkvQuantizedKvCacheOptions(struct_size=ctypes.sizeof(NkvQuantizedKvCacheOptions), format=format, bits=bits,
                                              group_size=group_size, residual=residual, num_layers=num_layers,
                                              num_heads_kv=num_heads_kv, head_dim=head_dim, max_slots=max_slots,

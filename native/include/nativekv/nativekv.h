@@ -918,7 +918,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_c
  * products before its float32 MMAs, so groups of very small scale (below about 2^-14 / |q| or 2^-14 / P) lose
  * precision there, as the probabilities' own float16 rounding does in nkv_attention_decode; BFP values enter the
  * MMAs as float16 numbers, exact except in blocks whose step 2^(E + 2 - m) is below 2^-24 (largest magnitude under
- * 2^-17 for BFP16, 2^-21 for BFP12), which round to multiples of 2^-24.
+ * 2^-18 for BFP16, 2^-22 for BFP12: float16 inputs that small are themselves subnormal), which decode as zeros.
  */
 NKV_API nkv_status nkv_attention_decode_quantized(nkv_attention_plan* plan, const nkv_tensor* q,
                                                   const nkv_quantized_kv_cache* cache, int32_t layer,

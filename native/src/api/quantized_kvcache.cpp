@@ -122,6 +122,7 @@ void take_pages(Cache& k, const std::vector<QuantizedKvStepEntry>& step) {
                                        " (options.max_pages) are free");
   }
   if (wanted == 0) return;
+  const std::vector<int32_t> counts = k.slot_page_counts;
   for (const QuantizedKvStepEntry& e : step) {
     const int32_t needed = static_cast<int32_t>((static_cast<int64_t>(e.old_length) + e.count + k.page_size - 1) >> k.page_shift);
     for (int32_t& held = k.slot_page_counts[e.slot]; held < needed; ++held) {
@@ -129,7 +130,18 @@ void take_pages(Cache& k, const std::vector<QuantizedKvStepEntry>& step) {
       k.free_pages.pop_back();
     }
   }
-  publish_block_table(k);
+  try {
+    publish_block_table(k);
+  } catch (...) {  // the pages go back (in the order they came), so the host table matches the device's again
+    for (auto e = step.rbegin(); e != step.rend(); ++e) {
+      for (int32_t& held = k.slot_page_counts[e->slot]; held > counts[e->slot]; --held) {
+        int32_t& entry = k.block_table[static_cast<size_t>(e->slot) * k.pages_per_slot + held - 1];
+        k.free_pages.push_back(entry);
+        entry = 0;
+      }
+    }
+    throw;
+  }
 }
 
 // Paged: returns a slot's pages to the pool (its row keeps page 0, which nothing reads).
@@ -232,8 +244,9 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
   l.value_format = k.value_format;
   l.bits = k.bits;
   const size_t permutation_offset = static_cast<size_t>(layer) * k.num_heads_kv * k.head_dim;
-  if (!k.key_permutations.empty()) {
-    l.key_permutation = k.device_key_permutations != nullptr ? k.device_key_permutations + permutation_offset : k.key_permutations.data() + permutation_offset;
+  if (!k.key_permutations.empty()) {  // CUDA: the device copy, which set_key_permutation makes before the host one
+    l.key_permutation = k.context->backend == NKV_BACKEND_CUDA ? k.device_key_permutations + permutation_offset
+                                                               : k.key_permutations.data() + permutation_offset;
   }
   l.group = k.group;
   while ((1 << l.group_shift) < k.group) ++l.group_shift;
@@ -683,19 +696,22 @@ NKV_API nkv_status nkv_quantized_kv_cache_set_key_permutation(nkv_quantized_kv_c
         seen[c] = 1;
       }
     }
+    // The new orders first (the identity for layers never set), on the device too, and only then the cache's: a failed
+    // allocation or upload leaves the cache as it was.
     const size_t per_layer = static_cast<size_t>(k.num_heads_kv) * k.head_dim;
-    if (k.key_permutations.empty()) {
-      k.key_permutations.resize(per_layer * k.num_layers);
-      for (size_t i = 0; i < k.key_permutations.size(); ++i) k.key_permutations[i] = static_cast<int32_t>(i % k.head_dim);
+    std::vector<int32_t> orders = k.key_permutations;
+    if (orders.empty()) {
+      orders.resize(per_layer * k.num_layers);
+      for (size_t i = 0; i < orders.size(); ++i) orders[i] = static_cast<int32_t>(i % k.head_dim);
     }
-    if (k.context->backend == NKV_BACKEND_CUDA && k.device_key_permutations == nullptr) {
-      k.device_key_permutations = static_cast<int32_t*>(allocate_on(*k.context, k.key_permutations.size() * sizeof(int32_t)));
-      upload_to(*k.context, k.device_key_permutations, k.key_permutations.data(), k.key_permutations.size() * sizeof(int32_t));
+    std::copy(permutation, permutation + per_layer, orders.begin() + static_cast<std::ptrdiff_t>(per_layer * layer));
+    if (k.context->backend == NKV_BACKEND_CUDA) {
+      if (k.device_key_permutations == nullptr) {
+        k.device_key_permutations = static_cast<int32_t*>(allocate_on(*k.context, orders.size() * sizeof(int32_t)));
+      }
+      upload_to(*k.context, k.device_key_permutations, orders.data(), orders.size() * sizeof(int32_t));
     }
-    std::copy(permutation, permutation + per_layer, k.key_permutations.begin() + static_cast<std::ptrdiff_t>(per_layer * layer));
-    if (k.device_key_permutations != nullptr) {
-      upload_to(*k.context, k.device_key_permutations + per_layer * layer, permutation, per_layer * sizeof(int32_t));
-    }
+    k.key_permutations = std::move(orders);
   });
 }
 

@@ -77,7 +77,6 @@ __device__ __forceinline__ void copy_async_16(uint32_t shared, const void* globa
 __device__ __forceinline__ void copy_async_16(void* shared, const void* global, bool valid) {
   copy_async_16(shared_address(shared), global, valid);
 }
-// The same with an L2 eviction policy (createpolicy), for data a kernel reads exactly once.
 // Smaller copies (both addresses aligned to the size), for arrays whose rows are not whole 16-byte pieces.
 __device__ __forceinline__ void copy_async_4(uint32_t shared, const void* global, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(global), "r"(valid ? 4 : 0));
@@ -85,6 +84,7 @@ __device__ __forceinline__ void copy_async_4(uint32_t shared, const void* global
 __device__ __forceinline__ void copy_async_8(uint32_t shared, const void* global, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 8, %2;\n" ::"r"(shared), "l"(global), "r"(valid ? 8 : 0));
 }
+// copy_async_16 with an L2 eviction policy (createpolicy), for data a kernel reads exactly once.
 __device__ __forceinline__ void copy_async_16(uint32_t shared, const void* global, bool valid, uint64_t policy) {
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;\n" ::"r"(shared), "l"(global),
                "r"(valid ? 16 : 0), "l"(policy));

@@ -11,8 +11,8 @@
 // A mantissa becomes fp16 without a conversion instruction: a byte permute brings its field into the low bits of
 // a half, a mask and an exclusive or make the half 1024 + 2^(m-1) + mantissa (the exponent bits of 1024 and the
 // field's sign bit flipped), a subtraction leaves the mantissa, and a multiplication by the block's 2^(E + 2 - m)
-// gives the value, all exact. Blocks whose step 2^(E + 2 - m) is below fp16's smallest subnormal (largest
-// magnitude under 2^-17 for BFP16, 2^-21 for BFP12) round there (errors below 2^-24; see nativekv.h).
+// gives the value, all exact. Blocks whose step 2^(E + 2 - m) is below fp16's smallest subnormal 2^-24 (largest
+// magnitude under 2^-18 for BFP16, 2^-22 for BFP12) decode as zeros (see nativekv.h).
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
@@ -66,6 +66,19 @@ __device__ __forceinline__ uint32_t byte_permute(uint32_t a, uint32_t b, uint32_
   return d;
 }
 
+// Two floats as an fp16 pair, the first in the low half (one conversion instruction).
+__device__ __forceinline__ uint32_t pack_halves(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// (a & mask) ^ flip in one instruction (the compiler splits it when both are immediates).
+__device__ __forceinline__ uint32_t mask_then_flip(uint32_t a, uint32_t mask, uint32_t flip) {
+  uint32_t d;
+  asm("lop3.b32 %0, %1, %2, %3, 0x6a;" : "=r"(d) : "r"(a), "r"(mask), "r"(flip));
+  return d;
+}
+
 // (x + offset) * scale on fp16 pairs, rounded to nearest (exact here: small integers, then a power of two).
 __device__ __forceinline__ uint32_t offset_then_scale(uint32_t x, uint32_t offset, uint32_t scale) {
   uint32_t sum, product;
@@ -74,11 +87,13 @@ __device__ __forceinline__ uint32_t offset_then_scale(uint32_t x, uint32_t offse
   return product;
 }
 
-// 2^e as an fp16 pair (both halves), 0 below fp16's smallest subnormal 2^-24; e <= 15 (a written block has
-// E <= 15, so e = E + 2 - m <= 13; a zero block's E = -128 gives 0, and its mantissas are 0).
+// 2^e as an fp16 pair (both halves), rounded to nearest: exact from 2^-24 up, 0 below 2^-25 (blocks that small decode
+// as zeros); e <= 15 (a written block has E <= 15, so e = E + 2 - m <= 13; a zero block's E = -128 gives a tiny power
+// of two, finite, and its mantissas are 0). Built as a float32 power of two (normal: e clamped to -126), then
+// converted as a pair.
 __device__ __forceinline__ uint32_t half_power_of_two_pair(int e) {
-  const uint32_t bits = e >= -14 ? static_cast<uint32_t>(e + 15) << 10 : e >= -24 ? 1u << (e + 24) : 0u;
-  return bits * 0x00010001u;
+  const float f = __int_as_float(max(e + 127, 1) << 23);
+  return pack_halves(f, f);
 }
 
 // Eight channels of one token (mantissas `words`, kBits / 4 words) as fp16 values, scaled by `scale` (a pair).
@@ -91,7 +106,7 @@ __device__ __forceinline__ uint4 dequantize_eight(const uint32_t* words, uint32_
     const uint32_t w = words[0], high = w >> 4;
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      const uint32_t x = (byte_permute(w, high, static_cast<uint32_t>(j | (4 + j) << 8)) & 0x000f000fu) ^ 0x64086408u;  // 1032 + m
+      const uint32_t x = mask_then_flip(byte_permute(w, high, static_cast<uint32_t>(j | (4 + j) << 8)), 0x000f000fu, 0x64086408u);  // 1032 + m
       h[j] = offset_then_scale(x, 0xe408e408u, scale);  // -1032
     }
   } else {
@@ -157,32 +172,47 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
   const unsigned char* key_exponents = reinterpret_cast<const unsigned char*>(kv.key_groups);
   const unsigned char* value_exponents = reinterpret_cast<const unsigned char*>(kv.value_groups);
   const __half* value_rows = reinterpret_cast<const __half*>(kv.value_residual);
-  // The byte of the exponents' 8-byte window where the token's head starts: a share starts 16-byte aligned, so this is
-  // the same whether the token is counted from the slot's start or from its page's.
+  // The byte of the exponents' 8-byte window where the token's head starts: a share starts 16-byte aligned and a page
+  // at a multiple of 16 tokens, so this is the same whether the token is counted from the slot's start, from its
+  // page's or from its stage's (a multiple of 64).
   auto exponent_byte = [&](int token) { return (static_cast<uint32_t>(token) * token_exponent_bytes + head_exponent_byte) & 7u; };
 
   // One stage: key words [64][kWords], key exponents [64][8 bytes], then the values alike or as a SwizzledTile of
-  // fp16 rows. Tokens at or past key_end are zero-filled (never stale bytes: 0 x NaN would poison the MMA).
+  // fp16 rows. Tokens at or past key_end are zero-filled (never stale bytes: 0 x NaN would poison the MMA). A thread's
+  // pieces of an array are rows a fixed distance apart at a fixed column, so a piece costs the row's address: one
+  // multiply-add from the slot's share, or the page lookup when paged.
   constexpr int kRowPieces = kWords / 4;  // 16-byte pieces of a token's words
-  constexpr int kCodePieces = kTileKeys * kRowPieces;
-  constexpr int kValuePieces = kTileKeys * kEights;
+  constexpr int kCodePasses = kTileKeys * kRowPieces / kDecodeThreads;
+  constexpr int kValuePasses = kTileKeys * kEights / kDecodeThreads;
+  static_assert(kCodePasses * kDecodeThreads == kTileKeys * kRowPieces && kValuePasses * kDecodeThreads == kTileKeys * kEights,
+                "a stage is whole passes of the block");
+  const bool paged = kv.block_table != nullptr;
+  // Row `token` of an array whose rows are `stride` elements apart, from the slot's share (32-bit offsets: a slot's
+  // code words stay below 2^32, api/quantized_kvcache.cpp) or from the page that holds it.
+  auto row_of = [&](const auto* array, int64_t per_share, uint32_t stride, int token) {
+    if (!paged) return array + sequence * per_share + static_cast<uint32_t>(token) * stride;
+    const TokenPlace place = token_place(kv, per_share, sequence, token);
+    return array + place.share + static_cast<uint32_t>(place.token) * stride;
+  };
+  const int code_row = threadIdx.x / kRowPieces, code_piece = threadIdx.x % kRowPieces;
   auto load_codes = [&](uint32_t words_at, uint32_t exponents_at, const uint32_t* codes, int64_t codes_share, const unsigned char* exponents,
                         int64_t exponents_share, int n0) {
 #pragma unroll
-    for (int i = threadIdx.x; i < kCodePieces; i += kDecodeThreads) {
-      const int row = i / kRowPieces, piece_of_row = i % kRowPieces;
+    for (int pass = 0; pass < kCodePasses; ++pass) {
+      const int row = code_row + pass * (kDecodeThreads / kRowPieces);
       const bool valid = n0 + row < key_end;
-      const TokenPlace place = token_place(kv, codes_share, sequence, valid ? n0 + row : 0);
-      copy_async_16(words_at + 16u * i, codes + place.share + place.token * token_words + kv_head * kWords + 4 * piece_of_row, valid);
+      const uint32_t* source = row_of(codes, codes_share, token_words, valid ? n0 + row : 0) + kv_head * kWords + 4 * code_piece;
+      copy_async_16(words_at + 16u * (threadIdx.x + pass * kDecodeThreads), source, valid);
     }
     if (threadIdx.x < kTileKeys) {
       const int row = threadIdx.x;
       const bool valid = n0 + row < key_end;
-      const TokenPlace place = token_place(kv, exponents_share, sequence, valid ? n0 + row : 0);
-      const uint32_t first = static_cast<uint32_t>(place.token) * token_exponent_bytes + head_exponent_byte;
-      copy_async_8(exponents_at + kExponentBytes * row, exponents + place.share + (first & ~7u), valid);
+      // The 8 aligned bytes that hold the head's exponents: shares start 16-byte aligned, pages at multiples of 16 tokens.
+      const unsigned char* head = row_of(exponents, exponents_share, token_exponent_bytes, valid ? n0 + row : 0) + head_exponent_byte;
+      copy_async_8(exponents_at + kExponentBytes * row, reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(head) & ~uintptr_t{7}), valid);
     }
   };
+  const int value_row = threadIdx.x / kEights, value_eight = threadIdx.x % kEights;
   auto load_tile = [&](int tile) {
     const int n0 = key_begin + tile * kTileKeys;
     const uint32_t stage = shared_address(stages) + static_cast<uint32_t>((tile % kStages) * Tiles::kStageBytes);
@@ -192,12 +222,11 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
       load_codes(values, values + Tiles::kCodeBytes, kv.value_codes, kv.value_codes_slot, value_exponents, kv.value_groups_slot, n0);
     } else {
 #pragma unroll
-      for (int i = threadIdx.x; i < kValuePieces; i += kDecodeThreads) {
-        const int row = i / kEights, eight = i % kEights;
+      for (int pass = 0; pass < kValuePasses; ++pass) {
+        const int row = value_row + pass * (kDecodeThreads / kEights);
         const bool valid = n0 + row < key_end;
-        const TokenPlace place = token_place(kv, kv.value_residual_slot, sequence, valid ? n0 + row : 0);
-        copy_async_16(values + 2u * SwizzledTile<kHeadDim>::offset(row, 8 * eight),
-                      value_rows + place.share + place.token * channels + kv_head * kHeadDim + 8 * eight, valid);
+        copy_async_16(values + 2u * SwizzledTile<kHeadDim>::offset(row, 8 * value_eight),
+                      row_of(value_rows, kv.value_residual_slot, static_cast<uint32_t>(channels), valid ? n0 + row : 0) + kv_head * kHeadDim + 8 * value_eight, valid);
       }
     }
   };
@@ -260,15 +289,25 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
 
   // The warp's 16 tokens of a stage's codes as fp16 rows (rows warp_key0 .. + 15 of `plain`): lane items are
   // (token, 8-channel piece), consecutive lanes on consecutive pieces.
-  auto dequantize_rows = [&](const unsigned char* codes, __half* plain, int n0) {
+  // Lane items: 8-channel piece `eight` (fixed per lane, so its block is too) of rows lane / kEights + j x 32 / kEights;
+  // a row's exponent byte sits at the same place of its window for every stage (stages start at multiples of 64 tokens).
+  constexpr int kItems = 16 * kEights / 32;
+  const int item_eight = lane % kEights;
+  int exponent_at[kItems];  // the item's exponent byte within a stage's exponent rows
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int row = warp_key0 + lane / kEights + j * (32 / kEights);
+    exponent_at[j] = kExponentBytes * row + static_cast<int>(exponent_byte(row)) + ((8 * item_eight) >> block_shift);
+  }
+  auto dequantize_rows = [&](const unsigned char* codes, __half* plain) {
     const uint32_t* words = reinterpret_cast<const uint32_t*>(codes);
     const unsigned char* exponents = codes + Tiles::kCodeBytes;
 #pragma unroll
-    for (int i = lane; i < 16 * kEights; i += 32) {
-      const int row = warp_key0 + i / kEights, eight = i % kEights;
-      const int exponent = static_cast<signed char>(exponents[kExponentBytes * row + exponent_byte(n0 + row) + ((8 * eight) >> block_shift)]);
-      const uint4 x = dequantize_eight<kBits>(words + row * kWords + eight * (kBits / 4), half_power_of_two_pair(exponent + 2 - kBits));
-      *reinterpret_cast<uint4*>(plain + SwizzledTile<kHeadDim>::offset(row, 8 * eight)) = x;
+    for (int j = 0; j < kItems; ++j) {
+      const int row = warp_key0 + lane / kEights + j * (32 / kEights);
+      const int exponent = static_cast<signed char>(exponents[exponent_at[j]]);
+      const uint4 x = dequantize_eight<kBits>(words + row * kWords + item_eight * (kBits / 4), half_power_of_two_pair(exponent + 2 - kBits));
+      *reinterpret_cast<uint4*>(plain + SwizzledTile<kHeadDim>::offset(row, 8 * item_eight)) = x;
     }
   };
 
@@ -281,8 +320,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
     const int n0 = key_begin + tile * kTileKeys;
     const unsigned char* stage = stages + (tile % kStages) * Tiles::kStageBytes;
     const uint32_t value_stage_bytes = kCodedValues ? 0u : static_cast<uint32_t>((tile % kStages) * Tiles::kStageBytes);
-    dequantize_rows(stage, plain_keys, n0);
-    if constexpr (kCodedValues) dequantize_rows(stage + Tiles::kCodeBytes + Tiles::kExponentTileBytes, plain_values, n0);
+    dequantize_rows(stage, plain_keys);
+    if constexpr (kCodedValues) dequantize_rows(stage + Tiles::kCodeBytes + Tiles::kExponentTileBytes, plain_values);
     __syncwarp();
 
     float s[kMTiles][2][4];

@@ -322,15 +322,25 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   // The block's query rows in shared memory (zeros past `rows`; the loop's first barrier publishes them, and without
   // chunks nothing reads them): the
   // key MMA's B operand is read per k-step, which leaves the compiler 16 registers for the loop's loads.
+  // Under K-sort (key_permutation set) the stored key channel j is written channel permutation[j]: q is read in that
+  // order, so q.k keeps its products.
   __half* q_rows = reinterpret_cast<__half*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4);
+  const int32_t* permutation = kv.key_permutation != nullptr ? kv.key_permutation + kv_head * kHeadDim : nullptr;
   for (int item = threadIdx.x; item < kRows * kHeadDim / 8; item += kDecodeThreads) {
     const int r = item / (kHeadDim / 8), c = item % (kHeadDim / 8) * 8;
     const int row = row0 + r;
     const int token = row / group;
     uint4 x = make_uint4(0u, 0u, 0u, 0u);
     if (row < rows) {
-      x = *reinterpret_cast<const uint4*>(static_cast<const __half*>(args.q) + sequence * args.q_batch_stride + token * args.q_strides.row +
-                                          (kv_head * group + row - token * group) * args.q_strides.head + c);
+      const __half* q = static_cast<const __half*>(args.q) + sequence * args.q_batch_stride + token * args.q_strides.row +
+                        (kv_head * group + row - token * group) * args.q_strides.head;
+      if (permutation == nullptr) {
+        x = *reinterpret_cast<const uint4*>(q + c);
+      } else {
+        alignas(16) __half gathered[8];
+        for (int j = 0; j < 8; ++j) gathered[j] = q[permutation[c + j]];
+        x = *reinterpret_cast<const uint4*>(gathered);
+      }
     }
     *reinterpret_cast<uint4*>(q_rows + r * Tiles::kQPitch + c) = x;
   }

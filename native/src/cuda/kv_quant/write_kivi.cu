@@ -29,7 +29,9 @@ __device__ float key_at(const WriteParams& p, const QuantizedKvStepEntry& e, int
     const int64_t first = kivi::quantized_keys(e.old_length, p.l.residual);
     return half_to_float(p.l.key_residual[e.slot * p.l.residual_slot + (t - first) * channels + c]);
   }
-  return step_input(p.in.k, p.in.k_row_stride, p.in.k_head_stride, p.l.head_dim, e.input_row + t - e.old_length, c);
+  // Stored channel c is written channel key_permutation[c] of its head (K-sort; the residual holds stored order).
+  const int64_t written = p.l.key_permutation != nullptr ? c / p.l.head_dim * p.l.head_dim + p.l.key_permutation[c] : c;
+  return step_input(p.in.k, p.in.k_row_stride, p.in.k_head_stride, p.l.head_dim, e.input_row + t - e.old_length, written);
 }
 
 __device__ float value_at(const WriteParams& p, const QuantizedKvStepEntry& e, int64_t t, int64_t c, int64_t channels) {
@@ -112,8 +114,13 @@ __global__ void __launch_bounds__(kThreads) store_residuals_kernel(const WritePa
     const int64_t c = static_cast<int64_t>(i) * 8;
     const int head = i / chunks_per_head, d = i % chunks_per_head * 8;
     if (key_waits) {
-      const uint4 x = *reinterpret_cast<const uint4*>(p.in.k + row * p.in.k_row_stride + head * p.in.k_head_stride + d);
-      *reinterpret_cast<uint4*>(p.l.key_residual + e.slot * p.l.residual_slot + (t - flushed) * channels + c) = x;
+      const uint16_t* k = p.in.k + row * p.in.k_row_stride + head * p.in.k_head_stride;
+      uint16_t* stored = p.l.key_residual + e.slot * p.l.residual_slot + (t - flushed) * channels + c;
+      if (p.l.key_permutation == nullptr) {
+        *reinterpret_cast<uint4*>(stored) = *reinterpret_cast<const uint4*>(k + d);
+      } else {  // K-sort: stored channel d + j of the head is written channel key_permutation[c + j]
+        for (int j = 0; j < 8; ++j) stored[j] = k[p.l.key_permutation[c + j]];
+      }
     }
     if (value_waits) {
       const uint4 x = *reinterpret_cast<const uint4*>(p.in.v + row * p.in.v_row_stride + head * p.in.v_head_stride + d);

@@ -450,6 +450,23 @@ public sealed unsafe class QuantizedKvCacheTests
         Assert.True(error < 0.1, $"BFP16 decode off by {error} relative from float16 decode, seed {seed}");
     }
 
+    /// <summary>Whether decode of layer 1 over slot 0 (<see cref="Tokens"/> tokens) gives the same bits from both caches.</summary>
+    private static bool DecodesAlike(Context context, Random random, QuantizedKvCache a, QuantizedKvCache b)
+    {
+        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, HeadsQ * HeadDim));
+        using AttentionPlan plan = Attention.PlanDecode(context, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens]);
+        var fromA = new Half[q.Length];
+        var fromB = new Half[q.Length];
+        fixed (Half* pq = q)
+        fixed (Half* pa = fromA)
+        fixed (Half* pb = fromB)
+        {
+            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), a, 1, Host(pa, 1, 1, HeadsQ, HeadDim));
+            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), b, 1, Host(pb, 1, 1, HeadsQ, HeadDim));
+        }
+        return fromA.SequenceEqual(fromB);
+    }
+
     /// <summary>A virtual-memory cache maps pages as its slot grows and returns them when it is freed; its decode equals the
     /// allocated cache's.</summary>
     [Fact]
@@ -466,18 +483,7 @@ public sealed unsafe class QuantizedKvCacheTests
         paged.Write(0, k[0], v[0]);
         paged.Write(1, k[1], v[1]);
         Assert.InRange(paged.Info.MappedBytes, 1UL, paged.Info.Bytes);
-        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, HeadsQ * HeadDim));
-        using AttentionPlan plan = Attention.PlanDecode(context, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens]);
-        var fromAllocated = new Half[q.Length];
-        var fromPages = new Half[q.Length];
-        fixed (Half* pq = q)
-        fixed (Half* pa = fromAllocated)
-        fixed (Half* pp = fromPages)
-        {
-            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), allocated, 1, Host(pa, 1, 1, HeadsQ, HeadDim));
-            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), paged, 1, Host(pp, 1, 1, HeadsQ, HeadDim));
-        }
-        Assert.True(fromAllocated.SequenceEqual(fromPages), $"seed {seed}");
+        Assert.True(DecodesAlike(context, random, allocated, paged), $"seed {seed}");
         paged.Free(0);
         Assert.Equal(0UL, paged.Info.MappedBytes);
     }
@@ -500,18 +506,7 @@ public sealed unsafe class QuantizedKvCacheTests
         Assert.Equal(1, paged.Info.FreePages);  // 200 tokens: 4 pages of 64
         TensorView table = paged.View(QuantizedKvView.BlockTable);
         Assert.Equal([2, 5], table.Shape.ToArray());
-        Half[] q = TestSupport.ToHalves(TestSupport.RandomFloats(random, HeadsQ * HeadDim));
-        using AttentionPlan plan = Attention.PlanDecode(context, HeadsQ, HeadsKv, HeadDim, qLen: 1, [Tokens]);
-        var fromAllocated = new Half[q.Length];
-        var fromPages = new Half[q.Length];
-        fixed (Half* pq = q)
-        fixed (Half* pa = fromAllocated)
-        fixed (Half* pp = fromPages)
-        {
-            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), allocated, 1, Host(pa, 1, 1, HeadsQ, HeadDim));
-            Attention.Decode(plan, Host(pq, 1, 1, HeadsQ, HeadDim), paged, 1, Host(pp, 1, 1, HeadsQ, HeadDim));
-        }
-        Assert.True(fromAllocated.SequenceEqual(fromPages), $"seed {seed}");
+        Assert.True(DecodesAlike(context, random, allocated, paged), $"seed {seed}");
         Assert.Equal(1, paged.AddSlot());
         Assert.Throws<NativeKvOutOfMemoryException>(() => paged.Append([0, 1], [60, 1]));  // 2 more pages, 1 free
         Assert.Equal(Tokens, paged.Info.Tokens);

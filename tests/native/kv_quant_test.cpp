@@ -640,6 +640,20 @@ double relative_error(const std::vector<uint16_t>& x, const std::vector<uint16_t
   return std::sqrt(diff / std::max(norm, 1e-30));
 }
 
+// A CUDA decode against the CPU reference's: every output written, O within 1e-3 (relative, over the whole output),
+// LSE within 2e-3 (relative above 1), rows that see no key -inf on both.
+void expect_matches_reference(const DecodeResult& on_gpu, const DecodeResult& reference, const std::string& where) {
+  for (uint16_t x : on_gpu.o) ASSERT_FALSE(std::isnan(half_to_float(x))) << where << ": an output element was not written";
+  EXPECT_LE(relative_error(on_gpu.o, reference.o), 1e-3) << where;
+  for (size_t i = 0; i < reference.lse.size(); ++i) {
+    if (std::isinf(reference.lse[i])) {
+      EXPECT_EQ(on_gpu.lse[i], reference.lse[i]) << where << " lse " << i;
+    } else {
+      EXPECT_NEAR(on_gpu.lse[i], reference.lse[i], 2e-3 * std::max(1.0f, std::fabs(reference.lse[i]))) << where << " lse " << i;
+    }
+  }
+}
+
 // K and V that KIVI stores exactly (each group is mn + code x 1/8 and holds codes 0 and 2^b - 1): decode over
 // the quantized cache then equals nkv_attention_decode over the same K/V, bit for bit (both references
 // compute in float64 from the same values).
@@ -816,15 +830,7 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
                               std::to_string(config.residual) + " d " + std::to_string(config.head_dim) + " heads " +
                               std::to_string(config.c.heads_q) + "/" + std::to_string(config.heads_kv) + " q_len " +
                               std::to_string(config.c.q_len);
-    for (uint16_t x : on_gpu.o) ASSERT_FALSE(std::isnan(half_to_float(x))) << where << ": an output element was not written";
-    EXPECT_LE(relative_error(on_gpu.o, reference.o), 1e-3) << where;
-    for (size_t i = 0; i < reference.lse.size(); ++i) {
-      if (std::isinf(reference.lse[i])) {
-        EXPECT_EQ(on_gpu.lse[i], reference.lse[i]) << where << " lse " << i;
-      } else {
-        EXPECT_NEAR(on_gpu.lse[i], reference.lse[i], 2e-3 * std::max(1.0f, std::fabs(reference.lse[i]))) << where << " lse " << i;
-      }
-    }
+    expect_matches_reference(on_gpu, reference, where);
   }
 }
 
@@ -1110,15 +1116,7 @@ TEST(QuantizedKvCacheCuda, BfpMatchesTheCpuReference) {
     for (auto& x : q) x = float_to_half(std::normal_distribution<float>(0.0f, 0.5f)(rng));
     const DecodeResult on_gpu = run_quantized_decode(gpu.get(), gpu_cache.get(), shape, config.c, q);
     const DecodeResult reference = run_quantized_decode(cpu.get(), cpu_cache.get(), shape, config.c, q);
-    for (uint16_t x : on_gpu.o) ASSERT_FALSE(std::isnan(half_to_float(x))) << where << ": an output element was not written";
-    EXPECT_LE(relative_error(on_gpu.o, reference.o), 1e-3) << where;
-    for (size_t i = 0; i < reference.lse.size(); ++i) {
-      if (std::isinf(reference.lse[i])) {
-        EXPECT_EQ(on_gpu.lse[i], reference.lse[i]) << where << " lse " << i;
-      } else {
-        EXPECT_NEAR(on_gpu.lse[i], reference.lse[i], 2e-3 * std::max(1.0f, std::fabs(reference.lse[i]))) << where << " lse " << i;
-      }
-    }
+    expect_matches_reference(on_gpu, reference, where);
   }
 }
 

@@ -205,40 +205,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
     const int n0 = key_begin + tile * kDecodeBlockN;
     const int warp_key0 = warp * 16;
 
-    float s[kMTiles][2][4];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
-    }
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      uint32_t kb[4];
-      ldmatrix_x4(kb, k_reader.at(0, kk) + stage_bytes);
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        mma_16816(s[mt][0], q_frag[mt][kk], kb[0], kb[1], T());
-        mma_16816(s[mt][1], q_frag[mt][kk], kb[2], kb[3], T());
-      }
-    }
-
-    // As in the varlen kernel: whole loops behind block-uniform branches, the scale folded into exp2.
-    if (p.mask.score.softcap > 0.0f) cap_scores(s, p.mask.score);
-    if (n0 + kDecodeBlockN > split.key_end || causal_edge_possible) mask_warp_keys(s, visible, n0 + warp_key0);
-
-    online_softmax_step(s, row_max, row_sum, o, exp_scale);
-    uint32_t a[kMTiles][4];
-    pack_probabilities<T>(s, 0, a);
-#pragma unroll
-    for (int dp = 0; dp < kHeadDim / 16; ++dp) {
-      uint32_t vb[4];
-      ldmatrix_x4_trans(vb, v_reader.at(0, dp) + stage_bytes);
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        mma_16816(o[mt][2 * dp], a[mt], vb[0], vb[1], T());
-        mma_16816(o[mt][2 * dp + 1], a[mt], vb[2], vb[3], T());
-      }
-    }
+    decode_warp_keys<T, kHeadDim>(q_frag, k_reader, stage_bytes, v_reader, stage_bytes, p.mask.score, exp_scale,
+                                  n0 + kDecodeBlockN > split.key_end || causal_edge_possible, visible, n0 + warp_key0, o, row_max, row_sum);
   }
   copy_async_wait<0>();
   __syncthreads();  // the pipeline's shared memory becomes the merge area

@@ -482,4 +482,48 @@ __device__ __forceinline__ void pack_probabilities(const float (&s)[kMTiles][kNT
   }
 }
 
+// One warp's 16 keys of a decode tile whose K and V rows are in shared memory (SwizzledTile rows read through
+// k_reader / v_reader, plus the stage's byte offsets): scores against the query fragments (16-row tiles), the
+// soft-cap and the mask (only when `edge`: some row of the block may not see all the tile's keys), one online-softmax
+// step, and P.V into o. Shared by the fp16 decode and the BFP decode (which dequantizes into such rows first).
+template <typename T, int kHeadDim, int kPitch, int kMTiles>
+__device__ __forceinline__ void decode_warp_keys(const uint32_t (&q_frag)[kMTiles][kHeadDim / 16][4], const FragmentReader<kPitch>& k_reader,
+                                                 uint32_t k_offset, const FragmentReader<kPitch>& v_reader, uint32_t v_offset,
+                                                 const ScoreTransform& score, float exp_scale, bool edge, const KeyRange (&visible)[kMTiles][2],
+                                                 int key0, float (&o)[kMTiles][kHeadDim / 8][4], float (&row_max)[kMTiles][2],
+                                                 float (&row_sum)[kMTiles][2]) {
+  float s[kMTiles][2][4];
+#pragma unroll
+  for (int mt = 0; mt < kMTiles; ++mt) {
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
+  }
+#pragma unroll
+  for (int kk = 0; kk < kHeadDim / 16; ++kk) {
+    uint32_t kb[4];
+    ldmatrix_x4(kb, k_reader.at(0, kk) + k_offset);
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      mma_16816(s[mt][0], q_frag[mt][kk], kb[0], kb[1], T());
+      mma_16816(s[mt][1], q_frag[mt][kk], kb[2], kb[3], T());
+    }
+  }
+  // As in the varlen kernel: whole loops behind block-uniform branches, the scale folded into exp2.
+  if (score.softcap > 0.0f) cap_scores(s, score);
+  if (edge) mask_warp_keys(s, visible, key0);
+  online_softmax_step(s, row_max, row_sum, o, exp_scale);
+  uint32_t a[kMTiles][4];
+  pack_probabilities<T>(s, 0, a);
+#pragma unroll
+  for (int dp = 0; dp < kHeadDim / 16; ++dp) {
+    uint32_t vb[4];
+    ldmatrix_x4_trans(vb, v_reader.at(0, dp) + v_offset);
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      mma_16816(o[mt][2 * dp], a[mt], vb[0], vb[1], T());
+      mma_16816(o[mt][2 * dp + 1], a[mt], vb[2], vb[3], T());
+    }
+  }
+}
+
 }  // namespace nkv::cuda::attention

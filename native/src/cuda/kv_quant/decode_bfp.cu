@@ -26,6 +26,7 @@
 #include "cuda/attention/decode_merge.cuh"
 #include "cuda/attention/mma_sm80.cuh"
 #include "cuda/common/cuda_check.h"
+#include "cuda/kv_quant/code_bits.cuh"
 
 namespace nkv::cuda {
 namespace kv_quant {
@@ -60,18 +61,6 @@ struct BfpTiles {
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
 
-__device__ __forceinline__ uint32_t byte_permute(uint32_t a, uint32_t b, uint32_t selector) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(selector));
-  return d;
-}
-
-// Two floats as an fp16 pair, the first in the low half (one conversion instruction).
-__device__ __forceinline__ uint32_t pack_halves(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
-}
-
 // (a & mask) ^ flip in one instruction (the compiler splits it when both are immediates).
 __device__ __forceinline__ uint32_t mask_then_flip(uint32_t a, uint32_t mask, uint32_t flip) {
   uint32_t d;
@@ -93,7 +82,7 @@ __device__ __forceinline__ uint32_t offset_then_scale(uint32_t x, uint32_t offse
 // converted as a pair.
 __device__ __forceinline__ uint32_t half_power_of_two_pair(int e) {
   const float f = __int_as_float(max(e + 127, 1) << 23);
-  return pack_halves(f, f);
+  return MmaType<__half>::pack(f, f);
 }
 
 // Eight channels of one token (mantissas `words`, kBits / 4 words) as fp16 values, scaled by `scale` (a pair).
@@ -324,37 +313,8 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
     if constexpr (kCodedValues) dequantize_rows(stage + Tiles::kCodeBytes + Tiles::kExponentTileBytes, plain_values);
     __syncwarp();
 
-    float s[kMTiles][2][4];
-#pragma unroll
-    for (int mt = 0; mt < kMTiles; ++mt) {
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt) s[mt][nt][0] = s[mt][nt][1] = s[mt][nt][2] = s[mt][nt][3] = 0.0f;
-    }
-#pragma unroll
-    for (int kk = 0; kk < kKSteps; ++kk) {
-      uint32_t kb[4];
-      ldmatrix_x4(kb, k_reader.at(0, kk));
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        mma_16816(s[mt][0], q_frag[mt][kk], kb[0], kb[1], __half());
-        mma_16816(s[mt][1], q_frag[mt][kk], kb[2], kb[3], __half());
-      }
-    }
-    if (p.base.mask.score.softcap > 0.0f) cap_scores(s, p.base.mask.score);
-    if (n0 + kTileKeys > split.key_end || causal_edge_possible) mask_warp_keys(s, visible, n0 + warp_key0);
-    online_softmax_step(s, row_max, row_sum, o, exp_scale);
-    uint32_t a[kMTiles][4];
-    pack_probabilities<__half>(s, 0, a);
-#pragma unroll
-    for (int dp = 0; dp < kHeadDim / 16; ++dp) {
-      uint32_t vb[4];
-      ldmatrix_x4_trans(vb, v_reader.at(0, dp) + value_stage_bytes);
-#pragma unroll
-      for (int mt = 0; mt < kMTiles; ++mt) {
-        mma_16816(o[mt][2 * dp], a[mt], vb[0], vb[1], __half());
-        mma_16816(o[mt][2 * dp + 1], a[mt], vb[2], vb[3], __half());
-      }
-    }
+    decode_warp_keys<__half, kHeadDim>(q_frag, k_reader, 0u, v_reader, value_stage_bytes, p.base.mask.score, exp_scale,
+                                       n0 + kTileKeys > split.key_end || causal_edge_possible, visible, n0 + warp_key0, o, row_max, row_sum);
   }
   copy_async_wait<0>();
   __syncthreads();  // the pipeline's shared memory becomes the merge area

@@ -30,6 +30,7 @@
 #include "cuda/attention/decode_merge.cuh"
 #include "cuda/attention/mma_sm80.cuh"
 #include "cuda/common/cuda_check.h"
+#include "cuda/kv_quant/code_bits.cuh"
 #include "cuda/kv_quant/decode_bfp.h"
 
 namespace nkv::cuda {
@@ -84,22 +85,10 @@ struct KiviTiles {
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
 
-__device__ __forceinline__ uint32_t byte_permute(uint32_t a, uint32_t b, uint32_t selector) {
-  uint32_t d;
-  asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(selector));
-  return d;
-}
-
 __device__ __forceinline__ uint32_t multiply_halves(uint32_t a, uint32_t b) {
   uint32_t d;
   asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
   return d;
-}
-
-// Two floats as an fp16 pair, the first in the low half.
-__device__ __forceinline__ uint32_t pack_halves(float lo, float hi) {
-  const __half2 h = __floats2half2_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&h);
 }
 
 // The 8x8 fp16 matrix the warp holds (lane: row lane / 4, columns 2 (lane % 4) ..) transposed.
@@ -424,7 +413,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     }
     const uint32_t word = words[local * value_word_stride + c / kCpw];
     const kivi::Group vg = kivi::unpack_group(groups[local_group * value_group_stride + (c >> group_shift)]);
-    return pack_halves(kivi::value_of(unpack_code(word, c % kCpw, kBits), vg), kivi::value_of(unpack_code(word, c % kCpw + 1, kBits), vg));
+    return MmaType<__half>::pack(kivi::value_of(unpack_code(word, c % kCpw, kBits), vg), kivi::value_of(unpack_code(word, c % kCpw + 1, kBits), vg));
   };
 
   for (int chunk = 0; chunk < chunks; ++chunk) {
@@ -583,8 +572,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       }
 #pragma unroll
       for (int m = 0; m < 2; ++m) {
-        probabilities[m][nt][0] = transpose_8x8(pack_halves(s[m][nt][0], s[m][nt][1]));
-        probabilities[m][nt][1] = transpose_8x8(pack_halves(s[m][nt][2], s[m][nt][3]));
+        probabilities[m][nt][0] = transpose_8x8(MmaType<__half>::pack(s[m][nt][0], s[m][nt][1]));
+        probabilities[m][nt][1] = transpose_8x8(MmaType<__half>::pack(s[m][nt][2], s[m][nt][3]));
       }
     }
 

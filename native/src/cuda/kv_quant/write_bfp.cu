@@ -14,12 +14,6 @@ namespace {
 
 constexpr int kThreads = 128;
 
-struct WriteParams {
-  QuantizedKvLayer l;
-  QuantizedKvStep step;
-  QuantizedKvInput in;
-};
-
 // blockIdx.x: a new token of the step; threads over its code words, keys first, then values. A word's thread finds
 // its block's exponent from the block's n inputs (each word of the block does the same arithmetic, so the
 // exponent is the CPU's), and the thread of the block's first word stores it. fp16 values are copied as rows.

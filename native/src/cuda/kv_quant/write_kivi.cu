@@ -16,12 +16,6 @@ namespace {
 
 constexpr int kThreads = 128;
 
-struct WriteParams {
-  QuantizedKvLayer l;
-  QuantizedKvStep step;
-  QuantizedKvInput in;
-};
-
 // A key of the entry's slot: old tokens from the residual (which starts at the old flush point), new
 // ones from the step's rows.
 __device__ float key_at(const WriteParams& p, const QuantizedKvStepEntry& e, int64_t t, int64_t c, int64_t channels) {

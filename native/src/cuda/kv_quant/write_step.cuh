@@ -9,6 +9,13 @@
 
 namespace nkv::cuda {
 
+// What every write kernel takes: the layer, the step's entries and its input rows.
+struct WriteParams {
+  QuantizedKvLayer l;
+  QuantizedKvStep step;
+  QuantizedKvInput in;
+};
+
 // The entry whose work items [before(i), before(i + 1)) hold `item` (entries in ascending order of before).
 template <typename Before>
 __device__ int step_entry_of(const QuantizedKvStep& step, int64_t item, Before before) {

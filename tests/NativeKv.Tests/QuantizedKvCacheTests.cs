@@ -503,12 +503,12 @@ public sealed unsafe class QuantizedKvCacheTests
         paged.Append([0], [Tokens]);
         paged.Write(0, k[0], v[0]);
         paged.Write(1, k[1], v[1]);
-        Assert.Equal(1, paged.Info.FreePages);  // 200 tokens: 4 pages of 64
+        Assert.Equal(2, paged.Info.FreePages);  // 200 tokens (R 64): keys 0..191 coded, 3 pages of 64
         TensorView table = paged.View(QuantizedKvView.BlockTable);
         Assert.Equal([2, 5], table.Shape.ToArray());
         Assert.True(DecodesAlike(context, random, allocated, paged), $"seed {seed}");
         Assert.Equal(1, paged.AddSlot());
-        Assert.Throws<NativeKvOutOfMemoryException>(() => paged.Append([0, 1], [60, 1]));  // 2 more pages, 1 free
+        Assert.Throws<NativeKvOutOfMemoryException>(() => paged.Append([0, 1], [60, 130]));  // 1 + 2 more pages, 2 free
         Assert.Equal(Tokens, paged.Info.Tokens);
         paged.Free(0);
         Assert.Equal(5, paged.Info.FreePages);

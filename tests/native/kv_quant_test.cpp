@@ -1295,7 +1295,14 @@ void check_paged_decode(nkv_backend backend) {
     fill_slots(a, c);
     fill_slots(b, c);
     NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(paged.get(), &info));
-    const int held = (1500 + config.page_size - 1) / config.page_size + (333 + config.page_size - 1) / config.page_size;
+    // Pages of the coded tokens: KIVI keys up to the last flush, values up to the window; BFP every token.
+    auto pages = [&](int64_t length) {
+      const int64_t coded = config.format == NKV_KV_FORMAT_BFP ? length
+                                                                : std::max(nkv::kivi::quantized_keys(length, config.residual),
+                                                                           nkv::kivi::quantized_values(length, config.residual));
+      return static_cast<int>((coded + config.page_size - 1) / config.page_size);
+    };
+    const int held = pages(1500) + pages(333);
     EXPECT_EQ(info.free_pages, info.max_pages - held) << where;
     // Slot 1 freed, then a new slot (id 1 again) refilled with other tokens: it takes pages slot 1 returned.
     for (nkv_quantized_kv_cache* cache : {allocated.get(), paged.get()}) {
@@ -1346,15 +1353,16 @@ TEST(QuantizedKvCache, PagedPoolRunsOutAllOrNothing) {
   NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &a));
   NKV_ASSERT_OK(nkv_quantized_kv_cache_add_slot(cache.get(), &b));
   const std::vector<int32_t> slots = {a, b};
-  std::vector<int32_t> counts = {130, 64};  // 3 + 1 pages
+  // Pages of 64 coded tokens (R 64): 200 tokens have keys 0..191 coded (3 pages), 70 tokens keys 0..63 (1 page).
+  std::vector<int32_t> counts = {200, 70};
   NKV_ASSERT_OK(nkv_quantized_kv_cache_append(cache.get(), slots.data(), counts.data(), 2));
-  counts = {70, 1};  // 1 + 1 more pages: 6 > 5
+  counts = {60, 64};  // keys to 256 (4 pages) and to 128 (2 pages): 6 > 5
   NKV_EXPECT_STATUS(nkv_quantized_kv_cache_append(cache.get(), slots.data(), counts.data(), 2), NKV_STATUS_OUT_OF_MEMORY, "max_pages");
   int32_t length = 0;
   NKV_ASSERT_OK(nkv_quantized_kv_cache_slot(cache.get(), a, &length));
-  EXPECT_EQ(length, 130);
+  EXPECT_EQ(length, 200);
   NKV_ASSERT_OK(nkv_quantized_kv_cache_slot(cache.get(), b, &length));
-  EXPECT_EQ(length, 64);
+  EXPECT_EQ(length, 70);
   nkv_quantized_kv_cache_info info{};
   info.struct_size = sizeof(info);
   NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(cache.get(), &info));

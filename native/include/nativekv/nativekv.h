@@ -779,8 +779,9 @@ typedef enum nkv_kv_memory {
   NKV_KV_MEMORY_PAGED = 2      /* vLLM's design: the coded arrays (and BFP's fp16 values) are pools of max_pages pages of
                                   page_size tokens; a slot's token t is token t % page_size of the page that its row of the
                                   block table lists at t / page_size. Pages come from the pool as slots grow (every layer
-                                  uses the same page ids) and return to it when they are freed. KIVI's residual windows stay
-                                  per slot. */
+                                  uses the same page ids) and return to it when they are freed: a slot holds the pages of
+                                  its coded tokens (KIVI: keys up to the last flush, values up to the window; BFP: all).
+                                  KIVI's residual windows stay per slot. */
 } nkv_kv_memory;
 
 /* What a block-floating-point cache keeps its values in. */

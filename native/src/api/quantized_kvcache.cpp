@@ -109,11 +109,20 @@ void publish_block_table(Cache& k) {
   if (k.device_block_table != nullptr) upload_to(*k.context, k.device_block_table, k.block_table.data(), k.block_table.size() * sizeof(int32_t));
 }
 
+// Paged: the pages a slot of `length` tokens holds: those of its coded tokens (KIVI: keys up to the last flush,
+// values up to the window; the residual windows are per slot; BFP: every token).
+int64_t pages_for(const Cache& k, int64_t length) {
+  const int64_t coded = k.format == NKV_KV_FORMAT_BFP
+                            ? length
+                            : std::max(kivi::quantized_keys(length, k.residual), kivi::quantized_values(length, k.residual));
+  return (coded + k.page_size - 1) >> k.page_shift;
+}
+
 // Paged: gives every entry's slot the pages its new length needs from the pool, all or nothing.
 void take_pages(Cache& k, const std::vector<QuantizedKvStepEntry>& step) {
   int64_t wanted = 0;
   for (const QuantizedKvStepEntry& e : step) {
-    const int64_t needed = (static_cast<int64_t>(e.old_length) + e.count + k.page_size - 1) >> k.page_shift;
+    const int64_t needed = pages_for(k, static_cast<int64_t>(e.old_length) + e.count);
     wanted += std::max<int64_t>(0, needed - k.slot_page_counts[e.slot]);
   }
   if (wanted > static_cast<int64_t>(k.free_pages.size())) {
@@ -124,7 +133,7 @@ void take_pages(Cache& k, const std::vector<QuantizedKvStepEntry>& step) {
   if (wanted == 0) return;
   const std::vector<int32_t> counts = k.slot_page_counts;
   for (const QuantizedKvStepEntry& e : step) {
-    const int32_t needed = static_cast<int32_t>((static_cast<int64_t>(e.old_length) + e.count + k.page_size - 1) >> k.page_shift);
+    const int32_t needed = static_cast<int32_t>(pages_for(k, static_cast<int64_t>(e.old_length) + e.count));
     for (int32_t& held = k.slot_page_counts[e.slot]; held < needed; ++held) {
       k.block_table[static_cast<size_t>(e.slot) * k.pages_per_slot + held] = k.free_pages.back();
       k.free_pages.pop_back();

@@ -338,60 +338,103 @@ uint64_t quantized_slot_bytes(nkv_context* context, nkv_kv_format format, int bi
   return info.bytes;
 }
 
-// A projection, not a cache of the library: codes in pages of 32 tokens (a multiple of KIVI's G), as a paged
-// quantized cache would hold them, each sequence's newest `residual` tokens in fp16 (KIVI's residual windows;
-// none for BFP). A sequence of L tokens holds ceil(max(0, L - R) / 32) code pages and R fp16 tokens, rounded up
-// to pages.
-class ProjectedQuantizedPaged final : public SimulatedCache {
+// The bytes of the modelled LLM's paged quantized cache (32 layers, 8 x 128; pages of kQuantizedPage tokens) with
+// `slots` slots and `pages` pages, from nkv_quantized_kv_cache_get_info (its real layout).
+constexpr int kQuantizedPage = 32;  // a multiple of KIVI's G
+uint64_t paged_quantized_bytes(nkv_context* context, nkv_kv_format format, int bits, int slots, int pages) {
+  const int residual = format == NKV_KV_FORMAT_KIVI ? 128 : 0;
+  nkv_quantized_kv_cache_options o{sizeof(o), format, bits, 32, residual, 32, 8, 128, slots, kMaxLength, 0, NKV_KV_MEMORY_PAGED,
+                                   kQuantizedPage, pages};
+  nkv_quantized_kv_cache* cache = nullptr;
+  check(nkv_quantized_kv_cache_create(context, &o, &cache), "nkv_quantized_kv_cache_create (paged)");
+  nkv_quantized_kv_cache_info info{};
+  info.struct_size = sizeof(info);
+  check(nkv_quantized_kv_cache_get_info(cache, &info), "nkv_quantized_kv_cache_get_info");
+  check(nkv_quantized_kv_cache_destroy(cache), "nkv_quantized_kv_cache_destroy");
+  return info.bytes;
+}
+
+// The paged quantized cache (NKV_KV_MEMORY_PAGED) with the real bookkeeping: slots take pages of 32 coded tokens from
+// the pool as they grow (KIVI: keys up to the last flush, values up to the window) and each of the `slots` slots has
+// its KIVI residual windows (R = 128 fp16 tokens of K and V) allocated with the cache. The pool is what the budget
+// holds after those windows, at the modelled LLM's bytes per page; the cache itself runs in a 1 x 64 shape (one
+// layer written per step) so that nothing of that size is allocated.
+class QuantizedPagedCache final : public SimulatedCache {
  public:
-  // bits_per_element: codes plus groups (KIVI-b at G 32: b + 1) or exponents (BFP with 8-bit exponents per 32: m + 0.25).
-  ProjectedQuantizedPaged(std::string name, double bits_per_element, int64_t residual) : name_(std::move(name)), residual_(residual) {
-    const double code_bytes = static_cast<double>(kBytesPerToken) / 16.0 * bits_per_element;
-    page_bytes_ = static_cast<int64_t>(std::ceil(code_bytes * kPage));
-    residual_pages_ = (residual_ * kBytesPerToken + page_bytes_ - 1) / page_bytes_;
-    budget_pages_ = static_cast<int64_t>(kBudgetBytes) / page_bytes_;
+  QuantizedPagedCache(nkv_context* context, std::string name, nkv_kv_format format, int bits, int slots) : name_(std::move(name)) {
+    const uint64_t base = paged_quantized_bytes(context, format, bits, 1, 1);
+    const uint64_t page_bytes = paged_quantized_bytes(context, format, bits, 1, 2) - base;
+    const uint64_t slot_bytes = paged_quantized_bytes(context, format, bits, 2, 1) - base;  // the windows
+    const uint64_t windows = slot_bytes * static_cast<uint64_t>(slots);
+    pages_ = windows < kBudgetBytes ? static_cast<int32_t>((kBudgetBytes - windows) / page_bytes) : 0;
+    residual_ = format == NKV_KV_FORMAT_KIVI ? 128 : 0;
+    kivi_ = format == NKV_KV_FORMAT_KIVI;
+    nkv_quantized_kv_cache_options o{sizeof(o), format, bits, 32, residual_, 1, 1, 64, slots, kMaxLength, 0, NKV_KV_MEMORY_PAGED,
+                                     kQuantizedPage, pages_};
+    check(nkv_quantized_kv_cache_create(context, &o, &cache_), "nkv_quantized_kv_cache_create (simulated)");
+    slots_ = slots;
+    policy_ = name_ + ", nkv_quantized_kv_cache paged (" + std::to_string(slots) + " slots" +
+              (kivi_ ? ", " + std::to_string(static_cast<long long>(windows >> 30)) + " GiB of windows)" : ")");
   }
-  std::string policy() const override { return name_ + ", paged (projection)"; }
-  int tokens_per_unit() const override { return kPage; }
+  ~QuantizedPagedCache() override { check(nkv_quantized_kv_cache_destroy(cache_), "nkv_quantized_kv_cache_destroy"); }
+  std::string policy() const override { return policy_; }
+  int tokens_per_unit() const override { return kQuantizedPage; }
   int64_t units_for(int64_t tokens) const override {
-    return (std::max<int64_t>(0, tokens - residual_) + kPage - 1) / kPage + residual_pages_;
+    const int64_t coded = kivi_ ? std::max(tokens - tokens % residual_, tokens - residual_) : tokens;
+    return (std::max<int64_t>(0, coded) + kQuantizedPage - 1) / kQuantizedPage;
   }
   int64_t free_units(const std::vector<int32_t>& live) override {
-    int64_t used = 0;
-    for (int32_t id : live) used += units_for(lengths_[static_cast<size_t>(id)]);
-    return budget_pages_ - used;
+    if (static_cast<int>(live.size()) >= slots_) return 0;  // no slot for another sequence
+    nkv_quantized_kv_cache_info info{};
+    info.struct_size = sizeof(info);
+    check(nkv_quantized_kv_cache_get_info(cache_, &info), "nkv_quantized_kv_cache_get_info");
+    return info.free_pages;
   }
   int32_t add(int32_t prompt) override {
-    lengths_.push_back(prompt);
-    alive_.push_back(true);
-    return static_cast<int32_t>(lengths_.size() - 1);
+    int32_t slot = -1;
+    check(nkv_quantized_kv_cache_add_slot(cache_, &slot), "nkv_quantized_kv_cache_add_slot");
+    check(nkv_quantized_kv_cache_append(cache_, &slot, &prompt, 1), "prefill append");
+    write(prompt);
+    return slot;
   }
   nkv_status step(const std::vector<int32_t>& ids) override {
-    int64_t used = 0, more = 0;
-    for (int32_t id : ids) {
-      used += units_for(lengths_[static_cast<size_t>(id)]);
-      more += units_for(lengths_[static_cast<size_t>(id)] + 1) - units_for(lengths_[static_cast<size_t>(id)]);
-    }
-    if (used + more > budget_pages_) return NKV_STATUS_OUT_OF_MEMORY;
-    for (int32_t id : ids) ++lengths_[static_cast<size_t>(id)];
-    return NKV_STATUS_SUCCESS;
+    ones_.assign(ids.size(), 1);
+    const nkv_status status = nkv_quantized_kv_cache_append(cache_, ids.data(), ones_.data(), static_cast<int32_t>(ids.size()));
+    if (status == NKV_STATUS_SUCCESS) write(static_cast<int64_t>(ids.size()));
+    return status;
   }
-  void free(int32_t id) override { alive_[static_cast<size_t>(id)] = false; }
-  // Empty token places: those of the last code page (the residual window is always full once L >= R).
+  void free(int32_t id) override { check(nkv_quantized_kv_cache_free_slot(cache_, id), "nkv_quantized_kv_cache_free_slot"); }
+  // Token places held: the pages of the coded tokens, and KIVI's windows.
   Occupancy occupancy(int32_t id) override {
-    const int64_t length = lengths_[static_cast<size_t>(id)];
-    const int64_t coded = std::max<int64_t>(0, length - residual_);
-    const int64_t held = (coded + kPage - 1) / kPage * kPage + std::min<int64_t>(length, residual_);
+    int32_t length = 0;
+    check(nkv_quantized_kv_cache_slot(cache_, id, &length), "nkv_quantized_kv_cache_slot");
+    const int64_t held = units_for(length) * kQuantizedPage + residual_;
     return {length, held, held};
   }
 
  private:
-  static constexpr int kPage = 32;
-  std::string name_;
-  int64_t residual_;
-  int64_t page_bytes_ = 0, residual_pages_ = 0, budget_pages_ = 0;
-  std::vector<int64_t> lengths_;
-  std::vector<bool> alive_;
+  // The step's K and V (zeros) through the one layer: a slot in the step can be freed only once it is written.
+  void write(int64_t tokens) {
+    rows_.assign(static_cast<size_t>(tokens) * 64, 0);
+    nkv_tensor t{};
+    t.data = rows_.data();
+    t.dtype = NKV_DTYPE_FLOAT16;
+    t.device = NKV_DEVICE_HOST;
+    t.ndim = 3;
+    t.shape[0] = tokens;
+    t.shape[1] = 1;
+    t.shape[2] = 64;
+    t.strides[0] = 64;
+    t.strides[1] = 64;
+    t.strides[2] = 1;
+    check(nkv_quantized_kv_cache_write(cache_, 0, &t, &t), "nkv_quantized_kv_cache_write");
+  }
+  std::string name_, policy_;
+  int32_t residual_ = 0, pages_ = 0, slots_ = 0;
+  bool kivi_ = false;
+  nkv_quantized_kv_cache* cache_ = nullptr;
+  std::vector<int32_t> ones_;
+  std::vector<uint16_t> rows_;
 };
 
 }  // namespace
@@ -412,18 +455,14 @@ int main() {
     VirtualCache cache(context, layout);
     results.push_back(run_engine(requests, cache));
   }
-  // Formats: the quantized cache as it is (slots of kMaxLength tokens), and the projected paged one.
+  // Formats: the quantized cache with max-length slots, and paged.
   struct Format {
     const char* name;
     nkv_kv_format format;
     int bits;
-    double bits_per_element;  // of the coded tokens, groups or exponents included
-    int64_t residual;         // newest tokens kept in fp16
   };
-  const Format formats[] = {{"KIVI-4", NKV_KV_FORMAT_KIVI, 4, 5.0, 128},
-                            {"KIVI-2", NKV_KV_FORMAT_KIVI, 2, 3.0, 128},
-                            {"BFP16", NKV_KV_FORMAT_BFP, 8, 8.25, 0},
-                            {"BFP12", NKV_KV_FORMAT_BFP, 4, 4.25, 0}};
+  const Format formats[] = {{"KIVI-4", NKV_KV_FORMAT_KIVI, 4}, {"KIVI-2", NKV_KV_FORMAT_KIVI, 2}, {"BFP16", NKV_KV_FORMAT_BFP, 8},
+                            {"BFP12", NKV_KV_FORMAT_BFP, 4}};
   std::vector<std::pair<std::string, double>> stored_bits;  // bits per cached element, everything a slot holds included
   for (const Format& f : formats) {
     const uint64_t bytes = quantized_slot_bytes(context, f.format, f.bits);
@@ -431,9 +470,12 @@ int main() {
     results.push_back(simulate_static(requests, bytes, std::string(f.name) + ", nkv_quantized_kv_cache (max-length slots)"));
   }
   for (const Format& f : formats) {
-    std::fprintf(stderr, "nkv_serving_sim: %s, paged (projection)\n", f.name);
-    ProjectedQuantizedPaged cache(f.name, f.bits_per_element, f.residual);
-    results.push_back(run_engine(requests, cache));
+    // KIVI's windows are allocated per slot: more slots, fewer pages (the trade-off, three ways); BFP has none.
+    for (int slots : f.format == NKV_KV_FORMAT_KIVI ? std::vector<int>{256, 512, 768} : std::vector<int>{2048}) {
+      std::fprintf(stderr, "nkv_serving_sim: %s, paged, %d slots\n", f.name, slots);
+      QuantizedPagedCache cache(context, f.name, f.format, f.bits, slots);
+      results.push_back(run_engine(requests, cache));
+    }
   }
   check(nkv_context_destroy(context), "nkv_context_destroy");
 
@@ -457,9 +499,10 @@ int main() {
   std::printf("\nKIVI and BFP rows (issue 5; KIVI G 32, R 128; BFP blocks of 32 channels, values like keys, no residual): "
               "\"budget holding tokens\" counts their tokens at fp16 size, so it passes 100%% where the format holds more "
               "tokens than fp16 could. The nkv_quantized_kv_cache rows use its real bytes per slot (codes, groups or "
-              "exponents, KIVI's fp16 residuals, alignment) with max-length slots; the paged rows are a projection (there "
-              "is no paged quantized cache yet): code pages of 32 tokens, KIVI's newest 128 tokens of a sequence in "
-              "fp16.\n");
+              "exponents, KIVI's fp16 residuals, alignment) with max-length slots; the paged rows run the paged "
+              "nkv_quantized_kv_cache's bookkeeping (pages of 32 coded tokens from a pool; KIVI's residual windows, 128 "
+              "fp16 tokens of K and V, allocated for every slot at creation, so the pool is the budget less the windows "
+              "and a sequence's held places count its window).\n");
   std::printf("\nBits per cached element of a full slot (%d tokens; the codes, the groups or exponents, KIVI's fp16 residual "
               "windows and the layout's alignment, from nkv_quantized_kv_cache_get_info's bytes): fp16 16",
               kMaxLength);

@@ -83,7 +83,7 @@ public readonly record struct QuantizedKvCacheInfo(KvFormat Format, int Bits, in
     int Capacity, long Tokens, long StepTokens, ulong Bytes, ulong MappedBytes, int PageSize = 0, int MaxPages = 0, int FreePages = 0);
 
 /// <summary>
-/// A quantized KV cache (KIVI, <c>nkv_quantized_kv_cache</c>): slots of up to MaxTokens tokens whose K and V are kept, in the
+/// A quantized KV cache (KIVI or block floating point, <c>nkv_quantized_kv_cache</c>; described here for KIVI): slots of up to MaxTokens tokens whose K and V are kept, in the
 /// context's memory, as b-bit codes of groups of G values with a float16 scale and minimum (<see cref="KvFormat.Kivi"/>: keys
 /// per channel, values per token), except each slot's newest tokens, a residual window of R tokens kept in float16. Of a
 /// slot's T tokens, keys 0 .. T - T % R - 1 are quantized (a key waits in the residual until R keys are there, so no group is
@@ -99,9 +99,11 @@ public sealed unsafe class QuantizedKvCache : IDisposable, IDeviceMemoryOwner
     /// <summary>Allocates every layer's codes, groups and residuals (uninitialized) in the context's memory.</summary>
     /// <param name="context">The context whose memory holds the cache; it stays alive while the cache does.</param>
     /// <param name="options">The encoding, shape and capacity.</param>
-    /// <exception cref="NativeKvInvalidArgumentException">An option is out of range (the message names it): a format other than
-    /// <see cref="KvFormat.Kivi"/>, bits other than 2, 4 or 8, a group size other than 32, 64 or 128 or above the head
-    /// dimension, a head dimension other than 64 or 128, a residual that is not a multiple of the group size, a count below 1.</exception>
+    /// <exception cref="NativeKvInvalidArgumentException">An option is out of range (the message names it): an unknown format,
+    /// bits or a group (block) size the format does not have or a group above the head dimension, a head dimension other than
+    /// 64 or 128, a KIVI residual that is not a multiple of the group size (a BFP one other than 0), a count below 1, a page size
+    /// that is not a power of two from 16 to 4096 (KIVI: a multiple of the group size) or page fields without
+    /// <see cref="KvMemory.Paged"/>.</exception>
     /// <exception cref="NativeKvNotSupportedException">The capacity or the bytes overflow what the library addresses.</exception>
     /// <exception cref="NativeKvOutOfMemoryException">The context's device lacks the memory.</exception>
     public QuantizedKvCache(Context context, QuantizedKvCacheOptions options)

@@ -758,7 +758,12 @@ NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, 
  *   VALUE_CODES, VALUE_GROUPS as the keys' (channels in their own order), or with NKV_KV_VALUES_FP16 of extent 0,
  *   VALUE_RESIDUAL then fp16 [max_slots, capacity, num_heads_kv, head_dim] holding every value.
  * K-sort (nkv_ksort_calibrate, nkv_quantized_kv_cache_set_key_permutation) orders each head's key channels so
- * that channels of similar magnitude share blocks.
+ * that channels of similar magnitude share blocks (KIVI caches take an order too: their keys and key residual are
+ * stored in it).
+ * Paged caches (options.memory NKV_KV_MEMORY_PAGED) have the same layouts with max_pages pages of page_size tokens
+ * in place of max_slots slots of capacity tokens in every array that holds tokens by index (codes, groups, BFP's
+ * fp16 values); KIVI's residual windows stay [max_slots, R, ...]; NKV_QUANTIZED_KV_BLOCK_TABLE gives each slot's
+ * pages.
  * Steps work as in the other caches: nkv_quantized_kv_cache_append grows slots, then
  * nkv_quantized_kv_cache_write stores (and quantizes) the step's K and V, once per layer.
  * ------------------------------------------------------------------------------------------------- */

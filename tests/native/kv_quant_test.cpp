@@ -1253,8 +1253,8 @@ namespace {
 
 // A paged cache (pages of P tokens from a shared pool) holds what an allocated cache holds: over the same steps,
 // with slots growing together (their pages interleave in the pool) and a slot freed and refilled (its pages
-// reused), decode equals decode over the allocated cache bit for bit, for KIVI and BFP; the pool's pages are
-// taken as slots grow and returned when they are freed.
+// reused), decode equals decode over the allocated cache bit for bit, for KIVI and BFP, with and without a K-sort
+// order; the pool's pages are taken as slots grow and returned when they are freed.
 void check_paged_decode(nkv_backend backend) {
   ContextPtr context = make_context(backend);
   struct Config {
@@ -1280,6 +1280,14 @@ void check_paged_decode(nkv_backend backend) {
                               std::to_string(config.page_size);
     CachePtr allocated = make_cache(context.get(), shape);
     CachePtr paged = make_cache(context.get(), paged_shape);
+    if (config.page_size <= 32) {  // these configs also store layer 1's keys in a K-sort order (both caches alike)
+      std::vector<int32_t> order(static_cast<size_t>(shape.heads * shape.head_dim));
+      for (int h = 0; h < shape.heads; ++h) {
+        for (int j = 0; j < shape.head_dim; ++j) order[static_cast<size_t>(h * shape.head_dim + j)] = (j * 3 + h) % shape.head_dim;
+      }
+      NKV_ASSERT_OK(nkv_quantized_kv_cache_set_key_permutation(allocated.get(), 1, order.data()));
+      NKV_ASSERT_OK(nkv_quantized_kv_cache_set_key_permutation(paged.get(), 1, order.data()));
+    }
     nkv_quantized_kv_cache_info info{};
     info.struct_size = sizeof(info);
     NKV_ASSERT_OK(nkv_quantized_kv_cache_get_info(paged.get(), &info));

@@ -323,30 +323,17 @@ class VirtualCache final : public SimulatedCache {
   std::vector<int32_t> ones_;
 };
 
-// KV formats (issue 5): the bytes of one slot of kMaxLength tokens of the modelled LLM in an
-// nkv_quantized_kv_cache (its real layout: codes, groups or exponents, the fp16 residuals, alignment).
-// KIVI: G 32, R 128; BFP: blocks of 32 channels, values like keys, no residual.
-uint64_t quantized_slot_bytes(nkv_context* context, nkv_kv_format format, int bits) {
+// KV formats (issue 5): the bytes of the modelled LLM's nkv_quantized_kv_cache (32 layers, 8 x 128; its real layout:
+// codes, groups or exponents, the fp16 residuals, alignment) with `slots` slots of kMaxLength tokens, or, with
+// pages > 0, paged: `pages` pages of kQuantizedPage tokens. KIVI: G 32, R 128; BFP: blocks of 32 channels, values
+// like keys, no residual.
+constexpr int kQuantizedPage = 32;  // a multiple of KIVI's G
+uint64_t quantized_cache_bytes(nkv_context* context, nkv_kv_format format, int bits, int slots = 1, int pages = 0) {
   const int residual = format == NKV_KV_FORMAT_KIVI ? 128 : 0;
-  nkv_quantized_kv_cache_options o{sizeof(o), format, bits, 32, residual, 32, 8, 128, 1, kMaxLength, 0, 0, 0, 0};
+  nkv_quantized_kv_cache_options o{sizeof(o), format, bits, 32, residual, 32, 8, 128, slots, kMaxLength, 0,
+                                   pages > 0 ? NKV_KV_MEMORY_PAGED : NKV_KV_MEMORY_ALLOCATED, pages > 0 ? kQuantizedPage : 0, pages};
   nkv_quantized_kv_cache* cache = nullptr;
   check(nkv_quantized_kv_cache_create(context, &o, &cache), "nkv_quantized_kv_cache_create");
-  nkv_quantized_kv_cache_info info{};
-  info.struct_size = sizeof(info);
-  check(nkv_quantized_kv_cache_get_info(cache, &info), "nkv_quantized_kv_cache_get_info");
-  check(nkv_quantized_kv_cache_destroy(cache), "nkv_quantized_kv_cache_destroy");
-  return info.bytes;
-}
-
-// The bytes of the modelled LLM's paged quantized cache (32 layers, 8 x 128; pages of kQuantizedPage tokens) with
-// `slots` slots and `pages` pages, from nkv_quantized_kv_cache_get_info (its real layout).
-constexpr int kQuantizedPage = 32;  // a multiple of KIVI's G
-uint64_t paged_quantized_bytes(nkv_context* context, nkv_kv_format format, int bits, int slots, int pages) {
-  const int residual = format == NKV_KV_FORMAT_KIVI ? 128 : 0;
-  nkv_quantized_kv_cache_options o{sizeof(o), format, bits, 32, residual, 32, 8, 128, slots, kMaxLength, 0, NKV_KV_MEMORY_PAGED,
-                                   kQuantizedPage, pages};
-  nkv_quantized_kv_cache* cache = nullptr;
-  check(nkv_quantized_kv_cache_create(context, &o, &cache), "nkv_quantized_kv_cache_create (paged)");
   nkv_quantized_kv_cache_info info{};
   info.struct_size = sizeof(info);
   check(nkv_quantized_kv_cache_get_info(cache, &info), "nkv_quantized_kv_cache_get_info");
@@ -362,9 +349,9 @@ uint64_t paged_quantized_bytes(nkv_context* context, nkv_kv_format format, int b
 class QuantizedPagedCache final : public SimulatedCache {
  public:
   QuantizedPagedCache(nkv_context* context, std::string name, nkv_kv_format format, int bits, int slots) : name_(std::move(name)) {
-    const uint64_t base = paged_quantized_bytes(context, format, bits, 1, 1);
-    const uint64_t page_bytes = paged_quantized_bytes(context, format, bits, 1, 2) - base;
-    const uint64_t slot_bytes = paged_quantized_bytes(context, format, bits, 2, 1) - base;  // the windows
+    const uint64_t base = quantized_cache_bytes(context, format, bits, 1, 1);
+    const uint64_t page_bytes = quantized_cache_bytes(context, format, bits, 1, 2) - base;
+    const uint64_t slot_bytes = quantized_cache_bytes(context, format, bits, 2, 1) - base;  // the windows
     const uint64_t windows = slot_bytes * static_cast<uint64_t>(slots);
     pages_ = windows < kBudgetBytes ? static_cast<int32_t>((kBudgetBytes - windows) / page_bytes) : 0;
     residual_ = format == NKV_KV_FORMAT_KIVI ? 128 : 0;
@@ -465,7 +452,7 @@ int main() {
                             {"BFP12", NKV_KV_FORMAT_BFP, 4}};
   std::vector<std::pair<std::string, double>> stored_bits;  // bits per cached element, everything a slot holds included
   for (const Format& f : formats) {
-    const uint64_t bytes = quantized_slot_bytes(context, f.format, f.bits);
+    const uint64_t bytes = quantized_cache_bytes(context, f.format, f.bits);
     stored_bits.emplace_back(f.name, 8.0 * static_cast<double>(bytes) / (static_cast<double>(kMaxLength) * (kBytesPerToken / 2)));
     results.push_back(simulate_static(requests, bytes, std::string(f.name) + ", nkv_quantized_kv_cache (max-length slots)"));
   }

@@ -560,6 +560,21 @@ struct DecodeCase {
   std::vector<int32_t> lengths;
 };
 
+// The cases the CUDA tests run: `any_kv_plan` alternates between the configurations (plans for any K/V and for the
+// cache's bits alike).
+DecodeCase decode_case(int32_t heads_q, int32_t q_len, bool causal, int32_t window, int32_t splits, std::vector<int32_t> lengths,
+                       bool any_kv_plan) {
+  DecodeCase c;
+  c.heads_q = heads_q;
+  c.q_len = q_len;
+  c.causal = causal;
+  c.window_left = window;
+  c.num_splits = splits;
+  c.any_kv_plan = any_kv_plan;
+  c.lengths = std::move(lengths);
+  return c;
+}
+
 // q [batch, q_len, heads_q, d] random; runs nkv_attention_decode_quantized for layer 1 and returns O and LSE.
 struct DecodeResult {
   std::vector<uint16_t> o;
@@ -757,15 +772,8 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
   std::vector<Config> configs;
   auto add = [&](int bits, int group, int residual, int head_dim, int heads_kv, int heads_q, int q_len, bool causal, int window,
                  int splits, std::vector<int32_t> lengths) {
-    DecodeCase c;
-    c.heads_q = heads_q;
-    c.q_len = q_len;
-    c.causal = causal;
-    c.window_left = window;
-    c.num_splits = splits;
-    c.any_kv_plan = configs.size() % 2 == 1;
-    c.lengths = std::move(lengths);
-    configs.push_back({bits, group, residual, head_dim, heads_kv, c});
+    configs.push_back({bits, group, residual, head_dim, heads_kv,
+                       decode_case(heads_q, q_len, causal, window, splits, std::move(lengths), configs.size() % 2 == 1)});
   };
   add(2, 32, 128, 128, 8, 32, 1, false, -1, 0, {4000, 37, 300, 129, 1000});
   add(4, 32, 128, 128, 8, 32, 1, false, -1, 3, {3001, 250, 5, 800});
@@ -1043,15 +1051,8 @@ TEST(QuantizedKvCacheCuda, BfpMatchesTheCpuReference) {
   std::vector<Config> configs;
   auto add = [&](int bits, int block, int value_format, int head_dim, int heads_kv, bool permuted, int heads_q, int q_len, bool causal,
                  int window, int splits, std::vector<int32_t> lengths) {
-    DecodeCase c;
-    c.heads_q = heads_q;
-    c.q_len = q_len;
-    c.causal = causal;
-    c.window_left = window;
-    c.num_splits = splits;
-    c.any_kv_plan = configs.size() % 2 == 1;
-    c.lengths = std::move(lengths);
-    configs.push_back({bits, block, value_format, head_dim, heads_kv, permuted, c});
+    configs.push_back({bits, block, value_format, head_dim, heads_kv, permuted,
+                       decode_case(heads_q, q_len, causal, window, splits, std::move(lengths), configs.size() % 2 == 1)});
   };
   add(4, 32, NKV_KV_VALUES_LIKE_KEYS, 128, 8, false, 32, 1, false, -1, 0, {4000, 37, 300, 129});
   add(8, 32, NKV_KV_VALUES_LIKE_KEYS, 128, 8, true, 32, 1, false, -1, 3, {3001, 250, 5});

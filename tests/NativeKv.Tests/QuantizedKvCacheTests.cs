@@ -128,8 +128,11 @@ public sealed unsafe class QuantizedKvCacheTests
     }
 
     /// <summary>Code <paramref name="index"/> of a 2-bit word.</summary>
-    private static int Code(TensorView codes, long slot, long word, long head, long d, int index) =>
-        (int)((uint)At<int>(codes, slot, word, head, d) >> (index * 2)) & 3;
+    private static int Code(TensorView codes, long slot, long block, long head, long word, long d, int index) =>
+        (int)((uint)At<int>(codes, slot, block, head, word, d) >> (index * 2)) & 3;
+
+    /// <summary>Tokens per layout block (the views' second extent counts blocks).</summary>
+    private const int Block = 64;
 
     [Fact]
     public void A_step_quantizes_keys_per_channel_and_values_per_token()
@@ -149,11 +152,12 @@ public sealed unsafe class QuantizedKvCacheTests
         // each), two residuals of 64 x 128 halves.
         Assert.True(info.Bytes >= 2UL * 2 * (4 * (20 * 128 + 10 * 128 + 320 * 8 + 320 * 4) + 2 * 2 * 64 * 128), $"{info.Bytes} bytes");
 
-        Assert.Equal(new long[] { 2, 20, 2, 64 }, cache.View(QuantizedKvView.KeyCodes, 1).Shape.ToArray());
-        Assert.Equal(new long[] { 2, 10, 2, 64, 2 }, cache.View(QuantizedKvView.KeyGroups, 1).Shape.ToArray());
+        // Layout blocks of 64 tokens, head-major: 5 blocks of 4 key word rows, 2 key groups, 64 value tokens.
+        Assert.Equal(new long[] { 2, 5, 2, 4, 64 }, cache.View(QuantizedKvView.KeyCodes, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 5, 2, 2, 64, 2 }, cache.View(QuantizedKvView.KeyGroups, 1).Shape.ToArray());
         Assert.Equal(new long[] { 2, 64, 2, 64 }, cache.View(QuantizedKvView.KeyResidual, 1).Shape.ToArray());
-        Assert.Equal(new long[] { 2, 320, 2, 4 }, cache.View(QuantizedKvView.ValueCodes, 1).Shape.ToArray());
-        Assert.Equal(new long[] { 2, 320, 2, 2, 2 }, cache.View(QuantizedKvView.ValueGroups, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 5, 2, 64, 4 }, cache.View(QuantizedKvView.ValueCodes, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 5, 2, 2, 64, 2 }, cache.View(QuantizedKvView.ValueGroups, 1).Shape.ToArray());
         Assert.Equal(new long[] { 2, 64, 2, 64 }, cache.View(QuantizedKvView.ValueResidual, 1).Shape.ToArray());
         TensorView lengths = cache.View(QuantizedKvView.SlotLengths, layer: 99); // the layer is ignored
         Assert.Equal(DType.Int32, lengths.DType);
@@ -173,12 +177,13 @@ public sealed unsafe class QuantizedKvCacheTests
                     for (int g = 0; g < 192 / Group; g++) // keys 0 .. 191 quantized, per channel
                     {
                         (Half s, Half mn, int[] codes) = Quantize(Enumerable.Range(g * Group, Group).Select(t => (float)k[layer][t * Row + c]).ToArray());
-                        Assert.True(s.Equals(At<Half>(keyGroups, 0, g, h, d, 0)) && mn.Equals(At<Half>(keyGroups, 0, g, h, d, 1)),
+                        long block = g * Group / Block, row = g * Group % Block / Group;
+                        Assert.True(s.Equals(At<Half>(keyGroups, 0, block, h, row, d, 0)) && mn.Equals(At<Half>(keyGroups, 0, block, h, row, d, 1)),
                             $"key group {g} of layer {layer}, channel {c}, seed {seed}");
                         for (int i = 0; i < Group; i++)
                         {
                             int t = g * Group + i;
-                            Assert.True(codes[i] == Code(keyCodes, 0, t / 16, h, d, t % 16), $"key code of token {t}, layer {layer}, channel {c}, seed {seed}");
+                            Assert.True(codes[i] == Code(keyCodes, 0, t / Block, h, t % Block / 16, d, t % 16), $"key code of token {t}, layer {layer}, channel {c}, seed {seed}");
                         }
                     }
                     for (int t = 192; t < Tokens; t++) // row i of the key residual is token 192 + i
@@ -196,12 +201,13 @@ public sealed unsafe class QuantizedKvCacheTests
                     {
                         int c0 = h * HeadDim + g * Group;
                         (Half s, Half mn, int[] codes) = Quantize(Enumerable.Range(c0, Group).Select(c => (float)v[layer][t * Row + c]).ToArray());
-                        Assert.True(s.Equals(At<Half>(valueGroups, 0, t, h, g, 0)) && mn.Equals(At<Half>(valueGroups, 0, t, h, g, 1)),
+                        // Value groups are group-major in a block: [head][group][token].
+                        Assert.True(s.Equals(At<Half>(valueGroups, 0, t / Block, h, g, t % Block, 0)) && mn.Equals(At<Half>(valueGroups, 0, t / Block, h, g, t % Block, 1)),
                             $"value group {g} of token {t}, layer {layer}, head {h}, seed {seed}");
                         for (int i = 0; i < Group; i++)
                         {
                             int d = g * Group + i;
-                            Assert.True(codes[i] == Code(valueCodes, 0, t, h, d / 16, d % 16), $"value code of token {t}, layer {layer}, channel {d}, seed {seed}");
+                            Assert.True(codes[i] == Code(valueCodes, 0, t / Block, h, t % Block, d / 16, d % 16), $"value code of token {t}, layer {layer}, channel {d}, seed {seed}");
                         }
                     }
                 }
@@ -240,15 +246,33 @@ public sealed unsafe class QuantizedKvCacheTests
             for (int layer = 0; layer < Layers; layer++)
             {
                 TensorView view = cache.View(which, layer);
+                if (which == QuantizedKvView.ValueCodes || which == QuantizedKvView.ValueGroups)
+                {
+                    // Values 0 .. 135 are coded: two whole layout blocks and 8 rows of the third, compared row by row.
+                    for (long t = 0; t < Tokens - Window; t++)
+                    {
+                        for (long h = 0; h < HeadsKv; h++)
+                        {
+                            for (long j = 0; j < view.Shape[which == QuantizedKvView.ValueCodes ? 4 : 3]; j++)
+                            {
+                                bool same = which == QuantizedKvView.ValueCodes
+                                    ? At<int>(view, a, t / Block, h, t % Block, j) == At<int>(view, b, t / Block, h, t % Block, j)
+                                    : At<Half>(view, a, t / Block, h, j, t % Block, 0).Equals(At<Half>(view, b, t / Block, h, j, t % Block, 0)) &&
+                                      At<Half>(view, a, t / Block, h, j, t % Block, 1).Equals(At<Half>(view, b, t / Block, h, j, t % Block, 1));
+                                Assert.True(same, $"{which} of layer {layer}, token {t}, head {h}, seed {seed}");
+                            }
+                        }
+                    }
+                    continue;
+                }
                 long slotBytes = view.Strides[0] * DTypes.SizeOf(view.DType);
-                // Only the filled part of a slot is defined: the first 200 tokens (or the 200 % 64 + 64 residual rows).
+                // Only the filled part of a slot is defined: keys 0 .. 191 (three whole layout blocks), the 200 % 64 + 64
+                // residual rows.
                 long used = which switch
                 {
-                    QuantizedKvView.KeyCodes => 192 / 16 * view.Strides[1],
-                    QuantizedKvView.KeyGroups => 192 / Group * view.Strides[1],
                     QuantizedKvView.KeyResidual => 8 * view.Strides[1],
                     QuantizedKvView.ValueResidual => Window * view.Strides[1],
-                    _ => (Tokens - Window) * view.Strides[1],
+                    _ => 192 / Block * view.Strides[1],
                 } * DTypes.SizeOf(view.DType);
                 var slotA = new ReadOnlySpan<byte>((byte*)view.Data + a * slotBytes, (int)used);
                 var slotB = new ReadOnlySpan<byte>((byte*)view.Data + b * slotBytes, (int)used);

@@ -312,6 +312,39 @@ nkv_tensor cache_view(nkv_quantized_kv_cache* cache, nkv_quantized_kv_view which
   return v;
 }
 
+// Rows [0, rows) of share `share` (a slot's; a page's when paged) of a token-indexed view, as bytes in the order
+// [row][head][row elements]: the layout one-shot quantization gives. The view is layout blocks, [shares, blocks, heads,
+// rows per block, row elements...], or for KIVI's value groups (column_major) [shares, blocks, heads, columns, tokens
+// per block, 2]. Only the blocks that hold the rows are read (with virtual memory the rest may not be mapped).
+std::vector<uint8_t> share_rows(nkv_context* context, const nkv_tensor& v, int64_t share, int64_t rows, bool column_major = false) {
+  if (rows <= 0 || v.shape[1] == 0) return {};
+  const int64_t element = static_cast<int64_t>(nkv_dtype_size(v.dtype));
+  const int64_t heads = v.shape[2], per_block = column_major ? v.shape[4] : v.shape[3];
+  int64_t unit = element;  // bytes of one entry: a head's row, or one column of a token's row (column-major)
+  for (int i = column_major ? 5 : 4; i < v.ndim; ++i) unit *= v.shape[i];
+  const int64_t columns = column_major ? v.shape[3] : 1, width = unit * columns;
+  const int64_t block_bytes = v.strides[1] * element, blocks = (rows + per_block - 1) / per_block;
+  const char* first = static_cast<const char*>(v.data) + share * v.strides[0] * element;
+  const std::vector<uint8_t> raw = read_elements<uint8_t>(context, first, static_cast<size_t>((blocks * block_bytes + 3) / 4 * 4));
+  std::vector<uint8_t> out(static_cast<size_t>(rows * heads * width));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t j = 0; j < columns; ++j) {
+        const int64_t from = r / per_block * block_bytes + ((h * columns + j) * per_block + r % per_block) * unit;
+        std::memcpy(out.data() + (r * heads + h) * width + j * unit, raw.data() + from, static_cast<size_t>(unit));
+      }
+    }
+  }
+  return out;
+}
+
+template <typename T>
+std::vector<T> as_elements(const std::vector<uint8_t>& bytes) {
+  std::vector<T> out(bytes.size() / sizeof(T));
+  if (!out.empty()) std::memcpy(out.data(), bytes.data(), out.size() * sizeof(T));
+  return out;
+}
+
 // What a slot of one layer holds that its length defines: codes and groups of the quantized tokens, the
 // residual rows of the rest (other entries are unspecified and not compared).
 struct SlotContents {
@@ -328,20 +361,23 @@ SlotContents slot_contents(nkv_context* context, nkv_quantized_kv_cache* cache, 
   EXPECT_EQ(nkv_quantized_kv_cache_slot(cache, slot, &length), NKV_STATUS_SUCCESS) << nkv_last_error();
   const int64_t channels = static_cast<int64_t>(s.heads) * s.head_dim, per_word = nkv::codes_per_word(s.bits);
   const int64_t keys = nkv::kivi::quantized_keys(length, s.residual), values = nkv::kivi::quantized_values(length, s.residual);
-  // Rows [from, to) of the slot's share of a view (only those: with virtual memory the rest may not be mapped). The
-  // group views are fp16 pairs, read here as one 32-bit word each.
+  // Rows [from, to) of the slot's share of a residual view (only those: with virtual memory the rest may not be mapped).
   auto rows_of = [&](nkv_quantized_kv_view which, int64_t row_width, int64_t from, int64_t to, auto element) {
     const nkv_tensor v = cache_view(cache, which, layer);
     const char* first = static_cast<const char*>(v.data) + (slot * v.strides[0]) * static_cast<int64_t>(nkv_dtype_size(v.dtype)) +
                         from * row_width * static_cast<int64_t>(sizeof(element));
     return read_elements<decltype(element)>(context, first, static_cast<size_t>(std::max<int64_t>(0, to - from) * row_width));
   };
+  // The coded arrays, in token-row order; the group views are fp16 pairs, read here as one 32-bit word each.
+  auto coded = [&](nkv_quantized_kv_view which, int64_t rows) {
+    return as_elements<uint32_t>(share_rows(context, cache_view(cache, which, layer), slot, rows, which == NKV_QUANTIZED_KV_VALUE_GROUPS));
+  };
   SlotContents c;
-  c.key_codes = rows_of(NKV_QUANTIZED_KV_KEY_CODES, channels, 0, keys / per_word, uint32_t{});
-  c.key_groups = rows_of(NKV_QUANTIZED_KV_KEY_GROUPS, channels, 0, keys / s.group, uint32_t{});
+  c.key_codes = coded(NKV_QUANTIZED_KV_KEY_CODES, keys / per_word);
+  c.key_groups = coded(NKV_QUANTIZED_KV_KEY_GROUPS, keys / s.group);
   c.key_residual = rows_of(NKV_QUANTIZED_KV_KEY_RESIDUAL, channels, 0, length - keys, uint16_t{});
-  c.value_codes = rows_of(NKV_QUANTIZED_KV_VALUE_CODES, channels / per_word, 0, values, uint32_t{});
-  c.value_groups = rows_of(NKV_QUANTIZED_KV_VALUE_GROUPS, channels / s.group, 0, values, uint32_t{});
+  c.value_codes = coded(NKV_QUANTIZED_KV_VALUE_CODES, values);
+  c.value_groups = coded(NKV_QUANTIZED_KV_VALUE_GROUPS, values);
   const auto ring = rows_of(NKV_QUANTIZED_KV_VALUE_RESIDUAL, channels, 0, s.residual, uint16_t{});
   for (int64_t t = values; t < length; ++t) {  // the window in token order
     c.value_residual.insert(c.value_residual.end(), ring.begin() + t % s.residual * channels, ring.begin() + (t % s.residual + 1) * channels);
@@ -950,26 +986,27 @@ TEST(QuantizedKvCache, BfpStoresEveryTokenInBlocks) {
         const int per_word = static_cast<int>(nkv::codes_per_word(bits));
         std::vector<uint32_t> words(static_cast<size_t>(channels / per_word));
         std::vector<int8_t> exponents(static_cast<size_t>(channels / block));
-        const nkv_tensor key_codes = cache_view(cache.get(), NKV_QUANTIZED_KV_KEY_CODES, 1);
-        const nkv_tensor key_exponents = cache_view(cache.get(), NKV_QUANTIZED_KV_KEY_GROUPS, 1);
-        EXPECT_EQ(key_exponents.dtype, NKV_DTYPE_INT8);
+        const nkv_tensor key_exponents_view = cache_view(cache.get(), NKV_QUANTIZED_KV_KEY_GROUPS, 1);
+        EXPECT_EQ(key_exponents_view.dtype, NKV_DTYPE_INT8);
+        // Every token's rows, in token order ([token][head][row]).
+        const auto key_codes = as_elements<uint32_t>(share_rows(context.get(), cache_view(cache.get(), NKV_QUANTIZED_KV_KEY_CODES, 1), slot, tokens));
+        const auto key_exponents = as_elements<int8_t>(share_rows(context.get(), key_exponents_view, slot, tokens));
+        const auto values = as_elements<uint16_t>(share_rows(context.get(), cache_view(cache.get(), NKV_QUANTIZED_KV_VALUE_RESIDUAL, 1), slot, tokens));
+        const auto value_codes = as_elements<uint32_t>(share_rows(context.get(), cache_view(cache.get(), NKV_QUANTIZED_KV_VALUE_CODES, 1), slot, tokens));
         for (int t = 0; t < tokens; ++t) {
           nkv::bfp::quantize_token(bits, block, channels, [&](int64_t c) {
             return k[static_cast<size_t>(t * channels + c / d * d + order[static_cast<size_t>(c)])];
           }, words.data(), exponents.data());
-          const uint32_t* stored = static_cast<const uint32_t*>(key_codes.data) + t * key_codes.strides[1];
-          const int8_t* stored_exponents = static_cast<const int8_t*>(key_exponents.data) + t * key_exponents.strides[1];
+          const uint32_t* stored = key_codes.data() + t * (channels / per_word);
+          const int8_t* stored_exponents = key_exponents.data() + t * (channels / block);
           ASSERT_TRUE(std::equal(words.begin(), words.end(), stored)) << "bits " << bits << " block " << block << " token " << t;
           ASSERT_TRUE(std::equal(exponents.begin(), exponents.end(), stored_exponents)) << "token " << t;
           if (value_format == NKV_KV_VALUES_FP16) {
-            const nkv_tensor values = cache_view(cache.get(), NKV_QUANTIZED_KV_VALUE_RESIDUAL, 1);
-            ASSERT_TRUE(std::equal(vh.begin() + t * channels, vh.begin() + (t + 1) * channels,
-                                   static_cast<const uint16_t*>(values.data) + t * values.strides[1]));
+            ASSERT_TRUE(std::equal(vh.begin() + t * channels, vh.begin() + (t + 1) * channels, values.data() + t * channels));
           } else {
             nkv::bfp::quantize_token(bits, block, channels, [&](int64_t c) { return v[static_cast<size_t>(t * channels + c)]; },
                                      words.data(), exponents.data());
-            const nkv_tensor value_codes = cache_view(cache.get(), NKV_QUANTIZED_KV_VALUE_CODES, 1);
-            ASSERT_TRUE(std::equal(words.begin(), words.end(), static_cast<const uint32_t*>(value_codes.data) + t * value_codes.strides[1]));
+            ASSERT_TRUE(std::equal(words.begin(), words.end(), value_codes.data() + t * (channels / per_word)));
           }
         }
       }
@@ -1094,14 +1131,7 @@ TEST(QuantizedKvCacheCuda, BfpMatchesTheCpuReference) {
     fill_slots(cpu_model, config.c);
     // A slot's first `length` rows of a view, as bytes (rows past the length are unspecified).
     auto stored = [&](nkv_context* context, nkv_quantized_kv_cache* cache, nkv_quantized_kv_view which, int32_t layer, int32_t slot) {
-      const nkv_tensor v = cache_view(cache, which, layer);
-      if (v.shape[1] == 0) return std::vector<uint8_t>();  // an array this value format does not have
-      const int64_t element = static_cast<int64_t>(nkv_dtype_size(v.dtype));
-      const int64_t bytes = static_cast<int64_t>(config.c.lengths[static_cast<size_t>(slot)]) * v.strides[1] * element;
-      const char* first = static_cast<const char*>(v.data) + slot * v.strides[0] * element;
-      std::vector<uint8_t> out = read_elements<uint8_t>(context, first, static_cast<size_t>((bytes + 3) / 4 * 4));
-      out.resize(static_cast<size_t>(bytes));
-      return out;
+      return share_rows(context, cache_view(cache, which, layer), slot, config.c.lengths[static_cast<size_t>(slot)]);
     };
     for (int32_t layer = 0; layer < shape.layers; ++layer) {
       for (int32_t slot = 0; slot < shape.slots; ++slot) {

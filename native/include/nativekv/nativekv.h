@@ -735,33 +735,38 @@ NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, 
  * there, so no group is quantized from fewer than G tokens) and values 0 .. T - R - 1 (a value is
  * quantized once R newer tokens follow it). Whether a slot's tokens came in one append or in many, its codes
  * are the same bit for bit.
- * Layouts of one layer (views below), channel c = head * head_dim + d, codes packed 32 / b to an int32 word
- * with the first in the least significant bits, capacity = max_tokens rounded up to a multiple of R:
- *   KEY_CODES      int32 [max_slots, capacity / (32 / b), num_heads_kv, head_dim]: word w of a channel holds
- *                  its tokens w * (32 / b) .. w * (32 / b) + 32 / b - 1
- *   KEY_GROUPS     fp16 [max_slots, capacity / G, num_heads_kv, head_dim, 2]: {scale, minimum} of tokens
- *                  g * G .. g * G + G - 1 of a channel
+ * Layouts of one layer (views below), codes packed 32 / b to an int32 word with the first in the least significant
+ * bits, capacity = max_tokens rounded up to a multiple of R. The arrays that hold tokens by index (codes and groups)
+ * keep a slot's tokens in layout blocks of B tokens (B = 64, or G for G = 128; a paged cache's block is its page),
+ * each block head-major: one head's part of a block is contiguous, so a decode reads long runs per head. With
+ * blocks = ceil(capacity / B), token t of a slot is row t % B (or its word row, its group) of block t / B:
+ *   KEY_CODES      int32 [max_slots, blocks, num_heads_kv, B / (32 / b), head_dim]: word w of a channel holds
+ *                  the block's tokens w * (32 / b) .. w * (32 / b) + 32 / b - 1
+ *   KEY_GROUPS     fp16 [max_slots, blocks, num_heads_kv, B / G, head_dim, 2]: {scale, minimum} of the block's
+ *                  tokens g * G .. g * G + G - 1 of a channel
  *   KEY_RESIDUAL   fp16 [max_slots, R, num_heads_kv, head_dim]: row i holds token T - T % R + i
- *   VALUE_CODES    int32 [max_slots, capacity, num_heads_kv, head_dim / (32 / b)]: word w of a token's head
+ *   VALUE_CODES    int32 [max_slots, blocks, num_heads_kv, B, head_dim / (32 / b)]: word w of a token's head
  *                  holds its channels w * (32 / b) ..
- *   VALUE_GROUPS   fp16 [max_slots, capacity, num_heads_kv, head_dim / G, 2]: {scale, minimum}
+ *   VALUE_GROUPS   fp16 [max_slots, blocks, num_heads_kv, head_dim / G, B, 2]: {scale, minimum} of a token's
+ *                  channels g * G .., group-major (one group of the block's tokens is contiguous)
  *   VALUE_RESIDUAL fp16 [max_slots, R, num_heads_kv, head_dim]: token t (T - R <= t < T) at row t % R
  * Block floating point (BFP; "Accurate Block Quantization in LLMs with Outliers"): each token's keys and values
  * (per head) are blocks of n consecutive channels sharing an exponent E = floor(log2(max |x|)) (int8; -128 for a
  * block of zeros) and keeping m-bit signed mantissas round_half_even(x / 2^(E + 2 - m)) clipped to
  * +-(2^(m-1) - 1); x^ = mantissa * 2^(E + 2 - m). m + 8 / n bits per element (BFP12, n = 32: 4.25). Tokens are
- * quantized as they are written (no residual window); capacity = max_tokens. Layouts of a BFP layer:
- *   KEY_CODES      int32 [max_slots, capacity, num_heads_kv, head_dim / (32 / m)]: m-bit two's complement
+ * quantized as they are written (no residual window); capacity = max_tokens. Layouts of a BFP layer (layout blocks
+ * of B = 64 tokens as KIVI's, blocks = ceil(capacity / 64)):
+ *   KEY_CODES      int32 [max_slots, blocks, num_heads_kv, B, head_dim / (32 / m)]: m-bit two's complement
  *                  mantissas, the first in the least significant bits, channels in the layer's key order (K-sort)
- *   KEY_GROUPS     int8 [max_slots, capacity, num_heads_kv, head_dim / n]: the blocks' exponents
+ *   KEY_GROUPS     int8 [max_slots, blocks, num_heads_kv, B, head_dim / n]: the blocks' exponents
  *   KEY_RESIDUAL   fp16 [max_slots, 0, num_heads_kv, head_dim]
  *   VALUE_CODES, VALUE_GROUPS as the keys' (channels in their own order), or with NKV_KV_VALUES_FP16 of extent 0,
- *   VALUE_RESIDUAL then fp16 [max_slots, capacity, num_heads_kv, head_dim] holding every value.
+ *   VALUE_RESIDUAL then fp16 [max_slots, blocks, num_heads_kv, B, head_dim] holding every value.
  * K-sort (nkv_ksort_calibrate, nkv_quantized_kv_cache_set_key_permutation) orders each head's key channels so
  * that channels of similar magnitude share blocks (KIVI caches take an order too: their keys and key residual are
  * stored in it).
- * Paged caches (options.memory NKV_KV_MEMORY_PAGED) have the same layouts with max_pages pages of page_size tokens
- * in place of max_slots slots of capacity tokens in every array that holds tokens by index (codes, groups, BFP's
+ * Paged caches (options.memory NKV_KV_MEMORY_PAGED) have the same layouts with max_pages pages of one block of
+ * B = page_size tokens in place of max_slots slots in every array that holds tokens by index (codes, groups, BFP's
  * fp16 values); KIVI's residual windows stay [max_slots, R, ...]; NKV_QUANTIZED_KV_BLOCK_TABLE gives each slot's
  * pages.
  * Steps work as in the other caches: nkv_quantized_kv_cache_append grows slots, then
@@ -852,7 +857,7 @@ typedef enum nkv_quantized_kv_view {
   NKV_QUANTIZED_KV_BLOCK_TABLE = 7     /* NKV_KV_MEMORY_PAGED: int32 [max_slots, pages per slot], the page of each slot's
                                           page_size tokens (entries past a slot's length are unspecified); `layer` is
                                           ignored. Paged caches view the coded arrays (and BFP's fp16 values) with
-                                          pages in place of slots and page_size tokens in place of the capacity. */
+                                          pages in place of slots, each one layout block of page_size tokens. */
 } nkv_quantized_kv_view;
 
 /* A view of the cache's memory, valid until the cache is destroyed; read it, never write it. */

@@ -89,8 +89,10 @@ struct SlotExtents {
   int64_t key_codes, key_groups, key_residual, value_codes, value_groups, value_residual;
 };
 
-// `tokens`: what a share of the token-indexed arrays holds (the capacity, or a page's tokens).
+// `tokens`: what a share of the token-indexed arrays holds (the capacity, or a page's tokens), rounded up to whole
+// layout blocks.
 SlotExtents slot_extents(const Cache& k, int64_t tokens) {
+  tokens = (tokens + (int64_t{1} << k.block_shift) - 1) >> k.block_shift << k.block_shift;
   const int64_t channels = static_cast<int64_t>(k.num_heads_kv) * k.head_dim;
   const int64_t per_word = codes_per_word(k.bits);
   if (k.format == NKV_KV_FORMAT_BFP) {  // per token along the channels, no residual window
@@ -170,11 +172,13 @@ constexpr uint64_t kElementBytes[2][6] = {{4, 4, 2, 4, 4, 2},   // KIVI
 // Bytes of a slot's share of each array that `tokens` tokens use, kernels' reads included: a decode stage reads the
 // 128 tokens of a chunk that starts below the coded ones at a multiple of 64 (so up to T rounded up to 64, plus 63)
 // and KIVI's keys flush up to the next multiple of R, so the mapping covers tokens rounded up to 64, plus R and 64
-// more, within the capacity; residual windows whole.
+// more, within the capacity; then whole layout blocks (a block holds every head's part of its tokens); residual
+// windows whole.
 uint64_t bytes_used(const Cache& k, int array, int64_t tokens) {
   const int64_t channels = static_cast<int64_t>(k.num_heads_kv) * k.head_dim;
   const int64_t per_word = codes_per_word(k.bits);
-  const int64_t t = std::min<int64_t>(k.capacity, (tokens + 63) / 64 * 64 + k.residual + 64);
+  const int64_t block = int64_t{1} << k.block_shift;
+  const int64_t t = (std::min<int64_t>(k.capacity, (tokens + 63) / 64 * 64 + k.residual + 64) + block - 1) / block * block;
   const SlotExtents e = slot_extents(k, k.capacity);
   const bool bfp = k.format == NKV_KV_FORMAT_BFP;
   int64_t elements = 0;
@@ -268,6 +272,7 @@ QuantizedKvLayer quantized_kv_layer(const nkv_quantized_kv_cache& k, int32_t lay
     l.block_table_stride = k.pages_per_slot;
     l.page_shift = k.page_shift;
   }
+  l.block_shift = k.block_shift;
   l.key_codes = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 0));
   l.key_groups = reinterpret_cast<uint32_t*>(share_of(k, 0, layer, 1));
   l.key_residual = reinterpret_cast<uint16_t*>(share_of(k, 0, layer, 2));
@@ -389,6 +394,12 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
       }
       cache->max_pages = o.max_pages == 0 ? static_cast<int32_t>(filled) : o.max_pages;
     }
+    if (paged) {
+      cache->block_shift = cache->page_shift;
+    } else {
+      cache->block_shift = 6;
+      while (!bfp && (1 << cache->block_shift) < o.group_size) ++cache->block_shift;
+    }
     const SlotExtents e = slot_extents(*cache, paged ? cache->page_size : cache->capacity);
     const uint64_t slots = static_cast<uint64_t>(o.max_slots);
     const int64_t extents[6] = {e.key_codes, e.key_groups, e.key_residual, e.value_codes, e.value_groups, e.value_residual};
@@ -406,8 +417,8 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     for (int i = 0; i < 6; ++i) {
       const uint64_t share = checked_product({static_cast<uint64_t>(extents[i]), kElementBytes[bfp ? 1 : 0][i]},
                                              "argument 'options' (max_tokens x num_heads_kv x head_dim): a slot's bytes");
-      // Shares start on 16-byte boundaries: the BFP decode copies a token's exponents as the aligned 8 bytes that
-      // hold them (every other array's share is a multiple of 16 bytes already).
+      // Shares start on 16-byte boundaries: the decodes copy 16-byte pieces of a head's part of a layout block (BFP's
+      // exponents of 16 / (d / n) tokens; every other array's share is a multiple of 16 bytes already).
       cache->slot_bytes[i] = virtual_memory ? round_up(share, cache->page_bytes) : round_up(share, 16);
       array_bytes[i] = checked_product({cache->shares[i], cache->slot_bytes[i]}, "argument 'options.max_slots' (or max_pages): an array's bytes");
     }
@@ -615,28 +626,30 @@ NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cac
       const QuantizedKvLayer l = quantized_kv_layer(k, layer);
       const int64_t per_word = codes_per_word(k.bits);
       const int64_t h = k.num_heads_kv, d = k.head_dim;
-      // Shares of the token-indexed arrays: slots of `capacity` tokens, or pages of page_size tokens.
-      const int64_t s = paged ? k.max_pages : k.max_slots, tokens = paged ? k.page_size : k.capacity, slots = k.max_slots;
+      // Shares of the token-indexed arrays: slots of `capacity` tokens, or pages of page_size tokens, in layout
+      // blocks of B tokens (a page when paged), each block head-major.
+      const int64_t s = paged ? k.max_pages : k.max_slots, slots = k.max_slots;
+      const int64_t b = int64_t{1} << k.block_shift, blocks = paged ? 1 : (k.capacity + b - 1) / b;
       if (k.format == NKV_KV_FORMAT_BFP) {
-        const int64_t coded = k.value_format == NKV_KV_VALUES_LIKE_KEYS ? tokens : 0;
+        const bool coded = k.value_format == NKV_KV_VALUES_LIKE_KEYS;
         switch (which) {
-          case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, tokens, h, d / per_word}); break;
-          case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_INT8, {s, tokens, h, d / k.group}); break;
+          case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, blocks, h, b, d / per_word}); break;
+          case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_INT8, {s, blocks, h, b, d / k.group}); break;
           case NKV_QUANTIZED_KV_KEY_RESIDUAL: set(l.key_residual, NKV_DTYPE_FLOAT16, {slots, 0, h, d}); break;
-          case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, coded, h, d / per_word}); break;
-          case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_INT8, {s, coded, h, d / k.group}); break;
-          default: set(l.value_residual, NKV_DTYPE_FLOAT16, {s, tokens - coded, h, d}); break;
+          case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, coded ? blocks : 0, h, b, d / per_word}); break;
+          case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_INT8, {s, coded ? blocks : 0, h, b, d / k.group}); break;
+          default: set(l.value_residual, NKV_DTYPE_FLOAT16, {s, coded ? 0 : blocks, h, b, d}); break;
         }
         t.strides[0] = static_cast<int64_t>(k.slot_bytes[which] / nkv_dtype_size(t.dtype));
         *out_view = t;
         return;
       }
       switch (which) {
-        case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, tokens / per_word, h, d}); break;
-        case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_FLOAT16, {s, tokens / k.group, h, d, 2}); break;
+        case NKV_QUANTIZED_KV_KEY_CODES: set(l.key_codes, NKV_DTYPE_INT32, {s, blocks, h, b / per_word, d}); break;
+        case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_FLOAT16, {s, blocks, h, b / k.group, d, 2}); break;
         case NKV_QUANTIZED_KV_KEY_RESIDUAL: set(l.key_residual, NKV_DTYPE_FLOAT16, {slots, k.residual, h, d}); break;
-        case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, tokens, h, d / per_word}); break;
-        case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_FLOAT16, {s, tokens, h, d / k.group, 2}); break;
+        case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, blocks, h, b, d / per_word}); break;
+        case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_FLOAT16, {s, blocks, h, d / k.group, b, 2}); break;
         default: set(l.value_residual, NKV_DTYPE_FLOAT16, {slots, k.residual, h, d}); break;
       }
       t.strides[0] = static_cast<int64_t>(k.slot_bytes[which] / nkv_dtype_size(t.dtype));  // whole pages with virtual memory

@@ -42,12 +42,13 @@ struct QuantizedKvLayer {
   int32_t heads = 0;
   int32_t head_dim = 0;
   int32_t capacity = 0;  // tokens per slot
-  uint32_t* key_codes = nullptr;     // [slot][word row][head][d]
-  uint32_t* key_groups = nullptr;    // KIVI [slot][group][head][d] pairs; BFP [slot][token][head][block] int8 exponents
-  uint16_t* key_residual = nullptr;  // [slot][row][head][d]
-  uint32_t* value_codes = nullptr;   // [slot][token][head][word]
-  uint32_t* value_groups = nullptr;  // [slot][token][head][group]
-  uint16_t* value_residual = nullptr;
+  // The token-indexed arrays (codes, groups, BFP's fp16 values) in layout blocks (see head_row below):
+  uint32_t* key_codes = nullptr;     // rows: word rows of 32 / b tokens, [d] words
+  uint32_t* key_groups = nullptr;    // KIVI rows: groups of G tokens, [d] pairs; BFP rows: tokens, [d / n] int8 exponents
+  uint16_t* key_residual = nullptr;  // KIVI [slot][row][head][d]
+  uint32_t* value_codes = nullptr;   // rows: tokens, [d / (32 / b)] words
+  uint32_t* value_groups = nullptr;  // KIVI: [d / G][tokens of the block] pairs (group-major, see value_group_column); BFP: as the keys'
+  uint16_t* value_residual = nullptr;  // KIVI [slot][row][head][d]; BFP's fp16 values: rows of tokens, [d] halves
   // Per-share strides: a slot's share of each array, or with pages (block_table set) a page's share of the token-indexed
   // arrays (codes, groups, BFP's fp16 values); KIVI's residuals are always per slot.
   int64_t key_codes_slot = 0;
@@ -61,8 +62,10 @@ struct QuantizedKvLayer {
   const int32_t* block_table = nullptr;  // in the backend's memory
   int64_t block_table_stride = 0;
   int32_t page_shift = 0;
+  int32_t block_shift = 0;  // layout blocks of 2^block_shift tokens (head_row): a page when paged
 
-  int32_t codes_per_word() const { return 32 / bits; }
+  NKV_HOST_DEVICE int32_t codes_per_word() const { return 32 / bits; }
+  NKV_HOST_DEVICE int32_t word_shift() const { return bits == 2 ? 4 : bits == 4 ? 3 : 2; }  // log2(codes per word)
 };
 
 // Where token t of `slot` lies in a token-indexed array whose shares are `per_share` elements apart: the element
@@ -75,6 +78,28 @@ NKV_HOST_DEVICE inline TokenPlace token_place(const QuantizedKvLayer& l, int64_t
   if (l.block_table == nullptr) return {slot * per_share, t};
   const int64_t page = l.block_table[slot * l.block_table_stride + (t >> l.page_shift)];
   return {page * per_share, t & ((int64_t{1} << l.page_shift) - 1)};
+}
+
+// The token-indexed arrays keep a share (a slot's, or a page's) as layout blocks of 2^block_shift tokens (a paged
+// cache's page is one block), each block head-major: [block][head][rows][row elements], a row being 2^row_shift
+// tokens (KIVI's key code word rows 32 / b, key groups G, every other array 1). One head's part of a block is
+// contiguous, so a decode streams runs of a block per head, not each token's few bytes per head. The element offset
+// of the row that holds token t of `head`.
+NKV_HOST_DEVICE inline int64_t head_row(const QuantizedKvLayer& l, int64_t per_share, int64_t slot, int64_t head, int64_t t,
+                                        int32_t row_shift, int64_t row_elements) {
+  const TokenPlace p = token_place(l, per_share, slot, t);
+  const int64_t block = p.token >> l.block_shift;
+  const int64_t row = (p.token & ((int64_t{1} << l.block_shift) - 1)) >> row_shift;
+  return p.share + (((block * l.heads + head) << (l.block_shift - row_shift)) + row) * row_elements;
+}
+// KIVI's value groups are group-major within a head's part of a block ([d / G][tokens]), so that one group column of
+// consecutive tokens is contiguous: the element offset of token t's group `column` of `head`.
+NKV_HOST_DEVICE inline int64_t value_group_column(const QuantizedKvLayer& l, int64_t slot, int64_t head, int64_t t, int64_t column) {
+  const TokenPlace p = token_place(l, l.value_groups_slot, slot, t);
+  const int64_t block_tokens = int64_t{1} << l.block_shift;
+  const int64_t block = p.token >> l.block_shift;
+  const int64_t columns = l.head_dim >> l.group_shift;
+  return p.share + ((block * l.heads + head) * columns + column) * block_tokens + (p.token & (block_tokens - 1));
 }
 
 // The step's K and V of one write: [step tokens, heads, d] halves.
@@ -133,6 +158,9 @@ struct nkv_quantized_kv_cache {
   int32_t max_slots = 0;
   int32_t max_tokens = 0;
   int32_t capacity = 0;  // max_tokens rounded up to a multiple of R
+  // Layout blocks of the token-indexed arrays (QuantizedKvLayer::block_shift): a page when paged, else 64 tokens (G
+  // for KIVI groups of 128), so that a slot's share is whole blocks and grows block by block (virtual memory).
+  int32_t block_shift = 0;
 
   // Context memory: per layer the six arrays of every slot, each starting on a 256-byte boundary, then the
   // device mirrors.

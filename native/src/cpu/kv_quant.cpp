@@ -5,6 +5,7 @@
 #include <cmath>
 #include <numeric>
 #include <string>
+#include <vector>
 
 #include "core/error.h"
 #include "core/kv_quant.h"
@@ -16,27 +17,33 @@ namespace {
 
 using namespace reference;
 
-// Where a slot's rows lie: channel c of row t of a [rows, heads x d] array. The token-indexed arrays (codes, groups,
-// BFP's fp16 values) are reached through at(), which gives the start of the slot's share, or of the page that holds
-// token t, and turns t into its index there (a KIVI key group or word row never spans two pages: P is a multiple
-// of G and of the codes per word).
+// Where a slot's rows lie. The token-indexed arrays (codes, groups, BFP's fp16 values) are per head: a pointer to the
+// row of `head` that holds token t (a key code word row, a key group, or the token's row), in the slot's share or
+// the page that holds t (head_row); KIVI's residuals are [row][heads x d].
 struct SlotArrays {
   const QuantizedKvLayer& l;
   int32_t slot;
   int64_t channels() const { return static_cast<int64_t>(l.heads) * l.head_dim; }
-  template <typename T>
-  T* at(T* array, int64_t per_share, int64_t& t) const {
-    const TokenPlace p = token_place(l, per_share, slot, t);
-    t = p.token;
-    return array + p.share;
+  uint32_t* key_codes(int64_t head, int64_t t) const {  // KIVI: the word row of t; BFP: t's words
+    if (l.format == NKV_KV_FORMAT_BFP) return l.key_codes + head_row(l, l.key_codes_slot, slot, head, t, 0, l.head_dim / l.codes_per_word());
+    return l.key_codes + head_row(l, l.key_codes_slot, slot, head, t, l.word_shift(), l.head_dim);
   }
-  uint32_t* key_codes(int64_t& t) const { return at(l.key_codes, l.key_codes_slot, t); }
-  uint32_t* key_groups(int64_t& t) const { return at(l.key_groups, l.key_groups_slot, t); }
-  uint32_t* value_codes(int64_t& t) const { return at(l.value_codes, l.value_codes_slot, t); }
-  uint32_t* value_groups(int64_t& t) const { return at(l.value_groups, l.value_groups_slot, t); }
-  int8_t* key_exponents(int64_t& t) const { return at(reinterpret_cast<int8_t*>(l.key_groups), l.key_groups_slot, t); }
-  int8_t* value_exponents(int64_t& t) const { return at(reinterpret_cast<int8_t*>(l.value_groups), l.value_groups_slot, t); }
-  uint16_t* fp16_values(int64_t& t) const { return at(l.value_residual, l.value_residual_slot, t); }  // BFP with fp16 values
+  uint32_t* key_groups(int64_t head, int64_t t) const {
+    return l.key_groups + head_row(l, l.key_groups_slot, slot, head, t, l.group_shift, l.head_dim);
+  }
+  uint32_t* value_codes(int64_t head, int64_t t) const {
+    return l.value_codes + head_row(l, l.value_codes_slot, slot, head, t, 0, l.head_dim / l.codes_per_word());
+  }
+  uint32_t& value_group(int64_t head, int64_t t, int64_t column) const { return l.value_groups[value_group_column(l, slot, head, t, column)]; }
+  int8_t* key_exponents(int64_t head, int64_t t) const {
+    return reinterpret_cast<int8_t*>(l.key_groups) + head_row(l, l.key_groups_slot, slot, head, t, 0, l.head_dim / l.group);
+  }
+  int8_t* value_exponents(int64_t head, int64_t t) const {
+    return reinterpret_cast<int8_t*>(l.value_groups) + head_row(l, l.value_groups_slot, slot, head, t, 0, l.head_dim / l.group);
+  }
+  uint16_t* fp16_values(int64_t head, int64_t t) const {  // BFP with fp16 values
+    return l.value_residual + head_row(l, l.value_residual_slot, slot, head, t, 0, l.head_dim);
+  }
   uint16_t* key_residual() const { return l.key_residual + slot * l.residual_slot; }                  // KIVI
   uint16_t* value_residual() const { return l.value_residual + slot * l.value_residual_slot; }        // KIVI's ring
   // The written channel that stored key channel c holds (K-sort).
@@ -52,31 +59,27 @@ float input_at(const uint16_t* base, int64_t row_stride, int64_t head_stride, in
 
 // Block floating point: every new token's keys (in the layer's key order) and values, as they are written.
 void bfp_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, const QuantizedKvInput& in) {
-  const int64_t per_word = codes_per_word(l.bits);
   for (int32_t i = 0; i < step.count; ++i) {
     const QuantizedKvStepEntry& e = step.entries[i];
     const SlotArrays slot{l, e.slot};
-    const int64_t channels = slot.channels();
     for (int64_t t = e.old_length; t < e.old_length + e.count; ++t) {
       const int64_t row = e.input_row + t - e.old_length;
-      int64_t u = t, v = t;
-      uint32_t* key_words = slot.key_codes(u);
-      int8_t* key_exponents = slot.key_exponents(v);
-      bfp::quantize_token(l.bits, l.group, channels,
-                          [&](int64_t c) { return input_at(in.k, in.k_row_stride, in.k_head_stride, l.head_dim, row, slot.key_source(c)); },
-                          key_words + u * (channels / per_word), key_exponents + v * (channels / l.group));
-      u = v = t;
-      if (l.value_format == NKV_KV_VALUES_FP16) {
-        uint16_t* values = slot.fp16_values(u);
-        for (int64_t c = 0; c < channels; ++c) {
-          values[u * channels + c] = float_to_half(input_at(in.v, in.v_row_stride, in.v_head_stride, l.head_dim, row, c));
+      for (int64_t h = 0; h < l.heads; ++h) {
+        const int64_t c0 = h * l.head_dim;
+        bfp::quantize_token(
+            l.bits, l.group, l.head_dim,
+            [&](int64_t c) { return input_at(in.k, in.k_row_stride, in.k_head_stride, l.head_dim, row, slot.key_source(c0 + c)); },
+            slot.key_codes(h, t), slot.key_exponents(h, t));
+        if (l.value_format == NKV_KV_VALUES_FP16) {
+          uint16_t* values = slot.fp16_values(h, t);
+          for (int64_t c = 0; c < l.head_dim; ++c) {
+            values[c] = float_to_half(input_at(in.v, in.v_row_stride, in.v_head_stride, l.head_dim, row, c0 + c));
+          }
+        } else {
+          bfp::quantize_token(l.bits, l.group, l.head_dim,
+                              [&](int64_t c) { return input_at(in.v, in.v_row_stride, in.v_head_stride, l.head_dim, row, c0 + c); },
+                              slot.value_codes(h, t), slot.value_exponents(h, t));
         }
-      } else {
-        uint32_t* value_words = slot.value_codes(u);
-        int8_t* value_exponents = slot.value_exponents(v);
-        bfp::quantize_token(l.bits, l.group, channels,
-                            [&](int64_t c) { return input_at(in.v, in.v_row_stride, in.v_head_stride, l.head_dim, row, c); },
-                            value_words + u * (channels / per_word), value_exponents + v * (channels / l.group));
       }
     }
   }
@@ -152,18 +155,19 @@ void quantized_kv_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, 
     };
     // Quantize first: the residual rows written below may be the ones read here.
     for (int64_t g = keys_before; g < keys_after; g += l.group) {
-      int64_t u = g, v = g;
-      uint32_t* words = slot.key_codes(u);
-      uint32_t* groups = slot.key_groups(v);
-      kivi::quantize_key_group(l.bits, l.group, channels, u, [&](int64_t t, int64_t c) { return key(t - u + g, c); }, words, groups);
+      for (int64_t h = 0; h < l.heads; ++h) {
+        // The group's word rows and its group row of head h are consecutive rows of one layout block.
+        kivi::quantize_key_group(l.bits, l.group, l.head_dim, 0, [&](int64_t t, int64_t c) { return key(g + t, h * l.head_dim + c); },
+                                 slot.key_codes(h, g), slot.key_groups(h, g));
+      }
     }
-    const int64_t per_word = codes_per_word(l.bits);
     for (int64_t t = kivi::quantized_values(t0, r); t < kivi::quantized_values(t1, r); ++t) {
-      int64_t u = t, v = t;
-      uint32_t* words = slot.value_codes(u);
-      uint32_t* groups = slot.value_groups(v);
-      kivi::quantize_value_token(l.bits, l.group, channels, [&](int64_t c) { return value(t, c); }, words + u * (channels / per_word),
-                                 groups + v * (channels / l.group));
+      for (int64_t h = 0; h < l.heads; ++h) {
+        std::vector<uint32_t> groups(static_cast<size_t>(l.head_dim / l.group));
+        kivi::quantize_value_token(l.bits, l.group, l.head_dim, [&](int64_t c) { return value(t, h * l.head_dim + c); },
+                                   slot.value_codes(h, t), groups.data());
+        for (size_t j = 0; j < groups.size(); ++j) slot.value_group(h, t, static_cast<int64_t>(j)) = groups[j];
+      }
     }
     // Keys past the last flush wait in the residual (only new tokens move: when a flush happened every old
     // residual key was in it, and otherwise the old ones stay where they are).
@@ -192,14 +196,12 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
     const bool bfp = l.format == NKV_KV_FORMAT_BFP;
     const int64_t quantized_keys = bfp ? length : kivi::quantized_keys(length, l.residual);
     const int64_t quantized_values = bfp ? (l.value_format == NKV_KV_VALUES_FP16 ? 0 : length) : kivi::quantized_values(length, l.residual);
-    // One stored value of a BFP row: the block's exponent and the channel's mantissa.
-    auto bfp_value = [&](bool keys, int64_t t, int64_t c) {
-      int64_t u = t, v = t;
-      const uint32_t* words = keys ? slot.key_codes(u) : slot.value_codes(u);
-      const int8_t* exponents = keys ? slot.key_exponents(v) : slot.value_exponents(v);
-      const uint32_t word = words[u * (channels / per_word) + c / per_word];
-      const int mantissa = bfp::mantissa_from_field(unpack_code(word, static_cast<int>(c % per_word), l.bits), l.bits);
-      return bfp::value_of(mantissa, exponents[v * (channels / l.group) + c / l.group], l.bits);
+    // One stored value of a BFP row: the block's exponent and the channel's mantissa (d: the head's stored channel).
+    auto bfp_value = [&](bool keys, int64_t t, int64_t d) {
+      const uint32_t* words = keys ? slot.key_codes(hk, t) : slot.value_codes(hk, t);
+      const int8_t* exponents = keys ? slot.key_exponents(hk, t) : slot.value_exponents(hk, t);
+      const int mantissa = bfp::mantissa_from_field(unpack_code(words[d / per_word], static_cast<int>(d % per_word), l.bits), l.bits);
+      return bfp::value_of(mantissa, exponents[d / l.group], l.bits);
     };
     // Keys come back in the written channel order: stored channel d of the head is written channel source(d).
     auto key_rows = [&](int64_t t, int32_t head_dim, double* out) {
@@ -207,13 +209,10 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
         const int64_t c = static_cast<int64_t>(hk) * head_dim + d;
         double& x = out[slot.key_source(c) - static_cast<int64_t>(hk) * head_dim];
         if (bfp) {
-          x = bfp_value(true, t, c);
+          x = bfp_value(true, t, d);
         } else if (t < quantized_keys) {
-          int64_t u = t, v = t;
-          const uint32_t* words = slot.key_codes(u);
-          const uint32_t* groups = slot.key_groups(v);
-          const uint32_t word = words[u / per_word * channels + c];
-          const kivi::Group g = kivi::unpack_group(groups[v / l.group * channels + c]);
+          const uint32_t word = slot.key_codes(hk, t)[d];
+          const kivi::Group g = kivi::unpack_group(slot.key_groups(hk, t)[d]);
           x = kivi::value_of(unpack_code(word, static_cast<int>(t % per_word), l.bits), g);
         } else {
           x = half_to_float(slot.key_residual()[(t - quantized_keys) * channels + c]);
@@ -224,15 +223,11 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
       for (int32_t d = 0; d < head_dim; ++d) {
         const int64_t c = static_cast<int64_t>(hk) * head_dim + d;
         if (bfp) {
-          int64_t u = t;
-          out[d] = quantized_values > 0 ? bfp_value(false, t, c) : half_to_float(slot.fp16_values(u)[u * channels + c]);
+          out[d] = quantized_values > 0 ? bfp_value(false, t, d) : half_to_float(slot.fp16_values(hk, t)[d]);
         } else if (t < quantized_values) {
-          int64_t u = t, v = t;
-          const uint32_t* words = slot.value_codes(u);
-          const uint32_t* groups = slot.value_groups(v);
-          const uint32_t word = words[u * (channels / per_word) + c / per_word];
-          const kivi::Group g = kivi::unpack_group(groups[v * (channels / l.group) + c / l.group]);
-          out[d] = kivi::value_of(unpack_code(word, static_cast<int>(c % per_word), l.bits), g);
+          const uint32_t word = slot.value_codes(hk, t)[d / per_word];
+          const kivi::Group g = kivi::unpack_group(slot.value_group(hk, t, d / l.group));
+          out[d] = kivi::value_of(unpack_code(word, static_cast<int>(d % per_word), l.bits), g);
         } else {
           out[d] = half_to_float(slot.value_residual()[t % l.residual * channels + c]);
         }

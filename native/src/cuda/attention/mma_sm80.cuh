@@ -77,6 +77,10 @@ __device__ __forceinline__ void copy_async_16(uint32_t shared, const void* globa
 __device__ __forceinline__ void copy_async_16(void* shared, const void* global, bool valid) {
   copy_async_16(shared_address(shared), global, valid);
 }
+// The first `bytes` (0 .. 16) of a 16-byte piece; the rest of it zero-filled.
+__device__ __forceinline__ void copy_async_16_prefix(uint32_t shared, const void* global, int bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(shared), "l"(global), "r"(bytes));
+}
 // Smaller copies (both addresses aligned to the size), for arrays whose rows are not whole 16-byte pieces.
 __device__ __forceinline__ void copy_async_4(uint32_t shared, const void* global, bool valid) {
   asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(global), "r"(valid ? 4 : 0));

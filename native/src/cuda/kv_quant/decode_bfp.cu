@@ -35,7 +35,7 @@ namespace {
 using namespace attention;
 
 constexpr int kTileKeys = 64;  // keys per stage: 16 per warp, as the fp16 decode's tiles (pieces start at multiples of 64)
-constexpr int kExponentBytes = 8;  // per token: the 8-byte-aligned bytes that hold the head's d / n exponents
+constexpr int kExponentBytes = 8;  // per token at most: the head's d / n exponents (n >= 16)
 
 struct BfpDecodeParams {
   DecodeKernelParams base;  // q, o, lse, the plan's pieces and partials (base.args.k/v unused)
@@ -150,39 +150,35 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
   const int key_begin = split.key_begin + (window_start - split.key_begin) / kTileKeys * kTileKeys;
   const int tiles = key_end > key_begin ? (key_end - key_begin + kTileKeys - 1) / kTileKeys : 0;
 
-  // Where a token's rows are: code words [token][head][kWords], exponents [token][head][blocks] bytes, fp16 values
-  // [token][head][d], from the start of the slot's share of each array or, paged, of the page that holds the token.
+  // Where a token's rows are: layout blocks of tokens, head-major (core/quantized_kvcache.h, head_row), this head's
+  // rows of code words [kWords], exponent bytes [d / n] and fp16 values [d], from the slot's share of each array or,
+  // paged, from the page that holds the token.
   const int block_shift = kv.group_shift;  // n = 2^block_shift channels per exponent
   const int head_blocks = kHeadDim >> block_shift;
-  const uint32_t token_words = static_cast<uint32_t>(kv.heads * kWords);
-  const uint32_t token_exponent_bytes = static_cast<uint32_t>(kv.heads * head_blocks);
-  const uint32_t head_exponent_byte = static_cast<uint32_t>(kv_head * head_blocks);
-  const int channels = kv.heads * kHeadDim;
   const unsigned char* key_exponents = reinterpret_cast<const unsigned char*>(kv.key_groups);
   const unsigned char* value_exponents = reinterpret_cast<const unsigned char*>(kv.value_groups);
   const __half* value_rows = reinterpret_cast<const __half*>(kv.value_residual);
-  // The byte of the exponents' 8-byte window where the token's head starts: a share starts 16-byte aligned and a page
-  // at a multiple of 16 tokens, so this is the same whether the token is counted from the slot's start, from its
-  // page's or from its stage's (a multiple of 64).
-  auto exponent_byte = [&](int token) { return (static_cast<uint32_t>(token) * token_exponent_bytes + head_exponent_byte) & 7u; };
 
-  // One stage: key words [64][kWords], key exponents [64][8 bytes], then the values alike or as a SwizzledTile of
+  // One stage: key words [64][kWords], key exponents [64][d / n] bytes, then the values alike or as a SwizzledTile of
   // fp16 rows. Tokens at or past key_end are zero-filled (never stale bytes: 0 x NaN would poison the MMA). A thread's
-  // pieces of an array are rows a fixed distance apart at a fixed column, so a piece costs the row's address: one
-  // multiply-add from the slot's share, or the page lookup when paged.
+  // pieces of an array are rows a fixed distance apart at a fixed column, so a piece costs the row's address; the
+  // exponents of a stage are consecutive bytes of a layout block (16 / (d / n) tokens to a 16-byte piece).
   constexpr int kRowPieces = kWords / 4;  // 16-byte pieces of a token's words
   constexpr int kCodePasses = kTileKeys * kRowPieces / kDecodeThreads;
   constexpr int kValuePasses = kTileKeys * kEights / kDecodeThreads;
   static_assert(kCodePasses * kDecodeThreads == kTileKeys * kRowPieces && kValuePasses * kDecodeThreads == kTileKeys * kEights,
                 "a stage is whole passes of the block");
-  const bool paged = kv.block_table != nullptr;
-  // Row `token` of an array whose rows are `stride` elements apart, from the slot's share (32-bit offsets: a slot's
-  // code words stay below 2^32, api/quantized_kvcache.cpp) or from the page that holds it.
-  auto row_of = [&](const auto* array, int64_t per_share, uint32_t stride, int token) {
-    if (!paged) return array + sequence * per_share + static_cast<uint32_t>(token) * stride;
+  const int layout_shift = kv.block_shift;
+  const int layout_mask = (1 << layout_shift) - 1;
+  // This head's row of local token `local` in a share, `row_elements` elements a row (32-bit offsets: a slot's code
+  // words stay below 2^32, api/quantized_kvcache.cpp), and the share that holds `token`.
+  auto row_of = [&](const auto* array, int64_t per_share, uint32_t row_elements, int token) {
     const TokenPlace place = token_place(kv, per_share, sequence, token);
-    return array + place.share + static_cast<uint32_t>(place.token) * stride;
+    const int local = static_cast<int>(place.token);
+    const uint32_t head_block = static_cast<uint32_t>((local >> layout_shift) * kv.heads + kv_head);
+    return array + place.share + ((head_block << layout_shift) + static_cast<uint32_t>(local & layout_mask)) * row_elements;
   };
+  const int exponent_tokens = 16 / head_blocks;  // per 16-byte piece
   const int code_row = threadIdx.x / kRowPieces, code_piece = threadIdx.x % kRowPieces;
   auto load_codes = [&](uint32_t words_at, uint32_t exponents_at, const uint32_t* codes, int64_t codes_share, const unsigned char* exponents,
                         int64_t exponents_share, int n0) {
@@ -190,15 +186,14 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
     for (int pass = 0; pass < kCodePasses; ++pass) {
       const int row = code_row + pass * (kDecodeThreads / kRowPieces);
       const bool valid = n0 + row < key_end;
-      const uint32_t* source = row_of(codes, codes_share, token_words, valid ? n0 + row : 0) + kv_head * kWords + 4 * code_piece;
+      const uint32_t* source = row_of(codes, codes_share, kWords, valid ? n0 + row : 0) + 4 * code_piece;
       copy_async_16(words_at + 16u * (threadIdx.x + pass * kDecodeThreads), source, valid);
     }
-    if (threadIdx.x < kTileKeys) {
-      const int row = threadIdx.x;
-      const bool valid = n0 + row < key_end;
-      // The 8 aligned bytes that hold the head's exponents: shares start 16-byte aligned, pages at multiples of 16 tokens.
-      const unsigned char* head = row_of(exponents, exponents_share, token_exponent_bytes, valid ? n0 + row : 0) + head_exponent_byte;
-      copy_async_8(exponents_at + kExponentBytes * row, reinterpret_cast<const void*>(reinterpret_cast<uintptr_t>(head) & ~uintptr_t{7}), valid);
+    if (threadIdx.x < 4 * head_blocks) {
+      const int row = threadIdx.x * exponent_tokens;
+      const int tokens = max(0, min(exponent_tokens, key_end - n0 - row));  // the others' bytes zero-filled
+      const unsigned char* head = row_of(exponents, exponents_share, static_cast<uint32_t>(head_blocks), tokens > 0 ? n0 + row : 0);
+      copy_async_16_prefix(exponents_at + 16u * threadIdx.x, head, tokens * head_blocks);
     }
   };
   const int value_row = threadIdx.x / kEights, value_eight = threadIdx.x % kEights;
@@ -215,7 +210,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
         const int row = value_row + pass * (kDecodeThreads / kEights);
         const bool valid = n0 + row < key_end;
         copy_async_16(values + 2u * SwizzledTile<kHeadDim>::offset(row, 8 * value_eight),
-                      row_of(value_rows, kv.value_residual_slot, static_cast<uint32_t>(channels), valid ? n0 + row : 0) + kv_head * kHeadDim + 8 * value_eight, valid);
+                      row_of(value_rows, kv.value_residual_slot, static_cast<uint32_t>(kHeadDim), valid ? n0 + row : 0) + 8 * value_eight, valid);
       }
     }
   };
@@ -286,7 +281,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
 #pragma unroll
   for (int j = 0; j < kItems; ++j) {
     const int row = warp_key0 + lane / kEights + j * (32 / kEights);
-    exponent_at[j] = kExponentBytes * row + static_cast<int>(exponent_byte(row)) + ((8 * item_eight) >> block_shift);
+    exponent_at[j] = row * head_blocks + ((8 * item_eight) >> block_shift);
   }
   auto dequantize_rows = [&](const unsigned char* codes, __half* plain) {
     const uint32_t* words = reinterpret_cast<const uint32_t*>(codes);

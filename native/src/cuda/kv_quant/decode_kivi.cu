@@ -209,98 +209,92 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   const int chunks = key_end > key_begin ? (key_end - key_begin + kChunk - 1) / kChunk : 0;
 
   const int64_t channels = static_cast<int64_t>(kv.heads) * kHeadDim;
-  // The slot's shares of the coded arrays at this head (paged: page 0's, which every load past the slot's pages may
-  // address; in_page gives the page that holds a token).
-  const bool paged = kv.block_table != nullptr;
-  const int value_groups_per_token = kHeadDim >> group_shift;
-  const int64_t share_slot = paged ? 0 : sequence;
-  const uint32_t* key_codes = kv.key_codes + share_slot * kv.key_codes_slot + kv_head * kHeadDim;
-  const uint32_t* key_groups = kv.key_groups + share_slot * kv.key_groups_slot + kv_head * kHeadDim;
-  const uint32_t* value_codes = kv.value_codes + share_slot * kv.value_codes_slot + kv_head * Tiles::kValueWordsPerToken;
-  const uint32_t* value_groups = kv.value_groups + share_slot * kv.value_groups_slot + kv_head * value_groups_per_token;
   const uint16_t* key_residual = kv.key_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
-  // Paged: the page of `token` in an array (at this head's offset) and, in `local`, the token's index there.
-  auto in_page = [&](const uint32_t* array, int64_t per_share, int head_offset, int token, int& local) {
+  const uint16_t* value_residual = kv.value_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
+  // The coded arrays are layout blocks, head-major (core/quantized_kvcache.h, head_row): `share` gives the slot's share
+  // of an array (paged: the page that holds `token`) and, in `local`, the token's index there; in_share the element
+  // offset there of this head's row holding local token `local` (32-bit: a share's words fit, the API checks).
+  auto share = [&](const uint32_t* array, int64_t per_share, int token, int& local) {
     const TokenPlace place = token_place(kv, per_share, sequence, token);
     local = static_cast<int>(place.token);
-    return array + place.share + head_offset;
+    return array + place.share;
   };
-  const uint16_t* value_residual = kv.value_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
-  const int64_t value_word_stride = channels / kCpw;  // words from one token to the next
-  const int64_t value_group_stride = channels >> group_shift;
+  const int block_shift = kv.block_shift;
+  const int block_mask = (1 << block_shift) - 1;
+  auto in_share = [&](int local, int row_shift, int row_elements) {
+    const uint32_t head_block = static_cast<uint32_t>((local >> block_shift) * kv.heads + kv_head);
+    return ((head_block << (block_shift - row_shift)) + static_cast<uint32_t>((local & block_mask) >> row_shift)) * static_cast<uint32_t>(row_elements);
+  };
+  constexpr int kWordShift = kBits == 2 ? 4 : kBits == 4 ? 3 : 2;
+  constexpr int kValueWords = Tiles::kValueWordsPerToken;
 
   // One chunk of codes and groups into stage `chunk % kStages` (nothing for chunks past the quantized keys:
   // only coded tiles read the stage). Rows past the slot's capacity are zero-filled, never read. A thread's
-  // pieces of an array are consecutive 16-byte pieces of one row (key word rows; a value token's words), so
-  // that each array costs a thread one address per chunk; the stage keeps the arrays' layouts.
+  // pieces of an array are consecutive 16-byte pieces of one row (key word rows, key groups, a value token's words)
+  // or, for the value groups, four tokens' words of one group column, which a layout block keeps consecutive; the
+  // stage keeps the value groups block-major ([32-channel block][token]: a lane reads its tokens' words of a block at
+  // once; a block's group is its channels' column, repeated for G > 32).
   constexpr int kRowPieces = kHeadDim / 4;  // 16-byte pieces of a key word row (kHeadDim words)
-  constexpr int kTokenPieces = Tiles::kValueWordsPerToken / 4;
+  constexpr int kTokenPieces = kValueWords / 4;
   constexpr int kKeyCodePieces = Tiles::kKeyWordRows * kHeadDim / 4 / kDecodeThreads;  // per thread
   constexpr int kKeyRowThreads = kRowPieces / kKeyCodePieces;                 // threads per word row
   constexpr int kKeyGroupThreads = Tiles::kKeyGroupWords / 4;                 // one piece each
+  constexpr int kValueGroupThreads = Tiles::kValueGroupWords / 4;             // one piece (four tokens) each
   static_assert(kKeyCodePieces * 4 * kDecodeThreads == Tiles::kKeyWordRows * kHeadDim && kRowPieces % kKeyCodePieces == 0 &&
-                    kKeyGroupThreads <= kDecodeThreads && kChunk == kDecodeThreads,
+                    kKeyGroupThreads <= kDecodeThreads && kValueGroupThreads <= kDecodeThreads && kChunk == kDecodeThreads,
                 "a stage is whole pieces of the block; a value token per thread");
   const int tid = threadIdx.x;
-  const uint32_t row_words = static_cast<uint32_t>(channels);
-  const uint32_t value_row_words = static_cast<uint32_t>(value_word_stride);
-  const uint32_t group_row_words = static_cast<uint32_t>(value_group_stride);
   const int key_code_row = tid / kKeyRowThreads;
   const uint32_t key_code_column = 4 * kKeyCodePieces * (tid % kKeyRowThreads);
   const int key_group_row = tid / kRowPieces;
   const uint32_t key_group_column = 4 * (tid % kRowPieces);
-  // A value token's group word per 32-channel block (the block's group is block x 32 / G: repeated for G > 32),
-  // stored block-major so that a lane reads its tokens' words of a block at once.
+  const int value_group_block = tid / (kChunk / 4);
+  const int value_group_token = 4 * (tid % (kChunk / 4));
+  const int value_group_columns = kHeadDim >> group_shift;
   auto load_chunk = [&](int chunk) {
     const int c0 = key_begin + chunk * kChunk;
     if (c0 >= quantized_keys) return;
     const uint32_t base = shared_address(stages + (chunk % kStages) * Tiles::kStageWords);
     {
-      const int row = c0 / kCpw + key_code_row;
-      const bool valid = row * kCpw < kv.capacity;
-      const uint32_t* rows = key_codes;
-      int local = row;
-      if (paged && valid) {
-        rows = in_page(kv.key_codes, kv.key_codes_slot, kv_head * kHeadDim, row * kCpw, local);
-        local /= kCpw;
-      }
-      const uint32_t* source = rows + (valid ? local * row_words + key_code_column : 0u);
+      const int token = c0 + key_code_row * kCpw;
+      const bool valid = token < kv.capacity;
+      int local = 0;
+      const uint32_t* rows = share(kv.key_codes, kv.key_codes_slot, valid ? token : 0, local);
+      const uint32_t* source = rows + in_share(local, kWordShift, kHeadDim) + key_code_column;
       const uint32_t destination = base + 4u * (key_code_row * Tiles::kKeyPitch + key_code_column);
 #pragma unroll
       for (int j = 0; j < kKeyCodePieces; ++j) copy_async_16(destination + 16u * j, source + 4 * j, valid);
     }
     const uint32_t group_base = base + 4u * Tiles::kKeyCodeWords;
     if (tid < kKeyGroupThreads) {
-      const int index = (c0 >> group_shift) + key_group_row;
-      const bool valid = (index << group_shift) < min(kv.capacity, c0 + kChunk);  // only groups the chunk has
-      const uint32_t* rows = key_groups;
-      int local = index;
-      if (paged && valid) {
-        rows = in_page(kv.key_groups, kv.key_groups_slot, kv_head * kHeadDim, index << group_shift, local);
-        local >>= group_shift;
-      }
-      copy_async_16(group_base + 16u * tid, rows + (valid ? local * row_words + key_group_column : 0u), valid);
+      const int token = ((c0 >> group_shift) + key_group_row) << group_shift;
+      const bool valid = token < min(kv.capacity, c0 + kChunk);  // only groups the chunk has
+      int local = 0;
+      const uint32_t* rows = share(kv.key_groups, kv.key_groups_slot, valid ? token : 0, local);
+      copy_async_16(group_base + 16u * tid, rows + in_share(local, group_shift, kHeadDim) + key_group_column, valid);
     }
-    const int token = c0 + tid;
-    const bool valid = token < kv.capacity;
     const uint32_t value_base = group_base + 4u * Tiles::kKeyGroupWords;
-    const uint32_t* token_words = value_codes;
-    const uint32_t* token_groups = value_groups;
-    int local = token, local_group = token;
-    if (paged && valid) {
-      token_words = in_page(kv.value_codes, kv.value_codes_slot, kv_head * Tiles::kValueWordsPerToken, token, local);
-      token_groups = in_page(kv.value_groups, kv.value_groups_slot, kv_head * value_groups_per_token, token, local_group);
-    }
-    const uint32_t* values = token_words + (valid ? local * value_row_words : 0u);
+    {
+      const int token = c0 + tid;
+      const bool valid = token < kv.capacity;
+      int local = 0;
+      const uint32_t* values = share(kv.value_codes, kv.value_codes_slot, valid ? token : 0, local) + in_share(local, 0, kValueWords);
 #pragma unroll
-    for (int j = 0; j < kTokenPieces; ++j) {
-      copy_async_16(value_base + 16u * (value_row<kBits>(tid) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(tid, j)), values + 4 * j,
-                    valid);
+      for (int j = 0; j < kTokenPieces; ++j) {
+        copy_async_16(value_base + 16u * (value_row<kBits>(tid) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(tid, j)), values + 4 * j,
+                      valid);
+      }
     }
-    const uint32_t value_group_base = value_base + 4u * Tiles::kValueCodeWords + 4u * tid;
-    const uint32_t* groups = token_groups + (valid ? local_group * group_row_words : 0u);
-#pragma unroll
-    for (int b = 0; b < kBlocks; ++b) copy_async_4(value_group_base + 4u * kChunk * b, groups + ((32 * b) >> group_shift), valid);
+    if (tid < kValueGroupThreads) {
+      const int token = c0 + value_group_token;
+      const bool valid = token < kv.capacity;
+      int local = 0;
+      const uint32_t* groups = share(kv.value_groups, kv.value_groups_slot, valid ? token : 0, local);
+      const int column = (32 * value_group_block) >> group_shift;
+      const uint32_t head_block = static_cast<uint32_t>((local >> block_shift) * kv.heads + kv_head);
+      const uint32_t offset = ((head_block * value_group_columns + column) << block_shift) + static_cast<uint32_t>(local & block_mask);
+      copy_async_16(value_base + 4u * Tiles::kValueCodeWords + 4u * (value_group_block * kChunk + value_group_token), groups + offset, valid);
+    }
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
@@ -404,15 +398,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   auto value_pair = [&](int token, int ring, int c) -> uint32_t {
     if (token >= lk) return 0u;
     if (token >= quantized_values) return *reinterpret_cast<const uint32_t*>(value_residual + ring * channels + c);
-    const uint32_t* words = value_codes;
-    const uint32_t* groups = value_groups;
-    int local = token, local_group = token;
-    if (paged) {
-      words = in_page(kv.value_codes, kv.value_codes_slot, kv_head * Tiles::kValueWordsPerToken, token, local);
-      groups = in_page(kv.value_groups, kv.value_groups_slot, kv_head * value_groups_per_token, token, local_group);
-    }
-    const uint32_t word = words[local * value_word_stride + c / kCpw];
-    const kivi::Group vg = kivi::unpack_group(groups[local_group * value_group_stride + (c >> group_shift)]);
+    const uint32_t word = kv.value_codes[head_row(kv, kv.value_codes_slot, sequence, kv_head, token, 0, kValueWords) + c / kCpw];
+    const kivi::Group vg = kivi::unpack_group(kv.value_groups[value_group_column(kv, sequence, kv_head, token, c >> group_shift)]);
     return MmaType<__half>::pack(kivi::value_of(unpack_code(word, c % kCpw, kBits), vg), kivi::value_of(unpack_code(word, c % kCpw + 1, kBits), vg));
   };
 

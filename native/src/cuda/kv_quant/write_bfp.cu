@@ -44,21 +44,20 @@ __global__ void __launch_bounds__(kThreads) write_bfp_kernel(const WriteParams p
     const int exponent = bfp::exponent_of(largest);
     uint32_t word = 0;
     for (int j = 0; j < per_word; ++j) word = pack_code(word, bfp::mantissa_field(bfp::mantissa_of(at(c0 + j), exponent, bits), bits), j, bits);
-    const TokenPlace code_place = token_place(l, is_key ? l.key_codes_slot : l.value_codes_slot, e.slot, t);
-    (is_key ? l.key_codes : l.value_codes)[code_place.share + code_place.token * words + w] = word;
+    const int64_t head = c0 / l.head_dim, d0 = c0 % l.head_dim;
+    const int64_t code_row = head_row(l, is_key ? l.key_codes_slot : l.value_codes_slot, e.slot, head, t, 0, l.head_dim / per_word);
+    (is_key ? l.key_codes : l.value_codes)[code_row + d0 / per_word] = word;
     if (c0 == first) {
-      const TokenPlace exponent_place = token_place(l, is_key ? l.key_groups_slot : l.value_groups_slot, e.slot, t);
-      int8_t* exponents = reinterpret_cast<int8_t*>(is_key ? l.key_groups : l.value_groups) + exponent_place.share;
-      exponents[exponent_place.token * (channels / block) + c0 / block] = static_cast<int8_t>(exponent);
+      const int64_t exponent_row = head_row(l, is_key ? l.key_groups_slot : l.value_groups_slot, e.slot, head, t, 0, l.head_dim / block);
+      reinterpret_cast<int8_t*>(is_key ? l.key_groups : l.value_groups)[exponent_row + d0 / block] = static_cast<int8_t>(exponent);
     }
   }
   if (!coded_values) {
-    const TokenPlace place = token_place(l, l.value_residual_slot, e.slot, t);
     const int chunks_per_head = l.head_dim / 8;
     for (int i = threadIdx.x; i < l.heads * chunks_per_head; i += kThreads) {
       const int head = i / chunks_per_head, d = i % chunks_per_head * 8;
       const uint4 x = *reinterpret_cast<const uint4*>(p.in.v + row * p.in.v_row_stride + head * p.in.v_head_stride + d);
-      *reinterpret_cast<uint4*>(l.value_residual + place.share + place.token * channels + static_cast<int64_t>(i) * 8) = x;
+      *reinterpret_cast<uint4*>(l.value_residual + head_row(l, l.value_residual_slot, e.slot, head, t, 0, l.head_dim) + d) = x;
     }
   }
 }

@@ -49,16 +49,15 @@ __global__ void __launch_bounds__(kThreads) quantize_keys_kernel(const WritePara
     hi = fmaxf(hi, x);
   }
   const kivi::Group g = kivi::group_of(lo, hi, bits);
-  // The group lies in one share (a page is a multiple of G): `local` is t0's index there.
-  const TokenPlace group_place = token_place(p.l, p.l.key_groups_slot, e.slot, t0);
-  p.l.key_groups[group_place.share + group_place.token / group * channels + c] = kivi::pack_group(g);
+  // The group and its word rows lie in one layout block (a block, and a page, is a multiple of G).
+  const int64_t head = c / p.l.head_dim, d = c % p.l.head_dim;
+  p.l.key_groups[head_row(p.l, p.l.key_groups_slot, e.slot, head, t0, p.l.group_shift, p.l.head_dim) + d] = kivi::pack_group(g);
   const int per_word = static_cast<int>(codes_per_word(bits));
-  const TokenPlace code_place = token_place(p.l, p.l.key_codes_slot, e.slot, t0);
-  uint32_t* words = p.l.key_codes + code_place.share;
+  uint32_t* words = p.l.key_codes + head_row(p.l, p.l.key_codes_slot, e.slot, head, t0, p.l.word_shift(), p.l.head_dim) + d;
   for (int64_t t = t0; t < t0 + group; t += per_word) {
     uint32_t word = 0;
     for (int i = 0; i < per_word; ++i) word = pack_code(word, kivi::code_of(key_at(p, e, t + i, c, channels), g, bits), i, bits);
-    words[(code_place.token + t - t0) / per_word * channels + c] = word;
+    words[(t - t0) / per_word * p.l.head_dim] = word;
   }
 }
 
@@ -70,10 +69,6 @@ __global__ void __launch_bounds__(kThreads) quantize_values_kernel(const WritePa
   const QuantizedKvStepEntry e = p.step.entries[step_entry_of(p.step, item, [](const QuantizedKvStepEntry& x) { return x.value_tokens_before; })];
   const int64_t t = kivi::quantized_values(e.old_length, p.l.residual) + (item - e.value_tokens_before);
   const int per_word = static_cast<int>(codes_per_word(bits));
-  const TokenPlace code_place = token_place(p.l, p.l.value_codes_slot, e.slot, t);
-  const TokenPlace group_place = token_place(p.l, p.l.value_groups_slot, e.slot, t);
-  uint32_t* words = p.l.value_codes + code_place.share + code_place.token * (channels / per_word);
-  uint32_t* groups = p.l.value_groups + group_place.share + group_place.token * (channels / group);
   for (int64_t c0 = static_cast<int64_t>(threadIdx.x) * group; c0 < channels; c0 += static_cast<int64_t>(kThreads) * group) {
     float lo = value_at(p, e, t, c0, channels), hi = lo;
     for (int64_t c = c0 + 1; c < c0 + group; ++c) {
@@ -82,11 +77,13 @@ __global__ void __launch_bounds__(kThreads) quantize_values_kernel(const WritePa
       hi = fmaxf(hi, x);
     }
     const kivi::Group g = kivi::group_of(lo, hi, bits);
-    groups[c0 / group] = kivi::pack_group(g);
+    const int64_t head = c0 / p.l.head_dim, d0 = c0 % p.l.head_dim;
+    p.l.value_groups[value_group_column(p.l, e.slot, head, t, d0 / group)] = kivi::pack_group(g);
+    uint32_t* words = p.l.value_codes + head_row(p.l, p.l.value_codes_slot, e.slot, head, t, 0, p.l.head_dim / per_word);
     for (int64_t c = c0; c < c0 + group; c += per_word) {
       uint32_t word = 0;
       for (int i = 0; i < per_word; ++i) word = pack_code(word, kivi::code_of(value_at(p, e, t, c + i, channels), g, bits), i, bits);
-      words[c / per_word] = word;
+      words[(d0 + c - c0) / per_word] = word;
     }
   }
 }

@@ -249,36 +249,69 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   const int key_group_row = tid / kRowPieces;
   const uint32_t key_group_column = 4 * (tid % kRowPieces);
   const int value_group_block = tid / (kChunk / 4);
-  const int value_group_token = 4 * (tid % (kChunk / 4));
+  const int value_group_token_offset = 4 * (tid % (kChunk / 4));
   const int value_group_columns = kHeadDim >> group_shift;
+  const int thread_group_column = (32 * value_group_block) >> group_shift;  // the group column of the thread's 32-channel block
+  // A thread's row of each array in chunk `chunk`: its token, and its source. Paged caches look the page up per chunk;
+  // otherwise a chunk (128 tokens: 128 / B whole layout blocks) moves every row by the same number of elements, so the
+  // thread keeps running sources, advanced after each chunk (chunks load in order).
+  const bool paged = kv.block_table != nullptr;
+  const uint32_t heads = static_cast<uint32_t>(kv.heads);
+  auto key_code_token = [&](int chunk) { return key_begin + chunk * kChunk + key_code_row * kCpw; };
+  auto key_group_token = [&](int chunk) { return ((key_begin >> group_shift) + key_group_row) * (1 << group_shift) + chunk * kChunk; };
+  auto value_code_token = [&](int chunk) { return key_begin + chunk * kChunk + tid; };
+  auto value_group_token = [&](int chunk) { return key_begin + chunk * kChunk + value_group_token_offset; };
+  auto value_group_offset = [&](int local) {
+    const uint32_t head_block = static_cast<uint32_t>((local >> block_shift) * kv.heads + kv_head);
+    return ((head_block * value_group_columns + thread_group_column) << block_shift) + static_cast<uint32_t>(local & block_mask);
+  };
+  const uint32_t* key_code_next = kv.key_codes + sequence * kv.key_codes_slot + in_share(key_code_token(0), kWordShift, kHeadDim) + key_code_column;
+  const uint32_t* key_group_next = kv.key_groups + sequence * kv.key_groups_slot + in_share(key_group_token(0), group_shift, kHeadDim) + key_group_column;
+  const uint32_t* value_code_next = kv.value_codes + sequence * kv.value_codes_slot + in_share(value_code_token(0), 0, kValueWords);
+  const uint32_t* value_group_next = kv.value_groups + sequence * kv.value_groups_slot + value_group_offset(value_group_token(0));
+  const uint32_t key_code_step = heads * (kChunk / kCpw * kHeadDim);
+  const uint32_t key_group_step = heads * static_cast<uint32_t>((kChunk >> group_shift) * kHeadDim);
+  const uint32_t value_code_step = heads * (kChunk * kValueWords);
+  const uint32_t value_group_step = heads * static_cast<uint32_t>(value_group_columns * kChunk);
   auto load_chunk = [&](int chunk) {
     const int c0 = key_begin + chunk * kChunk;
     if (c0 >= quantized_keys) return;
     const uint32_t base = shared_address(stages + (chunk % kStages) * Tiles::kStageWords);
     {
-      const int token = c0 + key_code_row * kCpw;
+      const int token = key_code_token(chunk);
       const bool valid = token < kv.capacity;
-      int local = 0;
-      const uint32_t* rows = share(kv.key_codes, kv.key_codes_slot, valid ? token : 0, local);
-      const uint32_t* source = rows + in_share(local, kWordShift, kHeadDim) + key_code_column;
+      const uint32_t* source = valid ? key_code_next : kv.key_codes;
+      key_code_next += key_code_step;
+      if (paged) {
+        int local = 0;
+        source = share(kv.key_codes, kv.key_codes_slot, valid ? token : 0, local) + in_share(local, kWordShift, kHeadDim) + key_code_column;
+      }
       const uint32_t destination = base + 4u * (key_code_row * Tiles::kKeyPitch + key_code_column);
 #pragma unroll
       for (int j = 0; j < kKeyCodePieces; ++j) copy_async_16(destination + 16u * j, source + 4 * j, valid);
     }
     const uint32_t group_base = base + 4u * Tiles::kKeyCodeWords;
     if (tid < kKeyGroupThreads) {
-      const int token = ((c0 >> group_shift) + key_group_row) << group_shift;
+      const int token = key_group_token(chunk);
       const bool valid = token < min(kv.capacity, c0 + kChunk);  // only groups the chunk has
-      int local = 0;
-      const uint32_t* rows = share(kv.key_groups, kv.key_groups_slot, valid ? token : 0, local);
-      copy_async_16(group_base + 16u * tid, rows + in_share(local, group_shift, kHeadDim) + key_group_column, valid);
+      const uint32_t* source = valid ? key_group_next : kv.key_groups;
+      key_group_next += key_group_step;
+      if (paged) {
+        int local = 0;
+        source = share(kv.key_groups, kv.key_groups_slot, valid ? token : 0, local) + in_share(local, group_shift, kHeadDim) + key_group_column;
+      }
+      copy_async_16(group_base + 16u * tid, source, valid);
     }
     const uint32_t value_base = group_base + 4u * Tiles::kKeyGroupWords;
     {
-      const int token = c0 + tid;
+      const int token = value_code_token(chunk);
       const bool valid = token < kv.capacity;
-      int local = 0;
-      const uint32_t* values = share(kv.value_codes, kv.value_codes_slot, valid ? token : 0, local) + in_share(local, 0, kValueWords);
+      const uint32_t* values = valid ? value_code_next : kv.value_codes;
+      value_code_next += value_code_step;
+      if (paged) {
+        int local = 0;
+        values = share(kv.value_codes, kv.value_codes_slot, valid ? token : 0, local) + in_share(local, 0, kValueWords);
+      }
 #pragma unroll
       for (int j = 0; j < kTokenPieces; ++j) {
         copy_async_16(value_base + 16u * (value_row<kBits>(tid) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(tid, j)), values + 4 * j,
@@ -286,14 +319,16 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       }
     }
     if (tid < kValueGroupThreads) {
-      const int token = c0 + value_group_token;
+      const int token = value_group_token(chunk);
       const bool valid = token < kv.capacity;
-      int local = 0;
-      const uint32_t* groups = share(kv.value_groups, kv.value_groups_slot, valid ? token : 0, local);
-      const int column = (32 * value_group_block) >> group_shift;
-      const uint32_t head_block = static_cast<uint32_t>((local >> block_shift) * kv.heads + kv_head);
-      const uint32_t offset = ((head_block * value_group_columns + column) << block_shift) + static_cast<uint32_t>(local & block_mask);
-      copy_async_16(value_base + 4u * Tiles::kValueCodeWords + 4u * (value_group_block * kChunk + value_group_token), groups + offset, valid);
+      const uint32_t* groups = valid ? value_group_next : kv.value_groups;
+      value_group_next += value_group_step;
+      if (paged) {
+        int local = 0;
+        groups = share(kv.value_groups, kv.value_groups_slot, valid ? token : 0, local);
+        groups += value_group_offset(local);
+      }
+      copy_async_16(value_base + 4u * Tiles::kValueCodeWords + 4u * (value_group_block * kChunk + value_group_token_offset), groups, valid);
     }
   };
 #pragma unroll

@@ -1151,6 +1151,20 @@ TEST(QuantizedKvCacheCuda, BfpMatchesTheCpuReference) {
   }
 }
 
+// The CUDA decodes address a slot's share of an array with 32-bit element offsets, and a share is whole head-major layout
+// blocks: a cache whose last block reaches past 2^32 elements is refused before anything is allocated, though its
+// capacity x num_heads_kv x head_dim x bits / 32 alone would fit (KIVI-8, 12 heads: 11184800 tokens are 4294963200 code
+// words; the last block's rows of head 11 end at 11184832 x 12 x 32 = 4294975488).
+TEST(QuantizedKvCacheCuda, SharesPastThirtyTwoBitOffsetsAreRefused) {
+  NKV_REQUIRE_CUDA();
+  ContextPtr context = make_context(NKV_BACKEND_CUDA);
+  const nkv_quantized_kv_cache_options options{
+      sizeof(nkv_quantized_kv_cache_options), NKV_KV_FORMAT_KIVI, 8, 32, 32, 1, 12, 128, 1, 11184800, 0, 0, 0, 0};
+  nkv_quantized_kv_cache* cache = nullptr;
+  NKV_EXPECT_STATUS(nkv_quantized_kv_cache_create(context.get(), &options, &cache), NKV_STATUS_NOT_SUPPORTED, "32-bit offsets");
+  EXPECT_EQ(cache, nullptr);
+}
+
 TEST(QuantizedKvCache, BfpRejectsBadOptions) {
   ContextPtr context = make_context(NKV_BACKEND_CPU);
   nkv_quantized_kv_cache* cache = nullptr;

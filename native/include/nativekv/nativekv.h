@@ -810,7 +810,8 @@ typedef struct nkv_quantized_kv_cache_options {
   int32_t num_heads_kv; /* >= 1 */
   int32_t head_dim;     /* 64 or 128 */
   int32_t max_slots;    /* slots alive at once: ids 0 .. max_slots - 1 */
-  int32_t max_tokens;   /* tokens per slot, >= 1; on CUDA, capacity x num_heads_kv x head_dim x bits / 32 < 2^32 */
+  int32_t max_tokens;   /* tokens per slot, >= 1; on CUDA every array's share of a slot (capacity in whole layout blocks
+                           x num_heads_kv x its elements per token, e.g. head_dim x bits / 32 code words) < 2^32 */
   int32_t value_format; /* nkv_kv_value_format: 0, or NKV_KV_VALUES_FP16 for BFP caches (this field was `reserved`, 0) */
   int32_t memory;       /* nkv_kv_memory */
   int32_t page_size;    /* NKV_KV_MEMORY_PAGED: tokens per page, a power of two from 16 to 4096 (KIVI: a multiple of G);

@@ -364,12 +364,6 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
       fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.max_tokens': rounded up to the residual window, " + std::to_string(capacity) +
                                          " exceeds 2^31 - 129");
     }
-    // The CUDA decode addresses a slot's share of an array (from its head) with 32-bit word offsets.
-    const double slot_code_words = static_cast<double>(capacity) * o.num_heads_kv * o.head_dim / (32 / o.bits);  // no overflow
-    if (c.backend == NKV_BACKEND_CUDA && slot_code_words > static_cast<double>(std::numeric_limits<uint32_t>::max())) {
-      fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.max_tokens': a slot's code words (max_tokens x num_heads_kv x head_dim / " +
-                                         std::to_string(32 / o.bits) + ") exceed 2^32 - 1, the CUDA kernels' 32-bit offsets");
-    }
     CachePtr cache(new Cache());
     cache->context = context;
     cache->format = static_cast<nkv_kv_format>(o.format);
@@ -399,6 +393,16 @@ NKV_API nkv_status nkv_quantized_kv_cache_create(nkv_context* context, const nkv
     } else {
       cache->block_shift = 6;
       while (!bfp && (1 << cache->block_shift) < o.group_size) ++cache->block_shift;
+    }
+    // The CUDA decodes address a slot's share of an array with 32-bit element offsets: every share, in whole layout
+    // blocks (head-major, so the last head's rows of the last block lie near the share's end), must fit them.
+    const SlotExtents full = slot_extents(*cache, cache->capacity);
+    for (int64_t elements : {full.key_codes, full.key_groups, full.key_residual, full.value_codes, full.value_groups, full.value_residual}) {
+      if (c.backend == NKV_BACKEND_CUDA && elements > static_cast<int64_t>(std::numeric_limits<uint32_t>::max())) {
+        fail(NKV_STATUS_NOT_SUPPORTED, "argument 'options.max_tokens': a slot's share of an array (" + std::to_string(elements) +
+                                           " elements: max_tokens in whole layout blocks x num_heads_kv x the array's elements per token) "
+                                           "exceeds 2^32 - 1, the CUDA kernels' 32-bit offsets");
+      }
     }
     const SlotExtents e = slot_extents(*cache, paged ? cache->page_size : cache->capacity);
     const uint64_t slots = static_cast<uint64_t>(o.max_slots);

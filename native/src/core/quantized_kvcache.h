@@ -43,7 +43,7 @@ struct QuantizedKvLayer {
   int32_t head_dim = 0;
   int32_t capacity = 0;  // tokens per slot
   // The token-indexed arrays (codes, groups, BFP's fp16 values) in layout blocks (see head_row below):
-  uint32_t* key_codes = nullptr;     // rows: word rows of 32 / b tokens, [d] words
+  uint32_t* key_codes = nullptr;     // KIVI rows: word rows of 32 / b tokens, [d] words; BFP rows: tokens, [d / (32 / m)] words
   uint32_t* key_groups = nullptr;    // KIVI rows: groups of G tokens, [d] pairs; BFP rows: tokens, [d / n] int8 exponents
   uint16_t* key_residual = nullptr;  // KIVI [slot][row][head][d]
   uint32_t* value_codes = nullptr;   // rows: tokens, [d / (32 / b)] words

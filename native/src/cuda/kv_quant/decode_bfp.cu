@@ -2,8 +2,8 @@
 // BFP or fp16 values; the plan's pieces, partial buffers and final merge are the fp16 decode's,
 // cuda/attention/decode_merge.cuh).
 //
-// The codes stream through a cp.async pipeline of 64-token stages: a token's mantissa words for the head and the
-// 8 aligned bytes that hold its block exponents. Each warp then turns its own 16 tokens into fp16 rows in
+// The codes stream through a cp.async pipeline of 64-token stages: the head's mantissa words of each token and the
+// stage's run of the head's block exponents. Each warp then turns its own 16 tokens into fp16 rows in
 // shared memory (values are exact in fp16: m-bit integers times a power of two) and runs the fp16 decode's MMAs
 // and online softmax over them (q as the A operand, 16 packed query rows per tile). Only the warp reads the
 // rows it wrote, so a __syncwarp orders them: no block barrier beyond the pipeline's one per stage.
@@ -274,7 +274,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
   // The warp's 16 tokens of a stage's codes as fp16 rows (rows warp_key0 .. + 15 of `plain`): lane items are
   // (token, 8-channel piece), consecutive lanes on consecutive pieces.
   // Lane items: 8-channel piece `eight` (fixed per lane, so its block is too) of rows lane / kEights + j x 32 / kEights;
-  // a row's exponent byte sits at the same place of its window for every stage (stages start at multiples of 64 tokens).
+  // a row's exponent byte sits at the same place of the stage's exponent run in every stage.
   constexpr int kItems = 16 * kEights / 32;
   const int item_eight = lane % kEights;
   int exponent_at[kItems];  // the item's exponent byte within a stage's exponent rows

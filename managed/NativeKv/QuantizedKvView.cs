@@ -14,8 +14,8 @@ public enum QuantizedKvView
     /// tokens w · (32 / b) .. w · (32 / b) + 32 / b - 1.</summary>
     KeyCodes = 0,
 
-    /// <summary>float16 [max_slots, blocks, num_heads_kv, B / G, head_dim, 2]: {scale, minimum} of the block's tokens
-    /// g · G .. g · G + G - 1 of a key channel.</summary>
+    /// <summary>float16 [max_slots, blocks, num_heads_kv, B / G, head_dim / 2, 4]: the groups of the block's tokens
+    /// g · G .. g · G + G - 1 by key channel pair p: {scale of 2p, scale of 2p + 1, minimum of 2p, minimum of 2p + 1}.</summary>
     KeyGroups = 1,
 
     /// <summary>float16 [max_slots, R, num_heads_kv, head_dim]: row i holds key token T - T % R + i (the keys waiting for R of

@@ -154,7 +154,7 @@ public sealed unsafe class QuantizedKvCacheTests
 
         // Layout blocks of 64 tokens, head-major: 5 blocks of 4 key word rows, 2 key groups, 64 value tokens.
         Assert.Equal(new long[] { 2, 5, 2, 4, 64 }, cache.View(QuantizedKvView.KeyCodes, 1).Shape.ToArray());
-        Assert.Equal(new long[] { 2, 5, 2, 2, 64, 2 }, cache.View(QuantizedKvView.KeyGroups, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 5, 2, 2, 32, 4 }, cache.View(QuantizedKvView.KeyGroups, 1).Shape.ToArray());
         Assert.Equal(new long[] { 2, 64, 2, 64 }, cache.View(QuantizedKvView.KeyResidual, 1).Shape.ToArray());
         Assert.Equal(new long[] { 2, 5, 2, 64, 4 }, cache.View(QuantizedKvView.ValueCodes, 1).Shape.ToArray());
         Assert.Equal(new long[] { 2, 5, 2, 2, 64, 2 }, cache.View(QuantizedKvView.ValueGroups, 1).Shape.ToArray());
@@ -178,7 +178,8 @@ public sealed unsafe class QuantizedKvCacheTests
                     {
                         (Half s, Half mn, int[] codes) = Quantize(Enumerable.Range(g * Group, Group).Select(t => (float)k[layer][t * Row + c]).ToArray());
                         long block = g * Group / Block, row = g * Group % Block / Group;
-                        Assert.True(s.Equals(At<Half>(keyGroups, 0, block, h, row, d, 0)) && mn.Equals(At<Half>(keyGroups, 0, block, h, row, d, 1)),
+                        // By channel pair: {scale of 2p, scale of 2p + 1, minimum of 2p, minimum of 2p + 1}.
+                        Assert.True(s.Equals(At<Half>(keyGroups, 0, block, h, row, d / 2, d % 2)) && mn.Equals(At<Half>(keyGroups, 0, block, h, row, d / 2, 2 + d % 2)),
                             $"key group {g} of layer {layer}, channel {c}, seed {seed}");
                         for (int i = 0; i < Group; i++)
                         {

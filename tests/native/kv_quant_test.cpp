@@ -375,6 +375,12 @@ SlotContents slot_contents(nkv_context* context, nkv_quantized_kv_cache* cache, 
   SlotContents c;
   c.key_codes = coded(NKV_QUANTIZED_KV_KEY_CODES, keys / per_word);
   c.key_groups = coded(NKV_QUANTIZED_KV_KEY_GROUPS, keys / s.group);
+  // Key group rows are stored by channel pair (kivi::store_key_group): back to a {scale, minimum} word per channel, the
+  // order one-shot quantization gives.
+  for (size_t r = 0; r < c.key_groups.size(); r += static_cast<size_t>(s.head_dim)) {
+    const std::vector<uint32_t> row(c.key_groups.begin() + static_cast<std::ptrdiff_t>(r), c.key_groups.begin() + static_cast<std::ptrdiff_t>(r) + s.head_dim);
+    for (int d = 0; d < s.head_dim; ++d) c.key_groups[r + static_cast<size_t>(d)] = nkv::kivi::pack_group(nkv::kivi::load_key_group(row.data(), d));
+  }
   c.key_residual = rows_of(NKV_QUANTIZED_KV_KEY_RESIDUAL, channels, 0, length - keys, uint16_t{});
   c.value_codes = coded(NKV_QUANTIZED_KV_VALUE_CODES, values);
   c.value_groups = coded(NKV_QUANTIZED_KV_VALUE_GROUPS, values);

@@ -742,8 +742,9 @@ NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, 
  * blocks = ceil(capacity / B), token t of a slot is row t % B (or its word row, its group) of block t / B:
  *   KEY_CODES      int32 [max_slots, blocks, num_heads_kv, B / (32 / b), head_dim]: word w of a channel holds
  *                  the block's tokens w * (32 / b) .. w * (32 / b) + 32 / b - 1
- *   KEY_GROUPS     fp16 [max_slots, blocks, num_heads_kv, B / G, head_dim, 2]: {scale, minimum} of the block's
- *                  tokens g * G .. g * G + G - 1 of a channel
+ *   KEY_GROUPS     fp16 [max_slots, blocks, num_heads_kv, B / G, head_dim / 2, 4]: the groups of the block's tokens
+ *                  g * G .. g * G + G - 1 by channel pair p: {scale of 2p, scale of 2p + 1, minimum of 2p, minimum of
+ *                  2p + 1}
  *   KEY_RESIDUAL   fp16 [max_slots, R, num_heads_kv, head_dim]: row i holds token T - T % R + i
  *   VALUE_CODES    int32 [max_slots, blocks, num_heads_kv, B, head_dim / (32 / b)]: word w of a token's head
  *                  holds its channels w * (32 / b) ..

@@ -46,6 +46,18 @@ NKV_HOST_DEVICE inline uint32_t pack_group(Group g) { return g.scale | static_ca
 NKV_HOST_DEVICE inline Group unpack_group(uint32_t word) {
   return {static_cast<uint16_t>(word & 0xffffu), static_cast<uint16_t>(word >> 16)};
 }
+// A quantized cache's key group row (one group of G tokens, every channel of a head) keeps its groups by channel pair:
+// halves {scale of 2p, scale of 2p + 1, minimum of 2p, minimum of 2p + 1} for pair p, so a kernel's 16-byte load of
+// four channels holds the scale pairs and minimum pairs it multiplies with as they are.
+NKV_HOST_DEVICE inline void store_key_group(uint32_t* row, int64_t d, Group g) {
+  uint16_t* halves = reinterpret_cast<uint16_t*>(row);
+  halves[2 * (d & ~int64_t{1}) + (d & 1)] = g.scale;
+  halves[2 * (d & ~int64_t{1}) + 2 + (d & 1)] = g.min;
+}
+NKV_HOST_DEVICE inline Group load_key_group(const uint32_t* row, int64_t d) {
+  const uint16_t* halves = reinterpret_cast<const uint16_t*>(row);
+  return {halves[2 * (d & ~int64_t{1}) + (d & 1)], halves[2 * (d & ~int64_t{1}) + 2 + (d & 1)]};
+}
 
 // The stored parameters of a group whose values (as float) lie in [lo, hi]. The scale comes from the stored
 // (rounded) minimum, so that the group's maximum maps to the largest code. A group whose rounded scale is 0

@@ -156,9 +156,12 @@ void quantized_kv_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, 
     // Quantize first: the residual rows written below may be the ones read here.
     for (int64_t g = keys_before; g < keys_after; g += l.group) {
       for (int64_t h = 0; h < l.heads; ++h) {
-        // The group's word rows and its group row of head h are consecutive rows of one layout block.
+        // The group's word rows and its group row of head h are consecutive rows of one layout block; the group row
+        // is stored by channel pair (kivi::store_key_group).
+        std::vector<uint32_t> groups(static_cast<size_t>(l.head_dim));
         kivi::quantize_key_group(l.bits, l.group, l.head_dim, 0, [&](int64_t t, int64_t c) { return key(g + t, h * l.head_dim + c); },
-                                 slot.key_codes(h, g), slot.key_groups(h, g));
+                                 slot.key_codes(h, g), groups.data());
+        for (int64_t d = 0; d < l.head_dim; ++d) kivi::store_key_group(slot.key_groups(h, g), d, kivi::unpack_group(groups[static_cast<size_t>(d)]));
       }
     }
     for (int64_t t = kivi::quantized_values(t0, r); t < kivi::quantized_values(t1, r); ++t) {
@@ -212,7 +215,7 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
           x = bfp_value(true, t, d);
         } else if (t < quantized_keys) {
           const uint32_t word = slot.key_codes(hk, t)[d];
-          const kivi::Group g = kivi::unpack_group(slot.key_groups(hk, t)[d]);
+          const kivi::Group g = kivi::load_key_group(slot.key_groups(hk, t), d);
           x = kivi::value_of(unpack_code(word, static_cast<int>(t % per_word), l.bits), g);
         } else {
           x = half_to_float(slot.key_residual()[(t - quantized_keys) * channels + c]);

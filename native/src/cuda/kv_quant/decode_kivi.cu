@@ -468,12 +468,12 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 #pragma unroll
       for (int ks = 0; ks < kKSteps; ++ks) {
         const int c = 16 * ks + 4 * t;
+        // Key groups are stored by channel pair (kivi::store_key_group): the scale and minimum pairs as loaded.
         const uint4 gr = *reinterpret_cast<const uint4*>(groups + c);
-        const uint32_t scale01 = byte_permute(gr.x, gr.y, 0x5410), scale23 = byte_permute(gr.z, gr.w, 0x5410);
-        const uint32_t min01 = byte_permute(gr.x, gr.y, 0x7632), min23 = byte_permute(gr.z, gr.w, 0x7632);
-        // Rows g get the minimums (every token of the group has them: Σ mn . q); rows g + 8 the scales, whose
-        // products nothing reads, so that the quad needs no register copies.
-        const uint32_t a_min[4] = {min01, scale01, min23, scale23};
+        const uint32_t scale01 = gr.x, min01 = gr.y, scale23 = gr.z, min23 = gr.w;
+        // The quad as loaded: rows g + 8 get the minimums (every token of the group has them: Σ mn . q, read from
+        // the accumulator's rows g + 8), rows g the scales, whose products nothing reads: no register copies.
+        const uint32_t a_min[4] = {scale01, min01, scale23, min23};
         uint32_t a[2][4];
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
@@ -497,7 +497,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-          for (int e = 0; e < 4; ++e) s[m][nt][e] = fmaf(s[m][nt][e], lanes.scale(m, e / 2), bias[nt][e % 2]);
+          for (int e = 0; e < 4; ++e) s[m][nt][e] = fmaf(s[m][nt][e], lanes.scale(m, e / 2), bias[nt][2 + e % 2]);
         }
       }
     } else {

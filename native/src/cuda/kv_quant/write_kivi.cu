@@ -51,7 +51,7 @@ __global__ void __launch_bounds__(kThreads) quantize_keys_kernel(const WritePara
   const kivi::Group g = kivi::group_of(lo, hi, bits);
   // The group and its word rows lie in one layout block (a block, and a page, is a multiple of G).
   const int64_t head = c / p.l.head_dim, d = c % p.l.head_dim;
-  p.l.key_groups[head_row(p.l, p.l.key_groups_slot, e.slot, head, t0, p.l.group_shift, p.l.head_dim) + d] = kivi::pack_group(g);
+  kivi::store_key_group(p.l.key_groups + head_row(p.l, p.l.key_groups_slot, e.slot, head, t0, p.l.group_shift, p.l.head_dim), d, g);
   const int per_word = static_cast<int>(codes_per_word(bits));
   uint32_t* words = p.l.key_codes + head_row(p.l, p.l.key_codes_slot, e.slot, head, t0, p.l.word_shift(), p.l.head_dim) + d;
   for (int64_t t = t0; t < t0 + group; t += per_word) {

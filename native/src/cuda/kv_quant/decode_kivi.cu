@@ -50,6 +50,13 @@ constexpr int kWarpKeys = 32;  // two 16-key tiles
 #define NKV_KIVI_MIN_BLOCKS 4
 #endif
 constexpr int kMinBlocksPerSm = NKV_KIVI_MIN_BLOCKS;
+// Measurement only (bench/NOTES.md q8): a build with NKV_KIVI_ABLATE set to a sum of 1 (the key part), 2 (the value part)
+// and 4 (the softmax step) skips those parts of every coded warp tile and keeps every load; its outputs are wrong, its
+// time is what the rest costs. 0 (the default) compiles none of it.
+#ifndef NKV_KIVI_ABLATE
+#define NKV_KIVI_ABLATE 0
+#endif
+constexpr int kAblate = NKV_KIVI_ABLATE;
 template <int kBits>
 constexpr int stages_for() {
 #ifdef NKV_KIVI_STAGES
@@ -175,7 +182,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   constexpr int kRows = Tiles::kRows;
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kVTiles = kHeadDim / 16;  // 16-channel tiles of O^T
-  constexpr int kBlocks = Tiles::kValueBlocks;
+  [[maybe_unused]] constexpr int kBlocks = Tiles::kValueBlocks;  // unused only in NKV_KIVI_ABLATE builds
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   uint32_t* stages = reinterpret_cast<uint32_t*>(shared_bytes);
   const int piece = blockIdx.x;
@@ -455,7 +462,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     if (!values_coded && !plain) to_plain();
     float s[2][kNTiles][4];
 
-    if (keys_coded) {
+    if ((kAblate & 1) && keys_coded) {
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+          for (int e = 0; e < 4; ++e) s[m][nt][e] = 0.001f * e;
+    } else if (keys_coded) {
       // ---- logits from the key codes of the warp's 32 tokens (one key group) ----
       const uint32_t* codes = stage + (t0 - c0) / kCpw * Tiles::kKeyPitch;
       const uint32_t* groups = stage + Tiles::kKeyCodeWords + ((t0 >> group_shift) - (c0 >> group_shift)) * kHeadDim;
@@ -558,6 +572,16 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       }
     }
     uint32_t probabilities[2][kNTiles][2];  // P^T of each key tile as the value MMA's B operand
+    if (kAblate & 4) {
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          probabilities[m][nt][0] = MmaType<__half>::pack(s[m][nt][0], s[m][nt][1]);
+          probabilities[m][nt][1] = MmaType<__half>::pack(s[m][nt][2], s[m][nt][3]);
+          row_sum[nt][0] += s[m][nt][0];
+        }
+    } else
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
       float alpha[2];
@@ -601,7 +625,12 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 
     // The value MMA of key tile m takes reduction index k = tile row k: lane t's operands hold tokens
     // tile_token(m, 2t), (m, 2t + 1) (registers 0, 1) and (m, 2t + 8), (m, 2t + 9) (registers 2, 3).
-    if (values_coded) {
+    if ((kAblate & 2) && values_coded) {
+#pragma unroll
+      for (int m = 0; m < 2; ++m)
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) o[0][nt][0] += __half2float(__ushort_as_half(static_cast<unsigned short>(probabilities[m][nt][0])));
+    } else if (values_coded) {
       // ---- P.V from the value codes ----
       const uint32_t* words = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + (t0 - c0) * Tiles::kValueWordsPerToken;
       const uint32_t* blocks = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + (t0 - c0);

@@ -83,23 +83,34 @@ NKV_HOST_DEVICE inline TokenPlace token_place(const QuantizedKvLayer& l, int64_t
 // The token-indexed arrays keep a share (a slot's, or a page's) as layout blocks of 2^block_shift tokens (a paged
 // cache's page is one block), each block head-major: [block][head][rows][row elements], a row being 2^row_shift
 // tokens (KIVI's key code word rows 32 / b, key groups G, every other array 1). One head's part of a block is
-// contiguous, so a decode streams runs of a block per head, not each token's few bytes per head. The element offset
-// of the row that holds token t of `head`.
+// contiguous, so a decode streams runs of a block per head, not each token's few bytes per head.
+// Within a share: the element offset of `head`'s row that holds the share's token `local`, computed in Offset (the
+// CUDA decodes take uint32_t: a share's elements fit 32 bits, the API checks; Index is the token's type).
+template <typename Offset, typename Index>
+NKV_HOST_DEVICE inline Offset head_row_in_share(const QuantizedKvLayer& l, Index local, Index head, int32_t row_shift, Offset row_elements) {
+  const Offset head_block = static_cast<Offset>((local >> l.block_shift) * l.heads + head);
+  const Offset row = static_cast<Offset>((local & ((Index{1} << l.block_shift) - 1)) >> row_shift);
+  return ((head_block << (l.block_shift - row_shift)) + row) * row_elements;
+}
+// KIVI's value groups are group-major within a head's part of a block ([d / G][tokens]), so that one group column of
+// consecutive tokens is contiguous: the offset within a share of the share's token `local`'s group `column` of `head`
+// (`columns` = head_dim / G).
+template <typename Offset, typename Index>
+NKV_HOST_DEVICE inline Offset value_group_in_share(const QuantizedKvLayer& l, Index local, Index head, Index column, Offset columns) {
+  const Offset head_block = static_cast<Offset>((local >> l.block_shift) * l.heads + head);
+  return ((head_block * columns + static_cast<Offset>(column)) << l.block_shift) +
+         static_cast<Offset>(local & ((Index{1} << l.block_shift) - 1));
+}
+// The element offset of the row that holds token t of `head` (in its slot's share, or its page).
 NKV_HOST_DEVICE inline int64_t head_row(const QuantizedKvLayer& l, int64_t per_share, int64_t slot, int64_t head, int64_t t,
                                         int32_t row_shift, int64_t row_elements) {
   const TokenPlace p = token_place(l, per_share, slot, t);
-  const int64_t block = p.token >> l.block_shift;
-  const int64_t row = (p.token & ((int64_t{1} << l.block_shift) - 1)) >> row_shift;
-  return p.share + (((block * l.heads + head) << (l.block_shift - row_shift)) + row) * row_elements;
+  return p.share + head_row_in_share<int64_t>(l, p.token, head, row_shift, row_elements);
 }
-// KIVI's value groups are group-major within a head's part of a block ([d / G][tokens]), so that one group column of
-// consecutive tokens is contiguous: the element offset of token t's group `column` of `head`.
+// The element offset of token t's value group `column` of `head`.
 NKV_HOST_DEVICE inline int64_t value_group_column(const QuantizedKvLayer& l, int64_t slot, int64_t head, int64_t t, int64_t column) {
   const TokenPlace p = token_place(l, l.value_groups_slot, slot, t);
-  const int64_t block_tokens = int64_t{1} << l.block_shift;
-  const int64_t block = p.token >> l.block_shift;
-  const int64_t columns = l.head_dim >> l.group_shift;
-  return p.share + ((block * l.heads + head) * columns + column) * block_tokens + (p.token & (block_tokens - 1));
+  return p.share + value_group_in_share<int64_t>(l, p.token, head, column, l.head_dim >> l.group_shift);
 }
 
 // The step's K and V of one write: [step tokens, heads, d] halves.

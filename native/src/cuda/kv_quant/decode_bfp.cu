@@ -168,15 +168,12 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
   constexpr int kValuePasses = kTileKeys * kEights / kDecodeThreads;
   static_assert(kCodePasses * kDecodeThreads == kTileKeys * kRowPieces && kValuePasses * kDecodeThreads == kTileKeys * kEights,
                 "a stage is whole passes of the block");
-  const int layout_shift = kv.block_shift;
-  const int layout_mask = (1 << layout_shift) - 1;
   // This head's row of local token `local` in a share, `row_elements` elements a row (32-bit offsets: a slot's code
   // words stay below 2^32, api/quantized_kvcache.cpp), and the share that holds `token`.
   auto row_of = [&](const auto* array, int64_t per_share, uint32_t row_elements, int token) {
     const TokenPlace place = token_place(kv, per_share, sequence, token);
     const int local = static_cast<int>(place.token);
-    const uint32_t head_block = static_cast<uint32_t>((local >> layout_shift) * kv.heads + kv_head);
-    return array + place.share + ((head_block << layout_shift) + static_cast<uint32_t>(local & layout_mask)) * row_elements;
+    return array + place.share + head_row_in_share<uint32_t>(kv, local, kv_head, 0, row_elements);
   };
   const int exponent_tokens = 16 / head_blocks;  // per 16-byte piece
   const int code_row = threadIdx.x / kRowPieces, code_piece = threadIdx.x % kRowPieces;

@@ -226,11 +226,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     local = static_cast<int>(place.token);
     return array + place.share;
   };
-  const int block_shift = kv.block_shift;
-  const int block_mask = (1 << block_shift) - 1;
   auto in_share = [&](int local, int row_shift, int row_elements) {
-    const uint32_t head_block = static_cast<uint32_t>((local >> block_shift) * kv.heads + kv_head);
-    return ((head_block << (block_shift - row_shift)) + static_cast<uint32_t>((local & block_mask) >> row_shift)) * static_cast<uint32_t>(row_elements);
+    return head_row_in_share<uint32_t>(kv, local, kv_head, row_shift, static_cast<uint32_t>(row_elements));
   };
   constexpr int kWordShift = kBits == 2 ? 4 : kBits == 4 ? 3 : 2;
   constexpr int kValueWords = Tiles::kValueWordsPerToken;
@@ -268,10 +265,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   auto key_group_token = [&](int chunk) { return ((key_begin >> group_shift) + key_group_row) * (1 << group_shift) + chunk * kChunk; };
   auto value_code_token = [&](int chunk) { return key_begin + chunk * kChunk + tid; };
   auto value_group_token = [&](int chunk) { return key_begin + chunk * kChunk + value_group_token_offset; };
-  auto value_group_offset = [&](int local) {
-    const uint32_t head_block = static_cast<uint32_t>((local >> block_shift) * kv.heads + kv_head);
-    return ((head_block * value_group_columns + thread_group_column) << block_shift) + static_cast<uint32_t>(local & block_mask);
-  };
+  auto value_group_offset = [&](int local) { return value_group_in_share<uint32_t>(kv, local, kv_head, thread_group_column, static_cast<uint32_t>(value_group_columns)); };
   const uint32_t* key_code_next = kv.key_codes + sequence * kv.key_codes_slot + in_share(key_code_token(0), kWordShift, kHeadDim) + key_code_column;
   const uint32_t* key_group_next = kv.key_groups + sequence * kv.key_groups_slot + in_share(key_group_token(0), group_shift, kHeadDim) + key_group_column;
   const uint32_t* value_code_next = kv.value_codes + sequence * kv.value_codes_slot + in_share(value_code_token(0), 0, kValueWords);

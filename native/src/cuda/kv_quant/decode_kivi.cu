@@ -167,13 +167,20 @@ __device__ __forceinline__ int swizzled_piece(int token, int piece) {
 // The stage row of a value token. At 4 bits an ldmatrix reads the same piece of 8 tokens 4 apart (tile rows
 // 0..7 or 8..15): rows (64 bytes at d128) swapped in pairs by token bit 2 put those in both halves of a 128-byte
 // bank line, and the piece swizzle above (token bits 3, 4) spreads them within each half (at d64, 32-byte rows, some
-// conflicts remain).
-template <int kBits>
+// conflicts remain). At 2 bits a load reads one word of 4 tokens 8 apart (lanes t): rows of 32 bytes (d128) 256 bytes
+// apart share their banks, and the piece swizzle (bit 3) tells only two of them apart; flipping row bit 1 by token
+// bit 4 puts the other two in the line's other 64 bytes (at d64, 16-byte rows without a piece swizzle, bit 3 does it
+// for two of the four). A lane's four tokens differ in bits 0 and 2 only, so their rows keep the tokens' distances.
+template <int kBits, int kPieces>
 __device__ __forceinline__ int value_row(int token) {
-  return kBits == 4 ? token ^ ((token >> 2) & 1) : token;
+  if constexpr (kBits == 4) return token ^ ((token >> 2) & 1);
+  if constexpr (kBits == 2) return token ^ (((token >> (kPieces > 1 ? 4 : 3)) & 1) << 1);
+  return token;
 }
 
-template <int kBits, int kHeadDim, int kNTiles>
+// kPaged: the coded arrays are pool pages found through the block table (looked up per chunk); otherwise a slot's
+// share, read through running sources.
+template <int kBits, int kHeadDim, int kNTiles, bool kPaged>
 __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_kernel(const KiviDecodeParams p) {
   using Tiles = KiviTiles<kBits, kHeadDim, kNTiles>;
   using Layout = CodeLayout<kBits>;
@@ -233,13 +240,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   constexpr int kValueWords = Tiles::kValueWordsPerToken;
 
   // One chunk of codes and groups into stage `chunk % kStages` (nothing for chunks past the quantized keys:
-  // only coded tiles read the stage). Rows past the slot's capacity are zero-filled, never read. A thread's
-  // pieces of an array are consecutive 16-byte pieces of one row (key word rows, key groups, a value token's words)
-  // or, for the value groups, four tokens' words of one group column, which a layout block keeps consecutive; the
-  // stage keeps the value groups block-major ([32-channel block][token]: a lane reads its tokens' words of a block at
-  // once; a block's group is its channels' column, repeated for G > 32).
+  // only coded tiles read the stage). Rows past the slot's capacity are zero-filled, never read. Each copy
+  // instruction of a warp reads consecutive 16-byte pieces (whole 32-byte sectors; 16-byte pieces 32 or 64 bytes apart
+  // made the L2 serve every sector twice) and writes whole 128-byte lines of the stage: a thread's copy j of an array
+  // is piece j x 128 + tid of the chunk's pieces in order (key word rows; value tokens' words), or, for the key groups,
+  // a piece of a group row, and for the value groups four tokens' words of one group column, which a layout block keeps
+  // consecutive; the stage keeps the value groups block-major ([32-channel block][token]: a lane reads its tokens'
+  // words of a block at once; a block's group is its channels' column, repeated for G > 32).
   constexpr int kRowPieces = kHeadDim / 4;  // 16-byte pieces of a key word row (kHeadDim words)
-  constexpr int kTokenPieces = kValueWords / 4;
   constexpr int kKeyCodePieces = Tiles::kKeyWordRows * kHeadDim / 4 / kDecodeThreads;  // per thread
   constexpr int kKeyRowThreads = kRowPieces / kKeyCodePieces;                 // threads per word row
   constexpr int kKeyGroupThreads = Tiles::kKeyGroupWords / 4;                 // one piece each
@@ -249,7 +257,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
                 "a stage is whole pieces of the block; a value token per thread");
   const int tid = threadIdx.x;
   const int key_code_row = tid / kKeyRowThreads;
-  const uint32_t key_code_column = 4 * kKeyCodePieces * (tid % kKeyRowThreads);
+  const uint32_t key_code_column = 4 * (tid % kKeyRowThreads);  // copy j: + 4 kKeyRowThreads j words
   const int key_group_row = tid / kRowPieces;
   const uint32_t key_group_column = 4 * (tid % kRowPieces);
   const int value_group_block = tid / (kChunk / 4);
@@ -259,77 +267,100 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   // A thread's row of each array in chunk `chunk`: its token, and its source. Paged caches look the page up per chunk;
   // otherwise a chunk (128 tokens: 128 / B whole layout blocks) moves every row by the same number of elements, so the
   // thread keeps running sources, advanced after each chunk (chunks load in order).
-  const bool paged = kv.block_table != nullptr;
+  constexpr int kTokenPieces = kValueWords / 4;
   const uint32_t heads = static_cast<uint32_t>(kv.heads);
   auto key_code_token = [&](int chunk) { return key_begin + chunk * kChunk + key_code_row * kCpw; };
   auto key_group_token = [&](int chunk) { return ((key_begin >> group_shift) + key_group_row) * (1 << group_shift) + chunk * kChunk; };
-  auto value_code_token = [&](int chunk) { return key_begin + chunk * kChunk + tid; };
+  constexpr int kValueTokenStride = kDecodeThreads / kTokenPieces;  // tokens between a thread's value copies
+  const int value_piece = tid % kTokenPieces;
+  auto value_code_token = [&](int chunk, int j) { return key_begin + chunk * kChunk + j * kValueTokenStride + tid / kTokenPieces; };
   auto value_group_token = [&](int chunk) { return key_begin + chunk * kChunk + value_group_token_offset; };
   auto value_group_offset = [&](int local) { return value_group_in_share<uint32_t>(kv, local, kv_head, thread_group_column, static_cast<uint32_t>(value_group_columns)); };
   const uint32_t* key_code_next = kv.key_codes + sequence * kv.key_codes_slot + in_share(key_code_token(0), kWordShift, kHeadDim) + key_code_column;
   const uint32_t* key_group_next = kv.key_groups + sequence * kv.key_groups_slot + in_share(key_group_token(0), group_shift, kHeadDim) + key_group_column;
-  const uint32_t* value_code_next = kv.value_codes + sequence * kv.value_codes_slot + in_share(value_code_token(0), 0, kValueWords);
+  const uint32_t* value_code_next = kv.value_codes + sequence * kv.value_codes_slot + in_share(value_code_token(0, 0), 0, kValueWords) + 4 * value_piece;
+  // A slot's copy j lies a fixed number of words from its copy 0, the same for every thread and chunk: chunks step by
+  // whole layout blocks (B divides 128), and with key_begin a multiple of 64 a block boundary inside a chunk (B = 128)
+  // falls between two copies' tokens, never between those of one copy.
+  auto value_copy_offset = [&](int j) {
+    return in_share(key_begin + j * kValueTokenStride, 0, kValueWords) - in_share(key_begin, 0, kValueWords);
+  };
   const uint32_t* value_group_next = kv.value_groups + sequence * kv.value_groups_slot + value_group_offset(value_group_token(0));
   const uint32_t key_code_step = heads * (kChunk / kCpw * kHeadDim);
   const uint32_t key_group_step = heads * static_cast<uint32_t>((kChunk >> group_shift) * kHeadDim);
   const uint32_t value_code_step = heads * (kChunk * kValueWords);
   const uint32_t value_group_step = heads * static_cast<uint32_t>(value_group_columns * kChunk);
+  // The thread's places in a stage (bytes from its start), the same for every chunk.
+  const uint32_t key_code_destination = 4u * (key_code_row * Tiles::kKeyPitch + key_code_column);
+  const uint32_t key_group_destination = 4u * Tiles::kKeyCodeWords + 16u * tid;
+  auto value_code_destination = [&](int j) {
+    const int token = j * kValueTokenStride + tid / kTokenPieces;
+    return 4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords) +
+           16u * (value_row<kBits, kTokenPieces>(token) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(token, value_piece));
+  };
+  const uint32_t value_group_destination =
+      4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + value_group_block * kChunk + value_group_token_offset);
+  const uint32_t stage_bytes = 4u * Tiles::kStageWords;
+  const uint32_t first_stage = shared_address(stages);
+  uint32_t load_stage = first_stage;  // the stage the next load_chunk fills (chunks load in order)
   auto load_chunk = [&](int chunk) {
     const int c0 = key_begin + chunk * kChunk;
     if (c0 >= quantized_keys) return;
-    const uint32_t base = shared_address(stages + (chunk % kStages) * Tiles::kStageWords);
-    {
-      const int token = key_code_token(chunk);
-      const bool valid = token < kv.capacity;
-      const uint32_t* source = valid ? key_code_next : kv.key_codes;
-      key_code_next += key_code_step;
-      if (paged) {
-        int local = 0;
-        source = share(kv.key_codes, kv.key_codes_slot, valid ? token : 0, local) + in_share(local, kWordShift, kHeadDim) + key_code_column;
-      }
-      const uint32_t destination = base + 4u * (key_code_row * Tiles::kKeyPitch + key_code_column);
+    const uint32_t base = load_stage;
+    load_stage = load_stage == first_stage + (kStages - 1) * stage_bytes ? first_stage : load_stage + stage_bytes;
+    auto issue = [&](const uint32_t* key_codes, bool key_code_valid, const uint32_t* key_groups, bool key_group_valid,
+                     const uint32_t* const* value_codes, const bool* value_code_valid, const uint32_t* value_groups, bool value_group_valid) {
 #pragma unroll
-      for (int j = 0; j < kKeyCodePieces; ++j) copy_async_16(destination + 16u * j, source + 4 * j, valid);
-    }
-    const uint32_t group_base = base + 4u * Tiles::kKeyCodeWords;
-    if (tid < kKeyGroupThreads) {
-      const int token = key_group_token(chunk);
-      const bool valid = token < min(kv.capacity, c0 + kChunk);  // only groups the chunk has
-      const uint32_t* source = valid ? key_group_next : kv.key_groups;
-      key_group_next += key_group_step;
-      if (paged) {
-        int local = 0;
-        source = share(kv.key_groups, kv.key_groups_slot, valid ? token : 0, local) + in_share(local, group_shift, kHeadDim) + key_group_column;
+      for (int j = 0; j < kKeyCodePieces; ++j) {
+        copy_async_16(base + key_code_destination + 16u * kKeyRowThreads * j, key_codes + 4 * kKeyRowThreads * j, key_code_valid);
       }
-      copy_async_16(group_base + 16u * tid, source, valid);
-    }
-    const uint32_t value_base = group_base + 4u * Tiles::kKeyGroupWords;
-    {
-      const int token = value_code_token(chunk);
-      const bool valid = token < kv.capacity;
-      const uint32_t* values = valid ? value_code_next : kv.value_codes;
-      value_code_next += value_code_step;
-      if (paged) {
-        int local = 0;
-        values = share(kv.value_codes, kv.value_codes_slot, valid ? token : 0, local) + in_share(local, 0, kValueWords);
-      }
+      if (tid < kKeyGroupThreads) copy_async_16(base + key_group_destination, key_groups, key_group_valid);
+#pragma unroll
+      for (int j = 0; j < kTokenPieces; ++j) copy_async_16(base + value_code_destination(j), value_codes[j], value_code_valid[j]);
+      if (tid < kValueGroupThreads) copy_async_16(base + value_group_destination, value_groups, value_group_valid);
+    };
+    const bool key_group_in_chunk = key_group_token(chunk) < c0 + kChunk;  // 128 keys hold 128 / G groups
+    const uint32_t* value_codes[kTokenPieces];
+    bool value_code_valid[kTokenPieces];
+    if (!kPaged && c0 + kChunk <= kv.capacity) {  // the usual chunk: every row is the slot's
 #pragma unroll
       for (int j = 0; j < kTokenPieces; ++j) {
-        copy_async_16(value_base + 16u * (value_row<kBits>(tid) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(tid, j)), values + 4 * j,
-                      valid);
+        value_codes[j] = value_code_next + value_copy_offset(j);
+        value_code_valid[j] = true;
+      }
+      issue(key_code_next, true, key_group_next, key_group_in_chunk, value_codes, value_code_valid, value_group_next, true);
+    } else {  // rows past the slot's capacity are zero-filled, never read
+      const bool key_code_valid = key_code_token(chunk) < kv.capacity;
+      const bool key_group_valid = key_group_in_chunk && key_group_token(chunk) < kv.capacity;
+      const bool value_group_valid = value_group_token(chunk) < kv.capacity;
+#pragma unroll
+      for (int j = 0; j < kTokenPieces; ++j) value_code_valid[j] = value_code_token(chunk, j) < kv.capacity;
+      if constexpr (kPaged) {
+        int local = 0;
+        const uint32_t* key_codes = share(kv.key_codes, kv.key_codes_slot, key_code_valid ? key_code_token(chunk) : 0, local) +
+                                    in_share(local, kWordShift, kHeadDim) + key_code_column;
+        const uint32_t* key_groups = share(kv.key_groups, kv.key_groups_slot, key_group_valid ? key_group_token(chunk) : 0, local) +
+                                     in_share(local, group_shift, kHeadDim) + key_group_column;
+#pragma unroll
+        for (int j = 0; j < kTokenPieces; ++j) {
+          value_codes[j] = share(kv.value_codes, kv.value_codes_slot, value_code_valid[j] ? value_code_token(chunk, j) : 0, local);
+          value_codes[j] += in_share(local, 0, kValueWords) + 4 * value_piece;
+        }
+        const uint32_t* value_groups = share(kv.value_groups, kv.value_groups_slot, value_group_valid ? value_group_token(chunk) : 0, local);
+        issue(key_codes, key_code_valid, key_groups, key_group_valid, value_codes, value_code_valid, value_groups + value_group_offset(local),
+              value_group_valid);
+      } else {
+#pragma unroll
+        for (int j = 0; j < kTokenPieces; ++j) value_codes[j] = value_code_valid[j] ? value_code_next + value_copy_offset(j) : kv.value_codes;
+        issue(key_code_valid ? key_code_next : kv.key_codes, key_code_valid, key_group_valid ? key_group_next : kv.key_groups, key_group_valid,
+              value_codes, value_code_valid, value_group_valid ? value_group_next : kv.value_groups, value_group_valid);
       }
     }
-    if (tid < kValueGroupThreads) {
-      const int token = value_group_token(chunk);
-      const bool valid = token < kv.capacity;
-      const uint32_t* groups = valid ? value_group_next : kv.value_groups;
+    if constexpr (!kPaged) {
+      key_code_next += key_code_step;
+      key_group_next += key_group_step;
+      value_code_next += value_code_step;
       value_group_next += value_group_step;
-      if (paged) {
-        int local = 0;
-        groups = share(kv.value_groups, kv.value_groups_slot, valid ? token : 0, local);
-        groups += value_group_offset(local);
-      }
-      copy_async_16(value_base + 4u * Tiles::kValueCodeWords + 4u * (value_group_block * kChunk + value_group_token_offset), groups, valid);
     }
   };
 #pragma unroll
@@ -439,16 +470,18 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     return MmaType<__half>::pack(kivi::value_of(unpack_code(word, c % kCpw, kBits), vg), kivi::value_of(unpack_code(word, c % kCpw + 1, kBits), vg));
   };
 
+  const uint32_t* read_stage = stages;  // the stage of chunk `chunk` below
   for (int chunk = 0; chunk < chunks; ++chunk) {
     copy_async_wait<kStages - 2>();
     __syncthreads();  // this chunk is in; every warp is done with the stage the next load overwrites
     if (chunk + kStages - 1 < chunks) load_chunk(chunk + kStages - 1);
     copy_async_commit();
 
+    const uint32_t* stage = read_stage;
+    read_stage = read_stage == stages + (kStages - 1) * Tiles::kStageWords ? stages : read_stage + Tiles::kStageWords;
     const int c0 = key_begin + chunk * kChunk;
     const int t0 = c0 + warp * kWarpKeys;
     if (t0 >= key_end || t0 + kWarpKeys <= any_first) continue;  // past the piece, or before every row's window
-    const uint32_t* stage = stages + (chunk % kStages) * Tiles::kStageWords;
     // Keys come in whole warp tiles of codes or of residual rows (the split point T - T % R is a multiple of
     // 32); values change over once, at T - R, possibly within a warp tile.
     const bool keys_coded = t0 + kWarpKeys <= quantized_keys;
@@ -518,25 +551,44 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
           for (int e = 0; e < 4; ++e) s[m][nt][e] = 0.0f;
         }
       }
+      // A batch of k-steps' rows is loaded before its MMAs: a round trip to global memory per batch, not per k-step (a
+      // piece's last chunk waits on these while the other pieces have finished).
+      const uint2* key_rows[2][2];
+      bool key_in[2][2];
 #pragma unroll
-      for (int ks = 0; ks < kKSteps; ++ks) {
-        uint2 x[2][2];
+      for (int m = 0; m < 2; ++m) {
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
+        for (int half = 0; half < 2; ++half) {
+          const int token = t0 + Layout::tile_token(m, g + 8 * half);
+          key_in[m][half] = token < lk;
+          key_rows[m][half] = reinterpret_cast<const uint2*>(key_residual + (key_in[m][half] ? token - quantized_keys : 0) * channels + 4 * t);
+        }
+      }
+      constexpr int kKeyBatch = kKSteps / 2;
 #pragma unroll
-          for (int half = 0; half < 2; ++half) {
-            const int token = t0 + Layout::tile_token(m, g + 8 * half);
-            x[m][half] = token < lk ? *reinterpret_cast<const uint2*>(key_residual + (token - quantized_keys) * channels + 16 * ks + 4 * t)
-                                    : make_uint2(0u, 0u);
+      for (int k0 = 0; k0 < kKSteps; k0 += kKeyBatch) {
+        uint2 x[kKeyBatch][2][2];
+#pragma unroll
+        for (int kb = 0; kb < kKeyBatch; ++kb) {
+#pragma unroll
+          for (int m = 0; m < 2; ++m) {
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const uint2 row = key_rows[m][half][4 * (k0 + kb)];  // channels 16 ks + 4t ..
+              x[kb][m][half] = key_in[m][half] ? row : make_uint2(0u, 0u);
+            }
           }
         }
 #pragma unroll
-        for (int m = 0; m < 2; ++m) {
-          const uint32_t a[4] = {x[m][0].x, x[m][1].x, x[m][0].y, x[m][1].y};
+        for (int kb = 0; kb < kKeyBatch; ++kb) {
 #pragma unroll
-          for (int nt = 0; nt < kNTiles; ++nt) {
-            const uint2 q = q_fragment(ks, nt);
-            mma_16816(s[m][nt], a, q.x, q.y, __half());
+          for (int m = 0; m < 2; ++m) {
+            const uint32_t a[4] = {x[kb][m][0].x, x[kb][m][1].x, x[kb][m][0].y, x[kb][m][1].y};
+#pragma unroll
+            for (int nt = 0; nt < kNTiles; ++nt) {
+              const uint2 q = q_fragment(k0 + kb, nt);
+              mma_16816(s[m][nt], a, q.x, q.y, __half());
+            }
           }
         }
       }
@@ -674,7 +726,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
             if (b % 2 == 0) {
               const int token = Layout::tile_token(m, lane % 8 + 8 * ((lane / 8) % 2));
               const int piece = swizzled_piece<kBits, kTokenPieces>(token, b + lane / 16);
-              ldmatrix_x4_trans(pieces, shared_address(words + value_row<kBits>(token) * Tiles::kValueWordsPerToken + 4 * piece));
+              ldmatrix_x4_trans(pieces, shared_address(words + value_row<kBits, kTokenPieces>(token) * Tiles::kValueWordsPerToken + 4 * piece));
             }
             const uint32_t lo = pieces[2 * (b % 2)], hi = pieces[2 * (b % 2) + 1];
             const uint32_t lo_high_byte = lo >> 8, hi_high_byte = hi >> 8;
@@ -687,11 +739,12 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
             a[1][2] = hi_high_byte & lanes.mask(1, 0);
             a[1][3] = hi_high_byte & lanes.mask(1, 1);
           } else {
-            // The lane's words of tiles 2b and 2b + 1 for each of the four tokens. The tokens differ from tokens[0]
-            // by constants and share its swizzle, so each load is one lane address plus an immediate.
+            // The lane's words of tiles 2b and 2b + 1 for each of the four tokens. The tokens (and their rows) differ from
+            // tokens[0] by constants and share its swizzle, so each load is one lane address plus an immediate.
             uint32_t w[4][2];
             auto at = [&](int word) {
-              return words + tokens[0] * Tiles::kValueWordsPerToken + 4 * swizzled_piece<kBits, kTokenPieces>(tokens[0], word / 4) + word % 4;
+              return words + value_row<kBits, kTokenPieces>(tokens[0]) * Tiles::kValueWordsPerToken + 4 * swizzled_piece<kBits, kTokenPieces>(tokens[0], word / 4) +
+                     word % 4;
             };
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
@@ -730,19 +783,41 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
           tokens[u] = t0 + d;
           rings[u] = ring0 + d >= residual ? ring0 + d - residual : ring0 + d;
         }
+        if (t0 >= quantized_values) {
+          // All residual (the usual tail): each value row's channel pairs for half the tiles are loaded before those tiles'
+          // MMAs, two round trips to global memory per key tile rather than one per tile.
+          const uint32_t* value_rows[4];
+#pragma unroll
+          for (int u = 0; u < 4; ++u) value_rows[u] = reinterpret_cast<const uint32_t*>(value_residual + (tokens[u] < lk ? rings[u] : 0) * channels);
+          constexpr int kValueBatch = kVTiles / 2;
+#pragma unroll
+          for (int i0 = 0; i0 < kVTiles; i0 += kValueBatch) {
+            uint32_t x[kValueBatch][4];
+#pragma unroll
+            for (int ib = 0; ib < kValueBatch; ++ib) {
+#pragma unroll
+              for (int u = 0; u < 4; ++u) {
+                const uint32_t pair = value_rows[u][Layout::value_channel(i0 + ib, g, 0) / 2];
+                x[ib][u] = tokens[u] < lk ? pair : 0u;
+              }
+            }
+#pragma unroll
+            for (int ib = 0; ib < kValueBatch; ++ib) {
+              const uint32_t a[4] = {byte_permute(x[ib][0], x[ib][1], 0x5410), byte_permute(x[ib][0], x[ib][1], 0x7632),
+                                     byte_permute(x[ib][2], x[ib][3], 0x5410), byte_permute(x[ib][2], x[ib][3], 0x7632)};
+#pragma unroll
+              for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i0 + ib][nt], a, probabilities[m][nt][0], probabilities[m][nt][1], __half());
+            }
+          }
+          continue;
+        }
+        // The one tile across T - R: values dequantized pair by pair.
 #pragma unroll
         for (int i = 0; i < kVTiles; ++i) {
           const int c = Layout::value_channel(i, g, 0);
           uint32_t x[4];
-          if (t0 >= quantized_values) {  // all residual (the usual tail): predicated loads the compiler batches
 #pragma unroll
-            for (int u = 0; u < 4; ++u) {
-              x[u] = tokens[u] < lk ? *reinterpret_cast<const uint32_t*>(value_residual + rings[u] * channels + c) : 0u;
-            }
-          } else {
-#pragma unroll
-            for (int u = 0; u < 4; ++u) x[u] = value_pair(tokens[u], rings[u], c);
-          }
+          for (int u = 0; u < 4; ++u) x[u] = value_pair(tokens[u], rings[u], c);
           const uint32_t a[4] = {byte_permute(x[0], x[1], 0x5410), byte_permute(x[0], x[1], 0x7632), byte_permute(x[2], x[3], 0x5410),
                                  byte_permute(x[2], x[3], 0x7632)};
 #pragma unroll
@@ -786,7 +861,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 template <int kBits, int kHeadDim, int kNTiles>
 void launch(const nkv_attention_plan& plan, const KiviDecodeParams& params) {
   using Tiles = KiviTiles<kBits, kHeadDim, kNTiles>;
-  auto kernel = decode_kivi_kernel<kBits, kHeadDim, kNTiles>;
+  auto kernel = params.kv.block_table != nullptr ? decode_kivi_kernel<kBits, kHeadDim, kNTiles, true>
+                                                 : decode_kivi_kernel<kBits, kHeadDim, kNTiles, false>;
   NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Tiles::kSharedBytes)));
   const int rows = plan.q_len * params.base.mask.group;
   const int row_blocks = (rows + Tiles::kRows - 1) / Tiles::kRows;
@@ -816,7 +892,7 @@ void dispatch_head_dim(const nkv_attention_plan& plan, const KiviDecodeParams& p
 template <int kBits, int kHeadDim, int kNTiles>
 int resident_blocks() {
   using Tiles = KiviTiles<kBits, kHeadDim, kNTiles>;
-  auto kernel = decode_kivi_kernel<kBits, kHeadDim, kNTiles>;
+  auto kernel = decode_kivi_kernel<kBits, kHeadDim, kNTiles, false>;  // the paged twin: the same launch bounds and shared memory
   NKV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(Tiles::kSharedBytes)));
   int blocks = 0;
   NKV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kDecodeThreads, Tiles::kSharedBytes));

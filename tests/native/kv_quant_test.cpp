@@ -832,13 +832,16 @@ TEST(QuantizedKvCacheCuda, DecodeMatchesTheCpuReference) {
   configs.back().spread = 0.02f;
   add(2, 32, 96, 64, 2, 8, 1, false, -1, 0, {4100, 700});  // R not a multiple of 64; the capacity's last chunk
   configs.back().spread = 0.02f;
-  // Soft-capped scores; 8-bit codes at d64 in blocks of two row tiles (q_len 3 x 8); 2 bits in groups of 128 at
-  // d128 with a window; a slot filled to its capacity (T % R = 0, pieces of 64 mod 128 keys, so a chunk passes the
+  // Soft-capped scores; 8-bit codes at d64 in blocks of two row tiles (q_len 3 x 8); 2 and 4 bits in groups of 128
+  // at d128 with a window; a slot filled to its capacity (T % R = 0, pieces of 64 mod 128 keys, so a chunk passes the
   // capacity and is zero-filled).
   add(4, 32, 128, 128, 8, 32, 1, false, -1, 0, {3000, 900});
   configs.back().c.softcap = 30.0f;
   add(8, 64, 128, 64, 2, 16, 3, true, -1, 0, {2000, 333});
   add(2, 128, 128, 128, 4, 16, 1, false, 300, 0, {3500, 1200});
+  // 4 bits in groups of 128 with a window: chunks that start 64 keys into a 128-token layout block, so a block boundary
+  // falls between the stage's value copies (three of them after the first at 4 bits).
+  add(4, 128, 128, 128, 2, 8, 2, false, 700, 0, {2600, 900});
   add(4, 32, 128, 128, 8, 32, 1, false, -1, 3, {4096, 4095});
   configs.back().max_tokens = 4096;
   for (const Config& config : configs) {

@@ -254,7 +254,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   constexpr int kValueGroupThreads = Tiles::kValueGroupWords / 4;             // one piece (four tokens) each
   static_assert(kKeyCodePieces * 4 * kDecodeThreads == Tiles::kKeyWordRows * kHeadDim && kRowPieces % kKeyCodePieces == 0 &&
                     kKeyGroupThreads <= kDecodeThreads && kValueGroupThreads <= kDecodeThreads && kChunk == kDecodeThreads,
-                "a stage is whole pieces of the block; a value token per thread");
+                "a stage is whole pieces of the block; kTokenPieces value pieces per thread");
   const int tid = threadIdx.x;
   const int key_code_row = tid / kKeyRowThreads;
   const uint32_t key_code_column = 4 * (tid % kKeyRowThreads);  // copy j: + 4 kKeyRowThreads j words

@@ -680,7 +680,6 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       // ---- P.V from the value codes ----
       const uint32_t* words = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + (t0 - c0) * Tiles::kValueWordsPerToken;
       const uint32_t* blocks = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + (t0 - c0);
-      constexpr int kTokenPieces = Tiles::kValueWordsPerToken / 4;
 #pragma unroll
       for (int m = 0; m < 2; ++m) {
         const int tokens[4] = {Layout::tile_token(m, 2 * t), Layout::tile_token(m, 2 * t + 1), Layout::tile_token(m, 2 * t + 8),
@@ -783,6 +782,13 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
           tokens[u] = t0 + d;
           rings[u] = ring0 + d >= residual ? ring0 + d - residual : ring0 + d;
         }
+        // Tile i's MMA from the four tokens' channel pairs (c, c + 1), c = value_channel(i, g, 0).
+        auto accumulate_pairs = [&](int i, const uint32_t (&x)[4]) {
+          const uint32_t a[4] = {byte_permute(x[0], x[1], 0x5410), byte_permute(x[0], x[1], 0x7632), byte_permute(x[2], x[3], 0x5410),
+                                 byte_permute(x[2], x[3], 0x7632)};
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, probabilities[m][nt][0], probabilities[m][nt][1], __half());
+        };
         if (t0 >= quantized_values) {
           // All residual (the usual tail): each value row's channel pairs for half the tiles are loaded before those tiles'
           // MMAs, two round trips to global memory per key tile rather than one per tile.
@@ -802,12 +808,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
               }
             }
 #pragma unroll
-            for (int ib = 0; ib < kValueBatch; ++ib) {
-              const uint32_t a[4] = {byte_permute(x[ib][0], x[ib][1], 0x5410), byte_permute(x[ib][0], x[ib][1], 0x7632),
-                                     byte_permute(x[ib][2], x[ib][3], 0x5410), byte_permute(x[ib][2], x[ib][3], 0x7632)};
-#pragma unroll
-              for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i0 + ib][nt], a, probabilities[m][nt][0], probabilities[m][nt][1], __half());
-            }
+            for (int ib = 0; ib < kValueBatch; ++ib) accumulate_pairs(i0 + ib, x[ib]);
           }
           continue;
         }
@@ -818,10 +819,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
           uint32_t x[4];
 #pragma unroll
           for (int u = 0; u < 4; ++u) x[u] = value_pair(tokens[u], rings[u], c);
-          const uint32_t a[4] = {byte_permute(x[0], x[1], 0x5410), byte_permute(x[0], x[1], 0x7632), byte_permute(x[2], x[3], 0x5410),
-                                 byte_permute(x[2], x[3], 0x7632)};
-#pragma unroll
-          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, probabilities[m][nt][0], probabilities[m][nt][1], __half());
+          accumulate_pairs(i, x);
         }
       }
     }

@@ -22,12 +22,14 @@ public enum QuantizedKvView
     /// them to be there).</summary>
     KeyResidual = 2,
 
-    /// <summary>int32 [max_slots, blocks, num_heads_kv, B, head_dim / (32 / b)]: word w of a value token's head holds its
-    /// channels w · (32 / b) .. w · (32 / b) + 32 / b - 1.</summary>
+    /// <summary>int32 [max_slots, blocks, num_heads_kv, B, head_dim / (32 / b)]: a value token's head row of words, word w
+    /// holding its channels w · (32 / b) .. w · (32 / b) + 32 / b - 1; at 4 and 8 bits word w is entry w, at 2 bits the even
+    /// words come first, then the odd ones (head_dim 128: words 0 2 4 6 1 3 5 7).</summary>
     ValueCodes = 3,
 
-    /// <summary>float16 [max_slots, blocks, num_heads_kv, head_dim / G, B, 2]: {scale, minimum} of G consecutive channels of a
-    /// value token's head, group-major (one group of the block's tokens is contiguous).</summary>
+    /// <summary>float16 [max_slots, blocks, num_heads_kv, head_dim / G, B / 8, 16]: the groups of G consecutive channels of the
+    /// block's value tokens, group-major (one group of the block's tokens is contiguous), in units of 8 tokens: the scales of
+    /// the unit's tokens 0 4 1 5 2 6 3 7, then their minimums in that order.</summary>
     ValueGroups = 4,
 
     /// <summary>float16 [max_slots, R, num_heads_kv, head_dim]: value token t (T - R &lt;= t &lt; T, the newest R) at row t % R.</summary>

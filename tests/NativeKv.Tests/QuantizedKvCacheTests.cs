@@ -127,6 +127,14 @@ public sealed unsafe class QuantizedKvCacheTests
         return ((T*)view.Data)[offset];
     }
 
+    /// <summary>The scale (<paramref name="which"/> 0) or minimum (1) of value token <paramref name="t"/>'s group
+    /// <paramref name="group"/>: units of 8 tokens, the scales of tokens 0 4 1 5 2 6 3 7, then their minimums.</summary>
+    private static Half ValueGroup(TensorView groups, long slot, long head, long group, long t, int which) =>
+        At<Half>(groups, slot, t / Block, head, group, t % Block / 8, 8 * which + 2 * (t % 4) + t % 8 / 4);
+
+    /// <summary>Where word w of a 2-bit value row (HeadDim / 16 words) is stored: the even words first.</summary>
+    private static long ValueWordSlot(long w) => w % 2 * (HeadDim / 32) + w / 2;
+
     /// <summary>Code <paramref name="index"/> of a 2-bit word.</summary>
     private static int Code(TensorView codes, long slot, long block, long head, long word, long d, int index) =>
         (int)((uint)At<int>(codes, slot, block, head, word, d) >> (index * 2)) & 3;
@@ -157,7 +165,7 @@ public sealed unsafe class QuantizedKvCacheTests
         Assert.Equal(new long[] { 2, 5, 2, 2, 32, 4 }, cache.View(QuantizedKvView.KeyGroups, 1).Shape.ToArray());
         Assert.Equal(new long[] { 2, 64, 2, 64 }, cache.View(QuantizedKvView.KeyResidual, 1).Shape.ToArray());
         Assert.Equal(new long[] { 2, 5, 2, 64, 4 }, cache.View(QuantizedKvView.ValueCodes, 1).Shape.ToArray());
-        Assert.Equal(new long[] { 2, 5, 2, 2, 64, 2 }, cache.View(QuantizedKvView.ValueGroups, 1).Shape.ToArray());
+        Assert.Equal(new long[] { 2, 5, 2, 2, 8, 16 }, cache.View(QuantizedKvView.ValueGroups, 1).Shape.ToArray());
         Assert.Equal(new long[] { 2, 64, 2, 64 }, cache.View(QuantizedKvView.ValueResidual, 1).Shape.ToArray());
         TensorView lengths = cache.View(QuantizedKvView.SlotLengths, layer: 99); // the layer is ignored
         Assert.Equal(DType.Int32, lengths.DType);
@@ -202,13 +210,13 @@ public sealed unsafe class QuantizedKvCacheTests
                     {
                         int c0 = h * HeadDim + g * Group;
                         (Half s, Half mn, int[] codes) = Quantize(Enumerable.Range(c0, Group).Select(c => (float)v[layer][t * Row + c]).ToArray());
-                        // Value groups are group-major in a block: [head][group][token].
-                        Assert.True(s.Equals(At<Half>(valueGroups, 0, t / Block, h, g, t % Block, 0)) && mn.Equals(At<Half>(valueGroups, 0, t / Block, h, g, t % Block, 1)),
+                        // Value groups are group-major in a block: [head][group][unit of 8 tokens][scales, minimums].
+                        Assert.True(s.Equals(ValueGroup(valueGroups, 0, h, g, t, 0)) && mn.Equals(ValueGroup(valueGroups, 0, h, g, t, 1)),
                             $"value group {g} of token {t}, layer {layer}, head {h}, seed {seed}");
                         for (int i = 0; i < Group; i++)
                         {
                             int d = g * Group + i;
-                            Assert.True(codes[i] == Code(valueCodes, 0, t / Block, h, t % Block, d / 16, d % 16), $"value code of token {t}, layer {layer}, channel {d}, seed {seed}");
+                            Assert.True(codes[i] == Code(valueCodes, 0, t / Block, h, t % Block, ValueWordSlot(d / 16), d % 16), $"value code of token {t}, layer {layer}, channel {d}, seed {seed}");
                         }
                     }
                 }
@@ -258,8 +266,8 @@ public sealed unsafe class QuantizedKvCacheTests
                             {
                                 bool same = which == QuantizedKvView.ValueCodes
                                     ? At<int>(view, a, t / Block, h, t % Block, j) == At<int>(view, b, t / Block, h, t % Block, j)
-                                    : At<Half>(view, a, t / Block, h, j, t % Block, 0).Equals(At<Half>(view, b, t / Block, h, j, t % Block, 0)) &&
-                                      At<Half>(view, a, t / Block, h, j, t % Block, 1).Equals(At<Half>(view, b, t / Block, h, j, t % Block, 1));
+                                    : ValueGroup(view, a, h, j, t, 0).Equals(ValueGroup(view, b, h, j, t, 0)) &&
+                                      ValueGroup(view, a, h, j, t, 1).Equals(ValueGroup(view, b, h, j, t, 1));
                                 Assert.True(same, $"{which} of layer {layer}, token {t}, head {h}, seed {seed}");
                             }
                         }

@@ -382,8 +382,23 @@ SlotContents slot_contents(nkv_context* context, nkv_quantized_kv_cache* cache, 
     for (int d = 0; d < s.head_dim; ++d) c.key_groups[r + static_cast<size_t>(d)] = nkv::kivi::pack_group(nkv::kivi::load_key_group(row.data(), d));
   }
   c.key_residual = rows_of(NKV_QUANTIZED_KV_KEY_RESIDUAL, channels, 0, length - keys, uint16_t{});
-  c.value_codes = coded(NKV_QUANTIZED_KV_VALUE_CODES, values);
-  c.value_groups = coded(NKV_QUANTIZED_KV_VALUE_GROUPS, values);
+  // Value words are stored in kivi::value_word_slot's order and value groups in units of 8 tokens
+  // (kivi::store_value_group): back to channel order and a {scale, minimum} word per token and group.
+  const int64_t words = s.head_dim / per_word, columns = s.head_dim / s.group;
+  const std::vector<uint32_t> stored_words = coded(NKV_QUANTIZED_KV_VALUE_CODES, values);
+  c.value_codes.resize(stored_words.size());
+  for (size_t r = 0; r < stored_words.size(); r += static_cast<size_t>(words)) {
+    for (int64_t w = 0; w < words; ++w) c.value_codes[r + static_cast<size_t>(w)] = stored_words[r + static_cast<size_t>(nkv::kivi::value_word_slot(w, words, s.bits))];
+  }
+  const std::vector<uint32_t> units = coded(NKV_QUANTIZED_KV_VALUE_GROUPS, (values + 7) / 8);  // [unit][head][column][8 words]
+  for (int64_t t = 0; t < values; ++t) {
+    for (int64_t h = 0; h < s.heads; ++h) {
+      for (int64_t j = 0; j < columns; ++j) {
+        const uint32_t* unit = units.data() + ((t / 8 * s.heads + h) * columns + j) * 8;
+        c.value_groups.push_back(nkv::kivi::pack_group(nkv::kivi::load_value_group(unit, t % 8)));
+      }
+    }
+  }
   const auto ring = rows_of(NKV_QUANTIZED_KV_VALUE_RESIDUAL, channels, 0, s.residual, uint16_t{});
   for (int64_t t = values; t < length; ++t) {  // the window in token order
     c.value_residual.insert(c.value_residual.end(), ring.begin() + t % s.residual * channels, ring.begin() + (t % s.residual + 1) * channels);

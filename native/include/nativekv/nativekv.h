@@ -746,10 +746,13 @@ NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, 
  *                  g * G .. g * G + G - 1 by channel pair p: {scale of 2p, scale of 2p + 1, minimum of 2p, minimum of
  *                  2p + 1}
  *   KEY_RESIDUAL   fp16 [max_slots, R, num_heads_kv, head_dim]: row i holds token T - T % R + i
- *   VALUE_CODES    int32 [max_slots, blocks, num_heads_kv, B, head_dim / (32 / b)]: word w of a token's head
- *                  holds its channels w * (32 / b) ..
- *   VALUE_GROUPS   fp16 [max_slots, blocks, num_heads_kv, head_dim / G, B, 2]: {scale, minimum} of a token's
- *                  channels g * G .., group-major (one group of the block's tokens is contiguous)
+ *   VALUE_CODES    int32 [max_slots, blocks, num_heads_kv, B, head_dim / (32 / b)]: a token's head row of words,
+ *                  word w holding its channels w * (32 / b) ..; at 4 and 8 bits word w is entry w, at 2 bits the
+ *                  even words come first, then the odd ones (head_dim 128: words 0 2 4 6 1 3 5 7)
+ *   VALUE_GROUPS   fp16 [max_slots, blocks, num_heads_kv, head_dim / G, B / 8, 16]: the groups of channels
+ *                  g * G .. of the block's tokens, group-major (one group of the block's tokens is contiguous), in
+ *                  units of 8 tokens: the scales of the unit's tokens 0 4 1 5 2 6 3 7, then their minimums in
+ *                  that order
  *   VALUE_RESIDUAL fp16 [max_slots, R, num_heads_kv, head_dim]: token t (T - R <= t < T) at row t % R
  * Block floating point (BFP; "Accurate Block Quantization in LLMs with Outliers"): each token's keys and values
  * (per head) are blocks of n consecutive channels sharing an exponent E = floor(log2(max |x|)) (int8; -128 for a

@@ -653,7 +653,7 @@ NKV_API nkv_status nkv_quantized_kv_cache_view(const nkv_quantized_kv_cache* cac
         case NKV_QUANTIZED_KV_KEY_GROUPS: set(l.key_groups, NKV_DTYPE_FLOAT16, {s, blocks, h, b / k.group, d / 2, 4}); break;
         case NKV_QUANTIZED_KV_KEY_RESIDUAL: set(l.key_residual, NKV_DTYPE_FLOAT16, {slots, k.residual, h, d}); break;
         case NKV_QUANTIZED_KV_VALUE_CODES: set(l.value_codes, NKV_DTYPE_INT32, {s, blocks, h, b, d / per_word}); break;
-        case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_FLOAT16, {s, blocks, h, d / k.group, b, 2}); break;
+        case NKV_QUANTIZED_KV_VALUE_GROUPS: set(l.value_groups, NKV_DTYPE_FLOAT16, {s, blocks, h, d / k.group, b / 8, 16}); break;
         default: set(l.value_residual, NKV_DTYPE_FLOAT16, {slots, k.residual, h, d}); break;
       }
       t.strides[0] = static_cast<int64_t>(k.slot_bytes[which] / nkv_dtype_size(t.dtype));  // whole pages with virtual memory

@@ -58,6 +58,24 @@ NKV_HOST_DEVICE inline Group load_key_group(const uint32_t* row, int64_t d) {
   const uint16_t* halves = reinterpret_cast<const uint16_t*>(row);
   return {halves[2 * (d & ~int64_t{1}) + (d & 1)], halves[2 * (d & ~int64_t{1}) + 2 + (d & 1)]};
 }
+// A value group column keeps its tokens in units of 8 (core/quantized_kvcache.h, value_group_unit): 16 halves, the
+// scales of the unit's tokens 0 4 1 5 2 6 3 7, then their minimums in the same order. A word is then the scale (or
+// minimum) pair of two tokens 4 apart, which is how the decode's P^T operand pairs its tokens (keys 8t + 2m and + 4).
+// j: the token's place in its unit (token % 8).
+NKV_HOST_DEVICE inline int value_group_half(int64_t j) { return static_cast<int>(2 * (j & 3) + ((j >> 2) & 1)); }
+NKV_HOST_DEVICE inline void store_value_group(uint32_t* unit, int64_t j, Group g) {
+  uint16_t* halves = reinterpret_cast<uint16_t*>(unit);
+  halves[value_group_half(j)] = g.scale;
+  halves[8 + value_group_half(j)] = g.min;
+}
+NKV_HOST_DEVICE inline Group load_value_group(const uint32_t* unit, int64_t j) {
+  const uint16_t* halves = reinterpret_cast<const uint16_t*>(unit);
+  return {halves[value_group_half(j)], halves[8 + value_group_half(j)]};
+}
+// Where word w (channels w * (32 / b) ..) of a value token's head row of `words` words is stored: at 2 bits the even
+// words first, then the odd ones (d128: 0 2 4 6 1 3 5 7), so that a decode lane's words (one 16-channel half of each
+// 32-channel block) are one 16-byte piece; 4 and 8 bits keep channel order. Codes within a word keep KIVI's order.
+NKV_HOST_DEVICE inline int64_t value_word_slot(int64_t w, int64_t words, int bits) { return bits == 2 ? (w & 1) * (words / 2) + (w >> 1) : w; }
 
 // The stored parameters of a group whose values (as float) lie in [lo, hi]. The scale comes from the stored
 // (rounded) minimum, so that the group's maximum maps to the largest code. A group whose rounded scale is 0

@@ -46,8 +46,8 @@ struct QuantizedKvLayer {
   uint32_t* key_codes = nullptr;     // KIVI rows: word rows of 32 / b tokens, [d] words; BFP rows: tokens, [d / (32 / m)] words
   uint32_t* key_groups = nullptr;    // KIVI rows: groups of G tokens, [d] pairs; BFP rows: tokens, [d / n] int8 exponents
   uint16_t* key_residual = nullptr;  // KIVI [slot][row][head][d]
-  uint32_t* value_codes = nullptr;   // rows: tokens, [d / (32 / b)] words
-  uint32_t* value_groups = nullptr;  // KIVI: [d / G][tokens of the block] pairs (group-major, see value_group_column); BFP: as the keys'
+  uint32_t* value_codes = nullptr;   // rows: tokens, [d / (32 / b)] words (kivi::value_word_slot's order)
+  uint32_t* value_groups = nullptr;  // KIVI: [d / G][units of 8 tokens of the block] (group-major, see value_group_unit); BFP: as the keys'
   uint16_t* value_residual = nullptr;  // KIVI [slot][row][head][d]; BFP's fp16 values: rows of tokens, [d] halves
   // Per-share strides: a slot's share of each array, or with pages (block_table set) a page's share of the token-indexed
   // arrays (codes, groups, BFP's fp16 values); KIVI's residuals are always per slot.
@@ -92,9 +92,10 @@ NKV_HOST_DEVICE inline Offset head_row_in_share(const QuantizedKvLayer& l, Index
   const Offset row = static_cast<Offset>((local & ((Index{1} << l.block_shift) - 1)) >> row_shift);
   return ((head_block << (l.block_shift - row_shift)) + row) * row_elements;
 }
-// KIVI's value groups are group-major within a head's part of a block ([d / G][tokens]), so that one group column of
-// consecutive tokens is contiguous: the offset within a share of the share's token `local`'s group `column` of `head`
-// (`columns` = head_dim / G).
+// KIVI's value groups are group-major within a head's part of a block ([d / G][B / 8 units of 8 tokens], see
+// kivi::store_value_group), so that one group column of consecutive tokens is contiguous: the word offset within a
+// share of the share's token `local` in its group `column` of `head` (`columns` = head_dim / G), that token's unit's
+// offset for `local` a multiple of 8.
 template <typename Offset, typename Index>
 NKV_HOST_DEVICE inline Offset value_group_in_share(const QuantizedKvLayer& l, Index local, Index head, Index column, Offset columns) {
   const Offset head_block = static_cast<Offset>((local >> l.block_shift) * l.heads + head);
@@ -107,10 +108,11 @@ NKV_HOST_DEVICE inline int64_t head_row(const QuantizedKvLayer& l, int64_t per_s
   const TokenPlace p = token_place(l, per_share, slot, t);
   return p.share + head_row_in_share<int64_t>(l, p.token, head, row_shift, row_elements);
 }
-// The element offset of token t's value group `column` of `head`.
-NKV_HOST_DEVICE inline int64_t value_group_column(const QuantizedKvLayer& l, int64_t slot, int64_t head, int64_t t, int64_t column) {
+// The element offset of the unit of 8 tokens that holds token t's value group `column` of `head` (t's place there:
+// t % 8, kivi::load_value_group).
+NKV_HOST_DEVICE inline int64_t value_group_unit(const QuantizedKvLayer& l, int64_t slot, int64_t head, int64_t t, int64_t column) {
   const TokenPlace p = token_place(l, l.value_groups_slot, slot, t);
-  return p.share + value_group_in_share<int64_t>(l, p.token, head, column, l.head_dim >> l.group_shift);
+  return p.share + value_group_in_share<int64_t>(l, p.token & ~int64_t{7}, head, column, l.head_dim >> l.group_shift);
 }
 
 // The step's K and V of one write: [step tokens, heads, d] halves.

@@ -34,7 +34,7 @@ struct SlotArrays {
   uint32_t* value_codes(int64_t head, int64_t t) const {
     return l.value_codes + head_row(l, l.value_codes_slot, slot, head, t, 0, l.head_dim / l.codes_per_word());
   }
-  uint32_t& value_group(int64_t head, int64_t t, int64_t column) const { return l.value_groups[value_group_column(l, slot, head, t, column)]; }
+  uint32_t* value_group_unit(int64_t head, int64_t t, int64_t column) const { return l.value_groups + nkv::value_group_unit(l, slot, head, t, column); }
   int8_t* key_exponents(int64_t head, int64_t t) const {
     return reinterpret_cast<int8_t*>(l.key_groups) + head_row(l, l.key_groups_slot, slot, head, t, 0, l.head_dim / l.group);
   }
@@ -166,10 +166,15 @@ void quantized_kv_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, 
     }
     for (int64_t t = kivi::quantized_values(t0, r); t < kivi::quantized_values(t1, r); ++t) {
       for (int64_t h = 0; h < l.heads; ++h) {
-        std::vector<uint32_t> groups(static_cast<size_t>(l.head_dim / l.group));
-        kivi::quantize_value_token(l.bits, l.group, l.head_dim, [&](int64_t c) { return value(t, h * l.head_dim + c); },
-                                   slot.value_codes(h, t), groups.data());
-        for (size_t j = 0; j < groups.size(); ++j) slot.value_group(h, t, static_cast<int64_t>(j)) = groups[j];
+        // The token's words and groups in channel order, then stored in the head row's word order and group units.
+        const int64_t words = l.head_dim / l.codes_per_word();
+        std::vector<uint32_t> codes(static_cast<size_t>(words)), groups(static_cast<size_t>(l.head_dim / l.group));
+        kivi::quantize_value_token(l.bits, l.group, l.head_dim, [&](int64_t c) { return value(t, h * l.head_dim + c); }, codes.data(),
+                                   groups.data());
+        for (int64_t w = 0; w < words; ++w) slot.value_codes(h, t)[kivi::value_word_slot(w, words, l.bits)] = codes[static_cast<size_t>(w)];
+        for (size_t j = 0; j < groups.size(); ++j) {
+          kivi::store_value_group(slot.value_group_unit(h, t, static_cast<int64_t>(j)), t & 7, kivi::unpack_group(groups[j]));
+        }
       }
     }
     // Keys past the last flush wait in the residual (only new tokens move: when a flush happened every old
@@ -228,8 +233,8 @@ void attention_decode_quantized(const nkv_attention_plan& plan, const QuantizedD
         if (bfp) {
           out[d] = quantized_values > 0 ? bfp_value(false, t, d) : half_to_float(slot.fp16_values(hk, t)[d]);
         } else if (t < quantized_values) {
-          const uint32_t word = slot.value_codes(hk, t)[d / per_word];
-          const kivi::Group g = kivi::unpack_group(slot.value_group(hk, t, d / l.group));
+          const uint32_t word = slot.value_codes(hk, t)[kivi::value_word_slot(d / per_word, head_dim / per_word, l.bits)];
+          const kivi::Group g = kivi::load_value_group(slot.value_group_unit(hk, t, d / l.group), t & 7);
           out[d] = kivi::value_of(unpack_code(word, static_cast<int>(d % per_word), l.bits), g);
         } else {
           out[d] = half_to_float(slot.value_residual()[t % l.residual * channels + c]);

@@ -167,10 +167,10 @@ __device__ __forceinline__ int swizzled_piece(int token, int piece) {
 // The stage row of a value token. At 4 bits an ldmatrix reads the same piece of 8 tokens 4 apart (tile rows
 // 0..7 or 8..15): rows (64 bytes at d128) swapped in pairs by token bit 2 put those in both halves of a 128-byte
 // bank line, and the piece swizzle above (token bits 3, 4) spreads them within each half (at d64, 32-byte rows, some
-// conflicts remain). At 2 bits a load reads one word of 4 tokens 8 apart (lanes t): rows of 32 bytes (d128) 256 bytes
-// apart share their banks, and the piece swizzle (bit 3) tells only two of them apart; flipping row bit 1 by token
-// bit 4 puts the other two in the line's other 64 bytes (at d64, 16-byte rows without a piece swizzle, bit 3 does it
-// for two of the four). A lane's four tokens differ in bits 0 and 2 only, so their rows keep the tokens' distances.
+// conflicts remain). At 2 bits a load reads one 16-byte piece (d128; 8 bytes at d64) of 4 tokens 8 apart (lanes t):
+// rows of 32 bytes (d128) 256 bytes apart share their banks, and the piece swizzle (bit 3) tells only two of them apart;
+// flipping row bit 1 by token bit 4 puts the other two in the line's other 64 bytes (at d64, 16-byte rows without a
+// piece swizzle, bit 3 does it for two of the four). A lane's four tokens differ in bits 0 and 2 only, so their rows keep the tokens' distances.
 template <int kBits, int kPieces>
 __device__ __forceinline__ int value_row(int token) {
   if constexpr (kBits == 4) return token ^ ((token >> 2) & 1);
@@ -399,17 +399,21 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   auto q_fragment = [&](int ks, int nt) {
     return *reinterpret_cast<const uint2*>(q_rows + (nt * 8 + g) * Tiles::kQPitch + 16 * ks + 4 * t);
   };
-  KeyRange visible[kNTiles][2];
+  // The keys query column (nt, j) of the lane sees within the piece (recomputed where a warp tile needs it: registers in
+  // the loop are scarce).
+  auto visible = [&](int nt, int j) {
+    const int column_row = row0 + nt * 8 + 2 * t + j;
+    KeyRange r = visible_keys(min(column_row, rows - 1) / group, lq, lk, p.base.mask.causal, p.base.mask.window_left);
+    r.first = max(r.first, split.key_begin);
+    r.last = min(r.last, split.key_end - 1);
+    return r;
+  };
   int all_first = 0, all_last = 0x7fffffff, any_first = 0x7fffffff;  // over the block's query rows
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      const int column_row = row0 + nt * 8 + 2 * t + j;
-      KeyRange r = visible_keys(min(column_row, rows - 1) / group, lq, lk, p.base.mask.causal, p.base.mask.window_left);
-      r.first = max(r.first, split.key_begin);
-      r.last = min(r.last, split.key_end - 1);
-      visible[nt][j] = r;
+      const KeyRange r = visible(nt, j);
       all_first = max(all_first, r.first);
       all_last = min(all_last, r.last);
       any_first = min(any_first, r.first);
@@ -465,8 +469,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   auto value_pair = [&](int token, int ring, int c) -> uint32_t {
     if (token >= lk) return 0u;
     if (token >= quantized_values) return *reinterpret_cast<const uint32_t*>(value_residual + ring * channels + c);
-    const uint32_t word = kv.value_codes[head_row(kv, kv.value_codes_slot, sequence, kv_head, token, 0, kValueWords) + c / kCpw];
-    const kivi::Group vg = kivi::unpack_group(kv.value_groups[value_group_column(kv, sequence, kv_head, token, c >> group_shift)]);
+    const uint32_t word = kv.value_codes[head_row(kv, kv.value_codes_slot, sequence, kv_head, token, 0, kValueWords) +
+                                         kivi::value_word_slot(c / kCpw, kValueWords, kBits)];
+    const kivi::Group vg = kivi::load_value_group(kv.value_groups + value_group_unit(kv, sequence, kv_head, token, c >> group_shift), token & 7);
     return MmaType<__half>::pack(kivi::value_of(unpack_code(word, c % kCpw, kBits), vg), kivi::value_of(unpack_code(word, c % kCpw + 1, kBits), vg));
   };
 
@@ -605,13 +610,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     }
     if (t0 < all_first || t0 + kWarpKeys - 1 > all_last) {  // some row does not see all 32 keys
 #pragma unroll
-      for (int m = 0; m < 2; ++m) {
+      for (int nt = 0; nt < kNTiles; ++nt) {
+        const KeyRange columns[2] = {visible(nt, 0), visible(nt, 1)};
 #pragma unroll
-        for (int nt = 0; nt < kNTiles; ++nt) {
+        for (int m = 0; m < 2; ++m) {
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             const int token = t0 + Layout::tile_token(m, g + 8 * (e / 2));
-            const KeyRange& r = visible[nt][e % 2];
+            const KeyRange& r = columns[e % 2];
             s[m][nt][e] = token >= r.first && token <= r.last ? s[m][nt][e] : -INFINITY;
           }
         }
@@ -684,39 +690,57 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       for (int m = 0; m < 2; ++m) {
         const int tokens[4] = {Layout::tile_token(m, 2 * t), Layout::tile_token(m, 2 * t + 1), Layout::tile_token(m, 2 * t + 8),
                                Layout::tile_token(m, 2 * t + 9)};
-        // A block's group words of the four tokens, in operand order: one 16-byte load of tokens 16m + 4t .. + 3 at 8
-        // bits, two 8-byte loads at 2 and 4 bits (tokens 8t + 2m + {0, 1} and + {4, 5}).
-        auto token_words = [&](const uint32_t* block) {
-          uint4 x;
+        // A block's scale (which = 0) or minimum (1) pairs of the four tokens, as the B operand's two registers take
+        // them. The stage keeps each block's groups in units of 8 tokens (kivi::store_value_group): at 2 and 4 bits the
+        // lane's tokens 8t + 2m + {0, 4} and + {1, 5} are words 2m and 2m + 1 of its unit's scales or minimums, one 8-byte
+        // load; at 8 bits (tests) the halves are gathered.
+        auto group_pairs = [&](const uint32_t* block, int which) {
           if constexpr (kBits <= 4) {
-            const uint2 a = *reinterpret_cast<const uint2*>(block + tokens[0]);
-            const uint2 b = *reinterpret_cast<const uint2*>(block + tokens[1]);
-            x = make_uint4(a.x, b.x, a.y, b.y);
+            return *reinterpret_cast<const uint2*>(block + 8 * t + 4 * which + 2 * m);
           } else {
-            const uint4 a = *reinterpret_cast<const uint4*>(block + tokens[0]);
-            x = make_uint4(a.x, a.z, a.y, a.w);
+            const uint16_t* halves = reinterpret_cast<const uint16_t*>(block);
+            uint16_t h[4];
+#pragma unroll
+            for (int u = 0; u < 4; ++u) h[u] = halves[2 * (tokens[u] & ~7) + 8 * which + kivi::value_group_half(tokens[u] & 7)];
+            return make_uint2(h[0] | static_cast<uint32_t>(h[1]) << 16, h[2] | static_cast<uint32_t>(h[3]) << 16);
           }
-          return x;
         };
         {
           // Rows of the minimum MMA are 32-channel blocks: row g holds block g's minimums of the four tokens.
-          const uint4 x = token_words(blocks + min(g, kBlocks - 1) * kChunk);
-          const uint32_t a_min[4] = {g < kBlocks ? byte_permute(x.x, x.y, 0x7632) : 0u, 0u, g < kBlocks ? byte_permute(x.z, x.w, 0x7632) : 0u,
-                                     0u};
+          const uint2 x = group_pairs(blocks + min(g, kBlocks - 1) * kChunk, 1);
+          const uint32_t a_min[4] = {g < kBlocks ? x.x : 0u, 0u, g < kBlocks ? x.y : 0u, 0u};
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o_min[nt], a_min, probabilities[m][nt][0], probabilities[m][nt][1], __half());
+        }
+        // 2 bits: the lane's word of each block for each token (value_word_slot puts a lane's words, one per 32-channel
+        // block, side by side: one 16-byte load per token at d128, 8 bytes at d64). The tokens (and their rows) differ
+        // from tokens[0] by constants and share its swizzle, so each load is one lane address plus an immediate.
+        [[maybe_unused]] uint32_t lane_words[4][kBlocks];
+        if constexpr (kBits == 2) {
+          const int first_slot = (g / 4) * kBlocks;
+          const uint32_t* at = words + value_row<kBits, kTokenPieces>(tokens[0]) * Tiles::kValueWordsPerToken +
+                               4 * swizzled_piece<kBits, kTokenPieces>(tokens[0], first_slot / 4) + first_slot % 4;
+#pragma unroll
+          for (int u = 0; u < 4; ++u) {
+            const uint32_t* x = at + (tokens[u] - tokens[0]) * Tiles::kValueWordsPerToken;
+            if constexpr (kBlocks == 4) {
+              const uint4 v = *reinterpret_cast<const uint4*>(x);
+              lane_words[u][0] = v.x, lane_words[u][1] = v.y, lane_words[u][2] = v.z, lane_words[u][3] = v.w;
+            } else {
+              const uint2 v = *reinterpret_cast<const uint2*>(x);
+              lane_words[u][0] = v.x, lane_words[u][1] = v.y;
+            }
+          }
         }
         uint32_t pieces[4];  // 4 bits: the ldmatrix of blocks b and b + 1
 #pragma unroll
         for (int b = 0; b < kBlocks; ++b) {  // 32 channels: tiles 2b, 2b + 1
-          const uint4 x = token_words(blocks + b * kChunk);
-          const uint32_t scale01 = byte_permute(x.x, x.y, 0x5410);
-          const uint32_t scale89 = byte_permute(x.z, x.w, 0x5410);
+          const uint2 scales = group_pairs(blocks + b * kChunk, 0);
           uint32_t scaled[kNTiles][2];
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) {
-            scaled[nt][0] = multiply_halves(probabilities[m][nt][0], scale01);
-            scaled[nt][1] = multiply_halves(probabilities[m][nt][1], scale89);
+            scaled[nt][0] = multiply_halves(probabilities[m][nt][0], scales.x);
+            scaled[nt][1] = multiply_halves(probabilities[m][nt][1], scales.y);
           }
           uint32_t a[2][4];  // tiles 2b and 2b + 1
           if constexpr (kBits == 4) {
@@ -737,9 +761,16 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
             a[1][1] = lo_high_byte & lanes.mask(1, 1);
             a[1][2] = hi_high_byte & lanes.mask(1, 0);
             a[1][3] = hi_high_byte & lanes.mask(1, 1);
+          } else if constexpr (kBits == 2) {
+#pragma unroll
+            for (int q = 0; q < 2; ++q) {  // the two tiles' rows are codes of one byte
+              a[q][0] = lanes.operand(lane_words[0][b], lane_words[1][b], q, 0);
+              a[q][1] = lanes.operand(lane_words[0][b], lane_words[1][b], q, 1);
+              a[q][2] = lanes.operand(lane_words[2][b], lane_words[3][b], q, 0);
+              a[q][3] = lanes.operand(lane_words[2][b], lane_words[3][b], q, 1);
+            }
           } else {
-            // The lane's words of tiles 2b and 2b + 1 for each of the four tokens. The tokens (and their rows) differ from
-            // tokens[0] by constants and share its swizzle, so each load is one lane address plus an immediate.
+            // 8 bits: the lane's words of tiles 2b and 2b + 1 for each of the four tokens (addressed like the 2-bit loads).
             uint32_t w[4][2];
             auto at = [&](int word) {
               return words + value_row<kBits, kTokenPieces>(tokens[0]) * Tiles::kValueWordsPerToken + 4 * swizzled_piece<kBits, kTokenPieces>(tokens[0], word / 4) +
@@ -748,12 +779,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 #pragma unroll
             for (int u = 0; u < 4; ++u) {
               const int next = (tokens[u] - tokens[0]) * Tiles::kValueWordsPerToken;
-              if constexpr (kBits == 2) {
-                w[u][0] = w[u][1] = at(2 * b + g / 4)[next];
-              } else {
-                w[u][0] = at(4 * (2 * b) + g / 2)[next];
-                w[u][1] = at(4 * (2 * b + 1) + g / 2)[next];
-              }
+              w[u][0] = at(4 * (2 * b) + g / 2)[next];
+              w[u][1] = at(4 * (2 * b + 1) + g / 2)[next];
             }
 #pragma unroll
             for (int q = 0; q < 2; ++q) {

@@ -78,12 +78,13 @@ __global__ void __launch_bounds__(kThreads) quantize_values_kernel(const WritePa
     }
     const kivi::Group g = kivi::group_of(lo, hi, bits);
     const int64_t head = c0 / p.l.head_dim, d0 = c0 % p.l.head_dim;
-    p.l.value_groups[value_group_column(p.l, e.slot, head, t, d0 / group)] = kivi::pack_group(g);
-    uint32_t* words = p.l.value_codes + head_row(p.l, p.l.value_codes_slot, e.slot, head, t, 0, p.l.head_dim / per_word);
+    kivi::store_value_group(p.l.value_groups + value_group_unit(p.l, e.slot, head, t, d0 / group), t & 7, g);
+    const int64_t row_words = p.l.head_dim / per_word;
+    uint32_t* words = p.l.value_codes + head_row(p.l, p.l.value_codes_slot, e.slot, head, t, 0, row_words);
     for (int64_t c = c0; c < c0 + group; c += per_word) {
       uint32_t word = 0;
       for (int i = 0; i < per_word; ++i) word = pack_code(word, kivi::code_of(value_at(p, e, t, c + i, channels), g, bits), i, bits);
-      words[(d0 + c - c0) / per_word] = word;
+      words[kivi::value_word_slot((d0 + c - c0) / per_word, row_words, bits)] = word;
     }
   }
 }

@@ -42,12 +42,13 @@ using namespace attention;
 constexpr int kChunk = 128;    // keys per pipeline stage: 32 per warp (pieces start at multiples of 64)
 constexpr int kWarpKeys = 32;  // two 16-key tiles
 // Pipeline stages (2 at 4 and 8 bits, 3 at 2 bits: ~40 KB per block at d128 for 2 and 4 bits; 8 bits, for tests, takes
-// ~78 KB) and the blocks per SM the
-// registers are capped for (4 blocks of 4 warps: 128 registers), overridable at configure time for tuning. On an
-// H200 (bench/NOTES.md q6), 5 blocks at 96 registers spilled and ran KIVI-2 at b8 x L32768 in 175 us where 4 blocks
-// took 141 us; 3 stages at 4 bits (3 blocks per SM by shared memory) took 204 us where 2 took 178.
+// ~78 KB) and the blocks per SM the registers are capped for (3 blocks of 4 warps: 168 registers), overridable at
+// configure time for tuning. On an H200 (bench/NOTES.md q6, q10), 5 blocks at 96 registers spilled and ran KIVI-2 at
+// b8 x L32768 in 175 us where 4 blocks took 141 us; at q10, 4 blocks (128 registers, the loop spilling ~50 bytes at 2
+// bits) took 91.4 us (KIVI-2) and 97.6 us (KIVI-4) where 3 blocks took 86.9 and 96.0: 12 warps per SM keep enough bytes
+// in flight, and the registers go to the loop's loads.
 #ifndef NKV_KIVI_MIN_BLOCKS
-#define NKV_KIVI_MIN_BLOCKS 4
+#define NKV_KIVI_MIN_BLOCKS 3
 #endif
 constexpr int kMinBlocksPerSm = NKV_KIVI_MIN_BLOCKS;
 // Measurement only (bench/NOTES.md q8): a build with NKV_KIVI_ABLATE set to a sum of 1 (the key part), 2 (the value part)
@@ -427,13 +428,16 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   }
 
   const CodeLanes<kBits> lanes(g);
+  constexpr int kSumRow = 7;  // of o_min: below it the blocks' rows (kBlocks <= 4)
+  const uint32_t sum_row = g == kSumRow ? 0x3c003c00u : 0u;  // two fp16 ones in the sum's row of the minimum MMA's operand
   const float exp_scale = p.base.mask.score.softcap > 0.0f ? 1.0f : p.base.mask.score.scale_log2;
   // O^T per 16-channel tile (rows: channels value_channel(i, g, 0 / 1); columns: query rows 2t, 2t + 1), in code
-  // units until `plain` (see the top of the file); the values' minimum term per 32-channel block (rows: blocks).
+  // units until `plain` (see the top of the file); the values' minimum term per 32-channel block (rows: blocks) and,
+  // in row kSumRow, the softmax's running sum: that MMA row's operand is 1.0 for every key, so the tensor cores add up
+  // P (as the value MMAs take it, in fp16) and the lazy rescale of o_min rescales it; no registers or adds of its own.
   float o[kVTiles][kNTiles][4];
   float o_min[kNTiles][4];
   float row_max[kNTiles][2];
-  float row_sum[kNTiles][2];
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
@@ -443,7 +447,6 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       for (int i = 0; i < kVTiles; ++i) o[i][nt][e] = 0.0f;
     }
     row_max[nt][0] = row_max[nt][1] = -INFINITY;
-    row_sum[nt][0] = row_sum[nt][1] = 0.0f;
   }
   bool plain = false;
   auto to_plain = [&] {
@@ -631,7 +634,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         for (int nt = 0; nt < kNTiles; ++nt) {
           probabilities[m][nt][0] = MmaType<__half>::pack(s[m][nt][0], s[m][nt][1]);
           probabilities[m][nt][1] = MmaType<__half>::pack(s[m][nt][2], s[m][nt][3]);
-          row_sum[nt][0] += s[m][nt][0];
+          o_min[nt][0] += s[m][nt][0];
         }
     } else
 #pragma unroll
@@ -647,14 +650,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         const float base = new_max == -INFINITY ? 0.0f : new_max;
         alpha[j] = fast_exp2(row_max[nt][j] - base);
         row_max[nt][j] = new_max;
-        float sum = 0.0f;
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
           s[m][nt][j] = fast_exp2(fmaf(s[m][nt][j], exp_scale, -base));
           s[m][nt][2 + j] = fast_exp2(fmaf(s[m][nt][2 + j], exp_scale, -base));
-          sum += s[m][nt][j] + s[m][nt][2 + j];
         }
-        row_sum[nt][j] = fmaf(row_sum[nt][j], alpha[j], sum);
       }
       // The running O only changes when a column's maximum grew (rare once the first keys are in).
       if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
@@ -708,7 +708,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         {
           // Rows of the minimum MMA are 32-channel blocks: row g holds block g's minimums of the four tokens.
           const uint2 x = group_pairs(blocks + min(g, kBlocks - 1) * kChunk, 1);
-          const uint32_t a_min[4] = {g < kBlocks ? x.x : 0u, 0u, g < kBlocks ? x.y : 0u, 0u};
+          const uint32_t a_min[4] = {g < kBlocks ? x.x : sum_row, 0u, g < kBlocks ? x.y : sum_row, 0u};
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o_min[nt], a_min, probabilities[m][nt][0], probabilities[m][nt][1], __half());
         }
@@ -816,6 +816,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o[i][nt], a, probabilities[m][nt][0], probabilities[m][nt][1], __half());
         };
+        {
+          const uint32_t a_sum[4] = {sum_row, 0u, sum_row, 0u};  // the softmax sum's row of o_min (see kSumRow)
+#pragma unroll
+          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o_min[nt], a_sum, probabilities[m][nt][0], probabilities[m][nt][1], __half());
+        }
         if (t0 >= quantized_values) {
           // All residual (the usual tail): each value row's channel pairs for half the tiles are loaded before those tiles'
           // MMAs, two round trips to global memory per key tile rather than one per tile.
@@ -862,10 +867,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
-      float sum = row_sum[nt][j];
-      sum += __shfl_xor_sync(0xffffffffu, sum, 4);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 8);
-      sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+      const float sum = __shfl_sync(0xffffffffu, o_min[nt][j], 4 * kSumRow + t);
       const int r = nt * 8 + 2 * t + j;
 #pragma unroll
       for (int i = 0; i < kVTiles; ++i) {

@@ -93,6 +93,14 @@ struct KiviTiles {
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
 
+// x, held in a register from here on: ptxas otherwise rebuilds lane constants (swizzled offsets, permute selectors) from
+// the thread index in every step of the loop, ~10-25 instructions each time, rather than keep them (bench/NOTES.md q10).
+__device__ __forceinline__ int lane_constant(int x) {
+  int y;
+  asm volatile("mov.b32 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+
 __device__ __forceinline__ uint32_t multiply_halves(uint32_t a, uint32_t b) {
   uint32_t d;
   asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
@@ -145,7 +153,7 @@ struct CodeLanes {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {
         const uint32_t byte = static_cast<uint32_t>(Layout::code_index(g, p, half) * kBits / 8);
-        select[p][half] = byte | byte << 4 | (byte + 4) << 8 | (byte + 4) << 12;
+        select[p][half] = static_cast<uint32_t>(lane_constant(static_cast<int>(byte | byte << 4 | (byte + 4) << 8 | (byte + 4) << 12)));
       }
     }
   }
@@ -397,8 +405,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   }
   // Q as the key MMA's B operand: column n = query row g of each 8-row tile, reduction index k = 2t + j
   // at channel 16 s + 4t + j, k = 2t + 8 + j at 16 s + 4t + 2 + j.
+  const int q_lane = lane_constant(g * Tiles::kQPitch + 4 * t);
   auto q_fragment = [&](int ks, int nt) {
-    return *reinterpret_cast<const uint2*>(q_rows + (nt * 8 + g) * Tiles::kQPitch + 16 * ks + 4 * t);
+    return *reinterpret_cast<const uint2*>(q_rows + q_lane + nt * 8 * Tiles::kQPitch + 16 * ks);
   };
   // The keys query column (nt, j) of the lane sees within the piece (recomputed where a warp tile needs it: registers in
   // the loop are scarce).
@@ -429,7 +438,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
 
   const CodeLanes<kBits> lanes(g);
   constexpr int kSumRow = 7;  // of o_min: below it the blocks' rows (kBlocks <= 4)
-  const uint32_t sum_row = g == kSumRow ? 0x3c003c00u : 0u;  // two fp16 ones in the sum's row of the minimum MMA's operand
+  const uint32_t sum_row = static_cast<uint32_t>(lane_constant(g == kSumRow ? 0x3c003c00 : 0));  // two fp16 ones in the sum's row of the minimum MMA's operand
   const float exp_scale = p.base.mask.score.softcap > 0.0f ? 1.0f : p.base.mask.score.scale_log2;
   // O^T per 16-channel tile (rows: channels value_channel(i, g, 0 / 1); columns: query rows 2t, 2t + 1), in code
   // units until `plain` (see the top of the file); the values' minimum term per 32-channel block (rows: blocks) and,
@@ -478,6 +487,39 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     return MmaType<__half>::pack(kivi::value_of(unpack_code(word, c % kCpw, kBits), vg), kivi::value_of(unpack_code(word, c % kCpw + 1, kBits), vg));
   };
 
+  // 2 bits: where a lane's value words of key tile m start in a stage's value rows (past the warp's first token), the
+  // same every step: the swizzled row and piece of its first token (see the value phase).
+  [[maybe_unused]] int value_lane_offset[2] = {0, 0};
+  if constexpr (kBits == 2) {
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+      const int first_token = Layout::tile_token(m, 2 * t), first_slot = (g / 4) * kBlocks;
+      value_lane_offset[m] = lane_constant(value_row<kBits, kTokenPieces>(first_token) * Tiles::kValueWordsPerToken +
+                                           4 * swizzled_piece<kBits, kTokenPieces>(first_token, first_slot / 4) + first_slot % 4);
+    }
+  }
+
+  // The warp's key code rows and key groups in a stage (with the lane's channels 4t ..): the group row of t0 - c0 tokens
+  // into a chunk depends on c0 only through c0 % G, the same for every chunk (chunks are 128 keys, G <= 128).
+  const int key_code_lane = lane_constant((kWarpKeys * warp + Layout::tile_token(0, g)) / kCpw * Tiles::kKeyPitch + 4 * t);
+  const int key_group_lane = lane_constant((((key_begin + kWarpKeys * warp) >> group_shift) - (key_begin >> group_shift)) * kHeadDim + 4 * t);
+  // 4 bits: lane L's row address for the ldmatrix of key tile m and blocks 2j, 2j + 1 (see the value phase).
+  [[maybe_unused]] int ldmatrix_lane[2][2] = {};
+  if constexpr (kBits == 4) {
+#pragma unroll
+    for (int m = 0; m < 2; ++m) {
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int token = Layout::tile_token(m, lane % 8 + 8 * ((lane / 8) % 2));
+        const int piece = swizzled_piece<kBits, kTokenPieces>(token, 2 * j + lane / 16);
+        ldmatrix_lane[m][j] = lane_constant(value_row<kBits, kTokenPieces>(token) * Tiles::kValueWordsPerToken + 4 * piece);
+      }
+    }
+  }
+  // The lane's unit of 8 tokens in a block's value groups, and (minimum MMA, row g) block g's row.
+  [[maybe_unused]] const int value_group_lane = lane_constant(8 * t);
+  [[maybe_unused]] const int minimum_block_row = lane_constant(min(g, kBlocks - 1) * kChunk);
+
   const uint32_t* read_stage = stages;  // the stage of chunk `chunk` below
   for (int chunk = 0; chunk < chunks; ++chunk) {
     copy_async_wait<kStages - 2>();
@@ -506,8 +548,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
           for (int e = 0; e < 4; ++e) s[m][nt][e] = 0.001f * e;
     } else if (keys_coded) {
       // ---- logits from the key codes of the warp's 32 tokens (one key group) ----
-      const uint32_t* codes = stage + (t0 - c0) / kCpw * Tiles::kKeyPitch;
-      const uint32_t* groups = stage + Tiles::kKeyCodeWords + ((t0 >> group_shift) - (c0 >> group_shift)) * kHeadDim;
+      const uint32_t* codes = stage + key_code_lane;
+      const uint32_t* groups = stage + Tiles::kKeyCodeWords + key_group_lane;
       float bias[kNTiles][4];
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
@@ -516,7 +558,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       }
 #pragma unroll
       for (int ks = 0; ks < kKSteps; ++ks) {
-        const int c = 16 * ks + 4 * t;
+        const int c = 16 * ks;  // + 4t: in the lane offsets
         // Key groups are stored by channel pair (kivi::store_key_group): the scale and minimum pairs as loaded.
         const uint4 gr = *reinterpret_cast<const uint4*>(groups + c);
         const uint32_t scale01 = gr.x, min01 = gr.y, scale23 = gr.z, min23 = gr.w;
@@ -526,7 +568,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         uint32_t a[2][4];
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
-          const uint4 w = *reinterpret_cast<const uint4*>(codes + Layout::tile_token(m, g) / kCpw * Tiles::kKeyPitch + c);
+          const uint4 w = *reinterpret_cast<const uint4*>(codes + (Layout::tile_token(m, g) / kCpw - Layout::tile_token(0, g) / kCpw) * Tiles::kKeyPitch + c);
           a[m][0] = lanes.operand(w.x, w.y, m, 0);
           a[m][1] = lanes.operand(w.x, w.y, m, 1);
           a[m][2] = lanes.operand(w.z, w.w, m, 0);
@@ -696,7 +738,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         // load; at 8 bits (tests) the halves are gathered.
         auto group_pairs = [&](const uint32_t* block, int which) {
           if constexpr (kBits <= 4) {
-            return *reinterpret_cast<const uint2*>(block + 8 * t + 4 * which + 2 * m);
+            return *reinterpret_cast<const uint2*>(block + value_group_lane + 4 * which + 2 * m);
           } else {
             const uint16_t* halves = reinterpret_cast<const uint16_t*>(block);
             uint16_t h[4];
@@ -707,7 +749,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         };
         {
           // Rows of the minimum MMA are 32-channel blocks: row g holds block g's minimums of the four tokens.
-          const uint2 x = group_pairs(blocks + min(g, kBlocks - 1) * kChunk, 1);
+          const uint2 x = group_pairs(blocks + minimum_block_row, 1);
           const uint32_t a_min[4] = {g < kBlocks ? x.x : sum_row, 0u, g < kBlocks ? x.y : sum_row, 0u};
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o_min[nt], a_min, probabilities[m][nt][0], probabilities[m][nt][1], __half());
@@ -717,9 +759,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         // from tokens[0] by constants and share its swizzle, so each load is one lane address plus an immediate.
         [[maybe_unused]] uint32_t lane_words[4][kBlocks];
         if constexpr (kBits == 2) {
-          const int first_slot = (g / 4) * kBlocks;
-          const uint32_t* at = words + value_row<kBits, kTokenPieces>(tokens[0]) * Tiles::kValueWordsPerToken +
-                               4 * swizzled_piece<kBits, kTokenPieces>(tokens[0], first_slot / 4) + first_slot % 4;
+          const uint32_t* at = words + value_lane_offset[m];
 #pragma unroll
           for (int u = 0; u < 4; ++u) {
             const uint32_t* x = at + (tokens[u] - tokens[0]) * Tiles::kValueWordsPerToken;
@@ -746,11 +786,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
           if constexpr (kBits == 4) {
             // Lane L addresses row L % 8 of matrix L / 8: tile rows 0..7 (tokens of registers 0, 1) or 8..15 (2, 3),
             // for piece b (matrices 0, 1) and b + 1 (2, 3); one load serves blocks b and b + 1, so odd b reuses it.
-            if (b % 2 == 0) {
-              const int token = Layout::tile_token(m, lane % 8 + 8 * ((lane / 8) % 2));
-              const int piece = swizzled_piece<kBits, kTokenPieces>(token, b + lane / 16);
-              ldmatrix_x4_trans(pieces, shared_address(words + value_row<kBits, kTokenPieces>(token) * Tiles::kValueWordsPerToken + 4 * piece));
-            }
+            if (b % 2 == 0) ldmatrix_x4_trans(pieces, shared_address(words + ldmatrix_lane[m][b / 2]));
             const uint32_t lo = pieces[2 * (b % 2)], hi = pieces[2 * (b % 2) + 1];
             const uint32_t lo_high_byte = lo >> 8, hi_high_byte = hi >> 8;
             a[0][0] = lo & lanes.mask(0, 0);

@@ -21,6 +21,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cstdio>
 #include <string>
 
 #include "core/attention.h"
@@ -58,6 +59,18 @@ constexpr int kMinBlocksPerSm = NKV_KIVI_MIN_BLOCKS;
 #define NKV_KIVI_ABLATE 0
 #endif
 constexpr int kAblate = NKV_KIVI_ABLATE;
+// Measurement only (bench/NOTES.md q11): a build with NKV_KIVI_TIMELINE=1 prints, from thread 0 of every block and launch,
+// the %globaltimer (ns) at its start, when its first chunk is in, after its last warp step and at its end, with its SM:
+// where a call's fixed cost goes. 0 (the default) compiles none of it.
+#ifndef NKV_KIVI_TIMELINE
+#define NKV_KIVI_TIMELINE 0
+#endif
+constexpr bool kTimeline = NKV_KIVI_TIMELINE != 0;
+[[maybe_unused]] __device__ __forceinline__ unsigned long long global_nanoseconds() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
 template <int kBits>
 constexpr int stages_for() {
 #ifdef NKV_KIVI_STAGES
@@ -199,6 +212,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kVTiles = kHeadDim / 16;  // 16-channel tiles of O^T
   [[maybe_unused]] constexpr int kBlocks = Tiles::kValueBlocks;  // unused only in NKV_KIVI_ABLATE builds
+  [[maybe_unused]] unsigned long long timeline[4] = {};
+  if constexpr (kTimeline) timeline[0] = global_nanoseconds();
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   uint32_t* stages = reinterpret_cast<uint32_t*>(shared_bytes);
   const int piece = blockIdx.x;
@@ -524,6 +539,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   for (int chunk = 0; chunk < chunks; ++chunk) {
     copy_async_wait<kStages - 2>();
     __syncthreads();  // this chunk is in; every warp is done with the stage the next load overwrites
+    if constexpr (kTimeline) {
+      if (chunk == 0) timeline[1] = global_nanoseconds();
+    }
     if (chunk + kStages - 1 < chunks) load_chunk(chunk + kStages - 1);
     copy_async_commit();
 
@@ -892,6 +910,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       }
     }
   }
+  if constexpr (kTimeline) timeline[2] = global_nanoseconds();
   if (!plain) to_plain();
   copy_async_wait<0>();
   __syncthreads();  // the pipeline's shared memory becomes the merge area
@@ -919,6 +938,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   __syncthreads();
   static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
   finish_decode_block<__half, kHeadDim, kRows>(p.base, merge_o, piece, split, row0, rows);
+  if constexpr (kTimeline) {
+    if (threadIdx.x == 0) {
+      unsigned sm = 0;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+      printf("kivi-timeline bits %d piece %d sm %u chunks %d start %llu first %llu loop %llu end %llu\n", kBits, piece, sm, chunks, timeline[0],
+             timeline[1], timeline[2], global_nanoseconds());
+    }
+  }
 }
 
 template <int kBits, int kHeadDim, int kNTiles>

@@ -1,0 +1,43 @@
+#!/usr/bin/env python3
+"""Where a KIVI decode call's time goes, block by block: reads the lines a build with NKV_KIVI_TIMELINE=1 prints
+(cuda/kv_quant/decode_kivi.cu: per block and launch, %globaltimer at its start, when its first chunk is in, after its
+last warp step and at its end, with its SM and chunk count) and prints, for the last launches, the spread of each
+phase across the blocks and when blocks finish by how many share their SM (bench/NOTES.md q11).
+
+    cmake ... -DNKV_KIVI_TUNING="NKV_KIVI_TIMELINE=1"; build nativekv
+    NATIVEKV_LIBRARY=.../libnativekv.so python3 bench/peers/kv_quant_bench.py --shape 8x32768 --reps 3 > timeline.txt
+    python3 bench/peers/kivi_timeline.py timeline.txt
+"""
+import re,sys,statistics as st
+rows=[]
+for line in open(sys.argv[1]):
+    m=re.search(r'kivi-timeline bits (\d+) piece (\d+) sm (\d+) chunks (\d+) start (\d+) first (\d+) loop (\d+) end (\d+)',line)
+    if m: rows.append(tuple(int(x) for x in m.groups()))
+launches=[]; cur=[]; seen=set()
+for r in rows:
+    key=(r[0],r[1])
+    if key in seen or (cur and cur[-1][0]!=r[0]):
+        launches.append(cur); cur=[]; seen=set()
+    cur.append(r); seen.add(key)
+if cur: launches.append(cur)
+def q(xs): xs=sorted(xs); return f"min {xs[0]/1e3:6.1f} med {xs[len(xs)//2]/1e3:6.1f} p90 {xs[int(len(xs)*.9)]/1e3:6.1f} max {xs[-1]/1e3:6.1f}"
+for L in launches[-6:]:
+    bits=L[0][0]; t0=min(r[4] for r in L)
+    span=max(r[7] for r in L)-t0
+    print(f"bits {bits} blocks {len(L)} span {span/1e3:.1f} us")
+    print("  start offset   ", q([r[4]-t0 for r in L]))
+    print("  first chunk    ", q([r[5]-r[4] for r in L]))
+    print("  loop           ", q([r[6]-r[5] for r in L]))
+    print("  end (merge)    ", q([r[7]-r[6] for r in L]))
+    print("  finish time    ", q([r[7]-t0 for r in L]))
+    ch={}
+    for r in L: ch.setdefault(r[3],[]).append((r[6]-r[5])/max(1,r[3]-1))
+    print("  us per chunk by chunks:", {k: round(st.median(v)/1e3,3) for k,v in sorted(ch.items())})
+    # blocks per sm
+    sms={}
+    for r in L: sms.setdefault(r[2],[]).append(r)
+    per=[len(v) for v in sms.values()]
+    print("  SMs", len(sms), "blocks per SM", {k:per.count(k) for k in sorted(set(per))})
+    by={}
+    for v in sms.values(): by.setdefault(len(v),[]).extend([r[7]-t0 for r in v])
+    print("  finish by blocks/SM:", {k: round(st.median(v)/1e3,1) for k,v in by.items()})

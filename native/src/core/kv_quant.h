@@ -40,8 +40,9 @@ struct Group {
 
 NKV_HOST_DEVICE inline uint32_t largest_code(int bits) { return (1u << bits) - 1u; }
 
-// A group as stored: one 32-bit word, the scale in the low half and the minimum in the high half (an fp16
-// pair {scale, minimum} in memory).
+// A group as one 32-bit word, the scale in the low half and the minimum in the high half (an fp16 pair {scale, minimum}
+// in memory): the one-shot sequence layouts below keep groups so; the cache stores them reordered (store_key_group,
+// store_value_group).
 NKV_HOST_DEVICE inline uint32_t pack_group(Group g) { return g.scale | static_cast<uint32_t>(g.min) << 16; }
 NKV_HOST_DEVICE inline Group unpack_group(uint32_t word) {
   return {static_cast<uint16_t>(word & 0xffffu), static_cast<uint16_t>(word >> 16)};

@@ -29,8 +29,9 @@ struct QuantizedKvStepEntry {
   int32_t reserved = 0;
 };
 
-// One layer of the cache as the kernels address it (element strides; codes in int32 words, groups in
-// half2 {scale, minimum} pairs, residuals in halves).
+// One layer of the cache as the kernels address it (element strides; codes in int32 words, key groups in half2 pairs
+// by channel pair (kivi::store_key_group), value groups in units of 8 tokens (kivi::store_value_group), residuals in
+// halves).
 struct QuantizedKvLayer {
   nkv_kv_format format = NKV_KV_FORMAT_KIVI;
   nkv_kv_value_format value_format = NKV_KV_VALUES_LIKE_KEYS;

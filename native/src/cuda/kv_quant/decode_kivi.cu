@@ -98,7 +98,7 @@ struct KiviTiles {
   static constexpr int kValueWordsPerToken = kHeadDim / kCodesPerWord;
   static constexpr int kValueBlocks = kHeadDim / 32;  // a token's group word per 32 channels (repeated for G > 32)
   static constexpr int kValueCodeWords = kChunk * kValueWordsPerToken;  // [token][word], 16-byte pieces swizzled
-  static constexpr int kValueGroupWords = kChunk * kValueBlocks;        // [32-channel block][token]
+  static constexpr int kValueGroupWords = kChunk * kValueBlocks;        // [32-channel block][unit of 8 tokens][16 halves]
   static constexpr int kStageWords = kKeyCodeWords + kKeyGroupWords + kValueCodeWords + kValueGroupWords;
   static constexpr int kQPitch = kHeadDim + 16;  // halves per query row: a lane's rows g fall in other banks
   static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4 + static_cast<size_t>(kRows) * kQPitch * 2;
@@ -268,9 +268,10 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   // instruction of a warp reads consecutive 16-byte pieces (whole 32-byte sectors; 16-byte pieces 32 or 64 bytes apart
   // made the L2 serve every sector twice) and writes whole 128-byte lines of the stage: a thread's copy j of an array
   // is piece j x 128 + tid of the chunk's pieces in order (key word rows; value tokens' words), or, for the key groups,
-  // a piece of a group row, and for the value groups four tokens' words of one group column, which a layout block keeps
-  // consecutive; the stage keeps the value groups block-major ([32-channel block][token]: a lane reads its tokens'
-  // words of a block at once; a block's group is its channels' column, repeated for G > 32).
+  // a piece of a group row, and for the value groups half a unit of 8 tokens of one group column (kivi::store_value_group),
+  // which a layout block keeps consecutive; the stage keeps the value groups block-major ([32-channel block][units]: a
+  // lane reads its tokens' scale or minimum pairs of a block at once; a block's group is its channels' column, repeated
+  // for G > 32).
   constexpr int kRowPieces = kHeadDim / 4;  // 16-byte pieces of a key word row (kHeadDim words)
   constexpr int kKeyCodePieces = Tiles::kKeyWordRows * kHeadDim / 4 / kDecodeThreads;  // per thread
   constexpr int kKeyRowThreads = kRowPieces / kKeyCodePieces;                 // threads per word row

@@ -11,8 +11,14 @@ phase across the blocks and when blocks finish by how many share their SM (bench
 import re,sys,statistics as st
 rows=[]
 for line in open(sys.argv[1]):
-    m=re.search(r'kivi-timeline bits (\d+) piece (\d+) sm (\d+) chunks (\d+) start (\d+) first (\d+) loop (\d+) end (\d+)',line)
-    if m: rows.append(tuple(int(x) for x in m.groups()))
+    m=re.search(r'kivi-timeline bits (\d+) piece (\d+) rows (\d+) sm (\d+) chunks (\d+) start (\d+) first (\d+) loop (\d+) end (\d+)',line)
+    if m:
+        v=[int(x) for x in m.groups()]
+        rows.append((v[0], v[1] * 1000 + v[2], *v[3:]))  # (bits, block: piece and row block, sm, chunks, the four times)
+# %globaltimer's update step differs between GPUs and drivers: the smallest nonzero gap between any two stamps bounds it.
+stamps=sorted({t for r in rows for t in r[4:8]})
+gaps=[b-a for a,b in zip(stamps,stamps[1:]) if b>a]
+if gaps: print(f"timer step <= {min(gaps)} ns ({len(stamps)} distinct stamps)")
 launches=[]; cur=[]; seen=set()
 for r in rows:
     key=(r[0],r[1])

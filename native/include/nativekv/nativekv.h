@@ -739,7 +739,8 @@ NKV_API nkv_status nkv_virtual_kv_cache_slot(const nkv_virtual_kv_cache* cache, 
  * bits, capacity = max_tokens rounded up to a multiple of R. The arrays that hold tokens by index (codes and groups)
  * keep a slot's tokens in layout blocks of B tokens (B = 64, or G for G = 128; a paged cache's block is its page),
  * each block head-major: one head's part of a block is contiguous, so a decode reads long runs per head. With
- * blocks = ceil(capacity / B), token t of a slot is row t % B (or its word row, its group) of block t / B:
+ * blocks = ceil(capacity / B), token t of a slot is row t % B (or its word row, its group, its unit of 8 value groups)
+ * of block t / B:
  *   KEY_CODES      int32 [max_slots, blocks, num_heads_kv, B / (32 / b), head_dim]: word w of a channel holds
  *                  the block's tokens w * (32 / b) .. w * (32 / b) + 32 / b - 1
  *   KEY_GROUPS     fp16 [max_slots, blocks, num_heads_kv, B / G, head_dim / 2, 4]: the groups of the block's tokens

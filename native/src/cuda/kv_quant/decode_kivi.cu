@@ -52,9 +52,10 @@ constexpr int kWarpKeys = 32;  // two 16-key tiles
 #define NKV_KIVI_MIN_BLOCKS 3
 #endif
 constexpr int kMinBlocksPerSm = NKV_KIVI_MIN_BLOCKS;
-// Measurement only (bench/NOTES.md q8): a build with NKV_KIVI_ABLATE set to a sum of 1 (the key part), 2 (the value part)
-// and 4 (the softmax step) skips those parts of every coded warp tile and keeps every load; its outputs are wrong, its
-// time is what the rest costs. 0 (the default) compiles none of it.
+// Measurement only (bench/NOTES.md q8): a build with NKV_KIVI_ABLATE set to a sum of 1 (the key part), 2 (the value part,
+// which since q10 also adds up the softmax sum) and 4 (the softmax step) skips those parts of every coded warp tile and
+// keeps every load; its outputs are wrong (without the value part, not even finite), its time is what the rest costs.
+// 0 (the default) compiles none of it.
 #ifndef NKV_KIVI_ABLATE
 #define NKV_KIVI_ABLATE 0
 #endif
@@ -211,9 +212,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   constexpr int kRows = Tiles::kRows;
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kVTiles = kHeadDim / 16;  // 16-channel tiles of O^T
-  [[maybe_unused]] constexpr int kBlocks = Tiles::kValueBlocks;  // unused only in NKV_KIVI_ABLATE builds
-  [[maybe_unused]] unsigned long long timeline[4] = {};
-  if constexpr (kTimeline) timeline[0] = global_nanoseconds();
+  constexpr int kBlocks = Tiles::kValueBlocks;  // 32-channel blocks of a value row
+  [[maybe_unused]] unsigned long long timeline[3] = {};  // NKV_KIVI_TIMELINE: start, first chunk in, loop done
+  if constexpr (kTimeline) timeline[0] = timeline[1] = global_nanoseconds();
   extern __shared__ __align__(128) unsigned char shared_bytes[];
   uint32_t* stages = reinterpret_cast<uint32_t*>(shared_bytes);
   const int piece = blockIdx.x;
@@ -276,10 +277,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   constexpr int kKeyCodePieces = Tiles::kKeyWordRows * kHeadDim / 4 / kDecodeThreads;  // per thread
   constexpr int kKeyRowThreads = kRowPieces / kKeyCodePieces;                 // threads per word row
   constexpr int kKeyGroupThreads = Tiles::kKeyGroupWords / 4;                 // one piece each
-  constexpr int kValueGroupThreads = Tiles::kValueGroupWords / 4;             // one piece (four tokens) each
+  constexpr int kValueGroupThreads = Tiles::kValueGroupWords / 4;             // one piece (half a unit of 8 tokens) each
   static_assert(kKeyCodePieces * 4 * kDecodeThreads == Tiles::kKeyWordRows * kHeadDim && kRowPieces % kKeyCodePieces == 0 &&
                     kKeyGroupThreads <= kDecodeThreads && kValueGroupThreads <= kDecodeThreads && kChunk == kDecodeThreads,
-                "a stage is whole pieces of the block; kTokenPieces value pieces per thread");
+                "a stage is whole 16-byte pieces, at most one key group and one value group piece and kTokenPieces value code "
+                "pieces per thread");
   const int tid = threadIdx.x;
   const int key_code_row = tid / kKeyRowThreads;
   const uint32_t key_code_column = 4 * (tid % kKeyRowThreads);  // copy j: + 4 kKeyRowThreads j words
@@ -453,13 +455,15 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   }
 
   const CodeLanes<kBits> lanes(g);
-  constexpr int kSumRow = 7;  // of o_min: below it the blocks' rows (kBlocks <= 4)
+  constexpr int kSumRow = 7;  // of o_min: below it the blocks' rows
+  static_assert(kBlocks < kSumRow, "the softmax sum's row of the minimum MMA lies past the 32-channel blocks' rows");
   const uint32_t sum_row = static_cast<uint32_t>(lane_constant(g == kSumRow ? 0x3c003c00 : 0));  // two fp16 ones in the sum's row of the minimum MMA's operand
   const float exp_scale = p.base.mask.score.softcap > 0.0f ? 1.0f : p.base.mask.score.scale_log2;
   // O^T per 16-channel tile (rows: channels value_channel(i, g, 0 / 1); columns: query rows 2t, 2t + 1), in code
   // units until `plain` (see the top of the file); the values' minimum term per 32-channel block (rows: blocks) and,
   // in row kSumRow, the softmax's running sum: that MMA row's operand is 1.0 for every key, so the tensor cores add up
-  // P (as the value MMAs take it, in fp16) and the lazy rescale of o_min rescales it; no registers or adds of its own.
+  // P (in fp16, as the value MMAs take it before its scales) and the lazy rescale of o_min rescales it: no registers or
+  // adds of its own (tiles of fp16 values run one more MMA per key tile for it).
   float o[kVTiles][kNTiles][4];
   float o_min[kNTiles][4];
   float row_max[kNTiles][2];
@@ -943,8 +947,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     if (threadIdx.x == 0) {
       unsigned sm = 0;
       asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-      printf("kivi-timeline bits %d piece %d sm %u chunks %d start %llu first %llu loop %llu end %llu\n", kBits, piece, sm, chunks, timeline[0],
-             timeline[1], timeline[2], global_nanoseconds());
+      printf("kivi-timeline bits %d piece %d rows %d sm %u chunks %d start %llu first %llu loop %llu end %llu\n", kBits, piece,
+             static_cast<int>(blockIdx.z), sm, chunks, timeline[0], timeline[1], timeline[2], global_nanoseconds());
     }
   }
 }

@@ -1327,11 +1327,12 @@ namespace {
 void check_paged_decode(nkv_backend backend) {
   ContextPtr context = make_context(backend);
   struct Config {
-    int format, bits, group, residual, page_size, value_format;
+    int format, bits, group, residual, page_size, value_format, head_dim;
   };
-  const std::vector<Config> configs = {{NKV_KV_FORMAT_KIVI, 2, 32, 64, 64, 0},   {NKV_KV_FORMAT_KIVI, 4, 64, 128, 128, 0},
-                                       {NKV_KV_FORMAT_KIVI, 4, 32, 128, 32, 0},  {NKV_KV_FORMAT_BFP, 4, 32, 0, 16, 0},
-                                       {NKV_KV_FORMAT_BFP, 8, 16, 0, 256, 0},    {NKV_KV_FORMAT_BFP, 4, 64, 0, 64, NKV_KV_VALUES_FP16}};
+  const std::vector<Config> configs = {{NKV_KV_FORMAT_KIVI, 2, 32, 64, 64, 0, 128},  {NKV_KV_FORMAT_KIVI, 4, 64, 128, 128, 0, 128},
+                                       {NKV_KV_FORMAT_KIVI, 4, 32, 128, 32, 0, 128}, {NKV_KV_FORMAT_KIVI, 2, 32, 64, 32, 0, 64},
+                                       {NKV_KV_FORMAT_KIVI, 8, 32, 64, 64, 0, 128},  {NKV_KV_FORMAT_BFP, 4, 32, 0, 16, 0, 128},
+                                       {NKV_KV_FORMAT_BFP, 8, 16, 0, 256, 0, 128},   {NKV_KV_FORMAT_BFP, 4, 64, 0, 64, NKV_KV_VALUES_FP16, 128}};
   for (const Config& config : configs) {
     CacheShape shape;
     shape.format = config.format;
@@ -1339,14 +1340,14 @@ void check_paged_decode(nkv_backend backend) {
     shape.group = config.group;
     shape.residual = config.residual;
     shape.value_format = config.value_format;
-    shape.head_dim = 128;
+    shape.head_dim = config.head_dim;
     shape.heads = 2;
     shape.max_tokens = 2000;
     CacheShape paged_shape = shape;
     paged_shape.memory = NKV_KV_MEMORY_PAGED;
     paged_shape.page_size = config.page_size;
     const std::string where = "format " + std::to_string(config.format) + " bits " + std::to_string(config.bits) + " page " +
-                              std::to_string(config.page_size);
+                              std::to_string(config.page_size) + " d " + std::to_string(config.head_dim);
     CachePtr allocated = make_cache(context.get(), shape);
     CachePtr paged = make_cache(context.get(), paged_shape);
     if (config.page_size <= 32) {  // these configs also store layer 1's keys in a K-sort order (both caches alike)

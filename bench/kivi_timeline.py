@@ -6,7 +6,7 @@ phase across the blocks and when blocks finish by how many share their SM (bench
 
     cmake ... -DNKV_KIVI_TUNING="NKV_KIVI_TIMELINE=1"; build nativekv
     NATIVEKV_LIBRARY=.../libnativekv.so python3 bench/peers/kv_quant_bench.py --shape 8x32768 --reps 3 > timeline.txt
-    python3 bench/peers/kivi_timeline.py timeline.txt
+    python3 bench/kivi_timeline.py timeline.txt
 """
 import re,sys,statistics as st
 rows=[]

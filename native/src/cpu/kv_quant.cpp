@@ -171,7 +171,8 @@ void quantized_kv_write(const QuantizedKvLayer& l, const QuantizedKvStep& step, 
         std::vector<uint32_t> codes(static_cast<size_t>(words)), groups(static_cast<size_t>(l.head_dim / l.group));
         kivi::quantize_value_token(l.bits, l.group, l.head_dim, [&](int64_t c) { return value(t, h * l.head_dim + c); }, codes.data(),
                                    groups.data());
-        for (int64_t w = 0; w < words; ++w) slot.value_codes(h, t)[kivi::value_word_slot(w, words, l.bits)] = codes[static_cast<size_t>(w)];
+        uint32_t* row = slot.value_codes(h, t);
+        for (int64_t w = 0; w < words; ++w) row[kivi::value_word_slot(w, words, l.bits)] = codes[static_cast<size_t>(w)];
         for (size_t j = 0; j < groups.size(); ++j) {
           kivi::store_value_group(slot.value_group_unit(h, t, static_cast<int64_t>(j)), t & 7, kivi::unpack_group(groups[j]));
         }

@@ -92,7 +92,10 @@ struct KiviTiles {
   static constexpr int kCodesPerWord = 32 / kBits;
   static constexpr int kRows = 8 * kNTiles;  // packed query rows per block
   static constexpr int kKeyWordRows = kChunk / kCodesPerWord;
-  static constexpr int kKeyPitch = kHeadDim + 4;  // words per key word row: the two tiles' rows (4 bits: g / 4, 2 + g / 4) in other banks
+  // Words per key word row, unpadded: a quarter warp's loads in the key phase (lanes g = 2k, 2k + 1) read one word row, so
+  // rows never meet in a bank there, while a padded row (16 bytes, before q12) split every 128-byte line the copies write
+  // in two: 10.5 shared-memory wavefronts per copy instruction where 4 suffice (ncu, bench/NOTES.md q12).
+  static constexpr int kKeyPitch = kHeadDim;
   static constexpr int kKeyCodeWords = kKeyWordRows * kKeyPitch;  // [word row][d]
   static constexpr int kKeyGroupRows = 4;                        // 128 keys from a multiple of 64 span <= 4 groups of >= 32
   static constexpr int kKeyGroupWords = kKeyGroupRows * kHeadDim;  // [group][d]
@@ -102,7 +105,10 @@ struct KiviTiles {
   static constexpr int kValueGroupWords = kChunk * kValueBlocks;        // [32-channel block][unit of 8 tokens][16 halves]
   static constexpr int kStageWords = kKeyCodeWords + kKeyGroupWords + kValueCodeWords + kValueGroupWords;
   static constexpr int kQPitch = kHeadDim + 16;  // halves per query row: a lane's rows g fall in other banks
-  static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4 + static_cast<size_t>(kRows) * kQPitch * 2;
+  static constexpr int kTokenPieces = kValueWordsPerToken / 4;  // 16-byte pieces of a token's value codes: a thread's copies per chunk
+  static constexpr size_t kQBytes = static_cast<size_t>(kRows) * kQPitch * 2;
+  static constexpr size_t kCopyOffsetBytes = 16 * ((kTokenPieces + 3) / 4);
+  static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4 + kQBytes + kCopyOffsetBytes;
   static constexpr size_t kMergeBytes = static_cast<size_t>(kDecodeWarps) * kRows * (kHeadDim + 2) * 4;
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
@@ -294,7 +300,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   // A thread's row of each array in chunk `chunk`: its token, and its source. Paged caches look the page up per chunk;
   // otherwise a chunk (128 tokens: 128 / B whole layout blocks) moves every row by the same number of elements, so the
   // thread keeps running sources, advanced after each chunk (chunks load in order).
-  constexpr int kTokenPieces = kValueWords / 4;
+  constexpr int kTokenPieces = Tiles::kTokenPieces;
   const uint32_t heads = static_cast<uint32_t>(kv.heads);
   auto key_code_token = [&](int chunk) { return key_begin + chunk * kChunk + key_code_row * kCpw; };
   auto key_group_token = [&](int chunk) { return ((key_begin >> group_shift) + key_group_row) * (1 << group_shift) + chunk * kChunk; };
@@ -312,6 +318,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   auto value_copy_offset = [&](int j) {
     return in_share(key_begin + j * kValueTokenStride, 0, kValueWords) - in_share(key_begin, 0, kValueWords);
   };
+  // The same offsets in shared memory for the loop (written below, published by its first barrier): one load there
+  // instead of the ~20 instructions of value_copy_offset that ptxas, short of registers, would redo for every chunk.
+  int* const copy_offsets = reinterpret_cast<int*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4 + Tiles::kQBytes);
   const uint32_t* value_group_next = kv.value_groups + sequence * kv.value_groups_slot + value_group_offset(value_group_token(0));
   const uint32_t key_code_step = heads * (kChunk / kCpw * kHeadDim);
   const uint32_t key_group_step = heads * static_cast<uint32_t>((kChunk >> group_shift) * kHeadDim);
@@ -330,7 +339,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   const uint32_t stage_bytes = 4u * Tiles::kStageWords;
   const uint32_t first_stage = shared_address(stages);
   uint32_t load_stage = first_stage;  // the stage the next load_chunk fills (chunks load in order)
-  auto load_chunk = [&](int chunk) {
+  auto load_chunk = [&](int chunk, bool offsets_shared) {
+    auto copy_offset = [&](int j) { return j == 0 ? 0 : offsets_shared ? copy_offsets[j] : static_cast<int>(value_copy_offset(j)); };
     const int c0 = key_begin + chunk * kChunk;
     if (c0 >= quantized_keys) return;
     const uint32_t base = load_stage;
@@ -352,7 +362,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     if (!kPaged && c0 + kChunk <= kv.capacity) {  // the usual chunk: every row is the slot's
 #pragma unroll
       for (int j = 0; j < kTokenPieces; ++j) {
-        value_codes[j] = value_code_next + value_copy_offset(j);
+        value_codes[j] = value_code_next + copy_offset(j);
         value_code_valid[j] = true;
       }
       issue(key_code_next, true, key_group_next, key_group_in_chunk, value_codes, value_code_valid, value_group_next, true);
@@ -378,7 +388,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
               value_group_valid);
       } else {
 #pragma unroll
-        for (int j = 0; j < kTokenPieces; ++j) value_codes[j] = value_code_valid[j] ? value_code_next + value_copy_offset(j) : kv.value_codes;
+        for (int j = 0; j < kTokenPieces; ++j) value_codes[j] = value_code_valid[j] ? value_code_next + copy_offset(j) : kv.value_codes;
         issue(key_code_valid ? key_code_next : kv.key_codes, key_code_valid, key_group_valid ? key_group_next : kv.key_groups, key_group_valid,
               value_codes, value_code_valid, value_group_valid ? value_group_next : kv.value_groups, value_group_valid);
       }
@@ -392,7 +402,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < chunks) load_chunk(s);
+    if (s < chunks) load_chunk(s, false);
     copy_async_commit();
   }
 
@@ -402,6 +412,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   // Under K-sort (key_permutation set) the stored key channel j is written channel permutation[j]: q is read in that
   // order, so q.k keeps its products.
   __half* q_rows = reinterpret_cast<__half*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4);
+  if (threadIdx.x < kTokenPieces) copy_offsets[threadIdx.x] = static_cast<int>(value_copy_offset(static_cast<int>(threadIdx.x)));
   const int32_t* permutation = kv.key_permutation != nullptr ? kv.key_permutation + kv_head * kHeadDim : nullptr;
   for (int item = threadIdx.x; item < kRows * kHeadDim / 8; item += kDecodeThreads) {
     const int r = item / (kHeadDim / 8), c = item % (kHeadDim / 8) * 8;
@@ -547,7 +558,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     if constexpr (kTimeline) {
       if (chunk == 0) timeline[1] = global_nanoseconds();
     }
-    if (chunk + kStages - 1 < chunks) load_chunk(chunk + kStages - 1);
+    if (chunk + kStages - 1 < chunks) load_chunk(chunk + kStages - 1, true);
     copy_async_commit();
 
     const uint32_t* stage = read_stage;
@@ -701,42 +712,64 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
           probabilities[m][nt][1] = MmaType<__half>::pack(s[m][nt][2], s[m][nt][3]);
           o_min[nt][0] += s[m][nt][0];
         }
-    } else
+    } else {
+      // A column's maximum changes only when one of its new scores passes it, which after the first keys is rare: the
+      // warp looks at its lanes' own scores first and does the cross-lane maximum (three dependent shuffles per column)
+      // and the rescale of O only when some lane saw a score above its column's maximum. Otherwise the maximum stays
+      // what that step would have computed, so both paths give the same probabilities.
+      float lane_max[kNTiles][2];
+      bool grew = false;
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-      float alpha[2];
+      for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        float tile_max = fmaxf(fmaxf(s[0][nt][j], s[0][nt][2 + j]), fmaxf(s[1][nt][j], s[1][nt][2 + j])) * exp_scale;
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 4));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 8));
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
-        const float new_max = fmaxf(row_max[nt][j], tile_max);
-        const float base = new_max == -INFINITY ? 0.0f : new_max;
-        alpha[j] = fast_exp2(row_max[nt][j] - base);
-        row_max[nt][j] = new_max;
+        for (int j = 0; j < 2; ++j) {
+          lane_max[nt][j] = fmaxf(fmaxf(s[0][nt][j], s[0][nt][2 + j]), fmaxf(s[1][nt][j], s[1][nt][2 + j])) * exp_scale;
+          grew |= lane_max[nt][j] > row_max[nt][j];
+        }
+      }
+      if (__any_sync(0xffffffffu, grew)) {
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          float alpha[2];
+#pragma unroll
+          for (int j = 0; j < 2; ++j) {
+            float tile_max = lane_max[nt][j];
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 4));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 8));
+            tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
+            const float new_max = fmaxf(row_max[nt][j], tile_max);
+            alpha[j] = fast_exp2(row_max[nt][j] - (new_max == -INFINITY ? 0.0f : new_max));
+            row_max[nt][j] = new_max;
+          }
+          if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
+#pragma unroll
+            for (int i = 0; i < kVTiles; ++i) {
+              o[i][nt][0] *= alpha[0];
+              o[i][nt][1] *= alpha[1];
+              o[i][nt][2] *= alpha[0];
+              o[i][nt][3] *= alpha[1];
+            }
+            o_min[nt][0] *= alpha[0];
+            o_min[nt][1] *= alpha[1];
+          }
+        }
+      }
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const float base = row_max[nt][j] == -INFINITY ? 0.0f : row_max[nt][j];
+#pragma unroll
+          for (int m = 0; m < 2; ++m) {
+            s[m][nt][j] = fast_exp2(fmaf(s[m][nt][j], exp_scale, -base));
+            s[m][nt][2 + j] = fast_exp2(fmaf(s[m][nt][2 + j], exp_scale, -base));
+          }
+        }
 #pragma unroll
         for (int m = 0; m < 2; ++m) {
-          s[m][nt][j] = fast_exp2(fmaf(s[m][nt][j], exp_scale, -base));
-          s[m][nt][2 + j] = fast_exp2(fmaf(s[m][nt][2 + j], exp_scale, -base));
+          probabilities[m][nt][0] = transpose_8x8(MmaType<__half>::pack(s[m][nt][0], s[m][nt][1]));
+          probabilities[m][nt][1] = transpose_8x8(MmaType<__half>::pack(s[m][nt][2], s[m][nt][3]));
         }
-      }
-      // The running O only changes when a column's maximum grew (rare once the first keys are in).
-      if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
-#pragma unroll
-        for (int i = 0; i < kVTiles; ++i) {
-          o[i][nt][0] *= alpha[0];
-          o[i][nt][1] *= alpha[1];
-          o[i][nt][2] *= alpha[0];
-          o[i][nt][3] *= alpha[1];
-        }
-        o_min[nt][0] *= alpha[0];
-        o_min[nt][1] *= alpha[1];
-      }
-#pragma unroll
-      for (int m = 0; m < 2; ++m) {
-        probabilities[m][nt][0] = transpose_8x8(MmaType<__half>::pack(s[m][nt][0], s[m][nt][1]));
-        probabilities[m][nt][1] = transpose_8x8(MmaType<__half>::pack(s[m][nt][2], s[m][nt][3]));
       }
     }
 

@@ -97,7 +97,7 @@ struct KiviTiles {
   // in two: 10.5 shared-memory wavefronts per copy instruction where 4 suffice (ncu, bench/NOTES.md q12).
   static constexpr int kKeyPitch = kHeadDim;
   static constexpr int kKeyCodeWords = kKeyWordRows * kKeyPitch;  // [word row][d]
-  static constexpr int kKeyGroupRows = 4;                        // 128 keys from a multiple of 64 span <= 4 groups of >= 32
+  static constexpr int kKeyGroupRows = 4;                        // one per warp: the group of its 32 keys
   static constexpr int kKeyGroupWords = kKeyGroupRows * kHeadDim;  // [group][d]
   static constexpr int kValueWordsPerToken = kHeadDim / kCodesPerWord;
   static constexpr int kValueBlocks = kHeadDim / 32;  // a token's group word per 32 channels (repeated for G > 32)
@@ -107,8 +107,7 @@ struct KiviTiles {
   static constexpr int kQPitch = kHeadDim + 16;  // halves per query row: a lane's rows g fall in other banks
   static constexpr int kTokenPieces = kValueWordsPerToken / 4;  // 16-byte pieces of a token's value codes: a thread's copies per chunk
   static constexpr size_t kQBytes = static_cast<size_t>(kRows) * kQPitch * 2;
-  static constexpr size_t kCopyOffsetBytes = 16 * ((kTokenPieces + 3) / 4);
-  static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4 + kQBytes + kCopyOffsetBytes;
+  static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4 + kQBytes;
   static constexpr size_t kMergeBytes = static_cast<size_t>(kDecodeWarps) * kRows * (kHeadDim + 2) * 4;
   static constexpr size_t kSharedBytes = kPipelineBytes > kMergeBytes ? kPipelineBytes : kMergeBytes;
 };
@@ -256,142 +255,84 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   const int64_t channels = static_cast<int64_t>(kv.heads) * kHeadDim;
   const uint16_t* key_residual = kv.key_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
   const uint16_t* value_residual = kv.value_residual + sequence * kv.residual_slot + kv_head * kHeadDim;
-  // The coded arrays are layout blocks, head-major (core/quantized_kvcache.h, head_row): `share` gives the slot's share
-  // of an array (paged: the page that holds `token`) and, in `local`, the token's index there; in_share the element
-  // offset there of this head's row holding local token `local` (32-bit: a share's words fit, the API checks).
-  auto share = [&](const uint32_t* array, int64_t per_share, int token, int& local) {
-    const TokenPlace place = token_place(kv, per_share, sequence, token);
-    local = static_cast<int>(place.token);
-    return array + place.share;
-  };
+  // The coded arrays are layout blocks, head-major (core/quantized_kvcache.h, head_row): in a share (the slot's, or the
+  // page that holds a token), in_share is the element offset of this head's row holding local token `local` (32-bit: a
+  // share's words fit, the API checks).
   auto in_share = [&](int local, int row_shift, int row_elements) {
     return head_row_in_share<uint32_t>(kv, local, kv_head, row_shift, static_cast<uint32_t>(row_elements));
   };
   constexpr int kWordShift = kBits == 2 ? 4 : kBits == 4 ? 3 : 2;
   constexpr int kValueWords = Tiles::kValueWordsPerToken;
 
-  // One chunk of codes and groups into stage `chunk % kStages` (nothing for chunks past the quantized keys:
-  // only coded tiles read the stage). Rows past the slot's capacity are zero-filled, never read. Each copy
-  // instruction of a warp reads consecutive 16-byte pieces (whole 32-byte sectors; 16-byte pieces 32 or 64 bytes apart
-  // made the L2 serve every sector twice) and writes whole 128-byte lines of the stage: a thread's copy j of an array
-  // is piece j x 128 + tid of the chunk's pieces in order (key word rows; value tokens' words), or, for the key groups,
-  // a piece of a group row, and for the value groups half a unit of 8 tokens of one group column (kivi::store_value_group),
-  // which a layout block keeps consecutive; the stage keeps the value groups block-major ([32-channel block][units]: a
-  // lane reads its tokens' scale or minimum pairs of a block at once; a block's group is its channels' column, repeated
-  // for G > 32).
-  constexpr int kRowPieces = kHeadDim / 4;  // 16-byte pieces of a key word row (kHeadDim words)
-  constexpr int kKeyCodePieces = Tiles::kKeyWordRows * kHeadDim / 4 / kDecodeThreads;  // per thread
-  constexpr int kKeyRowThreads = kRowPieces / kKeyCodePieces;                 // threads per word row
-  constexpr int kKeyGroupThreads = Tiles::kKeyGroupWords / 4;                 // one piece each
-  constexpr int kValueGroupThreads = Tiles::kValueGroupWords / 4;             // one piece (half a unit of 8 tokens) each
-  static_assert(kKeyCodePieces * 4 * kDecodeThreads == Tiles::kKeyWordRows * kHeadDim && kRowPieces % kKeyCodePieces == 0 &&
-                    kKeyGroupThreads <= kDecodeThreads && kValueGroupThreads <= kDecodeThreads && kChunk == kDecodeThreads,
-                "a stage is whole 16-byte pieces, at most one key group and one value group piece and kTokenPieces value code "
-                "pieces per thread");
-  const int tid = threadIdx.x;
-  const int key_code_row = tid / kKeyRowThreads;
-  const uint32_t key_code_column = 4 * (tid % kKeyRowThreads);  // copy j: + 4 kKeyRowThreads j words
-  const int key_group_row = tid / kRowPieces;
-  const uint32_t key_group_column = 4 * (tid % kRowPieces);
-  const int value_group_block = tid / (kChunk / 4);
-  const int value_group_token_offset = 4 * (tid % (kChunk / 4));
-  const int value_group_columns = kHeadDim >> group_shift;
-  const int thread_group_column = (32 * value_group_block) >> group_shift;  // the group column of the thread's 32-channel block
-  // A thread's row of each array in chunk `chunk`: its token, and its source. Paged caches look the page up per chunk;
-  // otherwise a chunk (128 tokens: 128 / B whole layout blocks) moves every row by the same number of elements, so the
-  // thread keeps running sources, advanced after each chunk (chunks load in order).
+  // Each warp streams its own 32 keys of every chunk into its own part of the stages (its key code rows, key group row
+  // `warp`, its value tokens and their groups in every 32-channel block), so the loop has no block barrier: a warp waits
+  // for its lanes' copies and syncs its lanes, and the warps of a block drift apart as their work allows. A warp's slice
+  // of each array is one run of a layout block (blocks hold >= 64 tokens and the slice is 32-aligned; a value group
+  // column keeps its tokens in units of 8, kivi::store_value_group), copied as consecutive 16-byte pieces: each copy
+  // instruction of a warp reads whole 32-byte sectors and writes whole 128-byte lines of the stage. Only coded key tiles
+  // load (t0 + 32 <= quantized keys <= the slot's length <= its capacity: never a row past the slot), and only coded
+  // tiles read the stage. The stage keeps the value groups block-major ([32-channel block][units]: a lane reads its
+  // tokens' scale or minimum pairs of a block at once; a block's group is its channels' column, repeated for G > 32).
   constexpr int kTokenPieces = Tiles::kTokenPieces;
-  const uint32_t heads = static_cast<uint32_t>(kv.heads);
-  auto key_code_token = [&](int chunk) { return key_begin + chunk * kChunk + key_code_row * kCpw; };
-  auto key_group_token = [&](int chunk) { return ((key_begin >> group_shift) + key_group_row) * (1 << group_shift) + chunk * kChunk; };
-  constexpr int kValueTokenStride = kDecodeThreads / kTokenPieces;  // tokens between a thread's value copies
-  const int value_piece = tid % kTokenPieces;
-  auto value_code_token = [&](int chunk, int j) { return key_begin + chunk * kChunk + j * kValueTokenStride + tid / kTokenPieces; };
-  auto value_group_token = [&](int chunk) { return key_begin + chunk * kChunk + value_group_token_offset; };
-  auto value_group_offset = [&](int local) { return value_group_in_share<uint32_t>(kv, local, kv_head, thread_group_column, static_cast<uint32_t>(value_group_columns)); };
-  const uint32_t* key_code_next = kv.key_codes + sequence * kv.key_codes_slot + in_share(key_code_token(0), kWordShift, kHeadDim) + key_code_column;
-  const uint32_t* key_group_next = kv.key_groups + sequence * kv.key_groups_slot + in_share(key_group_token(0), group_shift, kHeadDim) + key_group_column;
-  const uint32_t* value_code_next = kv.value_codes + sequence * kv.value_codes_slot + in_share(value_code_token(0, 0), 0, kValueWords) + 4 * value_piece;
-  // A slot's copy j lies a fixed number of words from its copy 0, the same for every thread and chunk: chunks step by
-  // whole layout blocks (B divides 128), and with key_begin a multiple of 64 a block boundary inside a chunk (B = 128)
-  // falls between two copies' tokens, never between those of one copy.
-  auto value_copy_offset = [&](int j) {
-    return in_share(key_begin + j * kValueTokenStride, 0, kValueWords) - in_share(key_begin, 0, kValueWords);
+  constexpr int kWarpKeyCodePieces = kWarpKeys / kCpw * kHeadDim / 4 / 32;  // per lane
+  constexpr int kKeyGroupPieces = kHeadDim / 4;                          // one key group row, one piece per lane
+  constexpr int kValueGroupPieces = kBlocks * kWarpKeys / 4;             // 4 tokens' words per piece, one per lane
+  static_assert(kWarpKeyCodePieces >= 1 && kKeyGroupPieces <= 32 && kValueGroupPieces <= 32 && Tiles::kKeyGroupRows == kDecodeWarps &&
+                    kChunk == kDecodeWarps * kWarpKeys,
+                "a warp's slice is whole 16-byte pieces, at most one key group and one value group piece per lane");
+  const int tile_first = warp * kWarpKeys;  // the warp's first key within a chunk
+  const int value_group_block = lane / (kWarpKeys / 4);
+  const int value_group_piece = lane % (kWarpKeys / 4);
+  const int value_group_columns = kHeadDim >> group_shift;
+  const int lane_group_column = (32 * min(value_group_block, kBlocks - 1)) >> group_shift;  // its 32-channel block's group column
+  auto value_group_offset = [&](int local) {
+    return value_group_in_share<uint32_t>(kv, local, kv_head, lane_group_column, static_cast<uint32_t>(value_group_columns)) + 4 * value_group_piece;
   };
-  // The same offsets in shared memory for the loop (written below, published by its first barrier): one load there
-  // instead of the ~20 instructions of value_copy_offset that ptxas, short of registers, would redo for every chunk.
-  int* const copy_offsets = reinterpret_cast<int*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4 + Tiles::kQBytes);
-  const uint32_t* value_group_next = kv.value_groups + sequence * kv.value_groups_slot + value_group_offset(value_group_token(0));
+  // The lane's sources in the warp's slice of chunk 0 (not paged: a chunk, 128 tokens, moves every row by the same number
+  // of elements, whole layout blocks as B divides 128, so the lane keeps running sources advanced after each chunk).
+  const int first_tile = key_begin + tile_first;
+  const uint32_t* key_code_next = kv.key_codes + sequence * kv.key_codes_slot + in_share(first_tile, kWordShift, kHeadDim) + 4 * lane;
+  const uint32_t* key_group_next = kv.key_groups + sequence * kv.key_groups_slot + in_share(first_tile, group_shift, kHeadDim) + 4 * lane;
+  const uint32_t* value_code_next = kv.value_codes + sequence * kv.value_codes_slot + in_share(first_tile, 0, kValueWords) + 4 * lane;
+  const uint32_t* value_group_next = kv.value_groups + sequence * kv.value_groups_slot + value_group_offset(first_tile);
+  const uint32_t heads = static_cast<uint32_t>(kv.heads);
   const uint32_t key_code_step = heads * (kChunk / kCpw * kHeadDim);
   const uint32_t key_group_step = heads * static_cast<uint32_t>((kChunk >> group_shift) * kHeadDim);
   const uint32_t value_code_step = heads * (kChunk * kValueWords);
   const uint32_t value_group_step = heads * static_cast<uint32_t>(value_group_columns * kChunk);
-  // The thread's places in a stage (bytes from its start), the same for every chunk.
-  const uint32_t key_code_destination = 4u * (key_code_row * Tiles::kKeyPitch + key_code_column);
-  const uint32_t key_group_destination = 4u * Tiles::kKeyCodeWords + 16u * tid;
+  // The lane's places in a stage (bytes from its start), the same for every chunk; copy j of a run is 32 pieces on.
+  const uint32_t key_code_destination = 4u * (tile_first / kCpw * Tiles::kKeyPitch) + 16u * lane;
+  const uint32_t key_group_destination = 4u * (Tiles::kKeyCodeWords + warp * kHeadDim) + 16u * lane;
   auto value_code_destination = [&](int j) {
-    const int token = j * kValueTokenStride + tid / kTokenPieces;
+    const int piece = lane + 32 * j, token = tile_first + piece / kTokenPieces;
     return 4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords) +
-           16u * (value_row<kBits, kTokenPieces>(token) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(token, value_piece));
+           16u * (value_row<kBits, kTokenPieces>(token) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(token, piece % kTokenPieces));
   };
   const uint32_t value_group_destination =
-      4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + value_group_block * kChunk + value_group_token_offset);
+      4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + value_group_block * kChunk + tile_first) + 16u * value_group_piece;
   const uint32_t stage_bytes = 4u * Tiles::kStageWords;
   const uint32_t first_stage = shared_address(stages);
-  uint32_t load_stage = first_stage;  // the stage the next load_chunk fills (chunks load in order)
-  auto load_chunk = [&](int chunk, bool offsets_shared) {
-    auto copy_offset = [&](int j) { return j == 0 ? 0 : offsets_shared ? copy_offsets[j] : static_cast<int>(value_copy_offset(j)); };
-    const int c0 = key_begin + chunk * kChunk;
-    if (c0 >= quantized_keys) return;
+  uint32_t load_stage = first_stage;  // the stage the next load_tile fills (chunks load in order)
+  auto load_tile = [&](int chunk) {
     const uint32_t base = load_stage;
     load_stage = load_stage == first_stage + (kStages - 1) * stage_bytes ? first_stage : load_stage + stage_bytes;
-    auto issue = [&](const uint32_t* key_codes, bool key_code_valid, const uint32_t* key_groups, bool key_group_valid,
-                     const uint32_t* const* value_codes, const bool* value_code_valid, const uint32_t* value_groups, bool value_group_valid) {
-#pragma unroll
-      for (int j = 0; j < kKeyCodePieces; ++j) {
-        copy_async_16(base + key_code_destination + 16u * kKeyRowThreads * j, key_codes + 4 * kKeyRowThreads * j, key_code_valid);
+    const int t0 = key_begin + chunk * kChunk + tile_first;
+    if (t0 + kWarpKeys <= quantized_keys) {
+      const uint32_t *key_codes = key_code_next, *key_groups = key_group_next, *value_codes = value_code_next, *value_groups = value_group_next;
+      if constexpr (kPaged) {  // the warp's 32 tokens lie in one page (pages hold a multiple of G >= 32 tokens)
+        const TokenPlace place = token_place(kv, 1, sequence, t0);
+        const int local = static_cast<int>(place.token);
+        key_codes = kv.key_codes + place.share * kv.key_codes_slot + in_share(local, kWordShift, kHeadDim) + 4 * lane;
+        key_groups = kv.key_groups + place.share * kv.key_groups_slot + in_share(local, group_shift, kHeadDim) + 4 * lane;
+        value_codes = kv.value_codes + place.share * kv.value_codes_slot + in_share(local, 0, kValueWords) + 4 * lane;
+        value_groups = kv.value_groups + place.share * kv.value_groups_slot + value_group_offset(local);
       }
-      if (tid < kKeyGroupThreads) copy_async_16(base + key_group_destination, key_groups, key_group_valid);
 #pragma unroll
-      for (int j = 0; j < kTokenPieces; ++j) copy_async_16(base + value_code_destination(j), value_codes[j], value_code_valid[j]);
-      if (tid < kValueGroupThreads) copy_async_16(base + value_group_destination, value_groups, value_group_valid);
-    };
-    const bool key_group_in_chunk = key_group_token(chunk) < c0 + kChunk;  // 128 keys hold 128 / G groups
-    const uint32_t* value_codes[kTokenPieces];
-    bool value_code_valid[kTokenPieces];
-    if (!kPaged && c0 + kChunk <= kv.capacity) {  // the usual chunk: every row is the slot's
+      for (int j = 0; j < kWarpKeyCodePieces; ++j) copy_async_16(base + key_code_destination + 512u * j, key_codes + 128 * j, true);
+      if (lane < kKeyGroupPieces) copy_async_16(base + key_group_destination, key_groups, true);
 #pragma unroll
-      for (int j = 0; j < kTokenPieces; ++j) {
-        value_codes[j] = value_code_next + copy_offset(j);
-        value_code_valid[j] = true;
-      }
-      issue(key_code_next, true, key_group_next, key_group_in_chunk, value_codes, value_code_valid, value_group_next, true);
-    } else {  // rows past the slot's capacity are zero-filled, never read
-      const bool key_code_valid = key_code_token(chunk) < kv.capacity;
-      const bool key_group_valid = key_group_in_chunk && key_group_token(chunk) < kv.capacity;
-      const bool value_group_valid = value_group_token(chunk) < kv.capacity;
-#pragma unroll
-      for (int j = 0; j < kTokenPieces; ++j) value_code_valid[j] = value_code_token(chunk, j) < kv.capacity;
-      if constexpr (kPaged) {
-        int local = 0;
-        const uint32_t* key_codes = share(kv.key_codes, kv.key_codes_slot, key_code_valid ? key_code_token(chunk) : 0, local) +
-                                    in_share(local, kWordShift, kHeadDim) + key_code_column;
-        const uint32_t* key_groups = share(kv.key_groups, kv.key_groups_slot, key_group_valid ? key_group_token(chunk) : 0, local) +
-                                     in_share(local, group_shift, kHeadDim) + key_group_column;
-#pragma unroll
-        for (int j = 0; j < kTokenPieces; ++j) {
-          value_codes[j] = share(kv.value_codes, kv.value_codes_slot, value_code_valid[j] ? value_code_token(chunk, j) : 0, local);
-          value_codes[j] += in_share(local, 0, kValueWords) + 4 * value_piece;
-        }
-        const uint32_t* value_groups = share(kv.value_groups, kv.value_groups_slot, value_group_valid ? value_group_token(chunk) : 0, local);
-        issue(key_codes, key_code_valid, key_groups, key_group_valid, value_codes, value_code_valid, value_groups + value_group_offset(local),
-              value_group_valid);
-      } else {
-#pragma unroll
-        for (int j = 0; j < kTokenPieces; ++j) value_codes[j] = value_code_valid[j] ? value_code_next + copy_offset(j) : kv.value_codes;
-        issue(key_code_valid ? key_code_next : kv.key_codes, key_code_valid, key_group_valid ? key_group_next : kv.key_groups, key_group_valid,
-              value_codes, value_code_valid, value_group_valid ? value_group_next : kv.value_groups, value_group_valid);
-      }
+      for (int j = 0; j < kTokenPieces; ++j) copy_async_16(base + value_code_destination(j), value_codes + 128 * j, true);
+      if (lane < kValueGroupPieces) copy_async_16(base + value_group_destination, value_groups, true);
     }
     if constexpr (!kPaged) {
       key_code_next += key_code_step;
@@ -402,17 +343,15 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   };
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < chunks) load_chunk(s, false);
+    if (s < chunks) load_tile(s);
     copy_async_commit();
   }
 
-  // The block's query rows in shared memory (zeros past `rows`; the loop's first barrier publishes them, and without
-  // chunks nothing reads them): the
+  // The block's query rows in shared memory (zeros past `rows`; the barrier below publishes them): the
   // key MMA's B operand is read per k-step, which leaves the compiler 16 registers for the loop's loads.
   // Under K-sort (key_permutation set) the stored key channel j is written channel permutation[j]: q is read in that
   // order, so q.k keeps its products.
   __half* q_rows = reinterpret_cast<__half*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4);
-  if (threadIdx.x < kTokenPieces) copy_offsets[threadIdx.x] = static_cast<int>(value_copy_offset(static_cast<int>(threadIdx.x)));
   const int32_t* permutation = kv.key_permutation != nullptr ? kv.key_permutation + kv_head * kHeadDim : nullptr;
   for (int item = threadIdx.x; item < kRows * kHeadDim / 8; item += kDecodeThreads) {
     const int r = item / (kHeadDim / 8), c = item % (kHeadDim / 8) * 8;
@@ -432,6 +371,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     }
     *reinterpret_cast<uint4*>(q_rows + r * Tiles::kQPitch + c) = x;
   }
+  __syncthreads();  // the query rows are the block's; from here each warp works on its own (no barrier until the merge)
   // Q as the key MMA's B operand: column n = query row g of each 8-row tile, reduction index k = 2t + j
   // at channel 16 s + 4t + j, k = 2t + 8 + j at 16 s + 4t + 2 + j.
   const int q_lane = lane_constant(g * Tiles::kQPitch + 4 * t);
@@ -533,7 +473,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   // The warp's key code rows and key groups in a stage (with the lane's channels 4t ..): the group row of t0 - c0 tokens
   // into a chunk depends on c0 only through c0 % G, the same for every chunk (chunks are 128 keys, G <= 128).
   const int key_code_lane = lane_constant((kWarpKeys * warp + Layout::tile_token(0, g)) / kCpw * Tiles::kKeyPitch + 4 * t);
-  const int key_group_lane = lane_constant((((key_begin + kWarpKeys * warp) >> group_shift) - (key_begin >> group_shift)) * kHeadDim + 4 * t);
+  const int key_group_lane = lane_constant(warp * kHeadDim + 4 * t);
   // 4 bits: lane L's row address for the ldmatrix of key tile m and blocks 2j, 2j + 1 (see the value phase).
   [[maybe_unused]] int ldmatrix_lane[2][2] = {};
   if constexpr (kBits == 4) {
@@ -554,11 +494,11 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   const uint32_t* read_stage = stages;  // the stage of chunk `chunk` below
   for (int chunk = 0; chunk < chunks; ++chunk) {
     copy_async_wait<kStages - 2>();
-    __syncthreads();  // this chunk is in; every warp is done with the stage the next load overwrites
+    __syncwarp();  // the warp's slice of this chunk is in; its lanes are done with the stage the next load overwrites
     if constexpr (kTimeline) {
       if (chunk == 0) timeline[1] = global_nanoseconds();
     }
-    if (chunk + kStages - 1 < chunks) load_chunk(chunk + kStages - 1, true);
+    if (chunk + kStages - 1 < chunks) load_tile(chunk + kStages - 1);
     copy_async_commit();
 
     const uint32_t* stage = read_stage;

@@ -308,6 +308,12 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     return 4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords) +
            16u * (value_row<kBits, kTokenPieces>(token) * kTokenPieces + swizzled_piece<kBits, kTokenPieces>(token, piece % kTokenPieces));
   };
+  // Up to two of them kept in registers (ptxas would rebuild the swizzle, ~15 instructions, every chunk); more would cost
+  // the loop registers, so 4- and 8-bit d128 rebuild theirs.
+  constexpr int kKeptDestinations = kTokenPieces <= 2 ? kTokenPieces : 0;
+  [[maybe_unused]] uint32_t kept_destination[kKeptDestinations > 0 ? kKeptDestinations : 1];
+#pragma unroll
+  for (int j = 0; j < kKeptDestinations; ++j) kept_destination[j] = static_cast<uint32_t>(lane_constant(static_cast<int>(value_code_destination(j))));
   const uint32_t value_group_destination =
       4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + value_group_block * kChunk + tile_first) + 16u * value_group_piece;
   const uint32_t stage_bytes = 4u * Tiles::kStageWords;
@@ -331,7 +337,9 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       for (int j = 0; j < kWarpKeyCodePieces; ++j) copy_async_16(base + key_code_destination + 512u * j, key_codes + 128 * j, true);
       if (lane < kKeyGroupPieces) copy_async_16(base + key_group_destination, key_groups, true);
 #pragma unroll
-      for (int j = 0; j < kTokenPieces; ++j) copy_async_16(base + value_code_destination(j), value_codes + 128 * j, true);
+      for (int j = 0; j < kTokenPieces; ++j) {
+        copy_async_16(base + (j < kKeptDestinations ? kept_destination[j] : value_code_destination(j)), value_codes + 128 * j, true);
+      }
       if (lane < kValueGroupPieces) copy_async_16(base + value_group_destination, value_groups, true);
     }
     if constexpr (!kPaged) {

@@ -97,7 +97,7 @@ struct KiviTiles {
   // in two: 10.5 shared-memory wavefronts per copy instruction where 4 suffice (ncu, bench/NOTES.md q12).
   static constexpr int kKeyPitch = kHeadDim;
   static constexpr int kKeyCodeWords = kKeyWordRows * kKeyPitch;  // [word row][d]
-  static constexpr int kKeyGroupRows = 4;                        // one per warp: the group of its 32 keys
+  static constexpr int kKeyGroupRows = kDecodeWarps;             // one per warp: the group of its 32 keys
   static constexpr int kKeyGroupWords = kKeyGroupRows * kHeadDim;  // [group][d]
   static constexpr int kValueWordsPerToken = kHeadDim / kCodesPerWord;
   static constexpr int kValueBlocks = kHeadDim / 32;  // a token's group word per 32 channels (repeated for G > 32)
@@ -105,7 +105,7 @@ struct KiviTiles {
   static constexpr int kValueGroupWords = kChunk * kValueBlocks;        // [32-channel block][unit of 8 tokens][16 halves]
   static constexpr int kStageWords = kKeyCodeWords + kKeyGroupWords + kValueCodeWords + kValueGroupWords;
   static constexpr int kQPitch = kHeadDim + 16;  // halves per query row: a lane's rows g fall in other banks
-  static constexpr int kTokenPieces = kValueWordsPerToken / 4;  // 16-byte pieces of a token's value codes: a thread's copies per chunk
+  static constexpr int kTokenPieces = kValueWordsPerToken / 4;  // 16-byte pieces of a token's value codes: a lane's copies per chunk
   static constexpr size_t kQBytes = static_cast<size_t>(kRows) * kQPitch * 2;
   static constexpr size_t kPipelineBytes = static_cast<size_t>(kStages) * kStageWords * 4 + kQBytes;
   static constexpr size_t kMergeBytes = static_cast<size_t>(kDecodeWarps) * kRows * (kHeadDim + 2) * 4;
@@ -277,7 +277,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   constexpr int kWarpKeyCodePieces = kWarpKeys / kCpw * kHeadDim / 4 / 32;  // per lane
   constexpr int kKeyGroupPieces = kHeadDim / 4;                          // one key group row, one piece per lane
   constexpr int kValueGroupPieces = kBlocks * kWarpKeys / 4;             // 4 tokens' words per piece, one per lane
-  static_assert(kWarpKeyCodePieces >= 1 && kKeyGroupPieces <= 32 && kValueGroupPieces <= 32 && Tiles::kKeyGroupRows == kDecodeWarps &&
+  static_assert(kWarpKeyCodePieces >= 1 && kKeyGroupPieces <= 32 && kValueGroupPieces <= 32 &&
                     kChunk == kDecodeWarps * kWarpKeys,
                 "a warp's slice is whole 16-byte pieces, at most one key group and one value group piece per lane");
   const int tile_first = warp * kWarpKeys;  // the warp's first key within a chunk
@@ -478,8 +478,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     }
   }
 
-  // The warp's key code rows and key groups in a stage (with the lane's channels 4t ..): the group row of t0 - c0 tokens
-  // into a chunk depends on c0 only through c0 % G, the same for every chunk (chunks are 128 keys, G <= 128).
+  // The warp's key code rows and its key group row in a stage (with the lane's channels 4t ..), the same every chunk.
   const int key_code_lane = lane_constant((kWarpKeys * warp + Layout::tile_token(0, g)) / kCpw * Tiles::kKeyPitch + 4 * t);
   const int key_group_lane = lane_constant(warp * kHeadDim + 4 * t);
   // 4 bits: lane L's row address for the ldmatrix of key tile m and blocks 2j, 2j + 1 (see the value phase).

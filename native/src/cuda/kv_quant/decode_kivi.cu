@@ -42,8 +42,9 @@ using namespace attention;
 
 constexpr int kChunk = 128;    // keys per pipeline stage: 32 per warp (pieces start at multiples of 64)
 constexpr int kWarpKeys = 32;  // two 16-key tiles
-// Pipeline stages (2 at 4 and 8 bits, 3 at 2 bits: ~40 KB per block at d128 for 2 and 4 bits; 8 bits, for tests, takes
-// ~78 KB) and the blocks per SM the registers are capped for (3 blocks of 4 warps: 168 registers), overridable at
+// Pipeline stages (2: ~27 KB per block at d128 for 2 and 4 bits; 8 bits, for tests, takes ~52 KB; 3 stages at 2 bits, as
+// before q13, took 74.1 us at b8 x L32768 on an H200 where 2 took 71.5, now that the queries no longer wait behind the
+// copies, bench/NOTES.md q13) and the blocks per SM the registers are capped for (3 blocks of 4 warps: 168 registers), overridable at
 // configure time for tuning. On an H200 (bench/NOTES.md q6, q10), 5 blocks at 96 registers spilled and ran KIVI-2 at
 // b8 x L32768 in 175 us where 4 blocks took 141 us; at q10, 4 blocks (128 registers, the loop spilling ~50 bytes at 2
 // bits) took 91.4 us (KIVI-2) and 97.6 us (KIVI-4) where 3 blocks took 86.9 and 96.0: 12 warps per SM keep enough bytes
@@ -77,7 +78,7 @@ constexpr int stages_for() {
 #ifdef NKV_KIVI_STAGES
   return NKV_KIVI_STAGES;
 #else
-  return kBits == 2 ? 3 : 2;
+  return 2;
 #endif
 }
 
@@ -103,7 +104,10 @@ struct KiviTiles {
   static constexpr int kValueBlocks = kHeadDim / 32;  // a token's group word per 32 channels (repeated for G > 32)
   static constexpr int kValueCodeWords = kChunk * kValueWordsPerToken;  // [token][word], 16-byte pieces swizzled
   static constexpr int kValueGroupWords = kChunk * kValueBlocks;        // [32-channel block][unit of 8 tokens][16 halves]
-  static constexpr int kStageWords = kKeyCodeWords + kKeyGroupWords + kValueCodeWords + kValueGroupWords;
+  // Past the value groups, 32 words of fp16 ones per warp, written once: what the minimum MMA's rows past the blocks read
+  // in place of minimums (row kSumRow adds up P), so every lane's operand is one load.
+  static constexpr int kOnesWords = kChunk;
+  static constexpr int kStageWords = kKeyCodeWords + kKeyGroupWords + kValueCodeWords + kValueGroupWords + kOnesWords;
   static constexpr int kQPitch = kHeadDim + 16;  // halves per query row: a lane's rows g fall in other banks
   static constexpr int kTokenPieces = kValueWordsPerToken / 4;  // 16-byte pieces of a token's value codes: a lane's copies per chunk
   static constexpr size_t kQBytes = static_cast<size_t>(kRows) * kQPitch * 2;
@@ -118,6 +122,13 @@ __device__ __forceinline__ int lane_constant(int x) {
   int y;
   asm volatile("mov.b32 %0, %1;" : "=r"(y) : "r"(x));
   return y;
+}
+
+template <typename T>
+__device__ __forceinline__ const T* lane_constant(const T* x) {
+  uint64_t y;
+  asm volatile("mov.b64 %0, %1;" : "=l"(y) : "l"(reinterpret_cast<uint64_t>(x)));
+  return reinterpret_cast<const T*>(y);
 }
 
 __device__ __forceinline__ uint32_t multiply_halves(uint32_t a, uint32_t b) {
@@ -289,17 +300,20 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     return value_group_in_share<uint32_t>(kv, local, kv_head, lane_group_column, static_cast<uint32_t>(value_group_columns)) + 4 * value_group_piece;
   };
   // The lane's sources in the warp's slice of chunk 0 (not paged: a chunk, 128 tokens, moves every row by the same number
-  // of elements, whole layout blocks as B divides 128, so the lane keeps running sources advanced after each chunk).
+  // of elements, whole layout blocks as B divides 128, so chunk c's sources are these plus c steps: one IMAD.WIDE each,
+  // into a fresh register pair, where running sources cost an add pair and, as ptxas placed them, two moves each).
   const int first_tile = key_begin + tile_first;
-  const uint32_t* key_code_next = kv.key_codes + sequence * kv.key_codes_slot + in_share(first_tile, kWordShift, kHeadDim) + 4 * lane;
-  const uint32_t* key_group_next = kv.key_groups + sequence * kv.key_groups_slot + in_share(first_tile, group_shift, kHeadDim) + 4 * lane;
-  const uint32_t* value_code_next = kv.value_codes + sequence * kv.value_codes_slot + in_share(first_tile, 0, kValueWords) + 4 * lane;
-  const uint32_t* value_group_next = kv.value_groups + sequence * kv.value_groups_slot + value_group_offset(first_tile);
+  const uint32_t* const key_code_source = lane_constant(kv.key_codes + sequence * kv.key_codes_slot + in_share(first_tile, kWordShift, kHeadDim) + 4 * lane);
+  const uint32_t* const key_group_source = lane_constant(kv.key_groups + sequence * kv.key_groups_slot + in_share(first_tile, group_shift, kHeadDim) + 4 * lane);
+  const uint32_t* const value_code_source = lane_constant(kv.value_codes + sequence * kv.value_codes_slot + in_share(first_tile, 0, kValueWords) + 4 * lane);
+  const uint32_t* const value_group_source = lane_constant(kv.value_groups + sequence * kv.value_groups_slot + value_group_offset(first_tile));
+  // A chunk's step in the code arrays (keys: kChunk / kCpw word rows of d words; values: kChunk tokens of d / kCpw words)
+  // and in the group arrays (keys: kChunk / G rows of d words; values: d / G columns of kChunk words) is the same, and
+  // like the other values the copies use every chunk it is kept in a register: ptxas, short of registers, otherwise
+  // rebuilds them all, ~25 instructions per chunk and warp (bench/NOTES.md q13).
   const uint32_t heads = static_cast<uint32_t>(kv.heads);
-  const uint32_t key_code_step = heads * (kChunk / kCpw * kHeadDim);
-  const uint32_t key_group_step = heads * static_cast<uint32_t>((kChunk >> group_shift) * kHeadDim);
-  const uint32_t value_code_step = heads * (kChunk * kValueWords);
-  const uint32_t value_group_step = heads * static_cast<uint32_t>(value_group_columns * kChunk);
+  const uint32_t code_step = static_cast<uint32_t>(lane_constant(static_cast<int>(heads * (kChunk / kCpw * kHeadDim))));
+  const uint32_t group_step = static_cast<uint32_t>(lane_constant(static_cast<int>(heads * static_cast<uint32_t>((kChunk >> group_shift) * kHeadDim))));
   // The lane's places in a stage (bytes from its start), the same for every chunk; copy j of a run is 32 pieces on.
   const uint32_t key_code_destination = 4u * (tile_first / kCpw * Tiles::kKeyPitch) + 16u * lane;
   const uint32_t key_group_destination = 4u * (Tiles::kKeyCodeWords + warp * kHeadDim) + 16u * lane;
@@ -314,17 +328,19 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   [[maybe_unused]] uint32_t kept_destination[kKeptDestinations > 0 ? kKeptDestinations : 1];
 #pragma unroll
   for (int j = 0; j < kKeptDestinations; ++j) kept_destination[j] = static_cast<uint32_t>(lane_constant(static_cast<int>(value_code_destination(j))));
-  const uint32_t value_group_destination =
-      4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + value_group_block * kChunk + tile_first) + 16u * value_group_piece;
+  const uint32_t value_group_destination = static_cast<uint32_t>(lane_constant(static_cast<int>(
+      4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + value_group_block * kChunk + tile_first) + 16u * value_group_piece)));
   const uint32_t stage_bytes = 4u * Tiles::kStageWords;
-  const uint32_t first_stage = shared_address(stages);
+  const uint32_t first_stage = static_cast<uint32_t>(lane_constant(static_cast<int>(shared_address(stages))));
   uint32_t load_stage = first_stage;  // the stage the next load_tile fills (chunks load in order)
   auto load_tile = [&](int chunk) {
     const uint32_t base = load_stage;
     load_stage = load_stage == first_stage + (kStages - 1) * stage_bytes ? first_stage : load_stage + stage_bytes;
     const int t0 = key_begin + chunk * kChunk + tile_first;
     if (t0 + kWarpKeys <= quantized_keys) {
-      const uint32_t *key_codes = key_code_next, *key_groups = key_group_next, *value_codes = value_code_next, *value_groups = value_group_next;
+      const uint32_t code_offset = static_cast<uint32_t>(chunk) * code_step, group_offset = static_cast<uint32_t>(chunk) * group_step;
+      const uint32_t *key_codes = key_code_source + code_offset, *key_groups = key_group_source + group_offset;
+      const uint32_t *value_codes = value_code_source + code_offset, *value_groups = value_group_source + group_offset;
       if constexpr (kPaged) {  // the warp's 32 tokens lie in one page (pages hold a multiple of G >= 32 tokens)
         const TokenPlace place = token_place(kv, 1, sequence, t0);
         const int local = static_cast<int>(place.token);
@@ -342,42 +358,48 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       }
       if (lane < kValueGroupPieces) copy_async_16(base + value_group_destination, value_groups, true);
     }
-    if constexpr (!kPaged) {
-      key_code_next += key_code_step;
-      key_group_next += key_group_step;
-      value_code_next += value_code_step;
-      value_group_next += value_group_step;
-    }
   };
+  // The block's query rows (zeros past `rows`), read before the first chunks are asked for: the loads queue behind the
+  // copies otherwise, and every warp's first step waits for the barrier that publishes them (bench/NOTES.md q13). They
+  // go to shared memory, where the key MMA's B operand is read per k-step, which leaves the compiler 16 registers for
+  // the loop's loads. Under K-sort (key_permutation set) the stored key channel j is written channel permutation[j]: q
+  // is read in that order, so q.k keeps its products.
+  constexpr int kQItems = (kRows * kHeadDim / 8 + kDecodeThreads - 1) / kDecodeThreads;  // 16-byte pieces per thread
+  const int32_t* permutation = kv.key_permutation != nullptr ? kv.key_permutation + kv_head * kHeadDim : nullptr;
+  uint4 q_pieces[kQItems];
+#pragma unroll
+  for (int j = 0; j < kQItems; ++j) {
+    const int item = threadIdx.x + j * kDecodeThreads;
+    const int r = item / (kHeadDim / 8), c = item % (kHeadDim / 8) * 8;
+    const int row = row0 + r;
+    const int token = row / group;
+    q_pieces[j] = make_uint4(0u, 0u, 0u, 0u);
+    if (item < kRows * kHeadDim / 8 && row < rows) {
+      const __half* q = static_cast<const __half*>(args.q) + sequence * args.q_batch_stride + token * args.q_strides.row +
+                        (kv_head * group + row - token * group) * args.q_strides.head;
+      if (permutation == nullptr) {
+        q_pieces[j] = *reinterpret_cast<const uint4*>(q + c);
+      } else {
+        alignas(16) __half gathered[8];
+        for (int e = 0; e < 8; ++e) gathered[e] = q[permutation[c + e]];
+        q_pieces[j] = *reinterpret_cast<const uint4*>(gathered);
+      }
+    }
+  }
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < chunks) load_tile(s);
     copy_async_commit();
   }
-
-  // The block's query rows in shared memory (zeros past `rows`; the barrier below publishes them): the
-  // key MMA's B operand is read per k-step, which leaves the compiler 16 registers for the loop's loads.
-  // Under K-sort (key_permutation set) the stored key channel j is written channel permutation[j]: q is read in that
-  // order, so q.k keeps its products.
   __half* q_rows = reinterpret_cast<__half*>(shared_bytes + static_cast<size_t>(kStages) * Tiles::kStageWords * 4);
-  const int32_t* permutation = kv.key_permutation != nullptr ? kv.key_permutation + kv_head * kHeadDim : nullptr;
-  for (int item = threadIdx.x; item < kRows * kHeadDim / 8; item += kDecodeThreads) {
-    const int r = item / (kHeadDim / 8), c = item % (kHeadDim / 8) * 8;
-    const int row = row0 + r;
-    const int token = row / group;
-    uint4 x = make_uint4(0u, 0u, 0u, 0u);
-    if (row < rows) {
-      const __half* q = static_cast<const __half*>(args.q) + sequence * args.q_batch_stride + token * args.q_strides.row +
-                        (kv_head * group + row - token * group) * args.q_strides.head;
-      if (permutation == nullptr) {
-        x = *reinterpret_cast<const uint4*>(q + c);
-      } else {
-        alignas(16) __half gathered[8];
-        for (int j = 0; j < 8; ++j) gathered[j] = q[permutation[c + j]];
-        x = *reinterpret_cast<const uint4*>(gathered);
-      }
-    }
-    *reinterpret_cast<uint4*>(q_rows + r * Tiles::kQPitch + c) = x;
+#pragma unroll
+  for (int j = 0; j < kQItems; ++j) {
+    const int item = threadIdx.x + j * kDecodeThreads;
+    if (item < kRows * kHeadDim / 8) *reinterpret_cast<uint4*>(q_rows + item / (kHeadDim / 8) * Tiles::kQPitch + item % (kHeadDim / 8) * 8) = q_pieces[j];
+  }
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) {  // the warp's fp16 ones in every stage (Tiles::kOnesWords)
+    stages[s * Tiles::kStageWords + Tiles::kStageWords - Tiles::kOnesWords + kWarpKeys * warp + lane] = 0x3c003c00u;
   }
   __syncthreads();  // the query rows are the block's; from here each warp works on its own (no barrier until the merge)
   // Q as the key MMA's B operand: column n = query row g of each 8-row tile, reduction index k = 2t + j
@@ -417,7 +439,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   constexpr int kSumRow = 7;  // of o_min: below it the blocks' rows
   static_assert(kBlocks < kSumRow, "the softmax sum's row of the minimum MMA lies past the 32-channel blocks' rows");
   const uint32_t sum_row = static_cast<uint32_t>(lane_constant(g == kSumRow ? 0x3c003c00 : 0));  // two fp16 ones in the sum's row of the minimum MMA's operand
-  const float exp_scale = p.base.mask.score.softcap > 0.0f ? 1.0f : p.base.mask.score.scale_log2;
+  const float exp_scale = __int_as_float(lane_constant(__float_as_int(p.base.mask.score.softcap > 0.0f ? 1.0f : p.base.mask.score.scale_log2)));
   // O^T per 16-channel tile (rows: channels value_channel(i, g, 0 / 1); columns: query rows 2t, 2t + 1), in code
   // units until `plain` (see the top of the file); the values' minimum term per 32-channel block (rows: blocks) and,
   // in row kSumRow, the softmax's running sum: that MMA row's operand is 1.0 for every key, so the tensor cores add up
@@ -425,19 +447,30 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   // adds of its own (tiles of fp16 values run one more MMA per key tile for it).
   float o[kVTiles][kNTiles][4];
   float o_min[kNTiles][4];
+  float o_min_high[kNTiles][4];  // the other half of the coded values' minimum terms and sum, in rows g + 8 (see the value phase)
   float row_max[kNTiles][2];
+  // Per column, kept with row_max (they change only with it): the raw score above which a step rescales (see the softmax
+  // step), and -row_max (0 while it is -inf) for the exponents.
+  float rescale_above[kNTiles][2], exp_offset[kNTiles][2];
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      o_min[nt][e] = 0.0f;
+      o_min[nt][e] = o_min_high[nt][e] = 0.0f;
 #pragma unroll
       for (int i = 0; i < kVTiles; ++i) o[i][nt][e] = 0.0f;
     }
     row_max[nt][0] = row_max[nt][1] = -INFINITY;
+    rescale_above[nt][0] = rescale_above[nt][1] = -INFINITY;
+    exp_offset[nt][0] = exp_offset[nt][1] = 0.0f;
   }
   bool plain = false;
   auto to_plain = [&] {
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      o_min[nt][0] += o_min_high[nt][2];
+      o_min[nt][1] += o_min_high[nt][3];
+    }
 #pragma unroll
     for (int i = 0; i < kVTiles; ++i) {
       const int source = (i / 2) * 4 + t;  // the lane holding this tile's block row of o_min
@@ -496,7 +529,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   }
   // The lane's unit of 8 tokens in a block's value groups, and (minimum MMA, row g) block g's row.
   [[maybe_unused]] const int value_group_lane = lane_constant(8 * t);
-  [[maybe_unused]] const int minimum_block_row = lane_constant(min(g, kBlocks - 1) * kChunk);
+  [[maybe_unused]] const int minimum_block_row = lane_constant(min(g, kBlocks) * kChunk);  // past the blocks: the ones
 
   const uint32_t* read_stage = stages;  // the stage of chunk `chunk` below
   for (int chunk = 0; chunk < chunks; ++chunk) {
@@ -660,18 +693,21 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
           o_min[nt][0] += s[m][nt][0];
         }
     } else {
-      // A column's maximum changes only when one of its new scores passes it, which after the first keys is rare: the
-      // warp looks at its lanes' own scores first and does the cross-lane maximum (three dependent shuffles per column)
-      // and the rescale of O only when some lane saw a score above its column's maximum. Otherwise the maximum stays
-      // what that step would have computed, so both paths give the same probabilities.
-      float lane_max[kNTiles][2];
+      // A column's running maximum m only has to bound its scores closely enough that P = 2^(x - m) stays in range, not
+      // be their maximum (the sum and O use the same m): the warp looks at its lanes' own scores first and does the
+      // cross-lane maximum (three dependent shuffles per column) and the rescale of O only when some lane saw a score
+      // more than kRescaleSlack above its column's m, which after the first keys is rare. Otherwise P <= 2^(1/2): the
+      // value MMA's operand P x s stays finite for every fp16 value group's scale s (at most 131008 / 3 = 43669 at 2
+      // bits; 2^(1/2) x 43669 < 65504), as FlashAttention-4 skips rescales below a threshold (bench/NOTES.md q13).
+      constexpr float kRescaleSlack = 0.5f;
+      float lane_max[kNTiles][2];  // of the raw scores
       bool grew = false;
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          lane_max[nt][j] = fmaxf(fmaxf(s[0][nt][j], s[0][nt][2 + j]), fmaxf(s[1][nt][j], s[1][nt][2 + j])) * exp_scale;
-          grew |= lane_max[nt][j] > row_max[nt][j];
+          lane_max[nt][j] = fmaxf(fmaxf(s[0][nt][j], s[0][nt][2 + j]), fmaxf(s[1][nt][j], s[1][nt][2 + j]));
+          grew |= lane_max[nt][j] > rescale_above[nt][j];
         }
       }
       if (__any_sync(0xffffffffu, grew)) {
@@ -680,13 +716,16 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
           float alpha[2];
 #pragma unroll
           for (int j = 0; j < 2; ++j) {
-            float tile_max = lane_max[nt][j];
+            float tile_max = lane_max[nt][j] * exp_scale;
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 4));
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 8));
             tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 16));
             const float new_max = fmaxf(row_max[nt][j], tile_max);
             alpha[j] = fast_exp2(row_max[nt][j] - (new_max == -INFINITY ? 0.0f : new_max));
             row_max[nt][j] = new_max;
+            // Rounding may leave the threshold a little above (row_max + slack) / exp_scale: P stays below 2^0.51.
+            rescale_above[nt][j] = __fdividef(new_max + kRescaleSlack, exp_scale);
+            exp_offset[nt][j] = new_max == -INFINITY ? 0.0f : -new_max;
           }
           if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f)) {
 #pragma unroll
@@ -698,6 +737,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
             }
             o_min[nt][0] *= alpha[0];
             o_min[nt][1] *= alpha[1];
+            o_min_high[nt][2] *= alpha[0];
+            o_min_high[nt][3] *= alpha[1];
           }
         }
       }
@@ -705,11 +746,10 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       for (int nt = 0; nt < kNTiles; ++nt) {
 #pragma unroll
         for (int j = 0; j < 2; ++j) {
-          const float base = row_max[nt][j] == -INFINITY ? 0.0f : row_max[nt][j];
 #pragma unroll
           for (int m = 0; m < 2; ++m) {
-            s[m][nt][j] = fast_exp2(fmaf(s[m][nt][j], exp_scale, -base));
-            s[m][nt][2 + j] = fast_exp2(fmaf(s[m][nt][2 + j], exp_scale, -base));
+            s[m][nt][j] = fast_exp2(fmaf(s[m][nt][j], exp_scale, exp_offset[nt][j]));
+            s[m][nt][2 + j] = fast_exp2(fmaf(s[m][nt][2 + j], exp_scale, exp_offset[nt][j]));
           }
         }
 #pragma unroll
@@ -731,32 +771,56 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       // ---- P.V from the value codes ----
       const uint32_t* words = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + (t0 - c0) * Tiles::kValueWordsPerToken;
       const uint32_t* blocks = stage + Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + (t0 - c0);
+      // At 2 and 4 bits a lane's scale (and minimum) pairs of both key tiles are the four scale (minimum) words of its unit
+      // of 8 tokens: one 16-byte load per block for both tiles, where one 8-byte load per tile cost 4 more loads a step.
+      [[maybe_unused]] uint4 unit_scales[kBlocks];
+      uint4 unit_minimums;
+      // 8 bits (tests): a block's scale (which = 0) or minimum (1) pairs of key tile m's four tokens, gathered by half.
+      [[maybe_unused]] auto gathered_pairs = [&](const uint32_t* block, int which, int m) {
+        const uint16_t* halves = reinterpret_cast<const uint16_t*>(block);
+        uint16_t h[4];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) {
+          const int token = Layout::tile_token(m, 2 * t + u % 2 + 8 * (u / 2));
+          h[u] = halves[2 * (token & ~7) + 8 * which + kivi::value_group_half(token & 7)];
+        }
+        return make_uint2(h[0] | static_cast<uint32_t>(h[1]) << 16, h[2] | static_cast<uint32_t>(h[3]) << 16);
+      };
+      if constexpr (kBits <= 4) {
+#pragma unroll
+        for (int b = 0; b < kBlocks; ++b) unit_scales[b] = *reinterpret_cast<const uint4*>(blocks + b * kChunk + value_group_lane);
+        unit_minimums = *reinterpret_cast<const uint4*>(blocks + minimum_block_row + value_group_lane + 4);
+      } else {
+        const uint2 m0 = gathered_pairs(blocks + minimum_block_row, 1, 0), m1 = gathered_pairs(blocks + minimum_block_row, 1, 1);
+        unit_minimums = make_uint4(m0.x, m0.y, m1.x, m1.y);
+      }
+      // The minimum terms (rows: 32-channel blocks; row kSumRow and the rows between read ones, so row kSumRow adds up P)
+      // of both key tiles in four k8 MMAs whose A operands are the lane's minimum words as loaded, {x, y} and {z, w}
+      // (tile m's pairs are words 2m, 2m + 1): with B = tile m's first P register, rows g get tile m's first pair x P;
+      // with its second, rows g + 8 get the second pair's. The other rows (products of unmatched pairs) are never read:
+      // o_min keeps rows g, o_min_high rows g + 8, added up at to_plain. Two k16 MMAs would need B pairs that are not
+      // the registers the softmax step leaves them in (4 moves), and one per tile an A operand that is not (4 more).
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+        mma_1688(o_min[nt], unit_minimums.x, unit_minimums.y, probabilities[0][nt][0]);
+        mma_1688(o_min[nt], unit_minimums.z, unit_minimums.w, probabilities[1][nt][0]);
+        mma_1688(o_min_high[nt], unit_minimums.x, unit_minimums.y, probabilities[0][nt][1]);
+        mma_1688(o_min_high[nt], unit_minimums.z, unit_minimums.w, probabilities[1][nt][1]);
+      }
 #pragma unroll
       for (int m = 0; m < 2; ++m) {
-        const int tokens[4] = {Layout::tile_token(m, 2 * t), Layout::tile_token(m, 2 * t + 1), Layout::tile_token(m, 2 * t + 8),
-                               Layout::tile_token(m, 2 * t + 9)};
-        // A block's scale (which = 0) or minimum (1) pairs of the four tokens, as the B operand's two registers take
-        // them. The stage keeps each block's groups in units of 8 tokens (kivi::store_value_group): at 2 and 4 bits the
-        // lane's tokens 8t + 2m + {0, 4} and + {1, 5} are words 2m and 2m + 1 of its unit's scales or minimums, one 8-byte
-        // load; at 8 bits (tests) the halves are gathered.
-        auto group_pairs = [&](const uint32_t* block, int which) {
+        [[maybe_unused]] const int tokens[4] = {Layout::tile_token(m, 2 * t), Layout::tile_token(m, 2 * t + 1), Layout::tile_token(m, 2 * t + 8),
+                                                Layout::tile_token(m, 2 * t + 9)};
+        // Block b's scale pairs of the four tokens, as the B operand's two registers take them. The stage keeps each
+        // block's groups in units of 8 tokens (kivi::store_value_group): at 2 and 4 bits the lane's tokens 8t + 2m + {0, 4}
+        // and + {1, 5} are words 2m and 2m + 1 of its unit's scales (loaded above).
+        auto scale_pairs = [&](int b) {
           if constexpr (kBits <= 4) {
-            return *reinterpret_cast<const uint2*>(block + value_group_lane + 4 * which + 2 * m);
+            return m == 0 ? make_uint2(unit_scales[b].x, unit_scales[b].y) : make_uint2(unit_scales[b].z, unit_scales[b].w);
           } else {
-            const uint16_t* halves = reinterpret_cast<const uint16_t*>(block);
-            uint16_t h[4];
-#pragma unroll
-            for (int u = 0; u < 4; ++u) h[u] = halves[2 * (tokens[u] & ~7) + 8 * which + kivi::value_group_half(tokens[u] & 7)];
-            return make_uint2(h[0] | static_cast<uint32_t>(h[1]) << 16, h[2] | static_cast<uint32_t>(h[3]) << 16);
+            return gathered_pairs(blocks + b * kChunk, 0, m);
           }
         };
-        {
-          // Rows of the minimum MMA are 32-channel blocks: row g holds block g's minimums of the four tokens.
-          const uint2 x = group_pairs(blocks + minimum_block_row, 1);
-          const uint32_t a_min[4] = {g < kBlocks ? x.x : sum_row, 0u, g < kBlocks ? x.y : sum_row, 0u};
-#pragma unroll
-          for (int nt = 0; nt < kNTiles; ++nt) mma_16816(o_min[nt], a_min, probabilities[m][nt][0], probabilities[m][nt][1], __half());
-        }
         // 2 bits: the lane's word of each block for each token (value_word_slot puts a lane's words, one per 32-channel
         // block, side by side: one 16-byte load per token at d128, 8 bytes at d64). The tokens (and their rows) differ
         // from tokens[0] by constants and share its swizzle, so each load is one lane address plus an immediate.
@@ -778,7 +842,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         uint32_t pieces[4];  // 4 bits: the ldmatrix of blocks b and b + 1
 #pragma unroll
         for (int b = 0; b < kBlocks; ++b) {  // 32 channels: tiles 2b, 2b + 1
-          const uint2 scales = group_pairs(blocks + b * kChunk, 0);
+          const uint2 scales = scale_pairs(b);
           uint32_t scaled[kNTiles][2];
 #pragma unroll
           for (int nt = 0; nt < kNTiles; ++nt) {

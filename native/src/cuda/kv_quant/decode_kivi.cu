@@ -42,9 +42,10 @@ using namespace attention;
 
 constexpr int kChunk = 128;    // keys per pipeline stage: 32 per warp (pieces start at multiples of 64)
 constexpr int kWarpKeys = 32;  // two 16-key tiles
-// Pipeline stages (2: ~27 KB per block at d128 for 2 and 4 bits; 8 bits, for tests, takes ~52 KB; 3 stages at 2 bits, as
-// before q13, took 74.1 us at b8 x L32768 on an H200 where 2 took 71.5, now that the queries no longer wait behind the
-// copies, bench/NOTES.md q13) and the blocks per SM the registers are capped for (3 blocks of 4 warps: 168 registers), overridable at
+// Pipeline stages (2: ~27 KB per block at d128 for 2 and 4 bits; 8 bits, for tests, takes ~52 KB. On an H200 at b8 x
+// L32768, bench/NOTES.md q13: 3 stages at 2 bits, as before q13, took 72.4 us where 2 took 71.5 once the queries no longer
+// waited behind the copies, and 3 stages with only chunk 0 asked for before the loop 71.1 where 2 took 69.9) and the
+// blocks per SM the registers are capped for (3 blocks of 4 warps: 168 registers), overridable at
 // configure time for tuning. On an H200 (bench/NOTES.md q6, q10), 5 blocks at 96 registers spilled and ran KIVI-2 at
 // b8 x L32768 in 175 us where 4 blocks took 141 us; at q10, 4 blocks (128 registers, the loop spilling ~50 bytes at 2
 // bits) took 91.4 us (KIVI-2) and 97.6 us (KIVI-4) where 3 blocks took 86.9 and 96.0: 12 warps per SM keep enough bytes

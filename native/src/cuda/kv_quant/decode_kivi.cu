@@ -74,14 +74,9 @@ constexpr bool kTimeline = NKV_KIVI_TIMELINE != 0;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
-template <int kBits>
-constexpr int stages_for() {
-#ifdef NKV_KIVI_STAGES
-  return NKV_KIVI_STAGES;
-#else
-  return 2;
+#ifndef NKV_KIVI_STAGES
+#define NKV_KIVI_STAGES 2
 #endif
-}
 
 struct KiviDecodeParams {
   DecodeKernelParams base;  // q, o, lse, the plan's pieces and partials (base.args.k/v unused)
@@ -90,7 +85,7 @@ struct KiviDecodeParams {
 
 template <int kBits, int kHeadDim, int kNTiles>
 struct KiviTiles {
-  static constexpr int kStages = stages_for<kBits>();
+  static constexpr int kStages = NKV_KIVI_STAGES;
   static constexpr int kCodesPerWord = 32 / kBits;
   static constexpr int kRows = 8 * kNTiles;  // packed query rows per block
   static constexpr int kKeyWordRows = kChunk / kCodesPerWord;
@@ -158,6 +153,9 @@ struct CodeLayout {
   __device__ static constexpr int tile_token(int m, int r) {
     return kBits <= 4 ? 4 * (r % 8) + 2 * m + r / 8 : 16 * m + 2 * (r % 8) + r / 8;
   }
+  // The token of lane t's value-MMA B operand half u of key tile m (the reduction index k = tile row: halves 0, 1 are
+  // k = 2t, 2t + 1; halves 2, 3 are k = 2t + 8, 2t + 9).
+  __device__ static constexpr int value_token(int m, int t, int u) { return tile_token(m, 2 * t + u % 2 + 8 * (u / 2)); }
   __device__ static constexpr int value_channel(int i, int g, int half) {
     return kBits == 2   ? 32 * (i / 2) + 16 * (g / 4) + 4 * (g % 4) + 2 * (i % 2) + half
            : kBits == 4 ? 32 * (i / 2) + 4 * g + 2 * (i % 2) + half
@@ -439,7 +437,10 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   const CodeLanes<kBits> lanes(g);
   constexpr int kSumRow = 7;  // of o_min: below it the blocks' rows
   static_assert(kBlocks < kSumRow, "the softmax sum's row of the minimum MMA lies past the 32-channel blocks' rows");
-  const uint32_t sum_row = static_cast<uint32_t>(lane_constant(g == kSumRow ? 0x3c003c00 : 0));  // two fp16 ones in the sum's row of the minimum MMA's operand
+  // Two fp16 ones in the sum's row of the minimum MMA's operand (the fp16 values' tiles). Kept in a register: computed
+  // where it is used, ptxas rematerializes the lane's minimum row in the coded value phase instead (4 more instructions
+  // a step, bench/NOTES.md q13).
+  const uint32_t sum_row = static_cast<uint32_t>(lane_constant(g == kSumRow ? 0x3c003c00 : 0));
   const float exp_scale = __int_as_float(lane_constant(__float_as_int(p.base.mask.score.softcap > 0.0f ? 1.0f : p.base.mask.score.scale_log2)));
   // O^T per 16-channel tile (rows: channels value_channel(i, g, 0 / 1); columns: query rows 2t, 2t + 1), in code
   // units until `plain` (see the top of the file); the values' minimum term per 32-channel block (rows: blocks) and,
@@ -782,7 +783,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         uint16_t h[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int token = Layout::tile_token(m, 2 * t + u % 2 + 8 * (u / 2));
+          const int token = Layout::value_token(m, t, u);
           h[u] = halves[2 * (token & ~7) + 8 * which + kivi::value_group_half(token & 7)];
         }
         return make_uint2(h[0] | static_cast<uint32_t>(h[1]) << 16, h[2] | static_cast<uint32_t>(h[3]) << 16);
@@ -810,8 +811,8 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
       }
 #pragma unroll
       for (int m = 0; m < 2; ++m) {
-        [[maybe_unused]] const int tokens[4] = {Layout::tile_token(m, 2 * t), Layout::tile_token(m, 2 * t + 1), Layout::tile_token(m, 2 * t + 8),
-                                                Layout::tile_token(m, 2 * t + 9)};
+        [[maybe_unused]] const int tokens[4] = {Layout::value_token(m, t, 0), Layout::value_token(m, t, 1), Layout::value_token(m, t, 2),
+                                                Layout::value_token(m, t, 3)};
         // Block b's scale pairs of the four tokens, as the B operand's two registers take them. The stage keeps each
         // block's groups in units of 8 tokens (kivi::store_value_group): at 2 and 4 bits the lane's tokens 8t + 2m + {0, 4}
         // and + {1, 5} are words 2m and 2m + 1 of its unit's scales (loaded above).
@@ -909,7 +910,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         int tokens[4], rings[4];
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const int d = Layout::tile_token(m, 2 * t + (u % 2) + 8 * (u / 2));
+          const int d = Layout::value_token(m, t, u);
           tokens[u] = t0 + d;
           rings[u] = ring0 + d >= residual ? ring0 + d - residual : ring0 + d;
         }

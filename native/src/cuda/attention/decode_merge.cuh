@@ -48,14 +48,81 @@ inline DecodeKernelParams decode_params_of(const nkv_attention_plan& plan) {
 // results. It sums them in piece order whichever block that is, so the output does not depend on timing.
 // Partials written by other blocks in this kernel are read through L2 (__ldcg), never a stale L1.
 // The merge starts after the pair's other pieces have finished, so its L2 round trips are the tail of
-// the kernel: the pieces' weights exp(LSE - max) / sum are staged in shared memory kMergeChunk pieces at
-// a time (one round trip), then each thread has kInFlight pieces' 4-element vectors in flight at once.
+// the kernel: up to kFewPieces pieces, one (merge_few_pieces); more, the pieces' weights exp(LSE - max) / sum
+// are staged in shared memory kMergeChunk pieces at a time (one round trip), then each thread has kInFlight
+// pieces' 4-element vectors in flight at once.
 // `scratch` is shared memory for kMergeScratchFloats floats.
 constexpr int kMergeChunk = 64;
 template <int kRows>
 constexpr int kMergeScratchFloats = kRows * (kMergeChunk + 2) + 1;
 
-template <typename T, int kHeadDim, int kRows>
+// Pieces a pair may have for the merge's one-round-trip path: a thread holds each piece's LSE and 4-element vector of
+// every one of its items at once (at most 16 vectors).
+template <int kHeadDim, int kRows>
+constexpr int kFewPieces = 16 / ((kRows * kHeadDim / 4 + kDecodeThreads - 1) / kDecodeThreads);
+
+// The merge of a pair cut into few pieces (the usual plan): each thread asks for its rows' LSEs and its vectors of
+// every piece at once, one L2 round trip at the end of the kernel where the general path takes two (the LSEs, then
+// the vectors they weigh). Pieces are summed in piece order, as there.
+template <typename T, int kHeadDim, int kRows, typename PartialRow>
+__device__ __forceinline__ void merge_few_pieces(const DecodeKernelParams& p, int sequence, int kv_head, int count, int valid_rows,
+                                                 int row0, const PartialRow& partial_row) {
+  constexpr int kVectors = kHeadDim / 4;
+  constexpr int kItems = (kRows * kVectors + kDecodeThreads - 1) / kDecodeThreads;
+  constexpr int kPieces = kFewPieces<kHeadDim, kRows>;
+  const DecodeAttentionArgs& args = p.args;
+  const int group = p.mask.group;
+  float lse[kItems][kPieces];
+  float4 value[kItems][kPieces];
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int item = threadIdx.x + j * kDecodeThreads;
+    const int r = min(item / kVectors, valid_rows - 1);  // a dead item rereads a live row, written by nobody
+#pragma unroll
+    for (int u = 0; u < kPieces; ++u) {
+      const int i = min(u, count - 1);  // a dead slot rereads a live piece, weight 0
+      lse[j][u] = __ldcg(p.partial_lse + partial_row(i, r));
+      value[j][u] = __ldcg(reinterpret_cast<const float4*>(p.partial_o + partial_row(i, r) * kHeadDim) + item % kVectors);
+    }
+  }
+#pragma unroll
+  for (int j = 0; j < kItems; ++j) {
+    const int item = threadIdx.x + j * kDecodeThreads;
+    if (item >= valid_rows * kVectors) continue;
+    float best = lse[j][0];
+#pragma unroll
+    for (int u = 1; u < kPieces; ++u) best = u < count ? fmaxf(best, lse[j][u]) : best;
+    const float base = best == -INFINITY ? 0.0f : best;
+    float sum = 0.0f;
+    float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+    for (int u = 0; u < kPieces; ++u) {
+      const float w = u < count ? __expf(lse[j][u] - base) : 0.0f;
+      sum += w;
+      acc.x += w * value[j][u].x;
+      acc.y += w * value[j][u].y;
+      acc.z += w * value[j][u].z;
+      acc.w += w * value[j][u].w;
+    }
+    const float inverse = sum > 0.0f ? 1.0f / sum : 0.0f;
+    const int row = row0 + item / kVectors;
+    const int d = item % kVectors * 4;
+    const int token = row / group;
+    const int head = kv_head * group + (row - token * group);
+    T* out = static_cast<T*>(args.o) + sequence * args.o_batch_stride + token * args.o_strides.row + head * args.o_strides.head + d;
+    out[0] = MmaType<T>::from_float(acc.x * inverse);
+    out[1] = MmaType<T>::from_float(acc.y * inverse);
+    out[2] = MmaType<T>::from_float(acc.z * inverse);
+    out[3] = MmaType<T>::from_float(acc.w * inverse);
+    if (d == 0 && args.lse != nullptr) {
+      args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = sum > 0.0f ? base + __logf(sum) : -INFINITY;
+    }
+  }
+}
+
+// kFewPiecesInOneTrip: pairs of few pieces take merge_few_pieces (the decodes whose loop keeps its registers with it
+// inlined; in the BFP decode it cost the loop 1.4%, bench/NOTES.md q14).
+template <typename T, int kHeadDim, int kRows, bool kFewPiecesInOneTrip = true>
 __device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int sequence, int kv_head, int first,
                              int count, int row0, int rows) {
   constexpr int kInFlight = 16;
@@ -81,6 +148,10 @@ __device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int se
   auto partial_row = [&](int i, int r) { return static_cast<int64_t>(first + i * p.num_heads_kv) * rows + row0 + r; };
   const DecodeAttentionArgs& args = p.args;
   const int group = p.mask.group;
+  if (kFewPiecesInOneTrip && count <= kFewPieces<kHeadDim, kRows>) {
+    merge_few_pieces<T, kHeadDim, kRows>(p, sequence, kv_head, count, valid_rows, row0, partial_row);
+    return;
+  }
   // Per row, one warp each: the largest LSE, the sum, the row's LSE output. Up to kMergeChunk (= 64)
   // pieces the LSEs are read once: lane i holds piece i's and writes its weight.
   const int warp = threadIdx.x / 32;
@@ -210,7 +281,7 @@ __device__ __forceinline__ void leave_warp_state(float* merge_o, const float (&o
 // Combines the warps' states: merge_o [warp][row][kHeadDim], then merge_max and merge_sum [warp][row] right
 // after it, for kRows packed query rows from row0 (of `rows`). The caller has synchronized the block after
 // writing them; the area must hold kMergeScratchFloats<kRows> floats for merge_pieces.
-template <typename T, int kHeadDim, int kRows>
+template <typename T, int kHeadDim, int kRows, bool kFewPiecesInOneTrip = true>
 __device__ void finish_decode_block(const DecodeKernelParams& p, float* merge_o, int piece, const DecodeSplit& split, int row0,
                                     int rows) {
   constexpr float kNegInf = -INFINITY;
@@ -264,7 +335,7 @@ __device__ void finish_decode_block(const DecodeKernelParams& p, float* merge_o,
   }
   if (!final_output) {
     // The warps' merge area is free once every thread is past the loop above (merge_pieces syncs first).
-    merge_pieces<T, kHeadDim, kRows>(p, merge_o, sequence, kv_head, split.pair_first, split.pair_pieces, row0, rows);
+    merge_pieces<T, kHeadDim, kRows, kFewPiecesInOneTrip>(p, merge_o, sequence, kv_head, split.pair_first, split.pair_pieces, row0, rows);
   }
 }
 

@@ -330,7 +330,19 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   const uint32_t value_group_destination = static_cast<uint32_t>(lane_constant(static_cast<int>(
       4u * (Tiles::kKeyCodeWords + Tiles::kKeyGroupWords + Tiles::kValueCodeWords + value_group_block * kChunk + tile_first) + 16u * value_group_piece)));
   const uint32_t stage_bytes = 4u * Tiles::kStageWords;
-  const uint32_t first_stage = static_cast<uint32_t>(lane_constant(static_cast<int>(shared_address(stages))));
+  constexpr uint32_t kTwoOnes = 0x3c003c00u;  // fp16 1.0 in both halves
+#pragma unroll
+  for (int s = 0; s < kStages; ++s) {  // the warp's fp16 ones in every stage (Tiles::kOnesWords)
+    stages[s * Tiles::kStageWords + Tiles::kStageWords - Tiles::kOnesWords + kWarpKeys * warp + lane] = kTwoOnes;
+  }
+  // The copies carry an L2 evict_first policy: every code and group byte is read once per call, and streamed as the L2's
+  // first to evict they leave it to what the next call's blocks read before their first copy (the plan's piece records,
+  // Q), as the fp16 decode's do (bench/NOTES.md a12, q14). Where the stage address is warp-uniform, ptxas (12.4, 13.0)
+  // splits it into [R + UR] and names an unset uniform register as the hinted copy's policy (an illegal instruction,
+  // a12): the first stage's address plus a zero read back from the lane's own word of ones is a vector value to it.
+  const uint32_t own_ones = *static_cast<volatile uint32_t*>(stages + Tiles::kStageWords - Tiles::kOnesWords + kWarpKeys * warp + lane);
+  const uint32_t first_stage = static_cast<uint32_t>(lane_constant(static_cast<int>(shared_address(stages)))) + (own_ones - kTwoOnes);
+  const uint64_t stream_policy = l2_evict_first_policy();
   uint32_t load_stage = first_stage;  // the stage the next load_tile fills (chunks load in order)
   auto load_tile = [&](int chunk) {
     const uint32_t base = load_stage;
@@ -349,13 +361,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
         value_groups = kv.value_groups + place.share * kv.value_groups_slot + value_group_offset(local);
       }
 #pragma unroll
-      for (int j = 0; j < kWarpKeyCodePieces; ++j) copy_async_16(base + key_code_destination + 512u * j, key_codes + 128 * j, true);
-      if (lane < kKeyGroupPieces) copy_async_16(base + key_group_destination, key_groups, true);
+      for (int j = 0; j < kWarpKeyCodePieces; ++j) copy_async_16(base + key_code_destination + 512u * j, key_codes + 128 * j, true, stream_policy);
+      if (lane < kKeyGroupPieces) copy_async_16(base + key_group_destination, key_groups, true, stream_policy);
 #pragma unroll
       for (int j = 0; j < kTokenPieces; ++j) {
-        copy_async_16(base + (j < kKeptDestinations ? kept_destination[j] : value_code_destination(j)), value_codes + 128 * j, true);
+        copy_async_16(base + (j < kKeptDestinations ? kept_destination[j] : value_code_destination(j)), value_codes + 128 * j, true,
+                      stream_policy);
       }
-      if (lane < kValueGroupPieces) copy_async_16(base + value_group_destination, value_groups, true);
+      if (lane < kValueGroupPieces) copy_async_16(base + value_group_destination, value_groups, true, stream_policy);
     }
   };
   // The block's query rows (zeros past `rows`), read before the first chunks are asked for: the loads queue behind the
@@ -395,10 +408,6 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   for (int j = 0; j < kQItems; ++j) {
     const int item = threadIdx.x + j * kDecodeThreads;
     if (item < kRows * kHeadDim / 8) *reinterpret_cast<uint4*>(q_rows + item / (kHeadDim / 8) * Tiles::kQPitch + item % (kHeadDim / 8) * 8) = q_pieces[j];
-  }
-#pragma unroll
-  for (int s = 0; s < kStages; ++s) {  // the warp's fp16 ones in every stage (Tiles::kOnesWords)
-    stages[s * Tiles::kStageWords + Tiles::kStageWords - Tiles::kOnesWords + kWarpKeys * warp + lane] = 0x3c003c00u;
   }
   __syncthreads();  // the query rows are the block's; from here each warp works on its own (no barrier until the merge)
   // Q as the key MMA's B operand: column n = query row g of each 8-row tile, reduction index k = 2t + j
@@ -440,7 +449,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   // Two fp16 ones in the sum's row of the minimum MMA's operand (the fp16 values' tiles). Kept in a register: computed
   // where it is used, ptxas rematerializes the lane's minimum row in the coded value phase instead (4 more instructions
   // a step, bench/NOTES.md q13).
-  const uint32_t sum_row = static_cast<uint32_t>(lane_constant(g == kSumRow ? 0x3c003c00 : 0));
+  const uint32_t sum_row = static_cast<uint32_t>(lane_constant(g == kSumRow ? static_cast<int>(kTwoOnes) : 0));
   const float exp_scale = __int_as_float(lane_constant(__float_as_int(p.base.mask.score.softcap > 0.0f ? 1.0f : p.base.mask.score.scale_log2)));
   // O^T per 16-channel tile (rows: channels value_channel(i, g, 0 / 1); columns: query rows 2t, 2t + 1), in code
   // units until `plain` (see the top of the file); the values' minimum term per 32-channel block (rows: blocks) and,

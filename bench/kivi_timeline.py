@@ -47,3 +47,10 @@ for L in launches[-6:]:
     by={}
     for v in sms.values(): by.setdefault(len(v),[]).extend([r[7]-t0 for r in v])
     print("  finish by blocks/SM:", {k: round(st.median(v)/1e3,1) for k,v in by.items()})
+    # Dispatch rounds (bench/NOTES.md q14): blocks go to the SMs in index order, so block b is in round b // SMs; on an
+    # SM shared by several blocks, the later rounds' loops run slower. And how far apart an SM's blocks finish.
+    rounds={}
+    for r in L: rounds.setdefault(r[1] // 1000 // len(sms),[]).append(r[6]-r[5])
+    print("  loop by dispatch round:", {k: round(st.median(v)/1e3,1) for k,v in sorted(rounds.items())})
+    spread=[max(r[6] for r in v)-min(r[6] for r in v) for v in sms.values() if len(v)>1]
+    if spread: print("  loop ends on one SM, last - first:", q(spread))

@@ -28,6 +28,12 @@ constexpr int32_t kMaxDecodePieces = 256;
 // result and its share of the merge), in keys: without it the model preferred 103 pieces of 320 keys
 // for b8 x L32768 on an H200 (25 waves; 317 µs) over 4 of 8192 (one wave).
 constexpr int64_t kPieceOverheadKeys = 256;
+// Quantized plans in one wave (plan_decode_splits): the share of keys a piece gains per earlier dispatch
+// round of its block, what the fp16 residual window costs the last piece, in tiles, and the quantized
+// kernels' 128-key chunk, in tiles.
+constexpr double kEarlierRoundGain = 0.05;
+constexpr int64_t kResidualTiles = 4;
+constexpr int64_t kChunkTiles = 2;
 
 // nkv_attention_options as first published (up to num_splits); later fields are read only when the
 // caller's struct_size covers them.
@@ -239,26 +245,81 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) 
       if (c == kMinKeysPerPiece) break;
     }
   }
-  plan.splits.clear();
-  plan.max_splits = 1;
-  for (int32_t sequence = 0; sequence < plan.batch; ++sequence) {
-    const int64_t tiles = ceil_div(plan.seqlens_k[sequence], kDecodeKeyTile);
-    // As many pieces as the chunk length asks for, then equal parts of whole tiles: never one long
-    // piece and a short remainder. Every KV head of a sequence gets the same cut.
-    const int64_t parts = fixed > 0 ? fixed : std::max<int64_t>(1, ceil_div(plan.seqlens_k[sequence], chunk));
-    const int64_t step = std::max<int64_t>(1, ceil_div(tiles, parts));
-    // A sequence without keys still gets one (empty) piece: it writes O = 0, LSE = -inf.
-    const int32_t pieces = static_cast<int32_t>(std::max<int64_t>(1, ceil_div(tiles, step)));
-    const int32_t first = static_cast<int32_t>(plan.splits.size());
-    for (int32_t piece = 0; piece < pieces; ++piece) {
-      const int64_t tile = piece * step;
-      const int32_t key_end = static_cast<int32_t>(std::min<int64_t>(plan.seqlens_k[sequence], (tile + step) * kDecodeKeyTile));
-      for (int32_t kv_head = 0; kv_head < plan.num_heads_kv; ++kv_head) {
-        plan.splits.push_back({sequence, kv_head, static_cast<int32_t>(tile * kDecodeKeyTile), key_end,
-                               plan.seqlens_k[sequence], pieces, first + kv_head});
+  // Each sequence's cut: as many pieces as the chunk length asks for, then equal parts of whole tiles
+  // (never one long piece and a short remainder). A sequence without keys still gets one (empty) piece:
+  // it writes O = 0, LSE = -inf.
+  const int64_t batch = plan.batch, heads = plan.num_heads_kv;
+  std::vector<int64_t> tiles(batch), step(batch), pieces(batch), partial_first(batch + 1, 0);
+  for (int64_t s = 0; s < batch; ++s) {
+    tiles[s] = ceil_div(plan.seqlens_k[s], kDecodeKeyTile);
+    const int64_t parts = fixed > 0 ? fixed : std::max<int64_t>(1, ceil_div(plan.seqlens_k[s], chunk));
+    step[s] = std::max<int64_t>(1, ceil_div(tiles[s], parts));
+    pieces[s] = std::max<int64_t>(1, ceil_div(tiles[s], step[s]));
+    partial_first[s + 1] = partial_first[s] + pieces[s] * heads;  // a pair's partials: pieces[s] neighbours
+  }
+  plan.max_splits = batch > 0 ? static_cast<int32_t>(*std::max_element(pieces.begin(), pieces.end())) : 1;
+  plan.splits.assign(static_cast<size_t>(partial_first[batch]), DecodeSplit{});
+  auto place = [&](int64_t block, int64_t s, int64_t h, int64_t piece, int64_t begin_tile, int64_t end_tile) {
+    plan.splits[static_cast<size_t>(block)] = {static_cast<int32_t>(s),
+                                               static_cast<int32_t>(h),
+                                               static_cast<int32_t>(begin_tile * kDecodeKeyTile),
+                                               static_cast<int32_t>(std::min<int64_t>(plan.seqlens_k[s], end_tile * kDecodeKeyTile)),
+                                               plan.seqlens_k[s],
+                                               static_cast<int32_t>(pieces[s]),
+                                               static_cast<int32_t>(partial_first[s] + h * pieces[s]),
+                                               static_cast<int32_t>(piece)};
+  };
+  const int64_t blocks = partial_first[batch];
+  const int64_t sms = plan.context != nullptr ? plan.context->multiprocessor_count : 0;
+  const bool one_row_block = static_cast<int64_t>(plan.q_len) * (plan.num_heads_q / std::max<int64_t>(1, heads)) <= kDecodeRowsPerTile;
+  const bool by_round = plan.kv_code_bits > 0 && fixed == 0 && slots > 0 && plan.max_splits > 1 && blocks <= slots && sms > 0 && one_row_block;
+  if (!by_round) {
+    // (sequence, piece, KV head) order: the KV heads of one key range are neighbours in the grid.
+    int64_t block = 0;
+    for (int64_t s = 0; s < batch; ++s) {
+      for (int64_t i = 0; i < pieces[s]; ++i) {
+        for (int64_t h = 0; h < heads; ++h) place(block++, s, h, i, i * step[s], (i + 1) * step[s]);
       }
     }
-    plan.max_splits = std::max(plan.max_splits, pieces);
+    return;
+  }
+  // A quantized plan whose blocks all fit at once. The GPU hands blocks out in grid order, about one per SM per
+  // round of `sms` blocks, and on an SM the blocks handed out earlier run faster (the schedulers favour older
+  // warps: on an H200 at b8 x L32768, KIVI-2's blocks of the three rounds took 53, 57 and 61 us for the same keys,
+  // bench/NOTES.md q15). So the pieces go out last piece first (by rank from the end, then sequence, then KV head),
+  // and a pair's pieces share its tiles by their blocks' rounds: kEarlierRoundGain more per earlier round, the
+  // last piece's fp16 residual counted as kResidualTiles, boundaries on the quantized kernels' 128-key chunks.
+  // The rounds are a model (blocks of one round sometimes share an SM), so the gain stays small: larger ones lost.
+  int64_t block = 0;
+  for (int64_t rank = 0; rank < plan.max_splits; ++rank) {
+    for (int64_t s = 0; s < batch; ++s) {
+      if (pieces[s] <= rank) continue;
+      for (int64_t h = 0; h < heads; ++h) place(block++, s, h, pieces[s] - 1 - rank, 0, 0);  // the key range comes below
+    }
+  }
+  std::vector<int64_t> block_of_piece(static_cast<size_t>(blocks));  // at the piece's partial index
+  for (int64_t b = 0; b < blocks; ++b) {
+    const DecodeSplit& d = plan.splits[static_cast<size_t>(b)];
+    block_of_piece[static_cast<size_t>(d.pair_first + d.piece)] = b;
+  }
+  const int64_t last_round = (blocks - 1) / sms;
+  auto weight = [&](int64_t b) { return 1.0 + kEarlierRoundGain * static_cast<double>(last_round - b / sms); };
+  for (int64_t s = 0; s < batch; ++s) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const int64_t* own = block_of_piece.data() + partial_first[s] + h * pieces[s];
+      double total = 0.0;
+      for (int64_t i = 0; i < pieces[s]; ++i) total += weight(own[i]);
+      double share = 0.0;
+      int64_t begin = 0;
+      for (int64_t i = 0; i < pieces[s]; ++i) {
+        share += weight(own[i]);
+        const double end_tile = static_cast<double>(tiles[s] + kResidualTiles) * share / total;
+        int64_t end = i + 1 == pieces[s] ? tiles[s] : std::llround(end_tile / kChunkTiles) * kChunkTiles;
+        end = std::min(std::max(end, begin), tiles[s]);
+        place(own[i], s, h, i, begin, end);
+        begin = end;
+      }
+    }
   }
 }
 

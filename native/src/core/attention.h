@@ -22,11 +22,12 @@ struct AttentionMask {
 constexpr int32_t kDecodeRowsPerTile = 16;
 
 // One piece of the keys of one decode (sequence, KV head) pair: [key_begin, key_end), run by one
-// thread block. The plan lists them in (sequence, piece, KV head) order; a pair cut into more than one
-// piece leaves one partial result per piece, at the piece's index, and the block that finishes the
-// pair's last piece merges them. Everything a block needs about its pair travels in this one record
-// (the sequence's key count, where its causal diagonal ends; the pair's pieces), so a block reads one
-// 32-byte record, not a second array indexed by it, before its first K/V request and before its exit.
+// thread block. A pair cut into more than one piece leaves one partial result per piece, at partial
+// index pair_first + piece (a pair's partials are neighbours whatever the order of the blocks), and the
+// block that finishes the pair's last piece merges them. Everything a block needs about its pair travels
+// in this one record (the sequence's key count, where its causal diagonal ends; the pair's pieces), so a
+// block reads one 32-byte record, not a second array indexed by it, before its first K/V request and
+// before its exit.
 struct alignas(16) DecodeSplit {
   int32_t sequence = 0;
   int32_t kv_head = 0;
@@ -34,7 +35,8 @@ struct alignas(16) DecodeSplit {
   int32_t key_end = 0;
   int32_t sequence_keys = 0;
   int32_t pair_pieces = 0;  // how many pieces this (sequence, KV head) pair has
-  int32_t pair_first = 0;   // the index of its first piece; piece i is at pair_first + i x num_heads_kv
+  int32_t pair_first = 0;   // the partial index of the pair's first piece
+  int32_t piece = 0;        // this piece's place in its pair, in key order
 };
 
 }  // namespace nkv
@@ -59,7 +61,7 @@ struct nkv_attention_plan {
   std::vector<int32_t> cu_seqlens_q;
   std::vector<int32_t> cu_seqlens_k;
   std::vector<int32_t> seqlens_k;
-  // Pieces in (sequence, piece, KV head) order, so the KV heads of one key range are neighbours in the grid.
+  // Pieces in grid order (plan_decode_splits in api/attention.cpp says which).
   std::vector<nkv::DecodeSplit> splits;
   int32_t max_splits = 1;  // the most pieces of any pair
   // Device mirrors (host pointers into the vectors above on the CPU backend), in one allocation, and

@@ -217,7 +217,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_split_kernel(const Deco
   __syncthreads();
 
   static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
-  finish_decode_block<T, kHeadDim, kRows>(p, merge_o, piece, split, row0, rows);
+  finish_decode_block<T, kHeadDim, kRows>(p, merge_o, split, row0, rows);
 }
 
 template <typename T, int kHeadDim, int kMTiles, int kStages>

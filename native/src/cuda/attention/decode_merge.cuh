@@ -20,8 +20,8 @@ struct DecodeKernelParams {
   const DecodeSplit* splits;
   int32_t* merge_counters;     // [pair, counter_stride]: pieces finished in this run, per row block
   int counter_stride;
-  float* partial_o;    // [piece, q_len x G, head_dim]
-  float* partial_lse;  // [piece, q_len x G]
+  float* partial_o;    // [partial index (DecodeSplit::pair_first + piece), q_len x G, head_dim]
+  float* partial_lse;  // [partial index, q_len x G]
   int q_len;
   int num_heads_q;
   int num_heads_kv;
@@ -144,8 +144,7 @@ __device__ void merge_pieces(const DecodeKernelParams& p, float* scratch, int se
   if (!is_last) return;
   __threadfence();
   const int valid_rows = min(kRows, rows - row0);
-  // Piece i of this pair is block first + i x num_heads_kv (pieces in (sequence, piece, KV head) order).
-  auto partial_row = [&](int i, int r) { return static_cast<int64_t>(first + i * p.num_heads_kv) * rows + row0 + r; };
+  auto partial_row = [&](int i, int r) { return static_cast<int64_t>(first + i) * rows + row0 + r; };
   const DecodeAttentionArgs& args = p.args;
   const int group = p.mask.group;
   if (kFewPiecesInOneTrip && count <= kFewPieces<kHeadDim, kRows>) {
@@ -282,7 +281,7 @@ __device__ __forceinline__ void leave_warp_state(float* merge_o, const float (&o
 // after it, for kRows packed query rows from row0 (of `rows`). The caller has synchronized the block after
 // writing them; the area must hold kMergeScratchFloats<kRows> floats for merge_pieces.
 template <typename T, int kHeadDim, int kRows, bool kFewPiecesInOneTrip = true>
-__device__ void finish_decode_block(const DecodeKernelParams& p, float* merge_o, int piece, const DecodeSplit& split, int row0,
+__device__ void finish_decode_block(const DecodeKernelParams& p, float* merge_o, const DecodeSplit& split, int row0,
                                     int rows) {
   constexpr float kNegInf = -INFINITY;
   const float* merge_max = merge_o + kDecodeWarps * kRows * kHeadDim;
@@ -328,7 +327,7 @@ __device__ void finish_decode_block(const DecodeKernelParams& p, float* merge_o,
       out[3] = MmaType<T>::from_float(value.w);
       if (d == 0 && args.lse != nullptr) args.lse[sequence * args.lse_batch_stride + head * args.lse_head_stride + token] = lse;
     } else {
-      const int64_t partial_row = static_cast<int64_t>(piece) * rows + row;
+      const int64_t partial_row = static_cast<int64_t>(split.pair_first + split.piece) * rows + row;
       *reinterpret_cast<float4*>(p.partial_o + partial_row * kHeadDim + d) = value;
       if (d == 0) p.partial_lse[partial_row] = lse;
     }

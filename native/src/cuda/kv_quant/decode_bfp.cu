@@ -315,7 +315,7 @@ __global__ void __launch_bounds__(kDecodeThreads) decode_bfp_kernel(const BfpDec
   leave_warp_state<kHeadDim, kRows>(merge_o, o, row_max, row_sum, row0, rows);
   __syncthreads();
   static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
-  finish_decode_block<__half, kHeadDim, kRows, false>(p.base, merge_o, piece, split, row0, rows);
+  finish_decode_block<__half, kHeadDim, kRows, false>(p.base, merge_o, split, row0, rows);
 }
 
 template <int kBits, int kHeadDim, int kMTiles, bool kCodedValues>

@@ -997,7 +997,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   }
   __syncthreads();
   static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
-  finish_decode_block<__half, kHeadDim, kRows>(p.base, merge_o, piece, split, row0, rows);
+  finish_decode_block<__half, kHeadDim, kRows>(p.base, merge_o, split, row0, rows);
   if constexpr (kTimeline) {
     if (threadIdx.x == 0) {
       unsigned sm = 0;

@@ -47,10 +47,18 @@ for L in launches[-6:]:
     by={}
     for v in sms.values(): by.setdefault(len(v),[]).extend([r[7]-t0 for r in v])
     print("  finish by blocks/SM:", {k: round(st.median(v)/1e3,1) for k,v in by.items()})
-    # Dispatch rounds (bench/NOTES.md q14): blocks go to the SMs in index order, so block b is in round b // SMs; on an
-    # SM shared by several blocks, the later rounds' loops run slower. And how far apart an SM's blocks finish.
+    # Dispatch rounds (bench/NOTES.md q14, q15): blocks go to the SMs about in index order, so block b is in round
+    # b // SMs; on an SM shared by several blocks, the later rounds' loops run slower. How often block b and block
+    # b + SMs really share an SM (the plan's round model), how far apart an SM's blocks finish, and the SMs that end last.
     rounds={}
     for r in L: rounds.setdefault(r[1] // 1000 // len(sms),[]).append(r[6]-r[5])
     print("  loop by dispatch round:", {k: round(st.median(v)/1e3,1) for k,v in sorted(rounds.items())})
     spread=[max(r[6] for r in v)-min(r[6] for r in v) for v in sms.values() if len(v)>1]
     if spread: print("  loop ends on one SM, last - first:", q(spread))
+    n=len(sms); sm_of={r[1]:r[2] for r in L}
+    pairs=[b for b in sm_of if b+1000*n in sm_of]
+    print(f"  block b and b + {n} on one SM: {sum(sm_of[b]==sm_of[b+1000*n] for b in pairs)} of {len(pairs)}")
+    last=sorted(sms.values(), key=lambda v: max(r[6] for r in v))[-3:]
+    for v in last:
+        print("  late SM", v[0][2], "; ".join(f"block {r[1]//1000} round {r[1]//1000//n} chunks {r[3]} loop {(r[6]-r[5])/1e3:.1f} ends {(r[6]-t0)/1e3:.1f}"
+                                           for r in sorted(v, key=lambda r: r[1])))

@@ -216,13 +216,15 @@ int64_t max_length(const std::vector<int32_t>& cu) {
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// Cuts each sequence's keys into pieces of whole tiles, the same cut for each of its KV heads; every
-// (sequence, KV head) pair's piece runs as its own thread block. Fixed (`fixed` > 0): at most `fixed`
+// Cuts each sequence's keys into pieces of whole tiles; every (sequence, KV head) pair's piece runs as its
+// own thread block. Fixed (`fixed` > 0): at most `fixed`
 // equal pieces per sequence, so results do not depend on the GPU. Otherwise one piece length for all
 // sequences, chosen by a model of the GPU as `slots` blocks streaming at once: a length c makes
 // blocks = sum over sequences of ceil(L / c) x KV heads, which run in ceil(blocks / slots) waves of
 // about c + kPieceOverheadKeys keys each. The c with the fewest wave-keys wins, the longest on ties
 // (fewer partial results to merge). Without a GPU model (`slots` == 0) every sequence is one piece.
+// The pieces of a sequence are equal and every KV head gets the same cut, except in quantized plans
+// whose blocks all run at once: those go out by dispatch round (below).
 void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) {
   const int64_t longest = std::max<int64_t>(plan.max_seqlen_k, 1);
   int64_t chunk = longest;

@@ -28,10 +28,10 @@ constexpr int32_t kMaxDecodePieces = 256;
 // result and its share of the merge), in keys: without it the model preferred 103 pieces of 320 keys
 // for b8 x L32768 on an H200 (25 waves; 317 µs) over 4 of 8192 (one wave).
 constexpr int64_t kPieceOverheadKeys = 256;
-// Quantized plans in one wave (plan_decode_splits): the share of keys a piece gains per earlier dispatch
-// round of its block, what the fp16 residual window costs the last piece, in tiles, and the quantized
-// kernels' 128-key chunk, in tiles.
-constexpr double kEarlierRoundGain = 0.05;
+// Quantized plans in one wave (plan_decode_splits): the share of keys a piece gains over the last dispatch
+// round's, what the fp16 residual window costs the last piece, in tiles, and the quantized kernels' 128-key
+// chunk, in tiles.
+constexpr double kEarlierRoundsGain = 0.10;
 constexpr int64_t kResidualTiles = 4;
 constexpr int64_t kChunkTiles = 2;
 
@@ -289,9 +289,11 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) 
   // round of `sms` blocks, and on an SM the blocks handed out earlier run faster (the schedulers favour older
   // warps: on an H200 at b8 x L32768, KIVI-2's blocks of the three rounds took 53, 57 and 61 us for the same keys,
   // bench/NOTES.md q15). So the pieces go out last piece first (by rank from the end, then sequence, then KV head),
-  // and a pair's pieces share its tiles by their blocks' rounds: kEarlierRoundGain more per earlier round, the
-  // last piece's fp16 residual counted as kResidualTiles, boundaries on the quantized kernels' 128-key chunks.
-  // The rounds are a model (blocks of one round sometimes share an SM), so the gain stays small: larger ones lost.
+  // and a pair's pieces share its tiles by their blocks' rounds: the last round's blocks, the youngest wherever
+  // they land, take kEarlierRoundsGain less than the others; the last piece's fp16 residual counts as
+  // kResidualTiles; boundaries fall on the quantized kernels' 128-key chunks. The earlier rounds are not told
+  // apart: the hardware's map is not the model's (one GPC's SMs receive two blocks of the first round), and
+  // weighting them apart lost there.
   int64_t block = 0;
   for (int64_t rank = 0; rank < plan.max_splits; ++rank) {
     for (int64_t s = 0; s < batch; ++s) {
@@ -305,7 +307,7 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) 
     block_of_piece[static_cast<size_t>(d.pair_first + d.piece)] = b;
   }
   const int64_t last_round = (blocks - 1) / sms;
-  auto weight = [&](int64_t b) { return 1.0 + kEarlierRoundGain * static_cast<double>(last_round - b / sms); };
+  auto weight = [&](int64_t b) { return b / sms < last_round ? 1.0 + kEarlierRoundsGain : 1.0; };
   for (int64_t s = 0; s < batch; ++s) {
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t* own = block_of_piece.data() + partial_first[s] + h * pieces[s];

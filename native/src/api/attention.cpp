@@ -273,7 +273,7 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) 
   };
   const int64_t blocks = partial_first[batch];
   const int64_t sms = plan.context != nullptr ? plan.context->multiprocessor_count : 0;
-  const bool one_row_block = static_cast<int64_t>(plan.q_len) * (plan.num_heads_q / std::max<int64_t>(1, heads)) <= kDecodeRowsPerTile;
+  const bool one_row_block = static_cast<int64_t>(plan.q_len) * (plan.num_heads_q / heads) <= kDecodeRowsPerTile;
   const bool by_round = plan.kv_code_bits > 0 && fixed == 0 && slots > 0 && plan.max_splits > 1 && blocks <= slots && sms > 0 && one_row_block;
   if (!by_round) {
     // (sequence, piece, KV head) order: the KV heads of one key range are neighbours in the grid.
@@ -294,17 +294,13 @@ void plan_decode_splits(nkv_attention_plan& plan, int32_t fixed, int64_t slots) 
   // kResidualTiles; boundaries fall on the quantized kernels' 128-key chunks. The earlier rounds are not told
   // apart: the hardware's map is not the model's (one GPC's SMs receive two blocks of the first round), and
   // weighting them apart lost there.
+  std::vector<int64_t> block_of_piece(static_cast<size_t>(blocks));  // at the piece's partial index
   int64_t block = 0;
   for (int64_t rank = 0; rank < plan.max_splits; ++rank) {
     for (int64_t s = 0; s < batch; ++s) {
       if (pieces[s] <= rank) continue;
-      for (int64_t h = 0; h < heads; ++h) place(block++, s, h, pieces[s] - 1 - rank, 0, 0);  // the key range comes below
+      for (int64_t h = 0; h < heads; ++h) block_of_piece[static_cast<size_t>(partial_first[s] + h * pieces[s] + pieces[s] - 1 - rank)] = block++;
     }
-  }
-  std::vector<int64_t> block_of_piece(static_cast<size_t>(blocks));  // at the piece's partial index
-  for (int64_t b = 0; b < blocks; ++b) {
-    const DecodeSplit& d = plan.splits[static_cast<size_t>(b)];
-    block_of_piece[static_cast<size_t>(d.pair_first + d.piece)] = b;
   }
   const int64_t last_round = (blocks - 1) / sms;
   auto weight = [&](int64_t b) { return b / sms < last_round ? 1.0 + kEarlierRoundsGain : 1.0; };

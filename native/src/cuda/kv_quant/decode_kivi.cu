@@ -984,10 +984,12 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     for (int j = 0; j < 2; ++j) {
       const float sum = __shfl_sync(0xffffffffu, o_min[nt][j], 4 * kSumRow + t);
       const int r = nt * 8 + 2 * t + j;
+      // At swizzled columns: plain, a lane's four t (rows 2t + j, whole rows apart) shared a bank, 4-way conflicts in
+      // every block's end while the SM's other blocks stream, on the call's critical chain (bench/NOTES.md q16).
 #pragma unroll
       for (int i = 0; i < kVTiles; ++i) {
-        merge_o[(warp * kRows + r) * kHeadDim + Layout::value_channel(i, g, 0)] = o[i][nt][j];
-        merge_o[(warp * kRows + r) * kHeadDim + Layout::value_channel(i, g, 1)] = o[i][nt][2 + j];
+        merge_o[(warp * kRows + r) * kHeadDim + swizzled_merge_column(Layout::value_channel(i, g, 0), r)] = o[i][nt][j];
+        merge_o[(warp * kRows + r) * kHeadDim + swizzled_merge_column(Layout::value_channel(i, g, 1), r)] = o[i][nt][2 + j];
       }
       if (g == 0) {
         merge_max[warp * kRows + r] = row_max[nt][j];
@@ -997,7 +999,7 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
   }
   __syncthreads();
   static_assert(Tiles::kMergeBytes >= kMergeScratchFloats<kRows> * sizeof(float), "merge_pieces' scratch fits the merge area");
-  finish_decode_block<__half, kHeadDim, kRows>(p.base, merge_o, split, row0, rows);
+  finish_decode_block<__half, kHeadDim, kRows, true, true>(p.base, merge_o, split, row0, rows);
   if constexpr (kTimeline) {
     if (threadIdx.x == 0) {
       unsigned sm = 0;

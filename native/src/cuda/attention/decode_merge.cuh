@@ -277,16 +277,16 @@ __device__ __forceinline__ void leave_warp_state(float* merge_o, const float (&o
   }
 }
 
-// The column a warp state's element (row r, column c) takes in its merge_o row when the writer swizzles: the column's
-// low two bits XOR (r / 2) % 4, a permutation within each aligned group of 4 columns. A writer whose lane holds rows
-// 2t + j and columns 4g + (0..3) (the KIVI decode's O^T tiles) then stores to 32 different banks where the plain
-// layout put its 4 t on one bank; finish_decode_block<.., kSwizzledColumns> undoes it.
-__device__ __forceinline__ int swizzled_merge_column(int c, int r) { return c ^ ((r >> 1) & 3); }
+// What a swizzling writer XORs into the low two bits of row r's columns in merge_o, (r / 2) % 4: a permutation within
+// each aligned group of 4 columns. A writer whose lane holds rows 2t + j and columns 4g + (0..3) (the KIVI decode's O^T
+// tiles) then stores to 32 different banks where the plain layout put its 4 t on one bank;
+// finish_decode_block<.., kSwizzledColumns> undoes it.
+__device__ __forceinline__ int merge_column_swizzle(int r) { return (r >> 1) & 3; }
 
 // Combines the warps' states: merge_o [warp][row][kHeadDim], then merge_max and merge_sum [warp][row] right
 // after it, for kRows packed query rows from row0 (of `rows`). The caller has synchronized the block after
-// writing them; the area must hold kMergeScratchFloats<kRows> floats for merge_pieces. kSwizzledColumns: the
-// columns were written at swizzled_merge_column.
+// writing them; the area must hold kMergeScratchFloats<kRows> floats for merge_pieces. kSwizzledColumns: row r's
+// columns were written XOR merge_column_swizzle(r).
 template <typename T, int kHeadDim, int kRows, bool kFewPiecesInOneTrip = true, bool kSwizzledColumns = false>
 __device__ void finish_decode_block(const DecodeKernelParams& p, float* merge_o, const DecodeSplit& split, int row0,
                                     int rows) {
@@ -321,7 +321,7 @@ __device__ void finish_decode_block(const DecodeKernelParams& p, float* merge_o,
       acc.w += part.w * weight;
     }
     if constexpr (kSwizzledColumns) {  // the four warps' parts of row r share its permutation: undone once, on the sum
-      const int swizzle = swizzled_merge_column(0, r);
+      const int swizzle = merge_column_swizzle(r);
       if (swizzle & 1) acc = make_float4(acc.y, acc.x, acc.w, acc.z);
       if (swizzle & 2) acc = make_float4(acc.z, acc.w, acc.x, acc.y);
     }

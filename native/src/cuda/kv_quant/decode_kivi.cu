@@ -984,12 +984,14 @@ __global__ void __launch_bounds__(kDecodeThreads, kMinBlocksPerSm) decode_kivi_k
     for (int j = 0; j < 2; ++j) {
       const float sum = __shfl_sync(0xffffffffu, o_min[nt][j], 4 * kSumRow + t);
       const int r = nt * 8 + 2 * t + j;
-      // At swizzled columns: plain, a lane's four t (rows 2t + j, whole rows apart) shared a bank, 4-way conflicts in
-      // every block's end while the SM's other blocks stream, on the call's critical chain (bench/NOTES.md q16).
+      // Swizzled columns: in the plain layout a lane's four t (rows 2t + j, whole rows apart) shared a bank, 4-way
+      // conflicts in every block's end while the SM's other blocks stream, on the call's critical chain (NOTES q16).
+      float* row = merge_o + (warp * kRows + r) * kHeadDim;
+      const int swizzle = merge_column_swizzle(r);
 #pragma unroll
       for (int i = 0; i < kVTiles; ++i) {
-        merge_o[(warp * kRows + r) * kHeadDim + swizzled_merge_column(Layout::value_channel(i, g, 0), r)] = o[i][nt][j];
-        merge_o[(warp * kRows + r) * kHeadDim + swizzled_merge_column(Layout::value_channel(i, g, 1), r)] = o[i][nt][2 + j];
+        row[Layout::value_channel(i, g, 0) ^ swizzle] = o[i][nt][j];
+        row[Layout::value_channel(i, g, 1) ^ swizzle] = o[i][nt][2 + j];
       }
       if (g == 0) {
         merge_max[warp * kRows + r] = row_max[nt][j];
